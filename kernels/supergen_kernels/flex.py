@@ -1,0 +1,85 @@
+"""FlexAttention path: ``torch.nn.attention.flex_attention`` with a ``BlockMask`` built from the
+layout's :class:`~supergen_kernels.layout.BlockIndex` (no dense mask evaluation, so it scales to
+4K canvases)."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+from .layout import SparseLayout
+
+#: FlexAttention's native block size; the BlockMask must be built at the size the kernel uses.
+FLEX_BLOCK_SIZE = 128
+
+
+def flex_block_mask(layout: SparseLayout, device: torch.device | str) -> BlockMask:
+    """A ``BlockMask`` equivalent to ``layout.token_mask()``, built from the block index.
+
+    Full blocks go to FlexAttention's "full" lists (no mask_mod call); partial blocks evaluate
+    the layout's token rule in ``mask_mod``.
+    """
+    index = layout.block_index(FLEX_BLOCK_SIZE, FLEX_BLOCK_SIZE, device)
+    rule = layout.token_rule(device)
+    q_window, k_pos = rule.q_window, rule.k_pos
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        win = q_window[q_idx]
+        pos = k_pos[kv_idx]
+        return (pos[0] >= win[0]) & (pos[0] < win[1]) & (pos[1] >= win[2]) & (pos[1] < win[3])
+
+    def padded(index_rows: torch.Tensor) -> torch.Tensor:
+        # BlockMask takes the number of key blocks from the last dim of the index lists (to
+        # build its transposed, query-major copy), so pad the lists to full width.
+        out = index_rows.new_zeros(index_rows.shape[0], index.num_kv_blocks)
+        out[:, : index_rows.shape[1]] = index_rows
+        return out[None, None]
+
+    n = layout.seq_len
+    return BlockMask.from_kv_blocks(
+        index.partial_count[None, None], padded(index.partial_index),
+        index.full_count[None, None], padded(index.full_index),
+        BLOCK_SIZE=FLEX_BLOCK_SIZE, mask_mod=mask_mod, seq_lengths=(n, n),
+    )
+
+
+@functools.cache
+def _compiled_flex():
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_tile_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    layout: SparseLayout,
+    scale: float | None = None,
+    block_mask: BlockMask | None = None,
+) -> torch.Tensor:
+    """FlexAttention over the layout, in the layout's sequence order.
+
+    Args:
+        q, k, v: ``(batch, heads, seq, head_dim)``.
+        layout: the sparse layout.
+        scale: softmax scale; ``head_dim ** -0.5`` when None.
+        block_mask: a mask from :func:`flex_block_mask`; when None, the layout's own (built
+            once per device and memoised on the layout).
+
+    Returns:
+        ``(batch, heads, seq, head_dim)``, dtype of ``q``.
+    """
+    if block_mask is None:
+        block_mask = layout.memo(("flex_block_mask", q.device), lambda: flex_block_mask(layout, q.device))
+    # On CUDA, compiling is what makes FlexAttention sparse and fast: uncompiled it runs a
+    # dense math fallback that materialises the full score matrix. On CPU we stay uncompiled:
+    # compiling needs a working C++ toolchain, costs ~17 s per new shape, and the CPU path is
+    # only used for correctness tests on tiny shapes.
+    if q.is_cuda:
+        return _compiled_flex()(q, k, v, block_mask=block_mask, scale=scale)
+    with warnings.catch_warnings():
+        # The "called without torch.compile()" warning is the deliberate CPU choice above.
+        warnings.filterwarnings("ignore", message=".*without torch.compile.*")
+        return flex_attention(q, k, v, block_mask=block_mask, scale=scale)

@@ -1,0 +1,425 @@
+"""Sparse attention layouts: which query token may attend to which key token.
+
+Two layouts share one interface (:class:`SparseLayout`):
+
+* :class:`TileLayout` — the canvas is cut into spatial tiles that span all frames. A query in
+  tile ``t`` attends to every key whose spatial position (row, col) lies in tile ``t`` grown by
+  ``halo`` tokens on each side (clipped to the canvas), in every frame. ``halo=0`` is
+  tile-local (block-diagonal) attention; ``halo>0`` lets tiles see across their borders.
+  Tokens are processed in **tile-major order**: tile by tile (row-major over the tile grid),
+  and inside a tile in (frame, row, col) order, so each tile is one contiguous run of the
+  sequence.
+* :class:`BlockListLayout` — a general block-sparse pattern: an explicit boolean matrix saying
+  which (query block, key block) pairs are computed. Every listed pair is attended in full.
+
+Every layout can produce
+
+* the token-level boolean mask ``(seq, seq)`` — for the dense reference only (quadratic memory);
+* a :class:`BlockIndex` for a given block size — per query block, the key blocks to visit and
+  whether each is *full* (every token pair allowed: no masking needed) or *partial* (mask at
+  the token level) — built without ever materialising the token mask;
+* the *token rule* the kernels evaluate inside partial blocks (see :class:`TokenRule`).
+
+The token rule is deliberately tiny so a kernel can evaluate it from registers: every query
+token carries a window ``[row_lo, row_hi) x [col_lo, col_hi)`` and every key token a position
+``(row, col)``; the pair is allowed iff the position lies in the window. Keys past the end of
+the sequence are given position ``-1`` by the kernels, which no window contains.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class TokenRule:
+    """Per-token data for the allowed(query, key) test used inside partial blocks.
+
+    Attributes:
+        q_window: int32 ``(seq, 4)``: ``row_lo, row_hi, col_lo, col_hi`` of each query's window
+            (half-open).
+        k_pos: int32 ``(seq, 2)``: ``row, col`` of each key.
+    """
+
+    q_window: torch.Tensor
+    k_pos: torch.Tensor
+
+
+def _pack_rows(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack a bool block matrix ``(rows, cols)`` into per-row lists.
+
+    Returns:
+        ``(count, index)``: int32 ``(rows,)`` and int32 ``(rows, max(1, max count))``; row ``i``
+        lists its True columns ascending in its first ``count[i]`` entries, then zeros.
+    """
+    count = blocks.sum(dim=1).to(torch.int32)
+    # A stable sort on "not set" moves the set columns to the front and keeps them ascending.
+    order = torch.sort((~blocks).to(torch.int8), dim=1, stable=True).indices
+    width = max(int(count.max()) if count.numel() else 0, 1)
+    order = order[:, :width]
+    used = torch.arange(width, device=blocks.device)[None, :] < count[:, None]
+    return count, torch.where(used, order, 0).to(torch.int32).contiguous()
+
+
+def _unpack_rows(count: torch.Tensor, index: torch.Tensor, cols: int) -> torch.Tensor:
+    """Inverse of :func:`_pack_rows`: bool ``(rows, cols)``."""
+    used = torch.arange(index.shape[1], device=index.device)[None, :] < count[:, None]
+    rows = torch.arange(index.shape[0], device=index.device)[:, None].expand_as(used)
+    blocks = torch.zeros(index.shape[0], cols, dtype=torch.bool, device=index.device)
+    blocks[rows[used], index[used].long()] = True
+    return blocks
+
+
+@dataclass(frozen=True)
+class BlockIndex:
+    """Block-sparse structure at one block size, in the layout's sequence order.
+
+    Query block ``i`` covers tokens ``[i*block_m, min((i+1)*block_m, seq_len))``; key block ``j``
+    covers ``[j*block_n, ...)``. The last block of each side may be short. A visited key block is
+    either *full* (every real query of the query block may attend every key of the key block,
+    and the key block is not cut short by the sequence end: no masking needed) or *partial*
+    (the token rule decides per pair). This is the split FlexAttention's ``BlockMask`` uses too.
+
+    Attributes:
+        seq_len: number of tokens ``N``.
+        block_m: query block size.
+        block_n: key block size.
+        full_count: int32 ``(num_q_blocks,)``: number of full key blocks of query block ``i``.
+        full_index: int32 ``(num_q_blocks, max_full)``: those key blocks, ascending, in the first
+            ``full_count[i]`` entries of row ``i``; the rest is padding never read.
+        partial_count: int32 ``(num_q_blocks,)``: number of partial key blocks.
+        partial_index: int32 ``(num_q_blocks, max_partial)``: those key blocks, likewise.
+    """
+
+    seq_len: int
+    block_m: int
+    block_n: int
+    full_count: torch.Tensor
+    full_index: torch.Tensor
+    partial_count: torch.Tensor
+    partial_index: torch.Tensor
+
+    @property
+    def num_q_blocks(self) -> int:
+        return math.ceil(self.seq_len / self.block_m)
+
+    @property
+    def num_kv_blocks(self) -> int:
+        return math.ceil(self.seq_len / self.block_n)
+
+    @staticmethod
+    def from_block_matrices(
+        seq_len: int, block_m: int, block_n: int, visited: torch.Tensor, full: torch.Tensor
+    ) -> BlockIndex:
+        """Build from bool block matrices ``(num_q_blocks, num_kv_blocks)``; ``full`` must imply
+        ``visited``."""
+        full_count, full_index = _pack_rows(full)
+        partial_count, partial_index = _pack_rows(visited & ~full)
+        return BlockIndex(
+            seq_len, block_m, block_n, full_count, full_index, partial_count, partial_index
+        )
+
+    def to_dense(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block-level matrices ``(visited, full)``, bool ``(num_q_blocks, num_kv_blocks)``."""
+        full = _unpack_rows(self.full_count, self.full_index, self.num_kv_blocks)
+        partial = _unpack_rows(self.partial_count, self.partial_index, self.num_kv_blocks)
+        return full | partial, full
+
+    def computed_pairs(self) -> int:
+        """Number of (query, key) token pairs inside visited blocks, short edge blocks counted at
+        their real size: the work a block-sparse kernel does, for FLOP counts."""
+        visited, _ = self.to_dense()
+        q_sizes = _block_sizes(self.seq_len, self.block_m, visited.device)
+        k_sizes = _block_sizes(self.seq_len, self.block_n, visited.device)
+        return int((q_sizes[:, None] * k_sizes[None, :] * visited).sum())
+
+
+class SparseLayout(Protocol):
+    """What the attention backends need from a layout."""
+
+    @property
+    def seq_len(self) -> int: ...
+
+    def token_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """bool ``(seq, seq)``, True where query ``i`` may attend key ``j``."""
+        ...
+
+    def block_index(
+        self, block_m: int, block_n: int, device: torch.device | str = "cpu"
+    ) -> BlockIndex: ...
+
+    def token_rule(self, device: torch.device | str = "cpu") -> TokenRule: ...
+
+    def memo(self, key: tuple, build): ...
+
+
+def _block_sizes(seq_len: int, block: int, device) -> torch.Tensor:
+    """int64 ``(ceil(seq_len / block),)``: real size of each block (the last may be short)."""
+    starts = torch.arange(0, seq_len, block, device=device)
+    return (seq_len - starts).clamp(max=block)
+
+
+class _Memo:
+    """Per-instance memo for derived tensors (index tensors, block indices, masks), so a layout
+    built once serves every layer and step. Frozen dataclasses forbid attribute assignment, so
+    the memo lives directly in the instance ``__dict__``; it takes no part in equality."""
+
+    def memo(self, key: tuple, build):
+        """Return the value cached under ``key`` (devices are normalised), building it once."""
+        cache = self.__dict__.setdefault("_memo", {})
+        key = tuple(str(a) if isinstance(a, torch.device) else a for a in key)
+        if key not in cache:
+            cache[key] = build()
+        return cache[key]
+
+
+@dataclass(frozen=True)
+class TileLayout(_Memo):
+    """Tile-local or tile+halo attention over a video canvas of tokens.
+
+    Args:
+        canvas: ``(frames, height, width)`` of the canvas in tokens (after patchify; e.g. a
+            Wan 4K latent of 5 x 270 x 480 with patch (1, 2, 2) is ``(5, 135, 240)``).
+        tile: ``(height, width)`` of a tile in tokens; tiles span all frames. Tiles are laid
+            from the top-left corner; when the tile does not divide the canvas, the last row /
+            column of tiles is smaller.
+        halo: spatial margin in tokens added on every side of a tile to form its key window.
+
+    The sequence order of everything this layout produces (masks, block indices, the token
+    rule) is tile-major; :meth:`to_tile_major` / :meth:`from_tile_major` convert activations.
+    Derived tensors are memoised per (block size, device): a layout is meant to be built once and
+    reused for every layer and step.
+    """
+
+    canvas: tuple[int, int, int]
+    tile: tuple[int, int]
+    halo: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "canvas", tuple(int(s) for s in self.canvas))
+        object.__setattr__(self, "tile", tuple(int(s) for s in self.tile))
+        if len(self.canvas) != 3 or min(self.canvas) < 1:
+            raise ValueError(f"canvas must be (frames, height, width) >= 1, got {self.canvas}")
+        if len(self.tile) != 2 or min(self.tile) < 1:
+            raise ValueError(f"tile must be (height, width) >= 1, got {self.tile}")
+        if self.halo < 0:
+            raise ValueError(f"halo must be >= 0, got {self.halo}")
+
+    # ----------------------------------------------------------------------------- geometry
+    @property
+    def seq_len(self) -> int:
+        f, h, w = self.canvas
+        return f * h * w
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Number of tile rows and tile columns."""
+        return math.ceil(self.canvas[1] / self.tile[0]), math.ceil(self.canvas[2] / self.tile[1])
+
+    @property
+    def num_tiles(self) -> int:
+        rows, cols = self.grid
+        return rows * cols
+
+    def tile_rects(self) -> list[tuple[int, int, int, int]]:
+        """``(row0, row1, col0, col1)`` (half-open, in tokens) of each tile, in tile order."""
+        _, h, w = self.canvas
+        th, tw = self.tile
+        rows, cols = self.grid
+        return [
+            (i * th, min((i + 1) * th, h), j * tw, min((j + 1) * tw, w))
+            for i in range(rows)
+            for j in range(cols)
+        ]
+
+    def tile_windows(self) -> list[tuple[int, int, int, int]]:
+        """``(row_lo, row_hi, col_lo, col_hi)`` key window of each tile: the tile grown by the
+        halo, clipped to the canvas."""
+        _, h, w = self.canvas
+        g = self.halo
+        return [
+            (max(r0 - g, 0), min(r1 + g, h), max(c0 - g, 0), min(c1 + g, w))
+            for r0, r1, c0, c1 in self.tile_rects()
+        ]
+
+    def tile_offsets(self) -> list[int]:
+        """Start of each tile in the tile-major sequence, plus the total length at the end."""
+        f = self.canvas[0]
+        sizes = [f * (r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in self.tile_rects()]
+        offsets = [0]
+        for s in sizes:
+            offsets.append(offsets[-1] + s)
+        return offsets
+
+    # -------------------------------------------------------------------------- permutation
+    def tile_major_index(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """int64 ``(seq,)``: ``index[p]`` is the canvas-order position of tile-major token ``p``.
+
+        Canvas order is (frame, row, col) row-major over the whole canvas, the order in which
+        diffusers' video transformers flatten patch tokens.
+        """
+        def build():
+            f, h, w = self.canvas
+            grid = torch.arange(self.seq_len, device=device).view(f, h, w)
+            parts = [grid[:, r0:r1, c0:c1].reshape(-1) for r0, r1, c0, c1 in self.tile_rects()]
+            return torch.cat(parts)
+
+        return self.memo(("perm", device), build)
+
+    def canvas_index(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """int64 ``(seq,)``: the inverse of :meth:`tile_major_index`."""
+        def build():
+            perm = self.tile_major_index(device)
+            inv = torch.empty_like(perm)
+            inv[perm] = torch.arange(perm.numel(), device=perm.device)
+            return inv
+
+        return self.memo(("inv", device), build)
+
+    def to_tile_major(self, x: torch.Tensor, dim: int = -2) -> torch.Tensor:
+        """Reorder ``x`` along ``dim`` (length ``seq``) from canvas order to tile-major order.
+
+        One gather. ``dim=-2`` fits ``(batch, heads, seq, head_dim)``; use ``dim=1`` for
+        diffusers' ``(batch, seq, channels)`` hidden states.
+        """
+        return x.index_select(dim, self.tile_major_index(x.device))
+
+    def from_tile_major(self, x: torch.Tensor, dim: int = -2) -> torch.Tensor:
+        """Inverse of :meth:`to_tile_major`."""
+        return x.index_select(dim, self.canvas_index(x.device))
+
+    # ---------------------------------------------------------------------------- the rule
+    def _token_coords(self, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tile-major ``(tile id, row, col)`` of every token, each int64 ``(seq,)``."""
+        def build():
+            _, h, w = self.canvas
+            perm = self.tile_major_index(device)
+            sizes = torch.diff(torch.tensor(self.tile_offsets(), device=device))
+            tile_id = torch.repeat_interleave(torch.arange(self.num_tiles, device=device), sizes)
+            return tile_id, (perm // w) % h, perm % w
+
+        return self.memo(("coords", device), build)
+
+    def token_rule(self, device: torch.device | str = "cpu") -> TokenRule:
+        def build():
+            tile_id, row, col = self._token_coords(device)
+            windows = torch.tensor(self.tile_windows(), dtype=torch.int32, device=device)
+            k_pos = torch.stack([row, col], dim=1).to(torch.int32)
+            return TokenRule(windows[tile_id].contiguous(), k_pos.contiguous())
+
+        return self.memo(("rule", device), build)
+
+    def _keys_in_window(self, device) -> torch.Tensor:
+        """bool ``(num_tiles, seq)``: key ``j`` (tile-major) lies in tile ``t``'s window."""
+        _, row, col = self._token_coords(device)
+        win = torch.tensor(self.tile_windows(), device=device)
+        return (
+            (row[None] >= win[:, 0:1]) & (row[None] < win[:, 1:2])
+            & (col[None] >= win[:, 2:3]) & (col[None] < win[:, 3:4])
+        )
+
+    def token_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """bool ``(seq, seq)`` in tile-major order. Quadratic memory: tests and reference only."""
+        tile_id, _, _ = self._token_coords(device)
+        return self._keys_in_window(device)[tile_id]
+
+    def block_index(
+        self, block_m: int, block_n: int, device: torch.device | str = "cpu"
+    ) -> BlockIndex:
+        """The :class:`BlockIndex` at block sizes ``(block_m, block_n)``, in
+        ``O(num_tiles * seq + num_q_blocks * num_tiles * num_kv_blocks)`` — never ``seq**2``."""
+        return self.memo(
+            ("blocks", block_m, block_n, device),
+            lambda: self._build_block_index(block_m, block_n, device),
+        )
+
+    def _build_block_index(self, block_m: int, block_n: int, device) -> BlockIndex:
+        n, nt = self.seq_len, self.num_tiles
+        nq, nk = math.ceil(n / block_m), math.ceil(n / block_n)
+        # How many keys of each key block fall in each tile's window.
+        in_win = self._keys_in_window(device)
+        padded = torch.zeros(nt, nk * block_n, dtype=torch.float32, device=device)
+        padded[:, :n] = in_win.float()
+        counts = padded.view(nt, nk, block_n).sum(dim=2)  # (tiles, kv blocks)
+        # A query block is a contiguous run of tile-major tokens, so the tiles its queries
+        # belong to are the contiguous id range [first, last].
+        tile_id, _, _ = self._token_coords(device)
+        starts = torch.arange(nq, device=device) * block_m
+        first = tile_id[starts]
+        last = tile_id[(starts + block_m).clamp(max=n) - 1]
+        t = torch.arange(nt, device=device)
+        member = ((t[None] >= first[:, None]) & (t[None] <= last[:, None])).float()  # (nq, tiles)
+        # Visited: some member tile has a key in the block. Full: every member tile has all
+        # block_n keys (a short last block is never full, so the kernels mask the sequence end).
+        # Float matmuls count exactly: every count is an integer far below 2**24.
+        visited = (member @ (counts > 0).float()) > 0
+        full = (member @ (counts < block_n).float()) == 0
+        return BlockIndex.from_block_matrices(n, block_m, block_n, visited, full)
+
+
+@dataclass(frozen=True)
+class BlockListLayout(_Memo):
+    """A general block-sparse layout: an explicit list of computed (query block, key block)
+    pairs, each attended in full.
+
+    Args:
+        seq_len: number of tokens ``N``.
+        block_size: the granularity of ``blocks``.
+        blocks: bool ``(ceil(N / block_size), ceil(N / block_size))``; ``blocks[i, j]`` means
+            queries of block ``i`` attend every key of block ``j``.
+
+    The sequence order is whatever order the caller uses. Block indices can be produced at any
+    block size that divides ``block_size`` (each smaller block then lies in one listed block).
+    Every query should list at least one key block, else its softmax is empty and its output
+    undefined.
+    """
+
+    seq_len: int
+    block_size: int
+    blocks: torch.Tensor
+
+    def __post_init__(self) -> None:
+        nb = math.ceil(self.seq_len / self.block_size)
+        if self.blocks.dtype != torch.bool or tuple(self.blocks.shape) != (nb, nb):
+            raise ValueError(
+                f"blocks must be a bool tensor of shape ({nb}, {nb}), "
+                f"got {self.blocks.dtype} {tuple(self.blocks.shape)}"
+            )
+
+    def _fine_blocks(self, block_m: int, block_n: int, device) -> torch.Tensor:
+        """The block matrix at the finer block sizes (each must divide ``block_size``)."""
+        if self.block_size % block_m or self.block_size % block_n:
+            raise ValueError(
+                f"block sizes ({block_m}, {block_n}) must divide the list's block size "
+                f"{self.block_size}"
+            )
+        n = self.seq_len
+        rows = torch.arange(0, n, block_m, device=device) // self.block_size
+        cols = torch.arange(0, n, block_n, device=device) // self.block_size
+        return self.blocks.to(device)[rows][:, cols]
+
+    def token_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        return self._fine_blocks(1, 1, device)
+
+    def token_rule(self, device: torch.device | str = "cpu") -> TokenRule:
+        # Inside a listed block every pair is allowed; the only partial blocks are those cut
+        # short by the sequence end, where the kernels' out-of-range key position (-1) already
+        # fails the window. So: one window [0, 1) x [0, 1) that every real key at (0, 0) is in.
+        n = self.seq_len
+        q_window = torch.tensor([0, 1, 0, 1], dtype=torch.int32, device=device).repeat(n, 1)
+        return TokenRule(q_window, torch.zeros(n, 2, dtype=torch.int32, device=device))
+
+    def block_index(
+        self, block_m: int, block_n: int, device: torch.device | str = "cpu"
+    ) -> BlockIndex:
+        def build():
+            visited = self._fine_blocks(block_m, block_n, device)
+            k_sizes = _block_sizes(self.seq_len, block_n, device)
+            full = visited & (k_sizes == block_n)[None, :]
+            return BlockIndex.from_block_matrices(self.seq_len, block_m, block_n, visited, full)
+
+        return self.memo(("blocks", block_m, block_n, device), build)
