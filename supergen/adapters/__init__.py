@@ -1,0 +1,28 @@
+"""Model families. Each adapter is one file; :func:`adapter_for` picks one for a diffusers pipeline."""
+
+from __future__ import annotations
+
+from diffusers import DiffusionPipeline
+
+from ..errors import SuperGenError
+from .base import Conditioning, ModelAdapter, Request
+from .wan import WanAdapter
+
+#: Every adapter the engine knows, in lookup order.
+ADAPTERS: tuple[type[ModelAdapter], ...] = (WanAdapter,)
+
+
+def supported_pipelines() -> list[str]:
+    return [name for adapter in ADAPTERS for name in adapter.pipeline_classes]
+
+
+def adapter_for(pipe: DiffusionPipeline) -> ModelAdapter:
+    """The adapter for ``pipe``'s class, or a :class:`SuperGenError` naming the supported classes."""
+    name = type(pipe).__name__
+    for adapter in ADAPTERS:
+        if name in adapter.pipeline_classes:
+            return adapter(pipe)
+    raise SuperGenError(f"{name} is not supported; supported diffusers pipelines: {', '.join(supported_pipelines())}")
+
+
+__all__ = ["ADAPTERS", "Conditioning", "ModelAdapter", "Request", "adapter_for", "supported_pipelines"]

@@ -1,0 +1,142 @@
+"""``supergen`` command line: ``supergen render ...``.
+
+User errors (:class:`~supergen.errors.SuperGenError`) print one ``error:`` line and exit with status 2,
+without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Sequence
+
+import torch
+
+from .config import SuperGenConfig, load_config
+from .errors import SuperGenError
+
+logger = logging.getLogger("supergen")
+
+#: CLI flags that are shorthands for config keys.
+FLAG_TO_KEY = {
+    "model": "model.name",
+    "dtype": "model.dtype",
+    "device": "model.device",
+    "prompt": "job.prompt",
+    "negative_prompt": "job.negative_prompt",
+    "image": "job.image",
+    "sketch_video": "job.sketch_video",
+    "height": "job.height",
+    "width": "job.width",
+    "num_frames": "job.num_frames",
+    "seed": "job.seed",
+    "steps": "refine.num_inference_steps",
+    "strength": "refine.strength",
+    "output": "output.path",
+    "fps": "output.fps",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="supergen", description="2K/4K video from diffusers video models, without training.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    render = sub.add_parser(
+        "render",
+        help="render one video",
+        description="Render one video. Trailing key=value arguments override any config key (e.g. tiling.mode=overlap).",
+    )
+    render.add_argument("--config", help="preset name (tiny) or YAML file; default: tiny")
+    render.add_argument("--model", help="tiny | tiny-i2v | toy | a diffusers folder or Hugging Face id")
+    render.add_argument("--dtype", help="float32 | bfloat16 | float16")
+    render.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    render.add_argument("--prompt")
+    render.add_argument("--negative-prompt")
+    render.add_argument("--image", help="conditioning image for image-to-video models")
+    render.add_argument("--sketch-video", help="use this low-resolution video as the sketch (upscaling)")
+    render.add_argument("--height", type=int)
+    render.add_argument("--width", type=int)
+    render.add_argument("--num-frames", type=int)
+    render.add_argument("--seed", type=int)
+    render.add_argument("--steps", type=int, help="refinement schedule length (refine.num_inference_steps)")
+    render.add_argument("--strength", type=float, help="fraction of the schedule re-run on the upscaled sketch")
+    render.add_argument("--output", "-o", help="output video path (.mp4)")
+    render.add_argument("--fps", type=int)
+    render.add_argument("--save-sketch", action="store_true", help="also write the sketch as <output>.sketch.mp4")
+    render.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    render.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> SuperGenConfig:
+    overrides = [f"{key}={_quote(getattr(args, flag))}" for flag, key in FLAG_TO_KEY.items() if getattr(args, flag, None) is not None]
+    if args.save_sketch:
+        overrides.append("output.save_sketch=true")
+    # Explicit key=value arguments come last so they win over the shorthand flags.
+    return load_config(args.config or "tiny", overrides + list(args.overrides))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SuperGenError(f"model.device={name!r} but no CUDA device is available; valid here: auto, cpu")
+    return device
+
+
+def render(args: argparse.Namespace) -> int:
+    from .builtin import load_pipeline
+    from .io import check_output_path, write_video
+    from .pipeline import SuperGenPipeline
+
+    cfg = config_from_args(args)
+    output = check_output_path(cfg.output.path)
+    device = resolve_device(cfg.model.device)
+    pipe = load_pipeline(cfg.model.name, getattr(torch, cfg.model.dtype), device)
+    if args.quiet:
+        pipe.set_progress_bar_config(disable=True)
+    sg = SuperGenPipeline.from_pipe(pipe, cfg)
+    sketch_video = None
+    if cfg.job.sketch_video is not None:
+        from .io import read_video
+
+        sketch_video = read_video(cfg.job.sketch_video)
+    start = time.perf_counter()
+    # A CPU generator gives the same noise on every device (and every rank).
+    generator = torch.Generator("cpu").manual_seed(cfg.job.seed)
+    out = sg(generator=generator, sketch_video=sketch_video, output_type="np")
+    write_video(output, out.frames[0], fps=cfg.output.fps, quality=cfg.output.quality)
+    if cfg.output.save_sketch and out.sketch is not None:
+        write_video(output.with_suffix(".sketch" + output.suffix), out.sketch[0], fps=cfg.output.fps, quality=cfg.output.quality)
+    stats = out.stats
+    print(
+        f"supergen: {stats.size[1]}x{stats.size[0]}x{stats.num_frames} from a "
+        f"{'%dx%d' % stats.sketch[::-1] if stats.sketch else 'noise (strength 1)'} sketch, {stats.tiling}, "
+        f"{len(stats.steps)} steps, {stats.tile_forwards} tile-forwards, {time.perf_counter() - start:.1f} s -> {output}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "render":
+            return render(args)
+    except SuperGenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _quote(value: object) -> str:
+    # omegaconf's dotlist parses values as YAML: quote strings so prompts like "yes" or "a: b" stay strings.
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Video files: atomic mp4 writing and reading, through imageio-ffmpeg (bundled ffmpeg, works offline)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import imageio.v2 as imageio
+import imageio.v3 as iio
+import numpy as np
+
+from .errors import SuperGenError
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fail early (before any rendering) if ``path`` cannot be written."""
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise SuperGenError(f"output {str(path)!r} must end in one of {', '.join(VIDEO_SUFFIXES)}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise SuperGenError(f"output folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise SuperGenError(f"output folder {str(parent)!r} is not writable")
+    if path.is_dir():
+        raise SuperGenError(f"output {str(path)!r} is a folder, not a file name")
+    return path
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """``(frames, H, W, 3)`` float in [0, 1] (diffusers' ``np`` output) → uint8."""
+    return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 16, quality: int = 8) -> Path:
+    """Write ``frames`` ``(F, H, W, 3)`` (uint8, or float in [0, 1]) as H.264, atomically.
+
+    The file is written under a temporary name in the same folder and renamed when complete, so a
+    crash never leaves a half-written video under the final name.
+    """
+    path = check_output_path(path)
+    if frames.dtype != np.uint8:
+        frames = to_uint8(frames)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent or ".")
+    os.close(fd)
+    try:
+        # macro_block_size=1: keep the exact size (ffmpeg would otherwise pad to multiples of 16).
+        imageio.mimwrite(tmp, list(frames), fps=fps, codec="libx264", quality=quality, macro_block_size=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """All frames of a video file as ``(F, H, W, 3)`` uint8."""
+    path = Path(path)
+    if not path.is_file():
+        raise SuperGenError(f"video {str(path)!r} does not exist")
+    return np.asarray(iio.imread(path))

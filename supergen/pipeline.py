@@ -1,0 +1,341 @@
+"""``SuperGenPipeline``: a diffusers video pipeline made to render at 2K/4K, in two stages.
+
+Read top to bottom, :meth:`SuperGenPipeline.__call__` is the method:
+
+1. sketch: the wrapped pipeline at its native size, all steps, latent output;
+2. upscale: decode, resize the frames in pixel space, encode at the target size;
+3. re-noise: to ``strength`` with the scheduler's own method and the user's generator;
+4. refine: the remaining steps on the canvas, in tiles (:mod:`supergen.refine`);
+5. decode: tiled VAE decode, cropped to exactly the requested size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .adapters import Conditioning, ModelAdapter, Request, adapter_for
+from .config import SuperGenConfig, load_config
+from .errors import SuperGenError
+from .refine import StepStats, refine
+from .tiling import TilePlan
+from .upscale import resize_video
+
+logger = logging.getLogger("supergen")
+
+OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+
+
+@dataclass
+class RenderStats:
+    """Sizes and timings of one render (all sizes ``(height, width)``)."""
+
+    size: tuple[int, int]
+    canvas: tuple[int, int]
+    sketch: tuple[int, int] | None
+    num_frames: int
+    tile: tuple[int, int]
+    tiling: str
+    strength: float
+    seconds: dict[str, float] = field(default_factory=dict)
+    steps: list[StepStats] = field(default_factory=list)
+
+    @property
+    def tile_forwards(self) -> int:
+        return sum(s.tiles_computed for s in self.steps)
+
+
+@dataclass
+class SuperGenPipelineOutput(BaseOutput):
+    """Like diffusers' video outputs, plus the sketch and what the render did.
+
+    Attributes:
+        frames: the video in ``output_type`` (``np``: ``(1, F, H, W, 3)`` in [0, 1]; ``pt``:
+            ``(1, F, 3, H, W)``; ``pil``: a list of lists of images; ``latent``: ``(1, C, f, h, w)``).
+        sketch: the stage-1 video at sketch size in the same format, or None when ``strength=1``
+            skipped the sketch (with ``output_type="latent"``: ``(1, 3, F, h, w)`` pixels in [-1, 1]).
+        stats: sizes, per-stage seconds and per-step statistics.
+    """
+
+    frames: Any
+    sketch: Any
+    stats: RenderStats
+
+
+class SuperGenPipeline:
+    """Wraps a diffusers pipeline; ``__call__`` renders at any size with the two-stage method.
+
+    Build with :meth:`from_pipe` (an already loaded pipeline) or :meth:`from_pretrained`.
+    """
+
+    def __init__(self, pipe: DiffusionPipeline, config: SuperGenConfig):
+        self.pipe = pipe
+        self.config = config
+        self.adapter: ModelAdapter = adapter_for(pipe)
+
+    @classmethod
+    def from_pipe(cls, pipe: DiffusionPipeline, config: str | SuperGenConfig | dict | None = None, **overrides: Any) -> "SuperGenPipeline":
+        """Wrap ``pipe``.
+
+        Args:
+            pipe: a supported diffusers pipeline (``WanPipeline``, ``WanImageToVideoPipeline``).
+            config: a preset name, a YAML path, a :class:`SuperGenConfig` or a nested dict.
+            overrides: per section, e.g. ``tiling={"mode": "overlap"}, refine={"strength": 0.6}``.
+        """
+        flat: dict[str, Any] = {}
+        for section, values in overrides.items():
+            if not isinstance(values, dict):
+                raise SuperGenError(f"override {section}={values!r}: pass a dict per config section, e.g. tiling={{'mode': 'overlap'}}")
+            flat.update({f"{section}.{key}": value for key, value in values.items()})
+        return cls(pipe, load_config(config, flat))
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, torch_dtype: torch.dtype | None = None, config=None, **overrides: Any) -> "SuperGenPipeline":
+        """Load a diffusers model folder or Hugging Face id; diffusers picks the pipeline class from it."""
+        pipe = DiffusionPipeline.from_pretrained(path_or_id, torch_dtype=torch_dtype)
+        return cls.from_pipe(pipe, config, **overrides)
+
+    # ---- sizes ------------------------------------------------------------------------------
+    def _snap(self, value: int, what: str) -> int:
+        """Round a pixel size up to what the VAE and patch accept (the output is cropped back)."""
+        multiple = self.adapter.pixel_multiple
+        snapped = math.ceil(value / multiple) * multiple
+        if snapped != value:
+            logger.info("%s %d is not a multiple of %d; rendering at %d and cropping to %d", what, value, multiple, snapped, value)
+        return snapped
+
+    def _sketch_size(self, height: int, width: int) -> tuple[int, int]:
+        cfg = self.config.sketch
+        multiple = self.adapter.pixel_multiple
+        if cfg.height is not None:
+            size = (cfg.height, cfg.width)
+        elif self.adapter.native_size is not None:
+            size = self.adapter.native_size
+        else:  # unknown native size: the target's aspect at the native area
+            scale = math.sqrt(cfg.native_area / (height * width))
+            size = (height * scale, width * scale)
+        # Never sketch larger than the target; always something the VAE and patch accept.
+        return tuple(max(multiple, round(min(s, t) / multiple) * multiple) for s, t in zip(size, (height, width)))  # type: ignore[return-value]
+
+    # ---- the method -------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | None = None,
+        negative_prompt: str | None = None,
+        image: Any | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        strength: float | None = None,
+        num_inference_steps: int | None = None,
+        sketch_video: np.ndarray | torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+    ) -> SuperGenPipelineOutput | tuple:
+        """Render one video. Arguments left as None take the config's values (``config.job`` etc.).
+
+        Args:
+            image: PIL image (or path) for image-to-video pipelines.
+            height, width: output size in pixels; sizes the model cannot take are rendered at the next
+                multiple of ``adapter.pixel_multiple`` and cropped back, so the output is exactly this size.
+            num_frames: snapped to what the VAE accepts (Wan: ``4k + 1``) with a warning, as diffusers does.
+            strength: fraction of the refinement schedule re-run on the upscaled sketch (``refine.strength``).
+            num_inference_steps: refinement schedule length N (``refine.num_inference_steps``).
+            sketch_video: a low-resolution video ``(F, h, w, 3)`` (uint8, or float in [0, 1]) used instead of
+                stage 1: supergen as a training-free video upscaler.
+            generator: every random draw (sketch noise, re-noise, posterior samples) comes from it.
+            callback_on_step_end: diffusers-style ``callback(pipe, step, timestep, {"latents": ...})``
+                after every refinement step; it may return ``{"latents": new}``.
+        """
+        cfg, adapter = self.config, self.adapter
+        if output_type not in OUTPUT_TYPES:
+            raise SuperGenError(f"output_type {output_type!r}; valid: {', '.join(OUTPUT_TYPES)}")
+        if prompt is not None and not isinstance(prompt, str):
+            raise SuperGenError("prompt must be one string (one video per call; use batch rendering for many)")
+        req_height = height if height is not None else cfg.job.height
+        req_width = width if width is not None else cfg.job.width
+        for name, value in (("height", req_height), ("width", req_width)):
+            if not isinstance(value, int) or value < adapter.pixel_multiple:
+                raise SuperGenError(f"{name}={value!r}: must be an integer of at least {adapter.pixel_multiple} pixels")
+        frames_asked = num_frames if num_frames is not None else cfg.job.num_frames
+        frames = adapter.snap_frames(frames_asked)
+        if frames != frames_asked:
+            logger.warning("num_frames=%d: this VAE takes %s; rendering %d frames", frames_asked, "4k+1", frames)
+        if image is None and cfg.job.image is not None:
+            image = cfg.job.image
+        if adapter.requires_image and image is None:
+            raise SuperGenError(f"{type(self.pipe).__name__} is image-to-video: pass image= (or job.image / --image)")
+        if isinstance(image, str):
+            from diffusers.utils import load_image
+
+            image = load_image(image)
+        strength = cfg.refine.strength if strength is None else strength
+        if not 0.0 < strength <= 1.0:
+            raise SuperGenError(f"strength={strength}: must lie in (0, 1]")
+        total_steps = num_inference_steps or cfg.refine.num_inference_steps
+
+        request = Request(
+            prompt=prompt if prompt is not None else cfg.job.prompt,
+            negative_prompt=negative_prompt if negative_prompt is not None else cfg.job.negative_prompt,
+            num_frames=frames,
+            image=image,
+        )
+        height, width = self._snap(req_height, "height"), self._snap(req_width, "width")
+        native = self._sketch_size(height, width)  # the sketch's size, and the default tile
+        sketch_size: tuple[int, int] | None = native
+        device = adapter.device
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        # ---- conditioning, shared by both stages ----
+        guidance = cfg.refine.guidance_scale if cfg.refine.guidance_scale is not None else cfg.sketch.guidance_scale
+        guidance_2 = cfg.refine.guidance_scale_2 if cfg.refine.guidance_scale_2 is not None else cfg.sketch.guidance_scale_2
+        embeds = adapter.encode_prompt(request, max(guidance, cfg.sketch.guidance_scale))
+
+        # ---- schedule of stage 2: enter an N-step schedule at N - k, k = strength * N (as img2img) ----
+        scheduler = type(adapter.scheduler).from_config(adapter.scheduler.config)
+        scheduler.set_timesteps(total_steps, device=device)
+        k = min(int(total_steps * strength), total_steps)
+        if k == 0:
+            raise SuperGenError(f"strength={strength} × num_inference_steps={total_steps} leaves no refinement step; raise either")
+        t_start = total_steps - k
+        timesteps = scheduler.timesteps[t_start * scheduler.order :]
+        scheduler.set_begin_index(t_start)
+        latent_shape = (
+            1,
+            adapter.pipe.vae.config.z_dim,
+            (frames - 1) // adapter.vae_scale[0] + 1,
+            height // adapter.vae_scale[1],
+            width // adapter.vae_scale[2],
+        )
+
+        sketch_frames = None
+        if k == total_steps and sketch_video is None:
+            # strength 1: the schedule starts from pure noise, the sketch would be discarded; skip it.
+            # (This is also exactly the plain pipeline at the target size: the exactness test.)
+            sketch_size = None
+            latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=torch.float32)
+        else:
+            # ---- stage 1: sketch ----
+            if sketch_video is not None:
+                sketch_pixels = _video_to_tensor(sketch_video, frames).to(device)
+                sketch_size = tuple(sketch_pixels.shape[-2:])
+            else:
+                self._set_vae_tiling(False)
+                sketch_latents = adapter.sketch(
+                    request, embeds, sketch_size[0], sketch_size[1], cfg.sketch.num_inference_steps,
+                    cfg.sketch.guidance_scale, cfg.sketch.guidance_scale_2, generator,
+                )
+                timings["sketch"] = time.perf_counter() - clock
+                clock = time.perf_counter()
+                sketch_pixels = adapter.decode(sketch_latents)
+            sketch_frames = sketch_pixels
+            # ---- upscale in pixel space, encode at the canvas size ----
+            self._set_vae_tiling(height * width > sketch_size[0] * sketch_size[1])
+            upscaled = resize_video(sketch_pixels, height, width, cfg.sketch.upscale)
+            x0 = adapter.encode(upscaled, generator if cfg.sketch.sample_posterior else None)
+            # ---- re-noise with the scheduler's own forward process and the user's generator ----
+            noise = randn_tensor(x0.shape, generator=generator, device=device, dtype=torch.float32)
+            latents = _renoise(scheduler, x0.to(device), noise, timesteps[:1])
+            timings["upscale"] = time.perf_counter() - clock
+            clock = time.perf_counter()
+
+        # ---- stage 2: tiled refinement ----
+        self._set_vae_tiling(sketch_size is not None and height * width > sketch_size[0] * sketch_size[1])
+        cond = Conditioning(
+            embeds=embeds,
+            spatial=adapter.spatial_conditioning(request, height, width),
+            guidance_scale=guidance,
+            guidance_scale_2=guidance_2,
+        )
+        plan = self._plan(latent_shape[-2:], native)
+        callback = None
+        if callback_on_step_end is not None:
+            def callback(step: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+                tensors = {"latents": latents} if "latents" in callback_on_step_end_tensor_inputs else {}
+                result = callback_on_step_end(self, step, t, tensors) or {}
+                return result.get("latents", latents)
+
+        with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
+            latents, step_stats = refine(
+                latents, scheduler, timesteps, plan, adapter, cond, cfg.tiling.positions,
+                cfg.tiling.batch_tiles, progress, callback,
+            )
+        timings["refine"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+
+        # ---- decode, crop to the exact requested size ----
+        if output_type == "latent":
+            video, sketch_out = latents, sketch_frames
+        else:
+            video = adapter.decode(latents)[..., :req_height, :req_width]
+            video = adapter.pipe.video_processor.postprocess_video(video, output_type=output_type)
+            sketch_out = None
+            if sketch_frames is not None:
+                sketch_out = adapter.pipe.video_processor.postprocess_video(sketch_frames, output_type=output_type)
+            timings["decode"] = time.perf_counter() - clock
+        stats = RenderStats(
+            size=(req_height, req_width), canvas=(height, width), sketch=sketch_size, num_frames=frames,
+            tile=tuple(s * adapter.vae_scale[1] for s in plan.tile), tiling=plan.describe(), strength=strength,
+            seconds=timings, steps=step_stats,
+        )
+        adapter.pipe.maybe_free_model_hooks()
+        if not return_dict:
+            return (video,)
+        return SuperGenPipelineOutput(frames=video, sketch=sketch_out, stats=stats)
+
+    def _set_vae_tiling(self, large: bool) -> None:
+        mode = self.config.output.vae_tiling
+        self.adapter.set_vae_tiling(mode == "on" or (mode == "auto" and large))
+
+    def _plan(self, canvas: tuple[int, int], tile_pixels: tuple[int, int]) -> TilePlan:
+        """The tile plan in latent units; the tile defaults to the sketch size (the trained sequence length)."""
+        cfg, adapter = self.config.tiling, self.adapter
+        if cfg.tile_height is not None:
+            tile_pixels = (cfg.tile_height, cfg.tile_width)
+        multiple = adapter.pixel_multiple
+        for name, value in zip(("tile_height", "tile_width"), tile_pixels):
+            if value % multiple:
+                raise SuperGenError(f"tiling.{name}={value} must be a multiple of {multiple} (VAE × patch)")
+        scale = adapter.vae_scale[1]
+        return TilePlan(
+            canvas=canvas,
+            tile=(tile_pixels[0] // scale, tile_pixels[1] // scale),
+            patch=adapter.patch[1:],
+            mode=cfg.mode,
+            boundary=cfg.boundary,
+            shift_divisor=cfg.shift_divisor,
+            shift_every=cfg.shift_every,
+            overlap=cfg.overlap // scale,
+        )
+
+
+def _renoise(scheduler, x0: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    """Forward-diffuse ``x0`` to ``timestep`` with the scheduler's own method (flow matching or DDIM-style)."""
+    if hasattr(scheduler, "scale_noise"):
+        return scheduler.scale_noise(x0, timestep, noise)
+    return scheduler.add_noise(x0, noise, timestep)
+
+
+def _video_to_tensor(video: np.ndarray | torch.Tensor, frames: int) -> torch.Tensor:
+    """``(F, h, w, 3)`` uint8 or float in [0, 1] → ``(1, 3, F, h, w)`` float32 in [-1, 1]."""
+    array = torch.as_tensor(np.asarray(video))
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise SuperGenError(f"sketch_video must have shape (frames, height, width, 3); got {tuple(array.shape)}")
+    if array.shape[0] != frames:
+        raise SuperGenError(f"sketch_video has {array.shape[0]} frames; this render needs {frames}")
+    array = array.float() / 255.0 if array.dtype == torch.uint8 else array.float()
+    return (array * 2.0 - 1.0).permute(3, 0, 1, 2).unsqueeze(0)

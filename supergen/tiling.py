@@ -1,0 +1,291 @@
+"""Tile geometry: which windows of the canvas latent the model sees at each refinement step.
+
+Everything here is in latent units on the two spatial axes (tiles always span all frames) and knows
+nothing about models or ranks. A :class:`TilePlan` is computed, never looked up, so any canvas size
+works: at every step every latent element is covered and the blend weights of the tiles covering it
+sum to one (``tests/test_tiling.py`` checks this over many shapes).
+
+Two modes:
+
+``shift`` (the paper)
+    Non-overlapping ownership: the canvas is cut into segments whose cut lines move by
+    ``tile / shift_divisor`` every ``shift_every`` steps, so a border at one step is interior at the
+    next. Each axis cycles on its own (the authors' single shared modulus left a band that borders
+    never crossed when the two axes had different tile/stride ratios). At the canvas edge:
+
+    - ``wrap``: the canvas is a torus; segments have (near-)equal sizes that sum to the axis length
+      and windows may wrap around, putting opposite edges side by side in one tile.
+    - ``clamp``: every window is a full-size tile clamped inside the canvas; a tile only writes the
+      segment it owns, the rest of its window is context. No wrap-around, one extra tile per axis.
+
+``overlap``
+    A fixed grid of overlapping tiles with linear feathering in the overlaps (MultiDiffusion-style),
+    weights normalised so they sum to one everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from .errors import SuperGenError
+
+
+@dataclass(frozen=True)
+class Window:
+    """``size`` consecutive elements of an axis of length ``canvas`` from ``start``, wrapping past the end."""
+
+    start: int
+    size: int
+    canvas: int
+
+    @property
+    def wraps(self) -> bool:
+        return self.start + self.size > self.canvas
+
+    def pieces(self) -> list[tuple[slice, slice]]:
+        """``(canvas_slice, window_slice)`` pairs: one, or two when the window wraps."""
+        if not self.wraps:
+            return [(slice(self.start, self.start + self.size), slice(0, self.size))]
+        head = self.canvas - self.start
+        return [
+            (slice(self.start, self.canvas), slice(0, head)),
+            (slice(0, self.size - head), slice(head, self.size)),
+        ]
+
+    def positions(self) -> torch.Tensor:
+        """Canvas coordinate of every element of the window, shape ``(size,)``, int64."""
+        return (torch.arange(self.size) + self.start) % self.canvas
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One transformer call's window on the canvas, and how its prediction is blended back.
+
+    ``weight`` has shape ``(rows.size, cols.size)`` (float32) or is ``None`` when it is all ones.
+    """
+
+    index: int
+    rows: Window
+    cols: Window
+    weight: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows.size, self.cols.size)
+
+    @property
+    def origin(self) -> tuple[int, int]:
+        return (self.rows.start, self.cols.start)
+
+
+@dataclass(frozen=True)
+class _AxisSegment:
+    window: Window
+    #: 1-D blend weights over the window, or None for all ones.
+    weight: torch.Tensor | None
+
+
+class AxisSchedule:
+    """The tiling of one axis: its windows at a given offset and the cycle of offsets it visits.
+
+    Args:
+        length: axis length in latent units (a multiple of ``patch``).
+        tile: tile length in latent units (a multiple of ``patch``); clipped to ``length``.
+        patch: the transformer's patch size on this axis: every window edge lies on it.
+        mode: ``shift`` or ``overlap``.
+        boundary: ``wrap`` or ``clamp`` (shift mode).
+        stride: how far the cut lines move per shift (shift mode), a multiple of ``patch``.
+        overlap: minimum overlap between neighbours (overlap mode).
+    """
+
+    def __init__(self, length: int, tile: int, patch: int, mode: str, boundary: str, stride: int, overlap: int):
+        for name, value in (("length", length), ("tile", tile), ("stride", stride)):
+            if value % patch or value <= 0:
+                raise SuperGenError(f"axis {name}={value} must be a positive multiple of the patch size {patch}")
+        self.length, self.tile, self.patch = length, min(tile, length), patch
+        self.mode, self.boundary = mode, boundary
+        self.stride = stride
+        self.overlap = max(0, min(overlap, self.tile - patch)) // patch * patch
+        self.period = self._period()
+
+    @property
+    def single(self) -> bool:
+        """The tile covers the whole axis: one window, nothing to shift."""
+        return self.tile >= self.length
+
+    # ---- shift mode -------------------------------------------------------------------------
+    def _wrap_sizes(self) -> list[int]:
+        # n near-equal sizes (in whole patches) that sum to the axis length; each <= tile.
+        n = math.ceil(self.length / self.tile)
+        units = self.length // self.patch
+        base, extra = divmod(units, n)
+        return [(base + (i < extra)) * self.patch for i in range(n)]
+
+    def _cuts(self, offset: int) -> list[int]:
+        """Positions in [0, length) where a segment starts."""
+        if self.boundary == "wrap":
+            starts, pos = [], offset
+            for size in self._wrap_sizes():
+                starts.append(pos % self.length)
+                pos += size
+            return sorted(starts)
+        first = offset % self.tile
+        return sorted({0} | set(range(first, self.length, self.tile)))
+
+    def _period(self) -> int:
+        """Smallest offset after which the cut pattern repeats (0 when the axis is not shifted)."""
+        if self.single or self.mode != "shift":
+            return 0
+        if self.boundary == "clamp":
+            return self.tile
+        base = set(self._cuts(0))
+        for shift in range(self.patch, self.length + 1, self.patch):
+            if {(c + shift) % self.length for c in base} == base:
+                return shift
+        return self.length  # unreachable: a shift by the full length is the identity
+
+    def offset(self, shift_index: int) -> int:
+        """Offset of the cut pattern after ``shift_index`` shifts: its own cycle on this axis."""
+        return 0 if self.period == 0 else (shift_index * self.stride) % self.period
+
+    def cycle(self) -> list[int]:
+        """Every offset this axis visits, in order, before repeating."""
+        if self.period == 0:
+            return [0]
+        return [self.offset(k) for k in range(self.period // math.gcd(self.stride, self.period))]
+
+    def segments(self, offset: int) -> list[_AxisSegment]:
+        if self.single:
+            return [_AxisSegment(Window(0, self.length, self.length), None)]
+        if self.mode == "overlap":
+            return self._overlap_segments
+        cuts = self._cuts(offset)
+        if self.boundary == "wrap":
+            ends = cuts[1:] + [cuts[0] + self.length]
+            return [_AxisSegment(Window(a, b - a, self.length), None) for a, b in zip(cuts, ends)]
+        segments = []
+        for a, b in zip(cuts, cuts[1:] + [self.length]):
+            start = min(a, self.length - self.tile)
+            weight = torch.zeros(self.tile)
+            weight[a - start : b - start] = 1.0  # the window only writes the segment it owns
+            segments.append(_AxisSegment(Window(start, self.tile, self.length), weight))
+        return segments
+
+    # ---- overlap mode -----------------------------------------------------------------------
+    @cached_property
+    def _overlap_segments(self) -> list[_AxisSegment]:
+        step = self.tile - self.overlap
+        n = max(2, math.ceil((self.length - self.overlap) / step))
+        span_units = (self.length - self.tile) // self.patch
+        starts = [round(span_units * i / (n - 1)) * self.patch for i in range(n)]
+        segments = []
+        for i, start in enumerate(starts):
+            # Linear ramps over the actual overlap with each neighbour; none at the canvas edges.
+            left = starts[i - 1] + self.tile - start if i > 0 else 0
+            right = start + self.tile - starts[i + 1] if i + 1 < n else 0
+            j = torch.arange(self.tile, dtype=torch.float32) + 0.5
+            weight = torch.ones(self.tile)
+            if left > 0:
+                weight = weight * (j / left).clamp(max=1.0)
+            if right > 0:
+                weight = weight * ((self.tile - j) / right).clamp(max=1.0)
+            segments.append(_AxisSegment(Window(start, self.tile, self.length), weight))
+        return segments
+
+
+class TilePlan:
+    """Tiles of the canvas latent at every refinement step.
+
+    Args:
+        canvas: ``(height, width)`` of the canvas latent.
+        tile: ``(height, width)`` of a tile in latent units (typically the sketch's latent size).
+        patch: the transformer's spatial patch ``(ph, pw)``; all window edges lie on it.
+        mode: ``shift`` or ``overlap``.
+        boundary: ``wrap`` or ``clamp`` (shift mode).
+        shift_divisor: the grid moves by ``tile / shift_divisor`` (rounded to the patch, at least one).
+        shift_every: refinement steps between two moves.
+        overlap: minimum overlap in latent units (overlap mode).
+    """
+
+    def __init__(
+        self,
+        canvas: tuple[int, int],
+        tile: tuple[int, int],
+        patch: tuple[int, int] = (1, 1),
+        mode: str = "shift",
+        boundary: str = "clamp",
+        shift_divisor: int = 16,
+        shift_every: int = 1,
+        overlap: int = 0,
+    ):
+        if mode not in ("shift", "overlap"):
+            raise SuperGenError(f"tiling mode {mode!r} is not one of: shift, overlap")
+        if boundary not in ("wrap", "clamp"):
+            raise SuperGenError(f"tiling boundary {boundary!r} is not one of: wrap, clamp")
+        self.canvas, self.patch, self.mode, self.boundary = tuple(canvas), tuple(patch), mode, boundary
+        self.shift_every = shift_every
+        self.axes = []
+        for length, size, p in zip(canvas, tile, patch):
+            size = min(size, length)
+            stride = max(p, round(size / shift_divisor / p) * p)
+            self.axes.append(AxisSchedule(length, size, p, mode, boundary, stride, overlap))
+        self.tile = tuple(axis.tile for axis in self.axes)
+        self._normaliser: torch.Tensor | None = None
+        if mode == "overlap":
+            self._normaliser = self._weight_sum(self.tiles_unnormalised(0))
+
+    def offsets(self, step: int) -> tuple[int, int]:
+        """Grid offset ``(dy, dx)`` at refinement step ``step``."""
+        shift_index = step // self.shift_every
+        return (self.axes[0].offset(shift_index), self.axes[1].offset(shift_index))
+
+    def tiles_unnormalised(self, step: int) -> list[Tile]:
+        dy, dx = self.offsets(step)
+        tiles = []
+        for row in self.axes[0].segments(dy):
+            for col in self.axes[1].segments(dx):
+                weight = None
+                if row.weight is not None or col.weight is not None:
+                    wr = row.weight if row.weight is not None else torch.ones(row.window.size)
+                    wc = col.weight if col.weight is not None else torch.ones(col.window.size)
+                    weight = torch.outer(wr, wc)
+                tiles.append(Tile(len(tiles), row.window, col.window, weight))
+        return tiles
+
+    def tiles(self, step: int) -> list[Tile]:
+        """The tiles of step ``step`` in row-major order; their weights sum to one everywhere."""
+        tiles = self.tiles_unnormalised(step)
+        if self._normaliser is None:
+            return tiles
+        return [t if t.weight is None else Tile(t.index, t.rows, t.cols, t.weight / crop(self._normaliser, t)) for t in tiles]
+
+    def _weight_sum(self, tiles: list[Tile]) -> torch.Tensor:
+        total = torch.zeros(self.canvas)
+        for t in tiles:
+            accumulate(total, t, torch.ones(t.shape), weighted=True)
+        return total
+
+    def describe(self) -> str:
+        grid = "x".join(str(len(axis.segments(0))) for axis in self.axes)
+        return f"{self.mode} {grid} tiles of {self.tile[0]}x{self.tile[1]} latent on {self.canvas[0]}x{self.canvas[1]}"
+
+
+def crop(x: torch.Tensor, tile: Tile) -> torch.Tensor:
+    """The tile's window of ``x`` (shape ``(..., H, W)`` on the canvas) → ``(..., h, w)``."""
+    rows = [x[..., cs, :] for cs, _ in tile.rows.pieces()]
+    x = rows[0] if len(rows) == 1 else torch.cat(rows, dim=-2)
+    cols = [x[..., cs] for cs, _ in tile.cols.pieces()]
+    return cols[0] if len(cols) == 1 else torch.cat(cols, dim=-1)
+
+
+def accumulate(out: torch.Tensor, tile: Tile, value: torch.Tensor, weighted: bool = True) -> None:
+    """``out[window] += weight * value`` in place; ``out`` is ``(..., H, W)``, ``value`` ``(..., h, w)``."""
+    weight = tile.weight.to(value.device, value.dtype) if (weighted and tile.weight is not None) else None
+    for rc, rt in tile.rows.pieces():
+        for cc, ct in tile.cols.pieces():
+            part = value[..., rt, ct]
+            out[..., rc, cc] += part if weight is None else weight[rt, ct] * part
