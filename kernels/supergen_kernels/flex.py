@@ -19,17 +19,13 @@ FLEX_BLOCK_SIZE = 128
 def flex_block_mask(layout: SparseLayout, device: torch.device | str) -> BlockMask:
     """A ``BlockMask`` equivalent to ``layout.token_mask()``, built from the block index.
 
-    Full blocks go to FlexAttention's "full" lists (no mask_mod call); partial blocks evaluate
-    the layout's token rule in ``mask_mod``.
+    Full blocks go to FlexAttention's "full" lists (the compiled kernel skips ``mask_mod``
+    there); partial blocks evaluate the layout's ``mask_mod``.
     """
     index = layout.block_index(FLEX_BLOCK_SIZE, FLEX_BLOCK_SIZE, device)
-    rule = layout.token_rule(device)
-    q_window, k_pos = rule.q_window, rule.k_pos
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        win = q_window[q_idx]
-        pos = k_pos[kv_idx]
-        return (pos[0] >= win[0]) & (pos[0] < win[1]) & (pos[1] >= win[2]) & (pos[1] < win[3])
+    # FlexAttention's mask_mod is the mask's definition (its eager CPU path applies it to every
+    # pair, full blocks included); the full/partial lists only let the compiled kernel skip it.
+    mask_mod = layout.mask_mod(index.num_kv_blocks * FLEX_BLOCK_SIZE, device)
 
     def padded(index_rows: torch.Tensor) -> torch.Tensor:
         # BlockMask takes the number of key blocks from the last dim of the index lists (to
@@ -38,11 +34,10 @@ def flex_block_mask(layout: SparseLayout, device: torch.device | str) -> BlockMa
         out[:, : index_rows.shape[1]] = index_rows
         return out[None, None]
 
-    n = layout.seq_len
     return BlockMask.from_kv_blocks(
         index.partial_count[None, None], padded(index.partial_index),
         index.full_count[None, None], padded(index.full_index),
-        BLOCK_SIZE=FLEX_BLOCK_SIZE, mask_mod=mask_mod, seq_lengths=(n, n),
+        BLOCK_SIZE=FLEX_BLOCK_SIZE, mask_mod=mask_mod, seq_lengths=(layout.seq_len, layout.seq_len),
     )
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -154,6 +154,8 @@ class SparseLayout(Protocol):
 
     def token_rule(self, device: torch.device | str = "cpu") -> TokenRule: ...
 
+    def mask_mod(self, length: int, device: torch.device | str = "cpu") -> Callable: ...
+
     def memo(self, key: tuple, build): ...
 
 
@@ -175,6 +177,11 @@ class _Memo:
         if key not in cache:
             cache[key] = build()
         return cache[key]
+
+    def __getstate__(self) -> dict:
+        # Pickle (e.g. to send a layout to another process) without the memo: it holds
+        # closures and device tensors, and is rebuilt on demand.
+        return {k: v for k, v in self.__dict__.items() if k != "_memo"}
 
 
 @dataclass(frozen=True)
@@ -322,6 +329,25 @@ class TileLayout(_Memo):
             & (col[None] >= win[:, 2:3]) & (col[None] < win[:, 3:4])
         )
 
+    def mask_mod(self, length: int, device: torch.device | str = "cpu") -> Callable:
+        """The token rule as a FlexAttention ``mask_mod(b, h, q_idx, kv_idx) -> bool``.
+
+        FlexAttention may evaluate it at indices up to the next multiple of its block size
+        (pytorch/pytorch#137801), so the per-token tensors are padded to ``length``: padded
+        keys sit at position -1, outside every window.
+        """
+        rule = self.token_rule(device)
+        n = self.seq_len
+        q_window = torch.zeros(length, 4, dtype=torch.int32, device=device)
+        k_pos = torch.full((length, 2), -1, dtype=torch.int32, device=device)
+        q_window[:n], k_pos[:n] = rule.q_window, rule.k_pos
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            win, pos = q_window[q_idx], k_pos[kv_idx]
+            return (pos[0] >= win[0]) & (pos[0] < win[1]) & (pos[1] >= win[2]) & (pos[1] < win[3])
+
+        return mask_mod
+
     def token_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """bool ``(seq, seq)`` in tile-major order. Quadratic memory: tests and reference only."""
         tile_id, _, _ = self._token_coords(device)
@@ -373,7 +399,9 @@ class BlockListLayout(_Memo):
             queries of block ``i`` attend every key of block ``j``.
 
     The sequence order is whatever order the caller uses. Block indices can be produced at any
-    block size that divides ``block_size`` (each smaller block then lies in one listed block).
+    block size that divides ``block_size`` (each smaller block then lies in one listed block),
+    so use a multiple of 128 for the flex backend (its block size) and of the Triton kernel's
+    block sizes (128 x 64 by default) for the triton backend.
     Every query should list at least one key block, else its softmax is empty and its output
     undefined.
     """
@@ -405,8 +433,21 @@ class BlockListLayout(_Memo):
     def token_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
         return self._fine_blocks(1, 1, device)
 
+    def mask_mod(self, length: int, device: torch.device | str = "cpu") -> Callable:
+        """FlexAttention ``mask_mod``: the block lookup, safe for indices below ``length``."""
+        nb = math.ceil(length / self.block_size)
+        blocks = torch.zeros(nb, nb, dtype=torch.bool, device=device)
+        listed = self.blocks.shape[0]
+        blocks[:listed, :listed] = self.blocks.to(device)
+        size, n = self.block_size, self.seq_len
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return blocks[q_idx // size, kv_idx // size] & (kv_idx < n)
+
+        return mask_mod
+
     def token_rule(self, device: torch.device | str = "cpu") -> TokenRule:
-        # Inside a listed block every pair is allowed; the only partial blocks are those cut
+        # For the Triton kernel, which takes block sizes dividing block_size. Inside a listed block every pair is allowed; the only partial blocks are those cut
         # short by the sequence end, where the kernels' out-of-range key position (-1) already
         # fails the window. So: one window [0, 1) x [0, 1) that every real key at (0, 0) is in.
         n = self.seq_len
