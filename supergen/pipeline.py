@@ -26,7 +26,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .adapters import Conditioning, ModelAdapter, Request, adapter_for
 from .config import SuperGenConfig, load_config
 from .errors import SuperGenError
-from .refine import StepStats, refine
+from .refine import StepStats, TileRefiner
 from .tiling import TilePlan
 from .upscale import resize_video
 
@@ -269,11 +269,9 @@ class SuperGenPipeline:
                 result = callback_on_step_end(self, step, t, tensors) or {}
                 return result.get("latents", latents)
 
+        refiner = TileRefiner(plan, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles)
         with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
-            latents, step_stats = refine(
-                latents, scheduler, timesteps, plan, adapter, cond, cfg.tiling.positions,
-                cfg.tiling.batch_tiles, progress, callback,
-            )
+            latents, step_stats = refiner.run(latents, scheduler, timesteps, progress, callback)
         timings["refine"] = time.perf_counter() - clock
         clock = time.perf_counter()
 

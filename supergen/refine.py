@@ -1,15 +1,24 @@
 """Stage 2: denoise the canvas latent tile by tile, one scheduler step on the whole canvas per step.
 
-This loop is the only place the method's step order lives, and it is family-agnostic: the adapter
-computes a tile's prediction, the :class:`~supergen.tiling.TilePlan` says where tiles are, and the
-scheduler steps the whole canvas once per step.
+This loop is the only place the method's step order lives, and it is family-agnostic. Each step:
+
+1. the :class:`~supergen.tiling.TilePlan` gives this step's tiles;
+2. the :class:`TilePolicy` decides which tiles are computed (a cache may reuse the rest);
+3. the :class:`TileRunner` says which computed tiles this process runs and brings every computed
+   tile's prediction to every process (one process: all of them, nothing moves);
+4. the adapter predicts this process' tiles, in batches of equal shape;
+5. the policy turns computed and reused tiles into predictions, blended into one canvas prediction;
+6. the scheduler takes one step on the whole canvas.
+
+Policies and runners see only data every process holds identically (canvas latent, timestep,
+tiles), so with several processes each one takes the same decisions without messages.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Protocol
 
 import torch
 
@@ -30,6 +39,48 @@ class StepStats:
     seconds: float
 
 
+class TilePolicy(Protocol):
+    """Decides which tiles are computed and supplies the prediction of those that are not."""
+
+    def decide(self, step: int, timestep: torch.Tensor, latents: torch.Tensor, tiles: list[Tile]) -> list[bool]:
+        """``True`` for each tile that must go through the transformer at this step."""
+
+    def predictions(
+        self, step: int, latents: torch.Tensor, tiles: list[Tile], computed: dict[int, torch.Tensor]
+    ) -> dict[int, torch.Tensor]:
+        """Every tile's prediction ``(1, C, F, h, w)`` by tile index, given the computed ones."""
+
+
+class ComputeAll:
+    """The policy without a cache: every tile is computed at every step."""
+
+    def decide(self, step, timestep, latents, tiles):
+        return [True] * len(tiles)
+
+    def predictions(self, step, latents, tiles, computed):
+        return computed
+
+
+class TileRunner(Protocol):
+    """Which computed tiles this process runs, and how their predictions reach every process."""
+
+    def assign(self, step: int, tiles: list[Tile]) -> list[Tile]:
+        """The tiles (of those computed this step) that this process runs."""
+
+    def share(self, step: int, tiles: list[Tile], local: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Predictions of all ``tiles`` by index, given this process' ``local`` ones."""
+
+
+class SingleProcess:
+    """One process computes every tile; nothing moves."""
+
+    def assign(self, step, tiles):
+        return tiles
+
+    def share(self, step, tiles, local):
+        return local
+
+
 def tile_batches(tiles: list[Tile], batch_size: int) -> Iterable[list[Tile]]:
     """Group tiles of equal shape into batches of at most ``batch_size``, keeping plan order within a shape."""
     by_shape: dict[tuple[int, int], list[Tile]] = {}
@@ -40,64 +91,72 @@ def tile_batches(tiles: list[Tile], batch_size: int) -> Iterable[list[Tile]]:
             yield group[i : i + batch_size]
 
 
-def predict_canvas(
-    latents: torch.Tensor,
-    timestep: torch.Tensor,
-    tiles: list[Tile],
-    adapter: ModelAdapter,
-    cond: Conditioning,
-    canvas: tuple[int, int],
-    positions: str,
-    batch_tiles: int,
-) -> torch.Tensor:
-    """The model's prediction for the whole canvas: every tile's prediction blended by its weights.
+@dataclass
+class TileRefiner:
+    """Runs the refinement steps on a canvas; collaborators as described in the module docstring.
 
-    Args:
-        latents: canvas latent ``(1, C, F, H, W)`` float32.
-
-    Returns:
-        ``(1, C, F, H, W)`` float32; every element is the weighted sum of the tiles covering it.
+    Attributes:
+        positions: ``local`` | ``global`` | ``ntk`` (see :class:`~supergen.config.TilingConfig`).
+        batch_tiles: tiles of equal shape per transformer call.
     """
-    prediction = torch.zeros_like(latents)
-    for batch in tile_batches(tiles, batch_tiles):
-        x = torch.cat([crop(latents, tile) for tile in batch])
-        pred = adapter.predict(x, timestep, cond.for_tiles(batch), batch, canvas, positions)
-        for j, tile in enumerate(batch):
-            accumulate(prediction, tile, pred[j : j + 1])
-    return prediction
 
+    plan: TilePlan
+    adapter: ModelAdapter
+    cond: Conditioning
+    positions: str = "global"
+    batch_tiles: int = 1
+    policy: TilePolicy = field(default_factory=ComputeAll)
+    runner: TileRunner = field(default_factory=SingleProcess)
 
-def refine(
-    latents: torch.Tensor,
-    scheduler,
-    timesteps: torch.Tensor,
-    plan: TilePlan,
-    adapter: ModelAdapter,
-    cond: Conditioning,
-    positions: str,
-    batch_tiles: int = 1,
-    progress_bar=None,
-    callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-) -> tuple[torch.Tensor, list[StepStats]]:
-    """Run the remaining ``timesteps`` on the canvas.
+    def predict_tiles(self, latents: torch.Tensor, timestep: torch.Tensor, tiles: list[Tile]) -> dict[int, torch.Tensor]:
+        """Model predictions ``(1, C, F, h, w)`` float32 of ``tiles`` by tile index."""
+        out: dict[int, torch.Tensor] = {}
+        for batch in tile_batches(tiles, self.batch_tiles):
+            x = torch.cat([crop(latents, tile) for tile in batch])
+            pred = self.adapter.predict(x, timestep, self.cond.for_tiles(batch), batch, self.plan.canvas, self.positions)
+            out.update({tile.index: pred[j : j + 1] for j, tile in enumerate(batch)})
+        return out
 
-    Args:
-        latents: the re-noised canvas latent ``(1, C, F, H, W)`` float32.
-        scheduler: a diffusers scheduler whose timesteps (and begin index) are already set.
-        callback: ``callback(step, timestep, latents) -> latents`` after every scheduler step.
-
-    Returns:
-        The denoised canvas latent and one :class:`StepStats` per step.
-    """
-    stats = []
-    for i, t in enumerate(timesteps):
+    def step(self, step: int, timestep: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, StepStats]:
+        """One refinement step. ``latents`` is the canvas ``(1, C, F, H, W)`` float32; returns the prediction."""
         start = time.perf_counter()
-        tiles = plan.tiles(i)
-        prediction = predict_canvas(latents, t, tiles, adapter, cond, plan.canvas, positions, batch_tiles)
-        latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
-        if callback is not None:
-            latents = callback(i, t, latents)
-        stats.append(StepStats(i, float(t), len(tiles), len(tiles), time.perf_counter() - start))
-        if progress_bar is not None:
-            progress_bar.update()
-    return latents, stats
+        tiles = self.plan.tiles(step)
+        decisions = self.policy.decide(step, timestep, latents, tiles)
+        computed = [tile for tile, compute in zip(tiles, decisions) if compute]
+        local = self.predict_tiles(latents, timestep, self.runner.assign(step, computed))
+        shared = self.runner.share(step, computed, local)
+        predictions = self.policy.predictions(step, latents, tiles, shared)
+        prediction = torch.zeros_like(latents)
+        for tile in tiles:
+            accumulate(prediction, tile, predictions[tile.index])
+        stats = StepStats(step, float(timestep), len(tiles), len(computed), time.perf_counter() - start)
+        return prediction, stats
+
+    def run(
+        self,
+        latents: torch.Tensor,
+        scheduler,
+        timesteps: torch.Tensor,
+        progress_bar=None,
+        callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, list[StepStats]]:
+        """Run the remaining ``timesteps`` on the canvas.
+
+        Args:
+            latents: the re-noised canvas latent ``(1, C, F, H, W)`` float32.
+            scheduler: a diffusers scheduler whose timesteps (and begin index) are already set.
+            callback: ``callback(step, timestep, latents) -> latents`` after every scheduler step.
+
+        Returns:
+            The denoised canvas latent and one :class:`StepStats` per step.
+        """
+        stats = []
+        for i, t in enumerate(timesteps):
+            prediction, step_stats = self.step(i, t, latents)
+            latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
+            if callback is not None:
+                latents = callback(i, t, latents)
+            stats.append(step_stats)
+            if progress_bar is not None:
+                progress_bar.update()
+        return latents, stats
