@@ -151,8 +151,9 @@ def _tile_attention_fwd(
         BLOCK_N, True, PRECISION,
     )
 
-    # Every real query attends at least its own token, so l_i > 0 on every stored row.
-    acc = acc / l_i[:, None]
+    # Every real query attends at least its own token, so l_i > 0 on every stored row; rows
+    # past the sequence end may have l_i == 0 and are not stored, so divide them by 1.
+    acc = acc / tl.where(m_ok, l_i, 1.0)[:, None]
     o_ptrs = Out + batch * stride_ob + head * stride_oh
     o_ptrs += offs_m[:, None] * stride_on + offs_d[None, :] * stride_od
     tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
