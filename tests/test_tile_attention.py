@@ -44,8 +44,10 @@ LAYOUTS = {
     "local_ragged": TileLayout(canvas=(3, 7, 10), tile=(3, 4), halo=0),
     # tile + halo 1, edge tiles smaller, N = 216
     "halo_ragged": TileLayout(canvas=(2, 9, 12), tile=(4, 5), halo=1),
-    # halo 2 on 3x3 tiles: windows reach two tiles over, N = 108
+    # halo 2 on 3x3 tiles: windows reach two tiles over; 2x2 cells (default), N = 108
     "halo_wide": TileLayout(canvas=(2, 6, 9), tile=(3, 3), halo=2),
+    # halo 1 with plain (frame, row, col) order inside each tile, N = 120
+    "halo_plain": TileLayout(canvas=(2, 6, 10), tile=(3, 5), halo=1, cell=(3, 5)),
     "block_list": _block_list(),
 }
 TILE_LAYOUTS = [name for name, layout in LAYOUTS.items() if isinstance(layout, TileLayout)]
@@ -76,13 +78,35 @@ def test_permutation_round_trips_and_tiles_are_contiguous(name):
     assert torch.equal(layout.from_tile_major(layout.to_tile_major(hidden, dim=1), dim=1), hidden)
 
     # Tile t occupies [offsets[t], offsets[t+1]) of the tile-major sequence and holds exactly
-    # the canvas tokens of its rectangle, in every frame, in (frame, row, col) order.
+    # the canvas tokens of its rectangle, in every frame; each cell of it is one contiguous
+    # run; with one cell per tile the order is plain (frame, row, col).
     canvas = torch.arange(layout.seq_len).view(f, h, w)
     tile_major = layout.to_tile_major(canvas.reshape(1, -1, 1), dim=1).reshape(-1)
+    position = layout.canvas_index()  # canvas token -> tile-major position
     offsets = layout.tile_offsets()
     assert offsets[-1] == layout.seq_len
+    ch, cw = layout.cell
     for t, (r0, r1, c0, c1) in enumerate(layout.tile_rects()):
-        assert torch.equal(tile_major[offsets[t] : offsets[t + 1]], canvas[:, r0:r1, c0:c1].reshape(-1))
+        run = tile_major[offsets[t] : offsets[t + 1]]
+        rect = canvas[:, r0:r1, c0:c1].reshape(-1)
+        assert torch.equal(run.sort().values, rect.sort().values)
+        if layout.cell == layout.tile:
+            assert torch.equal(run, rect)
+        for r in range(r0, r1, ch):
+            for c in range(c0, c1, cw):
+                where = position[canvas[:, r : min(r + ch, r1), c : min(c + cw, c1)].reshape(-1)]
+                assert int(where.max() - where.min()) + 1 == where.numel()
+
+
+def test_default_cells_follow_the_halo():
+    assert TileLayout(canvas=(1, 8, 8), tile=(4, 4)).cell == (4, 4)
+    assert TileLayout(canvas=(1, 8, 8), tile=(4, 4), halo=2).cell == (2, 2)
+    # Halo-sized cells make the halo bands whole runs: less computed work at one block size.
+    plain = TileLayout(canvas=(2, 32, 32), tile=(16, 16), halo=4, cell=(16, 16))
+    cells = TileLayout(canvas=(2, 32, 32), tile=(16, 16), halo=4)
+    assert torch.equal(plain.token_mask()[plain.canvas_index()][:, plain.canvas_index()],
+                       cells.token_mask()[cells.canvas_index()][:, cells.canvas_index()])
+    assert cells.block_index(32, 32).computed_pairs() < plain.block_index(32, 32).computed_pairs()
 
 
 @pytest.mark.parametrize("name", TILE_LAYOUTS)

@@ -195,6 +195,17 @@ class TileLayout(_Memo):
             from the top-left corner; when the tile does not divide the canvas, the last row /
             column of tiles is smaller.
         halo: spatial margin in tokens added on every side of a tile to form its key window.
+        cell: ``(height, width)`` in tokens of the cells that order tokens *inside* a tile, or
+            None for the default: ``(halo, halo)`` when ``halo > 0``, else the whole tile.
+
+    Tile-major order: tiles one after another (row-major over the tile grid); inside a tile,
+    cells one after another (row-major over the cells, laid from the tile's corner, edge cells
+    smaller); inside a cell, (frame, row, col). With ``halo == 0`` (and the default cell) a
+    tile's tokens are therefore in plain (frame, row, col) order, exactly the sequence a
+    per-tile transformer call sees. With a halo, halo-sized cells make each neighbour's halo
+    band a set of whole cells, i.e. long contiguous runs of keys, so most key blocks a window
+    touches are entirely inside it (full) instead of interleaved with outside keys (partial:
+    computed in full but mostly masked). The order never changes the result, only the work.
 
     The sequence order of everything this layout produces (masks, block indices, the token
     rule) is tile-major; :meth:`to_tile_major` / :meth:`from_tile_major` convert activations.
@@ -205,6 +216,7 @@ class TileLayout(_Memo):
     canvas: tuple[int, int, int]
     tile: tuple[int, int]
     halo: int = 0
+    cell: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "canvas", tuple(int(s) for s in self.canvas))
@@ -215,6 +227,12 @@ class TileLayout(_Memo):
             raise ValueError(f"tile must be (height, width) >= 1, got {self.tile}")
         if self.halo < 0:
             raise ValueError(f"halo must be >= 0, got {self.halo}")
+        if self.cell is None:
+            default = (self.halo, self.halo) if self.halo > 0 else self.tile
+            object.__setattr__(self, "cell", default)
+        object.__setattr__(self, "cell", tuple(int(s) for s in self.cell))
+        if len(self.cell) != 2 or min(self.cell) < 1:
+            raise ValueError(f"cell must be (height, width) >= 1, got {self.cell}")
 
     # ----------------------------------------------------------------------------- geometry
     @property
@@ -271,8 +289,14 @@ class TileLayout(_Memo):
         """
         def build():
             f, h, w = self.canvas
+            ch, cw = self.cell
             grid = torch.arange(self.seq_len, device=device).view(f, h, w)
-            parts = [grid[:, r0:r1, c0:c1].reshape(-1) for r0, r1, c0, c1 in self.tile_rects()]
+            parts = [
+                grid[:, r:min(r + ch, r1), c:min(c + cw, c1)].reshape(-1)
+                for r0, r1, c0, c1 in self.tile_rects()
+                for r in range(r0, r1, ch)
+                for c in range(c0, c1, cw)
+            ]
             return torch.cat(parts)
 
         return self.memo(("perm", device), build)
