@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -114,17 +114,7 @@ class SuperGenPipeline:
         return snapped
 
     def _sketch_size(self, height: int, width: int) -> tuple[int, int]:
-        cfg = self.config.sketch
-        multiple = self.adapter.pixel_multiple
-        if cfg.height is not None:
-            size = (cfg.height, cfg.width)
-        elif self.adapter.native_size is not None:
-            size = self.adapter.native_size
-        else:  # unknown native size: the target's aspect at the native area
-            scale = math.sqrt(cfg.native_area / (height * width))
-            size = (height * scale, width * scale)
-        # Never sketch larger than the target; always something the VAE and patch accept.
-        return tuple(max(multiple, round(min(s, t) / multiple) * multiple) for s, t in zip(size, (height, width)))  # type: ignore[return-value]
+        return sketch_size(self.config, self.adapter, height, width)
 
     # ---- the method -------------------------------------------------------------------------
     @torch.no_grad()
@@ -144,6 +134,7 @@ class SuperGenPipeline:
         return_dict: bool = True,
         callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        callback_on_stage: Callable[[str, dict], None] | None = None,
     ) -> SuperGenPipelineOutput | tuple:
         """Render one video. Arguments left as None take the config's values (``config.job`` etc.).
 
@@ -159,6 +150,11 @@ class SuperGenPipeline:
             generator: every random draw (sketch noise, re-noise, posterior samples) comes from it.
             callback_on_step_end: diffusers-style ``callback(pipe, step, timestep, {"latents": ...})``
                 after every refinement step; it may return ``{"latents": new}``.
+            callback_on_stage: ``callback(stage, info)`` when a stage begins, for previews and progress
+                (the demo uses it): ``"sketch"`` ``{"steps"}``; ``"upscale"`` ``{"sketch"}``, the finished
+                sketch as ``(F, h, w, 3)`` float numpy in [0, 1] (so a preview can show it before
+                refinement); ``"refine"`` ``{"steps", "tiles"}`` (tiles at the first step); ``"decode"`` ``{}``.
+                ``"sketch"`` and ``"upscale"`` are skipped when ``strength=1`` skips the sketch.
         """
         cfg, adapter = self.config, self.adapter
         if output_type not in OUTPUT_TYPES:
@@ -234,6 +230,8 @@ class SuperGenPipeline:
                 sketch_pixels = _video_to_tensor(sketch_video, frames).to(device)
                 sketch_size = tuple(sketch_pixels.shape[-2:])
             else:
+                if callback_on_stage is not None:
+                    callback_on_stage("sketch", {"steps": cfg.sketch.num_inference_steps})
                 self._set_vae_tiling(False)
                 sketch_latents = adapter.sketch(
                     request, embeds, sketch_size[0], sketch_size[1], cfg.sketch.num_inference_steps,
@@ -243,6 +241,9 @@ class SuperGenPipeline:
                 clock = time.perf_counter()
                 sketch_pixels = adapter.decode(sketch_latents)
             sketch_frames = sketch_pixels
+            if callback_on_stage is not None:
+                preview = adapter.pipe.video_processor.postprocess_video(sketch_pixels, output_type="np")[0]
+                callback_on_stage("upscale", {"sketch": preview})
             # ---- upscale in pixel space, encode at the canvas size ----
             self._set_vae_tiling(height * width > sketch_size[0] * sketch_size[1])
             upscaled = resize_video(sketch_pixels, height, width, cfg.sketch.upscale)
@@ -270,12 +271,16 @@ class SuperGenPipeline:
                 return result.get("latents", latents)
 
         refiner = TileRefiner(plan, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles)
+        if callback_on_stage is not None:
+            callback_on_stage("refine", {"steps": len(timesteps), "tiles": len(plan.tiles(0))})
         with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
             latents, step_stats = refiner.run(latents, scheduler, timesteps, progress, callback)
         timings["refine"] = time.perf_counter() - clock
         clock = time.perf_counter()
 
         # ---- decode, crop to the exact requested size ----
+        if callback_on_stage is not None:
+            callback_on_stage("decode", {})
         if output_type == "latent":
             video, sketch_out = latents, sketch_frames
         else:
@@ -300,25 +305,53 @@ class SuperGenPipeline:
         self.adapter.set_vae_tiling(mode == "on" or (mode == "auto" and large))
 
     def _plan(self, canvas: tuple[int, int], tile_pixels: tuple[int, int]) -> TilePlan:
-        """The tile plan in latent units; the tile defaults to the sketch size (the trained sequence length)."""
-        cfg, adapter = self.config.tiling, self.adapter
-        if cfg.tile_height is not None:
-            tile_pixels = (cfg.tile_height, cfg.tile_width)
-        multiple = adapter.pixel_multiple
-        for name, value in zip(("tile_height", "tile_width"), tile_pixels):
-            if value % multiple:
-                raise SuperGenError(f"tiling.{name}={value} must be a multiple of {multiple} (VAE × patch)")
-        scale = adapter.vae_scale[1]
-        return TilePlan(
-            canvas=canvas,
-            tile=(tile_pixels[0] // scale, tile_pixels[1] // scale),
-            patch=adapter.patch[1:],
-            mode=cfg.mode,
-            boundary=cfg.boundary,
-            shift_divisor=cfg.shift_divisor,
-            shift_every=cfg.shift_every,
-            overlap=cfg.overlap // scale,
-        )
+        return tile_plan(self.config, self.adapter, canvas, tile_pixels)
+
+
+class Geometry(Protocol):
+    """What the size rules need of a model: a :class:`ModelAdapter`, or the planner's weight-free stand-in."""
+
+    vae_scale: tuple[int, int, int]
+    patch: tuple[int, int, int]
+    native_size: tuple[int, int] | None
+    pixel_multiple: int
+
+
+def sketch_size(config: SuperGenConfig, geometry: Geometry, height: int, width: int) -> tuple[int, int]:
+    """The sketch's pixel size for a (snapped) target ``height × width``; also the default tile size."""
+    cfg = config.sketch
+    multiple = geometry.pixel_multiple
+    if cfg.height is not None:
+        size = (cfg.height, cfg.width)
+    elif geometry.native_size is not None:
+        size = geometry.native_size
+    else:  # unknown native size: the target's aspect at the native area
+        scale = math.sqrt(cfg.native_area / (height * width))
+        size = (height * scale, width * scale)
+    # Never sketch larger than the target; always something the VAE and patch accept.
+    return tuple(max(multiple, round(min(s, t) / multiple) * multiple) for s, t in zip(size, (height, width)))  # type: ignore[return-value]
+
+
+def tile_plan(config: SuperGenConfig, geometry: Geometry, canvas: tuple[int, int], tile_pixels: tuple[int, int]) -> TilePlan:
+    """The tile plan in latent units; the tile defaults to the sketch size (the trained sequence length)."""
+    cfg = config.tiling
+    if cfg.tile_height is not None:
+        tile_pixels = (cfg.tile_height, cfg.tile_width)
+    multiple = geometry.pixel_multiple
+    for name, value in zip(("tile_height", "tile_width"), tile_pixels):
+        if value % multiple:
+            raise SuperGenError(f"tiling.{name}={value} must be a multiple of {multiple} (VAE × patch)")
+    scale = geometry.vae_scale[1]
+    return TilePlan(
+        canvas=canvas,
+        tile=(tile_pixels[0] // scale, tile_pixels[1] // scale),
+        patch=geometry.patch[1:],
+        mode=cfg.mode,
+        boundary=cfg.boundary,
+        shift_divisor=cfg.shift_divisor,
+        shift_every=cfg.shift_every,
+        overlap=cfg.overlap // scale,
+    )
 
 
 def _renoise(scheduler, x0: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
