@@ -232,7 +232,11 @@ TRITON_CASES = [
     (name, head_dim, blocks)
     for name in LAYOUTS
     for head_dim, blocks in ((64, (16, 32)), (128, (32, 16)))
-] + [("halo_ragged", 64, None)]
+] + [
+    ("halo_ragged", 64, None),  # through tile_attention, default blocks
+    ("halo_wide", 80, (16, 16)),  # head dims padded on the host: 80 -> 128, 12 -> 16
+    ("local_ragged", 12, (16, 16)),
+]
 
 _TRITON_CHILD = textwrap.dedent(
     """

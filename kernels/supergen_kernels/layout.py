@@ -7,8 +7,8 @@ Two layouts share one interface (:class:`SparseLayout`):
   ``halo`` tokens on each side (clipped to the canvas), in every frame. ``halo=0`` is
   tile-local (block-diagonal) attention; ``halo>0`` lets tiles see across their borders.
   Tokens are processed in **tile-major order**: tile by tile (row-major over the tile grid),
-  and inside a tile in (frame, row, col) order, so each tile is one contiguous run of the
-  sequence.
+  so each tile is one contiguous run of the sequence; inside a tile, by halo-sized cells (see
+  :class:`TileLayout`).
 * :class:`BlockListLayout` — a general block-sparse pattern: an explicit boolean matrix saying
   which (query block, key block) pairs are computed. Every listed pair is attended in full.
 
@@ -18,7 +18,8 @@ Every layout can produce
 * a :class:`BlockIndex` for a given block size — per query block, the key blocks to visit and
   whether each is *full* (every token pair allowed: no masking needed) or *partial* (mask at
   the token level) — built without ever materialising the token mask;
-* the *token rule* the kernels evaluate inside partial blocks (see :class:`TokenRule`).
+* the *token rule* the Triton kernel evaluates inside partial blocks (see :class:`TokenRule`),
+  and the same rule as a FlexAttention ``mask_mod``.
 
 The token rule is deliberately tiny so a kernel can evaluate it from registers: every query
 token carries a window ``[row_lo, row_hi) x [col_lo, col_hi)`` and every key token a position
@@ -411,7 +412,7 @@ class TileLayout(_Memo):
         return BlockIndex.from_block_matrices(n, block_m, block_n, visited, full)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq on a tensor field would be ambiguous: identity instead
 class BlockListLayout(_Memo):
     """A general block-sparse layout: an explicit list of computed (query block, key block)
     pairs, each attended in full.

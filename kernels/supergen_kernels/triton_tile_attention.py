@@ -18,9 +18,12 @@ depends on the layout making most listed blocks full (tile-major order does that
 tile-local part of every window).
 
 Inputs: ``(batch, heads, seq, head_dim)`` in fp16, bf16 or fp32 (fp32 is for the interpreter
-tests; on a GPU its dots run in exact IEEE fp32, slowly). Accumulation is fp32. Any head dim up
-to 256 works: the kernel rounds it up to a power of two (``tl.arange`` needs one) and masks the
-padding, so 64 and 128 run at full efficiency and others (e.g. 96) waste the padded lanes.
+tests; on a GPU its dots run in exact IEEE fp32, slowly). Accumulation is fp32. The kernel
+itself takes power-of-two head dims from 16 to 256 (``tl.arange`` and ``tl.dot`` need them), so
+64 and 128 run as they are; any other head dim up to 256 (e.g. 80, or 12 in tiny test models)
+is zero-padded on the host to the next power of two, which costs a copy of q, k, v and the
+padded lanes' work but changes no result (zero lanes add nothing to q.k, and padded output
+lanes are dropped).
 
 On a machine without a GPU the kernel runs under Triton's interpreter, on CPU tensors, when
 ``TRITON_INTERPRET=1`` is set before this module is imported (Triton decides at decoration
@@ -32,6 +35,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -49,39 +53,40 @@ def _attend_blocks(
     blocks, count,  # this query block's list of key blocks, and its length
     row_lo, row_hi, col_lo, col_hi,  # (BLOCK_M,) key window of each query
     stride_kn, stride_kd, stride_vn, stride_vd,
-    seq_len, head_dim, qk_scale,
-    offs_d,
+    seq_len, qk_scale,
     BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
     MASKED: tl.constexpr,  # False: full blocks, no masking; True: partial blocks, token rule
     PRECISION: tl.constexpr,
 ):
-    d_ok = offs_d < head_dim
+    offs_d = tl.arange(0, HEAD_DIM)
     for i in range(0, count):
         offs_n = tl.load(blocks + i) * BLOCK_N + tl.arange(0, BLOCK_N)
-        # Only a partial block can run past the sequence end; a full one never does.
-        n_ok = offs_n < seq_len
-
         # K is loaded transposed, (HEAD_DIM, BLOCK_N), so q @ k is a plain dot.
         k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
-        k = tl.load(k_ptrs, mask=n_ok[None, :] & d_ok[:, None], other=0.0)
-        qk = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-
+        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
         if MASKED:
-            # Keys past the end get position -1, which no window contains.
+            # Only a partial block can run past the sequence end: guard the loads there, and
+            # give keys past the end position -1, which no window contains.
+            n_ok = offs_n < seq_len
+            k = tl.load(k_ptrs, mask=n_ok[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
+            qk = tl.dot(q, k, input_precision=PRECISION) * qk_scale
             key_row = tl.load(k_pos + offs_n * 2 + 0, mask=n_ok, other=-1)
             key_col = tl.load(k_pos + offs_n * 2 + 1, mask=n_ok, other=-1)
             allowed = (key_row[None, :] >= row_lo[:, None]) & (key_row[None, :] < row_hi[:, None])
             allowed &= (key_col[None, :] >= col_lo[:, None]) & (key_col[None, :] < col_hi[:, None])
             qk = tl.where(allowed, qk, float("-inf"))
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+            qk = tl.dot(q, k, input_precision=PRECISION) * qk_scale
 
         # Rescale what was accumulated so far to the new running max, then add this block.
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-
-        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
-        v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -98,25 +103,25 @@ def _tile_attention_fwd(
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_ob, stride_oh, stride_on, stride_od,
-    num_heads, seq_len, head_dim, max_full, max_partial,
+    num_heads, seq_len, max_full, max_partial,
     qk_scale,  # softmax scale * log2(e): the kernel works in base 2 (exp2 is the fast one)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    HEAD_DIM: tl.constexpr,  # head_dim rounded up to a power of two
+    HEAD_DIM: tl.constexpr,  # a power of two (the host pads other head dims)
     PRECISION: tl.constexpr,  # tl.dot input precision; matters for fp32 inputs only
 ):
     q_block = tl.program_id(0)
-    batch = tl.program_id(1) // num_heads
-    head = tl.program_id(1) % num_heads
+    # int64: batch * stride_qb passes 2**31 at 4K with 40 heads and batch >= 4.
+    batch = (tl.program_id(1) // num_heads).to(tl.int64)
+    head = (tl.program_id(1) % num_heads).to(tl.int64)
 
     offs_m = q_block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     m_ok = offs_m < seq_len
-    d_ok = offs_d < head_dim
 
     q_ptrs = Q + batch * stride_qb + head * stride_qh
     q_ptrs += offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd
-    q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+    q = tl.load(q_ptrs, mask=m_ok[:, None], other=0.0)
 
     # Each query's key window, for the partial blocks.
     row_lo = tl.load(q_window + offs_m * 4 + 0, mask=m_ok, other=0)
@@ -140,15 +145,15 @@ def _tile_attention_fwd(
         acc, l_i, m_i, q, k_base, v_base, k_pos,
         full_index + q_block * max_full, tl.load(full_count + q_block),
         row_lo, row_hi, col_lo, col_hi,
-        stride_kn, stride_kd, stride_vn, stride_vd, seq_len, head_dim, qk_scale, offs_d,
-        BLOCK_N, False, PRECISION,
+        stride_kn, stride_kd, stride_vn, stride_vd, seq_len, qk_scale,
+        BLOCK_N, HEAD_DIM, False, PRECISION,
     )
     acc, l_i, m_i = _attend_blocks(
         acc, l_i, m_i, q, k_base, v_base, k_pos,
         partial_index + q_block * max_partial, tl.load(partial_count + q_block),
         row_lo, row_hi, col_lo, col_hi,
-        stride_kn, stride_kd, stride_vn, stride_vd, seq_len, head_dim, qk_scale, offs_d,
-        BLOCK_N, True, PRECISION,
+        stride_kn, stride_kd, stride_vn, stride_vd, seq_len, qk_scale,
+        BLOCK_N, HEAD_DIM, True, PRECISION,
     )
 
     # Every real query attends at least its own token, so l_i > 0 on every stored row; rows
@@ -156,7 +161,7 @@ def _tile_attention_fwd(
     acc = acc / tl.where(m_ok, l_i, 1.0)[:, None]
     o_ptrs = Out + batch * stride_ob + head * stride_oh
     o_ptrs += offs_m[:, None] * stride_on + offs_d[None, :] * stride_od
-    tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=m_ok[:, None])
 
 
 def default_blocks(head_dim: int) -> tuple[int, int, int, int]:
@@ -186,7 +191,8 @@ def triton_tile_attention(
         scale: softmax scale; ``head_dim ** -0.5`` when None.
         out: optional ``(batch, heads, seq, head_dim)`` tensor to write into.
         block_m, block_n: block sizes (powers of two, >= 16); defaults from
-            :func:`default_blocks`.
+            :func:`default_blocks`. A :class:`BlockListLayout` needs them to divide its block
+            size.
 
     Returns:
         ``out`` (or a new tensor), ``(batch, heads, seq, head_dim)``, dtype of ``q``.
@@ -198,26 +204,35 @@ def triton_tile_attention(
         raise ValueError(f"sequence length {seq} does not match the layout's {layout.seq_len}")
     if head_dim > 256:
         raise ValueError(f"head_dim {head_dim} > 256 is not supported")
-    bm, bn, num_warps, num_stages = default_blocks(head_dim)
+    if out is not None and out.shape != q.shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {tuple(q.shape)}")
+    padded_dim = max(triton.next_power_of_2(head_dim), 16)
+    bm, bn, num_warps, num_stages = default_blocks(padded_dim)
     block_m, block_n = block_m or bm, block_n or bn
-    if out is None:
-        out = torch.empty_like(q)
+    scale = head_dim**-0.5 if scale is None else scale
+    if padded_dim != head_dim:
+        q, k, v = (F.pad(t, (0, padded_dim - head_dim)) for t in (q, k, v))
+        result = torch.empty_like(q)
+    else:
+        result = torch.empty_like(q) if out is None else out
     index = layout.block_index(block_m, block_n, q.device)
     rule = layout.token_rule(q.device)
-    scale = head_dim**-0.5 if scale is None else scale
     grid = (index.num_q_blocks, batch * heads)
     _tile_attention_fwd[grid](
-        q, k, v, out,
+        q, k, v, result,
         index.full_count, index.full_index, index.partial_count, index.partial_index,
         rule.q_window, rule.k_pos,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        heads, seq, head_dim, index.full_index.shape[1], index.partial_index.shape[1],
+        *q.stride(), *k.stride(), *v.stride(), *result.stride(),
+        heads, seq, index.full_index.shape[1], index.partial_index.shape[1],
         scale * math.log2(math.e),
         BLOCK_M=block_m,
         BLOCK_N=block_n,
-        HEAD_DIM=max(triton.next_power_of_2(head_dim), 16),
+        HEAD_DIM=padded_dim,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps,
         num_stages=num_stages,
     )
-    return out
+    if padded_dim == head_dim:
+        return result
+    result = result[..., :head_dim]
+    return result if out is None else out.copy_(result)
