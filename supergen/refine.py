@@ -4,9 +4,9 @@ This loop is the only place the method's step order lives, and it is family-agno
 
 1. the :class:`~supergen.tiling.TilePlan` gives this step's tiles;
 2. the :class:`TilePolicy` decides which tiles are computed (a cache may reuse the rest);
-3. the :class:`TileRunner` says which computed tiles this process runs and brings every computed
+3. the :class:`TileRunner` picks this process' share of the computed tiles and brings every computed
    tile's prediction to every process (one process: all of them, nothing moves);
-4. the adapter predicts this process' tiles, in batches of equal shape;
+4. meanwhile the adapter predicts this process' tiles, in batches of equal shape;
 5. the policy turns computed and reused tiles into predictions, blended into one canvas prediction;
 6. the scheduler takes one step on the whole canvas.
 
@@ -16,9 +16,10 @@ tiles), so with several processes each one takes the same decisions without mess
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol
+from typing import Callable, ContextManager, Iterable, Protocol
 
 import torch
 
@@ -40,7 +41,17 @@ class StepStats:
 
 
 class TilePolicy(Protocol):
-    """Decides which tiles are computed and supplies the prediction of those that are not."""
+    """Decides which tiles are computed and supplies the prediction of those that are not.
+
+    Call order per run: :meth:`start` once, then per step :meth:`decide`, :meth:`scope` around every
+    transformer call of a computed batch, :meth:`predictions`, and :meth:`observe` with the blended result.
+    """
+
+    def start(self, num_steps: int) -> None:
+        """A run of ``num_steps`` refinement steps begins: forget the previous run (a cache needs the last step)."""
+
+    def scope(self, step: int, tiles: list[Tile]) -> ContextManager[None]:
+        """Entered around the adapter call that computes ``tiles`` (block-level caches key their state on it)."""
 
     def decide(self, step: int, timestep: torch.Tensor, latents: torch.Tensor, tiles: list[Tile]) -> list[bool]:
         """``True`` for each tile that must go through the transformer at this step."""
@@ -50,9 +61,18 @@ class TilePolicy(Protocol):
     ) -> dict[int, torch.Tensor]:
         """Every tile's prediction ``(1, C, F, h, w)`` by tile index, given the computed ones."""
 
+    def observe(self, step: int, latents: torch.Tensor, prediction: torch.Tensor) -> None:
+        """The blended canvas prediction ``(1, C, F, H, W)`` of this step, for ``latents`` of the same shape."""
+
 
 class ComputeAll:
     """The policy without a cache: every tile is computed at every step."""
+
+    def start(self, num_steps):
+        pass
+
+    def scope(self, step, tiles):
+        return contextlib.nullcontext()
 
     def decide(self, step, timestep, latents, tiles):
         return [True] * len(tiles)
@@ -60,25 +80,42 @@ class ComputeAll:
     def predictions(self, step, latents, tiles, computed):
         return computed
 
+    def observe(self, step, latents, prediction):
+        pass
+
 
 class TileRunner(Protocol):
-    """Which computed tiles this process runs, and how their predictions reach every process."""
+    """Which process computes which tile, and how the predictions reach every process.
 
-    def assign(self, step: int, tiles: list[Tile]) -> list[Tile]:
-        """The tiles (of those computed this step) that this process runs."""
+    The runner drives the computation (rather than being handed the results afterwards) so that it
+    can move one tile's prediction while the next tile is being computed.
+    """
 
-    def share(self, step: int, tiles: list[Tile], local: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Predictions of all ``tiles`` by index, given this process' ``local`` ones."""
+    def run(
+        self,
+        step: int,
+        tiles: list[Tile],
+        costs: list[float],
+        predict: Callable[[list[Tile]], dict[int, torch.Tensor]],
+    ) -> dict[int, torch.Tensor]:
+        """Predictions ``(1, C, F, h, w)`` float32 of all ``tiles`` (those computed this step) by index.
+
+        Args:
+            costs: relative cost of each tile, for balancing the work across processes.
+            predict: computes the predictions of a list of tiles on this process.
+        """
 
 
 class SingleProcess:
     """One process computes every tile; nothing moves."""
 
-    def assign(self, step, tiles):
-        return tiles
+    def run(self, step, tiles, costs, predict):
+        return predict(tiles)
 
-    def share(self, step, tiles, local):
-        return local
+
+def tile_cost(tile: Tile) -> float:
+    """Relative cost of computing ``tile``: its token count (all tiles of a plan span the same frames)."""
+    return float(tile.shape[0] * tile.shape[1])
 
 
 def tile_batches(tiles: list[Tile], batch_size: int) -> Iterable[list[Tile]]:
@@ -108,12 +145,13 @@ class TileRefiner:
     policy: TilePolicy = field(default_factory=ComputeAll)
     runner: TileRunner = field(default_factory=SingleProcess)
 
-    def predict_tiles(self, latents: torch.Tensor, timestep: torch.Tensor, tiles: list[Tile]) -> dict[int, torch.Tensor]:
+    def predict_tiles(self, step: int, latents: torch.Tensor, timestep: torch.Tensor, tiles: list[Tile]) -> dict[int, torch.Tensor]:
         """Model predictions ``(1, C, F, h, w)`` float32 of ``tiles`` by tile index."""
         out: dict[int, torch.Tensor] = {}
         for batch in tile_batches(tiles, self.batch_tiles):
             x = torch.cat([crop(latents, tile) for tile in batch])
-            pred = self.adapter.predict(x, timestep, self.cond.for_tiles(batch), batch, self.plan.canvas, self.positions)
+            with self.policy.scope(step, batch):
+                pred = self.adapter.predict(x, timestep, self.cond.for_tiles(batch), batch, self.plan.canvas, self.positions)
             out.update({tile.index: pred[j : j + 1] for j, tile in enumerate(batch)})
         return out
 
@@ -123,12 +161,14 @@ class TileRefiner:
         tiles = self.plan.tiles(step)
         decisions = self.policy.decide(step, timestep, latents, tiles)
         computed = [tile for tile, compute in zip(tiles, decisions) if compute]
-        local = self.predict_tiles(latents, timestep, self.runner.assign(step, computed))
-        shared = self.runner.share(step, computed, local)
+        shared = self.runner.run(
+            step, computed, [tile_cost(tile) for tile in computed], lambda mine: self.predict_tiles(step, latents, timestep, mine)
+        )
         predictions = self.policy.predictions(step, latents, tiles, shared)
         prediction = torch.zeros_like(latents)
         for tile in tiles:
             accumulate(prediction, tile, predictions[tile.index])
+        self.policy.observe(step, latents, prediction)
         stats = StepStats(step, float(timestep), len(tiles), len(computed), time.perf_counter() - start)
         return prediction, stats
 
@@ -151,6 +191,7 @@ class TileRefiner:
             The denoised canvas latent and one :class:`StepStats` per step.
         """
         stats = []
+        self.policy.start(len(timesteps))
         for i, t in enumerate(timesteps):
             prediction, step_stats = self.step(i, t, latents)
             latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
