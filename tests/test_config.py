@@ -1,0 +1,38 @@
+"""Typed config: presets, overrides, and errors that name the key and what is valid."""
+
+from pathlib import Path
+
+import pytest
+
+from supergen import ConfigError, SuperGenConfig, load_config
+
+PRESETS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_every_preset_loads(preset):
+    cfg = load_config(str(preset))
+    assert isinstance(cfg, SuperGenConfig)
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config("tiny", ["tiling.mode=overlap", "refine.strength=0.7", "job.prompt='yes'", "tiling.tile_height=64", "tiling.tile_width=96"])
+    assert cfg.tiling.mode == "overlap" and cfg.refine.strength == 0.7 and cfg.job.prompt == "yes"
+    assert load_config(None, {"tiling.batch_tiles": 4}).tiling.batch_tiles == 4
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["tiling.mod=overlap"], "unknown config key 'tiling.mod'; valid keys in section 'tiling': mode, tile_height"),
+        (["tilling.mode=overlap"], "unknown config key 'tilling"),
+        (["refine.strength=strong"], "config key 'refine.strength'"),
+        (["refine.strength=1.5"], r"'refine.strength' is 1.5; it must lie in \[0.0, 1.0\]"),
+        (["tiling.positions=absolute"], "valid choices: local, global, ntk"),
+        (["tiling.tile_height=64"], "tile_height and tiling.tile_width must be given together"),
+        (["no_equals_sign"], "is not of the form key=value"),
+    ],
+)
+def test_bad_config_names_key_and_valid_choices(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", overrides)

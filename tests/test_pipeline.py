@@ -1,0 +1,177 @@
+"""The two-stage pipeline on real (tiny, random) diffusers Wan pipelines."""
+
+import numpy as np
+import pytest
+import torch
+
+from supergen import SuperGenError, SuperGenPipeline
+from supergen.adapters.wan import CanvasRotaryPosEmbed
+from supergen.tiling import crop
+
+# Small sizes: the tiny VAE decode dominates run time.
+SMALL = dict(sketch={"height": 32, "width": 64, "num_inference_steps": 3}, refine={"num_inference_steps": 4, "strength": 0.5})
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_one_tile_at_strength_one_equals_the_plain_pipeline(wan_t2v):
+    """Target = sketch size, one tile over the canvas, strength 1: exactly diffusers' WanPipeline."""
+    kwargs = dict(prompt="a red car", negative_prompt="blurry", height=48, width=80, num_frames=5)
+    plain = wan_t2v(**kwargs, num_inference_steps=4, guidance_scale=5.0, generator=gen(3), output_type="np").frames
+    sg = SuperGenPipeline.from_pipe(
+        wan_t2v, "tiny", sketch={"height": 48, "width": 80, "guidance_scale": 5.0},
+        refine={"num_inference_steps": 4, "strength": 1.0},
+    )
+    out = sg(**kwargs, generator=gen(3), output_type="np")
+    assert out.stats.tiling.startswith("shift 1x1") and out.sketch is None
+    assert out.frames.shape == plain.shape == (1, 5, 48, 80, 3)
+    np.testing.assert_allclose(out.frames, plain, atol=1e-6, rtol=0)
+
+
+def test_one_tile_image_to_video_equals_the_plain_pipeline(wan_i2v, image):
+    kwargs = dict(prompt="a red car", image=image, height=32, width=64, num_frames=5)
+    plain = wan_i2v(**kwargs, num_inference_steps=3, guidance_scale=4.0, generator=gen(1), output_type="latent").frames
+    sg = SuperGenPipeline.from_pipe(
+        wan_i2v, "tiny", sketch={"height": 32, "width": 64, "guidance_scale": 4.0},
+        refine={"num_inference_steps": 3, "strength": 1.0},
+    )
+    out = sg(**kwargs, generator=gen(1), output_type="latent")
+    torch.testing.assert_close(out.frames, plain, atol=1e-6, rtol=0)
+
+
+def test_same_seed_same_video_other_seed_other_video(wan_t2v):
+    sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny", **SMALL)
+    a = sg(height=64, width=128, num_frames=5, generator=gen(0), output_type="latent")
+    b = sg(height=64, width=128, num_frames=5, generator=gen(0), output_type="latent")
+    c = sg(height=64, width=128, num_frames=5, generator=gen(1), output_type="latent")
+    assert torch.equal(a.frames, b.frames)
+    assert (a.frames - c.frames).abs().max() > 1e-3
+    assert a.stats.sketch == (32, 64) and a.stats.canvas == (64, 128)
+    assert a.stats.tiling.startswith("shift 2x2") and len(a.stats.steps) == 2
+
+
+@pytest.mark.parametrize("mode,boundary", [("shift", "wrap"), ("shift", "clamp"), ("overlap", "clamp")])
+def test_any_resolution_renders_at_exactly_the_requested_size(wan_t2v, mode, boundary):
+    """A size the VAE/patch cannot take (70×118) is rendered at the next multiple of 16 and cropped back."""
+    sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny", **SMALL, tiling={"mode": mode, "boundary": boundary, "overlap": 16})
+    out = sg(height=70, width=118, num_frames=6, generator=gen(0), output_type="np")
+    assert out.frames.shape == (1, 5, 70, 118, 3)  # 6 frames → 5 (Wan takes 4k+1), with a warning
+    assert out.stats.canvas == (80, 128)
+    assert np.isfinite(out.frames).all()
+
+
+def test_image_to_video_tiles_see_the_crop_of_the_canvas_condition(wan_i2v, image):
+    sg = SuperGenPipeline.from_pipe(wan_i2v, "tiny", **SMALL, tiling={"boundary": "wrap", "shift_divisor": 2})
+    seen = []
+    original = sg.adapter.predict
+
+    def recording_predict(latents, timestep, cond, tiles, canvas, positions):
+        seen.append((cond.spatial["condition"].clone(), tiles))
+        return original(latents, timestep, cond, tiles, canvas, positions)
+
+    sg.adapter.predict = recording_predict
+    out = sg(prompt="a red block", image=image, height=64, width=128, num_frames=5, generator=gen(0), output_type="latent")
+    canvas_condition = sg.adapter.spatial_conditioning(
+        __import__("supergen.adapters", fromlist=["Request"]).Request("a red block", "", 5, image), 64, 128
+    )["condition"]
+    assert canvas_condition.shape[-2:] == (8, 16) and len(seen) >= 4
+    assert any(t.rows.wraps or t.cols.wraps for _, tiles in seen for t in tiles), "the wrapped case is exercised"
+    for condition, tiles in seen:
+        expected = torch.cat([crop(canvas_condition, t) for t in tiles])
+        assert torch.equal(condition, expected)
+    assert out.frames.shape == (1, 16, 2, 8, 16)
+
+
+def test_positions_differ_where_they_should(wan_t2v):
+    """Wan's RoPE is relative: a constant offset (global positions on a tile that does not wrap) cancels
+    in attention, so global equals local up to rounding. Positions matter where relative distances
+    change: wrapped tiles (opposite edges are far apart on the canvas) and NTK-scaled theta."""
+
+    def render(positions, boundary):
+        sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny", **SMALL, tiling={"positions": positions, "boundary": boundary, "shift_divisor": 2})
+        return sg(height=64, width=128, num_frames=5, generator=gen(0), output_type="latent").frames
+
+    local, global_, ntk = (render(p, "clamp") for p in ("local", "global", "ntk"))
+    assert (local - global_).abs().max() < 2e-5  # rounding only
+    assert (global_ - ntk).abs().max() > 1e-4  # 10x the rounding; small because the tiny model's rotary dims are 4
+    assert (render("local", "wrap") - render("global", "wrap")).abs().max() > 1e-3
+
+
+def test_canvas_rope_at_offset_zero_is_bit_identical_to_diffusers(wan_t2v):
+    from supergen.tiling import Tile, Window
+
+    rope = wan_t2v.transformer.rope
+    hidden = torch.zeros(1, 16, 3, 8, 14)
+    tile = Tile(0, Window(0, 8, 8), Window(0, 14, 14))
+    ours = CanvasRotaryPosEmbed(rope, [tile.rows.positions()[::2] // 2], [tile.cols.positions()[::2] // 2], None)(hidden)
+    theirs = rope(hidden)
+    assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+
+
+def test_global_positions_with_one_tile_equal_local(wan_t2v):
+    sg = {p: SuperGenPipeline.from_pipe(wan_t2v, "tiny", **SMALL, tiling={"positions": p}) for p in ("local", "global")}
+    a = sg["local"](height=32, width=64, num_frames=5, generator=gen(0), output_type="latent").frames
+    b = sg["global"](height=32, width=64, num_frames=5, generator=gen(0), output_type="latent").frames
+    assert torch.equal(a, b)
+
+
+def test_sketch_video_makes_an_upscaler(wan_t2v):
+    low = (np.random.default_rng(0).random((5, 32, 64, 3)) * 255).astype(np.uint8)
+    sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny", **SMALL)
+    out = sg(height=64, width=128, num_frames=5, sketch_video=low, generator=gen(0), output_type="np")
+    assert out.frames.shape == (1, 5, 64, 128, 3) and out.stats.sketch == (32, 64)
+    assert "sketch" not in out.stats.seconds  # stage 1 did not run
+
+
+def test_callback_on_step_end_sees_every_refinement_step(wan_t2v):
+    seen = []
+
+    def callback(pipe, step, timestep, tensors):
+        seen.append((step, tensors["latents"].shape))
+        return {}
+
+    sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny", **SMALL)
+    sg(height=64, width=128, num_frames=5, generator=gen(0), output_type="latent", callback_on_step_end=callback)
+    assert [s for s, _ in seen] == [0, 1] and seen[0][1] == (1, 16, 2, 8, 16)
+
+
+# ---- bad input: clear errors --------------------------------------------------------------------
+
+
+def test_missing_image_for_image_to_video(wan_i2v):
+    sg = SuperGenPipeline.from_pipe(wan_i2v, "tiny", **SMALL)
+    with pytest.raises(SuperGenError, match="image-to-video: pass image="):
+        sg(height=64, width=128, num_frames=5, generator=gen(0))
+
+
+def test_unsupported_pipeline_names_the_supported_ones():
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 8), norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    with pytest.raises(SuperGenError, match="DDPMPipeline is not supported; supported diffusers pipelines: WanPipeline"):
+        SuperGenPipeline.from_pipe(DDPMPipeline(unet=unet, scheduler=DDPMScheduler()))
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(height=8), "height=8: must be an integer of at least 16"),
+        (dict(strength=0.0), r"strength=0.0: must lie in \(0, 1\]"),
+        (dict(strength=0.1), "leaves no refinement step"),
+        (dict(output_type="gif"), "output_type 'gif'"),
+    ],
+)
+def test_bad_call_arguments(wan_t2v, kwargs, message):
+    sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny", **SMALL)
+    args = dict(height=64, width=128, num_frames=5, generator=gen(0)) | kwargs
+    with pytest.raises(SuperGenError, match=message):
+        sg(**args)
+
+
+def test_tile_not_on_the_patch_grid(wan_t2v):
+    sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny", **SMALL, tiling={"tile_height": 40, "tile_width": 64})
+    with pytest.raises(SuperGenError, match="tiling.tile_height=40 must be a multiple of 16"):
+        sg(height=64, width=128, num_frames=5, generator=gen(0), output_type="latent")
