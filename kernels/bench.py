@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     device = torch.device("cuda" if cuda else "cpu")
+    # Each layout brings its own mask_mod closure, so compiled FlexAttention recompiles per case;
+    # past dynamo's default limit (8) it would silently fall back to the dense eager path.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     import importlib.util
 
     triton_version = "not installed"
