@@ -114,7 +114,17 @@ class CacheConfig:
 
 @dataclass
 class ParallelConfig:
-    """Tile parallelism across ranks. Not in this release: one process renders every tile."""
+    """Tile parallelism across ranks (``torchrun``/``accelerate launch``); ignored in one process."""
+
+    #: Dtype of the tile predictions moved between ranks: fp32 (exact) | bf16 | fp16 (half the bytes).
+    #: Every rank, the tile's owner included, uses the transported value, so ranks stay identical.
+    exchange_dtype: str = "fp32"
+    #: Ranks per group in batch rendering: the world splits into groups of this many ranks and each
+    #: group renders different jobs. 0 means one group of all ranks.
+    group_size: int = 0
+    #: Seconds a rank waits for its peers in any one collective before the job fails (a dead or
+    #: hung rank is reported instead of hanging forever). Must exceed the slowest single tile.
+    timeout_s: float = 300.0
 
 
 @dataclass
@@ -157,6 +167,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "tiling.boundary": ("wrap", "clamp"),
     "tiling.positions": ("local", "global", "ntk"),
     "output.vae_tiling": ("auto", "on", "off"),
+    "parallel.exchange_dtype": ("fp32", "bf16", "fp16"),
 }
 
 #: Numeric fields and the closed interval they must lie in (None = unbounded).
@@ -174,6 +185,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "tiling.batch_tiles": (1, None),
     "output.fps": (1, None),
     "output.quality": (0, 10),
+    "parallel.group_size": (0, None),
+    "parallel.timeout_s": (1.0, None),
 }
 
 

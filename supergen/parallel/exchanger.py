@@ -1,0 +1,162 @@
+"""The tile exchanger: a :class:`~supergen.refine.TileRunner` that spreads tiles across a group of ranks.
+
+Every rank holds the whole canvas latent and takes the same scheduler step, so the only thing that
+has to move is the prediction of each tile computed this step, from the rank that computed it to
+all the others. Per step:
+
+1. :func:`balance` assigns the computed tiles to ranks (the same answer on every rank: it sees only
+   the tile list and costs, which every rank derives from replicated data; no messages);
+2. each rank computes its tiles batch by batch; after each batch it starts (asynchronously) the
+   broadcasts of every prediction due so far in the group-wide order, so its own predictions travel
+   while it computes the next batch;
+3. one 4-byte all-reduce says whether any rank failed; if one did, every rank raises the same
+   :class:`RankFailure` with the failed rank's message, and the group stays usable for the next job.
+
+Predictions travel in ``parallel.exchange_dtype``; the owner also uses the rounded value, so all
+ranks add identical numbers and stay bit-identical. Tiles a cache reuses are not in the list and
+cost nothing. The latent itself never moves.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from ..refine import tile_batches
+from ..tiling import Tile
+from .launch import TileGroup
+
+#: ``parallel.exchange_dtype`` → torch dtype.
+TRANSPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class RankFailure(RuntimeError):
+    """A rank of the group failed while rendering.
+
+    ``recoverable`` is True when every rank of the group agreed on the failure (a rank raised and
+    told the others): the group can go on with another job. False when the group's communication
+    itself broke (a rank died or timed out): the process group is unusable and the process must end.
+    """
+
+    def __init__(self, message: str, recoverable: bool):
+        super().__init__(message)
+        self.recoverable = recoverable
+
+
+def balance(costs: list[float], ranks: int) -> list[int]:
+    """Owner rank of each tile, minimising the busiest rank's total cost (greedy longest-first).
+
+    Deterministic: ties go to the lower tile index and the less loaded, then lower, rank — every
+    rank computes the same assignment from the same costs.
+    """
+    load = [0.0] * ranks
+    owner = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        r = min(range(ranks), key=lambda r: (load[r], r))
+        owner[i] = r
+        load[r] += costs[i]
+    return owner
+
+
+class TileExchanger:
+    """Tile parallelism within one :class:`~supergen.parallel.launch.TileGroup`.
+
+    Args:
+        group: the ranks rendering this video.
+        latent_dims: ``(C, F)`` of the canvas latent: with a tile's ``(h, w)`` they give the shape
+            ``(1, C, F, h, w)`` of the prediction a rank receives.
+        exchange_dtype: ``fp32`` | ``bf16`` | ``fp16``.
+        batch_tiles: tiles of equal shape per transformer call (as :class:`~supergen.refine.TileRefiner`).
+
+    Attributes:
+        bytes_sent: per step, the prediction bytes this rank sent (summed over the group: tiles
+            computed × ``C·F·h·w`` × the dtype's size).
+        tiles_computed: per step, how many tiles this rank computed.
+    """
+
+    def __init__(self, group: TileGroup, latent_dims: tuple[int, int], exchange_dtype: str = "fp32", batch_tiles: int = 1):
+        self.group = group
+        self.latent_dims = latent_dims
+        self.dtype = TRANSPORT_DTYPES[exchange_dtype]
+        self.batch_tiles = batch_tiles
+        self.bytes_sent: list[int] = []
+        self.tiles_computed: list[int] = []
+
+    def _schedule(self, tiles: list[Tile], costs: list[float]) -> tuple[list[list[list[Tile]]], list[tuple[int, Tile]]]:
+        """Every rank's batches, and the group-wide order of ``(owner, tile)`` broadcasts.
+
+        The order interleaves ranks batch by batch (round k: rank 0's k-th batch, rank 1's, ...), so
+        every rank can issue its own k-th batch's sends soon after computing it.
+        """
+        owner = balance(costs, self.group.size)
+        batches = [list(tile_batches([t for t, o in zip(tiles, owner) if o == r], self.batch_tiles)) for r in range(self.group.size)]
+        order = []
+        for k in range(max(map(len, batches), default=0)):
+            for r in range(self.group.size):
+                if k < len(batches[r]):
+                    order += [(r, tile) for tile in batches[r][k]]
+        return batches, order
+
+    def run(self, step: int, tiles: list[Tile], costs: list[float], predict: Callable[[list[Tile]], dict[int, torch.Tensor]]) -> dict[int, torch.Tensor]:
+        """See :meth:`supergen.refine.TileRunner.run`; every rank returns the same predictions."""
+        me, device = self.group.rank, self.group.device
+        batches, order = self._schedule(tiles, costs)
+        buffers: dict[int, torch.Tensor] = {}
+        works = []
+        issued = 0
+        sent = 0
+        error: str | None = None
+
+        def issue(upto: int) -> None:
+            # Start the broadcasts of order[issued:upto]; receive buffers for other ranks' tiles.
+            nonlocal issued, sent
+            for owner, tile in order[issued:upto]:
+                if owner != me:
+                    buffers[tile.index] = torch.empty((1, *self.latent_dims, *tile.shape), dtype=self.dtype, device=device)
+                else:
+                    sent += buffers[tile.index].nbytes
+                # Bytes, not elements: every backend moves uint8, whatever the transport dtype.
+                payload = buffers[tile.index].view(torch.uint8)
+                works.append(dist.broadcast(payload, src=self.group.global_of(owner), group=self.group.pg, async_op=True))
+            issued = max(issued, upto)
+
+        try:
+            for k, batch in enumerate(batches[me]):
+                if error is None:
+                    try:
+                        predictions = predict(batch)
+                    except Exception as exc:  # reported to the whole group below, then raised everywhere
+                        error = f"rank {self.group.global_rank} failed at step {step}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+                if error is None:
+                    for tile in batch:
+                        buffers[tile.index] = predictions[tile.index].to(self.dtype).contiguous()
+                else:  # keep the group's collectives in step: send placeholders for the remaining tiles
+                    for tile in batch:
+                        buffers[tile.index] = torch.zeros((1, *self.latent_dims, *tile.shape), dtype=self.dtype, device=device)
+                last = batch[-1].index
+                issue(next(i for i, (o, t) in enumerate(order) if o == me and t.index == last) + 1)
+            issue(len(order))
+            for work in works:
+                work.wait()
+            status = torch.tensor([self.group.rank + 1 if error else 0], dtype=torch.int32, device=device)
+            dist.all_reduce(status, op=dist.ReduceOp.MAX, group=self.group.pg)
+            failed = int(status.item()) - 1
+            if failed >= 0:
+                message = [error]
+                dist.broadcast_object_list(message, src=self.group.global_of(failed), group=self.group.pg)
+        except RankFailure:
+            raise
+        except Exception as exc:  # the backend's error (peer closed the connection, timeout): the group is gone
+            raise RankFailure(
+                f"rank {self.group.global_rank}: the tile exchange at step {step} failed ({type(exc).__name__}: {exc}); "
+                "another rank died or did not answer within parallel.timeout_s",
+                recoverable=False,
+            ) from exc
+        if failed >= 0:
+            raise RankFailure(message[0], recoverable=True)
+        self.bytes_sent.append(sent)
+        self.tiles_computed.append(sum(len(b) for b in batches[me]))
+        return {index: value.float() for index, value in buffers.items()}

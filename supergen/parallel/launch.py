@@ -1,0 +1,148 @@
+"""Process groups for tile parallelism, from the environment ``torchrun`` / ``accelerate launch`` set.
+
+One process needs no launcher: without ``WORLD_SIZE`` > 1 in the environment :func:`init` returns
+None and everything runs in-process. With a launcher, :func:`init`
+
+- starts the default process group (NCCL when the model runs on CUDA, one GPU per local rank; gloo
+  on CPU) with ``parallel.timeout_s`` as the bound on every collective wait, so a dead or hung rank
+  ends the job with an error instead of a hang;
+- checks that every rank was started with the same config (a mismatch is reported at start-up,
+  naming the ranks, rather than surfacing as a hang or a silently different video);
+- splits the world into groups of ``parallel.group_size`` ranks (job parallelism in batch
+  rendering; each group does tile parallelism within one video);
+- makes logging quiet on every rank but global rank 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..config import SuperGenConfig, to_yaml
+from ..errors import ConfigError
+
+logger = logging.getLogger("supergen")
+
+_ACTIVE: "TileGroup | None" = None
+
+
+@dataclass
+class TileGroup:
+    """The ranks that render one video together, as seen from one of them.
+
+    Attributes:
+        pg: the torch process group of these ranks (the default group when there is one group).
+        rank: this process' rank within the group; 0 is the group's leader (it writes the outputs).
+        size: ranks in the group.
+        index: which group this is, ``0 .. count - 1``.
+        count: how many groups the world is split into.
+        global_rank: this process' rank in the world.
+        device: this rank's device (``cuda:LOCAL_RANK`` with NCCL, else ``cpu``).
+    """
+
+    pg: dist.ProcessGroup
+    rank: int
+    size: int
+    index: int
+    count: int
+    global_rank: int
+    device: torch.device
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == 0
+
+    def global_of(self, group_rank: int) -> int:
+        """Global rank of the group's rank ``group_rank``."""
+        return dist.get_global_rank(self.pg, group_rank)
+
+    def broadcast_from_leader(self, tensor: torch.Tensor) -> None:
+        """Overwrite ``tensor`` in place, on every rank of the group, with the leader's copy."""
+        dist.broadcast(tensor, src=self.global_of(0), group=self.pg)
+
+
+def launched() -> bool:
+    """True when a launcher started several processes (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def active_group() -> TileGroup | None:
+    """The group :func:`init` set up in this process, or None in a single process."""
+    return _ACTIVE
+
+
+def init(cfg: SuperGenConfig) -> TileGroup | None:
+    """Join the launcher's process group and split it into render groups; None without a launcher.
+
+    The model device is set here too: ``model.device`` auto/cuda becomes ``cuda:LOCAL_RANK`` on a GPU
+    machine (one device per rank).
+
+    Raises:
+        ConfigError: ranks started with different configs, or a world size ``group_size`` does not divide.
+    """
+    global _ACTIVE
+    if not launched():
+        return None
+    if _ACTIVE is not None:
+        return _ACTIVE
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = cfg.model.device.startswith("cuda") or (cfg.model.device == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+        cfg.model.device = str(device)
+    else:
+        cfg.model.device = "cpu"
+    timeout = datetime.timedelta(seconds=cfg.parallel.timeout_s)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout, device_id=device if use_cuda else None)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if rank != 0:
+        # Logs and progress bars come from rank 0 only (the CLI also disables non-zero ranks' bars).
+        logging.getLogger("supergen").setLevel(logging.WARNING)
+    check_same_config(cfg)
+    size = cfg.parallel.group_size or world
+    if world % size:
+        raise ConfigError(f"parallel.group_size={size} does not divide the world size {world}; use a divisor of {world}")
+    # Every rank must create every group, in the same order (torch.distributed's rule for new_group).
+    groups = [dist.new_group(list(range(g * size, (g + 1) * size)), timeout=timeout) for g in range(world // size)] if size < world else [dist.group.WORLD]
+    index = rank // size
+    _ACTIVE = TileGroup(groups[index], rank % size, size, index, world // size, rank, device)
+    logger.info("supergen: %d ranks (%s), %d group(s) of %d", world, dist.get_backend(), world // size, size)
+    return _ACTIVE
+
+
+def check_same_config(cfg: SuperGenConfig) -> None:
+    """Raise :class:`ConfigError` on every rank if any rank's resolved config differs from rank 0's.
+
+    ``model.device`` is excluded: it legitimately differs (one GPU per rank).
+    """
+    snapshot = copy.deepcopy(cfg)
+    snapshot.model.device = "per-rank"
+    digest = hashlib.sha256(to_yaml(snapshot).encode()).hexdigest()
+    digests: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(digests, digest)
+    odd = [r for r, d in enumerate(digests) if d != digests[0]]
+    if odd:
+        raise ConfigError(
+            f"ranks {odd} were started with a config different from rank 0's; every rank must get the same "
+            "config file and key=value overrides"
+        )
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly (barrier first: gloo aborts at exit after mixed p2p and collectives)."""
+    global _ACTIVE
+    _ACTIVE = None
+    if dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
