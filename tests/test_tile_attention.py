@@ -268,17 +268,19 @@ def test_triton_kernel_compiles_for_gpus(capability, dtype, head_dim, mma):
     assert mma in compiled.asm["ptx"]
 
 
-# Each case: layout name, head dim, (block_m, block_n), or None for the public entry point
-# with the kernel's default blocks. Block sizes are chosen so no tested length is a multiple
-# of both, and so blocks straddle tile borders.
+# Each case: layout name, head dim, (block_m, block_n) or None for the public entry point with
+# the kernel's default blocks, and whether q, k, v are strided views. Small blocks make many
+# blocks straddle tile borders; all lengths but local's 128 (all blocks full there) are not
+# multiples of the block sizes.
 TRITON_CASES = [
-    (name, head_dim, blocks)
+    (name, head_dim, blocks, False)
     for name in LAYOUTS
     for head_dim, blocks in ((64, (16, 32)), (128, (32, 16)))
 ] + [
-    ("halo_ragged", 64, None),  # through tile_attention, default blocks
-    ("halo_wide", 80, (16, 16)),  # head dims padded on the host: 80 -> 128, 12 -> 16
-    ("local_ragged", 12, (16, 16)),
+    # diffusers hands attention (batch, seq, heads, head_dim): a transposed view
+    ("halo_ragged", 64, None, True),
+    ("halo_wide", 80, (16, 16), True),  # head dims padded on the host: 80 -> 128, 12 -> 16
+    ("local_ragged", 12, (16, 16), False),
 ]
 
 _TRITON_CHILD = textwrap.dedent(
@@ -307,9 +309,13 @@ def triton_results(tmp_path_factory):
     pytest.importorskip("triton")
     tmp = tmp_path_factory.mktemp("triton")
     cases, refs = [], []
-    for name, head_dim, blocks in TRITON_CASES:
+    for name, head_dim, blocks, strided in TRITON_CASES:
         layout = LAYOUTS[name]
-        q, k, v = _qkv(layout, head_dim)
+        if strided:
+            shape = (2, layout.seq_len, 3, head_dim)
+            q, k, v = (torch.randn(shape).transpose(1, 2) for _ in range(3))
+        else:
+            q, k, v = _qkv(layout, head_dim, batch=2)
         cases.append((layout, q, k, v, blocks))
         refs.append(tile_attention(q, k, v, layout, backend="reference"))
     torch.save(cases, tmp / "cases.pt")
@@ -325,7 +331,8 @@ def triton_results(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", range(len(TRITON_CASES)), ids=[
-    f"{name}-d{d}-{'default' if b is None else f'{b[0]}x{b[1]}'}" for name, d, b in TRITON_CASES
+    f"{name}-d{d}-{'default' if b is None else f'{b[0]}x{b[1]}'}{'-strided' if s else ''}"
+    for name, d, b, s in TRITON_CASES
 ])
 def test_triton_matches_reference(triton_results, case):
     out, ref = triton_results[case]
