@@ -363,13 +363,17 @@ class TileLayout(_Memo):
         """
         rule = self.token_rule(device)
         n = self.seq_len
-        q_window = torch.zeros(length, 4, dtype=torch.int32, device=device)
-        k_pos = torch.full((length, 2), -1, dtype=torch.int32, device=device)
-        q_window[:n], k_pos[:n] = rule.q_window, rule.k_pos
+        q_window = torch.zeros(4, length, dtype=torch.int32, device=device)
+        k_pos = torch.full((2, length), -1, dtype=torch.int32, device=device)
+        q_window[:, :n], k_pos[:, :n] = rule.q_window.T, rule.k_pos.T
+        # One 1-D tensor per coordinate, indexed once each: the compiled FlexAttention kernel
+        # lowers plain 1-D gathers (indexing a row and then a column fails to lower).
+        row_lo, row_hi, col_lo, col_hi = q_window.unbind(0)
+        key_row, key_col = k_pos.unbind(0)
 
         def mask_mod(b, h, q_idx, kv_idx):
-            win, pos = q_window[q_idx], k_pos[kv_idx]
-            return (pos[0] >= win[0]) & (pos[0] < win[1]) & (pos[1] >= win[2]) & (pos[1] < win[3])
+            r, c = key_row[kv_idx], key_col[kv_idx]
+            return (r >= row_lo[q_idx]) & (r < row_hi[q_idx]) & (c >= col_lo[q_idx]) & (c < col_hi[q_idx])
 
         return mask_mod
 
