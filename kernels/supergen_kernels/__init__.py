@@ -45,6 +45,7 @@ __all__ = [
     "TileLayout",
     "TokenRule",
     "available_backends",
+    "flex_block_mask",
     "tile_attention",
 ]
 
@@ -81,6 +82,16 @@ def _unavailable_reason(backend: str, device: torch.device) -> str | None:
             "imported to run it in Triton's CPU interpreter"
         )
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+
+
+def __getattr__(name: str):
+    # flex_block_mask is imported on first use, like the backends, so importing this package
+    # stays cheap and works even where FlexAttention does not.
+    if name == "flex_block_mask":
+        from .flex import flex_block_mask
+
+        return flex_block_mask
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:

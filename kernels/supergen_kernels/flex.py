@@ -16,12 +16,17 @@ from .layout import SparseLayout
 FLEX_BLOCK_SIZE = 128
 
 
-def flex_block_mask(layout: SparseLayout, device: torch.device | str) -> BlockMask:
-    """A ``BlockMask`` equivalent to ``layout.token_mask()``, built from the block index.
+def flex_block_mask(layout: SparseLayout, device: torch.device | str = "cpu") -> BlockMask:
+    """A ``BlockMask`` equivalent to ``layout.token_mask()``, built from the block index and
+    memoised on the layout per device.
 
     Full blocks go to FlexAttention's "full" lists (the compiled kernel skips ``mask_mod``
     there); partial blocks evaluate the layout's ``mask_mod``.
     """
+    return layout.memo(("flex_block_mask", device), lambda: _build_block_mask(layout, device))
+
+
+def _build_block_mask(layout: SparseLayout, device: torch.device | str) -> BlockMask:
     index = layout.block_index(FLEX_BLOCK_SIZE, FLEX_BLOCK_SIZE, device)
     # FlexAttention's mask_mod is the mask's definition (its eager CPU path applies it to every
     # pair, full blocks included); the full/partial lists only let the compiled kernel skip it.
@@ -52,22 +57,19 @@ def flex_tile_attention(
     v: torch.Tensor,
     layout: SparseLayout,
     scale: float | None = None,
-    block_mask: BlockMask | None = None,
 ) -> torch.Tensor:
     """FlexAttention over the layout, in the layout's sequence order.
 
     Args:
         q, k, v: ``(batch, heads, seq, head_dim)``.
-        layout: the sparse layout.
+        layout: the sparse layout (its BlockMask is built once per device, see
+            :func:`flex_block_mask`).
         scale: softmax scale; ``head_dim ** -0.5`` when None.
-        block_mask: a mask from :func:`flex_block_mask`; when None, the layout's own (built
-            once per device and memoised on the layout).
 
     Returns:
         ``(batch, heads, seq, head_dim)``, dtype of ``q``.
     """
-    if block_mask is None:
-        block_mask = layout.memo(("flex_block_mask", q.device), lambda: flex_block_mask(layout, q.device))
+    block_mask = flex_block_mask(layout, q.device)
     # On CUDA, compiling is what makes FlexAttention sparse and fast: uncompiled it runs a
     # dense math fallback that materialises the full score matrix. On CPU we stay uncompiled:
     # compiling needs a working C++ toolchain, costs ~17 s per new shape, and the CPU path is
