@@ -1,0 +1,300 @@
+"""The Gradio preview app (``supergen demo``): one page to render one video at a time.
+
+The page shows, before anything runs, the plan of the render (tiles, steps, estimated peak memory, from
+:mod:`supergen.planner`); while it runs, a progress bar with the stage and the time left; the sketch
+video as soon as stage 1 ends (the preview), then the final video. User errors (a bad size, a missing
+image for an image-to-video model) become a message in the status box, never a traceback.
+
+Jobs run one at a time (Gradio queue concurrency 1): the model is loaded once and shared. The pipeline
+runs in a worker thread so that the page can be updated from its stage callbacks while it runs.
+
+Not here yet, on purpose:
+
+- a cache threshold and cache map: ``config.cache`` has no threshold (the region-aware cache is not in
+  this release), so the control and the picture are left out;
+- several ranks: ``supergen.parallel`` does not exist yet, so the demo refuses to start under a
+  multi-process launcher rather than render the same job on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .config import SuperGenConfig, load_config
+from .errors import SuperGenError
+from .planner import Architecture, ResourcePlan, make_plan
+
+#: Target size presets, ``(height, width)``; "custom" uses the height and width fields.
+SIZE_PRESETS: dict[str, tuple[int, int] | None] = {
+    "720p (1280x720)": (720, 1280),
+    "1080p (1920x1080)": (1080, 1920),
+    "2K (2560x1440)": (1440, 2560),
+    "4K (3840x2160)": (2160, 3840),
+    "custom": None,
+}
+#: Tiling choices shown in the page → config overrides.
+TILING_MODES: dict[str, dict[str, str]] = {
+    "shift, clamp at edges": {"tiling.mode": "shift", "tiling.boundary": "clamp"},
+    "shift, wrap around (paper)": {"tiling.mode": "shift", "tiling.boundary": "wrap"},
+    "overlap, feathered": {"tiling.mode": "overlap"},
+}
+
+
+@dataclass
+class Job:
+    """One request from the page."""
+
+    prompt: str
+    negative_prompt: str
+    image: Any
+    preset: str
+    height: float | None
+    width: float | None
+    num_frames: float | None
+    seed: float | None
+    steps: float | None
+    strength: float
+    tiling: str
+
+    def config(self, base: SuperGenConfig) -> SuperGenConfig:
+        """``base`` with this job's values; a malformed field is a :class:`SuperGenError`."""
+        size = SIZE_PRESETS.get(self.preset)
+        height, width = size if size is not None else (self.height, self.width)
+        fields = {"height": height, "width": width, "num_frames": self.num_frames, "seed": self.seed, "steps": self.steps}
+        for name, value in fields.items():
+            if value is None or float(value) != int(value):
+                raise SuperGenError(f"{name} must be a whole number; got {value!r}")
+        if self.tiling not in TILING_MODES:
+            raise SuperGenError(f"tiling mode {self.tiling!r}; valid: {', '.join(TILING_MODES)}")
+        overrides: dict[str, Any] = {
+            "job.height": int(height), "job.width": int(width), "job.num_frames": int(self.num_frames),
+            "job.seed": int(self.seed), "refine.num_inference_steps": int(self.steps), "refine.strength": float(self.strength),
+            **TILING_MODES[self.tiling],
+        }
+        # Range checks (e.g. height >= 16) are the config's; the pipeline adds the model's own limits.
+        return load_config(base, overrides)
+
+
+class Progress:
+    """Fraction done and time left, from transformer FLOPs (the plan) and the throughput measured so far.
+
+    The work is the sketch steps plus the refinement steps, each weighted by its planned FLOPs. The
+    throughput (FLOP/s) is measured on the finished steps of this job; before any step has finished it
+    is the previous job's, and the first job says "estimating". VAE time is not in the estimate.
+    """
+
+    def __init__(self, plan: ResourcePlan, previous_rate: float | None):
+        self.plan = plan
+        self.total = plan.sketch_steps * plan.sketch_flops_per_step + plan.refine_steps * plan.flops_per_step
+        self.done = 0.0
+        self.rate = previous_rate
+        self.start = time.perf_counter()
+        self.busy = 0.0  # seconds spent on the work counted in `done`
+
+    def finished(self, flops: float, seconds: float) -> None:
+        self.done += flops
+        self.busy += seconds
+        if self.busy > 0 and self.done > 0:
+            self.rate = self.done / self.busy
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+    def eta(self) -> str:
+        if self.rate is None:
+            return "estimating time left"
+        return f"about {max(0.0, (self.total - self.done) / self.rate):.0f} s left"
+
+
+class DemoApp:
+    """The model, its base config and the page's job handler (separate from Gradio so it can be read alone)."""
+
+    def __init__(self, pipe, config: SuperGenConfig, output_dir: str | os.PathLike | None = None):
+        from .pipeline import SuperGenPipeline
+
+        self.pipe = pipe
+        self.config = config
+        self.arch = Architecture.from_pipeline(pipe, name=config.model.name)
+        # Check that the adapter accepts this pipeline now, not on the first job.
+        SuperGenPipeline(pipe, config)
+        self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="supergen-demo-"))
+        self.rate: float | None = None  # FLOP/s of the last job, for the next job's first ETA
+
+    def plan(self, job: Job) -> ResourcePlan:
+        return make_plan(job.config(self.config), self.arch)
+
+    def plan_markdown(self, *fields: Any) -> str:
+        """The plan table for the page's current fields, or the reason there is none."""
+        try:
+            return plan_table(self.plan(Job(*fields)))
+        except SuperGenError as exc:
+            return f"**No plan:** {exc}"
+
+    def run(self, *fields: Any, progress=None) -> Iterator[tuple[str, str, Any, Any]]:
+        """Render one job; yields ``(status, plan, sketch video, final video)`` as the page should show them."""
+        from .io import write_video
+        from .pipeline import SuperGenPipeline
+
+        try:
+            job = Job(*fields)
+            cfg = job.config(self.config)
+            plan = make_plan(cfg, self.arch)
+        except SuperGenError as exc:
+            yield f"**Error:** {exc}", "", None, None
+            return
+        table = plan_table(plan)
+        stem = f"job-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{threading.get_ident() % 10000}"
+        yield "Starting…", table, None, None
+
+        events: queue.Queue = queue.Queue()
+        sg = SuperGenPipeline(self.pipe, cfg)
+
+        def on_step(pipe, step, t, tensors):
+            events.put(("step", step))
+            return {}
+
+        def work():
+            try:
+                out = sg(
+                    prompt=job.prompt, negative_prompt=job.negative_prompt, image=job.image,
+                    generator=torch.Generator("cpu").manual_seed(cfg.job.seed), output_type="np",
+                    callback_on_stage=lambda stage, info: events.put(("stage", stage, info)),
+                    callback_on_step_end=on_step,
+                )
+                events.put(("done", out))
+            except SuperGenError as exc:
+                events.put(("error", exc))
+            except BaseException as exc:  # a bug: report it in the page, keep the traceback in the log
+                import logging
+
+                logging.getLogger("supergen").exception("demo job failed")
+                events.put(("error", RuntimeError(f"internal error ({type(exc).__name__}); see the server log")))
+
+        track = Progress(plan, self.rate)
+        stage_start = time.perf_counter()
+        sketch_path = None
+        threading.Thread(target=work, name="supergen-demo-job", daemon=True).start()
+        while True:
+            kind, *payload = events.get()
+            now = time.perf_counter()
+            if kind == "stage":
+                stage, info = payload
+                if stage == "upscale":  # the sketch is finished: show it, count its steps
+                    track.finished(plan.sketch_steps * plan.sketch_flops_per_step, now - stage_start)
+                    sketch_path = str(write_video(self.output_dir / f"{stem}.sketch.mp4", info["sketch"], fps=cfg.output.fps))
+                label = STAGE_LABELS[stage]
+                if progress is not None:
+                    progress(track.fraction, desc=f"{label} — {track.eta()}")
+                yield f"{label} — {track.eta()}", table, sketch_path, None
+                stage_start = now
+            elif kind == "step":
+                track.finished(plan.flops_per_step, now - stage_start)
+                stage_start = now
+                if progress is not None:
+                    progress(track.fraction, desc=f"{STAGE_LABELS['refine']} step {payload[0] + 1}/{plan.refine_steps} — {track.eta()}")
+            elif kind == "error":
+                yield f"**Error:** {payload[0]}", table, sketch_path, None
+                return
+            else:
+                out = payload[0]
+                self.rate = track.rate
+                final = str(write_video(self.output_dir / f"{stem}.mp4", out.frames[0], fps=cfg.output.fps))
+                stats = out.stats
+                seconds = ", ".join(f"{k} {v:.1f} s" for k, v in stats.seconds.items())
+                yield f"Done: {stats.size[1]}x{stats.size[0]}x{stats.num_frames}, {stats.tiling}, {stats.tile_forwards} tile forwards ({seconds}).", table, sketch_path, final
+                return
+
+
+STAGE_LABELS = {
+    "sketch": "Stage 1/4: sketch at native size",
+    "upscale": "Stage 2/4: upscale and re-noise",
+    "refine": "Stage 3/4: tiled refinement",
+    "decode": "Stage 4/4: decoding",
+}
+
+
+def plan_table(plan: ResourcePlan) -> str:
+    """The plan as a Markdown table (the same rows ``supergen plan`` prints)."""
+    lines = ["| plan | estimate |", "|---|---|"]
+    lines += [f"| {name} | {value.replace('|', '/')} |" for name, value in plan.rows()]
+    return "\n".join(lines)
+
+
+def build_app(app: DemoApp):
+    """The Gradio page for ``app``."""
+    import gradio as gr
+
+    job = app.config.job
+    with gr.Blocks(title="supergen") as page:
+        gr.Markdown(f"# supergen — {app.config.model.name}\nSketch at the model's native size, then refine in shifted tiles.")
+        with gr.Row():
+            with gr.Column():
+                prompt = gr.Textbox(label="Prompt", value=job.prompt, lines=2, elem_id="prompt")
+                negative = gr.Textbox(label="Negative prompt", value=job.negative_prompt, elem_id="negative-prompt")
+                image = gr.Image(label="Image (image-to-video models)", type="pil", elem_id="image")
+                preset = gr.Dropdown(list(SIZE_PRESETS), value="custom", label="Size", elem_id="preset")
+                with gr.Row():
+                    height = gr.Number(label="Height", value=job.height, precision=0, elem_id="height")
+                    width = gr.Number(label="Width", value=job.width, precision=0, elem_id="width")
+                with gr.Row():
+                    frames = gr.Number(label="Frames", value=job.num_frames, precision=0, elem_id="frames")
+                    seed = gr.Number(label="Seed", value=job.seed, precision=0, elem_id="seed")
+                    steps = gr.Number(label="Steps (refinement schedule)", value=app.config.refine.num_inference_steps, precision=0, elem_id="steps")
+                strength = gr.Slider(0.05, 1.0, value=app.config.refine.strength, step=0.05, label="Strength", elem_id="strength")
+                tiling = gr.Dropdown(list(TILING_MODES), value=_tiling_choice(app.config), label="Tiling", elem_id="tiling")
+                generate = gr.Button("Generate", variant="primary", elem_id="generate")
+            with gr.Column():
+                status = gr.Markdown("Ready.", elem_id="status")
+                sketch = gr.Video(label="Sketch (stage 1)", elem_id="sketch", interactive=False)
+                final = gr.Video(label="Final video", elem_id="final", interactive=False)
+                plan = gr.Markdown(elem_id="plan")
+        fields = [prompt, negative, image, preset, height, width, frames, seed, steps, strength, tiling]
+
+        def preset_sizes(name):
+            size = SIZE_PRESETS.get(name)
+            return (gr.update(), gr.update()) if size is None else size
+
+        def run(*values, progress=gr.Progress()):
+            yield from app.run(*values, progress=progress)
+
+        preset.change(preset_sizes, preset, [height, width], queue=False)
+        for field in (preset, height, width, frames, steps, strength, tiling):
+            field.change(app.plan_markdown, fields, plan, queue=False)
+        page.load(app.plan_markdown, fields, plan, queue=False)
+        generate.click(run, fields, [status, plan, sketch, final], concurrency_limit=1)
+    page.queue(default_concurrency_limit=1)
+    return page
+
+
+def _tiling_choice(config: SuperGenConfig) -> str:
+    for name, overrides in TILING_MODES.items():
+        if all(str(getattr(config.tiling, key.split(".")[1])) == value for key, value in overrides.items()):
+            return name
+    return next(iter(TILING_MODES))
+
+
+def serve(config: SuperGenConfig, host: str = "127.0.0.1", port: int = 7860) -> None:
+    """Load the model once and serve the page until interrupted (``supergen demo``)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SuperGenError("the demo runs in one process: several ranks (torchrun) are not supported until tile parallelism lands")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise SuperGenError("the demo needs Gradio: pip install 'supergen[demo]'") from None
+    from .builtin import load_pipeline
+    from .cli import resolve_device
+
+    pipe = load_pipeline(config.model.name, getattr(torch, config.model.dtype), resolve_device(config.model.device))
+    pipe.set_progress_bar_config(disable=True)
+    page = build_app(DemoApp(pipe, config))
+    page.launch(server_name=host, server_port=port, show_error=False, footer_links=[])

@@ -1,0 +1,460 @@
+"""Resource planner: what one render costs, before loading any weights (``supergen plan``).
+
+The planner answers "what GPU do I need for 4K?". It takes a model *architecture* (the numbers in
+its config files, no weights) and a config, and returns the render's geometry — sketch size, tile
+grid, steps, tokens per tile — from the same code the pipeline runs (:func:`~supergen.pipeline.sketch_size`,
+:func:`~supergen.pipeline.tile_plan`, :class:`~supergen.tiling.TilePlan`), plus FLOPs and memory.
+
+Architectures come from :data:`KNOWN` (Wan2.1-1.3B, Wan2.1-14B, tiny, and a mid-size random one used
+to check the estimate), from a local diffusers model folder (its ``*/config.json`` files), or from a
+loaded pipeline (the demo). Parameter counts are exact: every module is built from its config on
+PyTorch's ``meta`` device, which allocates nothing, and its parameters are counted.
+
+How the numbers are computed (also in ``docs/planner.md``)
+----------------------------------------------------------
+
+FLOPs (multiply-add = 2) of one transformer forward on a tile of ``L`` tokens, with width ``D``,
+FFN width ``Fd``, ``N`` blocks, ``S`` text tokens (Wan pads prompts to 512), ``I`` image tokens (I2V)::
+
+    per block = 12·L·D² (self-attn q,k,v,o + cross-attn q,o) + 4·L²·D (self-attn scores and values)
+              + 4·S·D² (cross-attn k,v on the text) + 4·L·S·D (cross-attn scores and values)
+              + 4·L·D·Fd (FFN) [+ 4·I·D² + 4·L·I·D for the image keys of I2V]
+    forward   = N · block + patch embedding + output projection + text and time embedders
+
+Only matrix products are counted (what ``torch.utils.flop_counter`` counts; the test checks the
+formula against it on the real tiny transformer). A step costs ``tiles × (2 with guidance) × forward``.
+
+Memory, per process, in bytes; ``b`` is the weights dtype's size, the canvas latent is float32 as in
+the pipeline. Weights (transformer, VAE, text encoder) stay resident for the whole render (the pipeline
+does not offload), so the peak is ``weights + the largest stage transient``:
+
+- transformer (one forward of ``batch_tiles`` tiles): inference frees each block's activations before
+  the next, so the live set is one block's widest point, the FFN: the residual stream and its norm
+  (2·D) and the FFN hidden before and after GELU (2·Fd) per token → ``B·L·(2D + 2Fd)·b``. Attention
+  is assumed fused (SDPA's flash / memory-efficient kernels on GPU and CPU): no ``L²`` score matrix.
+- canvas state (the refinement loop): ``6`` float32 copies of the canvas latent — the latent, the
+  blended prediction, the multistep scheduler's two stored outputs, its last sample and the new
+  sample — plus the image condition for I2V.
+- VAE decode: the decoded video ``3·F·H·W·b``, counted ``1 + tile_overlap`` times (diffusers' tiled
+  decode keeps every decoded 256-px tile, which overlap, before blending them into the output), plus the
+  decoder's working set at full resolution for one tile and one chunk of frames:
+  ``6 · channels · 4 frames · tile_h · tile_w · b`` (6 = the residual block's input, norm, activation,
+  conv output, and the causal convolutions' cached frames).
+- upscale (resize the sketch, VAE-encode it at the canvas size): the larger of the resize — its
+  float32 output, the clamped float32 copy and the cast to the VAE dtype, ``3·F·H·W·(8 + b)``
+  (``8`` when the VAE is float32: the cast is then no copy) — and the encode, the resized video plus
+  the same working set in the encoder.
+
+These are estimates of what the *allocator* must hold; a CPU process's RSS adds allocator slack, a GPU
+adds the CUDA context (~0.5 GiB) and caching-allocator fragmentation. ``docs/benchmarks.md``
+("Planner") compares them with measured peaks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import SuperGenConfig
+from .errors import SuperGenError
+from .pipeline import sketch_size, tile_plan
+from .tiling import TilePlan
+
+#: Wan pads every prompt to this many tokens (``max_sequence_length`` in the adapter).
+TEXT_TOKENS = 512
+#: float32 canvas-sized tensors alive during refinement (see the module docstring).
+CANVAS_COPIES = 6
+#: live tensors of the VAE's full-resolution stage, per chunk of frames (see the module docstring).
+VAE_WORKING_COPIES = 6
+#: diffusers' AutoencoderKLWan tiling: tiles of 256 px, every 192 px.
+VAE_TILE, VAE_STRIDE = 256, 192
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+# The diffusers configs of the published checkpoints (transformer/, vae/, text_encoder/ config.json).
+_UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
+                 relative_attention_num_buckets=32, feed_forward_proj="gated-gelu")
+_WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
+_WAN_T = dict(patch_size=[1, 2, 2], attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
+              freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """A model's numbers: the configs of its transformer(s), VAE and text encoder, and its native size.
+
+    It also answers the geometry questions the size rules ask (:class:`~supergen.pipeline.Geometry`),
+    the way diffusers' Wan pipeline derives them from the same configs.
+    """
+
+    name: str
+    transformer: dict[str, Any]
+    vae: dict[str, Any]
+    text_encoder: dict[str, Any]
+    #: Training resolution (pixels); None lets the config's ``sketch.native_area`` rule decide, as the
+    #: pipeline does for Wan checkpoints (they do not record it).
+    native_size: tuple[int, int] | None = None
+    #: Wan 2.2 A14B has two experts of the same shape, both resident.
+    experts: int = 1
+    #: Image tokens the transformer cross-attends to (Wan 2.1 I2V: the CLIP embedding's length).
+    image_tokens: int = 0
+    note: str = ""
+    #: Exact parameter counts when known from loaded modules (the demo); else counted on ``meta``.
+    counted: dict[str, int] = field(default_factory=dict, compare=False)
+
+    # ---- geometry (the pipeline's Geometry protocol) ----------------------------------------
+    @property
+    def vae_scale(self) -> tuple[int, int, int]:
+        down = self.vae.get("temperal_downsample", [False, True, True])
+        spatial = 2 ** len(down)
+        return (2 ** sum(down), spatial, spatial)
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        return tuple(self.transformer.get("patch_size", (1, 2, 2)))  # type: ignore[return-value]
+
+    @property
+    def pixel_multiple(self) -> int:
+        return self.vae_scale[1] * self.patch[1]
+
+    def snap_frames(self, num_frames: int) -> int:
+        """Frames the causal VAE accepts: ``k·t + 1`` (Wan: 4k + 1), rounded down as the adapter does."""
+        t = self.vae_scale[0]
+        return max(1, (num_frames - 1) // t * t + 1)
+
+    @property
+    def width(self) -> int:
+        return self.transformer["num_attention_heads"] * self.transformer["attention_head_dim"]
+
+    # ---- parameters ------------------------------------------------------------------------
+    def parameters(self) -> dict[str, int]:
+        """Exact parameter counts of ``transformer`` (all experts), ``vae`` and ``text_encoder``."""
+        if self.counted:
+            return dict(self.counted)
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from transformers import UMT5Config, UMT5EncoderModel
+
+        with torch.device("meta"):  # builds the real modules without allocating their weights
+            transformer = WanTransformer3DModel.from_config(self.transformer)
+            vae = AutoencoderKLWan.from_config(self.vae)
+            text = UMT5EncoderModel(UMT5Config(**self.text_encoder))
+        count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+        return {"transformer": count(transformer) * self.experts, "vae": count(vae), "text_encoder": count(text)}
+
+    # ---- constructors -----------------------------------------------------------------------
+    @classmethod
+    def from_folder(cls, path: str | Path) -> "Architecture":
+        """Read a diffusers Wan model folder's ``transformer/``, ``vae/`` and ``text_encoder/`` configs."""
+        root = Path(path)
+
+        def read(sub: str) -> dict[str, Any] | None:
+            file = root / sub / "config.json"
+            if not file.is_file():
+                return None
+            data = json.loads(file.read_text())
+            return {k: v for k, v in data.items() if not k.startswith("_")}
+
+        transformer, transformer_2 = read("transformer"), read("transformer_2")
+        vae, text = read("vae"), read("text_encoder")
+        if (transformer or transformer_2) is None or vae is None or text is None:
+            raise SuperGenError(
+                f"{str(root)!r} is not a diffusers Wan model folder (needs transformer/, vae/ and text_encoder/ "
+                f"config.json); known architectures: {', '.join(KNOWN)}"
+            )
+        klass = json.loads((root / ("transformer" if transformer else "transformer_2") / "config.json").read_text()).get("_class_name")
+        if klass != "WanTransformer3DModel":
+            raise SuperGenError(f"the planner knows Wan transformers; {str(root)!r} has {klass}")
+        main = transformer or transformer_2
+        experts = 2 if transformer and transformer_2 else 1
+        return cls(root.name, main, vae, text, experts=experts, image_tokens=_image_tokens(root))
+
+    @classmethod
+    def from_pipeline(cls, pipe, name: str = "loaded") -> "Architecture":
+        """The architecture of a loaded pipeline, with its modules' real parameter counts."""
+        transformers = [m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
+        count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+        image_tokens = 0
+        encoder = getattr(pipe, "image_encoder", None)
+        if encoder is not None and transformers[0].config.image_dim is not None:
+            vision = encoder.config
+            image_tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+        return cls(
+            name, dict(transformers[0].config), dict(pipe.vae.config), pipe.text_encoder.config.to_dict(),
+            experts=len(transformers), image_tokens=image_tokens,
+            counted={"transformer": sum(map(count, transformers)), "vae": count(pipe.vae), "text_encoder": count(pipe.text_encoder)},
+        )
+
+
+def _image_tokens(root: Path) -> int:
+    file = root / "image_encoder" / "config.json"
+    if not file.is_file():
+        return 0
+    vision = json.loads(file.read_text())
+    return (vision["image_size"] // vision["patch_size"]) ** 2 + 1
+
+
+#: Architectures the planner knows without any file. Native sizes are the published training sizes.
+KNOWN: dict[str, Architecture] = {
+    "Wan2.1-1.3B": Architecture(
+        "Wan2.1-1.3B", dict(_WAN_T, num_attention_heads=12, ffn_dim=8960, num_layers=30), _WAN_VAE, _UMT5_XXL,
+        native_size=(480, 832), note="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    ),
+    "Wan2.1-14B": Architecture(
+        "Wan2.1-14B", dict(_WAN_T, num_attention_heads=40, ffn_dim=13824, num_layers=40), _WAN_VAE, _UMT5_XXL,
+        native_size=(720, 1280), note="Wan-AI/Wan2.1-T2V-14B-Diffusers",
+    ),
+    # The built-in random model (supergen.builtin.tiny_wan_pipeline); native size = the tiny preset's sketch.
+    "tiny": Architecture(
+        "tiny",
+        dict(_WAN_T, num_attention_heads=2, attention_head_dim=12, text_dim=32, ffn_dim=32, num_layers=2, rope_max_seq_len=32),
+        dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]),
+        dict(vocab_size=98, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4, relative_attention_num_buckets=8),
+        native_size=(128, 224), note="built-in random Wan (supergen.builtin)",
+    ),
+    # Wan-shaped but small enough to run on a CPU with random weights: checks the memory model where
+    # the tiny one is below a process' memory noise (docs/benchmarks.md, "Planner").
+    "wan-medium-random": Architecture(
+        "wan-medium-random",
+        dict(_WAN_T, num_attention_heads=4, text_dim=256, ffn_dim=2048, num_layers=4, rope_max_seq_len=256),
+        dict(base_dim=32, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1, temperal_downsample=[False, True, True]),
+        dict(vocab_size=98, d_model=256, d_ff=512, d_kv=32, num_layers=2, num_heads=4, relative_attention_num_buckets=8),
+        native_size=(256, 448), note="random, for checking the planner on CPU",
+    ),
+}
+#: Hugging Face ids that name a known architecture.
+ALIASES = {
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "Wan2.1-1.3B",
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers": "Wan2.1-14B",
+    "tiny-i2v": "tiny",
+}
+
+
+def architecture(model: str) -> Architecture:
+    """A known architecture by name or Hugging Face id, or a local model folder's."""
+    if model in KNOWN:
+        return KNOWN[model]
+    if model in ALIASES:
+        return KNOWN[ALIASES[model]]
+    if Path(model).is_dir():
+        return Architecture.from_folder(model)
+    raise SuperGenError(
+        f"unknown model {model!r} for the planner; known: {', '.join([*KNOWN, *ALIASES])}, or a local diffusers model folder"
+    )
+
+
+# ---- the estimate ---------------------------------------------------------------------------
+
+
+def transformer_flops(arch: Architecture, tokens: int, batch: int = 1) -> int:
+    """Matrix-product FLOPs of one transformer forward on ``batch`` tiles of ``tokens`` tokens (module docstring)."""
+    t = arch.transformer
+    d, ffn, n = arch.width, t["ffn_dim"], t["num_layers"]
+    s, i, L = TEXT_TOKENS, arch.image_tokens, tokens
+    block = 12 * L * d * d + 4 * L * L * d + 4 * s * d * d + 4 * L * s * d + 4 * L * d * ffn
+    patch = math.prod(arch.patch)
+    embed = 2 * L * t["in_channels"] * patch * d + 2 * L * d * t["out_channels"] * patch  # patch in, projection out
+    embed += 2 * s * t["text_dim"] * d + 2 * s * d * d  # text embedder (two linears)
+    embed += 2 * (t["freq_dim"] * d + d * d + d * 6 * d)  # time embedder and its 6-way modulation projection
+    if i:
+        image_dim = t["image_dim"]
+        block += 4 * i * d * d + 4 * L * i * d
+        embed += 2 * i * image_dim * image_dim + 2 * i * image_dim * d
+    return batch * (n * block + embed)
+
+
+@dataclass
+class ResourcePlan:
+    """One render's geometry, compute and memory estimate (bytes), as :func:`make_plan` computes it."""
+
+    arch: Architecture
+    dtype: str
+    size: tuple[int, int]
+    canvas: tuple[int, int]
+    sketch: tuple[int, int] | None
+    num_frames: int
+    latent: tuple[int, int, int, int]
+    plan: TilePlan
+    sketch_steps: int
+    refine_steps: int
+    guidance: bool
+    batch_tiles: int
+    vae_tiling: bool
+    parameters: dict[str, int]
+    tiles_per_step: int = 0
+    tokens_per_tile: int = 0
+    flops_per_step: int = 0
+    #: transformer FLOPs of one sketch step (the plain pipeline at sketch size, with its own guidance).
+    sketch_flops_per_step: int = 0
+    memory: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> int:
+        return sum(self.memory[f"weights.{k}"] for k in self.parameters)
+
+    @property
+    def peak(self) -> int:
+        """Estimated peak: all weights plus the largest stage transient."""
+        stages = ("sketch", "upscale", "refine", "decode")
+        return self.weights + max(self.memory.get(f"stage.{s}", 0) for s in stages)
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The table :func:`format_plan` prints and the demo shows, as ``(quantity, value)`` pairs."""
+        f, lh, lw = self.latent[1:]
+        grid = "x".join(str(len(axis.segments(0))) for axis in self.plan.axes)
+        tile_px = tuple(s * self.arch.vae_scale[1] for s in self.plan.tile)
+        rows = [
+            ("model", f"{self.arch.name} ({self.dtype})" + (f" — {self.arch.note}" if self.arch.note else "")),
+            ("output", f"{self.size[1]}x{self.size[0]}, {self.num_frames} frames" + (
+                f" (rendered {self.canvas[1]}x{self.canvas[0]}, cropped)" if self.canvas != self.size else "")),
+            ("sketch", f"{self.sketch[1]}x{self.sketch[0]}, {self.sketch_steps} steps" if self.sketch else "none (strength 1: from noise)"),
+            ("canvas latent", f"{self.latent[0]}x{f}x{lh}x{lw} (channels x frames x height x width)"),
+            ("tile grid", f"{self.plan.mode}/{self.plan.boundary} {grid} tiles of {tile_px[1]}x{tile_px[0]} px ({self.plan.tile[1]}x{self.plan.tile[0]} latent)"),
+            ("refinement steps", f"{self.refine_steps} ({self.tiles_per_step} tiles/step, {'2' if self.guidance else '1'} forwards/tile)"),
+            ("tokens per tile", f"{self.tokens_per_tile:,}"),
+            ("transformer FLOPs/step", flops(self.flops_per_step)),
+            ("parameters", ", ".join(f"{k} {count(v)}" for k, v in self.parameters.items())),
+            ("weights (resident)", human(self.weights)),
+            ("transformer activations", f"{human(self.memory['transformer'])} ({self.batch_tiles} tile(s)/call)"),
+            ("canvas state", human(self.memory["canvas"])),
+            ("VAE decode", f"{human(self.memory['vae_decode'])} ({'tiled' if self.vae_tiling else 'untiled'})"),
+            ("upscale (VAE encode)", human(self.memory["upscale"])),
+            ("estimated peak", f"{human(self.peak)} = weights + {self.peak_stage}"),
+        ]
+        return rows
+
+    @property
+    def peak_stage(self) -> str:
+        stages = ("sketch", "upscale", "refine", "decode")
+        return max(stages, key=lambda s: self.memory.get(f"stage.{s}", 0))
+
+
+def make_plan(
+    config: SuperGenConfig,
+    arch: Architecture,
+    height: int | None = None,
+    width: int | None = None,
+    num_frames: int | None = None,
+) -> ResourcePlan:
+    """The plan of one render with ``config`` on ``arch``; sizes default to ``config.job``.
+
+    Raises:
+        SuperGenError: the same size errors the pipeline raises (e.g. a size below the VAE × patch multiple).
+    """
+    multiple = arch.pixel_multiple
+    req = (height if height is not None else config.job.height, width if width is not None else config.job.width)
+    for name, value in zip(("height", "width"), req):
+        if not isinstance(value, int) or value < multiple:
+            raise SuperGenError(f"{name}={value!r}: must be an integer of at least {multiple} pixels")
+    canvas = tuple(math.ceil(v / multiple) * multiple for v in req)  # the pipeline renders this and crops
+    frames = arch.snap_frames(num_frames if num_frames is not None else config.job.num_frames)
+    sketch = sketch_size(config, arch, *canvas)
+    vt, vs, _ = arch.vae_scale
+    latent = (arch.transformer["out_channels"], (frames - 1) // vt + 1, canvas[0] // vs, canvas[1] // vs)
+    plan = tile_plan(config, arch, latent[2:], sketch)
+    total = config.refine.num_inference_steps
+    refine_steps = min(int(total * config.refine.strength), total)
+    if refine_steps == 0:
+        raise SuperGenError(f"strength={config.refine.strength} × num_inference_steps={total} leaves no refinement step; raise either")
+    # The refinement's guidance scale, as the pipeline picks it; above 1 means two forwards per tile.
+    scale = config.refine.guidance_scale if config.refine.guidance_scale is not None else config.sketch.guidance_scale
+    guidance = scale > 1.0
+    b = DTYPE_BYTES[config.model.dtype]
+    vae_tiling = config.output.vae_tiling == "on" or (config.output.vae_tiling == "auto" and canvas[0] * canvas[1] > sketch[0] * sketch[1])
+    parameters = arch.parameters()
+    out = ResourcePlan(
+        arch=arch, dtype=config.model.dtype, size=req, canvas=canvas, sketch=None if refine_steps == total else sketch,
+        num_frames=frames, latent=latent, plan=plan, sketch_steps=config.sketch.num_inference_steps,
+        refine_steps=refine_steps, guidance=guidance, batch_tiles=config.tiling.batch_tiles, vae_tiling=vae_tiling,
+        parameters=parameters,
+    )
+    # Tiles per step vary with the shift (clamp adds a segment when the grid is offset): plan for the most.
+    out.tiles_per_step = max(len(plan.tiles(step)) for step in range(refine_steps))
+    pt, ph, pw = arch.patch
+    out.tokens_per_tile = (latent[1] // pt) * (plan.tile[0] // ph) * (plan.tile[1] // pw)
+    forwards = 2 if guidance else 1
+    out.flops_per_step = out.tiles_per_step * forwards * transformer_flops(arch, out.tokens_per_tile)
+
+    d, ffn = arch.width, arch.transformer["ffn_dim"]
+    mem = {f"weights.{k}": v * b for k, v in parameters.items()}
+    batch = min(config.tiling.batch_tiles, out.tiles_per_step)
+    mem["transformer"] = batch * out.tokens_per_tile * (2 * d + 2 * ffn) * b
+    canvas_elems = math.prod(latent)
+    condition = (arch.transformer["in_channels"] - latent[0]) * canvas_elems // latent[0]  # I2V mask + image latent
+    mem["canvas"] = CANVAS_COPIES * canvas_elems * 4 + condition * 4
+    video = 3 * frames * canvas[0] * canvas[1]
+    full_res_channels = arch.vae["base_dim"] * arch.vae["dim_mult"][0]
+    tile_px = _vae_tile_area(canvas) if vae_tiling else canvas[0] * canvas[1]
+    working = VAE_WORKING_COPIES * full_res_channels * vt * tile_px * b
+    overlap = _vae_tiles_total_area(canvas) / (canvas[0] * canvas[1]) if vae_tiling else 0.0
+    mem["vae_decode"] = int(video * b * (1 + overlap)) + working
+    mem["upscale"] = max(video * (8 + (b if b != 4 else 0)), video * b + working)
+    # Stage transients: what each stage holds beyond the resident weights. The sketch is the plain
+    # pipeline at sketch size: a transformer forward there, then an untiled decode of the sketch.
+    sketch_tokens = (latent[1] // pt) * (sketch[0] // vs // ph) * (sketch[1] // vs // pw)
+    sketch_forward = sketch_tokens * (2 * d + 2 * ffn) * b
+    if out.sketch is not None:
+        out.sketch_flops_per_step = (2 if config.sketch.guidance_scale > 1.0 else 1) * transformer_flops(arch, sketch_tokens)
+    sketch_decode = 3 * frames * sketch[0] * sketch[1] * b + VAE_WORKING_COPIES * full_res_channels * vt * sketch[0] * sketch[1] * b
+    mem["stage.sketch"] = 0 if out.sketch is None else max(sketch_forward, sketch_decode)
+    mem["stage.upscale"] = 0 if out.sketch is None else mem["upscale"]
+    mem["stage.refine"] = mem["transformer"] + mem["canvas"]
+    mem["stage.decode"] = mem["vae_decode"] + canvas_elems * 4
+    out.memory = mem
+    return out
+
+
+def _vae_tile_area(canvas: tuple[int, int]) -> int:
+    """Pixel area of the largest tile diffusers' tiled VAE works on."""
+    return min(VAE_TILE, canvas[0]) * min(VAE_TILE, canvas[1])
+
+
+def _vae_tiles_total_area(canvas: tuple[int, int]) -> int:
+    """Summed pixel area of diffusers' tiled-VAE tiles (they overlap): the same loop bounds as ``tiled_decode``."""
+    def spans(length: int) -> list[int]:
+        return [min(VAE_TILE, length - start) for start in range(0, length, VAE_STRIDE)]
+
+    return sum(spans(canvas[0])) * sum(spans(canvas[1]))
+
+
+def human(n: float) -> str:
+    """Bytes as KiB/MiB/GiB."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def flops(n: float) -> str:
+    """FLOPs as GFLOP/TFLOP/PFLOP."""
+    for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9)):
+        if n >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{n / 1e6:,.2f} MFLOP"
+
+
+def count(n: int) -> str:
+    """A parameter count as k/M/B."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return str(n)
+
+
+def format_plan(plan: ResourcePlan) -> str:
+    """The plan as one two-column text table."""
+    rows = plan.rows()
+    width = max(len(k) for k, _ in rows)
+    line = "-" * (width + 2 + max(len(v) for _, v in rows))
+    return "\n".join([line, *(f"{k.ljust(width)}  {v}" for k, v in rows), line])
+
+
+def with_native_sketch(config: SuperGenConfig, arch: Architecture) -> SuperGenConfig:
+    """``config`` with the architecture's native size as the sketch size, unless the config sets one."""
+    if config.sketch.height is not None or arch.native_size is None:
+        return config
+    return replace(config, sketch=replace(config.sketch, height=arch.native_size[0], width=arch.native_size[1]))

@@ -1,0 +1,144 @@
+"""The Gradio demo, used the way a person uses it: a real ``supergen demo`` process and headless Chromium.
+
+The browser tests need Debian's ``chromium`` (``.ci/install-browser.sh`` installs it with Playwright);
+they skip, saying so, where it is missing. Playwright drives the system Chromium, never a downloaded one.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+
+from supergen.pipeline import SuperGenPipeline
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+#: A tiny render: 128x224 canvas from a 64x112 sketch (2x2 tiles), 5 frames, 2 + 2 steps.
+DEMO_OVERRIDES = ["job.height=128", "job.width=224", "job.num_frames=5", "sketch.height=64", "sketch.width=112",
+                  "sketch.num_inference_steps=2", "refine.num_inference_steps=4"]
+#: CPU time is shared on CI machines: generous, so a slow machine fails only when something is wrong.
+TIMEOUT_MS = 240_000
+
+
+def test_stage_callback_order_and_sketch_preview(wan_t2v):
+    """The hook the demo relies on: stages in order, the sketch handed over before refinement starts."""
+    events = []
+    events_at_step = []
+
+    def on_stage(stage, info):
+        events.append((stage, info))
+
+    def on_step(pipe, step, t, tensors):
+        events_at_step.append(len(events))
+        return {}
+
+    sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny")
+    out = sg(height=128, width=224, num_frames=5, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+             callback_on_stage=on_stage, callback_on_step_end=on_step)
+    assert [stage for stage, _ in events] == ["sketch", "upscale", "refine", "decode"]
+    info = dict(events)
+    assert info["sketch"]["steps"] == 8 and info["refine"] == {"steps": 2, "tiles": 1}
+    # The preview is the sketch the output reports, as (F, h, w, 3) in [0, 1].
+    np.testing.assert_allclose(info["upscale"]["sketch"], out.sketch[0], atol=1e-6)
+    assert info["upscale"]["sketch"].shape == (5, 128, 224, 3)
+    # Every refinement step comes after the sketch preview and before the decode.
+    assert events_at_step == [3, 3]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def demo_url(tmp_path_factory):
+    """``supergen demo`` with the tiny model on a free loopback port, as a user starts it."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("demo") / "server.log"
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    with open(log, "wb") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "supergen", "demo", "--port", str(port), *DEMO_OVERRIDES],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the demo did not start (exit {server.poll()}):\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium chromium-driver; CI runs .ci/install-browser.sh)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def _playable(selector: str) -> str:
+    return f"() => {{ const v = document.querySelector('{selector} video'); return !!v && (v.readyState >= 2 || v.duration > 0); }}"
+
+
+def test_generate_in_browser_shows_sketch_then_video(browser, demo_url, tmp_path):
+    page = browser.new_page()
+    page.goto(demo_url)
+    # The plan is on the page before anything runs: 2x2 tiles of the 64x112 sketch on 128x224.
+    page.wait_for_function("() => document.querySelector('#plan').innerText.includes('tile grid')", timeout=TIMEOUT_MS)
+    assert "2x2 tiles of 112x64 px" in page.locator("#plan").inner_text()
+    assert "estimated peak" in page.locator("#plan").inner_text()
+
+    page.locator("#prompt textarea").fill("a lighthouse on a cliff at dawn")
+    page.locator("#generate").click()
+    page.wait_for_function(_playable("#sketch"), timeout=TIMEOUT_MS)
+    page.wait_for_function(_playable("#final"), timeout=TIMEOUT_MS)
+    size = page.evaluate("() => { const v = document.querySelector('#final video'); return [v.videoWidth, v.videoHeight, v.duration]; }")
+    assert size[:2] == [224, 128] and size[2] > 0
+    sketch = page.evaluate("() => { const v = document.querySelector('#sketch video'); return [v.videoWidth, v.videoHeight]; }")
+    assert sketch == [112, 64]
+    assert page.locator("#status").inner_text().startswith("Done: 224x128x5")
+
+    shot = tmp_path / "demo.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000  # a rendered page, not an empty image
+    page.close()
+
+
+def test_bad_size_shows_message_not_traceback(browser, demo_url):
+    page = browser.new_page()
+    page.goto(demo_url)
+    page.wait_for_selector("#generate")
+    page.locator("#height input").fill("8")
+    page.locator("#generate").click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('Error')", timeout=TIMEOUT_MS)
+    status = page.locator("#status").inner_text()
+    assert "job.height" in status and "16" in status
+    assert "Traceback" not in page.content()
+    page.close()

@@ -1,0 +1,121 @@
+"""The resource planner: hand-computed numbers, FLOPs against PyTorch's counter, geometry against a render."""
+
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from supergen.builtin import tiny_wan_pipeline
+from supergen.cli import main
+from supergen.config import load_config
+from supergen.errors import SuperGenError
+from supergen.pipeline import SuperGenPipeline
+from supergen.planner import KNOWN, Architecture, architecture, make_plan, transformer_flops, with_native_sketch
+
+
+def test_wan_1_3b_720p_matches_hand_calculation():
+    """Wan2.1-1.3B, 1280x720, 81 frames, bfloat16, library defaults (50 steps, strength 0.5), native sketch."""
+    arch = KNOWN["Wan2.1-1.3B"]
+    cfg = with_native_sketch(load_config(None, {"model.dtype": "bfloat16"}), arch)
+    plan = make_plan(cfg, arch, height=720, width=1280, num_frames=81)
+
+    # Geometry: VAE 4x8x8, patch 1x2x2. Latent 16 x (80/4+1) x 90 x 160; tile = native 480x832 -> 60x104.
+    assert plan.latent == (16, 21, 90, 160)
+    assert plan.sketch == (480, 832) and plan.plan.tile == (60, 104)
+    assert plan.refine_steps == 25 and plan.sketch_steps == 50
+    # Clamp mode: 2x2 windows at offset 0; shifted by 4 (60/16 -> 2 patches) and 6 (104/16 -> 3 patches)
+    # latent rows/cols per step, an offset cut adds a segment per axis while it lies inside the canvas: 3x3.
+    assert len(plan.plan.tiles(0)) == 4 and plan.tiles_per_step == 9
+    L = 21 * (60 // 2) * (104 // 2)
+    assert plan.tokens_per_tile == L == 32760
+
+    # FLOPs of one forward: 30 blocks of D=1536, FFN 8960, 512 text tokens; embeddings; x2 guidance x9 tiles.
+    D, F, S = 1536, 8960, 512
+    block = 12 * L * D * D + 4 * L * L * D + 4 * S * D * D + 4 * L * S * D + 4 * L * D * F
+    embed = 2 * L * 16 * 4 * D + 2 * L * D * 16 * 4 + 2 * S * 4096 * D + 2 * S * D * D + 2 * (256 * D + D * D + 6 * D * D)
+    assert plan.flops_per_step == 9 * 2 * (30 * block + embed)
+    assert plan.flops_per_step == 9 * 2 * 283_001_787_777_024  # ~283 TFLOP per forward
+
+    # Memory (bf16 = 2 bytes): FFN live set, 6 float32 canvas copies, tiled decode of the 720p video.
+    assert plan.memory["transformer"] == 32760 * (2 * 1536 + 2 * 8960) * 2 == 1_375_395_840
+    assert plan.memory["canvas"] == 6 * (16 * 21 * 90 * 160) * 4 == 116_121_600
+    video = 3 * 81 * 720 * 1280 * 2
+    # diffusers' VAE tiles: 256 px every 192 px -> rows 256+256+256+144, cols 6x256+128.
+    overlap = (912 * 1664) / (720 * 1280)
+    working = 6 * 96 * 4 * 256 * 256 * 2
+    assert plan.memory["vae_decode"] == int(video * (1 + overlap)) + working
+    # The resize of the sketch to 720p in float32 (+ its clamp, + the bf16 cast) outweighs the decode.
+    assert plan.memory["upscale"] == 3 * 81 * 720 * 1280 * (4 + 4 + 2) == 2_239_488_000
+    assert plan.peak_stage == "upscale"
+    assert plan.weights == 2 * sum(plan.parameters.values())
+
+
+def test_flop_formula_matches_pytorch_flop_counter():
+    """The formula equals torch.utils.flop_counter on the real diffusers forward (1.3B on meta, tiny on CPU).
+
+    On CPU, attention runs in the math backend: the counter does not count the fused CPU kernel.
+    """
+    for name, shape, device in (("Wan2.1-1.3B", (1, 16, 21, 60, 104), "meta"), ("tiny", (2, 16, 3, 16, 28), "cpu")):
+        arch = KNOWN[name]
+        with torch.device(device):
+            model = WanTransformer3DModel.from_config(arch.transformer).eval()
+            x = torch.zeros(shape)
+            text = torch.zeros(shape[0], 512, arch.transformer["text_dim"])
+            t = torch.full((shape[0],), 500, dtype=torch.long)
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)
+        tokens = shape[2] * (shape[3] // 2) * (shape[4] // 2)
+        assert counter.get_total_flops() == transformer_flops(arch, tokens, batch=shape[0]), name
+
+
+def test_parameter_counts_are_the_real_modules():
+    pipe = tiny_wan_pipeline()
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert KNOWN["tiny"].parameters() == {
+        "transformer": count(pipe.transformer), "vae": count(pipe.vae), "text_encoder": count(pipe.text_encoder),
+    }
+    assert Architecture.from_pipeline(pipe).parameters() == KNOWN["tiny"].parameters()
+
+
+def test_model_folder_config_json(tmp_path):
+    tiny_wan_pipeline().save_pretrained(tmp_path / "tiny-folder")
+    arch = architecture(str(tmp_path / "tiny-folder"))
+    assert arch.parameters() == KNOWN["tiny"].parameters()
+    cfg = load_config("tiny")
+    assert make_plan(cfg, arch).flops_per_step == make_plan(cfg, KNOWN["tiny"]).flops_per_step
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(SuperGenError, match="not a diffusers Wan model folder"):
+        architecture(str(tmp_path / "not-a-model"))
+
+
+def test_plan_matches_what_the_pipeline_renders(wan_t2v):
+    """Canvas, sketch, tile grid and tiles per step of the plan are those of an actual render."""
+    cfg = load_config("tiny", ["job.height=72", "job.width=120", "job.num_frames=5", "sketch.height=48", "sketch.width=64",
+                               "sketch.num_inference_steps=2", "refine.num_inference_steps=4"])
+    plan = make_plan(cfg, Architecture.from_pipeline(wan_t2v))
+    out = SuperGenPipeline.from_pipe(wan_t2v, cfg)(generator=torch.Generator().manual_seed(0), output_type="latent")
+    stats = out.stats
+    assert plan.canvas == stats.canvas == (80, 128)  # 72x120 rounded up to multiples of 16
+    assert plan.sketch == stats.sketch == (48, 64)
+    assert plan.plan.describe() == stats.tiling
+    assert plan.refine_steps == len(stats.steps)
+    assert plan.tiles_per_step == max(s.tiles for s in stats.steps)
+    assert tuple(out.frames.shape[1:]) == plan.latent
+
+
+def test_plan_cli_prints_one_table(capsys):
+    assert main(["plan", "--model", "Wan-AI/Wan2.1-T2V-14B-Diffusers", "--height", "2160", "--width", "3840",
+                 "--num-frames", "81", "--dtype", "bfloat16"]) == 0
+    out = capsys.readouterr().out
+    for label in ("sketch", "tile grid", "tokens per tile", "transformer FLOPs/step", "canvas state", "VAE decode", "estimated peak"):
+        assert label in out
+    assert "1280x720, 50 steps" in out and "75,600" in out  # 21 x 45 x 80 tokens per 720p tile
+    assert main(["plan", "--model", "no-such-model"]) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+
+
+def test_size_errors_are_the_pipelines():
+    with pytest.raises(SuperGenError, match="at least 16"):
+        make_plan(load_config("tiny"), KNOWN["tiny"], height=8, width=64)
