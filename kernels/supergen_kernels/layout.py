@@ -386,7 +386,7 @@ class TileLayout(_Memo):
         self, block_m: int, block_n: int, device: torch.device | str = "cpu"
     ) -> BlockIndex:
         """The :class:`BlockIndex` at block sizes ``(block_m, block_n)``, in
-        ``O(num_tiles * seq + num_q_blocks * num_tiles * num_kv_blocks)`` — never ``seq**2``."""
+        ``O(num_tiles * seq + num_q_blocks * num_kv_blocks)`` time and memory: never ``seq**2``."""
         return self.memo(
             ("blocks", block_m, block_n, device),
             lambda: self._build_block_index(block_m, block_n, device),
@@ -396,23 +396,27 @@ class TileLayout(_Memo):
         n, nt = self.seq_len, self.num_tiles
         nq, nk = math.ceil(n / block_m), math.ceil(n / block_n)
         # How many keys of each key block fall in each tile's window.
-        in_win = self._keys_in_window(device)
-        padded = torch.zeros(nt, nk * block_n, dtype=torch.float32, device=device)
-        padded[:, :n] = in_win.float()
+        padded = torch.zeros(nt, nk * block_n, dtype=torch.int32, device=device)
+        padded[:, :n] = self._keys_in_window(device).int()
         counts = padded.view(nt, nk, block_n).sum(dim=2)  # (tiles, kv blocks)
         # A query block is a contiguous run of tile-major tokens, so the tiles its queries
-        # belong to are the contiguous id range [first, last].
+        # belong to are the contiguous id range [first, last]; prefix sums over tiles answer
+        # "does any tile in the range ..." for every (query block, key block) at once.
         tile_id, _, _ = self._token_coords(device)
         starts = torch.arange(nq, device=device) * block_m
         first = tile_id[starts]
         last = tile_id[(starts + block_m).clamp(max=n) - 1]
-        t = torch.arange(nt, device=device)
-        member = ((t[None] >= first[:, None]) & (t[None] <= last[:, None])).float()  # (nq, tiles)
-        # Visited: some member tile has a key in the block. Full: every member tile has all
-        # block_n keys (a short last block is never full, so the kernels mask the sequence end).
-        # Float matmuls count exactly: every count is an integer far below 2**24.
-        visited = (member @ (counts > 0).float()) > 0
-        full = (member @ (counts < block_n).float()) == 0
+
+        def any_tile_in_range(per_tile: torch.Tensor) -> torch.Tensor:
+            prefix = torch.zeros(nt + 1, nk, dtype=torch.int64, device=device)
+            prefix[1:] = per_tile.long().cumsum(dim=0)
+            return (prefix[last + 1] - prefix[first]) > 0  # (nq, nk)
+
+        # Visited: some member tile has a key in the block. Full: no member tile lacks any of
+        # the block's block_n keys (a short last block is never full, so the kernels mask the
+        # sequence end).
+        visited = any_tile_in_range(counts > 0)
+        full = ~any_tile_in_range(counts < block_n)
         return BlockIndex.from_block_matrices(n, block_m, block_n, visited, full)
 
 
