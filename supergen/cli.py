@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from . import parallel
 from .config import SuperGenConfig, load_config
 from .errors import SuperGenError
 
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--fps", type=int)
     render.add_argument("--save-sketch", action="store_true", help="also write the sketch as <output>.sketch.mp4")
     render.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    render.add_argument("--jobs", help="batch: a .jsonl or .csv file of jobs, one video a row (see supergen.jobs)")
+    render.add_argument("--output-dir", help="batch: folder for the videos, their sidecar JSON and results.jsonl")
+    render.add_argument("--dry-run", action="store_true", help="batch: validate every row of --jobs, render nothing")
     render.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
@@ -92,10 +96,18 @@ def render(args: argparse.Namespace) -> int:
     from .pipeline import SuperGenPipeline
 
     cfg = config_from_args(args)
+    if args.jobs is not None:
+        from .jobs import render_jobs
+
+        return render_jobs(cfg, args.jobs, args.output_dir, dry_run=args.dry_run, quiet=args.quiet)
+    group = parallel.init(cfg)  # None without a launcher (torchrun / accelerate launch)
+    if group is not None and group.count > 1:
+        raise SuperGenError("parallel.group_size splits the ranks between jobs: use it with --jobs")
+    leader = group is None or group.is_leader  # the one rank that writes the video and speaks
     output = check_output_path(cfg.output.path)
     device = resolve_device(cfg.model.device)
     pipe = load_pipeline(cfg.model.name, getattr(torch, cfg.model.dtype), device)
-    if args.quiet:
+    if args.quiet or not leader:
         pipe.set_progress_bar_config(disable=True)
     sg = SuperGenPipeline.from_pipe(pipe, cfg)
     sketch_video = None
@@ -107,6 +119,8 @@ def render(args: argparse.Namespace) -> int:
     # A CPU generator gives the same noise on every device (and every rank).
     generator = torch.Generator("cpu").manual_seed(cfg.job.seed)
     out = sg(generator=generator, sketch_video=sketch_video, output_type="np")
+    if not leader:
+        return 0
     write_video(output, out.frames[0], fps=cfg.output.fps, quality=cfg.output.quality)
     if cfg.output.save_sketch and out.sketch is not None:
         write_video(output.with_suffix(".sketch" + output.suffix), out.sketch[0], fps=cfg.output.fps, quality=cfg.output.quality)

@@ -15,6 +15,7 @@ None and everything runs in-process. With a launcher, :func:`init`
 
 from __future__ import annotations
 
+import atexit
 import copy
 import datetime
 import hashlib
@@ -115,6 +116,7 @@ def init(cfg: SuperGenConfig) -> TileGroup | None:
     groups = [dist.new_group(list(range(g * size, (g + 1) * size)), timeout=timeout) for g in range(world // size)] if size < world else [dist.group.WORLD]
     index = rank // size
     _ACTIVE = TileGroup(groups[index], rank % size, size, index, world // size, rank, device)
+    atexit.register(shutdown)
     logger.info("supergen: %d ranks (%s), %d group(s) of %d", world, dist.get_backend(), world // size, size)
     return _ACTIVE
 
@@ -144,5 +146,6 @@ def shutdown() -> None:
     if dist.is_initialized():
         try:
             dist.barrier()
-        finally:
-            dist.destroy_process_group()
+        except Exception as exc:  # a peer already gone: nothing to wait for
+            logger.warning("supergen: leaving the process group without a barrier (%s)", exc)
+        dist.destroy_process_group()

@@ -1,0 +1,336 @@
+"""Batch rendering: ``supergen render --jobs FILE --output-dir DIR [--dry-run]``.
+
+A jobs file is JSONL (one JSON object a line) or CSV (a header row), one video a row, with the fields
+of :data:`FIELDS`; a missing field takes the config's value. ``overrides`` is a list of ``key=value``
+config overrides (in CSV: separated by ``;``). An optional ``name`` sets the output file's stem;
+otherwise it is derived from the prompt and a hash of the row, so it is stable across reruns and
+reorderings of the file.
+
+The model loads once. Each finished job leaves ``DIR/<name>.mp4`` and ``DIR/<name>.json`` (sidecar:
+resolved config, seed, per-stage seconds, tiles, cache and parallel statistics, package versions),
+both written atomically; a job whose sidecar exists is skipped, so a rerun resumes. Every job's
+outcome is appended to ``DIR/results.jsonl``; a failing job is recorded there and the others go on.
+
+With several ranks the world is split into groups of ``parallel.group_size`` ranks; job ``i`` (of
+those still to do) goes to group ``i mod groups``, and the ranks of a group share its tiles.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import SuperGenConfig, load_config, to_dict
+from .errors import SuperGenError
+
+logger = logging.getLogger("supergen")
+
+#: Row fields and the config key each sets.
+FIELDS = {
+    "prompt": "job.prompt",
+    "negative_prompt": "job.negative_prompt",
+    "image": "job.image",
+    "seed": "job.seed",
+    "height": "job.height",
+    "width": "job.width",
+    "num_frames": "job.num_frames",
+}
+EXTRA_FIELDS = ("name", "overrides")
+#: Config sections a row may not change: the model is loaded once and the ranks are grouped once.
+FIXED_SECTIONS = ("model.", "parallel.")
+RESULTS = "results.jsonl"
+
+
+@dataclass
+class Job:
+    """One valid row: where it came from, its resolved config, and its output stem."""
+
+    line: int
+    row: dict[str, Any]
+    config: SuperGenConfig
+    name: str
+
+
+@dataclass
+class BadRow:
+    line: int
+    error: str
+
+
+@dataclass
+class JobFile:
+    jobs: list[Job] = field(default_factory=list)
+    bad: list[BadRow] = field(default_factory=list)
+
+
+def read_rows(path: Path) -> list[tuple[int, dict[str, Any] | str]]:
+    """``(line number, row)`` for each job in the file; ``row`` is an error message when it cannot be parsed."""
+    if not path.is_file():
+        raise SuperGenError(f"jobs file {str(path)!r} does not exist")
+    text = path.read_text()
+    rows: list[tuple[int, dict[str, Any] | str]] = []
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        for record in reader:
+            line = reader.line_num
+            if None in record:
+                rows.append((line, f"more values than the {len(reader.fieldnames or [])} header columns"))
+                continue
+            row: dict[str, Any] = {k: v for k, v in record.items() if v not in (None, "")}
+            if "overrides" in row:
+                row["overrides"] = [item.strip() for item in row["overrides"].split(";") if item.strip()]
+            rows.append((line, row))
+        return rows
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            rows.append((line, f"not valid JSON: {exc.msg} (column {exc.colno})"))
+            continue
+        rows.append((line, row) if isinstance(row, dict) else (line, "a row must be a JSON object"))
+    return rows
+
+
+def parse_jobs(path: str | os.PathLike, base: SuperGenConfig) -> JobFile:
+    """Validate every row of ``path`` against ``base`` (no model is loaded); collect good jobs and bad rows."""
+    path = Path(path)
+    result = JobFile()
+    names: dict[str, int] = {}
+    for line, row in read_rows(path):
+        try:
+            if isinstance(row, str):
+                raise SuperGenError(row)
+            job = _job(line, row, base, path.parent)
+            if job.name in names:
+                raise SuperGenError(f"output name {job.name!r} is also used by line {names[job.name]}")
+            names[job.name] = line
+            result.jobs.append(job)
+        except SuperGenError as exc:
+            result.bad.append(BadRow(line, str(exc)))
+    return result
+
+
+def _job(line: int, row: dict[str, Any], base: SuperGenConfig, folder: Path) -> Job:
+    unknown = sorted(set(row) - set(FIELDS) - set(EXTRA_FIELDS))
+    if unknown:
+        raise SuperGenError(f"unknown field(s) {', '.join(unknown)}; valid: {', '.join([*FIELDS, *EXTRA_FIELDS])}")
+    overrides = row.get("overrides", [])
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise SuperGenError('overrides must be a list of "key=value" strings')
+    fixed = [o for o in overrides if o.startswith(FIXED_SECTIONS)]
+    if fixed:
+        raise SuperGenError(f"{', '.join(fixed)}: model.* and parallel.* are set for the whole batch, not per job")
+    values = {}
+    for key, config_key in FIELDS.items():
+        if key in row:
+            value = row[key]
+            if key == "image":
+                value = str(folder / value) if not os.path.isabs(value) else value
+                if not os.path.isfile(value):
+                    raise SuperGenError(f"image {row[key]!r} does not exist")
+            values[config_key] = value
+    # Field values go in as a mapping (typed by omegaconf); CLI-style overrides come last and win.
+    cfg = load_config(load_config(base, values), overrides)
+    name = row.get("name") or _default_name(row)
+    if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
+        raise SuperGenError(f"name {name!r} must be letters, digits, '.', '_' or '-'")
+    return Job(line, row, cfg, name)
+
+
+def _default_name(row: dict[str, Any]) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", str(row.get("prompt", "job")).lower()).strip("-")[:40] or "job"
+    digest = hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{slug}-{digest}"
+
+
+def format_bad_rows(path: str | os.PathLike, bad: list[BadRow]) -> str:
+    return "\n".join(f"{path}:{b.line}: {b.error}" for b in bad)
+
+
+def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dry_run: bool = False, quiet: bool = False) -> int:
+    """The ``--jobs`` command. Exit status 0 when every job is done, 1 when some failed, 2 on bad rows in a dry run."""
+    from . import parallel
+
+    parsed = parse_jobs(jobs_path, base)
+    if dry_run:
+        # No process group: every rank validates the same file; rank 0 speaks.
+        if int(os.environ.get("RANK", "0")) == 0:
+            if parsed.bad:
+                print(format_bad_rows(jobs_path, parsed.bad), file=sys.stderr)
+            print(f"{jobs_path}: {len(parsed.jobs)} valid job(s), {len(parsed.bad)} bad row(s)")
+        return 2 if parsed.bad else 0
+    if output_dir is None:
+        raise SuperGenError("--jobs needs --output-dir (or --dry-run)")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    group = parallel.init(base)
+    leader = group is None or group.is_leader
+    speaker = group is None or group.global_rank == 0
+    run_id = f"{time.time():.0f}-{os.getpid()}" if group is None else None
+    if group is not None:
+        # One run id for all ranks so the summary can pick this run's lines from results.jsonl.
+        ids = [f"{time.time():.0f}-{os.getpid()}"]
+        torch.distributed.broadcast_object_list(ids, src=0)
+        run_id = ids[0]
+    if speaker:
+        for b in parsed.bad:  # recorded once, by rank 0
+            _record(out, {"run": run_id, "line": b.line, "status": "invalid", "error": b.error})
+        if parsed.bad:
+            logger.warning("%s", format_bad_rows(jobs_path, parsed.bad))
+    todo = [job for job in parsed.jobs if not (out / f"{job.name}.json").is_file()]
+    if speaker:
+        for job in parsed.jobs:
+            if job not in todo:
+                _record(out, {"run": run_id, "line": job.line, "name": job.name, "status": "skipped", "output": str(out / f"{job.name}.mp4")})
+    mine = [job for i, job in enumerate(todo) if group is None or i % group.count == group.index]
+
+    from .builtin import load_pipeline
+    from .cli import resolve_device
+
+    pipe = None
+    if mine:
+        device = resolve_device(base.model.device)
+        pipe = load_pipeline(base.model.name, getattr(torch, base.model.dtype), device)
+        pipe.set_progress_bar_config(disable=quiet or not speaker)
+    for job in mine:
+        record = _render_one(pipe, job, out, leader)
+        if leader:
+            _record(out, {"run": run_id, **record})
+    if group is not None:
+        torch.distributed.barrier()  # every group done: results.jsonl is complete
+    if speaker:
+        print(summary(out, run_id))
+    lines = [json.loads(line) for line in (out / RESULTS).read_text().splitlines()] if (out / RESULTS).is_file() else []
+    failed = any(r.get("run") == run_id and r["status"] in ("failed", "invalid") for r in lines)
+    return 1 if failed else 0
+
+
+def _render_one(pipe, job: Job, out: Path, leader: bool) -> dict[str, Any]:
+    """Render one job; return its results record. Errors every rank agrees on are recorded, not raised."""
+    from .io import read_video, write_video
+    from .parallel import RankFailure
+    from .pipeline import SuperGenPipeline
+
+    cfg = job.config
+    output = out / f"{job.name}.mp4"
+    start = time.perf_counter()
+    record: dict[str, Any] = {"line": job.line, "name": job.name}
+    try:
+        sketch_video = read_video(cfg.job.sketch_video) if cfg.job.sketch_video is not None else None
+        generator = torch.Generator("cpu").manual_seed(cfg.job.seed)
+        result = SuperGenPipeline(pipe, cfg)(generator=generator, sketch_video=sketch_video, output_type="np")
+        if leader:
+            write_video(output, result.frames[0], fps=cfg.output.fps, quality=cfg.output.quality)
+            _write_json(out / f"{job.name}.json", sidecar(job, result, time.perf_counter() - start))
+    except RankFailure as exc:
+        if not exc.recoverable:
+            raise  # the group's communication is broken: nothing more can run here
+        return record | {"status": "failed", "error": str(exc).splitlines()[0]}
+    except Exception as exc:  # noqa: BLE001 - a job's failure is recorded; the batch goes on
+        if not isinstance(exc, SuperGenError) and _in_group():
+            # Only this rank failed, outside the tile exchange: its peers cannot know; end the process.
+            _record(out, record | {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "fatal": True})
+            raise
+        logger.warning("job at line %d failed: %s", job.line, exc)
+        return record | {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    return record | {"status": "ok", "output": str(output), "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _in_group() -> bool:
+    from .parallel import active_group
+
+    group = active_group()
+    return group is not None and group.size > 1
+
+
+def _group_info() -> dict[str, int]:
+    """Which group of how many rendered this job (one process: group 0 of 1, one rank)."""
+    from .parallel import active_group
+
+    group = active_group()
+    if group is None:
+        return {"group": 0, "groups": 1, "ranks": 1}
+    return {"group": group.index, "groups": group.count, "ranks": group.size}
+
+
+def sidecar(job: Job, result, seconds: float) -> dict[str, Any]:
+    """What the sidecar JSON of one finished job holds."""
+    stats = result.stats
+    data: dict[str, Any] = {
+        "line": job.line,
+        "row": job.row,
+        "seed": job.config.job.seed,
+        "config": to_dict(job.config),
+        "seconds": {**stats.seconds, "total": seconds},
+        "size": list(stats.size),
+        "canvas": list(stats.canvas),
+        "sketch": list(stats.sketch) if stats.sketch else None,
+        "tiles": {
+            "tiling": stats.tiling,
+            "steps": [{"tiles": s.tiles, "computed": s.tiles_computed, "seconds": s.seconds} for s in stats.steps],
+            "tile_forwards": stats.tile_forwards,
+        },
+        "parallel": _group_info() | stats.parallel,
+        "versions": versions(),
+    }
+    report = result.cache_report
+    if report is not None:
+        data["cache"] = {"tile_steps": report.tile_steps, "tiles_skipped": report.tiles_skipped, "block_share_skipped": report.block_share_skipped}
+    return data
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("supergen", "torch", "diffusers", "transformers", "accelerate"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def summary(out: Path, run_id: str) -> str:
+    """A table of this run's jobs from ``results.jsonl``."""
+    rows = [json.loads(line) for line in (out / RESULTS).read_text().splitlines()] if (out / RESULTS).is_file() else []
+    rows = sorted((r for r in rows if r.get("run") == run_id), key=lambda r: r["line"])
+    lines = [f"{'line':>5}  {'status':<8} {'seconds':>8}  output / error"]
+    for r in rows:
+        seconds = f"{r['seconds']:.1f}" if "seconds" in r else "-"
+        lines.append(f"{r['line']:>5}  {r['status']:<8} {seconds:>8}  {r.get('output') or r.get('error', '')}")
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "skipped", "failed", "invalid")}
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return "\n".join(lines)
+
+
+def _record(out: Path, record: dict[str, Any]) -> None:
+    # One short line per write in append mode: whole lines even with several group leaders appending.
+    with open(out / RESULTS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,171 @@
+"""Tile parallelism with real torch.distributed processes (gloo on CPU), started by torchrun from the test.
+
+One torchrun launch per world size runs this file as a worker (``__main__`` below) that renders with
+fp32 and bf16 exchange, decodes with the rank-parallel VAE, and survives a rank raising mid-run; each
+rank saves what it saw, and the tests compare that with a one-process render done here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from supergen.builtin import tiny_wan_pipeline
+from supergen.config import load_config
+from supergen.parallel import TiledVAE, balance
+from supergen.pipeline import SuperGenPipeline
+
+# Canvas 64×112 px = 8×14 latent; tile 48×80 px = 6×10 latent does not divide it (2×2 clamped tiles
+# whose owned segments shift every step). VAE tiles of 32 px every 24 px: 3×5 windows.
+OVERRIDES = [
+    "job.height=64", "job.width=112", "job.num_frames=5", "job.seed=7",
+    "sketch.height=32", "sketch.width=56", "sketch.num_inference_steps=2",
+    "refine.num_inference_steps=4", "refine.strength=0.75",
+    "tiling.tile_height=48", "tiling.tile_width=80", "tiling.shift_divisor=3",
+    "cache.policy=none", "parallel.timeout_s=60",
+]
+VAE_TILES = dict(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24, tile_sample_stride_width=24)
+TIMEOUT = 240  # seconds for one torchrun launch (startup of N processes on 2 shared cores included)
+
+
+def render(pipe, dtype="fp32"):
+    """The test render: latent output ``(1, 16, 2, 8, 14)`` and its stats."""
+    sg = SuperGenPipeline(pipe, load_config("tiny", OVERRIDES + [f"parallel.exchange_dtype={dtype}"]))
+    return sg(generator=torch.Generator().manual_seed(7), output_type="latent")
+
+
+def worker(out_dir: Path) -> None:
+    from supergen import parallel
+
+    group = parallel.init(load_config("tiny", OVERRIDES))
+    pipe = tiny_wan_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.vae.enable_tiling(**VAE_TILES)
+    seen: dict = {}
+    for dtype in ("fp32", "bf16"):
+        out = render(pipe, dtype)
+        seen[dtype] = {"latent": out.frames, "parallel": out.stats.parallel, "computed": [s.tiles_computed for s in out.stats.steps]}
+    seen["decoded"] = TiledVAE(SuperGenPipeline(pipe, load_config("tiny")).adapter, group).decode(seen["fp32"]["latent"], 5)
+
+    # Rank 1 raises in its third tile forward; every rank must get the same error, and the group must
+    # still render afterwards.
+    sg = SuperGenPipeline(pipe, load_config("tiny", OVERRIDES))
+    real_predict, calls = sg.adapter.predict, []
+
+    def failing_predict(*args, **kwargs):
+        calls.append(1)
+        if group.rank == 1 and len(calls) == 3:
+            raise RuntimeError("injected fault")
+        return real_predict(*args, **kwargs)
+
+    sg.adapter.predict = failing_predict
+    start = time.perf_counter()
+    try:
+        sg(generator=torch.Generator().manual_seed(7), output_type="latent")
+        seen["fault"] = None
+    except parallel.RankFailure as exc:
+        seen["fault"] = {"message": str(exc), "recoverable": exc.recoverable, "seconds": time.perf_counter() - start}
+    seen["after_fault"] = render(pipe).frames
+    torch.save(seen, out_dir / f"rank{group.global_rank}.pt")
+
+
+def launch(ranks: int, out_dir: Path) -> list[dict]:
+    """Run the worker on ``ranks`` processes under torchrun; each rank's saved results."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(29500 + ranks + os.getpid() % 1000),
+        __file__, str(out_dir),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(ranks)]
+
+
+@pytest.fixture(scope="module")
+def single():
+    """The one-process reference: no launcher, no process group."""
+    pipe = tiny_wan_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.vae.enable_tiling(**VAE_TILES)
+    # One thread like each rank: CPU kernels split reductions by thread count (differences ~1e-6).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = render(pipe)
+        decoded = TiledVAE(SuperGenPipeline(pipe, load_config("tiny")).adapter).decode(out.frames, 5)
+    finally:
+        torch.set_num_threads(threads)
+    return {"latent": out.frames, "computed": [s.tiles_computed for s in out.stats.steps], "decoded": decoded, "pipe": pipe}
+
+
+@pytest.fixture(scope="module", params=[2, 3])
+def ranks(request, tmp_path_factory):
+    return launch(request.param, tmp_path_factory.mktemp(f"ranks{request.param}"))
+
+
+def test_n_ranks_give_the_same_video_as_one(single, ranks):
+    assert single["computed"] == [4, 4, 4]  # 2×2 clamped tiles of 6×10 latent shifting over 8×14
+    for seen in ranks:
+        torch.testing.assert_close(seen["fp32"]["latent"], single["latent"], atol=1e-6, rtol=0)
+    # bf16 transport: all ranks still identical to each other (the owner uses the rounded value too).
+    for seen in ranks[1:]:
+        assert torch.equal(seen["bf16"]["latent"], ranks[0]["bf16"]["latent"])
+    assert (ranks[0]["bf16"]["latent"] - single["latent"]).abs().max() > 0  # ... and it did round
+
+
+@pytest.mark.parametrize("dtype,itemsize", [("fp32", 4), ("bf16", 2)])
+def test_bytes_per_step_are_the_computed_tiles_predictions_only(single, ranks, dtype, itemsize):
+    per_tile = 16 * 2 * 6 * 10 * itemsize  # C × latent frames × tile h × w
+    sent = [sum(seen[dtype]["parallel"]["bytes_sent"][step] for seen in ranks) for step in range(len(single["computed"]))]
+    assert sent == [n * per_tile for n in single["computed"]]
+    # Balanced: the computed tiles split across ranks within one tile of each other.
+    for step, n in enumerate(single["computed"]):
+        counts = [seen[dtype]["parallel"]["tiles_computed"][step] for seen in ranks]
+        assert sum(counts) == n and max(counts) - min(counts) <= 1
+
+
+def test_distributed_vae_decode_equals_single_process_tiled_decode(single, ranks):
+    assert single["decoded"].shape == (1, 3, 5, 64, 112)
+    torch.testing.assert_close(ranks[0]["decoded"], single["decoded"], atol=0, rtol=0)
+    assert all(seen["decoded"] is None for seen in ranks[1:])  # only the leader assembles the video
+
+
+def test_tiled_vae_matches_diffusers_tiled_decode(single):
+    """Same grid and blending as diffusers' tiled decode; it clamps each tile before blending, so
+    the two agree wherever the tiles stay inside [-1, 1] and are close elsewhere."""
+    pipe = single["pipe"]
+    adapter = SuperGenPipeline(pipe, load_config("tiny")).adapter
+    adapter.set_vae_tiling(True)
+    reference = adapter.decode(single["latent"], 5)
+    assert reference.shape == single["decoded"].shape
+    inside = reference.abs() < 0.999
+    torch.testing.assert_close(single["decoded"][inside], reference[inside], atol=1e-5, rtol=0)
+
+
+def test_a_rank_raising_ends_the_job_on_every_rank_and_the_group_goes_on(single, ranks):
+    for seen in ranks:
+        fault = seen["fault"]
+        assert fault is not None and fault["recoverable"]
+        assert fault["message"].startswith("rank 1 failed at step") and "RuntimeError: injected fault" in fault["message"]
+        assert fault["seconds"] < 60
+        torch.testing.assert_close(seen["after_fault"], single["latent"], atol=1e-6, rtol=0)
+
+
+def test_balance_minimises_the_busiest_rank():
+    costs = [4, 4, 4, 1, 1, 1, 1]
+    owner = balance(costs, 2)
+    assert max(sum(c for c, o in zip(costs, owner) if o == r) for r in range(2)) == 8  # the optimum: 16 / 2
+    owner = balance([9, 1, 1, 1, 1, 1, 1, 1, 1, 1], 2)
+    assert sorted(owner.count(r) for r in range(2)) == [1, 9]  # the big tile alone on one rank
+    assert balance([1.0] * 5, 3) == balance([1.0] * 5, 3)  # deterministic
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    worker(Path(sys.argv[1]))
