@@ -26,7 +26,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from .adapters import Conditioning, ModelAdapter, Request, adapter_for
 from .config import SuperGenConfig, load_config
 from .errors import SuperGenError
-from .refine import StepStats, TileRefiner
+from .parallel import TiledVAE, TileExchanger, active_group
+from .refine import SingleProcess, StepStats, TileRefiner
 from .tiling import TilePlan
 from .upscale import resize_video
 
@@ -48,6 +49,8 @@ class RenderStats:
     strength: float
     seconds: dict[str, float] = field(default_factory=dict)
     steps: list[StepStats] = field(default_factory=list)
+    #: With several ranks: ``ranks``, and per step this rank's ``bytes_sent`` and ``tiles_computed``.
+    parallel: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tile_forwards(self) -> int:
@@ -61,6 +64,7 @@ class SuperGenPipelineOutput(BaseOutput):
     Attributes:
         frames: the video in ``output_type`` (``np``: ``(1, F, H, W, 3)`` in [0, 1]; ``pt``:
             ``(1, F, 3, H, W)``; ``pil``: a list of lists of images; ``latent``: ``(1, C, f, h, w)``).
+            With several ranks, pixel outputs are None on all but the group's leader (rank 0 of the group).
         sketch: the stage-1 video at sketch size in the same format, or None when ``strength=1``
             skipped the sketch (with ``output_type="latent"``: ``(1, 3, F, h, w)`` pixels in [-1, 1]).
         stats: sizes, per-stage seconds and per-step statistics.
@@ -193,6 +197,8 @@ class SuperGenPipeline:
         native = self._sketch_size(height, width)  # the sketch's size, and the default tile
         sketch_size: tuple[int, int] | None = native
         device = adapter.device
+        # With a launcher: the ranks rendering this video together (supergen.parallel); else None.
+        group = active_group()
         timings: dict[str, float] = {}
         clock = time.perf_counter()
 
@@ -237,6 +243,11 @@ class SuperGenPipeline:
                     request, embeds, sketch_size[0], sketch_size[1], cfg.sketch.num_inference_steps,
                     cfg.sketch.guidance_scale, cfg.sketch.guidance_scale_2, generator,
                 )
+                if group is not None:
+                    # Every rank ran the same sketch (so every rank's generator is in the same state for
+                    # the re-noise); the leader's copy makes them bit-identical even where GPU kernels
+                    # are not deterministic.
+                    group.broadcast_from_leader(sketch_latents)
                 timings["sketch"] = time.perf_counter() - clock
                 clock = time.perf_counter()
                 sketch_pixels = adapter.decode(sketch_latents)
@@ -245,9 +256,13 @@ class SuperGenPipeline:
                 preview = adapter.pipe.video_processor.postprocess_video(sketch_pixels, output_type="np")[0]
                 callback_on_stage("upscale", {"sketch": preview})
             # ---- upscale in pixel space, encode at the canvas size ----
-            self._set_vae_tiling(height * width > sketch_size[0] * sketch_size[1])
+            tiled = self._set_vae_tiling(height * width > sketch_size[0] * sketch_size[1])
             upscaled = resize_video(sketch_pixels, height, width, cfg.sketch.upscale)
-            x0 = adapter.encode(upscaled, generator if cfg.sketch.sample_posterior else None)
+            if tiled and not cfg.sketch.sample_posterior:
+                # Split across ranks; the same tiles and blend in one process, so any rank count matches.
+                x0 = TiledVAE(adapter, group).encode(upscaled)
+            else:  # a posterior sample is drawn over the whole latent, identically on every rank
+                x0 = adapter.encode(upscaled, generator if cfg.sketch.sample_posterior else None)
             # ---- re-noise with the scheduler's own forward process and the user's generator ----
             noise = randn_tensor(x0.shape, generator=generator, device=device, dtype=torch.float32)
             latents = _renoise(scheduler, x0.to(device), noise, timesteps[:1])
@@ -255,7 +270,7 @@ class SuperGenPipeline:
             clock = time.perf_counter()
 
         # ---- stage 2: tiled refinement ----
-        self._set_vae_tiling(sketch_size is not None and height * width > sketch_size[0] * sketch_size[1])
+        tiled = self._set_vae_tiling(sketch_size is not None and height * width > sketch_size[0] * sketch_size[1])
         cond = Conditioning(
             embeds=embeds,
             spatial=adapter.spatial_conditioning(request, height, width),
@@ -270,7 +285,10 @@ class SuperGenPipeline:
                 result = callback_on_step_end(self, step, t, tensors) or {}
                 return result.get("latents", latents)
 
-        refiner = TileRefiner(plan, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles)
+        runner = SingleProcess()
+        if group is not None and group.size > 1:
+            runner = TileExchanger(group, latent_shape[1:3], cfg.parallel.exchange_dtype, cfg.tiling.batch_tiles)
+        refiner = TileRefiner(plan, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, runner=runner)
         if callback_on_stage is not None:
             callback_on_stage("refine", {"steps": len(timesteps), "tiles": len(plan.tiles(0))})
         with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
@@ -284,8 +302,12 @@ class SuperGenPipeline:
         if output_type == "latent":
             video, sketch_out = latents, sketch_frames
         else:
-            video = adapter.decode(latents)[..., :req_height, :req_width]
-            video = adapter.pipe.video_processor.postprocess_video(video, output_type=output_type)
+            if tiled:
+                video = TiledVAE(adapter, group).decode(latents, frames)
+            else:  # only the leader writes the video, so only it decodes
+                video = adapter.decode(latents) if group is None or group.is_leader else None
+            if video is not None:  # None on the group's other ranks
+                video = adapter.pipe.video_processor.postprocess_video(video[..., :req_height, :req_width], output_type=output_type)
             sketch_out = None
             if sketch_frames is not None:
                 sketch_out = adapter.pipe.video_processor.postprocess_video(sketch_frames, output_type=output_type)
@@ -295,14 +317,19 @@ class SuperGenPipeline:
             tile=tuple(s * adapter.vae_scale[1] for s in plan.tile), tiling=plan.describe(), strength=strength,
             seconds=timings, steps=step_stats,
         )
+        if isinstance(runner, TileExchanger):
+            stats.parallel = {"ranks": group.size, "bytes_sent": runner.bytes_sent, "tiles_computed": runner.tiles_computed}
         adapter.pipe.maybe_free_model_hooks()
         if not return_dict:
             return (video,)
         return SuperGenPipelineOutput(frames=video, sketch=sketch_out, stats=stats)
 
-    def _set_vae_tiling(self, large: bool) -> None:
+    def _set_vae_tiling(self, large: bool) -> bool:
+        """Turn VAE tiling on or off as ``output.vae_tiling`` says for this size; returns whether it is on."""
         mode = self.config.output.vae_tiling
-        self.adapter.set_vae_tiling(mode == "on" or (mode == "auto" and large))
+        enabled = mode == "on" or (mode == "auto" and large)
+        self.adapter.set_vae_tiling(enabled)
+        return enabled
 
     def _plan(self, canvas: tuple[int, int], tile_pixels: tuple[int, int]) -> TilePlan:
         return tile_plan(self.config, self.adapter, canvas, tile_pixels)
