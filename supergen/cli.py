@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--jobs", help="batch: a .jsonl or .csv file of jobs, one video a row (see supergen.jobs)")
     render.add_argument("--output-dir", help="batch: folder for the videos, their sidecar JSON and results.jsonl")
     render.add_argument("--dry-run", action="store_true", help="batch: validate every row of --jobs, render nothing")
+    render.add_argument("--cache-map", metavar="PNG", help="write a picture of the tiles computed/reused at every step")
     render.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
@@ -128,8 +129,14 @@ def render(args: argparse.Namespace) -> int:
     print(
         f"supergen: {stats.size[1]}x{stats.size[0]}x{stats.num_frames} from a "
         f"{'%dx%d' % stats.sketch[::-1] if stats.sketch else 'noise (strength 1)'} sketch, {stats.tiling}, "
-        f"{len(stats.steps)} steps, {stats.tile_forwards} tile-forwards, {time.perf_counter() - start:.1f} s -> {output}"
+        f"{len(stats.steps)} steps, {stats.tile_forwards} tile-forwards"
+        f" ({out.cache_report.tiles_skipped} skipped, {out.cache_report.block_share_skipped:.0%} of block forwards),"
+        f" {time.perf_counter() - start:.1f} s -> {output}"
     )
+    if args.cache_map:
+        from .cache import write_cache_map
+
+        write_cache_map(args.cache_map, out.cache_report, (out.frames[0][0] * 255).round().astype("uint8"))
     return 0
 
 

@@ -106,10 +106,43 @@ class TilingConfig:
 
 
 @dataclass
-class CacheConfig:
-    #: The region-aware cache (skips tiles that barely change). Not implemented in this release:
-    #: setting it to true is an error rather than a silent no-op.
+class CacheRegionConfig:
+    """Per-tile thresholds: ``threshold × clamp((median volatility / tile volatility) ** strength, min_scale, max_scale)``."""
+
+    #: 0 gives every tile the base threshold; larger values separate quiet and busy regions more.
+    strength: float = 1.0
+    min_scale: float = 0.5
+    max_scale: float = 2.0
+
+
+@dataclass
+class CacheBlockConfig:
+    """Block-level reuse inside computed tiles (per tile and per block)."""
+
     enabled: bool = False
+    #: Relative L1 change of a block's input under which its last residual is reused.
+    threshold: float = 0.05
+
+
+@dataclass
+class CacheConfig:
+    """Reuse the model output of tiles (and blocks) that barely change; see ``docs/cache.md``."""
+
+    enabled: bool = False
+    #: region (supergen's region-aware cache) | none | fbc, magcache (diffusers' First Block Cache /
+    #: MagCache hooks, one state per tile: baselines at the same settings).
+    policy: str = "region"
+    #: Base threshold on the predicted relative change of a tile's output; 0 reuses nothing.
+    threshold: float = 0.1
+    #: The first refinement steps, always computed (two give the first gain estimate).
+    warmup_steps: int = 2
+    #: An element of the canvas is recomputed after at most this many consecutive reuses.
+    max_consecutive: int = 3
+    region: CacheRegionConfig = field(default_factory=CacheRegionConfig)
+    block: CacheBlockConfig = field(default_factory=CacheBlockConfig)
+    #: magcache: the model's per-step magnitude ratios; null runs diffusers' calibration (no skipping)
+    #: and logs them.
+    mag_ratios: list[float] | None = None
 
 
 @dataclass
@@ -167,6 +200,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "tiling.boundary": ("wrap", "clamp"),
     "tiling.positions": ("local", "global", "ntk"),
     "output.vae_tiling": ("auto", "on", "off"),
+    "cache.policy": ("region", "none", "fbc", "magcache"),
     "parallel.exchange_dtype": ("fp32", "bf16", "fp16"),
 }
 
@@ -185,6 +219,13 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "tiling.batch_tiles": (1, None),
     "output.fps": (1, None),
     "output.quality": (0, 10),
+    "cache.threshold": (0.0, None),
+    "cache.warmup_steps": (0, None),
+    "cache.max_consecutive": (0, None),
+    "cache.region.strength": (0.0, None),
+    "cache.region.min_scale": (0.0, 1.0),
+    "cache.region.max_scale": (1.0, None),
+    "cache.block.threshold": (0.0, None),
     "parallel.group_size": (0, None),
     "parallel.timeout_s": (1.0, None),
 }
@@ -267,8 +308,6 @@ def validate(cfg: SuperGenConfig) -> None:
         raise ConfigError("sketch.height and sketch.width must be given together (or both null for the native size)")
     if (cfg.tiling.tile_height is None) != (cfg.tiling.tile_width is None):
         raise ConfigError("tiling.tile_height and tiling.tile_width must be given together (or both null)")
-    if cfg.cache.enabled:
-        raise ConfigError("cache.enabled=true: the region-aware cache is not available in this release; use cache.enabled=false")
 
 
 def to_yaml(cfg: SuperGenConfig) -> str:

@@ -24,6 +24,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .adapters import Conditioning, ModelAdapter, Request, adapter_for
+from .cache import CacheReport, cache_policy
 from .config import SuperGenConfig, load_config
 from .errors import SuperGenError
 from .parallel import TiledVAE, TileExchanger, active_group
@@ -68,11 +69,14 @@ class SuperGenPipelineOutput(BaseOutput):
         sketch: the stage-1 video at sketch size in the same format, or None when ``strength=1``
             skipped the sketch (with ``output_type="latent"``: ``(1, 3, F, h, w)`` pixels in [-1, 1]).
         stats: sizes, per-stage seconds and per-step statistics.
+        cache_report: per refinement step, which tiles were computed or reused and how many
+            transformer blocks ran in each (:class:`~supergen.cache.CacheReport`).
     """
 
     frames: Any
     sketch: Any
     stats: RenderStats
+    cache_report: CacheReport | None = None
 
 
 class SuperGenPipeline:
@@ -288,11 +292,12 @@ class SuperGenPipeline:
         runner = SingleProcess()
         if group is not None and group.size > 1:
             runner = TileExchanger(group, latent_shape[1:3], cfg.parallel.exchange_dtype, cfg.tiling.batch_tiles)
-        refiner = TileRefiner(plan, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, runner=runner)
         if callback_on_stage is not None:
             callback_on_stage("refine", {"steps": len(timesteps), "tiles": len(plan.tiles(0))})
-        with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
-            latents, step_stats = refiner.run(latents, scheduler, timesteps, progress, callback)
+        with cache_policy(cfg.cache, adapter.pipe, latent_shape[2:], adapter.patch, len(timesteps), cond.do_guidance) as policy:
+            refiner = TileRefiner(plan, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner)
+            with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
+                latents, step_stats = refiner.run(latents, scheduler, timesteps, progress, callback)
         timings["refine"] = time.perf_counter() - clock
         clock = time.perf_counter()
 
@@ -322,7 +327,7 @@ class SuperGenPipeline:
         adapter.pipe.maybe_free_model_hooks()
         if not return_dict:
             return (video,)
-        return SuperGenPipelineOutput(frames=video, sketch=sketch_out, stats=stats)
+        return SuperGenPipelineOutput(frames=video, sketch=sketch_out, stats=stats, cache_report=policy.report)
 
     def _set_vae_tiling(self, large: bool) -> bool:
         """Turn VAE tiling on or off as ``output.vae_tiling`` says for this size; returns whether it is on."""
