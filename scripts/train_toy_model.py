@@ -1,0 +1,669 @@
+#!/usr/bin/env python
+"""Train supergen's toy Wan model from nothing on the procedural world of ``supergen.toyworld``.
+
+One command trains every part with real diffusers/transformers classes and writes a
+diffusers folder that ``WanPipeline.from_pretrained`` loads offline::
+
+    python scripts/train_toy_model.py --stage all --run-dir /work/runs/toy --out assets/toy-wan
+
+Stages (each resumes from ``--run-dir`` when ``--resume`` is given):
+
+``vae``     ``AutoencoderKLWan`` (8x spatial, 4x temporal; Wan 2.2-style residual blocks with
+            a 2x2 pixel patch). ``--freeze-encoder`` freezes the encoder from then on and keeps
+            training only the decoder: the latent space the DiT learns stays fixed, so both can
+            train at the same time.
+``dit``     ``WanTransformer3DModel`` (patch (1, 2, 2)) and a tiny ``UMT5EncoderModel``, trained
+            jointly with flow matching exactly as ``WanPipeline`` samples.
+``export``  writes the pipeline folder, a model card and a strip of sample frames.
+``all``     vae, then dit, then export.
+
+Native size: 128x128 pixels, 9 frames (latent 16 x 3 x 16 x 16). With patch (1, 2, 2) the
+DiT sees 3 x 8 x 8 = 192 tokens, the same patching as the real Wan checkpoints. The VAE is
+fully convolutional, so it trains on 64x64 crops of 128x128 clips: 4x cheaper per step, with
+the pixel statistics (shape sizes, edge sharpness) of the native size.
+
+Flow-matching convention (``WanPipeline`` + its flow schedulers): ``x_s = (1 - s) x0 + s eps``,
+the transformer predicts ``eps - x0`` and is called with ``timestep = s * 1000``. Latents are
+normalised per channel with the mean/std stored as ``vae.config.latents_mean/latents_std``,
+which the pipeline uses to undo the normalisation before decoding.
+
+Text encoder: a 2-layer UMT5 encoder (d_model 64) trained jointly with the DiT. A frozen random
+encoder gives distinct features per word, but binding "red" to "disk" rather than "square"
+needs context mixing that random attention weights do not reliably provide; training the
+encoder costs almost nothing (it is ~0.2 M parameters on ~30-token captions).
+
+CPU: keep it polite on shared machines (``nice -n 19``; ``--threads 1`` is the default).
+GPU: ``--device cuda`` runs the same code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_module(name: str):
+    """Import ``supergen/<name>.py`` from this checkout without running the package's
+    ``__init__`` (which loads the whole rendering pipeline): the trainer needs only these two
+    numpy/torch modules, and must keep working while the rest of the package changes."""
+    spec = importlib.util.spec_from_file_location(f"supergen.{name}", REPO / "supergen" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+metrics = _load_module("metrics")
+toyworld = _load_module("toyworld")
+
+NATIVE = dict(height=128, width=128, num_frames=9)
+HELD_OUT_SEED = 10**9  # training seeds are drawn below this, held-out clips use seeds above it
+MAX_SEQUENCE_LENGTH = 512  # WanPipeline's default; prompt embeddings are zero-padded to it
+SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 (T5 conventions)
+
+VAE_CONFIG = dict(
+    base_dim=32,
+    z_dim=16,
+    dim_mult=[1, 2, 2],
+    num_res_blocks=1,
+    attn_scales=[],
+    temperal_downsample=[True, True],
+    is_residual=True,
+    patch_size=2,  # 2x2 pixel patch, then two 2x stages: 8x spatial; two temporal stages: 4x
+    in_channels=12,  # 3 colours x 2 x 2 patch
+    out_channels=12,
+    scale_factor_spatial=8,
+    scale_factor_temporal=4,
+)
+TEXT_CONFIG = dict(
+    d_model=64,
+    d_kv=16,
+    d_ff=128,
+    num_layers=2,
+    num_heads=4,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=16,
+    dropout_rate=0.0,
+    feed_forward_proj="gated-gelu",
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
+DIT_CONFIG = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=4,
+    attention_head_dim=32,
+    in_channels=16,
+    out_channels=16,
+    text_dim=TEXT_CONFIG["d_model"],
+    freq_dim=256,
+    ffn_dim=512,
+    num_layers=4,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=256,
+)
+# Sampler shipped with the model; FLOW_SHIFT > 1 spends more steps at high noise, where the
+# layout is decided.
+FLOW_SHIFT = 3.0
+SAMPLE_PROMPTS = [
+    "a red disk moving right on a vertical sky to sand background",
+    "a yellow square moving down and a blue triangle staying still on a horizontal slate to white background",
+    "a green triangle moving left on a vertical black to gray background",
+    "a magenta disk moving up and a cyan square moving left and a green disk staying still on a horizontal rose to moss background",
+]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class Logger:
+    """Appends timestamped lines to ``run_dir/train.log`` and echoes them to stderr."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, msg: str):
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}"
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+        tqdm.write(line, file=sys.stderr)
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (and buffers copied as is).
+
+    The decay ramps up as ``(1 + n) / (10 + n)`` so early averages are not dominated by the
+    random initialisation.
+    """
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.module = copy.deepcopy(module).requires_grad_(False).eval()
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module):
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for e, p in zip(self.module.parameters(), module.parameters()):
+            e.lerp_(p.detach(), 1 - d)
+        for e, b in zip(self.module.buffers(), module.buffers()):
+            e.copy_(b)
+
+    def state_dict(self):
+        return {"module": self.module.state_dict(), "decay": self.decay, "updates": self.updates}
+
+    def load_state_dict(self, state):
+        self.module.load_state_dict(state["module"])
+        self.decay, self.updates = state["decay"], state["updates"]
+
+
+def save_checkpoint(path: Path, state: dict):
+    """Write atomically, so an interrupted save never destroys the previous checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def module_digest(module: torch.nn.Module) -> str:
+    """Short hash of a module's weights: ties the DiT's latent bank to one VAE encoder."""
+    h = hashlib.sha1()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def training_seeds(base_seed: int, step: int, n: int) -> np.ndarray:
+    """Clip seeds for one step: a pure function of (base seed, step), so resuming continues
+    the same data stream without saving generator state."""
+    return np.random.default_rng([base_seed, step]).integers(0, HELD_OUT_SEED, size=n)
+
+
+def clips(seeds, device) -> torch.Tensor:
+    """Native-size clips ``(B, 3, F, H, W)`` in [-1, 1] for the given seeds."""
+    videos, _ = toyworld.make_batch(seeds, **NATIVE)
+    return torch.from_numpy(videos).to(device)
+
+
+def random_crops(x: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """One random ``size x size`` spatial crop per clip (same window on every frame)."""
+    _, _, _, h, w = x.shape
+    out = []
+    for clip in x:
+        top, left = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+        out.append(clip[:, :, top : top + size, left : left + size])
+    return torch.stack(out)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def build_tokenizer():
+    """Word-level tokenizer over the caption grammar, as a ``PreTrainedTokenizerFast``.
+
+    Lower-cases, splits on whitespace/punctuation, appends ``</s>`` like T5 tokenizers, pads
+    with ``<pad>`` (id 0). Saved with the pipeline, it loads offline through ``AutoTokenizer``.
+    """
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + toyworld.vocabulary())}
+    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", vocab["</s>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=MAX_SEQUENCE_LENGTH,
+    )
+
+
+def new_vae():
+    from diffusers import AutoencoderKLWan
+
+    # Placeholder statistics: the DiT stage measures the real ones and export stores them.
+    return AutoencoderKLWan(**VAE_CONFIG, latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
+
+
+def new_text_encoder(vocab_size: int):
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(UMT5Config(vocab_size=vocab_size, **TEXT_CONFIG))
+
+
+def new_transformer():
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(**DIT_CONFIG)
+
+
+def encode_latents(vae, x: torch.Tensor) -> torch.Tensor:
+    """Posterior mean ``(B, 16, F', H/8, W/8)``: the deterministic latent the pipeline's own
+    ``retrieve_latents(..., sample_mode="argmax")`` convention uses."""
+    return vae.encode(x).latent_dist.mode()
+
+
+def encode_prompts(tokenizer, text_encoder, captions, device) -> torch.Tensor:
+    """Prompt embeddings ``(B, 512, d_model)`` exactly as ``WanPipeline`` builds them: the
+    encoder's output on the real tokens (``</s>`` included), zeros after them."""
+    batch = tokenizer(captions, padding="longest", return_tensors="pt")
+    ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+    emb = text_encoder(ids, mask).last_hidden_state * mask[..., None]
+    return F.pad(emb, (0, 0, 0, MAX_SEQUENCE_LENGTH - emb.shape[1]))
+
+
+# ----------------------------------------------------------------------------- VAE stage
+
+
+@torch.no_grad()
+def vae_held_out_psnr(vae, held_out: torch.Tensor) -> tuple[float, float]:
+    """(PSNR over all frames, PSNR of frame 0) in dB on full native-size held-out clips."""
+    rec = torch.cat([vae.decode(encode_latents(vae, x[None])).sample for x in held_out])
+    return (
+        metrics.psnr(rec, held_out, data_range=2.0),
+        metrics.psnr(rec[:, :, 0], held_out[:, :, 0], data_range=2.0),
+    )
+
+
+def pooled_baseline_psnr(held_out: torch.Tensor) -> float:
+    """PSNR of 8x area-downsampling + bilinear upsampling per frame: what a VAE with 8x
+    spatial compression has to beat to be worth anything."""
+    b, c, f, h, w = held_out.shape
+    frames = held_out.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+    small = F.avg_pool2d(frames, 8)
+    up = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return metrics.psnr(up, frames, data_range=2.0)
+
+
+def train_vae(args, log):
+    device = torch.device(args.device)
+    path = args.run_dir / "vae.pt"
+    torch.manual_seed(args.seed)
+    vae = new_vae().to(device)
+    ema = EMA(vae, 0.999)
+    step, frozen = 0, False
+    state = None
+    if args.resume and path.exists():
+        state = torch.load(path, map_location=device, weights_only=False)
+        vae.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        step, frozen = state["step"], state["encoder_frozen"]
+        log(f"vae: resumed at step {step} (encoder frozen: {frozen})")
+    if args.freeze_encoder and not frozen:
+        # Freeze the EMA encoder: that is the one export ships and the DiT encodes with.
+        vae.encoder.load_state_dict(ema.module.encoder.state_dict())
+        vae.quant_conv.load_state_dict(ema.module.quant_conv.state_dict())
+        frozen = True
+        state = None  # fresh optimiser over the decoder only
+        log("vae: encoder frozen from its EMA; training the decoder only from here")
+    if frozen:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.vae_lr, weight_decay=0.0)
+    if state is not None and "opt" in state:
+        opt.load_state_dict(state["opt"])
+
+    held_out = clips(range(HELD_OUT_SEED, HELD_OUT_SEED + args.vae_eval_clips), device)
+    log(f"vae: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters; "
+        f"held-out baseline (8x area pool + bilinear) {pooled_baseline_psnr(held_out):.2f} dB")
+    # Warm-up pool: a fixed handful of crops overfitted first. From the default init the
+    # decoder otherwise tends to sit at "output ~ 0" for hundreds of steps (measured earlier).
+    pool = random_crops(clips(range(args.vae_batch), device), args.vae_crop, np.random.default_rng(0))
+
+    def lr_at(s):
+        if s < args.vae_warmup and not frozen:
+            return 2 * args.vae_lr
+        span = max(1, args.vae_steps - args.vae_warmup)
+        frac = min(1.0, max(0.0, (s - args.vae_warmup) / span))
+        return args.vae_lr_min + 0.5 * (args.vae_lr - args.vae_lr_min) * (1 + math.cos(math.pi * frac))
+
+    vae.train()
+    last_save = time.time()
+    bar = tqdm(total=args.vae_steps, initial=step, desc="vae", dynamic_ncols=True)
+    while step < args.vae_steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        if step < args.vae_warmup and not frozen:
+            x = pool
+        else:
+            crop_rng = np.random.default_rng([args.seed, step, 1])
+            x = random_crops(clips(training_seeds(args.seed, step, args.vae_batch), device), args.vae_crop, crop_rng)
+        if frozen:
+            with torch.no_grad():
+                z = encode_latents(vae, x)
+        else:
+            z = encode_latents(vae, x)
+        rec = vae.decode(z).sample
+        # Plain MSE (PSNR is what we report) plus a tiny latent L2 that keeps the latent
+        # scale bounded; a KL term collapsed the posterior in earlier trials.
+        loss = F.mse_loss(rec, x) + 1e-5 * z.pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(vae)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{10 * math.log10(4 / max(loss.item(), 1e-10)):.1f}")
+        done = step == args.vae_steps
+        if step % args.eval_every == 0 or done:
+            p_all, p_first = vae_held_out_psnr(ema.module, held_out)
+            log(f"vae step {step} lr {lr_at(step - 1):.2e} train_loss {loss.item():.5f} "
+                f"held_out_psnr {p_all:.2f} dB (frame0 {p_first:.2f} dB)")
+        if done or time.time() - last_save > args.save_every_s:
+            save_checkpoint(path, {"model": vae.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                                   "step": step, "encoder_frozen": frozen, "config": VAE_CONFIG})
+            last_save = time.time()
+    bar.close()
+
+
+def load_vae_for_inference(args, device):
+    """The EMA VAE from the run folder (what export ships), in eval mode, no grads."""
+    state = torch.load(args.run_dir / "vae.pt", map_location=device, weights_only=False)
+    vae = new_vae().to(device)
+    vae.load_state_dict(state["ema"]["module"])
+    return vae.eval().requires_grad_(False), state
+
+
+# ----------------------------------------------------------------------------- DiT stage
+
+
+@torch.no_grad()
+def latent_bank(args, vae, device, log):
+    """Encode ``--bank`` training clips once (the encoder is frozen while the DiT trains).
+
+    Returns latents ``(N, 16, 3, 16, 16)`` float32, their captions, and the held-out
+    set (first 64 held-out seeds). Cached in the run folder, keyed by the encoder's digest.
+    """
+    digest = module_digest(torch.nn.ModuleList([vae.encoder, vae.quant_conv]))
+    path = args.run_dir / f"latents_{digest}_{args.bank}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False), digest
+    seeds = np.random.default_rng([args.seed, 2]).integers(0, HELD_OUT_SEED, size=args.bank)
+    held = np.arange(HELD_OUT_SEED, HELD_OUT_SEED + args.dit_eval_clips)
+
+    def encode(seed_list, desc):
+        lat, caps = [], []
+        for i in tqdm(range(0, len(seed_list), 16), desc=desc, dynamic_ncols=True):
+            videos, c = toyworld.make_batch(seed_list[i : i + 16], **NATIVE)
+            lat.append(encode_latents(vae, torch.from_numpy(videos).to(device)).float().cpu())
+            caps += c
+        return torch.cat(lat), caps
+
+    lat, caps = encode(seeds, "encode bank")
+    held_lat, held_caps = encode(held, "encode held-out")
+    bank = {"latents": lat, "captions": caps, "held_latents": held_lat, "held_captions": held_caps}
+    save_checkpoint(path, bank)
+    log(f"dit: encoded a bank of {len(caps)} clips + {len(held_caps)} held-out with encoder {digest}")
+    return bank, digest
+
+
+def sample_sigmas(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Half uniform on (0, 1), half logit-normal (more weight mid-schedule, where most of
+    the sampler's steps land after the flow shift)."""
+    u = torch.rand(n, generator=generator)
+    ln = torch.sigmoid(torch.randn(n, generator=generator))
+    s = torch.where(torch.arange(n) % 2 == 0, u, ln)
+    return s.clamp(1e-4, 1 - 1e-4)
+
+
+def flow_loss(transformer, x0, emb, sigma, noise):
+    """Flow-matching MSE in WanPipeline's convention (see module docstring)."""
+    s = sigma.view(-1, 1, 1, 1, 1)
+    xs = (1 - s) * x0 + s * noise
+    pred = transformer(xs, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
+    return F.mse_loss(pred, noise - x0)
+
+
+@torch.no_grad()
+def dit_held_out_loss(transformer, text_encoder, tokenizer, x0, captions, device) -> float:
+    """Flow loss on held-out clips with fixed noise and an even sigma grid (comparable
+    across steps and runs)."""
+    g = torch.Generator().manual_seed(1234)
+    noise = torch.randn(x0.shape, generator=g).to(device)
+    sigma = torch.linspace(0.05, 0.95, len(x0)).to(device)
+    total = 0.0
+    for i in range(0, len(x0), 16):
+        emb = encode_prompts(tokenizer, text_encoder, captions[i : i + 16], device)
+        n = len(emb)
+        total += flow_loss(transformer, x0[i : i + 16], emb, sigma[i : i + 16], noise[i : i + 16]).item() * n
+    return total / len(x0)
+
+
+def train_dit(args, log):
+    device = torch.device(args.device)
+    path = args.run_dir / "dit.pt"
+    vae, _ = load_vae_for_inference(args, device)
+    tokenizer = build_tokenizer()
+    bank, digest = latent_bank(args, vae, device, log)
+    lat = bank["latents"]
+    # Per-channel statistics over the bank; the pipeline un-normalises with exactly these.
+    mean = lat.mean(dim=(0, 2, 3, 4))
+    std = lat.std(dim=(0, 2, 3, 4))
+    view = (1, -1, 1, 1, 1)
+    lat = ((lat - mean.view(view)) / std.view(view)).to(device)
+    held = ((bank["held_latents"] - mean.view(view)) / std.view(view)).to(device)
+    captions = bank["captions"]
+
+    torch.manual_seed(args.seed)
+    transformer = new_transformer().to(device)
+    text_encoder = new_text_encoder(len(tokenizer)).to(device)
+    models = torch.nn.ModuleDict({"transformer": transformer, "text_encoder": text_encoder})
+    ema = EMA(models, args.dit_ema)
+    opt = torch.optim.AdamW(models.parameters(), lr=args.dit_lr, weight_decay=0.01)
+    step = 0
+    if args.resume and path.exists():
+        state = torch.load(path, map_location=device, weights_only=False)
+        if state["encoder_digest"] != digest:
+            raise SystemExit(f"dit checkpoint was trained on VAE encoder {state['encoder_digest']}, "
+                             f"the run folder's VAE encoder is {digest}: refusing to mix them")
+        models.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        log(f"dit: resumed at step {step}")
+    log(f"dit: transformer {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f} M, "
+        f"text encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M parameters; "
+        f"latent std per channel {std.min():.3f}..{std.max():.3f}")
+
+    def lr_at(s):
+        return args.dit_lr * min(1.0, (s + 1) / args.dit_warmup)
+
+    models.train()
+    last_save = time.time()
+    bar = tqdm(total=args.dit_steps, initial=step, desc="dit", dynamic_ncols=True)
+    while step < args.dit_steps:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        idx = torch.randint(len(lat), (args.dit_batch,), generator=gen)
+        # 10 % empty prompts teach the unconditional branch classifier-free guidance needs
+        # (WanPipeline's default negative prompt is "").
+        drop = torch.rand(args.dit_batch, generator=gen) < 0.1
+        batch_caps = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
+        x0 = lat[idx.to(device)]
+        sigma = sample_sigmas(args.dit_batch, gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        emb = encode_prompts(tokenizer, text_encoder, batch_caps, device)
+        loss = flow_loss(transformer, x0, emb, sigma, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
+        opt.step()
+        ema.update(models)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        done = step == args.dit_steps
+        if step % args.eval_every == 0 or done:
+            e = ema.module
+            held_loss = dit_held_out_loss(e["transformer"], e["text_encoder"], tokenizer, held,
+                                          bank["held_captions"], device)
+            log(f"dit step {step} lr {lr_at(step - 1):.2e} train_loss {loss.item():.4f} held_out_loss {held_loss:.4f}")
+        if done or time.time() - last_save > args.save_every_s:
+            save_checkpoint(path, {"model": models.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                                   "step": step, "encoder_digest": digest, "latents_mean": mean.tolist(),
+                                   "latents_std": std.tolist()})
+            last_save = time.time()
+    bar.close()
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def frames_strip(videos: np.ndarray, frame_ids) -> np.ndarray:
+    """uint8 grid: one row per video, one column per chosen frame. videos: (B, F, H, W, C)."""
+    rows = [np.concatenate([v[i] for i in frame_ids], axis=1) for v in videos]
+    return (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).round().astype(np.uint8)
+
+
+def export(args, log):
+    from diffusers import UniPCMultistepScheduler, WanPipeline
+    import imageio.v3 as iio
+
+    device = torch.device("cpu")  # export and the sample strip are cheap; keep them portable
+    vae, vae_state = load_vae_for_inference(args, device)
+    dit_state = torch.load(args.run_dir / "dit.pt", map_location=device, weights_only=False)
+    digest = module_digest(torch.nn.ModuleList([vae.encoder, vae.quant_conv]))
+    if dit_state["encoder_digest"] != digest:
+        raise SystemExit("the VAE encoder changed since the DiT was trained: retrain the DiT or "
+                         "restore the VAE checkpoint it was trained with")
+    tokenizer = build_tokenizer()
+    transformer = new_transformer()
+    text_encoder = new_text_encoder(len(tokenizer))
+    models = torch.nn.ModuleDict({"transformer": transformer, "text_encoder": text_encoder})
+    models.load_state_dict(dit_state["ema"]["module"])
+    vae.register_to_config(latents_mean=dit_state["latents_mean"], latents_std=dit_state["latents_std"])
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                        flow_shift=FLOW_SHIFT, num_train_timesteps=1000)
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae,
+                       transformer=transformer.eval(), scheduler=scheduler)
+    out = Path(args.out)
+    pipe.save_pretrained(out, safe_serialization=True)
+
+    # Sample through a fresh offline load, exactly as a user would.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    loaded = WanPipeline.from_pretrained(out)
+    videos = loaded(prompt=SAMPLE_PROMPTS, negative_prompt=[""] * len(SAMPLE_PROMPTS), **NATIVE,
+                    num_inference_steps=args.sample_steps, guidance_scale=args.guidance,
+                    generator=torch.Generator().manual_seed(0), output_type="np").frames
+    iio.imwrite(args.samples_png, frames_strip(videos, [0, 4, 8]))
+
+    # The numbers the model card quotes come from the logs of the checkpoints exported.
+    held_out = clips(range(HELD_OUT_SEED, HELD_OUT_SEED + args.vae_eval_clips), device)
+    p_all, p_first = vae_held_out_psnr(vae, held_out)
+    card = {
+        "native_size": NATIVE,
+        "vae_steps": vae_state["step"],
+        "vae_held_out_psnr_db": round(p_all, 2),
+        "vae_held_out_psnr_frame0_db": round(p_first, 2),
+        "pooled_baseline_psnr_db": round(pooled_baseline_psnr(held_out), 2),
+        "dit_steps": dit_state["step"],
+        "scheduler": f"UniPCMultistepScheduler(flow_prediction, use_flow_sigmas, flow_shift={FLOW_SHIFT})",
+        "sample_settings": {"num_inference_steps": args.sample_steps, "guidance_scale": args.guidance},
+        "training_device": args.train_device_note,
+    }
+    (out / "training.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out / "README.md").write_text(
+        "# toy-wan: supergen's small Wan-architecture model of a synthetic world\n\n"
+        "Trained from scratch by `scripts/train_toy_model.py` on `supergen.toyworld` clips "
+        "(gradient backgrounds, 1-3 moving disks/squares/triangles, captions from a fixed grammar).\n"
+        "Not a general video model: it only knows that world.\n\n"
+        f"- native size: {NATIVE['width']}x{NATIVE['height']} px, {NATIVE['num_frames']} frames\n"
+        f"- VAE (AutoencoderKLWan, 8x spatial / 4x temporal): {vae_state['step']} steps, "
+        f"held-out PSNR {card['vae_held_out_psnr_db']} dB "
+        f"(8x pool + bilinear baseline {card['pooled_baseline_psnr_db']} dB)\n"
+        f"- DiT (WanTransformer3DModel, patch (1, 2, 2)) + UMT5 text encoder: {dit_state['step']} steps\n"
+        f"- scheduler: {card['scheduler']}; samples use {args.sample_steps} steps, guidance {args.guidance}\n"
+        f"- trained on: {args.train_device_note}\n\n"
+        "```python\nfrom diffusers import WanPipeline\n"
+        "pipe = WanPipeline.from_pretrained(\"assets/toy-wan\")\n"
+        f"video = pipe(\"{SAMPLE_PROMPTS[0]}\", height={NATIVE['height']}, width={NATIVE['width']}, "
+        f"num_frames={NATIVE['num_frames']}, num_inference_steps={args.sample_steps}, "
+        f"guidance_scale={args.guidance}).frames[0]\n```\n\n"
+        f"Vocabulary: {' '.join(toyworld.vocabulary())}\n"
+    )
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log(f"export: wrote {out} ({size / 2**20:.1f} MiB), samples {args.samples_png}; {json.dumps(card)}")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=["vae", "dit", "export", "all"], default="all")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/toy"), help="checkpoints and log (not committed)")
+    p.add_argument("--out", default=str(REPO / "assets" / "toy-wan"), help="exported pipeline folder")
+    p.add_argument("--samples-png", default=str(REPO / "assets" / "toy-wan-samples.png"))
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--save-every-s", type=float, default=300.0)
+    # VAE
+    p.add_argument("--vae-steps", type=int, default=4000)
+    p.add_argument("--vae-batch", type=int, default=4)
+    p.add_argument("--vae-crop", type=int, default=64, help="training crop (pixels); the VAE is fully convolutional")
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--vae-lr-min", type=float, default=2e-4)
+    p.add_argument("--vae-warmup", type=int, default=80, help="steps overfitting a fixed pool at 2x lr")
+    p.add_argument("--vae-eval-clips", type=int, default=8)
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="freeze the VAE encoder (from its EMA) and train only the decoder from now on")
+    # DiT
+    p.add_argument("--dit-steps", type=int, default=6000)
+    p.add_argument("--dit-batch", type=int, default=16)
+    p.add_argument("--dit-lr", type=float, default=4e-4)
+    p.add_argument("--dit-warmup", type=int, default=200)
+    p.add_argument("--dit-ema", type=float, default=0.998)
+    p.add_argument("--bank", type=int, default=1024, help="training clips encoded once for the DiT")
+    p.add_argument("--dit-eval-clips", type=int, default=64)
+    # export
+    p.add_argument("--sample-steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--train-device-note", default="CPU", help="recorded in training.json")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    log = Logger(args.run_dir / "train.log")
+    log(f"start: {' '.join(sys.argv)}")
+    if args.stage in ("vae", "all"):
+        train_vae(args, log)
+    if args.stage in ("dit", "all"):
+        train_dit(args, log)
+    if args.stage in ("export", "all"):
+        export(args, log)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Yardsticks for tiled video generation: seams, duplicated objects, flicker, fidelity.
+
+Every function takes numpy arrays or torch tensors (any float or integer dtype, any device)
+laid out **frames last-channel**, the layout ``diffusers`` returns with ``output_type="np"``
+and that video writers take:
+
+* a video is ``(F, H, W, C)`` (or ``(B, F, H, W, C)`` where noted),
+* a frame is ``(H, W, C)``.
+
+Values are expected in ``value_range`` / ``data_range`` units given by the caller (default
+``[0, 1]``). A :mod:`supergen.toyworld` clip ``(C, F, H, W)`` in ``[-1, 1]`` converts with
+``(clip.transpose(1, 2, 3, 0) + 1) / 2``.
+
+This module depends only on numpy, torch and OpenCV, so it is cheap to import.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+
+
+def _as_array(x) -> np.ndarray:
+    """float64 numpy copy of a numpy array or torch tensor (metrics are cheap; precision
+    matters more than speed when comparing near-identical videos)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def seam_score(video, tile_period_xy, offset=(0, 0)) -> float:
+    """How much stronger image gradients are on tile-border lines than elsewhere.
+
+    Args:
+        video: ``(F, H, W, C)`` (a single ``(H, W, C)`` frame also works).
+        tile_period_xy: ``(period_x, period_y)`` in pixels: spacing of the tile borders.
+            Either entry may be ``None`` to ignore that axis.
+        offset: ``(offset_x, offset_y)``: pixel index of one border line on each axis,
+            i.e. borders lie between pixels ``b - 1`` and ``b`` for
+            ``b = offset + k * period``.
+
+    Returns:
+        For each axis, the mean absolute gradient across the border lines divided by the
+        mean absolute gradient across lines at the other ``period - 1`` phases of the same
+        spacing; the larger of the two axis ratios is returned. ``~1`` means the borders
+        look like any other line (no seam); a visible seam gives ``>> 1``. Comparing with
+        lines of the same spacing elsewhere, rather than with the global mean, cancels
+        content that happens to be periodic or concentrated in part of the frame.
+    """
+    v = _as_array(video)
+    if v.ndim == 3:
+        v = v[None]
+    ratios = []
+    # Axis 2 (width) has vertical border lines at x positions; axis 1 (height) horizontal.
+    for axis, period, off in ((2, tile_period_xy[0], offset[0]), (1, tile_period_xy[1], offset[1])):
+        if period is None or period < 2 or v.shape[axis] <= period:
+            continue
+        # grad[..., i, ...] is the step between pixel i and pixel i + 1, i.e. across line i + 1.
+        grad = np.abs(np.diff(v, axis=axis)).sum(axis=-1)  # channels summed: (F, H', W')
+        other_axes = tuple(a for a in range(grad.ndim) if a != axis)
+        energy = grad.mean(axis=other_axes)  # one value per line position
+        lines = np.arange(1, v.shape[axis])
+        phase = (lines - off) % period
+        border = energy[phase == 0].mean()
+        elsewhere = energy[phase != 0].mean()
+        ratios.append(border / max(elsewhere, 1e-12))
+    if not ratios:
+        raise ValueError("seam_score needs at least one tile period smaller than the frame")
+    return float(max(ratios))
+
+
+def object_count(frame, value_range=(0.0, 1.0), min_chroma: float = 0.5, min_area: int | None = None) -> int:
+    """Number of separate saturated-colour blobs in a frame (duplication detector).
+
+    Args:
+        frame: ``(H, W, 3)`` RGB.
+        value_range: ``(low, high)`` of the input values, mapped to ``[0, 1]``.
+        min_chroma: a pixel is "object" if ``max(r, g, b) - min(r, g, b) >= min_chroma``
+            (chroma, not HSV saturation: dark muted colours such as navy have HSV
+            saturation 1 but low chroma, and must count as background).
+        min_area: components smaller than this many pixels are ignored (noise, anti-aliased
+            fringes). Default: 0.2 % of the frame area, at least 4 pixels.
+
+    Returns:
+        The count of 8-connected components of the saturated mask that are large enough.
+        Touching objects merge into one component; the toy world's captions name distinct
+        colours, so compare counts against the sketch, not against an exact scene count.
+    """
+    f = _as_array(frame)
+    lo, hi = value_range
+    f = (f - lo) / (hi - lo)
+    chroma = f.max(axis=-1) - f.min(axis=-1)
+    mask = (chroma >= min_chroma).astype(np.uint8)
+    if min_area is None:
+        min_area = max(4, int(0.002 * mask.size))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    # Label 0 is the background of the mask.
+    return int((stats[1:n, cv2.CC_STAT_AREA] >= min_area).sum())
+
+
+def temporal_flicker(video) -> float:
+    """Mean absolute temporal second difference ``|x[t+1] - 2 x[t] + x[t-1]|``.
+
+    Args:
+        video: ``(F, H, W, C)`` with ``F >= 3``.
+
+    Returns:
+        A scalar in the video's value units. Static content and brightness that changes at
+        a constant rate score 0; content that jumps back and forth between frames (tiles
+        refined inconsistently from frame to frame) scores high. Moving edges contribute a
+        little, so compare methods on the same content rather than reading absolute values.
+    """
+    v = _as_array(video)
+    if v.shape[0] < 3:
+        raise ValueError("temporal_flicker needs at least 3 frames")
+    return float(np.abs(v[2:] - 2.0 * v[1:-1] + v[:-2]).mean())
+
+
+def psnr(a, b, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB between two arrays of the same shape.
+
+    ``data_range`` is ``max - min`` of the value scale (1 for ``[0, 1]``, 2 for ``[-1, 1]``,
+    255 for uint8). Identical inputs give ``inf``.
+    """
+    x, y = _as_array(a), _as_array(b)
+    if x.shape != y.shape:
+        raise ValueError(f"shape mismatch {x.shape} vs {y.shape}")
+    mse = float(np.mean((x - y) ** 2))
+    if mse == 0.0:
+        return math.inf
+    return 10.0 * math.log10(data_range**2 / mse)
+
+
+def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(a, b, data_range: float = 1.0, window_size: int = 11, sigma: float = 1.5) -> float:
+    """Structural similarity (Wang et al. 2004) with an 11-tap Gaussian window, sigma 1.5.
+
+    Args:
+        a, b: ``(..., H, W, C)``: any leading dims (frames, batch) are treated as separate
+            images; each channel is compared separately.
+        data_range: ``max - min`` of the value scale, as in :func:`psnr`.
+
+    Returns:
+        The mean SSIM over all windows fully inside the image ("valid" filtering), channels
+        and images; 1.0 for identical inputs.
+
+    Written here because none of the project's dependencies provides SSIM: scikit-image is
+    deliberately not a dependency, OpenCV's quality module is only in the contrib build, and
+    torchmetrics/kornia are not installed.
+    """
+    x, y = _as_array(a), _as_array(b)
+    if x.shape != y.shape:
+        raise ValueError(f"shape mismatch {x.shape} vs {y.shape}")
+    h, w, c = x.shape[-3:]
+    if min(h, w) < window_size:
+        raise ValueError(f"frames of {h}x{w} are smaller than the {window_size}px SSIM window")
+    # (N, H, W, C) -> (N * C, 1, H, W) so one depthwise conv filters every channel.
+    def planes(v):
+        t = torch.from_numpy(v.reshape(-1, h, w, c))
+        return t.permute(0, 3, 1, 2).reshape(-1, 1, h, w)
+
+    x, y = planes(x), planes(y)
+    g = _gaussian_window(window_size, sigma)
+    kernel = (g[:, None] * g[None, :])[None, None]
+
+    def blur(t):
+        return torch.nn.functional.conv2d(t, kernel)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return float(s.mean())

@@ -1,0 +1,98 @@
+"""Metrics on constructed videos whose answers are known."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from supergen import metrics, toyworld
+
+
+def toy_video(seed=3, size=64, frames=5):
+    """A toyworld clip as (F, H, W, C) in [0, 1], the layout the metrics take."""
+    clip, _ = toyworld.make_clip(seed, height=size, width=size, num_frames=frames)
+    return (clip.transpose(1, 2, 3, 0) + 1) / 2
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hard_vertical_seam_scores_high_and_clean_video_low(seed):
+    # Toy content plus mild sensor-like noise: texture everywhere, like real footage, so
+    # no single line dominates by chance.
+    video = toy_video(seed, size=128)
+    video = np.clip(video + np.random.default_rng(seed).normal(0, 0.03, video.shape), 0, 1)
+    seamed = video.copy()
+    # Tiles of 32 px: brighten every other tile column by 0.1, leaving a hard edge on each
+    # tile border, the artefact tiled refinement produces when neighbouring tiles disagree.
+    seamed[:, :, 32:64] += 0.1
+    seamed[:, :, 96:] += 0.1
+    seamed = np.clip(seamed, 0, 1)
+    clean_score = metrics.seam_score(video, (32, None), offset=(0, 0))
+    seam = metrics.seam_score(seamed, (32, None), offset=(0, 0))
+    assert 0.8 < clean_score < 1.25
+    assert seam > 2.0
+    # Looking for the seam at the wrong phase does not find it.
+    assert metrics.seam_score(seamed, (32, None), offset=(16, 0)) < 1.1
+
+
+def test_seam_score_uses_the_worse_axis_and_accepts_torch():
+    video = toy_video()
+    seamed = video.copy()
+    seamed[:, 16:] = np.clip(seamed[:, 16:] - 0.2, 0, 1)  # one horizontal border at y = 16
+    score = metrics.seam_score(torch.from_numpy(seamed), (16, 16), offset=(0, 0))
+    assert score > 3.0
+    assert score == pytest.approx(metrics.seam_score(seamed, (None, 16), offset=(0, 0)))
+
+
+def _scene_with_disks(n, size=128):
+    """n saturated disks well apart on a muted gradient background."""
+    colours = list(toyworld.OBJECT_COLOURS)
+    centres = [(24, 24), (104, 24), (24, 104), (104, 104), (64, 64)]
+    objects = tuple(
+        toyworld.SceneObject("disk", colours[i], "still", float(x), float(y), 12.0, 0.0)
+        for i, (x, y) in enumerate(centres[:n])
+    )
+    return toyworld.Scene(size, size, 1, ("slate", "sand"), "vertical", objects)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 5])
+def test_object_count_counts_disks(n):
+    frame = toyworld.render(_scene_with_disks(n))[:, 0].transpose(1, 2, 0)  # (H, W, 3) in [-1, 1]
+    assert metrics.object_count(frame, value_range=(-1, 1)) == n
+
+
+def test_object_count_ignores_specks():
+    frame = np.full((64, 64, 3), 0.5)
+    frame[10:12, 10:12] = (1.0, 0.0, 0.0)  # 4 saturated pixels: noise, not an object
+    frame[30:45, 30:45] = (0.0, 0.0, 1.0)
+    assert metrics.object_count(frame) == 1
+
+
+def test_psnr_known_values():
+    video = toy_video()
+    assert metrics.psnr(video, video) == math.inf
+    # A uniform error of 0.1 on a [0, 1] scale is 20 dB; the same on [-1, 1] data is 26.02 dB.
+    assert metrics.psnr(np.zeros((4, 4)), np.full((4, 4), 0.1)) == pytest.approx(20.0)
+    assert metrics.psnr(np.zeros((4, 4)), np.full((4, 4), 0.1), data_range=2.0) == pytest.approx(26.0206, abs=1e-3)
+
+
+def test_ssim_identical_is_one_and_degrades_with_noise():
+    video = toy_video()
+    assert metrics.ssim(video, video) == pytest.approx(1.0, abs=1e-9)
+    rng = np.random.default_rng(0)
+    light = np.clip(video + rng.normal(0, 0.02, video.shape), 0, 1)
+    heavy = np.clip(video + rng.normal(0, 0.2, video.shape), 0, 1)
+    s_light, s_heavy = metrics.ssim(video, light), metrics.ssim(video, heavy)
+    assert 1.0 > s_light > s_heavy > 0.0
+    assert metrics.ssim(light, video) == pytest.approx(s_light)
+
+
+def test_temporal_flicker():
+    video = toy_video()
+    static = np.repeat(video[:1], 5, axis=0)
+    assert metrics.temporal_flicker(static) == 0.0
+    ramp = np.stack([np.full((8, 8, 3), 0.1 * t) for t in range(5)])  # steady brightening
+    assert metrics.temporal_flicker(ramp) == pytest.approx(0.0, abs=1e-12)
+    flicker = static.copy()
+    flicker[1::2] = np.clip(flicker[1::2] + 0.1, 0, 1)
+    assert metrics.temporal_flicker(flicker) > 10 * metrics.temporal_flicker(video)
