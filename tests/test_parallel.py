@@ -157,6 +157,21 @@ def test_a_rank_raising_ends_the_job_on_every_rank_and_the_group_goes_on(single,
         torch.testing.assert_close(seen["after_fault"], single["latent"], atol=1e-6, rtol=0)
 
 
+def test_ranks_started_with_different_configs_are_stopped_at_start_up(tmp_path):
+    """Two ranks joined by hand (the environment torchrun would set), one with another seed."""
+    port = str(29650 + os.getpid() % 300)
+    procs = []
+    for rank, seed in ((0, 1), (1, 2)):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        cmd = [sys.executable, "-m", "supergen", "render", "--seed", str(seed), "--output", str(tmp_path / "x.mp4"), "--quiet"]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    for proc, (_, err) in zip(procs, outputs):
+        assert proc.returncode == 2, err[-2000:]
+        assert "error: ranks [1] were started with a config different from rank 0's" in err
+    assert not (tmp_path / "x.mp4").exists()
+
+
 def test_balance_minimises_the_busiest_rank():
     costs = [4, 4, 4, 1, 1, 1, 1]
     owner = balance(costs, 2)

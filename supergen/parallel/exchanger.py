@@ -19,6 +19,7 @@ cost nothing. The latent itself never moves.
 
 from __future__ import annotations
 
+import time
 import traceback
 from typing import Callable
 
@@ -75,6 +76,8 @@ class TileExchanger:
         bytes_sent: per step, the prediction bytes this rank sent (summed over the group: tiles
             computed × ``C·F·h·w`` × the dtype's size).
         tiles_computed: per step, how many tiles this rank computed.
+        wait_seconds: per step, how long this rank waited for predictions after computing its own
+            (transfer not hidden behind compute, plus waiting for slower ranks).
     """
 
     def __init__(self, group: TileGroup, latent_dims: tuple[int, int], exchange_dtype: str = "fp32", batch_tiles: int = 1):
@@ -84,6 +87,7 @@ class TileExchanger:
         self.batch_tiles = batch_tiles
         self.bytes_sent: list[int] = []
         self.tiles_computed: list[int] = []
+        self.wait_seconds: list[float] = []
 
     def _schedule(self, tiles: list[Tile], costs: list[float]) -> tuple[list[list[list[Tile]]], list[tuple[int, Tile]]]:
         """Every rank's batches, and the group-wide order of ``(owner, tile)`` broadcasts.
@@ -139,6 +143,7 @@ class TileExchanger:
                 last = batch[-1].index
                 issue(next(i for i, (o, t) in enumerate(order) if o == me and t.index == last) + 1)
             issue(len(order))
+            waited = time.perf_counter()
             for work in works:
                 work.wait()
             status = torch.tensor([self.group.rank + 1 if error else 0], dtype=torch.int32, device=device)
@@ -159,4 +164,5 @@ class TileExchanger:
             raise RankFailure(message[0], recoverable=True)
         self.bytes_sent.append(sent)
         self.tiles_computed.append(sum(len(b) for b in batches[me]))
+        self.wait_seconds.append(time.perf_counter() - waited)
         return {index: value.float() for index, value in buffers.items()}
