@@ -8,16 +8,21 @@ image for an image-to-video model) become a message in the status box, never a t
 Jobs run one at a time (Gradio queue concurrency 1): the model is loaded once and shared. The pipeline
 runs in a worker thread so that the page can be updated from its stage callbacks while it runs.
 
-Not here yet, on purpose:
+With a cache (``config.cache`` has a ``threshold``), the page has a cache threshold control (0 = off)
+and shows the cache map (:func:`supergen.cache.cache_map`: computed and reused tiles per step) under
+the video.
 
-- a cache threshold and cache map: ``config.cache`` has no threshold (the region-aware cache is not in
-  this release), so the control and the picture are left out;
-- several ranks: ``supergen.parallel`` does not exist yet, so the demo refuses to start under a
-  multi-process launcher rather than render the same job on every rank.
+Several ranks (``torchrun --nproc_per_node=N -m supergen demo``): rank 0 serves the page; every job is
+sent to all ranks of the world (one render group: ``parallel.group_size`` must be unset) over a gloo
+group of its own that waits without a time limit, since a page may sit idle for hours; then all ranks
+render it together through :mod:`supergen.parallel`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import logging
 import os
 import queue
 import tempfile
@@ -32,6 +37,8 @@ import torch
 from .config import SuperGenConfig, load_config
 from .errors import SuperGenError
 from .planner import Architecture, ResourcePlan, make_plan
+
+logger = logging.getLogger("supergen")
 
 #: Target size presets, ``(height, width)``; "custom" uses the height and width fields.
 SIZE_PRESETS: dict[str, tuple[int, int] | None] = {
@@ -64,6 +71,8 @@ class Job:
     steps: float | None
     strength: float
     tiling: str
+    #: None when the config has no cache threshold (no control on the page); 0 turns the cache off.
+    cache_threshold: float | None = None
 
     def config(self, base: SuperGenConfig) -> SuperGenConfig:
         """``base`` with this job's values; a malformed field is a :class:`SuperGenError`."""
@@ -80,6 +89,8 @@ class Job:
             "job.seed": int(self.seed), "refine.num_inference_steps": int(self.steps), "refine.strength": float(self.strength),
             **TILING_MODES[self.tiling],
         }
+        if self.cache_threshold is not None:
+            overrides.update({"cache.enabled": self.cache_threshold > 0, "cache.threshold": float(self.cache_threshold)})
         # Range checks (e.g. height >= 16) are the config's; the pipeline adds the model's own limits.
         return load_config(base, overrides)
 
@@ -117,9 +128,13 @@ class Progress:
 
 
 class DemoApp:
-    """The model, its base config and the page's job handler (separate from Gradio so it can be read alone)."""
+    """The model, its base config and the page's job handler (separate from Gradio so it can be read alone).
 
-    def __init__(self, pipe, config: SuperGenConfig, output_dir: str | os.PathLike | None = None):
+    Args:
+        dispatch: with several ranks, the process group jobs are broadcast over (see :func:`serve`).
+    """
+
+    def __init__(self, pipe, config: SuperGenConfig, output_dir: str | os.PathLike | None = None, dispatch=None):
         from .pipeline import SuperGenPipeline
 
         self.pipe = pipe
@@ -129,6 +144,9 @@ class DemoApp:
         SuperGenPipeline(pipe, config)
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="supergen-demo-"))
         self.rate: float | None = None  # FLOP/s of the last job, for the next job's first ETA
+        self.dispatch = dispatch
+        #: The page offers a cache threshold only when the config has one.
+        self.has_cache = "threshold" in {f.name for f in dataclasses.fields(type(config.cache))}
 
     def plan(self, job: Job) -> ResourcePlan:
         return make_plan(job.config(self.config), self.arch)
@@ -140,24 +158,56 @@ class DemoApp:
         except SuperGenError as exc:
             return f"**No plan:** {exc}"
 
-    def run(self, *fields: Any, progress=None) -> Iterator[tuple[str, str, Any, Any]]:
-        """Render one job; yields ``(status, plan, sketch video, final video)`` as the page should show them."""
-        from .io import write_video
+    def render(self, job: Job, cfg: SuperGenConfig, on_stage=None, on_step=None):
+        """The pipeline call of one job; every rank makes exactly this call."""
         from .pipeline import SuperGenPipeline
+
+        return SuperGenPipeline(self.pipe, cfg)(
+            prompt=job.prompt, negative_prompt=job.negative_prompt, image=job.image,
+            generator=torch.Generator("cpu").manual_seed(cfg.job.seed), output_type="np",
+            callback_on_stage=on_stage, callback_on_step_end=on_step,
+        )
+
+    def follow(self) -> None:
+        """Ranks other than 0: render every job rank 0 sends until it sends None (the page closed)."""
+        import torch.distributed as dist
+
+        while True:
+            box: list[Job | None] = [None]
+            dist.broadcast_object_list(box, src=0, group=self.dispatch)
+            if box[0] is None:
+                return
+            try:
+                self.render(box[0], box[0].config(self.config))
+            except SuperGenError:
+                pass  # the same user error stops rank 0, which reports it in the page
+
+    def stop_followers(self) -> None:
+        if self.dispatch is not None:
+            import torch.distributed as dist
+
+            dist.broadcast_object_list([None], src=0, group=self.dispatch)
+
+    def run(self, *fields: Any, progress=None) -> Iterator[tuple[str, str, Any, Any, Any]]:
+        """Render one job; yields ``(status, plan, sketch video, final video, cache map)`` for the page."""
+        from .io import to_uint8, write_video
 
         try:
             job = Job(*fields)
             cfg = job.config(self.config)
             plan = make_plan(cfg, self.arch)
         except SuperGenError as exc:
-            yield f"**Error:** {exc}", "", None, None
+            yield f"**Error:** {exc}", "", None, None, None
             return
         table = plan_table(plan)
         stem = f"job-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{threading.get_ident() % 10000}"
-        yield "Starting…", table, None, None
+        yield "Starting…", table, None, None, None
+        if self.dispatch is not None:
+            import torch.distributed as dist
+
+            dist.broadcast_object_list([job], src=0, group=self.dispatch)
 
         events: queue.Queue = queue.Queue()
-        sg = SuperGenPipeline(self.pipe, cfg)
 
         def on_step(pipe, step, t, tensors):
             events.put(("step", step))
@@ -165,19 +215,11 @@ class DemoApp:
 
         def work():
             try:
-                out = sg(
-                    prompt=job.prompt, negative_prompt=job.negative_prompt, image=job.image,
-                    generator=torch.Generator("cpu").manual_seed(cfg.job.seed), output_type="np",
-                    callback_on_stage=lambda stage, info: events.put(("stage", stage, info)),
-                    callback_on_step_end=on_step,
-                )
-                events.put(("done", out))
+                events.put(("done", self.render(job, cfg, lambda stage, info: events.put(("stage", stage, info)), on_step)))
             except SuperGenError as exc:
                 events.put(("error", exc))
             except BaseException as exc:  # a bug: report it in the page, keep the traceback in the log
-                import logging
-
-                logging.getLogger("supergen").exception("demo job failed")
+                logger.exception("demo job failed")
                 events.put(("error", RuntimeError(f"internal error ({type(exc).__name__}); see the server log")))
 
         track = Progress(plan, self.rate)
@@ -195,7 +237,7 @@ class DemoApp:
                 label = STAGE_LABELS[stage]
                 if progress is not None:
                     progress(track.fraction, desc=f"{label} — {track.eta()}")
-                yield f"{label} — {track.eta()}", table, sketch_path, None
+                yield f"{label} — {track.eta()}", table, sketch_path, None, None
                 stage_start = now
             elif kind == "step":
                 track.finished(plan.flops_per_step, now - stage_start)
@@ -203,15 +245,25 @@ class DemoApp:
                 if progress is not None:
                     progress(track.fraction, desc=f"{STAGE_LABELS['refine']} step {payload[0] + 1}/{plan.refine_steps} — {track.eta()}")
             elif kind == "error":
-                yield f"**Error:** {payload[0]}", table, sketch_path, None
+                yield f"**Error:** {payload[0]}", table, sketch_path, None, None
                 return
             else:
                 out = payload[0]
                 self.rate = track.rate
-                final = str(write_video(self.output_dir / f"{stem}.mp4", out.frames[0], fps=cfg.output.fps))
+                video = out.frames[0]
+                final = str(write_video(self.output_dir / f"{stem}.mp4", video, fps=cfg.output.fps))
+                picture = None
+                report = getattr(out, "cache_report", None)
+                if report is not None:
+                    from .cache import cache_map
+
+                    picture = cache_map(report, thumbnail=to_uint8(video[len(video) // 2]))
                 stats = out.stats
                 seconds = ", ".join(f"{k} {v:.1f} s" for k, v in stats.seconds.items())
-                yield f"Done: {stats.size[1]}x{stats.size[0]}x{stats.num_frames}, {stats.tiling}, {stats.tile_forwards} tile forwards ({seconds}).", table, sketch_path, final
+                ranks = getattr(stats, "parallel", {}).get("ranks", 1)
+                where = f" on {ranks} ranks" if ranks > 1 else ""
+                status = f"Done: {stats.size[1]}x{stats.size[0]}x{stats.num_frames}, {stats.tiling}, {stats.tile_forwards} tile forwards{where} ({seconds})."
+                yield status, table, sketch_path, final, picture
                 return
 
 
@@ -252,13 +304,19 @@ def build_app(app: DemoApp):
                     steps = gr.Number(label="Steps (refinement schedule)", value=app.config.refine.num_inference_steps, precision=0, elem_id="steps")
                 strength = gr.Slider(0.05, 1.0, value=app.config.refine.strength, step=0.05, label="Strength", elem_id="strength")
                 tiling = gr.Dropdown(list(TILING_MODES), value=_tiling_choice(app.config), label="Tiling", elem_id="tiling")
+                cache = []
+                if app.has_cache:
+                    start = app.config.cache.threshold if app.config.cache.enabled else 0.0
+                    cache = [gr.Slider(0.0, 1.0, value=start, step=0.01, label="Cache threshold (0 = off)", elem_id="cache-threshold")]
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column():
                 status = gr.Markdown("Ready.", elem_id="status")
                 sketch = gr.Video(label="Sketch (stage 1)", elem_id="sketch", interactive=False)
                 final = gr.Video(label="Final video", elem_id="final", interactive=False)
+                cache_picture = gr.Image(label="Cache map: computed (green) and reused (red) tiles per step", elem_id="cache-map",
+                                         interactive=False, visible=app.has_cache)
                 plan = gr.Markdown(elem_id="plan")
-        fields = [prompt, negative, image, preset, height, width, frames, seed, steps, strength, tiling]
+        fields = [prompt, negative, image, preset, height, width, frames, seed, steps, strength, tiling, *cache]
 
         def preset_sizes(name):
             size = SIZE_PRESETS.get(name)
@@ -271,7 +329,7 @@ def build_app(app: DemoApp):
         for field in (preset, height, width, frames, steps, strength, tiling):
             field.change(app.plan_markdown, fields, plan, queue=False)
         page.load(app.plan_markdown, fields, plan, queue=False)
-        generate.click(run, fields, [status, plan, sketch, final], concurrency_limit=1)
+        generate.click(run, fields, [status, plan, sketch, final, cache_picture], concurrency_limit=1)
     page.queue(default_concurrency_limit=1)
     return page
 
@@ -284,17 +342,32 @@ def _tiling_choice(config: SuperGenConfig) -> str:
 
 
 def serve(config: SuperGenConfig, host: str = "127.0.0.1", port: int = 7860) -> None:
-    """Load the model once and serve the page until interrupted (``supergen demo``)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise SuperGenError("the demo runs in one process: several ranks (torchrun) are not supported until tile parallelism lands")
+    """Load the model once and serve the page until interrupted (``supergen demo``); see the module docstring for ranks."""
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise SuperGenError("the demo needs Gradio: pip install 'supergen[demo]'") from None
+    from . import parallel
     from .builtin import load_pipeline
     from .cli import resolve_device
 
+    group = parallel.init(config)  # None without a launcher
+    dispatch = None
+    if group is not None:
+        import torch.distributed as dist
+
+        if group.count > 1:
+            raise SuperGenError("the demo renders each job on all ranks: leave parallel.group_size unset")
+        # Created on every rank in the same order (torch.distributed's rule). No time limit: the followers
+        # wait here for the next job for as long as the page is idle.
+        dispatch = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=365))
     pipe = load_pipeline(config.model.name, getattr(torch, config.model.dtype), resolve_device(config.model.device))
     pipe.set_progress_bar_config(disable=True)
-    page = build_app(DemoApp(pipe, config))
-    page.launch(server_name=host, server_port=port, show_error=False, footer_links=[])
+    app = DemoApp(pipe, config, dispatch=dispatch)
+    if group is not None and group.global_rank != 0:
+        app.follow()
+        return
+    try:
+        build_app(app).launch(server_name=host, server_port=port, show_error=False, footer_links=[])
+    finally:
+        app.stop_followers()

@@ -4,6 +4,7 @@ The browser tests need Debian's ``chromium`` (``.ci/install-browser.sh`` install
 they skip, saying so, where it is missing. Playwright drives the system Chromium, never a downloaded one.
 """
 
+import contextlib
 import os
 import shutil
 import socket
@@ -59,17 +60,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def demo_url(tmp_path_factory):
-    """``supergen demo`` with the tiny model on a free loopback port, as a user starts it."""
+@contextlib.contextmanager
+def _serve(launcher: list[str], log):
+    """Run ``supergen demo`` on a free loopback port with the tiny model, as a user starts it; yield its URL."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("demo") / "server.log"
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
     with open(log, "wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "supergen", "demo", "--port", str(port), *DEMO_OVERRIDES],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )
+        server = subprocess.Popen([*launcher, "supergen", "demo", "--port", str(port), *DEMO_OVERRIDES],
+                                  stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 240
@@ -85,11 +83,17 @@ def demo_url(tmp_path_factory):
             time.sleep(1)
         yield url
     finally:
-        server.terminate()
+        server.terminate()  # torchrun passes it on to its ranks
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+@pytest.fixture(scope="module")
+def demo_url(tmp_path_factory):
+    with _serve([sys.executable, "-m"], tmp_path_factory.mktemp("demo") / "server.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +107,18 @@ def browser():
         browser.close()
 
 
-def _playable(selector: str) -> str:
-    return f"() => {{ const v = document.querySelector('{selector} video'); return !!v && (v.readyState >= 2 || v.duration > 0); }}"
+def _wait_playable(page, selector: str) -> None:
+    """Wait until ``selector``'s <video> can play (readyState >= 2 or a duration) or the page reports an error."""
+    playable = f"(() => {{ const v = document.querySelector('{selector} video'); return !!v && (v.readyState >= 2 || v.duration > 0); }})()"
+    page.wait_for_function(f"() => {playable} || document.querySelector('#status').innerText.includes('Error')", timeout=TIMEOUT_MS)
+    assert page.evaluate(f"() => {playable}"), page.locator("#status").inner_text()
+
+
+def _generate(page, url: str, prompt: str) -> None:
+    page.goto(url)
+    page.wait_for_selector("#generate")
+    page.locator("#prompt textarea").fill(prompt)
+    page.locator("#generate").click()
 
 
 def test_generate_in_browser_shows_sketch_then_video(browser, demo_url, tmp_path):
@@ -117,8 +131,8 @@ def test_generate_in_browser_shows_sketch_then_video(browser, demo_url, tmp_path
 
     page.locator("#prompt textarea").fill("a lighthouse on a cliff at dawn")
     page.locator("#generate").click()
-    page.wait_for_function(_playable("#sketch"), timeout=TIMEOUT_MS)
-    page.wait_for_function(_playable("#final"), timeout=TIMEOUT_MS)
+    _wait_playable(page, "#sketch")
+    _wait_playable(page, "#final")
     size = page.evaluate("() => { const v = document.querySelector('#final video'); return [v.videoWidth, v.videoHeight, v.duration]; }")
     assert size[:2] == [224, 128] and size[2] > 0
     sketch = page.evaluate("() => { const v = document.querySelector('#sketch video'); return [v.videoWidth, v.videoHeight]; }")
@@ -142,3 +156,31 @@ def test_bad_size_shows_message_not_traceback(browser, demo_url):
     assert "job.height" in status and "16" in status
     assert "Traceback" not in page.content()
     page.close()
+
+
+def test_cache_threshold_shows_cache_map(browser, demo_url):
+    page = browser.new_page()
+    page.goto(demo_url)
+    page.wait_for_selector("#generate")
+    if page.locator("#cache-threshold").count() == 0:
+        pytest.skip("this config has no cache.threshold, so the page has no cache control")
+    threshold = page.locator("#cache-threshold input[type=number]")
+    threshold.fill("0.5")
+    threshold.press("Enter")
+    page.locator("#steps input").fill("12")  # 6 refinement steps: room for reuse after the warm-up steps
+    page.locator("#generate").click()
+    _wait_playable(page, "#final")
+    size = page.evaluate("() => { const i = document.querySelector('#cache-map img'); return i ? [i.naturalWidth, i.naturalHeight] : null; }")
+    assert size is not None and size[0] > size[1] > 0  # one panel per step, side by side
+    page.close()
+
+
+def test_two_ranks_render_together(browser, tmp_path):
+    """``torchrun --nproc_per_node=2``: rank 0 serves, both ranks render (the status says so)."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}", "-m"]
+    with _serve(torchrun, tmp_path / "server.log") as url:
+        page = browser.new_page()
+        _generate(page, url, "two ranks, one video")
+        _wait_playable(page, "#final")
+        assert "on 2 ranks" in page.locator("#status").inner_text()
+        page.close()
