@@ -1,4 +1,4 @@
-"""``supergen`` command line: ``supergen render ...``.
+"""``supergen`` command line: ``supergen render ...``, ``supergen plan ...``, ``supergen demo ...``.
 
 User errors (:class:`~supergen.errors.SuperGenError`) print one ``error:`` line and exit with status 2,
 without a traceback; anything else is a bug and keeps its traceback.
@@ -71,15 +71,44 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--dry-run", action="store_true", help="batch: validate every row of --jobs, render nothing")
     render.add_argument("--cache-map", metavar="PNG", help="write a picture of the tiles computed/reused at every step")
     render.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+    plan = sub.add_parser(
+        "plan",
+        help="print what a render costs (tiles, FLOPs, memory) without loading weights",
+        description="Print the sketch size, tile grid, steps, tokens per tile, transformer FLOPs per step and "
+        "estimated peak memory of one render (docs/planner.md). Trailing key=value arguments override config keys.",
+    )
+    plan.add_argument("--config", help="preset name or YAML file; default: the library defaults (50 steps, strength 0.5)")
+    plan.add_argument("--model", help="Wan2.1-1.3B | Wan2.1-14B | tiny | wan-medium-random | a Hugging Face id of those | a local model folder")
+    plan.add_argument("--dtype", help="float32 | bfloat16 | float16")
+    plan.add_argument("--height", type=int)
+    plan.add_argument("--width", type=int)
+    plan.add_argument("--num-frames", type=int)
+    plan.add_argument("--steps", type=int, help="refinement schedule length (refine.num_inference_steps)")
+    plan.add_argument("--strength", type=float)
+    plan.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+    demo = sub.add_parser(
+        "demo",
+        help="serve the Gradio preview app (needs: pip install supergen[demo])",
+        description="A web page to render one video at a time: the sketch appears when stage 1 ends, then the final video.",
+    )
+    demo.add_argument("--config", help="preset name or YAML file; default: tiny")
+    demo.add_argument("--model", help="tiny | tiny-i2v | toy | a diffusers folder or Hugging Face id")
+    demo.add_argument("--dtype", help="float32 | bfloat16 | float16")
+    demo.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    demo.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> SuperGenConfig:
+def config_from_args(args: argparse.Namespace, default_preset: str | None = "tiny") -> SuperGenConfig:
     overrides = [f"{key}={_quote(getattr(args, flag))}" for flag, key in FLAG_TO_KEY.items() if getattr(args, flag, None) is not None]
-    if args.save_sketch:
+    if getattr(args, "save_sketch", False):
         overrides.append("output.save_sketch=true")
     # Explicit key=value arguments come last so they win over the shorthand flags.
-    return load_config(args.config or "tiny", overrides + list(args.overrides))
+    return load_config(args.config or default_preset, overrides + list(args.overrides))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -140,12 +169,38 @@ def render(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan(args: argparse.Namespace) -> int:
+    from .planner import architecture, format_plan, make_plan, with_native_sketch
+
+    cfg = config_from_args(args, default_preset=None)
+    arch = architecture(cfg.model.name)
+    planned = with_native_sketch(cfg, arch)
+    print(format_plan(make_plan(planned, arch)))
+    if planned is not cfg:
+        print(
+            f"sketch: {arch.name}'s native size; to render exactly this plan pass "
+            f"sketch.height={planned.sketch.height} sketch.width={planned.sketch.width}"
+        )
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from .demo import serve
+
+    serve(config_from_args(args), host=args.host, port=args.port)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         if args.command == "render":
             return render(args)
+        if args.command == "plan":
+            return plan(args)
+        if args.command == "demo":
+            return demo(args)
     except SuperGenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
