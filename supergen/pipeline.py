@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
 
 from .adapters import Conditioning, ModelAdapter, Request, adapter_for
 from .cache import CacheReport, cache_policy
@@ -95,7 +94,7 @@ class SuperGenPipeline:
         """Wrap ``pipe``.
 
         Args:
-            pipe: a supported diffusers pipeline (``WanPipeline``, ``WanImageToVideoPipeline``).
+            pipe: a supported diffusers pipeline (:func:`~supergen.adapters.supported_pipelines`).
             config: a preset name, a YAML path, a :class:`SuperGenConfig` or a nested dict.
             overrides: per section, e.g. ``tiling={"mode": "overlap"}, refine={"strength": 0.6}``.
         """
@@ -150,7 +149,7 @@ class SuperGenPipeline:
             image: PIL image (or path) for image-to-video pipelines.
             height, width: output size in pixels; sizes the model cannot take are rendered at the next
                 multiple of ``adapter.pixel_multiple`` and cropped back, so the output is exactly this size.
-            num_frames: snapped to what the VAE accepts (Wan: ``4k + 1``) with a warning, as diffusers does.
+            num_frames: snapped to what the VAE accepts (``4k + 1`` for 4× temporal compression) with a warning, as diffusers does.
             strength: fraction of the refinement schedule re-run on the upscaled sketch (``refine.strength``).
             num_inference_steps: refinement schedule length N (``refine.num_inference_steps``).
             sketch_video: a low-resolution video ``(F, h, w, 3)`` (uint8, or float in [0, 1]) used instead of
@@ -177,7 +176,7 @@ class SuperGenPipeline:
         frames_asked = num_frames if num_frames is not None else cfg.job.num_frames
         frames = adapter.snap_frames(frames_asked)
         if frames != frames_asked:
-            logger.warning("num_frames=%d: this VAE takes %s; rendering %d frames", frames_asked, "4k+1", frames)
+            logger.warning("num_frames=%d: this VAE takes %dk+1; rendering %d frames", frames_asked, adapter.vae_scale[0], frames)
         if image is None and cfg.job.image is not None:
             image = cfg.job.image
         if adapter.requires_image and image is None:
@@ -212,28 +211,25 @@ class SuperGenPipeline:
         embeds = adapter.encode_prompt(request, max(guidance, cfg.sketch.guidance_scale))
 
         # ---- schedule of stage 2: enter an N-step schedule at N - k, k = strength * N (as img2img) ----
-        scheduler = type(adapter.scheduler).from_config(adapter.scheduler.config)
-        scheduler.set_timesteps(total_steps, device=device)
         k = min(int(total_steps * strength), total_steps)
         if k == 0:
             raise SuperGenError(f"strength={strength} × num_inference_steps={total_steps} leaves no refinement step; raise either")
         t_start = total_steps - k
-        timesteps = scheduler.timesteps[t_start * scheduler.order :]
-        scheduler.set_begin_index(t_start)
-        latent_shape = (
-            1,
-            adapter.pipe.vae.config.z_dim,
-            (frames - 1) // adapter.vae_scale[0] + 1,
-            height // adapter.vae_scale[1],
-            width // adapter.vae_scale[2],
-        )
+        latent_shape = adapter.latent_shape(frames, height, width)
+        # The family's schedule for the sequence a transformer call sees (a native tile, or the whole
+        # canvas when one tile covers it: then exactly the plain pipeline's schedule).
+        scheduler = type(adapter.scheduler).from_config(adapter.scheduler.config)
+        tile_latent = adapter.latent_shape(frames, min(native[0], height), min(native[1], width))
+        timesteps = adapter.schedule(scheduler, total_steps, t_start, tile_latent)
+        # Image conditioning before any noise: the pipelines encode (and may sample) the image first.
+        spatial = adapter.spatial_conditioning(request, height, width, generator)
 
         sketch_frames = None
         if k == total_steps and sketch_video is None:
             # strength 1: the schedule starts from pure noise, the sketch would be discarded; skip it.
             # (This is also exactly the plain pipeline at the target size: the exactness test.)
             sketch_size = None
-            latents = randn_tensor(latent_shape, generator=generator, device=device, dtype=torch.float32)
+            latents = adapter.initial_latents(latent_shape, spatial, generator)
         else:
             # ---- stage 1: sketch ----
             if sketch_video is not None:
@@ -254,7 +250,7 @@ class SuperGenPipeline:
                     group.broadcast_from_leader(sketch_latents)
                 timings["sketch"] = time.perf_counter() - clock
                 clock = time.perf_counter()
-                sketch_pixels = adapter.decode(sketch_latents)
+                sketch_pixels = adapter.decode(sketch_latents, frames)
             sketch_frames = sketch_pixels
             if callback_on_stage is not None:
                 preview = adapter.pipe.video_processor.postprocess_video(sketch_pixels, output_type="np")[0]
@@ -268,8 +264,7 @@ class SuperGenPipeline:
             else:  # a posterior sample is drawn over the whole latent, identically on every rank
                 x0 = adapter.encode(upscaled, generator if cfg.sketch.sample_posterior else None)
             # ---- re-noise with the scheduler's own forward process and the user's generator ----
-            noise = randn_tensor(x0.shape, generator=generator, device=device, dtype=torch.float32)
-            latents = _renoise(scheduler, x0.to(device), noise, timesteps[:1])
+            latents = adapter.renoise(scheduler, x0.to(device), timesteps[:1], spatial, generator)
             timings["upscale"] = time.perf_counter() - clock
             clock = time.perf_counter()
 
@@ -277,7 +272,7 @@ class SuperGenPipeline:
         tiled = self._set_vae_tiling(sketch_size is not None and height * width > sketch_size[0] * sketch_size[1])
         cond = Conditioning(
             embeds=embeds,
-            spatial=adapter.spatial_conditioning(request, height, width),
+            spatial=spatial,
             guidance_scale=guidance,
             guidance_scale_2=guidance_2,
         )
@@ -297,7 +292,7 @@ class SuperGenPipeline:
         with cache_policy(cfg.cache, adapter.pipe, latent_shape[2:], adapter.patch, len(timesteps), cond.do_guidance) as policy:
             refiner = TileRefiner(plan, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner)
             with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
-                latents, step_stats = refiner.run(latents, scheduler, timesteps, progress, callback)
+                latents, step_stats = refiner.run(latents, adapter.stepper(scheduler, spatial, generator), timesteps, progress, callback)
         timings["refine"] = time.perf_counter() - clock
         clock = time.perf_counter()
 
@@ -310,7 +305,7 @@ class SuperGenPipeline:
             if tiled:
                 video = TiledVAE(adapter, group).decode(latents, frames)
             else:  # only the leader writes the video, so only it decodes
-                video = adapter.decode(latents) if group is None or group.is_leader else None
+                video = adapter.decode(latents, frames) if group is None or group.is_leader else None
             if video is not None:  # None on the group's other ranks
                 video = adapter.pipe.video_processor.postprocess_video(video[..., :req_height, :req_width], output_type=output_type)
             sketch_out = None
@@ -384,13 +379,6 @@ def tile_plan(config: SuperGenConfig, geometry: Geometry, canvas: tuple[int, int
         shift_every=cfg.shift_every,
         overlap=cfg.overlap // scale,
     )
-
-
-def _renoise(scheduler, x0: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-    """Forward-diffuse ``x0`` to ``timestep`` with the scheduler's own method (flow matching or DDIM-style)."""
-    if hasattr(scheduler, "scale_noise"):
-        return scheduler.scale_noise(x0, timestep, noise)
-    return scheduler.add_noise(x0, noise, timestep)
 
 
 def _video_to_tensor(video: np.ndarray | torch.Tensor, frames: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ from typing import Callable, ContextManager, Iterable, Protocol
 
 import torch
 
-from .adapters import Conditioning, ModelAdapter
+from .adapters import Conditioning, ModelAdapter, Stepper
 from .tiling import Tile, TilePlan, accumulate, crop
 
 
@@ -175,7 +175,7 @@ class TileRefiner:
     def run(
         self,
         latents: torch.Tensor,
-        scheduler,
+        stepper: Stepper,
         timesteps: torch.Tensor,
         progress_bar=None,
         callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -184,7 +184,8 @@ class TileRefiner:
 
         Args:
             latents: the re-noised canvas latent ``(1, C, F, H, W)`` float32.
-            scheduler: a diffusers scheduler whose timesteps (and begin index) are already set.
+            stepper: ``stepper(prediction, t, latents) -> latents``, the scheduler's step on the canvas
+                (:meth:`ModelAdapter.stepper`: the family's step, e.g. a multistep state or held frames).
             callback: ``callback(step, timestep, latents) -> latents`` after every scheduler step.
 
         Returns:
@@ -194,7 +195,7 @@ class TileRefiner:
         self.policy.start(len(timesteps))
         for i, t in enumerate(timesteps):
             prediction, step_stats = self.step(i, t, latents)
-            latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
+            latents = stepper(prediction, t, latents)
             if callback is not None:
                 latents = callback(i, t, latents)
             stats.append(step_stats)

@@ -114,7 +114,9 @@ def refine_directly(pipe, policy, plan, steps=STEPS, seed=0):
     scheduler.set_timesteps(steps)
     latents = torch.randn((1, 16, 3, *plan.canvas), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        return TileRefiner(plan, adapter, cond, "global", 1, policy=policy).run(latents, scheduler, scheduler.timesteps)
+        return TileRefiner(plan, adapter, cond, "global", 1, policy=policy).run(
+            latents, adapter.stepper(scheduler, {}, None), scheduler.timesteps
+        )
 
 
 def test_gain_comes_from_the_last_two_computed_steps(wan_t2v):

@@ -5,11 +5,14 @@ from __future__ import annotations
 from diffusers import DiffusionPipeline
 
 from ..errors import SuperGenError
-from .base import Conditioning, ModelAdapter, Request
+from .base import FIRST_FRAME, Conditioning, ModelAdapter, Request, Stepper
+from .cogvideox import CogVideoXAdapter
+from .hunyuan import HunyuanVideoAdapter
+from .ltx import LTXAdapter
 from .wan import WanAdapter
 
 #: Every adapter the engine knows, in lookup order.
-ADAPTERS: tuple[type[ModelAdapter], ...] = (WanAdapter,)
+ADAPTERS: tuple[type[ModelAdapter], ...] = (WanAdapter, CogVideoXAdapter, HunyuanVideoAdapter, LTXAdapter)
 
 
 def supported_pipelines() -> list[str]:
@@ -25,4 +28,6 @@ def adapter_for(pipe: DiffusionPipeline) -> ModelAdapter:
     raise SuperGenError(f"{name} is not supported; supported diffusers pipelines: {', '.join(supported_pipelines())}")
 
 
-__all__ = ["ADAPTERS", "Conditioning", "ModelAdapter", "Request", "adapter_for", "supported_pipelines"]
+__all__ = [
+    "ADAPTERS", "FIRST_FRAME", "Conditioning", "ModelAdapter", "Request", "Stepper", "adapter_for", "supported_pipelines",
+]

@@ -1,22 +1,39 @@
 """The interface between the family-agnostic engine and one model family.
 
 The engine (sketch → upscale → re-noise → tiled refinement → decode) never looks inside a model. It
-asks the family's :class:`ModelAdapter` for four things: text/image conditioning, a latent-space
-VAE round trip, the wrapped pipeline's sketch, and the guided prediction of a batch of tiles. The
-adapter in turn knows nothing about tiling schedules, caches or ranks: it receives tiles already
-cropped and the :class:`~supergen.tiling.Tile` windows only to set positions.
+asks the family's :class:`ModelAdapter` for conditioning, a latent-space VAE round trip, the wrapped
+pipeline's sketch, the schedule, the guided prediction of a batch of tiles and the scheduler step on
+the canvas. The adapter in turn knows nothing about tiling schedules, caches or ranks: it receives
+tiles already cropped and the :class:`~supergen.tiling.Tile` windows only to set positions.
+
+The engine sees one latent layout for every family, the *canvas latent* ``(1, C, F, H, W)``,
+normalised the way the family's transformer expects, with every latent frame the transformer
+denoises (CogVideoX 1.5's padding frame, HunyuanVideo-I2V's image frame included). Each adapter
+converts at its boundary: to the pipeline's layout (CogVideoX ``(B, F, C, H, W)``, LTX's packed
+tokens) inside :meth:`ModelAdapter.predict`, to pixels with exactly the requested frames in
+:meth:`ModelAdapter.decode`.
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from diffusers import DiffusionPipeline
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
 
 from ..tiling import Tile, crop
+
+#: Spatial-conditioning key of a latent frame the family holds fixed at index 0 (the image of
+#: image-to-video families that condition by replacing the first latent frame): ``(1, C, 1, H, W)``.
+FIRST_FRAME = "first_frame"
+
+#: ``step(prediction, timestep, latents) -> latents``: one scheduler step on the whole canvas.
+Stepper = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -42,6 +59,10 @@ class Conditioning:
         spatial = {name: torch.cat([crop(value, t) for t in tiles]) for name, value in self.spatial.items()}
         return replace(self, spatial=spatial)
 
+    def select(self, index: int) -> "Conditioning":
+        """The conditioning of tile ``index`` of a batch made by :meth:`for_tiles`."""
+        return replace(self, spatial={name: value[index : index + 1] for name, value in self.spatial.items()})
+
 
 @dataclass
 class Request:
@@ -59,6 +80,16 @@ class ModelAdapter(abc.ABC):
     #: diffusers pipeline class names this adapter accepts.
     pipeline_classes: ClassVar[tuple[str, ...]] = ()
 
+    #: Whether one transformer call can give each tile of a batch its own positions. Families whose
+    #: rotary tables are one per call (no batch axis) run tiles one at a time unless positions are
+    #: ``local`` (then every tile has the same table).
+    batched_positions: ClassVar[bool] = True
+
+    #: Where the extra leading latent frames (:meth:`extra_latent_frames`) go on decoding: dropped
+    #: before the VAE (padding the transformer needs, CogVideoX 1.5) or decoded and their pixel frames
+    #: dropped after it (a real frame the causal VAE conditions the next ones on, HunyuanVideo-I2V).
+    decode_extra_frames: ClassVar[bool] = False
+
     def __init__(self, pipe: DiffusionPipeline):
         self.pipe = pipe
 
@@ -74,6 +105,11 @@ class ModelAdapter(abc.ABC):
         """Transformer patch ``(temporal, height, width)`` in latent units."""
 
     @property
+    @abc.abstractmethod
+    def latent_channels(self) -> int:
+        """Channels ``C`` of the canvas latent (what the scheduler steps, not the transformer's input)."""
+
+    @property
     def native_size(self) -> tuple[int, int] | None:
         """The resolution the model was trained at, in pixels, when the adapter knows it."""
         return None
@@ -83,9 +119,24 @@ class ModelAdapter(abc.ABC):
         """Height and width must be multiples of this (VAE scale × patch)."""
         return self.vae_scale[1] * self.patch[1]
 
-    @abc.abstractmethod
     def snap_frames(self, num_frames: int) -> int:
-        """The nearest frame count the VAE accepts (for Wan, ``4k + 1``)."""
+        """The nearest frame count the VAE accepts (``k·t + 1`` for temporal compression ``t``)."""
+        t = self.vae_scale[0]
+        return max(1, (num_frames - 1) // t * t + 1)
+
+    def extra_latent_frames(self, num_frames: int) -> int:
+        """Leading latent frames the transformer denoises beyond the ``(num_frames - 1) / t + 1`` the video needs."""
+        return 0
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
+        """Shape ``(1, C, F, H, W)`` of the canvas latent for a video of ``num_frames × height × width`` pixels."""
+        t, s_h, s_w = self.vae_scale
+        frames = (num_frames - 1) // t + 1 + self.extra_latent_frames(num_frames)
+        return (1, self.latent_channels, frames, height // s_h, width // s_w)
+
+    def pipeline_frames(self, num_frames: int) -> int:
+        """The ``num_frames`` to ask the wrapped pipeline for, so that its video has ``num_frames`` frames."""
+        return num_frames
 
     @property
     def requires_image(self) -> bool:
@@ -104,12 +155,27 @@ class ModelAdapter(abc.ABC):
     def encode_prompt(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
         """Text (and image) embeddings, computed once and shared by both stages."""
 
-    def spatial_conditioning(self, request: Request, height: int, width: int) -> dict[str, torch.Tensor]:
-        """Canvas-sized conditioning maps at pixel size ``(height, width)``; none by default."""
+    def spatial_conditioning(
+        self, request: Request, height: int, width: int, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Canvas-sized conditioning maps at pixel size ``(height, width)``; none by default.
+
+        Called before the initial noise is drawn, as the pipelines' ``prepare_latents`` encode the image
+        first: families that sample the image posterior take ``generator`` in the same order.
+        """
         return {}
 
     # ---- stage 1 ----------------------------------------------------------------------------
     @abc.abstractmethod
+    def pipeline_kwargs(
+        self, request: Request, embeds: dict[str, torch.Tensor | None], guidance_scale: float, guidance_scale_2: float | None
+    ) -> dict[str, Any]:
+        """The wrapped pipeline's conditioning arguments (prompt embeddings, image, guidance) for the sketch."""
+
+    def from_pipeline_latents(self, latents: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """The pipeline's own latent layout → the canvas latent of ``shape`` (identity by default)."""
+        return latents.float()
+
     def sketch(
         self,
         request: Request,
@@ -121,16 +187,68 @@ class ModelAdapter(abc.ABC):
         guidance_scale_2: float | None,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
-        """Run the wrapped pipeline at ``(height, width)``; return its normalised latent ``(1, C, F, h, w)``."""
+        """Run the wrapped pipeline at ``(height, width)``; return its canvas latent ``(1, C, F, h, w)``.
+
+        The latents are taken after the last step (a step callback), not from ``output_type="latent"``,
+        which some pipelines return trimmed (HunyuanVideo-I2V drops its image frame).
+        """
+        final: dict[str, torch.Tensor] = {}
+
+        def keep(pipe, step, timestep, tensors):
+            final["latents"] = tensors["latents"]
+            return {}
+
+        self.pipe(
+            **self.pipeline_kwargs(request, embeds, guidance_scale, guidance_scale_2),
+            height=height,
+            width=width,
+            num_frames=self.pipeline_frames(request.num_frames),
+            num_inference_steps=num_inference_steps,
+            generator=generator,
+            output_type="latent",
+            callback_on_step_end=keep,
+        )
+        return self.from_pipeline_latents(final["latents"], self.latent_shape(request.num_frames, height, width))
 
     # ---- VAE --------------------------------------------------------------------------------
     @abc.abstractmethod
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalised latent ``(1, C, F, h, w)`` → video ``(1, 3, frames, H, W)`` in [-1, 1]."""
+    def to_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latent → the VAE's raw latent (the pipeline's own arithmetic, for bit-exact decoding)."""
 
     @abc.abstractmethod
+    def from_vae(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's raw latent → normalised latent (the inverse of :meth:`to_vae`)."""
+
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Raw latent → pixels with the VAE's own call."""
+        return self.pipe.vae.decode(latents, return_dict=False)[0]
+
+    def decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Canvas latent ``(1, C, F, h, w)`` → video ``(1, 3, num_frames, H, W)`` in [-1, 1]."""
+        vae = self.pipe.vae
+        if not self.decode_extra_frames:
+            latents = latents[:, :, self.extra_latent_frames(num_frames) :]
+        video = self.vae_decode(self.to_vae(latents.to(vae.device, vae.dtype)))
+        return video[:, :, video.shape[2] - num_frames :]
+
     def encode(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Video ``(1, 3, frames, H, W)`` in [-1, 1] → normalised latent; posterior mode when ``generator`` is None."""
+        """Video ``(1, 3, frames, H, W)`` in [-1, 1] → canvas latent; posterior mode when ``generator`` is None.
+
+        Extra leading latent frames (:meth:`extra_latent_frames`) repeat the first one: the nearest clean
+        content for a frame the output never shows directly.
+        """
+        vae = self.pipe.vae
+        dist = vae.encode(video.to(vae.device, vae.dtype)).latent_dist
+        latents = self.from_vae((dist.mode() if generator is None else dist.sample(generator)).float())
+        extra = self.extra_latent_frames(video.shape[2])
+        return torch.cat([latents[:, :, :1]] * extra + [latents], dim=2)
+
+    @property
+    def vae_tile(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The VAE's own spatial tiling in pixels, ``((tile_h, tile_w), (stride_h, stride_w))``, which
+        :class:`~supergen.parallel.TiledVAE` reproduces with its tiles spread over ranks."""
+        vae = self.pipe.vae
+        return (vae.tile_sample_min_height, vae.tile_sample_min_width), (vae.tile_sample_stride_height, vae.tile_sample_stride_width)
 
     def set_vae_tiling(self, enabled: bool) -> None:
         vae = self.pipe.vae
@@ -139,8 +257,61 @@ class ModelAdapter(abc.ABC):
         elif not enabled and hasattr(vae, "disable_tiling"):
             vae.disable_tiling()
 
+    # ---- schedule and noise -------------------------------------------------------------------
+    def set_timesteps(self, scheduler, num_inference_steps: int, latent_shape: tuple[int, ...]) -> None:
+        """Set ``scheduler``'s timesteps as the wrapped pipeline does for a latent of ``latent_shape``."""
+        scheduler.set_timesteps(num_inference_steps, device=self.device)
+
+    def schedule(self, scheduler, num_inference_steps: int, begin_index: int, latent_shape: tuple[int, ...]) -> torch.Tensor:
+        """The timesteps from step ``begin_index`` of the family's ``num_inference_steps``-step schedule."""
+        self.set_timesteps(scheduler, num_inference_steps, latent_shape)
+        # Schedulers with a step index (flow matching, UniPC) must enter it part-way; DDIM-style ones
+        # look their coefficients up by timestep value and have no index.
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(begin_index)
+        return scheduler.timesteps[begin_index * scheduler.order :]
+
+    def draw_noise(self, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+        """Gaussian noise of canvas ``shape``, drawn in the pipeline's latent layout (same seed, same values)."""
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+
+    def hold(self, latents: torch.Tensor, spatial: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``latents`` with the frames the family holds fixed written in (:data:`FIRST_FRAME`)."""
+        first = spatial.get(FIRST_FRAME)
+        if first is None:
+            return latents
+        return torch.cat([first.to(latents.dtype), latents[:, :, 1:]], dim=2)
+
+    def initial_latents(
+        self, shape: tuple[int, ...], spatial: dict[str, torch.Tensor], generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """The starting latent of a full schedule (strength 1), drawn exactly as the pipeline's ``prepare_latents``."""
+        # DDIM-style pipelines scale the noise by init_noise_sigma; flow-matching schedulers have none.
+        sigma = getattr(self.scheduler, "init_noise_sigma", 1.0)
+        return self.hold(self.draw_noise(shape, generator) * sigma, spatial)
+
+    def renoise(
+        self, scheduler, x0: torch.Tensor, timestep: torch.Tensor, spatial: dict[str, torch.Tensor], generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """Forward-diffuse the clean canvas latent ``x0`` to ``timestep`` with the scheduler's own method."""
+        noise = self.draw_noise(tuple(x0.shape), generator)
+        if hasattr(scheduler, "scale_noise"):  # flow matching
+            noisy = scheduler.scale_noise(x0, timestep, noise)
+        else:  # DDIM-style
+            noisy = scheduler.add_noise(x0, noise, timestep)
+        return self.hold(noisy, spatial)
+
+    def stepper(self, scheduler, spatial: dict[str, torch.Tensor], generator: torch.Generator | None) -> Stepper:
+        """The scheduler step of one render on the canvas, then the held frames written back."""
+
+        def step(prediction: torch.Tensor, timestep: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+            # Steps are elementwise, so stepping a held frame and overwriting it equals the pipelines'
+            # stepping only the other frames.
+            return self.hold(scheduler.step(prediction, timestep, latents, return_dict=False)[0], spatial)
+
+        return step
+
     # ---- stage 2 ----------------------------------------------------------------------------
-    @abc.abstractmethod
     def predict(
         self,
         latents: torch.Tensor,
@@ -163,3 +334,62 @@ class ModelAdapter(abc.ABC):
         Returns:
             ``(B, C, F, h, w)`` float32, what the scheduler's ``step`` expects.
         """
+        if self.batched_positions or positions == "local" or len(tiles) == 1:
+            return self.predict_batch(latents, timestep, cond, tiles, canvas, positions)
+        return torch.cat(
+            [
+                self.predict_batch(latents[i : i + 1], timestep, cond.select(i), [tile], canvas, positions)
+                for i, tile in enumerate(tiles)
+            ]
+        )
+
+    @abc.abstractmethod
+    def predict_batch(
+        self, latents: torch.Tensor, timestep: torch.Tensor, cond: Conditioning, tiles: list[Tile], canvas: tuple[int, int], positions: str
+    ) -> torch.Tensor:
+        """:meth:`predict` for tiles the family can run in one call (see :attr:`batched_positions`)."""
+
+    # ---- shared by the families' predict ----------------------------------------------------
+    @staticmethod
+    def guided(model: nn.Module, tiles: list[Tile], scale: float, guidance: bool, forward: Callable[[str], torch.Tensor]) -> torch.Tensor:
+        """Classifier-free guidance around ``forward(prefix)``, which runs the transformer with the
+        embeddings named ``prefix + name`` (``""`` conditional, ``"negative_"`` unconditional).
+
+        Each branch runs under its own cache context per tile batch, so diffusers' cache hooks keep
+        separate state for every tile and branch. Returns float32 (the pipelines guide in float32).
+        """
+        name = "tile" + "-".join(str(t.index) for t in tiles)
+        with model.cache_context(f"cond/{name}"):
+            pred = forward("").float()
+        if not guidance:
+            return pred
+        with model.cache_context(f"uncond/{name}"):
+            uncond = forward("negative_").float()
+        return uncond + scale * (pred - uncond)
+
+    def token_positions(self, tiles: list[Tile]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Canvas position (in patches) of every token row and column of each tile: ``(rows, cols)``,
+        lists of int64 ``(h / p_h,)`` and ``(w / p_w,)`` tensors. Tiles start on the patch grid."""
+        _, p_h, p_w = self.patch
+        return [t.rows.positions()[::p_h] // p_h for t in tiles], [t.cols.positions()[::p_w] // p_w for t in tiles]
+
+    @staticmethod
+    def ntk_factors(canvas: tuple[int, int], tile: tuple[int, int], dims: tuple[int, int]) -> tuple[float, float]:
+        """NTK-aware theta factors for the (height, width) rotary axes of dimensions ``dims``.
+
+        ``s ** (d / (d - 2))`` with ``s`` the canvas/tile ratio on the axis: the standard NTK-aware
+        rule, which stretches the lowest frequency's period to the canvas and keeps the highest.
+        """
+        return tuple(max(1.0, c / t) ** (d / max(d - 2, 1)) for c, t, d in zip(canvas, tile, dims))  # type: ignore[return-value]
+
+    @staticmethod
+    @contextlib.contextmanager
+    def swapped(owner: nn.Module, name: str, replacement: nn.Module) -> Iterator[None]:
+        """``owner.<name>`` replaced by ``replacement`` for the duration of one forward (diffusers' model
+        code stays untouched, only its position module changes)."""
+        original = getattr(owner, name)
+        setattr(owner, name, replacement)
+        try:
+            yield
+        finally:
+            setattr(owner, name, original)

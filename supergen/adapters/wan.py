@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import torch
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from torch import nn
 
 from ..errors import SuperGenError
-from ..tiling import Tile
-from .base import Conditioning, ModelAdapter, Request
+from .base import ModelAdapter, Request
 
 
 class CanvasRotaryPosEmbed(nn.Module):
@@ -19,13 +15,11 @@ class CanvasRotaryPosEmbed(nn.Module):
 
     diffusers' ``WanRotaryPosEmbed`` always numbers a tile's tokens ``0..n-1``, so every tile "believes"
     it is the top-left of a scene (which duplicates objects at 4K). This module is swapped in for
-    ``transformer.rope`` for the duration of one forward (:meth:`WanAdapter._canvas_positions`): the
+    ``transformer.rope`` for the duration of one forward (:meth:`ModelAdapter.swapped`): the
     model code stays diffusers', only its position table changes. Frequencies are computed exactly as
     diffusers does, so a tile at offset zero gets bit-identical tables.
 
-    ``ntk`` additionally scales theta on the spatial axes by ``s ** (d / (d - 2))`` where ``s`` is the
-    canvas/tile ratio on that axis and ``d`` the axis' rotary dimension: the standard NTK-aware rule,
-    which keeps the lowest frequency's period at the canvas size and the highest unchanged.
+    ``ntk`` additionally scales theta on the spatial axes by :meth:`ModelAdapter.ntk_factors`.
     """
 
     def __init__(self, original: nn.Module, rows: list[torch.Tensor], cols: list[torch.Tensor], ntk: tuple[float, float] | None):
@@ -95,16 +89,16 @@ class WanAdapter(ModelAdapter):
         return tuple(self._any_transformer.config.patch_size)
 
     @property
+    def latent_channels(self) -> int:
+        return self.pipe.vae.config.z_dim
+
+    @property
     def native_size(self) -> tuple[int, int] | None:
         return None  # Wan checkpoints do not record it; presets set sketch.height/width.
 
     @property
     def requires_image(self) -> bool:
         return self.is_i2v
-
-    def snap_frames(self, num_frames: int) -> int:
-        k = self.vae_scale[0]
-        return max(1, (num_frames - 1) // k * k + 1)
 
     def _dtype(self) -> torch.dtype:
         return self._any_transformer.dtype
@@ -131,15 +125,14 @@ class WanAdapter(ModelAdapter):
             embeds["image_embeds"] = pipe.encode_image(request.image, self.device).to(dtype)
         return embeds
 
-    def spatial_conditioning(self, request: Request, height: int, width: int) -> dict[str, torch.Tensor]:
+    def spatial_conditioning(self, request, height, width, generator=None):
         if not self.is_i2v:
             return {}
         pipe = self.pipe
         image = pipe.video_processor.preprocess(request.image, height=height, width=width).to(self.device, torch.float32)
-        latent_frames = (request.num_frames - 1) // self.vae_scale[0] + 1
-        shape = (1, pipe.vae.config.z_dim, latent_frames, height // self.vae_scale[1], width // self.vae_scale[2])
-        # The pipeline's own prepare_latents builds mask + image latent at the canvas size; passing
-        # `latents` stops it from drawing noise, so the user's generator is left untouched.
+        shape = self.latent_shape(request.num_frames, height, width)
+        # The pipeline's own prepare_latents builds mask + image latent at the canvas size (posterior
+        # mode: no draw); passing `latents` stops it from drawing noise.
         placeholder = torch.zeros(shape, device=self.device)
         _, condition = pipe.prepare_latents(
             image, 1, shape[1], height, width, request.num_frames, torch.float32, self.device, None, placeholder
@@ -147,24 +140,19 @@ class WanAdapter(ModelAdapter):
         return {"condition": condition}
 
     # ---- stage 1 ----------------------------------------------------------------------------
-    def sketch(self, request, embeds, height, width, num_inference_steps, guidance_scale, guidance_scale_2, generator):
+    def pipeline_kwargs(self, request, embeds, guidance_scale, guidance_scale_2):
         kwargs = dict(
             prompt_embeds=embeds["prompt_embeds"],
             negative_prompt_embeds=embeds["negative_prompt_embeds"],
-            height=height,
-            width=width,
-            num_frames=request.num_frames,
-            num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
-            generator=generator,
-            output_type="latent",
         )
         if self.pipe.config.boundary_ratio is not None:
             kwargs["guidance_scale_2"] = guidance_scale_2
         if self.is_i2v:
+            # The pipeline refuses image and image_embeds together and needs the image for its latent
+            # condition, so it re-encodes the (small) CLIP embedding itself.
             kwargs["image"] = request.image
-            kwargs["image_embeds"] = embeds["image_embeds"]
-        return self.pipe(**kwargs).frames
+        return kwargs
 
     # ---- VAE --------------------------------------------------------------------------------
     def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,23 +161,17 @@ class WanAdapter(ModelAdapter):
         std = torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(like.device, like.dtype)
         return mean, std
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
-        latents = latents.to(vae.device, vae.dtype)
+    def to_vae(self, latents: torch.Tensor) -> torch.Tensor:
         mean, std = self._latent_stats(latents)
-        # Same arithmetic as WanPipeline (multiply by 1/std's reciprocal), so outputs match bit for bit.
-        return vae.decode(latents / (1.0 / std) + mean, return_dict=False)[0]
+        # Same arithmetic as WanPipeline (divide by 1/std), so outputs match bit for bit.
+        return latents / (1.0 / std) + mean
 
-    def encode(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        vae = self.pipe.vae
-        dist = vae.encode(video.to(vae.device, vae.dtype)).latent_dist
-        latents = dist.mode() if generator is None else dist.sample(generator)
-        latents = latents.float()
+    def from_vae(self, latents: torch.Tensor) -> torch.Tensor:
         mean, std = self._latent_stats(latents)
         return (latents - mean) * (1.0 / std)
 
     # ---- stage 2 ----------------------------------------------------------------------------
-    def _model_for(self, timestep: torch.Tensor, cond: Conditioning):
+    def _model_for(self, timestep: torch.Tensor, cond):
         """Wan 2.2 A14B: high-noise expert above ``boundary_ratio``, low-noise expert below (as the pipeline)."""
         pipe = self.pipe
         ratio = pipe.config.boundary_ratio
@@ -198,30 +180,17 @@ class WanAdapter(ModelAdapter):
         scale_2 = cond.guidance_scale_2 if cond.guidance_scale_2 is not None else cond.guidance_scale
         return pipe.transformer_2, scale_2
 
-    @contextlib.contextmanager
-    def _canvas_positions(self, model, tiles: list[Tile], canvas: tuple[int, int], positions: str) -> Iterator[None]:
+    def _rope(self, model, tiles, canvas, positions):
+        """This forward's position module: diffusers' own for ``local``, canvas-numbered otherwise."""
         if positions == "local":
-            yield
-            return
-        _, p_h, p_w = self.patch
-        rows = [t.rows.positions()[::p_h] // p_h for t in tiles]
-        cols = [t.cols.positions()[::p_w] // p_w for t in tiles]
+            return model.rope
+        rows, cols = self.token_positions(tiles)
         ntk = None
         if positions == "ntk":
-            rope = model.rope
-            scale_h, scale_w = canvas[0] / tiles[0].shape[0], canvas[1] / tiles[0].shape[1]
-            ntk = (
-                max(1.0, scale_h) ** (rope.h_dim / max(rope.h_dim - 2, 1)),
-                max(1.0, scale_w) ** (rope.w_dim / max(rope.w_dim - 2, 1)),
-            )
-        original = model.rope
-        model.rope = CanvasRotaryPosEmbed(original, rows, cols, ntk)
-        try:
-            yield
-        finally:
-            model.rope = original
+            ntk = self.ntk_factors(canvas, tiles[0].shape, (model.rope.h_dim, model.rope.w_dim))
+        return CanvasRotaryPosEmbed(model.rope, rows, cols, ntk)
 
-    def predict(self, latents, timestep, cond, tiles, canvas, positions):
+    def predict_batch(self, latents, timestep, cond, tiles, canvas, positions):
         model, scale = self._model_for(timestep, cond)
         batch = latents.shape[0]
         hidden = latents
@@ -234,18 +203,11 @@ class WanAdapter(ModelAdapter):
         def expand(x: torch.Tensor | None) -> torch.Tensor | None:
             return None if x is None else x.expand(batch, *x.shape[1:])
 
-        name = "tile" + "-".join(str(t.index) for t in tiles)
-        with self._canvas_positions(model, tiles, canvas, positions):
-            with model.cache_context(f"cond/{name}"):
-                pred = model(
-                    hidden_states=hidden, timestep=t, encoder_hidden_states=expand(embeds["prompt_embeds"]),
-                    encoder_hidden_states_image=expand(embeds["image_embeds"]), return_dict=False,
-                )[0]
-            if cond.do_guidance:
-                with model.cache_context(f"uncond/{name}"):
-                    uncond = model(
-                        hidden_states=hidden, timestep=t, encoder_hidden_states=expand(embeds["negative_prompt_embeds"]),
-                        encoder_hidden_states_image=expand(embeds["image_embeds"]), return_dict=False,
-                    )[0]
-                pred = uncond + scale * (pred - uncond)
-        return pred.float()
+        def forward(prefix: str) -> torch.Tensor:
+            return model(
+                hidden_states=hidden, timestep=t, encoder_hidden_states=expand(embeds[prefix + "prompt_embeds"]),
+                encoder_hidden_states_image=expand(embeds["image_embeds"]), return_dict=False,
+            )[0]
+
+        with self.swapped(model, "rope", self._rope(model, tiles, canvas, positions)):
+            return self.guided(model, tiles, scale, cond.do_guidance, forward)

@@ -1,8 +1,8 @@
 """Tiled VAE encode/decode whose tiles are spread over the ranks of a group.
 
 At 4K the VAE is as costly as a few refinement steps and must be tiled for memory. The tile grid
-and the blending are those of diffusers' own tiled VAE (``vae.tile_sample_min_*`` /
-``vae.tile_sample_stride_*``, ``vae.blend_v`` / ``vae.blend_h``, same order of in-place blends);
+and the blending are those of diffusers' own tiled VAE (tile and stride from the adapter's
+``vae_tile``, ``vae.blend_v`` / ``vae.blend_h``, same order of in-place blends);
 each tile goes through the adapter's plain (untiled) ``decode``/``encode``, so the model code stays
 diffusers'. The tiles are divided between ranks with the exchanger's :func:`balance`; the result
 depends only on the tiles, not on who computed them, so 1, 2 or 3 ranks give identical pixels.
@@ -39,28 +39,28 @@ class TiledVAE:
     def decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor | None:
         """Canvas latent ``(1, C, f, h, w)`` → video ``(1, 3, num_frames, h·s, w·s)`` in [-1, 1] on the group's
         leader (the only rank that writes the video); None on the other ranks."""
-        s = self.vae.spatial_compression_ratio
-        vae = self.vae
+        s = self.adapter.vae_scale[1]
+        (th, tw), (sh, sw) = self.adapter.vae_tile
         return self._tiled(
             latents, lambda x: self.adapter.decode(x, num_frames),
-            tile=(vae.tile_sample_min_height // s, vae.tile_sample_min_width // s),
-            stride=(vae.tile_sample_stride_height // s, vae.tile_sample_stride_width // s),
-            out_tile=(vae.tile_sample_min_height, vae.tile_sample_min_width),
-            out_stride=(vae.tile_sample_stride_height, vae.tile_sample_stride_width),
+            tile=(th // s, tw // s),
+            stride=(sh // s, sw // s),
+            out_tile=(th, tw),
+            out_stride=(sh, sw),
             out_size=(latents.shape[-2] * s, latents.shape[-1] * s),
-            everywhere=False, out_dtype=vae.dtype,
+            everywhere=False, out_dtype=self.vae.dtype,
         )
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """Video ``(1, 3, F, H, W)`` in [-1, 1] → normalised posterior-mode latent ``(1, C, f, H/s, W/s)`` on every rank."""
-        s = self.vae.spatial_compression_ratio
-        vae = self.vae
+        s = self.adapter.vae_scale[1]
+        (th, tw), (sh, sw) = self.adapter.vae_tile
         return self._tiled(
             video, lambda x: self.adapter.encode(x, None),
-            tile=(vae.tile_sample_min_height, vae.tile_sample_min_width),
-            stride=(vae.tile_sample_stride_height, vae.tile_sample_stride_width),
-            out_tile=(vae.tile_sample_min_height // s, vae.tile_sample_min_width // s),
-            out_stride=(vae.tile_sample_stride_height // s, vae.tile_sample_stride_width // s),
+            tile=(th, tw),
+            stride=(sh, sw),
+            out_tile=(th // s, tw // s),
+            out_stride=(sh // s, sw // s),
             out_size=(video.shape[-2] // s, video.shape[-1] // s),
             everywhere=True, out_dtype=torch.float32,
         )

@@ -1,0 +1,209 @@
+"""CogVideoX 1.5 (text- and image-to-video) behind the :class:`ModelAdapter` interface.
+
+What differs from Wan, each handled here at the adapter's boundary:
+
+- latents are ``(B, F, C, H, W)`` in the pipeline; the canvas stays ``(1, C, F, H, W)`` and is
+  transposed around every transformer call;
+- the VAE latent is scaled by ``scaling_factor`` (no per-channel mean/std);
+- 1.5 pads the latent frames to a multiple of its temporal patch with leading frames it drops before
+  decoding (:meth:`extra_latent_frames`);
+- the pipeline builds the rotary tables and passes them in (``image_rotary_emb``), so canvas
+  positions are a different table, not a swapped module;
+- DDIM-style v-prediction schedulers; ``CogVideoXDPMScheduler.step`` also needs the previous step's
+  ``pred_original_sample`` and timestep, and draws noise from the generator (:meth:`stepper`);
+- image-to-video concatenates the image latent (first frame, zeros elsewhere) on channels.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import CogVideoXDPMScheduler
+from diffusers.models.embeddings import get_1d_rotary_pos_embed
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..errors import SuperGenError
+from .base import ModelAdapter, Request, Stepper
+
+
+class CogVideoXAdapter(ModelAdapter):
+    """``CogVideoXPipeline`` / ``CogVideoXImageToVideoPipeline`` with a 1.5-style transformer (3-D RoPE, temporal patch)."""
+
+    pipeline_classes = ("CogVideoXPipeline", "CogVideoXImageToVideoPipeline")
+    # The rotary table is 2-D (tokens × dim): one table per transformer call.
+    batched_positions = False
+
+    def __init__(self, pipe):
+        super().__init__(pipe)
+        cfg = pipe.transformer.config
+        if cfg.patch_size_t is None or not cfg.use_rotary_positional_embeddings or cfg.use_learned_positional_embeddings:
+            raise SuperGenError(
+                "only CogVideoX 1.5-style transformers (rotary positions, patch_size_t set) are supported: "
+                "CogVideoX 1.0 positions are tied to its training size (learned or crop-interpolated)"
+            )
+        self.is_i2v = type(pipe).__name__ == "CogVideoXImageToVideoPipeline"
+
+    # ---- geometry -------------------------------------------------------------------------
+    @property
+    def vae_scale(self) -> tuple[int, int, int]:
+        s = self.pipe.vae_scale_factor_spatial
+        return (self.pipe.vae_scale_factor_temporal, s, s)
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        cfg = self.pipe.transformer.config
+        return (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.pipe.vae.config.latent_channels
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        # sample_height/width are the training latent size (96×170 for 1.5: 768×1360 pixels).
+        cfg, s = self.pipe.transformer.config, self.vae_scale[1]
+        return (cfg.sample_height * s, cfg.sample_width * s)
+
+    def extra_latent_frames(self, num_frames: int) -> int:
+        # As the pipeline: pad the latent frames up to a multiple of patch_size_t (dropped on decode).
+        p_t = self.patch[0]
+        return -((num_frames - 1) // self.vae_scale[0] + 1) % p_t
+
+    @property
+    def requires_image(self) -> bool:
+        return self.is_i2v
+
+    # ---- conditioning -----------------------------------------------------------------------
+    def encode_prompt(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
+        prompt_embeds, negative_embeds = self.pipe.encode_prompt(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            do_classifier_free_guidance=guidance_scale > 1.0,
+            num_videos_per_prompt=1,
+            max_sequence_length=226,
+            device=self.device,
+        )
+        return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
+
+    def spatial_conditioning(self, request, height, width, generator=None):
+        if not self.is_i2v:
+            return {}
+        pipe = self.pipe
+        dtype = pipe.transformer.dtype
+        image = pipe.video_processor.preprocess(request.image, height=height, width=width).to(self.device, dtype)
+        shape = self.latent_shape(request.num_frames, height, width)
+        frames = request.num_frames + self.extra_latent_frames(request.num_frames) * self.vae_scale[0]
+        # The pipeline's prepare_latents samples the image posterior with the generator (before the
+        # noise, as here) and lays out image latent + zero frames; `latents` given, it draws no noise.
+        placeholder = torch.zeros(shape, device=self.device, dtype=dtype).transpose(1, 2)
+        _, image_latents = pipe.prepare_latents(
+            image, 1, shape[1], frames, height, width, dtype, self.device, generator, placeholder
+        )
+        return {"image_latents": image_latents.transpose(1, 2)}
+
+    # ---- stage 1 ----------------------------------------------------------------------------
+    def pipeline_kwargs(self, request, embeds, guidance_scale, guidance_scale_2):
+        kwargs = dict(
+            prompt_embeds=embeds["prompt_embeds"],
+            negative_prompt_embeds=embeds["negative_prompt_embeds"],
+            guidance_scale=guidance_scale,
+        )
+        if self.is_i2v:
+            kwargs["image"] = request.image
+        return kwargs
+
+    def from_pipeline_latents(self, latents, shape):
+        return latents.transpose(1, 2).float()
+
+    def draw_noise(self, shape, generator):
+        # The pipeline draws (B, F, C, H, W): the same values need the same drawing order.
+        b, c, f, h, w = shape
+        return randn_tensor((b, f, c, h, w), generator=generator, device=self.device, dtype=torch.float32).transpose(1, 2)
+
+    # ---- VAE --------------------------------------------------------------------------------
+    @property
+    def vae_tile(self):
+        # CogVideoX's VAE states its tile overlap as a fraction rather than a stride.
+        vae = self.pipe.vae
+        tile = (vae.tile_sample_min_height, vae.tile_sample_min_width)
+        overlap = (vae.tile_overlap_factor_height, vae.tile_overlap_factor_width)
+        return tile, tuple(int(t * (1 - o)) for t, o in zip(tile, overlap))
+
+    def to_vae(self, latents):
+        return 1 / self.pipe.vae.config.scaling_factor * latents
+
+    def from_vae(self, latents):
+        return self.pipe.vae.config.scaling_factor * latents
+
+    # ---- schedule ---------------------------------------------------------------------------
+    def stepper(self, scheduler, spatial, generator) -> Stepper:
+        if not isinstance(scheduler, CogVideoXDPMScheduler):
+            return super().stepper(scheduler, spatial, generator)
+        # DPM-solver++ (2nd order, stochastic): carries the previous x0 estimate and timestep. The first
+        # refinement step has neither and is first-order, as the pipeline's first step. It draws noise of
+        # the sample's shape, so it steps in the pipeline's (B, F, C, H, W) layout to draw the same values.
+        state: dict[str, torch.Tensor | None] = {"x0": None, "t": None}
+
+        def step(prediction, timestep, latents):
+            latents, state["x0"] = scheduler.step(
+                prediction.transpose(1, 2), state["x0"], timestep, state["t"], latents.transpose(1, 2),
+                generator=generator, return_dict=False,
+            )
+            state["t"] = timestep
+            return latents.transpose(1, 2)
+
+        return step
+
+    # ---- stage 2 ----------------------------------------------------------------------------
+    def _rotary(self, rows: torch.Tensor, cols: torch.Tensor, frames: int, ntk: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)``, each ``(frames·h·w, head_dim)``: the pipeline's 1.5 tables (``grid_type="slice"``)
+        at token positions ``rows × cols``; rows/cols ``0..n-1`` give its tables exactly."""
+        head = self.pipe.transformer.config.attention_head_dim
+        dims = (head // 4, head // 8 * 3, head // 8 * 3)
+        axes = [
+            get_1d_rotary_pos_embed(dims[0], torch.arange(frames, dtype=torch.float32), use_real=True),
+            get_1d_rotary_pos_embed(dims[1], rows.float(), use_real=True, ntk_factor=ntk[0]),
+            get_1d_rotary_pos_embed(dims[2], cols.float(), use_real=True, ntk_factor=ntk[1]),
+        ]
+        n_h, n_w = len(rows), len(cols)
+        tables = []
+        for part in range(2):  # cos, sin
+            t, h, w = (axis[part] for axis in axes)
+            grid = torch.cat(
+                [
+                    t[:, None, None].expand(-1, n_h, n_w, -1),
+                    h[None, :, None].expand(frames, -1, n_w, -1),
+                    w[None, None, :].expand(frames, n_h, -1, -1),
+                ],
+                dim=-1,
+            )
+            tables.append(grid.reshape(frames * n_h * n_w, -1).to(self.device))
+        return tables[0], tables[1]
+
+    def predict_batch(self, latents, timestep, cond, tiles, canvas, positions):
+        model = self.pipe.transformer
+        batch = latents.shape[0]
+        hidden = latents
+        if "image_latents" in cond.spatial:
+            hidden = torch.cat([latents, cond.spatial["image_latents"].to(latents.dtype)], dim=1)
+        # (B, C, F, h, w) → the pipeline's (B, F, C, h, w). DDIM-style scale_model_input is the identity.
+        hidden = hidden.transpose(1, 2).to(model.dtype)
+        if positions == "local":
+            rows, cols = torch.arange(tiles[0].shape[0] // self.patch[1]), torch.arange(tiles[0].shape[1] // self.patch[2])
+        else:
+            (rows,), (cols,) = self.token_positions(tiles)
+        ntk = (1.0, 1.0)
+        if positions == "ntk":
+            head = model.config.attention_head_dim
+            ntk = self.ntk_factors(canvas, tiles[0].shape, (head // 8 * 3, head // 8 * 3))
+        rotary = self._rotary(rows, cols, latents.shape[2] // self.patch[0], ntk)
+        ofs = None if model.config.ofs_embed_dim is None else hidden.new_full((1,), 2.0)  # as the pipeline
+        t = timestep.expand(batch)
+
+        def forward(prefix: str) -> torch.Tensor:
+            embeds = cond.embeds[prefix + "prompt_embeds"]
+            return model(
+                hidden_states=hidden, encoder_hidden_states=embeds.expand(batch, *embeds.shape[1:]), timestep=t,
+                ofs=ofs, image_rotary_emb=rotary, return_dict=False,
+            )[0]
+
+        return self.guided(model, tiles, cond.guidance_scale, cond.do_guidance, forward).transpose(1, 2)

@@ -1,0 +1,217 @@
+"""HunyuanVideo (text- and image-to-video) behind the :class:`ModelAdapter` interface.
+
+What differs from Wan, each handled here at the adapter's boundary:
+
+- guidance: guidance-distilled transformers (``guidance_embeds``, HunyuanVideo T2V) take the scale
+  as an input (one forward per tile); others use classifier-free guidance with the negative prompt
+  (the pipeline's ``true_cfg_scale``). ``Conditioning.guidance_scale`` is whichever applies;
+- the schedule is the pipeline's explicit ``sigmas = linspace(1, 0, N + 1)[:-1]``;
+- the VAE latent is scaled by ``scaling_factor``;
+- image-to-video, ``latent_concat`` (HunyuanVideo-I2V): the image latent and a first-frame mask are
+  concatenated on channels; the first latent frame reproduces the image and its four pixel frames
+  are dropped after decoding, so this adapter renders one extra latent frame and the output has the
+  frame count asked for; ``token_replace``: the first latent frame *is* the image latent, held fixed
+  (:data:`~supergen.adapters.base.FIRST_FRAME`);
+- both I2V pipelines start from ``0.999 · noise + 0.001 · image latent``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from diffusers.models.embeddings import get_1d_rotary_pos_embed
+from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_timesteps
+from torch import nn
+
+from .base import FIRST_FRAME, ModelAdapter, Request
+
+
+class HunyuanCanvasRope(nn.Module):
+    """HunyuanVideo's 3-D RoPE with the tile's tokens numbered by their canvas position.
+
+    Swapped in for ``transformer.rope`` during one forward (:meth:`ModelAdapter.swapped`). Tables are
+    computed as diffusers' ``HunyuanVideoRotaryPosEmbed`` does, so rows/cols ``0..n-1`` give its
+    tables exactly; ``ntk`` scales theta on the spatial axes (:meth:`ModelAdapter.ntk_factors`).
+    """
+
+    def __init__(self, original: nn.Module, rows: torch.Tensor, cols: torch.Tensor, ntk: tuple[float, float]):
+        super().__init__()
+        self.patch_size, self.patch_size_t = original.patch_size, original.patch_size_t
+        self.rope_dim, self.theta = original.rope_dim, original.theta
+        self.rows, self.cols, self.ntk = rows, cols, ntk
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1, C, F, h, w)`` → ``(cos, sin)``, each ``(F·h·w / patch, head_dim)``."""
+        device = hidden_states.device
+        frames = torch.arange(hidden_states.shape[2] // self.patch_size_t, device=device, dtype=torch.float32)
+        axes = (frames, self.rows.to(device, torch.float32), self.cols.to(device, torch.float32))
+        grid = torch.meshgrid(*axes, indexing="ij")
+        freqs = [
+            get_1d_rotary_pos_embed(self.rope_dim[i], grid[i].reshape(-1), self.theta, use_real=True, ntk_factor=factor)
+            for i, factor in enumerate((1.0, *self.ntk))
+        ]
+        return torch.cat([f[0] for f in freqs], dim=1), torch.cat([f[1] for f in freqs], dim=1)
+
+
+class HunyuanVideoAdapter(ModelAdapter):
+    """``HunyuanVideoPipeline`` / ``HunyuanVideoImageToVideoPipeline`` (``latent_concat`` and ``token_replace``)."""
+
+    pipeline_classes = ("HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline")
+    # The rotary table is 2-D (tokens × dim): one table per transformer call.
+    batched_positions = False
+    # The latent_concat image frame is a real frame the causal VAE decodes the next ones from.
+    decode_extra_frames = True
+
+    def __init__(self, pipe):
+        super().__init__(pipe)
+        self.is_i2v = type(pipe).__name__ == "HunyuanVideoImageToVideoPipeline"
+        self.condition_type = pipe.transformer.config.image_condition_type if self.is_i2v else None
+
+    # ---- geometry -------------------------------------------------------------------------
+    @property
+    def vae_scale(self) -> tuple[int, int, int]:
+        s = self.pipe.vae_scale_factor_spatial
+        return (self.pipe.vae_scale_factor_temporal, s, s)
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        cfg = self.pipe.transformer.config
+        return (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.pipe.vae.config.latent_channels
+
+    def extra_latent_frames(self, num_frames: int) -> int:
+        return 1 if self.condition_type == "latent_concat" else 0
+
+    def pipeline_frames(self, num_frames: int) -> int:
+        return num_frames + self.extra_latent_frames(num_frames) * self.vae_scale[0]
+
+    @property
+    def requires_image(self) -> bool:
+        return self.is_i2v
+
+    @property
+    def _embedded_guidance(self) -> bool:
+        return self.pipe.transformer.config.guidance_embeds
+
+    # ---- conditioning -----------------------------------------------------------------------
+    def encode_prompt(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
+        pipe = self.pipe
+        kwargs = {}
+        if self.is_i2v:
+            # The LLaVA encoder sees the image at its own size (its processor resizes it), so the
+            # embedding is the same for the sketch and the canvas.
+            kwargs = {"image": request.image, "image_embed_interleave": 2 if self.condition_type == "latent_concat" else 4}
+        dtype = pipe.transformer.dtype
+        embeds: dict[str, torch.Tensor | None] = {}
+        prompts = [("", request.prompt)]
+        if guidance_scale > 1.0 and not self._embedded_guidance:
+            prompts.append(("negative_", request.negative_prompt))
+        for prefix, text in prompts:
+            prompt_embeds, pooled, mask = pipe.encode_prompt(prompt=text, device=self.device, **kwargs)
+            embeds |= {
+                f"{prefix}prompt_embeds": prompt_embeds.to(dtype),
+                f"{prefix}pooled_prompt_embeds": pooled.to(dtype),
+                f"{prefix}prompt_attention_mask": mask.to(dtype),
+            }
+        return embeds
+
+    def spatial_conditioning(self, request, height, width, generator=None):
+        if not self.is_i2v:
+            return {}
+        pipe = self.pipe
+        image = pipe.video_processor.preprocess(request.image, height, width).to(self.device, pipe.vae.dtype)
+        shape = self.latent_shape(request.num_frames, height, width)
+        placeholder = torch.zeros(shape, device=self.device)
+        # The pipeline's prepare_latents encodes the image (posterior mode); `latents` given, it draws no noise.
+        _, image_latents = pipe.prepare_latents(
+            image, 1, shape[1], height, width, self.pipeline_frames(request.num_frames), torch.float32,
+            self.device, generator, placeholder, self.condition_type,
+        )
+        first = image_latents[:, :, :1]
+        if self.condition_type == "token_replace":
+            return {FIRST_FRAME: first}
+        # latent_concat, as the pipeline: image latent on the first frame, zeros after; a first-frame mask.
+        condition = torch.zeros(1, shape[1] + 1, *shape[2:], device=self.device)
+        condition[:, : shape[1], :1] = first
+        condition[:, shape[1], :1] = 1.0
+        return {"condition": condition}
+
+    def _image_latent(self, spatial: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The image's latent ``(1, C, 1, H, W)`` from either kind of spatial conditioning."""
+        if FIRST_FRAME in spatial:
+            return spatial[FIRST_FRAME]
+        return spatial["condition"][:, : self.latent_channels, :1]
+
+    # ---- stage 1 ----------------------------------------------------------------------------
+    def pipeline_kwargs(self, request, embeds, guidance_scale, guidance_scale_2):
+        kwargs = {key: value for key, value in embeds.items()}
+        if self._embedded_guidance:
+            kwargs["guidance_scale"] = guidance_scale
+        else:
+            kwargs["true_cfg_scale"] = guidance_scale
+        if self.is_i2v:
+            kwargs["image"] = request.image
+        return kwargs
+
+    # ---- VAE --------------------------------------------------------------------------------
+    def to_vae(self, latents):
+        return latents / self.pipe.vae.config.scaling_factor
+
+    def from_vae(self, latents):
+        return latents * self.pipe.vae.config.scaling_factor
+
+    # ---- schedule and noise -------------------------------------------------------------------
+    def set_timesteps(self, scheduler, num_inference_steps, latent_shape):
+        sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
+        retrieve_timesteps(scheduler, num_inference_steps, self.device, sigmas=sigmas)
+
+    def initial_latents(self, shape, spatial, generator):
+        latents = super().initial_latents(shape, spatial, generator)
+        if not self.is_i2v:
+            return latents
+        t = torch.tensor([0.999], device=latents.device)
+        return self.hold(latents * t + self._image_latent(spatial) * (1 - t), spatial)
+
+    def renoise(self, scheduler, x0, timestep, spatial, generator):
+        if self.condition_type == "latent_concat":
+            # The first latent frame reproduces the image (its pixels are never shown): start it from
+            # the image latent rather than the copy of the sketch's first frame that encode() put there.
+            x0 = torch.cat([self._image_latent(spatial).to(x0.dtype), x0[:, :, 1:]], dim=2)
+        return super().renoise(scheduler, x0, timestep, spatial, generator)
+
+    # ---- stage 2 ----------------------------------------------------------------------------
+    def predict_batch(self, latents, timestep, cond, tiles, canvas, positions):
+        model = self.pipe.transformer
+        batch = latents.shape[0]
+        hidden = latents
+        if "condition" in cond.spatial:
+            hidden = torch.cat([latents, cond.spatial["condition"]], dim=1)
+        hidden = hidden.to(model.dtype)
+        t = timestep.expand(batch).to(latents.dtype)
+        guidance = None
+        if self._embedded_guidance:
+            guidance = torch.tensor([cond.guidance_scale] * batch, dtype=model.dtype, device=latents.device) * 1000.0
+        rope = model.rope
+        if positions != "local":
+            (rows,), (cols,) = self.token_positions(tiles)
+            ntk = (1.0, 1.0)
+            if positions == "ntk":
+                ntk = self.ntk_factors(canvas, tiles[0].shape, tuple(model.rope.rope_dim[1:]))
+            rope = HunyuanCanvasRope(model.rope, rows, cols, ntk)
+        embeds = cond.embeds
+
+        def expand(x: torch.Tensor) -> torch.Tensor:
+            return x.expand(batch, *x.shape[1:])
+
+        def forward(prefix: str) -> torch.Tensor:
+            return model(
+                hidden_states=hidden, timestep=t, encoder_hidden_states=expand(embeds[prefix + "prompt_embeds"]),
+                encoder_attention_mask=expand(embeds[prefix + "prompt_attention_mask"]),
+                pooled_projections=expand(embeds[prefix + "pooled_prompt_embeds"]), guidance=guidance, return_dict=False,
+            )[0]
+
+        with self.swapped(model, "rope", rope):
+            return self.guided(model, tiles, cond.guidance_scale, cond.do_guidance and not self._embedded_guidance, forward)

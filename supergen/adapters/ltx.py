@@ -1,0 +1,185 @@
+"""LTX-Video (text- and image-to-video) behind the :class:`ModelAdapter` interface.
+
+What differs from Wan, each handled here at the adapter's boundary:
+
+- the transformer takes *packed* latents ``(B, tokens, C)``: tiles are packed before and unpacked
+  after every call with the pipeline's own ``_pack_latents`` / ``_unpack_latents``;
+- positions are explicit: ``video_coords`` (pixel-scaled token coordinates) for canvas positions;
+- the schedule is the pipeline's ``sigmas = linspace(1, 1/N, N)`` shifted by ``mu`` for the token
+  count of one transformer call;
+- latents are normalised with per-channel mean/std *and* ``scaling_factor``; newer VAEs decode with a
+  timestep (the pipeline's default ``decode_timestep=0``, no decode noise);
+- image-to-video: the first latent frame is the image latent, held fixed, and its tokens get
+  timestep 0 (:data:`~supergen.adapters.base.FIRST_FRAME`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, retrieve_timesteps
+from diffusers.pipelines.ltx.pipeline_ltx_image2video import retrieve_latents
+
+from ..errors import SuperGenError
+from .base import FIRST_FRAME, ModelAdapter, Request
+
+
+class LTXAdapter(ModelAdapter):
+    """``LTXPipeline`` / ``LTXImageToVideoPipeline`` (LTX-Video 0.9.x)."""
+
+    pipeline_classes = ("LTXPipeline", "LTXImageToVideoPipeline")
+    #: The pipelines' default ``frame_rate``; it scales the temporal coordinate of the rotary embedding.
+    frame_rate = 25
+
+    def __init__(self, pipe):
+        super().__init__(pipe)
+        self.is_i2v = type(pipe).__name__ == "LTXImageToVideoPipeline"
+
+    # ---- geometry -------------------------------------------------------------------------
+    @property
+    def vae_scale(self) -> tuple[int, int, int]:
+        s = self.pipe.vae_spatial_compression_ratio
+        return (self.pipe.vae_temporal_compression_ratio, s, s)
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        p = self.pipe.transformer_spatial_patch_size
+        return (self.pipe.transformer_temporal_patch_size, p, p)
+
+    @property
+    def pixel_multiple(self) -> int:
+        # The pipelines insist on multiples of 32 (the released VAE's compression) whatever the VAE.
+        return math.lcm(32, super().pixel_multiple)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.pipe.transformer.config.in_channels
+
+    @property
+    def requires_image(self) -> bool:
+        return self.is_i2v
+
+    def _rope_scale(self) -> tuple[float, float, float]:
+        """The pipeline's ``rope_interpolation_scale``: latent → pixel (and frame → seconds) factors."""
+        t, s, _ = self.vae_scale
+        return (t / self.frame_rate, s, s)
+
+    # ---- conditioning -----------------------------------------------------------------------
+    def encode_prompt(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
+        embeds, mask, negative, negative_mask = self.pipe.encode_prompt(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            do_classifier_free_guidance=guidance_scale > 1.0,
+            num_videos_per_prompt=1,
+            max_sequence_length=128,
+            device=self.device,
+        )
+        return {
+            "prompt_embeds": embeds, "prompt_attention_mask": mask,
+            "negative_prompt_embeds": negative, "negative_prompt_attention_mask": negative_mask,
+        }
+
+    def spatial_conditioning(self, request, height, width, generator=None):
+        if not self.is_i2v:
+            return {}
+        pipe = self.pipe
+        image = pipe.video_processor.preprocess(request.image, height=height, width=width)
+        image = image.to(self.device, pipe.transformer.dtype).unsqueeze(2)
+        # As the pipeline's prepare_latents: a posterior *sample* (the generator's first draw), normalised
+        # without scaling_factor.
+        latent = retrieve_latents(pipe.vae.encode(image), generator).float()
+        return {FIRST_FRAME: pipe._normalize_latents(latent, pipe.vae.latents_mean, pipe.vae.latents_std)}
+
+    # ---- stage 1 ----------------------------------------------------------------------------
+    def pipeline_kwargs(self, request, embeds, guidance_scale, guidance_scale_2):
+        kwargs = dict(embeds, guidance_scale=guidance_scale, frame_rate=self.frame_rate)
+        if self.is_i2v:
+            kwargs["image"] = request.image
+        return kwargs
+
+    def _pack(self, latents: torch.Tensor) -> torch.Tensor:
+        p_t, p, _ = self.patch
+        return self.pipe._pack_latents(latents, p, p_t)
+
+    def _unpack(self, tokens: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        p_t, p, _ = self.patch
+        return self.pipe._unpack_latents(tokens, shape[2] // p_t, shape[3] // p, shape[4] // p, p, p_t)
+
+    def from_pipeline_latents(self, latents, shape):
+        return self._unpack(latents, shape).float()
+
+    # ---- VAE --------------------------------------------------------------------------------
+    def to_vae(self, latents):
+        vae = self.pipe.vae
+        return self.pipe._denormalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+
+    def from_vae(self, latents):
+        vae = self.pipe.vae
+        return self.pipe._normalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+
+    def vae_decode(self, latents):
+        vae = self.pipe.vae
+        # The pipeline's defaults: decode_timestep=0 and no decode noise.
+        timestep = torch.zeros(1, device=latents.device, dtype=latents.dtype) if vae.config.timestep_conditioning else None
+        return vae.decode(latents, timestep, return_dict=False)[0]
+
+    # ---- schedule ---------------------------------------------------------------------------
+    def set_timesteps(self, scheduler, num_inference_steps, latent_shape):
+        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        config = scheduler.config
+        mu = calculate_shift(
+            latent_shape[2] * latent_shape[3] * latent_shape[4],
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        retrieve_timesteps(scheduler, num_inference_steps, self.device, sigmas=sigmas, mu=mu)
+
+    # ---- stage 2 ----------------------------------------------------------------------------
+    def _video_coords(self, latents: torch.Tensor, tiles) -> torch.Tensor:
+        """``(B, 3, tokens)`` canvas coordinates of every token, scaled as the transformer's own grid
+        (``position × rope_interpolation_scale × patch``; it divides by its base size)."""
+        p_t, p, _ = self.patch
+        scale_t, scale_h, scale_w = self._rope_scale()
+        frames = torch.arange(latents.shape[2] // p_t, dtype=torch.float32)
+        coords = []
+        for rows, cols in zip(*self.token_positions(tiles)):
+            grid = torch.stack(torch.meshgrid(frames, rows.float(), cols.float(), indexing="ij"))
+            grid = grid.flatten(1)
+            coords.append(torch.stack([grid[0] * scale_t * p_t, grid[1] * scale_h * p, grid[2] * scale_w * p]))
+        return torch.stack(coords).to(latents.device)
+
+    def predict_batch(self, latents, timestep, cond, tiles, canvas, positions):
+        if positions == "ntk":
+            raise SuperGenError(
+                "tiling.positions=ntk is not supported for LTX-Video (its rotary embedding normalises coordinates "
+                "by a fixed base size rather than using theta-scaled integer positions); use global or local"
+            )
+        model = self.pipe.transformer
+        batch, _, frames, height, width = latents.shape
+        p_t, p, _ = self.patch
+        hidden = self._pack(latents).to(model.dtype)
+        t = timestep.expand(batch)
+        if self.is_i2v:
+            # Tokens of the held image frame are clean: timestep 0, as the pipeline's conditioning mask.
+            mask = torch.zeros(batch, 1, frames, height, width, device=latents.device)
+            mask[:, :, 0] = 1.0
+            t = t.unsqueeze(-1) * (1 - self._pack(mask).squeeze(-1))
+        where = dict(num_frames=frames // p_t, height=height // p, width=width // p, rope_interpolation_scale=self._rope_scale())
+        if positions == "global":
+            where["video_coords"] = self._video_coords(latents, tiles)
+        embeds = cond.embeds
+
+        def expand(x: torch.Tensor) -> torch.Tensor:
+            return x.expand(batch, *x.shape[1:])
+
+        def forward(prefix: str) -> torch.Tensor:
+            return model(
+                hidden_states=hidden, encoder_hidden_states=expand(embeds[prefix + "prompt_embeds"]), timestep=t,
+                encoder_attention_mask=expand(embeds[prefix + "prompt_attention_mask"]), **where, return_dict=False,
+            )[0]
+
+        return self._unpack(self.guided(model, tiles, cond.guidance_scale, cond.do_guidance, forward), latents.shape)
