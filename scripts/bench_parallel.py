@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=4, help="timed steps (the grid shifts every step)")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--project", type=int, default=8, help="project the step time to this many devices")
     parser.add_argument("--exchange-dtype", default="fp32", help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -157,6 +158,37 @@ def main() -> None:
         print(f"{r['ranks']:>5} {r['exchange_dtype']:>8} {tiles:>10.2f} {per_step(r):>8.3f} {per_step(base) / per_step(r):>7.2f}x "
               f"{per_step(r) * r['ranks'] / tiles:>8.3f} {sum(r['wait_seconds']) / len(r['wait_seconds']):>7.3f} {sent:>11,.0f} {r['reference_bytes']:>11,} {ratio:>6} {ref_s:>7}")
     print(f"prediction bytes per tile: fp32 {base['tile_bytes']['fp32']:,}, bf16 {base['tile_bytes']['bf16']:,}; canvas latent {base['canvas_bytes']:,} (fp32)")
+    project(base, results, args.project)
+
+
+#: Link bandwidths for the projection, bytes/s: NVLink (H100 SXM, per GPU, one direction) and PCIe 4.0 x16.
+LINKS = {"NVLink 450 GB/s": 450e9, "PCIe 25 GB/s": 25e9}
+
+
+def project(base: dict, results: list[dict], ranks: int) -> None:
+    """Step time on ``ranks`` devices from the measured one-rank per-tile time and the measured bytes.
+
+    Compute: the busiest rank runs ceil(tiles / ranks) tiles (equal tiles, no cache). Exchange: the
+    predictions sent per step do not depend on the rank count (measured above); a rank receives the
+    share it did not compute, all but the last tile overlapped with its compute, so the exposed part
+    is at most one tile's transfer (no overlap at all in brackets). The reference all-gathers each
+    rank's fp32 prediction and latent: a rank receives 2·(ranks−1) canvases, none overlapped.
+    """
+    tiles = round(sum(base["tiles"]) / len(base["tiles"]))
+    per_tile = sum(base["seconds"]) / sum(base["tiles"])
+    compute = -(-tiles // ranks) * per_tile
+    print(f"projection to {ranks} devices: {tiles} tiles/step, {per_tile:.3f} s/tile (measured, 1 rank) -> "
+          f"compute {compute:.3f} s/step, ideal speedup {tiles * per_tile / compute:.2f}x")
+    for name, bandwidth in LINKS.items():
+        cells = []
+        for dtype, size in base["tile_bytes"].items():
+            measured = [r for r in results if r["ranks"] > 1 and r["exchange_dtype"] == dtype]
+            if not measured:
+                continue
+            received = sum(measured[0]["bytes_sent"]) / len(measured[0]["bytes_sent"]) * (ranks - 1) / ranks
+            cells.append(f"ours {dtype} {size / bandwidth * 1e3:.3f} ms exposed ({received / bandwidth * 1e3:.3f} ms if not overlapped)")
+        reference = 2 * (ranks - 1) * base["canvas_bytes"] / bandwidth
+        print(f"  {name}: " + "; ".join(cells) + f"; reference {reference * 1e3:.3f} ms")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ import torch
 from supergen.builtin import tiny_wan_pipeline
 from supergen.config import load_config
 from supergen.parallel import TiledVAE, balance
+from supergen.parallel.exchanger import owned
 from supergen.pipeline import SuperGenPipeline
+from supergen.tiling import TilePlan
 
 # Canvas 64×112 px = 8×14 latent; tile 48×80 px = 6×10 latent does not divide it (2×2 clamped tiles
 # whose owned segments shift every step). VAE tiles of 32 px every 24 px: 3×5 windows.
@@ -28,15 +30,17 @@ OVERRIDES = [
     "sketch.height=32", "sketch.width=56", "sketch.num_inference_steps=2",
     "refine.num_inference_steps=4", "refine.strength=0.75",
     "tiling.tile_height=48", "tiling.tile_width=80", "tiling.shift_divisor=3",
-    "cache.policy=none", "parallel.timeout_s=60",
+    "cache.enabled=false", "parallel.timeout_s=60",
 ]
+# The region cache on: 6 steps from noise, a threshold that reuses tiles on some steps.
+CACHE_ON = ["refine.num_inference_steps=6", "refine.strength=1.0", "cache.enabled=true", "cache.policy=region", "cache.threshold=0.5"]
 VAE_TILES = dict(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24, tile_sample_stride_width=24)
 TIMEOUT = 240  # seconds for one torchrun launch (startup of N processes on 2 shared cores included)
 
 
-def render(pipe, dtype="fp32"):
+def render(pipe, dtype="fp32", extra=()):
     """The test render: latent output ``(1, 16, 2, 8, 14)`` and its stats."""
-    sg = SuperGenPipeline(pipe, load_config("tiny", OVERRIDES + [f"parallel.exchange_dtype={dtype}"]))
+    sg = SuperGenPipeline(pipe, load_config("tiny", OVERRIDES + [f"parallel.exchange_dtype={dtype}", *extra]))
     return sg(generator=torch.Generator().manual_seed(7), output_type="latent")
 
 
@@ -51,6 +55,8 @@ def worker(out_dir: Path) -> None:
     for dtype in ("fp32", "bf16"):
         out = render(pipe, dtype)
         seen[dtype] = {"latent": out.frames, "parallel": out.stats.parallel, "computed": [s.tiles_computed for s in out.stats.steps]}
+    out = render(pipe, extra=CACHE_ON)
+    seen["cache"] = {"latent": out.frames, "parallel": out.stats.parallel, "computed": [s.tiles_computed for s in out.stats.steps]}
     seen["decoded"] = TiledVAE(SuperGenPipeline(pipe, load_config("tiny")).adapter, group).decode(seen["fp32"]["latent"], 5)
 
     # Rank 1 raises in its third tile forward; every rank must get the same error, and the group must
@@ -97,11 +103,13 @@ def single():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        cached = render(pipe, extra=CACHE_ON)
         out = render(pipe)
         decoded = TiledVAE(SuperGenPipeline(pipe, load_config("tiny")).adapter).decode(out.frames, 5)
     finally:
         torch.set_num_threads(threads)
-    return {"latent": out.frames, "computed": [s.tiles_computed for s in out.stats.steps], "decoded": decoded, "pipe": pipe}
+    return {"latent": out.frames, "computed": [s.tiles_computed for s in out.stats.steps], "decoded": decoded, "pipe": pipe,
+            "cache": {"latent": cached.frames, "report": cached.cache_report}}
 
 
 @pytest.fixture(scope="module", params=[2, 3])
@@ -121,13 +129,32 @@ def test_n_ranks_give_the_same_video_as_one(single, ranks):
 
 @pytest.mark.parametrize("dtype,itemsize", [("fp32", 4), ("bf16", 2)])
 def test_bytes_per_step_are_the_computed_tiles_predictions_only(single, ranks, dtype, itemsize):
-    per_tile = 16 * 2 * 6 * 10 * itemsize  # C × latent frames × tile h × w
+    """Each computed tile sends the part of its prediction the blend uses (a clamped tile: its own segment)."""
+    plan = TilePlan((8, 14), (6, 10), patch=(2, 2), mode="shift", boundary="clamp", shift_divisor=3)
     sent = [sum(seen[dtype]["parallel"]["bytes_sent"][step] for seen in ranks) for step in range(len(single["computed"]))]
-    assert sent == [n * per_tile for n in single["computed"]]
+    for step, n in enumerate(single["computed"]):
+        tiles = plan.tiles(step)
+        assert n == len(tiles)
+        areas = [len(range(*r.indices(6))) * len(range(*c.indices(10))) for r, c in map(owned, tiles)]
+        assert sent[step] == sum(areas) * 16 * 2 * itemsize  # owned area × C × latent frames × dtype size
+        assert sum(areas) == 8 * 14 < n * 6 * 10  # the segments partition the canvas: less than whole tiles
     # Balanced: the computed tiles split across ranks within one tile of each other.
     for step, n in enumerate(single["computed"]):
         counts = [seen[dtype]["parallel"]["tiles_computed"][step] for seen in ranks]
         assert sum(counts) == n and max(counts) - min(counts) <= 1
+
+
+def test_with_the_region_cache_ranks_agree_and_reused_tiles_cost_nothing(single, ranks):
+    report = single["cache"]["report"]
+    computed = [step.computed for step in report.steps]
+    assert 0 in computed and max(computed) == 4  # some steps reuse every tile, some compute all
+    for seen in ranks:
+        torch.testing.assert_close(seen["cache"]["latent"], single["cache"]["latent"], atol=1e-6, rtol=0)
+        assert seen["cache"]["computed"] == computed
+    for step, record in enumerate(report.steps):
+        sent = sum(seen["cache"]["parallel"]["bytes_sent"][step] for seen in ranks)
+        # The cache's own record of what each computed tile wrote: only those bytes moved.
+        assert sent == sum(t.rows.size * t.cols.size for t in record.tiles if t.computed) * 16 * 2 * 4
 
 
 def test_distributed_vae_decode_equals_single_process_tiled_decode(single, ranks):

@@ -12,9 +12,11 @@ all the others. Per step:
 3. one 4-byte all-reduce says whether any rank failed; if one did, every rank raises the same
    :class:`RankFailure` with the failed rank's message, and the group stays usable for the next job.
 
-Predictions travel in ``parallel.exchange_dtype``; the owner also uses the rounded value, so all
-ranks add identical numbers and stay bit-identical. Tiles a cache reuses are not in the list and
-cost nothing. The latent itself never moves.
+Only the part of a prediction that the blend uses travels: a clamped shift tile writes just the
+segment it owns (its blend weight is zero elsewhere), so with shift tiling the predictions moved per
+step add up to at most one canvas. Predictions travel in ``parallel.exchange_dtype``; the owner also
+uses the rounded, cropped value, so all ranks add identical numbers and stay bit-identical. Tiles a
+cache reuses are not in the list and cost nothing. The latent itself never moves.
 """
 
 from __future__ import annotations
@@ -47,6 +49,15 @@ class RankFailure(RuntimeError):
         self.recoverable = recoverable
 
 
+def owned(tile: Tile) -> tuple[slice, slice]:
+    """Rows and columns of ``tile``'s window where its blend weight is non-zero (all of it when unweighted)."""
+    if tile.weight is None:
+        return slice(None), slice(None)
+    rows = torch.nonzero(tile.weight.any(dim=1)).flatten()
+    cols = torch.nonzero(tile.weight.any(dim=0)).flatten()
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
 def balance(costs: list[float], ranks: int) -> list[int]:
     """Owner rank of each tile, minimising the busiest rank's total cost (greedy longest-first).
 
@@ -73,8 +84,8 @@ class TileExchanger:
         batch_tiles: tiles of equal shape per transformer call (as :class:`~supergen.refine.TileRefiner`).
 
     Attributes:
-        bytes_sent: per step, the prediction bytes this rank sent (summed over the group: tiles
-            computed × ``C·F·h·w`` × the dtype's size).
+        bytes_sent: per step, the prediction bytes this rank sent (summed over the group: the
+            :func:`owned` area of every computed tile × ``C·F`` × the dtype's size).
         tiles_computed: per step, how many tiles this rank computed.
         wait_seconds: per step, how long this rank waited for predictions after computing its own
             (transfer not hidden behind compute, plus waiting for slower ranks).
@@ -119,7 +130,7 @@ class TileExchanger:
             nonlocal issued, sent
             for owner, tile in order[issued:upto]:
                 if owner != me:
-                    buffers[tile.index] = torch.empty((1, *self.latent_dims, *tile.shape), dtype=self.dtype, device=device)
+                    buffers[tile.index] = torch.empty(self._owned_shape(tile), dtype=self.dtype, device=device)
                 else:
                     sent += buffers[tile.index].nbytes
                 # Bytes, not elements: every backend moves uint8, whatever the transport dtype.
@@ -134,12 +145,12 @@ class TileExchanger:
                         predictions = predict(batch)
                     except Exception as exc:  # reported to the whole group below, then raised everywhere
                         error = f"rank {self.group.global_rank} failed at step {step}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-                if error is None:
-                    for tile in batch:
-                        buffers[tile.index] = predictions[tile.index].to(self.dtype).contiguous()
-                else:  # keep the group's collectives in step: send placeholders for the remaining tiles
-                    for tile in batch:
-                        buffers[tile.index] = torch.zeros((1, *self.latent_dims, *tile.shape), dtype=self.dtype, device=device)
+                for tile in batch:
+                    if error is None:
+                        rows, cols = owned(tile)
+                        buffers[tile.index] = predictions[tile.index][..., rows, cols].to(self.dtype).contiguous()
+                    else:  # keep the group's collectives in step: placeholders for the remaining tiles
+                        buffers[tile.index] = torch.zeros(self._owned_shape(tile), dtype=self.dtype, device=device)
                 last = batch[-1].index
                 issue(next(i for i, (o, t) in enumerate(order) if o == me and t.index == last) + 1)
             issue(len(order))
@@ -165,4 +176,17 @@ class TileExchanger:
         self.bytes_sent.append(sent)
         self.tiles_computed.append(sum(len(b) for b in batches[me]))
         self.wait_seconds.append(time.perf_counter() - waited)
-        return {index: value.float() for index, value in buffers.items()}
+        return {tile.index: self._full(tile, buffers[tile.index]) for tile in tiles}
+
+    def _owned_shape(self, tile: Tile) -> tuple[int, ...]:
+        rows, cols = owned(tile)
+        return (1, *self.latent_dims, len(range(*rows.indices(tile.shape[0]))), len(range(*cols.indices(tile.shape[1]))))
+
+    def _full(self, tile: Tile, part: torch.Tensor) -> torch.Tensor:
+        """The tile's prediction ``(1, C, F, h, w)`` float32 from its owned part; zero where the blend weight is."""
+        rows, cols = owned(tile)
+        if part.shape[-2:] == tile.shape:
+            return part.float()
+        full = torch.zeros((1, *self.latent_dims, *tile.shape), dtype=torch.float32, device=part.device)
+        full[..., rows, cols] = part.float()
+        return full
