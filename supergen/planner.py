@@ -40,6 +40,8 @@ does not offload), so the peak is ``weights + the largest stage transient``:
   decoder's working set at full resolution for one tile and one chunk of frames:
   ``6 · channels · 4 frames · tile_h · tile_w · b`` (6 = the residual block's input, norm, activation,
   conv output, and the causal convolutions' cached frames).
+- the upscaled video ``3·F·H·W·b`` stays referenced in the pipeline until it returns, so the refine
+  and decode stages carry it too.
 - upscale (resize the sketch, VAE-encode it at the canvas size): the larger of the resize — its
   float32 output, the clamped float32 copy and the cast to the VAE dtype, ``3·F·H·W·(8 + b)``
   (``8`` when the VAE is float32: the cast is then no copy) — and the encode, the resized video plus
@@ -402,8 +404,11 @@ def make_plan(
     sketch_decode = 3 * frames * sketch[0] * sketch[1] * b + VAE_WORKING_COPIES * full_res_channels * vt * sketch[0] * sketch[1] * b
     mem["stage.sketch"] = 0 if out.sketch is None else max(sketch_forward, sketch_decode)
     mem["stage.upscale"] = 0 if out.sketch is None else mem["upscale"]
-    mem["stage.refine"] = mem["transformer"] + mem["canvas"]
-    mem["stage.decode"] = mem["vae_decode"] + canvas_elems * 4
+    # The pipeline keeps the upscaled pixel video (VAE dtype) referenced until it returns, so it is
+    # held through refinement and decode as well.
+    held = 0 if out.sketch is None else video * b
+    mem["stage.refine"] = mem["transformer"] + mem["canvas"] + held
+    mem["stage.decode"] = mem["vae_decode"] + canvas_elems * 4 + held
     out.memory = mem
     return out
 
