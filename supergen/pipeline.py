@@ -286,6 +286,12 @@ class SuperGenPipeline:
 
         runner = SingleProcess()
         if group is not None and group.size > 1:
+            if cfg.cache.enabled and (cfg.cache.block.enabled or cfg.cache.policy in ("fbc", "magcache")):
+                # Their state lives in hooks on the rank that ran a tile; ranks would diverge.
+                raise SuperGenError(
+                    "with several ranks only the tile-level cache (cache.policy=region, cache.block.enabled=false) "
+                    "keeps ranks identical; block-level caches keep per-rank state"
+                )
             runner = TileExchanger(group, latent_shape[1:3], cfg.parallel.exchange_dtype, cfg.tiling.batch_tiles)
         if callback_on_stage is not None:
             callback_on_stage("refine", {"steps": len(timesteps), "tiles": len(plan.tiles(0))})
