@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+from supergen.config import load_config
+from supergen.demo import DemoApp, Progress
 from supergen.pipeline import SuperGenPipeline
+from supergen.planner import KNOWN, make_plan
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -184,3 +187,23 @@ def test_two_ranks_render_together(browser, tmp_path):
         _wait_playable(page, "#final")
         assert "on 2 ranks" in page.locator("#status").inner_text()
         page.close()
+
+
+def test_missing_image_for_image_to_video_is_a_message(wan_i2v, tmp_path):
+    """The page's handler turns the pipeline's user error into a status message (no exception escapes)."""
+    app = DemoApp(wan_i2v, load_config("tiny"), output_dir=tmp_path)
+    updates = list(app.run("a cat", "", None, "custom", 64, 112, 5, 0, 4, 0.5, "shift, clamp at edges"))
+    status, plan, sketch, final, _ = updates[-1]
+    assert status.startswith("**Error:**") and "image-to-video" in status
+    assert "tile grid" in plan and sketch is None and final is None
+
+
+def test_eta_from_planned_flops_and_measured_rate():
+    plan = make_plan(load_config("tiny"), KNOWN["tiny"])
+    track = Progress(plan, previous_rate=None)
+    assert track.eta() == "estimating time left" and track.fraction == 0.0
+    sketch = plan.sketch_steps * plan.sketch_flops_per_step
+    track.finished(sketch, seconds=2.0)  # the sketch took 2 s: rate = sketch FLOPs / 2 s
+    remaining = plan.refine_steps * plan.flops_per_step
+    assert track.eta() == f"about {remaining / (sketch / 2.0):.0f} s left"
+    assert track.fraction == pytest.approx(sketch / (sketch + remaining))
