@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from supergen import SuperGenError
 from supergen.builtin import tiny_wan_pipeline
 from supergen.config import load_config
 from supergen.parallel import TiledVAE, balance
@@ -57,6 +58,11 @@ def worker(out_dir: Path) -> None:
         seen[dtype] = {"latent": out.frames, "parallel": out.stats.parallel, "computed": [s.tiles_computed for s in out.stats.steps]}
     out = render(pipe, extra=CACHE_ON)
     seen["cache"] = {"latent": out.frames, "parallel": out.stats.parallel, "computed": [s.tiles_computed for s in out.stats.steps]}
+    try:  # block-level cache state is per rank: refused rather than letting ranks diverge
+        render(pipe, extra=CACHE_ON + ["cache.block.enabled=true"])
+        seen["block_cache"] = None
+    except SuperGenError as exc:
+        seen["block_cache"] = str(exc)
     seen["decoded"] = TiledVAE(SuperGenPipeline(pipe, load_config("tiny")).adapter, group).decode(seen["fp32"]["latent"], 5)
 
     # Rank 1 raises in its third tile forward; every rank must get the same error, and the group must
@@ -155,6 +161,7 @@ def test_with_the_region_cache_ranks_agree_and_reused_tiles_cost_nothing(single,
         sent = sum(seen["cache"]["parallel"]["bytes_sent"][step] for seen in ranks)
         # The cache's own record of what each computed tile wrote: only those bytes moved.
         assert sent == sum(t.rows.size * t.cols.size for t in record.tiles if t.computed) * 16 * 2 * 4
+    assert all("block-level caches keep per-rank state" in seen["block_cache"] for seen in ranks)
 
 
 def test_distributed_vae_decode_equals_single_process_tiled_decode(single, ranks):
