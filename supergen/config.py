@@ -84,7 +84,8 @@ class RefineConfig:
 
 @dataclass
 class TilingConfig:
-    #: shift (non-overlapping tiles whose grid moves) | overlap (fixed overlapping, feathered tiles).
+    #: shift (non-overlapping tiles whose grid moves) | overlap (fixed overlapping, feathered tiles) |
+    #: attention (the whole canvas in one forward, each token attending to its tile grown by ``halo``).
     mode: str = "shift"
     #: Tile size in pixels; null means the sketch size (the sequence length the model was trained on).
     tile_height: int | None = None
@@ -98,6 +99,9 @@ class TilingConfig:
     boundary: str = "clamp"
     #: overlap mode: minimum overlap between neighbouring tiles, in pixels.
     overlap: int = 128
+    #: attention mode: pixels by which each tile's attention window reaches into its neighbours
+    #: (0: tile-local attention). A multiple of VAE scale x patch (16 for Wan).
+    halo: int = 64
     #: RoPE positions per tile: local (every tile from 0, the paper) | global (canvas offsets) |
     #: ntk (canvas offsets, NTK-scaled theta on spatial axes).
     positions: str = "global"
@@ -162,8 +166,9 @@ class ParallelConfig:
 
 @dataclass
 class AttentionConfig:
-    #: diffusers attention backend for the transformer: sdpa (PyTorch's, the default) or any name
-    #: diffusers' ``attention_backend`` accepts on this machine (e.g. flash, _native_math).
+    #: sdpa | flex | triton | xformers. Per-tile modes use diffusers' dispatcher (sdpa, flex,
+    #: xformers); tiling.mode=attention uses the sparse tile kernels (sdpa with a mask, flex, triton).
+    #: An unusable choice is an error naming what runs here (supergen/attention.py).
     backend: str = "sdpa"
 
 
@@ -196,7 +201,8 @@ class SuperGenConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "sketch.upscale": ("bicubic", "lanczos"),
-    "tiling.mode": ("shift", "overlap"),
+    "tiling.mode": ("shift", "overlap", "attention"),
+    "attention.backend": ("sdpa", "flex", "triton", "xformers"),
     "tiling.boundary": ("wrap", "clamp"),
     "tiling.positions": ("local", "global", "ntk"),
     "output.vae_tiling": ("auto", "on", "off"),
@@ -216,6 +222,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "tiling.shift_divisor": (1, None),
     "tiling.shift_every": (1, None),
     "tiling.overlap": (0, None),
+    "tiling.halo": (0, None),
     "tiling.batch_tiles": (1, None),
     "output.fps": (1, None),
     "output.quality": (0, 10),

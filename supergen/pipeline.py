@@ -27,6 +27,7 @@ from .cache import CacheReport, cache_policy
 from .config import SuperGenConfig, load_config
 from .errors import SuperGenError
 from .parallel import TiledVAE, TileExchanger, active_group
+from .attention import check_backend, dense_backend, tile_attention
 from .refine import SingleProcess, StepStats, TileRefiner
 from .tiling import TilePlan
 from .upscale import resize_video
@@ -295,10 +296,16 @@ class SuperGenPipeline:
             runner = TileExchanger(group, latent_shape[1:3], cfg.parallel.exchange_dtype, cfg.tiling.batch_tiles)
         if callback_on_stage is not None:
             callback_on_stage("refine", {"steps": len(timesteps), "tiles": len(plan.tiles(0))})
-        with cache_policy(cfg.cache, adapter.pipe, latent_shape[2:], adapter.patch, len(timesteps), cond.do_guidance) as policy:
+        with self._attention(latent_shape, native), \
+                cache_policy(cfg.cache, adapter.pipe, latent_shape[2:], adapter.patch, len(timesteps), cond.do_guidance) as policy:
             refiner = TileRefiner(plan, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner)
             with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
                 latents, step_stats = refiner.run(latents, adapter.stepper(scheduler, spatial, generator), timesteps, progress, callback)
+        if isinstance(runner, TileExchanger):
+            # Block forwards are counted on the rank that ran each tile: add them up so every rank reports all.
+            records = [record for step in policy.report.steps for record in step.tiles]
+            for record, blocks in zip(records, group.sum_over_ranks([r.blocks for r in records])):
+                record.blocks = blocks
         timings["refine"] = time.perf_counter() - clock
         clock = time.perf_counter()
 
@@ -337,6 +344,30 @@ class SuperGenPipeline:
         self.adapter.set_vae_tiling(enabled)
         return enabled
 
+    def _attention(self, latent_shape: tuple[int, ...], tile_pixels: tuple[int, int]):
+        """The attention backend for the refinement; in ``attention`` mode, tile(+halo) attention on the canvas."""
+        cfg, adapter = self.config, self.adapter
+        sparse = cfg.tiling.mode == "attention"
+        check_backend(cfg.attention.backend, adapter.device, sparse)
+        if not sparse:
+            return dense_backend(cfg.attention.backend)
+        from supergen_kernels import TileLayout
+
+        if cfg.tiling.tile_height is not None:
+            tile_pixels = (cfg.tiling.tile_height, cfg.tiling.tile_width)
+        multiple = adapter.pixel_multiple
+        for name, value in (("tile_height", tile_pixels[0]), ("tile_width", tile_pixels[1]), ("halo", cfg.tiling.halo)):
+            if value % multiple:
+                raise SuperGenError(f"tiling.{name}={value} must be a multiple of {multiple} (VAE × patch)")
+        p_t, p_h, p_w = adapter.patch
+        layout = TileLayout(
+            canvas=(latent_shape[2] // p_t, latent_shape[3] // p_h, latent_shape[4] // p_w),
+            tile=(tile_pixels[0] // multiple, tile_pixels[1] // multiple),
+            halo=cfg.tiling.halo // multiple,
+        )
+        experts = [m for m in (adapter.pipe.transformer, getattr(adapter.pipe, "transformer_2", None)) if m is not None]
+        return tile_attention(experts, layout, cfg.attention.backend)
+
     def _plan(self, canvas: tuple[int, int], tile_pixels: tuple[int, int]) -> TilePlan:
         return tile_plan(self.config, self.adapter, canvas, tile_pixels)
 
@@ -368,6 +399,9 @@ def sketch_size(config: SuperGenConfig, geometry: Geometry, height: int, width: 
 def tile_plan(config: SuperGenConfig, geometry: Geometry, canvas: tuple[int, int], tile_pixels: tuple[int, int]) -> TilePlan:
     """The tile plan in latent units; the tile defaults to the sketch size (the trained sequence length)."""
     cfg = config.tiling
+    if cfg.mode == "attention":
+        # One forward over the whole canvas; the tiles live in the attention layout instead.
+        return TilePlan(canvas=canvas, tile=canvas, patch=geometry.patch[1:])
     if cfg.tile_height is not None:
         tile_pixels = (cfg.tile_height, cfg.tile_width)
     multiple = geometry.pixel_multiple
