@@ -57,7 +57,8 @@ def worker(out_dir: Path) -> None:
         out = render(pipe, dtype)
         seen[dtype] = {"latent": out.frames, "parallel": out.stats.parallel, "computed": [s.tiles_computed for s in out.stats.steps]}
     out = render(pipe, extra=CACHE_ON)
-    seen["cache"] = {"latent": out.frames, "parallel": out.stats.parallel, "computed": [s.tiles_computed for s in out.stats.steps]}
+    seen["cache"] = {"latent": out.frames, "parallel": out.stats.parallel, "computed": [s.tiles_computed for s in out.stats.steps],
+                     "blocks": [[t.blocks for t in s.tiles] for s in out.cache_report.steps]}
     try:  # block-level cache state is per rank: refused rather than letting ranks diverge
         render(pipe, extra=CACHE_ON + ["cache.block.enabled=true"])
         seen["block_cache"] = None
@@ -157,6 +158,8 @@ def test_with_the_region_cache_ranks_agree_and_reused_tiles_cost_nothing(single,
     for seen in ranks:
         torch.testing.assert_close(seen["cache"]["latent"], single["cache"]["latent"], atol=1e-6, rtol=0)
         assert seen["cache"]["computed"] == computed
+        # Block forwards counted where each tile ran, then summed: every rank reports them all.
+        assert seen["cache"]["blocks"] == [[t.blocks for t in s.tiles] for s in report.steps]
     for step, record in enumerate(report.steps):
         sent = sum(seen["cache"]["parallel"]["bytes_sent"][step] for seen in ranks)
         # The cache's own record of what each computed tile wrote: only those bytes moved.

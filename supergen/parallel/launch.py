@@ -64,6 +64,14 @@ class TileGroup:
         """Global rank of the group's rank ``group_rank``."""
         return dist.get_global_rank(self.pg, group_rank)
 
+    def sum_over_ranks(self, values: list[int]) -> list[int]:
+        """Element-wise sum of ``values`` over the group's ranks; every rank gets the sums."""
+        if not values:
+            return []
+        total = torch.tensor(values, dtype=torch.int64, device=self.device)
+        dist.all_reduce(total, group=self.pg)
+        return total.tolist()
+
     def broadcast_from_leader(self, tensor: torch.Tensor) -> None:
         """Overwrite ``tensor`` in place, on every rank of the group, with the leader's copy."""
         dist.broadcast(tensor, src=self.global_of(0), group=self.pg)
