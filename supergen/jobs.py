@@ -214,7 +214,7 @@ def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dr
         if leader:
             _record(out, {"run": run_id, **record})
     if group is not None:
-        torch.distributed.barrier()  # every group done: results.jsonl is complete
+        parallel.wait_for_all_groups()  # every group done: results.jsonl is complete
     if speaker:
         print(summary(out, run_id))
     lines = [json.loads(line) for line in (out / RESULTS).read_text().splitlines()] if (out / RESULTS).is_file() else []

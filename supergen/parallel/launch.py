@@ -32,6 +32,9 @@ from ..errors import ConfigError
 logger = logging.getLogger("supergen")
 
 _ACTIVE: "TileGroup | None" = None
+#: A gloo group of all ranks without a practical timeout, for waits that last as long as other
+#: groups' jobs (the end of a batch), which ``parallel.timeout_s`` must not bound.
+_PATIENT: dist.ProcessGroup | None = None
 
 
 @dataclass
@@ -96,7 +99,7 @@ def init(cfg: SuperGenConfig) -> TileGroup | None:
     Raises:
         ConfigError: ranks started with different configs, or a world size ``group_size`` does not divide.
     """
-    global _ACTIVE
+    global _ACTIVE, _PATIENT
     if not launched():
         return None
     if _ACTIVE is not None:
@@ -123,6 +126,7 @@ def init(cfg: SuperGenConfig) -> TileGroup | None:
     # Every rank must create every group, in the same order (torch.distributed's rule for new_group).
     groups = [dist.new_group(list(range(g * size, (g + 1) * size)), timeout=timeout) for g in range(world // size)] if size < world else [dist.group.WORLD]
     index = rank // size
+    _PATIENT = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=7))
     _ACTIVE = TileGroup(groups[index], rank % size, size, index, world // size, rank, device)
     atexit.register(shutdown)
     logger.info("supergen: %d ranks (%s), %d group(s) of %d", world, dist.get_backend(), world // size, size)
@@ -147,10 +151,16 @@ def check_same_config(cfg: SuperGenConfig) -> None:
         )
 
 
+def wait_for_all_groups() -> None:
+    """Block until every rank of the world gets here, however long other groups' jobs take."""
+    if _PATIENT is not None:
+        dist.barrier(group=_PATIENT)
+
+
 def shutdown() -> None:
     """Leave the process group cleanly (barrier first: gloo aborts at exit after mixed p2p and collectives)."""
-    global _ACTIVE
-    _ACTIVE = None
+    global _ACTIVE, _PATIENT
+    _ACTIVE = _PATIENT = None
     if dist.is_initialized():
         try:
             dist.barrier()
