@@ -108,7 +108,6 @@ class Progress:
         self.total = plan.sketch_steps * plan.sketch_flops_per_step + plan.refine_steps * plan.flops_per_step
         self.done = 0.0
         self.rate = previous_rate
-        self.start = time.perf_counter()
         self.busy = 0.0  # seconds spent on the work counted in `done`
 
     def finished(self, flops: float, seconds: float) -> None:
