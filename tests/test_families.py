@@ -38,6 +38,7 @@ from supergen.adapters.hunyuan import HunyuanVideoAdapter
 from supergen.adapters.ltx import LTXAdapter
 from supergen.builtin import char_tokenizer
 from supergen.io import read_video, write_video
+from supergen.parallel import TiledVAE
 from supergen.tiling import TilePlan, crop
 
 # Native size of the tiny models (the tile, and the exactness size); LTX pipelines take multiples of 32.
@@ -340,3 +341,19 @@ def test_frame_bookkeeping():
         assert adapter.decode(latents, frames).shape == (1, 3, frames, 32, 48)
         video = torch.rand(1, 3, frames, 32, 48) * 2 - 1
         assert adapter.encode(video, None).shape == latents.shape
+
+
+def test_rank_parallel_tiled_vae_keeps_the_frame_bookkeeping():
+    """TiledVAE runs the adapter's decode/encode per spatial window on CogVideoX's own tile grid
+    (overlap stated as a fraction, strides whole latents)."""
+    cog = adapter_for(pipeline("cogvideox-t2v"))
+    vae = cog.pipe.vae
+    saved = (vae.tile_sample_min_height, vae.tile_sample_min_width)
+    vae.tile_sample_min_height, vae.tile_sample_min_width = 48, 64
+    try:
+        assert cog.vae_tile == ((48, 64), (40, 48))
+        latents = torch.randn(cog.latent_shape(9, 64, 96), generator=gen(0))
+        assert TiledVAE(cog).decode(latents, 9).shape == (1, 3, 9, 64, 96)
+        assert TiledVAE(cog).encode(torch.rand(1, 3, 9, 64, 96) * 2 - 1).shape == latents.shape
+    finally:
+        vae.tile_sample_min_height, vae.tile_sample_min_width = saved

@@ -122,11 +122,12 @@ class CogVideoXAdapter(ModelAdapter):
     # ---- VAE --------------------------------------------------------------------------------
     @property
     def vae_tile(self):
-        # CogVideoX's VAE states its tile overlap as a fraction rather than a stride.
-        vae = self.pipe.vae
+        # CogVideoX's VAE states its tile overlap as a fraction; its stride is that of the latent tile,
+        # rounded down in latent units (as its tiled_decode does), so latent and pixel strides agree.
+        vae, s = self.pipe.vae, self.vae_scale[1]
         tile = (vae.tile_sample_min_height, vae.tile_sample_min_width)
         overlap = (vae.tile_overlap_factor_height, vae.tile_overlap_factor_width)
-        return tile, tuple(int(t * (1 - o)) for t, o in zip(tile, overlap))
+        return tile, tuple(int(t // s * (1 - o)) * s for t, o in zip(tile, overlap))
 
     def to_vae(self, latents):
         return 1 / self.pipe.vae.config.scaling_factor * latents
