@@ -204,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SuperGenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except parallel.RankFailure as exc:
+        # A failure every rank agreed on carries the same message everywhere: rank 0 prints it.
+        group = parallel.active_group()
+        if not exc.recoverable or group is None or group.global_rank == 0:
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 1
 
 

@@ -183,21 +183,20 @@ def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dr
     group = parallel.init(base)
     leader = group is None or group.is_leader
     speaker = group is None or group.global_rank == 0
-    run_id = f"{time.time():.0f}-{os.getpid()}" if group is None else None
+    # Rank 0 picks the run id (the summary selects this run's lines of results.jsonl by it) and the
+    # jobs left to do; every rank follows, so the groups agree on how the jobs are split.
+    decided = [f"{time.time():.0f}-{os.getpid()}", [job.name for job in parsed.jobs if not (out / f"{job.name}.json").is_file()]]
     if group is not None:
-        # One run id for all ranks so the summary can pick this run's lines from results.jsonl.
-        ids = [f"{time.time():.0f}-{os.getpid()}"]
-        torch.distributed.broadcast_object_list(ids, src=0)
-        run_id = ids[0]
-    if speaker:
-        for b in parsed.bad:  # recorded once, by rank 0
+        torch.distributed.broadcast_object_list(decided, src=0)
+    run_id, left = decided[0], set(decided[1])
+    todo = [job for job in parsed.jobs if job.name in left]
+    if speaker:  # recorded once, by rank 0
+        for b in parsed.bad:
             _record(out, {"run": run_id, "line": b.line, "status": "invalid", "error": b.error})
         if parsed.bad:
             logger.warning("%s", format_bad_rows(jobs_path, parsed.bad))
-    todo = [job for job in parsed.jobs if not (out / f"{job.name}.json").is_file()]
-    if speaker:
         for job in parsed.jobs:
-            if job not in todo:
+            if job.name not in left:
                 _record(out, {"run": run_id, "line": job.line, "name": job.name, "status": "skipped", "output": str(out / f"{job.name}.mp4")})
     mine = [job for i, job in enumerate(todo) if group is None or i % group.count == group.index]
 

@@ -139,7 +139,7 @@ class TileExchanger:
             issued = max(issued, upto)
 
         try:
-            for k, batch in enumerate(batches[me]):
+            for batch in batches[me]:
                 if error is None:
                     try:
                         predictions = predict(batch)
@@ -163,8 +163,6 @@ class TileExchanger:
             if failed >= 0:
                 message = [error]
                 dist.broadcast_object_list(message, src=self.group.global_of(failed), group=self.group.pg)
-        except RankFailure:
-            raise
         except Exception as exc:  # the backend's error (peer closed the connection, timeout): the group is gone
             raise RankFailure(
                 f"rank {self.group.global_rank}: the tile exchange at step {step} failed ({type(exc).__name__}: {exc}); "

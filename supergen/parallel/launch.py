@@ -117,8 +117,8 @@ def init(cfg: SuperGenConfig) -> TileGroup | None:
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout, device_id=device if use_cuda else None)
     rank, world = dist.get_rank(), dist.get_world_size()
     if rank != 0:
-        # Logs and progress bars come from rank 0 only (the CLI also disables non-zero ranks' bars).
-        logging.getLogger("supergen").setLevel(logging.WARNING)
+        # Logs and progress bars come from rank 0 only (the CLI disables the other ranks' bars).
+        logging.getLogger("supergen").setLevel(logging.ERROR)
     check_same_config(cfg)
     size = cfg.parallel.group_size or world
     if world % size:
@@ -129,7 +129,7 @@ def init(cfg: SuperGenConfig) -> TileGroup | None:
     _PATIENT = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=7))
     _ACTIVE = TileGroup(groups[index], rank % size, size, index, world // size, rank, device)
     atexit.register(shutdown)
-    logger.info("supergen: %d ranks (%s), %d group(s) of %d", world, dist.get_backend(), world // size, size)
+    logger.info("%d ranks (%s), %d group(s) of %d", world, dist.get_backend(), world // size, size)
     return _ACTIVE
 
 
@@ -165,5 +165,5 @@ def shutdown() -> None:
         try:
             dist.barrier()
         except Exception as exc:  # a peer already gone: nothing to wait for
-            logger.warning("supergen: leaving the process group without a barrier (%s)", exc)
+            logger.warning("leaving the process group without a barrier (%s)", exc)
         dist.destroy_process_group()
