@@ -110,10 +110,15 @@ def browser():
         browser.close()
 
 
+def _text(selector: str) -> str:
+    """JavaScript for the element's text, '' while it is not on the page yet (Gradio renders progressively)."""
+    return f"(document.querySelector('{selector}')?.innerText ?? '')"
+
+
 def _wait_playable(page, selector: str) -> None:
     """Wait until ``selector``'s <video> can play (readyState >= 2 or a duration) or the page reports an error."""
     playable = f"(() => {{ const v = document.querySelector('{selector} video'); return !!v && (v.readyState >= 2 || v.duration > 0); }})()"
-    page.wait_for_function(f"() => {playable} || document.querySelector('#status').innerText.includes('Error')", timeout=TIMEOUT_MS)
+    page.wait_for_function(f"() => {playable} || {_text('#status')}.includes('Error')", timeout=TIMEOUT_MS)
     assert page.evaluate(f"() => {playable}"), page.locator("#status").inner_text()
 
 
@@ -127,8 +132,9 @@ def _generate(page, url: str, prompt: str) -> None:
 def test_generate_in_browser_shows_sketch_then_video(browser, demo_url, tmp_path):
     page = browser.new_page()
     page.goto(demo_url)
+    page.wait_for_selector("#generate")
     # The plan is on the page before anything runs: 2x2 tiles of the 64x112 sketch on 128x224.
-    page.wait_for_function("() => document.querySelector('#plan').innerText.includes('tile grid')", timeout=TIMEOUT_MS)
+    page.wait_for_function(f"() => {_text('#plan')}.includes('tile grid')", timeout=TIMEOUT_MS)
     assert "2x2 tiles of 112x64 px" in page.locator("#plan").inner_text()
     assert "estimated peak" in page.locator("#plan").inner_text()
 
@@ -154,7 +160,7 @@ def test_bad_size_shows_message_not_traceback(browser, demo_url):
     page.wait_for_selector("#generate")
     page.locator("#height input").fill("8")
     page.locator("#generate").click()
-    page.wait_for_function("() => document.querySelector('#status').innerText.includes('Error')", timeout=TIMEOUT_MS)
+    page.wait_for_function(f"() => {_text('#status')}.includes('Error')", timeout=TIMEOUT_MS)
     status = page.locator("#status").inner_text()
     assert "job.height" in status and "16" in status
     assert "Traceback" not in page.content()
