@@ -306,11 +306,6 @@ class SuperGenPipeline:
             records = [record for step in policy.report.steps for record in step.tiles]
             for record, blocks in zip(records, group.sum_over_ranks([r.blocks for r in records])):
                 record.blocks = blocks
-        if isinstance(runner, TileExchanger):
-            # Block forwards are counted on the rank that ran each tile: add them up so every rank reports all.
-            records = [record for step in policy.report.steps for record in step.tiles]
-            for record, blocks in zip(records, group.sum_over_ranks([r.blocks for r in records])):
-                record.blocks = blocks
         timings["refine"] = time.perf_counter() - clock
         clock = time.perf_counter()
 
