@@ -53,6 +53,7 @@ TILING_MODES: dict[str, dict[str, str]] = {
     "shift, clamp at edges": {"tiling.mode": "shift", "tiling.boundary": "clamp"},
     "shift, wrap around (paper)": {"tiling.mode": "shift", "tiling.boundary": "wrap"},
     "overlap, feathered": {"tiling.mode": "overlap"},
+    "attention: one canvas forward, tile + halo": {"tiling.mode": "attention"},
 }
 
 

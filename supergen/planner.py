@@ -252,12 +252,17 @@ def architecture(model: str) -> Architecture:
 # ---- the estimate ---------------------------------------------------------------------------
 
 
-def transformer_flops(arch: Architecture, tokens: int, batch: int = 1) -> int:
-    """Matrix-product FLOPs of one transformer forward on ``batch`` tiles of ``tokens`` tokens (module docstring)."""
+def transformer_flops(arch: Architecture, tokens: int, batch: int = 1, pairs: int | None = None) -> int:
+    """Matrix-product FLOPs of one transformer forward on ``batch`` tiles of ``tokens`` tokens (module docstring).
+
+    ``pairs``: (query, key) pairs of self-attention when it is sparse (``tiling.mode=attention``);
+    None means dense, ``tokens²``.
+    """
     t = arch.transformer
     d, ffn, n = arch.width, t["ffn_dim"], t["num_layers"]
     s, i, L = TEXT_TOKENS, arch.image_tokens, tokens
-    block = 12 * L * d * d + 4 * L * L * d + 4 * s * d * d + 4 * L * s * d + 4 * L * d * ffn
+    pairs = L * L if pairs is None else pairs
+    block = 12 * L * d * d + 4 * pairs * d + 4 * s * d * d + 4 * L * s * d + 4 * L * d * ffn
     patch = math.prod(arch.patch)
     embed = 2 * L * t["in_channels"] * patch * d + 2 * L * d * t["out_channels"] * patch  # patch in, projection out
     embed += 2 * s * t["text_dim"] * d + 2 * s * d * d  # text embedder (two linears)
@@ -290,6 +295,8 @@ class ResourcePlan:
     tiles_per_step: int = 0
     tokens_per_tile: int = 0
     flops_per_step: int = 0
+    #: ``tiling.mode=attention``: the supergen_kernels ``TileLayout`` of the one canvas-wide forward.
+    layout: Any = None
     #: transformer FLOPs of one sketch step (the plain pipeline at sketch size, with its own guidance).
     sketch_flops_per_step: int = 0
     memory: dict[str, int] = field(default_factory=dict)
@@ -309,14 +316,20 @@ class ResourcePlan:
         f, lh, lw = self.latent[1:]
         grid = "x".join(str(len(axis.segments(0))) for axis in self.plan.axes)
         tile_px = tuple(s * self.arch.vae_scale[1] for s in self.plan.tile)
+        tiling = f"{self.plan.mode}/{self.plan.boundary} {grid} tiles of {tile_px[1]}x{tile_px[0]} px ({self.plan.tile[1]}x{self.plan.tile[0]} latent)"
+        if self.layout is not None:
+            rows_, cols_ = self.layout.grid
+            halo = self.layout.halo * self.arch.pixel_multiple
+            tiling = f"attention: one canvas forward, {rows_}x{cols_} tiles attending to tile + {halo} px halo"
         rows = [
             ("model", f"{self.arch.name} ({self.dtype})" + (f" — {self.arch.note}" if self.arch.note else "")),
             ("output", f"{self.size[1]}x{self.size[0]}, {self.num_frames} frames" + (
                 f" (rendered {self.canvas[1]}x{self.canvas[0]}, cropped)" if self.canvas != self.size else "")),
             ("sketch", f"{self.sketch[1]}x{self.sketch[0]}, {self.sketch_steps} steps" if self.sketch else "none (strength 1: from noise)"),
             ("canvas latent", f"{self.latent[0]}x{f}x{lh}x{lw} (channels x frames x height x width)"),
-            ("tile grid", f"{self.plan.mode}/{self.plan.boundary} {grid} tiles of {tile_px[1]}x{tile_px[0]} px ({self.plan.tile[1]}x{self.plan.tile[0]} latent)"),
-            ("refinement steps", f"{self.refine_steps} ({self.tiles_per_step} tiles/step, {'2' if self.guidance else '1'} forwards/tile)"),
+            ("tile grid", tiling),
+            ("refinement steps", f"{self.refine_steps} ({self.tiles_per_step} tiles/step, {'2' if self.guidance else '1'} forwards/tile)"
+             if self.layout is None else f"{self.refine_steps} ({'2' if self.guidance else '1'} canvas-wide forwards/step)"),
             ("tokens per tile", f"{self.tokens_per_tile:,}"),
             ("transformer FLOPs/step", flops(self.flops_per_step)),
             ("parameters", ", ".join(f"{k} {count(v)}" for k, v in self.parameters.items())),
@@ -379,7 +392,11 @@ def make_plan(
     pt, ph, pw = arch.patch
     out.tokens_per_tile = (latent[1] // pt) * (plan.tile[0] // ph) * (plan.tile[1] // pw)
     forwards = 2 if guidance else 1
-    out.flops_per_step = out.tiles_per_step * forwards * transformer_flops(arch, out.tokens_per_tile)
+    pairs = None
+    if config.tiling.mode == "attention":
+        out.layout = attention_layout(config, arch, latent, sketch)
+        pairs = attended_pairs(out.layout)
+    out.flops_per_step = out.tiles_per_step * forwards * transformer_flops(arch, out.tokens_per_tile, pairs=pairs)
 
     d, ffn = arch.width, arch.transformer["ffn_dim"]
     mem = {f"weights.{k}": v * b for k, v in parameters.items()}
@@ -411,6 +428,35 @@ def make_plan(
     mem["stage.decode"] = mem["vae_decode"] + canvas_elems * 4 + held
     out.memory = mem
     return out
+
+
+def attention_layout(config: SuperGenConfig, arch: Architecture, latent: tuple[int, int, int, int], sketch: tuple[int, int]):
+    """The ``TileLayout`` of ``tiling.mode=attention``, built as ``SuperGenPipeline._attention`` builds it (tokens)."""
+    from supergen_kernels import TileLayout
+
+    tile_pixels = (config.tiling.tile_height, config.tiling.tile_width) if config.tiling.tile_height is not None else sketch
+    multiple = arch.pixel_multiple
+    for name, value in (("tile_height", tile_pixels[0]), ("tile_width", tile_pixels[1]), ("halo", config.tiling.halo)):
+        if value % multiple:
+            raise SuperGenError(f"tiling.{name}={value} must be a multiple of {multiple} (VAE × patch)")
+    pt, ph, pw = arch.patch
+    return TileLayout(
+        canvas=(latent[1] // pt, latent[2] // ph, latent[3] // pw),
+        tile=(tile_pixels[0] // multiple, tile_pixels[1] // multiple),
+        halo=config.tiling.halo // multiple,
+    )
+
+
+def attended_pairs(layout) -> int:
+    """Useful (query, key) pairs of tile(+halo) attention: each tile's tokens × its window's tokens.
+
+    The block-sparse kernels compute a little more (partly filled blocks); see kernels/README.md.
+    """
+    frames = layout.canvas[0]
+    return sum(
+        frames * (r1 - r0) * (c1 - c0) * frames * (wr1 - wr0) * (wc1 - wc0)
+        for (r0, r1, c0, c1), (wr0, wr1, wc0, wc1) in zip(layout.tile_rects(), layout.tile_windows())
+    )
 
 
 def _vae_tile_area(canvas: tuple[int, int]) -> int:

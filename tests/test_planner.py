@@ -119,3 +119,16 @@ def test_plan_cli_prints_one_table(capsys):
 def test_size_errors_are_the_pipelines():
     with pytest.raises(SuperGenError, match="at least 16"):
         make_plan(load_config("tiny"), KNOWN["tiny"], height=8, width=64)
+
+
+def test_attention_mode_counts_tile_plus_halo_pairs():
+    """tiling.mode=attention: one forward over the canvas, self-attention only within tile + halo windows."""
+    cfg = load_config("tiny", ["tiling.mode=attention"])  # 256x448x9, tiles 128x224, halo 64 px
+    plan = make_plan(cfg, KNOWN["tiny"])
+    # Tokens: 3 latent frames x 16 x 28 patches, all in one forward.
+    assert plan.tokens_per_tile == 3 * 16 * 28 and plan.tiles_per_step == 1
+    # 2x2 tiles of 8x14 tokens; the 4-token halo, clipped at the canvas, gives 12x18 windows.
+    pairs = 4 * (3 * 8 * 14) * (3 * 12 * 18)
+    assert pairs == 870_912 < (3 * 16 * 28) ** 2
+    assert plan.flops_per_step == 2 * transformer_flops(KNOWN["tiny"], 1344, pairs=pairs)
+    assert plan.memory["transformer"] == 1344 * (2 * 24 + 2 * 32) * 4
