@@ -87,6 +87,23 @@ def worker(out_dir: Path) -> None:
     seen["after_fault"] = render(pipe).frames
     torch.save(seen, out_dir / f"rank{group.global_rank}.pt")
 
+    # Last, rank 1 dies mid-render (exit status 0, so torchrun lets the others run on and report).
+    def dying_predict(*args, **kwargs):
+        calls.append(1)
+        if group.rank == 1 and len(calls) == 3:
+            os._exit(0)
+        return real_predict(*args, **kwargs)
+
+    calls.clear()
+    sg.adapter.predict = dying_predict
+    start = time.perf_counter()
+    try:
+        sg(generator=torch.Generator().manual_seed(7), output_type="latent")
+        death = None
+    except parallel.RankFailure as exc:
+        death = {"message": str(exc), "recoverable": exc.recoverable, "seconds": time.perf_counter() - start}
+    torch.save(death, out_dir / f"death{group.global_rank}.pt")
+
 
 def launch(ranks: int, out_dir: Path) -> list[dict]:
     """Run the worker on ``ranks`` processes under torchrun; each rank's saved results."""
@@ -97,7 +114,11 @@ def launch(ranks: int, out_dir: Path) -> list[dict]:
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(ranks)]
+    seen = [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(ranks)]
+    for r, results in enumerate(seen):
+        death = out_dir / f"death{r}.pt"
+        results["death"] = torch.load(death, weights_only=False) if death.exists() else "no report"
+    return seen
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +228,16 @@ def test_ranks_started_with_different_configs_are_stopped_at_start_up(tmp_path):
         assert proc.returncode == 2, err[-2000:]
         assert "error: ranks [1] were started with a config different from rank 0's" in err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_a_rank_dying_stops_the_others_with_a_clear_message(ranks):
+    assert ranks[1]["death"] == "no report"  # it died
+    for r, seen in enumerate(ranks):
+        if r != 1:
+            death = seen["death"]
+            assert death is not None and not death["recoverable"]  # the group is gone: the process must end
+            assert "another rank died or did not answer within parallel.timeout_s" in death["message"]
+            assert death["seconds"] < 60  # parallel.timeout_s bounds it; a closed connection is seen at once
 
 
 def test_balance_minimises_the_busiest_rank():

@@ -115,6 +115,8 @@ def init(cfg: SuperGenConfig) -> TileGroup | None:
     timeout = datetime.timedelta(seconds=cfg.parallel.timeout_s)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout, device_id=device if use_cuda else None)
+        # Also on the error paths below: gloo aborts the process at exit without a clean shutdown.
+        atexit.register(shutdown)
     rank, world = dist.get_rank(), dist.get_world_size()
     if rank != 0:
         # Logs and progress bars come from rank 0 only (the CLI disables the other ranks' bars).
@@ -128,7 +130,6 @@ def init(cfg: SuperGenConfig) -> TileGroup | None:
     index = rank // size
     _PATIENT = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=7))
     _ACTIVE = TileGroup(groups[index], rank % size, size, index, world // size, rank, device)
-    atexit.register(shutdown)
     logger.info("%d ranks (%s), %d group(s) of %d", world, dist.get_backend(), world // size, size)
     return _ACTIVE
 
