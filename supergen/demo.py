@@ -102,11 +102,12 @@ class Progress:
     The work is the sketch steps plus the refinement steps, each weighted by its planned FLOPs. The
     throughput (FLOP/s) is measured on the finished steps of this job; before any step has finished it
     is the previous job's, and the first job says "estimating". VAE time is not in the estimate.
+    Without a plan (a model family the planner does not know) there is no estimate.
     """
 
-    def __init__(self, plan: ResourcePlan, previous_rate: float | None):
+    def __init__(self, plan: ResourcePlan | None, previous_rate: float | None):
         self.plan = plan
-        self.total = plan.sketch_steps * plan.sketch_flops_per_step + plan.refine_steps * plan.flops_per_step
+        self.total = 0 if plan is None else plan.sketch_steps * plan.sketch_flops_per_step + plan.refine_steps * plan.flops_per_step
         self.done = 0.0
         self.rate = previous_rate
         self.busy = 0.0  # seconds spent on the work counted in `done`
@@ -122,6 +123,8 @@ class Progress:
         return min(1.0, self.done / self.total) if self.total else 0.0
 
     def eta(self) -> str:
+        if self.total == 0:
+            return "time left unknown"
         if self.rate is None:
             return "estimating time left"
         return f"about {max(0.0, (self.total - self.done) / self.rate):.0f} s left"
@@ -139,7 +142,11 @@ class DemoApp:
 
         self.pipe = pipe
         self.config = config
-        self.arch = Architecture.from_pipeline(pipe, name=config.model.name)
+        try:
+            self.arch: Architecture | None = Architecture.from_pipeline(pipe, name=config.model.name)
+            self.no_plan = ""
+        except SuperGenError as exc:  # a family the planner does not know: render without a plan
+            self.arch, self.no_plan = None, str(exc)
         # Check that the adapter accepts this pipeline now, not on the first job.
         SuperGenPipeline(pipe, config)
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="supergen-demo-"))
@@ -148,13 +155,15 @@ class DemoApp:
         #: The page offers a cache threshold only when the config has one.
         self.has_cache = "threshold" in {f.name for f in dataclasses.fields(type(config.cache))}
 
-    def plan(self, job: Job) -> ResourcePlan:
-        return make_plan(job.config(self.config), self.arch)
+    def plan(self, cfg: SuperGenConfig) -> ResourcePlan:
+        if self.arch is None:
+            raise SuperGenError(self.no_plan)
+        return make_plan(cfg, self.arch)
 
     def plan_markdown(self, *fields: Any) -> str:
         """The plan table for the page's current fields, or the reason there is none."""
         try:
-            return plan_table(self.plan(Job(*fields)))
+            return plan_table(self.plan(Job(*fields).config(self.config)))
         except SuperGenError as exc:
             return f"**No plan:** {exc}"
 
@@ -195,11 +204,14 @@ class DemoApp:
         try:
             job = Job(*fields)
             cfg = job.config(self.config)
-            plan = make_plan(cfg, self.arch)
         except SuperGenError as exc:
             yield f"**Error:** {exc}", "", None, None, None
             return
-        table = plan_table(plan)
+        try:
+            plan: ResourcePlan | None = self.plan(cfg)
+            table = plan_table(plan)
+        except SuperGenError as exc:  # the pipeline raises the same size errors, or renders without a plan
+            plan, table = None, f"**No plan:** {exc}"
         stem = f"job-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{threading.get_ident() % 10000}"
         yield "Starting…", table, None, None, None
         if self.dispatch is not None:
@@ -225,6 +237,7 @@ class DemoApp:
         track = Progress(plan, self.rate)
         stage_start = time.perf_counter()
         sketch_path = None
+        refine_steps = 0  # set by the "refine" stage, which comes before any step
         threading.Thread(target=work, name="supergen-demo-job", daemon=True).start()
         while True:
             kind, *payload = events.get()
@@ -232,18 +245,20 @@ class DemoApp:
             if kind == "stage":
                 stage, info = payload
                 if stage == "upscale":  # the sketch is finished: show it, count its steps
-                    track.finished(plan.sketch_steps * plan.sketch_flops_per_step, now - stage_start)
+                    track.finished(plan.sketch_steps * plan.sketch_flops_per_step if plan else 0, now - stage_start)
                     sketch_path = str(write_video(self.output_dir / f"{stem}.sketch.mp4", info["sketch"], fps=cfg.output.fps))
+                if stage == "refine":
+                    refine_steps = info["steps"]
                 label = STAGE_LABELS[stage]
                 if progress is not None:
                     progress(track.fraction, desc=f"{label} — {track.eta()}")
                 yield f"{label} — {track.eta()}", table, sketch_path, None, None
                 stage_start = now
             elif kind == "step":
-                track.finished(plan.flops_per_step, now - stage_start)
+                track.finished(plan.flops_per_step if plan else 0, now - stage_start)
                 stage_start = now
                 if progress is not None:
-                    progress(track.fraction, desc=f"{STAGE_LABELS['refine']} step {payload[0] + 1}/{plan.refine_steps} — {track.eta()}")
+                    progress(track.fraction, desc=f"{STAGE_LABELS['refine']} step {payload[0] + 1}/{refine_steps} — {track.eta()}")
             elif kind == "error":
                 yield f"**Error:** {payload[0]}", table, sketch_path, None, None
                 return

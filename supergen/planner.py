@@ -179,6 +179,8 @@ class Architecture:
     def from_pipeline(cls, pipe, name: str = "loaded") -> "Architecture":
         """The architecture of a loaded pipeline, with its modules' real parameter counts."""
         transformers = [m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
+        if type(transformers[0]).__name__ != "WanTransformer3DModel":
+            raise SuperGenError(f"the planner knows Wan transformers; this pipeline has {type(transformers[0]).__name__}")
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
         image_tokens = 0
         encoder = getattr(pipe, "image_encoder", None)

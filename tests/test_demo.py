@@ -45,14 +45,14 @@ def test_stage_callback_order_and_sketch_preview(wan_t2v):
         return {}
 
     sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny")
-    out = sg(height=128, width=224, num_frames=5, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
+    out = sg(height=64, width=112, num_frames=5, num_inference_steps=4, generator=torch.Generator().manual_seed(0),
              callback_on_stage=on_stage, callback_on_step_end=on_step)
     assert [stage for stage, _ in events] == ["sketch", "upscale", "refine", "decode"]
     info = dict(events)
     assert info["sketch"]["steps"] == 8 and info["refine"] == {"steps": 2, "tiles": 1}
     # The preview is the sketch the output reports, as (F, h, w, 3) in [0, 1].
     np.testing.assert_allclose(info["upscale"]["sketch"], out.sketch[0], atol=1e-6)
-    assert info["upscale"]["sketch"].shape == (5, 128, 224, 3)
+    assert info["upscale"]["sketch"].shape == (5, 64, 112, 3)
     # Every refinement step comes after the sketch preview and before the decode.
     assert events_at_step == [3, 3]
 
