@@ -171,8 +171,10 @@ class DemoApp:
         """The pipeline call of one job; every rank makes exactly this call."""
         from .pipeline import SuperGenPipeline
 
+        # Uploads may carry alpha or a palette; the image encoders take RGB.
+        image = job.image.convert("RGB") if job.image is not None else None
         return SuperGenPipeline(self.pipe, cfg)(
-            prompt=job.prompt, negative_prompt=job.negative_prompt, image=job.image,
+            prompt=job.prompt, negative_prompt=job.negative_prompt, image=image,
             generator=torch.Generator("cpu").manual_seed(cfg.job.seed), output_type="np",
             callback_on_stage=on_stage, callback_on_step_end=on_step,
         )

@@ -204,6 +204,17 @@ def test_missing_image_for_image_to_video_is_a_message(wan_i2v, tmp_path):
     assert "tile grid" in plan and sketch is None and final is None
 
 
+def test_image_to_video_job_renders(wan_i2v, image, tmp_path):
+    """An uploaded image (RGBA, as a PNG with alpha arrives) goes through the page's handler to a video."""
+    app = DemoApp(wan_i2v, load_config("tiny", ["sketch.num_inference_steps=2"]), output_dir=tmp_path)
+    updates = list(app.run("a cat", "", image.convert("RGBA"), "custom", 64, 112, 5, 0, 4, 0.5, "shift, clamp at edges"))
+    status, _, sketch, final, _ = updates[-1]
+    assert status.startswith("Done: 112x64x5"), status
+    assert os.path.getsize(sketch) > 0 and os.path.getsize(final) > 0
+    # The sketch path was shown before the final video existed (the preview).
+    assert any(update[2] == sketch and update[3] is None for update in updates)
+
+
 def test_eta_from_planned_flops_and_measured_rate():
     plan = make_plan(load_config("tiny"), KNOWN["tiny"])
     track = Progress(plan, previous_rate=None)
