@@ -58,10 +58,10 @@ class CogVideoXAdapter(ModelAdapter):
         return self.pipe.vae.config.latent_channels
 
     @property
-    def native_size(self) -> tuple[int, int]:
-        # sample_height/width are the training latent size (96×170 for 1.5: 768×1360 pixels).
-        cfg, s = self.pipe.transformer.config, self.vae_scale[1]
-        return (cfg.sample_height * s, cfg.sample_width * s)
+    def native_size(self) -> tuple[int, int] | None:
+        # 1.5 checkpoints set sample_height/width to the RoPE table's extent (300×300 latents), not the
+        # training size (768×1360); presets set sketch.height/width.
+        return None
 
     def extra_latent_frames(self, num_frames: int) -> int:
         # As the pipeline: pad the latent frames up to a multiple of patch_size_t (dropped on decode).

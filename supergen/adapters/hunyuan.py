@@ -147,7 +147,7 @@ class HunyuanVideoAdapter(ModelAdapter):
 
     # ---- stage 1 ----------------------------------------------------------------------------
     def pipeline_kwargs(self, request, embeds, guidance_scale, guidance_scale_2):
-        kwargs = {key: value for key, value in embeds.items()}
+        kwargs = dict(embeds)
         if self._embedded_guidance:
             kwargs["guidance_scale"] = guidance_scale
         else:
