@@ -279,13 +279,20 @@ def load_config(
         layers.append(OmegaConf.load(preset_path(str(config))))
     if overrides:
         if isinstance(overrides, Mapping):
-            dotlist = [f"{key}={_yaml_value(value)}" for key, value in overrides.items()]
+            # Python values keep their types (a YAML round trip would turn "on"/"off" into booleans).
+            nested: dict[str, Any] = {}
+            for key, value in overrides.items():
+                *sections, leaf = key.split(".")
+                node = nested
+                for section in sections:
+                    node = node.setdefault(section, {})
+                node[leaf] = value
+            layers.append(OmegaConf.create(nested))
         else:
-            dotlist = list(overrides)
-        for item in dotlist:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not of the form key=value (e.g. tiling.mode=overlap)")
-        layers.append(OmegaConf.from_dotlist(dotlist))
+            for item in overrides:
+                if "=" not in item:
+                    raise ConfigError(f"override {item!r} is not of the form key=value (e.g. tiling.mode=overlap)")
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
     try:
         merged = OmegaConf.merge(schema, *layers)
     except (ConfigKeyError, ConfigAttributeError) as exc:
@@ -330,14 +337,6 @@ def _get(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         cfg = getattr(cfg, part)
     return cfg
-
-
-def _yaml_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def _unknown_key_message(exc: OmegaConfBaseException) -> str:

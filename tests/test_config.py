@@ -36,3 +36,11 @@ def test_overrides_apply_with_types():
 def test_bad_config_names_key_and_valid_choices(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("tiny", overrides)
+
+
+def test_python_overrides_keep_their_types():
+    """{"output.vae_tiling": "off"} stays the string "off" (YAML would read it as a boolean)."""
+    cfg = load_config("tiny", {"output.vae_tiling": "off", "job.prompt": "yes", "tiling.overlap": 32})
+    assert cfg.output.vae_tiling == "off" and cfg.job.prompt == "yes" and cfg.tiling.overlap == 32
+    with pytest.raises(ConfigError, match="unknown config key 'tiling.nope'"):
+        load_config("tiny", {"tiling.nope": 1})
