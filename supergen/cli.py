@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "estimated peak memory of one render (docs/planner.md). Trailing key=value arguments override config keys.",
     )
     plan.add_argument("--config", help="preset name or YAML file; default: the library defaults (50 steps, strength 0.5)")
-    plan.add_argument("--model", help="Wan2.1-1.3B | Wan2.1-14B | tiny | wan-medium-random | a Hugging Face id of those | a local model folder")
+    plan.add_argument("--model", help="Wan2.1-1.3B | Wan2.1-14B | Wan2.1-I2V-14B | tiny | wan-medium-random | a Hugging Face id of those | a local model folder")
     plan.add_argument("--dtype", help="float32 | bfloat16 | float16")
     plan.add_argument("--height", type=int)
     plan.add_argument("--width", type=int)

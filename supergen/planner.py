@@ -105,6 +105,8 @@ class Architecture:
     experts: int = 1
     #: Image tokens the transformer cross-attends to (Wan 2.1 I2V: the CLIP embedding's length).
     image_tokens: int = 0
+    #: Wan 2.1 I2V: the ``CLIPVisionConfig`` of its image encoder (resident weights too).
+    image_encoder: dict[str, Any] | None = None
     note: str = ""
     #: Exact parameter counts when known from loaded modules (the demo); else counted on ``meta``.
     counted: dict[str, int] = field(default_factory=dict, compare=False)
@@ -145,8 +147,16 @@ class Architecture:
             transformer = WanTransformer3DModel.from_config(self.transformer)
             vae = AutoencoderKLWan.from_config(self.vae)
             text = UMT5EncoderModel(UMT5Config(**self.text_encoder))
+            image = None
+            if self.image_encoder is not None:
+                from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+                image = CLIPVisionModelWithProjection(CLIPVisionConfig(**self.image_encoder))
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-        return {"transformer": count(transformer) * self.experts, "vae": count(vae), "text_encoder": count(text)}
+        counts = {"transformer": count(transformer) * self.experts, "vae": count(vae), "text_encoder": count(text)}
+        if image is not None:
+            counts["image_encoder"] = count(image)
+        return counts
 
     # ---- constructors -----------------------------------------------------------------------
     @classmethod
@@ -173,7 +183,9 @@ class Architecture:
             raise SuperGenError(f"the planner knows Wan transformers; {str(root)!r} has {klass}")
         main = transformer or transformer_2
         experts = 2 if transformer and transformer_2 else 1
-        return cls(root.name, main, vae, text, experts=experts, image_tokens=_image_tokens(root))
+        image = read("image_encoder")
+        image_tokens = (image["image_size"] // image["patch_size"]) ** 2 + 1 if image and main.get("image_dim") else 0
+        return cls(root.name, main, vae, text, experts=experts, image_tokens=image_tokens, image_encoder=image if image_tokens else None)
 
     @classmethod
     def from_pipeline(cls, pipe, name: str = "loaded") -> "Architecture":
@@ -182,24 +194,17 @@ class Architecture:
         if type(transformers[0]).__name__ != "WanTransformer3DModel":
             raise SuperGenError(f"the planner knows Wan transformers; this pipeline has {type(transformers[0]).__name__}")
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-        image_tokens = 0
+        counted = {"transformer": sum(map(count, transformers)), "vae": count(pipe.vae), "text_encoder": count(pipe.text_encoder)}
+        image_tokens, image_encoder = 0, None
         encoder = getattr(pipe, "image_encoder", None)
         if encoder is not None and transformers[0].config.image_dim is not None:
-            vision = encoder.config
-            image_tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+            image_encoder = encoder.config.to_dict()
+            image_tokens = (encoder.config.image_size // encoder.config.patch_size) ** 2 + 1
+            counted["image_encoder"] = count(encoder)
         return cls(
             name, dict(transformers[0].config), dict(pipe.vae.config), pipe.text_encoder.config.to_dict(),
-            experts=len(transformers), image_tokens=image_tokens,
-            counted={"transformer": sum(map(count, transformers)), "vae": count(pipe.vae), "text_encoder": count(pipe.text_encoder)},
+            experts=len(transformers), image_tokens=image_tokens, image_encoder=image_encoder, counted=counted,
         )
-
-
-def _image_tokens(root: Path) -> int:
-    file = root / "image_encoder" / "config.json"
-    if not file.is_file():
-        return 0
-    vision = json.loads(file.read_text())
-    return (vision["image_size"] // vision["patch_size"]) ** 2 + 1
 
 
 #: Architectures the planner knows without any file. Native sizes are the published training sizes.
@@ -211,6 +216,15 @@ KNOWN: dict[str, Architecture] = {
     "Wan2.1-14B": Architecture(
         "Wan2.1-14B", dict(_WAN_T, num_attention_heads=40, ffn_dim=13824, num_layers=40), _WAN_VAE, _UMT5_XXL,
         native_size=(720, 1280), note="Wan-AI/Wan2.1-T2V-14B-Diffusers",
+    ),
+    "Wan2.1-I2V-14B": Architecture(
+        "Wan2.1-I2V-14B",
+        dict(_WAN_T, num_attention_heads=40, ffn_dim=13824, num_layers=40, in_channels=36, image_dim=1280, added_kv_proj_dim=5120),
+        _WAN_VAE, _UMT5_XXL, native_size=(720, 1280), image_tokens=257,
+        # open-clip ViT-H/14 at 224 px: 16x16 patches + the class token.
+        image_encoder=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
+                           image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu"),
+        note="Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
     ),
     # The built-in random model (supergen.builtin.tiny_wan_pipeline); native size = the tiny preset's sketch.
     "tiny": Architecture(
@@ -234,6 +248,7 @@ KNOWN: dict[str, Architecture] = {
 ALIASES = {
     "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "Wan2.1-1.3B",
     "Wan-AI/Wan2.1-T2V-14B-Diffusers": "Wan2.1-14B",
+    "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers": "Wan2.1-I2V-14B",
     "tiny-i2v": "tiny",
 }
 

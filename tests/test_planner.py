@@ -53,19 +53,21 @@ def test_wan_1_3b_720p_matches_hand_calculation():
 
 
 def test_flop_formula_matches_pytorch_flop_counter():
-    """The formula equals torch.utils.flop_counter on the real diffusers forward (1.3B on meta, tiny on CPU).
+    """The formula equals torch.utils.flop_counter on the real diffusers forward (1.3B and I2V-14B on meta, tiny on CPU).
 
     On CPU, attention runs in the math backend: the counter does not count the fused CPU kernel.
     """
-    for name, shape, device in (("Wan2.1-1.3B", (1, 16, 21, 60, 104), "meta"), ("tiny", (2, 16, 3, 16, 28), "cpu")):
+    cases = (("Wan2.1-1.3B", (1, 16, 21, 60, 104), "meta"), ("Wan2.1-I2V-14B", (1, 36, 3, 16, 28), "meta"), ("tiny", (2, 16, 3, 16, 28), "cpu"))
+    for name, shape, device in cases:
         arch = KNOWN[name]
         with torch.device(device):
             model = WanTransformer3DModel.from_config(arch.transformer).eval()
             x = torch.zeros(shape)
             text = torch.zeros(shape[0], 512, arch.transformer["text_dim"])
+            image = torch.zeros(shape[0], arch.image_tokens, arch.transformer["image_dim"]) if arch.image_tokens else None
             t = torch.full((shape[0],), 500, dtype=torch.long)
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-            model(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)
+            model(hidden_states=x, timestep=t, encoder_hidden_states=text, encoder_hidden_states_image=image, return_dict=False)
         tokens = shape[2] * (shape[3] // 2) * (shape[4] // 2)
         assert counter.get_total_flops() == transformer_flops(arch, tokens, batch=shape[0]), name
 
@@ -83,6 +85,12 @@ def test_model_folder_config_json(tmp_path):
     tiny_wan_pipeline().save_pretrained(tmp_path / "tiny-folder")
     arch = architecture(str(tmp_path / "tiny-folder"))
     assert arch.parameters() == KNOWN["tiny"].parameters()
+    # Image-to-video: the CLIP image encoder is counted and its tokens enter the cross-attention.
+    i2v = tiny_wan_pipeline(image_to_video=True)
+    i2v.save_pretrained(tmp_path / "tiny-i2v-folder")
+    folder = architecture(str(tmp_path / "tiny-i2v-folder"))
+    assert folder.parameters() == Architecture.from_pipeline(i2v).parameters()
+    assert folder.image_tokens == 32 * 32 + 1 and "image_encoder" in folder.parameters()
     cfg = load_config("tiny")
     assert make_plan(cfg, arch).flops_per_step == make_plan(cfg, KNOWN["tiny"]).flops_per_step
     (tmp_path / "not-a-model").mkdir()
