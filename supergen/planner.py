@@ -25,7 +25,7 @@ Only matrix products are counted (what ``torch.utils.flop_counter`` counts; the 
 formula against it on the real tiny transformer). A step costs ``tiles × (2 with guidance) × forward``.
 
 Memory, per process, in bytes; ``b`` is the weights dtype's size, the canvas latent is float32 as in
-the pipeline. Weights (transformer, VAE, text encoder) stay resident for the whole render (the pipeline
+the pipeline. Weights (transformer, VAE, text and image encoders) stay resident for the whole render (the pipeline
 does not offload), so the peak is ``weights + the largest stage transient``:
 
 - transformer (one forward of ``batch_tiles`` tiles): inference frees each block's activations before
