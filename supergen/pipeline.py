@@ -264,6 +264,7 @@ class SuperGenPipeline:
                 x0 = TiledVAE(adapter, group).encode(upscaled)
             else:  # a posterior sample is drawn over the whole latent, identically on every rank
                 x0 = adapter.encode(upscaled, generator if cfg.sketch.sample_posterior else None)
+            del upscaled  # the largest tensor of the render (4K × 81 frames): not held through refinement
             # ---- re-noise with the scheduler's own forward process and the user's generator ----
             latents = adapter.renoise(scheduler, x0.to(device), timesteps[:1], spatial, generator)
             timings["upscale"] = time.perf_counter() - clock
@@ -351,20 +352,7 @@ class SuperGenPipeline:
         check_backend(cfg.attention.backend, adapter.device, sparse)
         if not sparse:
             return dense_backend(cfg.attention.backend)
-        from supergen_kernels import TileLayout
-
-        if cfg.tiling.tile_height is not None:
-            tile_pixels = (cfg.tiling.tile_height, cfg.tiling.tile_width)
-        multiple = adapter.pixel_multiple
-        for name, value in (("tile_height", tile_pixels[0]), ("tile_width", tile_pixels[1]), ("halo", cfg.tiling.halo)):
-            if value % multiple:
-                raise SuperGenError(f"tiling.{name}={value} must be a multiple of {multiple} (VAE × patch)")
-        p_t, p_h, p_w = adapter.patch
-        layout = TileLayout(
-            canvas=(latent_shape[2] // p_t, latent_shape[3] // p_h, latent_shape[4] // p_w),
-            tile=(tile_pixels[0] // multiple, tile_pixels[1] // multiple),
-            halo=cfg.tiling.halo // multiple,
-        )
+        layout = attention_layout(cfg, adapter, latent_shape[2:], tile_pixels)
         experts = [m for m in (adapter.pipe.transformer, getattr(adapter.pipe, "transformer_2", None)) if m is not None]
         return tile_attention(experts, layout, cfg.attention.backend)
 
@@ -418,6 +406,28 @@ def tile_plan(config: SuperGenConfig, geometry: Geometry, canvas: tuple[int, int
         shift_divisor=cfg.shift_divisor,
         shift_every=cfg.shift_every,
         overlap=cfg.overlap // scale,
+    )
+
+
+def attention_layout(config: SuperGenConfig, geometry: Geometry, latent: tuple[int, int, int], tile_pixels: tuple[int, int]):
+    """The ``supergen_kernels.TileLayout`` (in tokens) of ``tiling.mode=attention`` on a canvas latent ``(F, H, W)``.
+
+    The tile defaults to ``tile_pixels`` (the sketch size); ``tiling.halo`` is in pixels.
+    """
+    from supergen_kernels import TileLayout
+
+    cfg = config.tiling
+    if cfg.tile_height is not None:
+        tile_pixels = (cfg.tile_height, cfg.tile_width)
+    multiple = geometry.pixel_multiple
+    for name, value in (("tile_height", tile_pixels[0]), ("tile_width", tile_pixels[1]), ("halo", cfg.halo)):
+        if value % multiple:
+            raise SuperGenError(f"tiling.{name}={value} must be a multiple of {multiple} (VAE × patch)")
+    p_t, p_h, p_w = geometry.patch
+    return TileLayout(
+        canvas=(latent[0] // p_t, latent[1] // p_h, latent[2] // p_w),
+        tile=(tile_pixels[0] // multiple, tile_pixels[1] // multiple),
+        halo=cfg.halo // multiple,
     )
 
 

@@ -64,7 +64,7 @@ import torch
 
 from .config import SuperGenConfig
 from .errors import SuperGenError
-from .pipeline import sketch_size, tile_plan
+from .pipeline import attention_layout, sketch_size, tile_plan
 from .tiling import TilePlan
 
 #: Wan pads every prompt to this many tokens (``max_sequence_length`` in the adapter).
@@ -411,7 +411,7 @@ def make_plan(
     forwards = 2 if guidance else 1
     pairs = None
     if config.tiling.mode == "attention":
-        out.layout = attention_layout(config, arch, latent, sketch)
+        out.layout = attention_layout(config, arch, latent[1:], sketch)
         pairs = attended_pairs(out.layout)
     out.flops_per_step = out.tiles_per_step * forwards * transformer_flops(arch, out.tokens_per_tile, pairs=pairs)
 
@@ -445,23 +445,6 @@ def make_plan(
     mem["stage.decode"] = mem["vae_decode"] + canvas_elems * 4 + held
     out.memory = mem
     return out
-
-
-def attention_layout(config: SuperGenConfig, arch: Architecture, latent: tuple[int, int, int, int], sketch: tuple[int, int]):
-    """The ``TileLayout`` of ``tiling.mode=attention``, built as ``SuperGenPipeline._attention`` builds it (tokens)."""
-    from supergen_kernels import TileLayout
-
-    tile_pixels = (config.tiling.tile_height, config.tiling.tile_width) if config.tiling.tile_height is not None else sketch
-    multiple = arch.pixel_multiple
-    for name, value in (("tile_height", tile_pixels[0]), ("tile_width", tile_pixels[1]), ("halo", config.tiling.halo)):
-        if value % multiple:
-            raise SuperGenError(f"tiling.{name}={value} must be a multiple of {multiple} (VAE × patch)")
-    pt, ph, pw = arch.patch
-    return TileLayout(
-        canvas=(latent[1] // pt, latent[2] // ph, latent[3] // pw),
-        tile=(tile_pixels[0] // multiple, tile_pixels[1] // multiple),
-        halo=config.tiling.halo // multiple,
-    )
 
 
 def attended_pairs(layout) -> int:
