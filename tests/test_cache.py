@@ -197,3 +197,19 @@ def test_config_section():
         load_config("tiny", ["cache.policy=teacache"])
     with pytest.raises(ConfigError, match="cache.threshold"):
         load_config("tiny", ["cache.threshold=-1"])
+
+
+def test_cli_summary_and_cache_map(tmp_path, capsys):
+    import cv2
+
+    from supergen.cli import main
+
+    args = ["render", "-q", "--height", "64", "--width", "128", "--num-frames", "9", "--steps", str(STEPS), "--strength", "1.0",
+            "-o", str(tmp_path / "out.mp4"), "--cache-map", str(tmp_path / "map.png"),
+            "cache.enabled=true", "cache.threshold=1e9", "cache.max_consecutive=2"]
+    args += [f"tiling.{key}={value}" for key, value in TILING.items()]
+    assert main(args) == 0
+    # 8 steps x 4 tiles; the rules leave steps 2, 3, 5, 6 reused (see test_warmup_last_step_and_max_consecutive).
+    assert "16 tile-forwards (16 skipped" in capsys.readouterr().out
+    picture = cv2.imread(str(tmp_path / "map.png"))
+    assert picture is not None and picture.shape[1] == STEPS * 164
