@@ -95,9 +95,10 @@ class ModelAdapter(abc.ABC):
 
     # ---- geometry -------------------------------------------------------------------------
     @property
-    @abc.abstractmethod
     def vae_scale(self) -> tuple[int, int, int]:
-        """VAE compression ``(temporal, height, width)``."""
+        """VAE compression ``(temporal, height, width)``, from the attributes diffusers' video pipelines set."""
+        s = self.pipe.vae_scale_factor_spatial
+        return (self.pipe.vae_scale_factor_temporal, s, s)
 
     @property
     @abc.abstractmethod

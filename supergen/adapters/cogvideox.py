@@ -44,11 +44,6 @@ class CogVideoXAdapter(ModelAdapter):
 
     # ---- geometry -------------------------------------------------------------------------
     @property
-    def vae_scale(self) -> tuple[int, int, int]:
-        s = self.pipe.vae_scale_factor_spatial
-        return (self.pipe.vae_scale_factor_temporal, s, s)
-
-    @property
     def patch(self) -> tuple[int, int, int]:
         cfg = self.pipe.transformer.config
         return (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)

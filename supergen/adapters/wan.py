@@ -80,11 +80,6 @@ class WanAdapter(ModelAdapter):
         return self.pipe.transformer if self.pipe.transformer is not None else self.pipe.transformer_2
 
     @property
-    def vae_scale(self) -> tuple[int, int, int]:
-        s = self.pipe.vae_scale_factor_spatial
-        return (self.pipe.vae_scale_factor_temporal, s, s)
-
-    @property
     def patch(self) -> tuple[int, int, int]:
         return tuple(self._any_transformer.config.patch_size)
 
