@@ -36,9 +36,10 @@ input changed by less than ``block.threshold`` (relative L1) since it was last c
 input plus its last residual. Its state is kept per guidance branch in canvas *token* coordinates
 for the same reason as above.
 
-Every decision depends only on the canvas latent, the step, the tiles and the state derived from
-the blended predictions, which every rank holds identically: the tile-parallel runner lets every
-rank take every decision itself.
+Every tile decision depends only on the canvas latent, the step, the tiles and the state derived
+from the blended predictions, which every rank holds identically: the tile-parallel runner lets
+every rank take every decision itself. (Block decisions are not replicated: a rank's block state is
+filled by the tiles it computes, one more reason the block cache is off by default.)
 """
 
 from __future__ import annotations
