@@ -211,6 +211,13 @@ class _BlockCacheHook(ModelHook):
             self.cache.count_reuse(memory, tokens, reused=True)
             return (x + self.cache.gather(memory.residual, tokens, hidden.shape)).to(hidden.dtype)
         output = self.fn_ref.original_forward(*args, **kwargs)
+        if not isinstance(output, torch.Tensor):
+            # CogVideoX / HunyuanVideo blocks also return the text stream; a residual of the video
+            # stream alone would let the two drift apart, so refuse rather than cache half a block.
+            raise SuperGenError(
+                f"cache.block needs transformer blocks that return one tensor (Wan, LTX); "
+                f"{type(module).__name__} returns {type(output).__name__}. Use cache.block.enabled=false"
+            )
         if memory is None:
             memory = self.cache.new_memory(x.shape[-1], x.device)
             self.cache.memory[key] = memory
@@ -492,6 +499,9 @@ def cache_policy(cfg: CacheConfig, pipe, canvas: tuple[int, int, int], patch: tu
                         installed.append((registry, _BLOCK_CACHE_HOOK))
         elif policy_name in ("fbc", "magcache"):
             for model in models:
+                if policy_name == "fbc" and len(transformer_blocks(model)) < 2:
+                    # diffusers' FBC splits the blocks into a first and a tail: it needs two.
+                    raise SuperGenError(f"cache.policy=fbc needs a transformer with at least 2 blocks; {type(model).__name__} has 1")
                 model.enable_cache(_baseline_config(cfg, policy_name, num_steps))
                 enabled_cache.append(model)
         _refresh_contexts(models)

@@ -357,3 +357,12 @@ def test_rank_parallel_tiled_vae_keeps_the_frame_bookkeeping():
         assert TiledVAE(cog).encode(torch.rand(1, 3, 9, 64, 96) * 2 - 1).shape == latents.shape
     finally:
         vae.tile_sample_min_height, vae.tile_sample_min_width = saved
+
+
+def test_block_level_caches_refuse_what_they_cannot_cache_with_a_clear_error():
+    block = supergen_for("hunyuan-t2v", cache={"enabled": True, "block": {"enabled": True}})
+    with pytest.raises(SuperGenError, match="cache.block needs transformer blocks that return one tensor"):
+        block(height=64, width=96, num_frames=5, generator=gen(0), output_type="latent")
+    fbc = supergen_for("ltx-t2v", cache={"enabled": True, "policy": "fbc"})
+    with pytest.raises(SuperGenError, match="cache.policy=fbc needs a transformer with at least 2 blocks"):
+        fbc(height=64, width=128, num_frames=5, generator=gen(0), output_type="latent")
