@@ -72,21 +72,23 @@ def run_variant(args) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_alloc = torch.cuda.memory_allocated()
-    times = []
+    times, cpu_times = [], []
     with torch.no_grad():
         for _ in range(args.warmup + args.repeats):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             _, stats = refiner.step(0, timestep, latents)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-    times = times[args.warmup :]
+            cpu_times.append(time.process_time() - cpu_start)
+    times, cpu_times = times[args.warmup :], cpu_times[args.warmup :]
     if device.type == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base_alloc) / 2**20
     else:
         peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_rss) / 2**10  # KiB → MiB
     tokens = latents.shape[2] * (tile[0] // 2) * (tile[1] // 2)
-    return dict(variant=args.variant, tiles=stats.tiles, tokens_per_forward=tokens, seconds=min(times), peak_mib=peak)
+    return dict(variant=args.variant, tiles=stats.tiles, tokens_per_forward=tokens, seconds=min(times),
+                cpu_seconds=min(cpu_times), peak_mib=peak)
 
 
 def main() -> None:
@@ -98,11 +100,14 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 makes CPU time comparable under load)")
     parser.add_argument("--variant", choices=["tiled", "full"], help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
     if args.canvas is None:
         native = ARCHS[args.arch]["native"]
         args.canvas = f"{native[0] * 2}x{native[1] * 2}"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
@@ -115,11 +120,12 @@ def main() -> None:
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     print(f"one refinement step (cond + uncond), {args.arch}, canvas {args.canvas}x{args.frames} frames, {args.dtype}, {device}")
-    print(f"{'variant':<8}{'tiles':>6}{'tokens/forward':>16}{'seconds':>10}{'peak MiB':>10}")
+    print(f"{'variant':<8}{'tiles':>6}{'tokens/forward':>16}{'wall s':>10}{'CPU s':>10}{'peak MiB':>10}")
     for r in results.values():
-        print(f"{r['variant']:<8}{r['tiles']:>6}{r['tokens_per_forward']:>16}{r['seconds']:>10.3f}{r['peak_mib']:>10.1f}")
+        print(f"{r['variant']:<8}{r['tiles']:>6}{r['tokens_per_forward']:>16}{r['seconds']:>10.3f}{r['cpu_seconds']:>10.3f}{r['peak_mib']:>10.1f}")
     t, f = results["tiled"], results["full"]
-    print(f"full/tiled: time {f['seconds'] / t['seconds']:.2f}x, peak memory {f['peak_mib'] / max(t['peak_mib'], 1e-9):.2f}x")
+    print(f"full/tiled: wall time {f['seconds'] / t['seconds']:.2f}x, CPU time {f['cpu_seconds'] / t['cpu_seconds']:.2f}x, "
+          f"peak memory {f['peak_mib'] / max(t['peak_mib'], 1e-9):.2f}x")
 
 
 if __name__ == "__main__":
