@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import imageio.v2 as imageio
 import imageio.v3 as iio
@@ -44,16 +46,29 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 16, qual
     path = check_output_path(path)
     if frames.dtype != np.uint8:
         frames = to_uint8(frames)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent or ".")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         # macro_block_size=1: keep the exact size (ffmpeg would otherwise pad to multiples of 16).
         imageio.mimwrite(tmp, list(frames), fps=fps, codec="libx264", quality=quality, macro_block_size=1)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed to ``path`` when the ``with`` block succeeds.
+
+    The file gets the permissions a plain ``open`` would give (``mkstemp`` makes it owner-only).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent or ".")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:

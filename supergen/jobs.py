@@ -26,7 +26,6 @@ import os
 import platform
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -37,6 +36,7 @@ import torch
 
 from .config import SuperGenConfig, load_config, to_dict
 from .errors import SuperGenError
+from .io import atomic_file
 
 logger = logging.getLogger("supergen")
 
@@ -325,11 +325,5 @@ def _record(out: Path, record: dict[str, Any]) -> None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str)

@@ -67,3 +67,14 @@ def test_unwritable_output_folder(tmp_path):
     finally:
         locked.chmod(0o700)
     assert result.returncode == 2 and "is not writable" in result.stderr
+
+
+def test_output_file_gets_ordinary_permissions(tmp_path):
+    from supergen.io import write_video
+
+    import numpy as np
+
+    path = write_video(tmp_path / "a.mp4", np.zeros((5, 16, 16, 3), np.uint8))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~umask
