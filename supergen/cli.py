@@ -40,6 +40,13 @@ FLAG_TO_KEY = {
 }
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose and place a loadable model (render and demo)."""
+    parser.add_argument("--model", help="tiny | tiny-i2v | toy | a diffusers folder or Hugging Face id")
+    parser.add_argument("--dtype", help="float32 | bfloat16 | float16")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="supergen", description="2K/4K video from diffusers video models, without training.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,9 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Render one video. Trailing key=value arguments override any config key (e.g. tiling.mode=overlap).",
     )
     render.add_argument("--config", help="preset name (tiny) or YAML file; default: tiny")
-    render.add_argument("--model", help="tiny | tiny-i2v | toy | a diffusers folder or Hugging Face id")
-    render.add_argument("--dtype", help="float32 | bfloat16 | float16")
-    render.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    add_model_arguments(render)
     render.add_argument("--prompt")
     render.add_argument("--negative-prompt")
     render.add_argument("--image", help="conditioning image for image-to-video models")
@@ -94,9 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A web page to render one video at a time: the sketch appears when stage 1 ends, then the final video.",
     )
     demo.add_argument("--config", help="preset name or YAML file; default: tiny")
-    demo.add_argument("--model", help="tiny | tiny-i2v | toy | a diffusers folder or Hugging Face id")
-    demo.add_argument("--dtype", help="float32 | bfloat16 | float16")
-    demo.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    add_model_arguments(demo)
     demo.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     demo.add_argument("--port", type=int, default=7860)
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")

@@ -64,6 +64,7 @@ import torch
 
 from .config import SuperGenConfig
 from .errors import SuperGenError
+from .geometry import SizeRules
 from .pipeline import attention_layout, sketch_size, tile_plan
 from .tiling import TilePlan
 
@@ -87,7 +88,7 @@ _WAN_T = dict(patch_size=[1, 2, 2], attention_head_dim=128, in_channels=16, out_
 
 
 @dataclass(frozen=True)
-class Architecture:
+class Architecture(SizeRules):
     """A model's numbers: the configs of its transformer(s), VAE and text encoder, and its native size.
 
     It also answers the geometry questions the size rules ask (:class:`~supergen.pipeline.Geometry`),
@@ -121,15 +122,6 @@ class Architecture:
     @property
     def patch(self) -> tuple[int, int, int]:
         return tuple(self.transformer.get("patch_size", (1, 2, 2)))  # type: ignore[return-value]
-
-    @property
-    def pixel_multiple(self) -> int:
-        return self.vae_scale[1] * self.patch[1]
-
-    def snap_frames(self, num_frames: int) -> int:
-        """Frames the causal VAE accepts: ``k·t + 1`` (Wan: 4k + 1), rounded down as the adapter does."""
-        t = self.vae_scale[0]
-        return max(1, (num_frames - 1) // t * t + 1)
 
     @property
     def width(self) -> int:

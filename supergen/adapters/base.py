@@ -26,6 +26,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from ..geometry import SizeRules
 from ..tiling import Tile, crop
 
 #: Spatial-conditioning key of a latent frame the family holds fixed at index 0 (the image of
@@ -74,7 +75,7 @@ class Request:
     image: Any | None = None  # PIL image for image-to-video
 
 
-class ModelAdapter(abc.ABC):
+class ModelAdapter(SizeRules, abc.ABC):
     """One model family behind the engine. Subclasses name the diffusers pipelines they accept."""
 
     #: diffusers pipeline class names this adapter accepts.
@@ -114,16 +115,6 @@ class ModelAdapter(abc.ABC):
     def native_size(self) -> tuple[int, int] | None:
         """The resolution the model was trained at, in pixels, when the adapter knows it."""
         return None
-
-    @property
-    def pixel_multiple(self) -> int:
-        """Height and width must be multiples of this (VAE scale × patch)."""
-        return self.vae_scale[1] * self.patch[1]
-
-    def snap_frames(self, num_frames: int) -> int:
-        """The nearest frame count the VAE accepts (``k·t + 1`` for temporal compression ``t``)."""
-        t = self.vae_scale[0]
-        return max(1, (num_frames - 1) // t * t + 1)
 
     def extra_latent_frames(self, num_frames: int) -> int:
         """Leading latent frames the transformer denoises beyond the ``(num_frames - 1) / t + 1`` the video needs."""
