@@ -6,7 +6,8 @@ diffusers folder that ``WanPipeline.from_pretrained`` loads offline::
 
     python scripts/train_toy_model.py --stage all --run-dir /work/runs/toy --out assets/toy-wan
 
-Stages (each resumes from ``--run-dir`` when ``--resume`` is given):
+Stages (each resumes from ``--run-dir`` when ``--resume`` is given, or starts from an exported
+folder's weights with ``--init-from``):
 
 ``vae``     ``AutoencoderKLWan`` (8x spatial, 4x temporal; Wan 2.2-style residual blocks with
             a 2x2 pixel patch). ``--freeze-encoder`` freezes the encoder from then on and keeps
@@ -14,7 +15,10 @@ Stages (each resumes from ``--run-dir`` when ``--resume`` is given):
             train at the same time.
 ``dit``     ``WanTransformer3DModel`` (patch (1, 2, 2)) and a tiny ``UMT5EncoderModel``, trained
             jointly with flow matching exactly as ``WanPipeline`` samples.
-``export``  writes the pipeline folder, a model card and a strip of sample frames.
+``export``  writes the pipeline folder, a model card (with the prompt-following measure) and a
+            strip of sample frames.
+``eval``    measures prompt following of an exported folder (``--out``): colour recall and shape
+            accuracy of its samples for held-out captions.
 ``all``     vae, then dit, then export.
 
 Native size: 128x128 pixels, 9 frames (latent 16 x 3 x 16 x 16). With patch (1, 2, 2) the
@@ -31,6 +35,16 @@ Text encoder: a 2-layer UMT5 encoder (d_model 64) trained jointly with the DiT. 
 encoder gives distinct features per word, but binding "red" to "disk" rather than "square"
 needs context mixing that random attention weights do not reliably provide; training the
 encoder costs almost nothing (it is ~0.2 M parameters on ~30-token captions).
+
+Continuing a shipped model: the run folder's checkpoints (with optimiser state) are not committed,
+so a fresh clone continues from the exported weights instead::
+
+    python scripts/train_toy_model.py --stage all --init-from assets/toy-wan --freeze-encoder \
+        --vae-steps 4000 --dit-steps 8000 --run-dir runs/toy2 --device cuda
+
+Step counts continue from the folder's ``training.json``, the EMA starts at the shipped weights,
+the optimisers start fresh, and the latent normalisation is kept, so the DiT continues in the same
+latent space as long as the encoder stays frozen.
 
 CPU: keep it polite on shared machines (``nice -n 19``; ``--threads 1`` is the default).
 GPU: ``--device cuda`` runs the same code.
@@ -260,6 +274,30 @@ def new_transformer():
     return WanTransformer3DModel(**DIT_CONFIG)
 
 
+def exported_card(folder: Path) -> dict:
+    """``training.json`` of an exported folder (step counts and the numbers it was shipped with)."""
+    card = Path(folder) / "training.json"
+    if not card.exists():
+        raise SystemExit(f"--init-from {folder}: no training.json there; expected a folder written by "
+                         f"`--stage export` (e.g. assets/toy-wan)")
+    return json.loads(card.read_text())
+
+
+def exported_vae(folder: Path):
+    """The VAE of an exported folder, with this script's architecture (refuses another one)."""
+    from diffusers import AutoencoderKLWan
+
+    def plain(v):  # the saved config holds lists where VAE_CONFIG may hold tuples
+        return list(v) if isinstance(v, (list, tuple)) else v
+
+    vae = AutoencoderKLWan.from_pretrained(Path(folder) / "vae")
+    for key, value in VAE_CONFIG.items():
+        if plain(vae.config[key]) != plain(value):
+            raise SystemExit(f"--init-from {folder}: its VAE has {key}={vae.config[key]!r}, this script "
+                             f"trains {key}={value!r}; change VAE_CONFIG or start from scratch")
+    return vae
+
+
 def encode_latents(vae, x: torch.Tensor) -> torch.Tensor:
     """Posterior mean ``(B, 16, F', H/8, W/8)``: the deterministic latent the pipeline's own
     ``retrieve_latents(..., sample_mode="argmax")`` convention uses."""
@@ -304,14 +342,21 @@ def train_vae(args, log):
     torch.manual_seed(args.seed)
     vae = new_vae().to(device)
     ema = EMA(vae, 0.999)
-    step, frozen = 0, False
+    step, start, frozen = 0, 0, False
     state = None
     if args.resume and path.exists():
         state = torch.load(path, map_location=device, weights_only=False)
         vae.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         step, frozen = state["step"], state["encoder_frozen"]
+        start = state.get("schedule_start", 0)
         log(f"vae: resumed at step {step} (encoder frozen: {frozen})")
+    elif args.init_from:
+        vae.load_state_dict(exported_vae(args.init_from).state_dict())
+        step = start = exported_card(args.init_from)["vae_steps"]
+        ema = EMA(vae, 0.999)
+        ema.updates = step  # full decay at once: the shipped weights are already an average
+        log(f"vae: starting from {args.init_from} (step {step}); fresh optimiser")
     if args.freeze_encoder and not frozen:
         # Freeze the EMA encoder: that is the one export ships and the DiT encodes with.
         vae.encoder.load_state_dict(ema.module.encoder.state_dict())
@@ -334,11 +379,15 @@ def train_vae(args, log):
     # decoder otherwise tends to sit at "output ~ 0" for hundreds of steps (measured earlier).
     pool = random_crops(clips(range(args.vae_batch), device), args.vae_crop, np.random.default_rng(0))
 
+    # Warm-up (from scratch only), then a cosine from --vae-lr to --vae-lr-min over the steps
+    # this run adds; a run started from an exported folder skips the warm-up.
+    warmup = 0 if start else args.vae_warmup
+
     def lr_at(s):
-        if s < args.vae_warmup and not frozen:
+        if s < warmup and not frozen:
             return 2 * args.vae_lr
-        span = max(1, args.vae_steps - args.vae_warmup)
-        frac = min(1.0, max(0.0, (s - args.vae_warmup) / span))
+        span = max(1, args.vae_steps - start - warmup)
+        frac = min(1.0, max(0.0, (s - start - warmup) / span))
         return args.vae_lr_min + 0.5 * (args.vae_lr - args.vae_lr_min) * (1 + math.cos(math.pi * frac))
 
     vae.train()
@@ -347,7 +396,7 @@ def train_vae(args, log):
     while step < args.vae_steps:
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        if step < args.vae_warmup and not frozen:
+        if step < warmup and not frozen:
             x = pool
         else:
             crop_rng = np.random.default_rng([args.seed, step, 1])
@@ -376,17 +425,27 @@ def train_vae(args, log):
                 f"held_out_psnr {p_all:.2f} dB (frame0 {p_first:.2f} dB)")
         if done or time.time() - last_save > args.save_every_s:
             save_checkpoint(path, {"model": vae.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                                   "step": step, "encoder_frozen": frozen, "config": VAE_CONFIG})
+                                   "step": step, "schedule_start": start, "encoder_frozen": frozen,
+                                   "config": VAE_CONFIG})
             last_save = time.time()
     bar.close()
 
 
 def load_vae_for_inference(args, device):
-    """The EMA VAE from the run folder (what export ships), in eval mode, no grads."""
-    state = torch.load(args.run_dir / "vae.pt", map_location=device, weights_only=False)
+    """The EMA VAE (what export ships) in eval mode, no grads, and its step count: from the run
+    folder when its VAE stage has saved, else from ``--init-from``."""
+    path = args.run_dir / "vae.pt"
     vae = new_vae().to(device)
-    vae.load_state_dict(state["ema"]["module"])
-    return vae.eval().requires_grad_(False), state
+    if path.exists():
+        state = torch.load(path, map_location=device, weights_only=False)
+        vae.load_state_dict(state["ema"]["module"])
+        steps = state["step"]
+    elif args.init_from:
+        vae.load_state_dict(exported_vae(args.init_from).state_dict())
+        steps = exported_card(args.init_from)["vae_steps"]
+    else:
+        raise SystemExit(f"no VAE: {path} does not exist; run `--stage vae` first or pass --init-from")
+    return vae.eval().requires_grad_(False), steps
 
 
 # ----------------------------------------------------------------------------- DiT stage
@@ -458,12 +517,21 @@ def train_dit(args, log):
     device = torch.device(args.device)
     path = args.run_dir / "dit.pt"
     vae, _ = load_vae_for_inference(args, device)
+    vae.encoder.requires_grad_(False)
     tokenizer = build_tokenizer()
     bank, digest = latent_bank(args, vae, device, log)
     lat = bank["latents"]
-    # Per-channel statistics over the bank; the pipeline un-normalises with exactly these.
-    mean = lat.mean(dim=(0, 2, 3, 4))
-    std = lat.std(dim=(0, 2, 3, 4))
+    # Per-channel statistics over the bank; the pipeline un-normalises with exactly these. A run
+    # continuing an exported model keeps its statistics: the transformer learned in that scale.
+    if args.init_from and not (args.resume and path.exists()):
+        shipped = exported_vae(args.init_from).config
+        mean, std = torch.tensor(shipped.latents_mean), torch.tensor(shipped.latents_std)
+    elif args.resume and path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        mean, std = torch.tensor(saved["latents_mean"]), torch.tensor(saved["latents_std"])
+    else:
+        mean = lat.mean(dim=(0, 2, 3, 4))
+        std = lat.std(dim=(0, 2, 3, 4))
     view = (1, -1, 1, 1, 1)
     lat = ((lat - mean.view(view)) / std.view(view)).to(device)
     held = ((bank["held_latents"] - mean.view(view)) / std.view(view)).to(device)
@@ -475,7 +543,7 @@ def train_dit(args, log):
     models = torch.nn.ModuleDict({"transformer": transformer, "text_encoder": text_encoder})
     ema = EMA(models, args.dit_ema)
     opt = torch.optim.AdamW(models.parameters(), lr=args.dit_lr, weight_decay=0.01)
-    step = 0
+    step = start = 0
     if args.resume and path.exists():
         state = torch.load(path, map_location=device, weights_only=False)
         if state["encoder_digest"] != digest:
@@ -484,14 +552,24 @@ def train_dit(args, log):
         models.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
-        step = state["step"]
+        step, start = state["step"], state.get("schedule_start", 0)
         log(f"dit: resumed at step {step}")
+    elif args.init_from:
+        from diffusers import WanTransformer3DModel
+        from transformers import UMT5EncoderModel
+
+        transformer.load_state_dict(WanTransformer3DModel.from_pretrained(Path(args.init_from) / "transformer").state_dict())
+        text_encoder.load_state_dict(UMT5EncoderModel.from_pretrained(Path(args.init_from) / "text_encoder").state_dict())
+        step = start = exported_card(args.init_from)["dit_steps"]
+        ema = EMA(models, args.dit_ema)
+        ema.updates = step
+        log(f"dit: starting from {args.init_from} (step {step}); fresh optimiser")
     log(f"dit: transformer {sum(p.numel() for p in transformer.parameters()) / 1e6:.2f} M, "
         f"text encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M parameters; "
         f"latent std per channel {std.min():.3f}..{std.max():.3f}")
 
-    def lr_at(s):
-        return args.dit_lr * min(1.0, (s + 1) / args.dit_warmup)
+    def lr_at(s):  # linear warm-up over the steps this run adds (fresh Adam moments)
+        return args.dit_lr * min(1.0, (s - start + 1) / args.dit_warmup)
 
     models.train()
     last_save = time.time()
@@ -521,15 +599,65 @@ def train_dit(args, log):
         done = step == args.dit_steps
         if step % args.eval_every == 0 or done:
             e = ema.module
-            held_loss = dit_held_out_loss(e["transformer"], e["text_encoder"], tokenizer, held,
-                                          bank["held_captions"], device)
-            log(f"dit step {step} lr {lr_at(step - 1):.2e} train_loss {loss.item():.4f} held_out_loss {held_loss:.4f}")
+            caps = bank["held_captions"]
+            held_loss = dit_held_out_loss(e["transformer"], e["text_encoder"], tokenizer, held, caps, device)
+            # The same clips with each other's captions: the gap is how much the model uses the
+            # prompt (0 = it ignores it).
+            wrong = dit_held_out_loss(e["transformer"], e["text_encoder"], tokenizer, held, caps[1:] + caps[:1], device)
+            log(f"dit step {step} lr {lr_at(step - 1):.2e} train_loss {loss.item():.4f} held_out_loss {held_loss:.4f} "
+                f"text_gap {wrong - held_loss:.4f}")
         if done or time.time() - last_save > args.save_every_s:
             save_checkpoint(path, {"model": models.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                                   "step": step, "encoder_digest": digest, "latents_mean": mean.tolist(),
+                                   "step": step, "schedule_start": start, "encoder_digest": digest,
+                                   "latents_mean": mean.tolist(),
                                    "latents_std": std.tolist()})
             last_save = time.time()
     bar.close()
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def prompt_following(pipe, n_prompts: int, steps: int, guidance: float) -> dict:
+    """Does the model draw what its prompt asks for? Held-out captions are sampled at native
+    size; the middle frame's saturated blobs (``metrics.find_objects``) are compared with the
+    caption's objects. The same measure on the true clips of those captions is the detector's
+    ceiling (overlapping shapes hide each other), reported beside it.
+    """
+    seeds = range(HELD_OUT_SEED, HELD_OUT_SEED + n_prompts)
+    truth, captions = toyworld.make_batch(seeds, **NATIVE)
+    asked = [[(o.colour, o.shape) for o in toyworld.make_clip(s, **NATIVE)[1].objects] for s in seeds]
+    videos = []
+    for i in range(0, n_prompts, 16):
+        videos.append(pipe(prompt=captions[i : i + 16], negative_prompt=[""] * len(captions[i : i + 16]),
+                           **NATIVE, num_inference_steps=steps, guidance_scale=guidance,
+                           generator=torch.Generator().manual_seed(i), output_type="np").frames)
+    videos = np.concatenate(videos)  # (N, F, H, W, 3) in [0, 1]
+    mid = NATIVE["num_frames"] // 2
+
+    def score(frames, value_range):
+        totals = np.zeros(4)
+        for frame, want in zip(frames, asked):
+            m = metrics.match_prompt(metrics.find_objects(frame, toyworld.OBJECT_COLOURS, value_range), want)
+            totals += (m.asked, m.colours_found, m.shapes_right, m.extra_colours)
+        n_asked = totals[0]
+        return {"colour_recall": round(totals[1] / n_asked, 3), "shape_accuracy": round(totals[2] / n_asked, 3),
+                "extra_colours_per_video": round(totals[3] / len(frames), 2)}
+
+    return {"prompts": n_prompts, "frame": mid, "samples": score(videos[:, mid], (0.0, 1.0)),
+            "true_clips": score(truth[:, :, mid].transpose(0, 2, 3, 1), (-1.0, 1.0))}
+
+
+def evaluate(args, log):
+    """Prompt following of an exported folder (``--out``), printed and logged."""
+    from diffusers import WanPipeline
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    pipe = WanPipeline.from_pretrained(args.out)
+    result = prompt_following(pipe, args.eval_prompts, args.sample_steps, args.guidance)
+    log(f"eval {args.out}: {json.dumps(result)}")
+    return result
 
 
 # ----------------------------------------------------------------------------- export
@@ -546,7 +674,7 @@ def export(args, log):
     from PIL import Image
 
     device = torch.device("cpu")  # export and the sample strip are cheap; keep them portable
-    vae, vae_state = load_vae_for_inference(args, device)
+    vae, vae_steps = load_vae_for_inference(args, device)
     dit_state = torch.load(args.run_dir / "dit.pt", map_location=device, weights_only=False)
     digest = module_digest(torch.nn.ModuleList([vae.encoder, vae.quant_conv]))
     if dit_state["encoder_digest"] != digest:
@@ -586,7 +714,7 @@ def export(args, log):
                                  bank["held_captions"], device)
     card = {
         "native_size": NATIVE,
-        "vae_steps": vae_state["step"],
+        "vae_steps": vae_steps,
         "vae_held_out_psnr_db": round(p_all, 2),
         "vae_held_out_psnr_frame0_db": round(p_first, 2),
         "pooled_baseline_psnr_db": round(pooled_baseline_psnr(held_out), 2),
@@ -603,7 +731,7 @@ def export(args, log):
         "(gradient backgrounds, 1-3 moving disks/squares/triangles, captions from a fixed grammar).\n"
         "Not a general video model: it only knows that world.\n\n"
         f"- native size: {NATIVE['width']}x{NATIVE['height']} px, {NATIVE['num_frames']} frames\n"
-        f"- VAE (AutoencoderKLWan, 8x spatial / 4x temporal): {vae_state['step']} steps, "
+        f"- VAE (AutoencoderKLWan, 8x spatial / 4x temporal): {vae_steps} steps, "
         f"held-out PSNR {card['vae_held_out_psnr_db']} dB "
         f"(8x pool + bilinear baseline {card['pooled_baseline_psnr_db']} dB)\n"
         f"- DiT (WanTransformer3DModel, patch (1, 2, 2)) + UMT5 text encoder: {dit_state['step']} steps, "
@@ -626,11 +754,14 @@ def export(args, log):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["vae", "dit", "export", "all"], default="all")
+    p.add_argument("--stage", choices=["vae", "dit", "export", "eval", "all"], default="all")
     p.add_argument("--run-dir", type=Path, default=Path("runs/toy"), help="checkpoints and log (not committed)")
     p.add_argument("--out", default=str(REPO / "assets" / "toy-wan"), help="exported pipeline folder")
     p.add_argument("--samples-png", default=str(REPO / "assets" / "toy-wan-samples.png"))
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoints")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start stages that have no run-folder checkpoint from an exported folder's weights "
+                        "(e.g. assets/toy-wan); step counts continue from its training.json")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
@@ -658,6 +789,7 @@ def parse_args(argv=None):
     p.add_argument("--sample-steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--train-device-note", default="CPU", help="recorded in training.json")
+    p.add_argument("--eval-prompts", type=int, default=32, help="held-out captions sampled to measure prompt following")
     return p.parse_args(argv)
 
 
@@ -673,6 +805,8 @@ def main(argv=None):
         train_dit(args, log)
     if args.stage in ("export", "all"):
         export(args, log)
+    if args.stage == "eval":
+        evaluate(args, log)
 
 
 if __name__ == "__main__":

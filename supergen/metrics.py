@@ -17,6 +17,7 @@ This module depends only on numpy, torch and OpenCV, so it is cheap to import.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -99,6 +100,94 @@ def object_count(frame, value_range=(0.0, 1.0), min_chroma: float = 0.5, min_are
     n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     # Label 0 is the background of the mask.
     return int((stats[1:n, cv2.CC_STAT_AREA] >= min_area).sum())
+
+
+@dataclass(frozen=True)
+class Blob:
+    """One saturated-colour object found in a frame by :func:`find_objects`.
+
+    ``colour`` is the palette entry nearest to its pixels, ``shape`` one of
+    ``"square"``, ``"disk"``, ``"triangle"`` (from how much of its bounding box it fills:
+    1.0, pi/4 and 1/2 for ideal shapes), ``fill`` that fraction, ``area`` in pixels.
+    """
+
+    colour: str
+    shape: str
+    fill: float
+    area: int
+
+
+# Fill-ratio boundaries halfway between the ideal shapes: triangle 0.5 | disk 0.785 | square 1.0.
+_FILL_DISK, _FILL_SQUARE = (0.5 + math.pi / 4) / 2, (math.pi / 4 + 1.0) / 2
+
+
+def find_objects(frame, palette: dict, value_range=(0.0, 1.0), min_chroma: float = 0.5,
+                 min_area: int | None = None) -> list[Blob]:
+    """Saturated-colour objects in a frame, each named by colour and shape.
+
+    Args:
+        frame: ``(H, W, 3)`` RGB.
+        palette: ``{name: (r, g, b)}`` in ``[0, 1]``; each blob gets the nearest name
+            (e.g. :data:`supergen.toyworld.OBJECT_COLOURS`).
+        value_range, min_chroma, min_area: as in :func:`object_count`.
+
+    Returns:
+        One :class:`Blob` per connected region of one colour, largest first. Shapes are judged by bounding-box
+        fill, which assumes axis-aligned squares and upright triangles (the toy world's).
+    """
+    f = _as_array(frame)
+    lo, hi = value_range
+    f = (f - lo) / (hi - lo)
+    names = list(palette)
+    colours = np.asarray([palette[n] for n in names], dtype=np.float64)
+    # Name every saturated pixel first, then find components per colour: objects of different
+    # colours that touch stay separate (one mask would merge them).
+    nearest = np.argmin(((f[..., None, :] - colours) ** 2).sum(axis=-1), axis=-1)
+    saturated = f.max(axis=-1) - f.min(axis=-1) >= min_chroma
+    if min_area is None:
+        min_area = max(4, int(0.002 * saturated.size))
+    blobs = []
+    for k, name in enumerate(names):
+        mask = (saturated & (nearest == k)).astype(np.uint8)
+        n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        for i in range(1, n):  # label 0 is the mask's background
+            area = int(stats[i, cv2.CC_STAT_AREA])
+            if area < min_area:
+                continue
+            fill = area / float(stats[i, cv2.CC_STAT_WIDTH] * stats[i, cv2.CC_STAT_HEIGHT])
+            shape = "square" if fill >= _FILL_SQUARE else "disk" if fill >= _FILL_DISK else "triangle"
+            blobs.append(Blob(name, shape, fill, area))
+    return sorted(blobs, key=lambda b: -b.area)
+
+
+@dataclass(frozen=True)
+class PromptMatch:
+    """How well the objects found in a frame match the objects a prompt asked for.
+
+    ``colours_found``: asked-for colours that appear (as any blob); ``shapes_right``: of
+    those, how many have the asked-for shape (its largest blob of that colour);
+    ``extra_colours``: colours that appear but were not asked for.
+    """
+
+    asked: int
+    colours_found: int
+    shapes_right: int
+    extra_colours: int
+
+
+def match_prompt(blobs: list[Blob], asked: list[tuple[str, str]]) -> PromptMatch:
+    """Compare :func:`find_objects` output with ``asked = [(colour, shape), ...]``."""
+    largest = {}
+    for blob in blobs:  # largest first, so the first blob of a colour is its largest
+        largest.setdefault(blob.colour, blob)
+    wanted = dict(asked)
+    found = [c for c in wanted if c in largest]
+    return PromptMatch(
+        asked=len(wanted),
+        colours_found=len(found),
+        shapes_right=sum(largest[c].shape == wanted[c] for c in found),
+        extra_colours=len(set(largest) - set(wanted)),
+    )
 
 
 def temporal_flicker(video) -> float:

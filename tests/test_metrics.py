@@ -96,3 +96,33 @@ def test_temporal_flicker():
     flicker = static.copy()
     flicker[1::2] = np.clip(flicker[1::2] + 0.1, 0, 1)
     assert metrics.temporal_flicker(flicker) > 10 * metrics.temporal_flicker(video)
+
+
+def test_find_objects_names_colour_and_shape_of_drawn_shapes():
+    objects = (
+        toyworld.SceneObject("disk", "red", "still", 20.0, 20.0, 12.0, 0.0),
+        toyworld.SceneObject("square", "blue", "still", 60.0, 25.0, 11.0, 0.0),
+        toyworld.SceneObject("triangle", "yellow", "still", 30.0, 62.0, 14.0, 0.0),
+    )
+    scene = toyworld.Scene(96, 96, 1, ("slate", "sand"), "vertical", objects)
+    frame = toyworld.render(scene)[:, 0].transpose(1, 2, 0)
+    blobs = metrics.find_objects(frame, toyworld.OBJECT_COLOURS, value_range=(-1, 1))
+    assert sorted((b.colour, b.shape) for b in blobs) == [("blue", "square"), ("red", "disk"), ("yellow", "triangle")]
+
+    asked = [("red", "disk"), ("blue", "disk"), ("green", "square")]
+    m = metrics.match_prompt(blobs, asked)
+    # red disk right; blue present but a square; green missing; yellow not asked for.
+    assert m == metrics.PromptMatch(asked=3, colours_found=2, shapes_right=1, extra_colours=1)
+
+
+def test_find_objects_on_random_toyworld_clips():
+    """The detector reads the toy world's own clips correctly (its upper bound on samples)."""
+    total = right = 0
+    for seed in range(40):
+        clip, scene = toyworld.make_clip(seed, height=128, width=128, num_frames=5)
+        blobs = metrics.find_objects(clip[:, 2].transpose(1, 2, 0), toyworld.OBJECT_COLOURS, value_range=(-1, 1))
+        m = metrics.match_prompt(blobs, [(o.colour, o.shape) for o in scene.objects])
+        total += m.asked
+        right += m.shapes_right
+    # Overlapping shapes merge or hide each other, so a few misses are expected.
+    assert right >= 0.85 * total

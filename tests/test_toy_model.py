@@ -68,3 +68,47 @@ def test_renders_smooth_frames_at_native_size(toy_pipe, native_size):
     # The random `tiny` model the rest of the suite uses draws noise-like frames.
     random_frames = render(tiny_wan_pipeline(), native_size, steps=4)
     assert roughness(frames) < 0.25 * roughness(random_frames)
+
+
+def _trainer():
+    """scripts/train_toy_model.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    path = ASSET.parents[1] / "scripts" / "train_toy_model.py"
+    spec = importlib.util.spec_from_file_location("train_toy_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_continues_from_the_shipped_folder(tmp_path):
+    """A fresh clone has no run-folder checkpoints; --init-from continues from the shipped
+    weights (same step count, same latent scale, encoder frozen) instead of from scratch."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    trainer = _trainer()
+    card = json.loads((ASSET / "training.json").read_text())
+    common = ["--init-from", str(ASSET), "--run-dir", str(tmp_path), "--eval-every", "1"]
+    trainer.main(["--stage", "vae", "--freeze-encoder", "--vae-steps", str(card["vae_steps"] + 1),
+                  "--vae-batch", "1", "--vae-crop", "32", "--vae-eval-clips", "1", "--vae-lr", "1e-5", *common])
+    trainer.main(["--stage", "dit", "--dit-steps", str(card["dit_steps"] + 1), "--dit-batch", "2",
+                  "--bank", "4", "--dit-eval-clips", "4", *common])
+
+    vae_state = torch.load(tmp_path / "vae.pt", weights_only=False)
+    dit_state = torch.load(tmp_path / "dit.pt", weights_only=False)
+    assert vae_state["step"] == card["vae_steps"] + 1 and vae_state["encoder_frozen"]
+    assert dit_state["step"] == card["dit_steps"] + 1
+
+    shipped_vae = AutoencoderKLWan.from_pretrained(ASSET / "vae").state_dict()
+    ema_vae = vae_state["ema"]["module"]
+    for key, value in shipped_vae.items():
+        if key.startswith(("encoder.", "quant_conv.")):
+            assert torch.equal(ema_vae[key], value), key  # frozen: the DiT's latent space is kept
+    decoder_change = max((ema_vae[k] - v).abs().max().item() for k, v in shipped_vae.items() if k.startswith("decoder."))
+    assert 0 < decoder_change < 1e-3  # one small step away from the shipped decoder, not re-initialised
+
+    assert dit_state["latents_mean"] == pytest.approx(list(json.loads((ASSET / "vae" / "config.json").read_text())["latents_mean"]))
+    shipped_dit = WanTransformer3DModel.from_pretrained(ASSET / "transformer").state_dict()
+    ema_dit = dit_state["ema"]["module"]
+    dit_change = max((ema_dit[f"transformer.{k}"] - v).abs().max().item() for k, v in shipped_dit.items())
+    assert 0 < dit_change < 1e-3
