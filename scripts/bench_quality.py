@@ -65,7 +65,7 @@ def border_geometry(sg: SuperGenPipeline, out) -> tuple[tuple[int, int], tuple[i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", nargs="*", default=list(GROUPS), choices=list(GROUPS))
-    parser.add_argument("--prompt", default="a red disk moving right on a blue to green background")
+    parser.add_argument("--prompt", default="a red disk moving right and a blue square staying still on a vertical sky to sand background")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=256, help="square canvas in pixels (native is 128)")
     args = parser.parse_args()

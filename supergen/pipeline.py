@@ -197,6 +197,10 @@ class SuperGenPipeline:
             num_frames=frames,
             image=image,
         )
+        unknown = adapter.unknown_prompt_words(request.prompt)
+        if unknown:
+            logger.warning("prompt words unknown to this model's tokenizer (the model will not see them): %s",
+                           ", ".join(unknown))
         height, width = self._snap(req_height, "height"), self._snap(req_width, "width")
         native = self._sketch_size(height, width)  # the sketch's size, and the default tile
         sketch_size: tuple[int, int] | None = native

@@ -112,3 +112,16 @@ def test_training_continues_from_the_shipped_folder(tmp_path):
     ema_dit = dit_state["ema"]["module"]
     dit_change = max((ema_dit[f"transformer.{k}"] - v).abs().max().item() for k, v in shipped_dit.items())
     assert 0 < dit_change < 1e-3
+
+
+def test_prompt_words_outside_the_vocabulary_are_reported(toy_pipe, caplog):
+    """The toy model knows only its world's words: others become <unk> and the user is told."""
+    from supergen import SuperGenPipeline
+
+    sg = SuperGenPipeline.from_pipe(toy_pipe, "toy")
+    assert sg.adapter.unknown_prompt_words(PROMPT) == []
+    assert sg.adapter.unknown_prompt_words("a Purple disk on a vertical gray to teal background.") == ["Purple", "teal"]
+    with caplog.at_level("WARNING", logger="supergen"):
+        sg(prompt="a purple disk staying still on a vertical gray to white background", height=128, width=128,
+           num_frames=5, strength=1.0, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
+    assert "unknown to this model's tokenizer" in caplog.text and "purple" in caplog.text

@@ -143,6 +143,18 @@ class ModelAdapter(SizeRules, abc.ABC):
         return self.pipe.scheduler
 
     # ---- conditioning -----------------------------------------------------------------------
+    def unknown_prompt_words(self, prompt: str) -> list[str]:
+        """Words of ``prompt`` the pipeline's (first) tokenizer can only encode as its unknown
+        token, so the model never sees them. Large sentencepiece vocabularies rarely have any;
+        a small word-level vocabulary (the toy model's) makes this the commonest prompt mistake.
+        """
+        tokenizer = getattr(self.pipe, "tokenizer", None)
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if unk is None:
+            return []
+        words = dict.fromkeys(w.strip(".,;:!?\"'()") for w in prompt.split())
+        return [w for w in words if w and unk in tokenizer(w, add_special_tokens=False).input_ids]
+
     @abc.abstractmethod
     def encode_prompt(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
         """Text (and image) embeddings, computed once and shared by both stages."""
