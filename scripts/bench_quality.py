@@ -8,6 +8,7 @@ render of the same tiling (cache rows only) and wall time.
 
     python scripts/bench_quality.py                     # all groups, ~2-4 minutes on a laptop CPU
     python scripts/bench_quality.py --groups tiling      # tiling | positions | strength | cache
+    python scripts/bench_quality.py --groups --strip assets/toy-4x-strip.png   # the README's picture
 """
 
 from __future__ import annotations
@@ -62,12 +63,26 @@ def border_geometry(sg: SuperGenPipeline, out) -> tuple[tuple[int, int], tuple[i
     return (tile[1], tile[0]), (tile[1], tile[0])  # overlap: the first tile's far edge is a seam candidate
 
 
+def write_strip(path: str, sketch: np.ndarray, video: np.ndarray, frame_ids=(0, 4, 8)) -> None:
+    """PNG: the sketch (nearest-neighbour enlarged to the video's size) above the video, chosen frames
+    side by side. sketch, video: ``(F, h, w, 3)`` / ``(F, H, W, 3)`` floats in [0, 1]."""
+    from PIL import Image
+
+    size = video.shape[2:0:-1]
+    top = np.concatenate([cv2.resize(sketch[i], size, interpolation=cv2.INTER_NEAREST) for i in frame_ids], axis=1)
+    bottom = np.concatenate([video[i] for i in frame_ids], axis=1)
+    grid = (np.clip(np.concatenate([top, bottom]), 0, 1) * 255).round().astype(np.uint8)
+    # A 256-colour palette keeps the PNG small in git history; these frames have few colours.
+    Image.fromarray(grid).quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", nargs="*", default=list(GROUPS), choices=list(GROUPS))
     parser.add_argument("--prompt", default="a red disk moving right and a blue square staying still on a vertical sky to sand background")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=256, help="square canvas in pixels (native is 128)")
+    parser.add_argument("--strip", help="also write a PNG of the base setting's sketch and video, frames 0, 4, 8")
     args = parser.parse_args()
     pipe = load_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
@@ -96,6 +111,12 @@ def main() -> None:
                 fidelity = (f"{psnr(video, reference):.1f}", f"{ssim(video, reference):.4f}")
             print(f"{name:<28}{seam:>7.2f}{obj_err:>+9.2f}{temporal_flicker(video):>9.4f}{fidelity[0]:>8}{fidelity[1]:>8}"
                   f"{skipped:>9}{seconds:>7.1f}")
+    if args.strip:
+        sg = SuperGenPipeline.from_pipe(pipe, "toy", **BASE)
+        out = sg(prompt=args.prompt, height=args.size, width=args.size, num_frames=9,
+                 generator=torch.Generator().manual_seed(args.seed))
+        write_strip(args.strip, out.sketch[0], out.frames[0])
+        print(f"wrote {args.strip}")
 
 
 if __name__ == "__main__":

@@ -710,8 +710,10 @@ def export(args, log):
     bank, _ = latent_bank(args, vae, device, log)  # cached by the DiT stage: only loads
     mean = torch.tensor(dit_state["latents_mean"]).view(1, -1, 1, 1, 1)
     std = torch.tensor(dit_state["latents_std"]).view(1, -1, 1, 1, 1)
-    dit_loss = dit_held_out_loss(transformer, text_encoder, tokenizer, (bank["held_latents"] - mean) / std,
-                                 bank["held_captions"], device)
+    held, caps = (bank["held_latents"] - mean) / std, bank["held_captions"]
+    dit_loss = dit_held_out_loss(transformer, text_encoder, tokenizer, held, caps, device)
+    wrong = dit_held_out_loss(transformer, text_encoder, tokenizer, held, caps[1:] + caps[:1], device)
+    following = prompt_following(loaded, args.eval_prompts, args.sample_steps, args.guidance)
     card = {
         "native_size": NATIVE,
         "vae_steps": vae_steps,
@@ -720,6 +722,8 @@ def export(args, log):
         "pooled_baseline_psnr_db": round(pooled_baseline_psnr(held_out), 2),
         "dit_steps": dit_state["step"],
         "dit_held_out_flow_loss": round(dit_loss, 4),
+        "dit_text_gap": round(wrong - dit_loss, 4),
+        "prompt_following": following,
         "scheduler": f"UniPCMultistepScheduler(flow_prediction, use_flow_sigmas, flow_shift={FLOW_SHIFT})",
         "sample_settings": {"num_inference_steps": args.sample_steps, "guidance_scale": args.guidance},
         "training_device": args.train_device_note,
@@ -735,7 +739,13 @@ def export(args, log):
         f"held-out PSNR {card['vae_held_out_psnr_db']} dB "
         f"(8x pool + bilinear baseline {card['pooled_baseline_psnr_db']} dB)\n"
         f"- DiT (WanTransformer3DModel, patch (1, 2, 2)) + UMT5 text encoder: {dit_state['step']} steps, "
-        f"held-out flow-matching loss {card['dit_held_out_flow_loss']}\n"
+        f"held-out flow-matching loss {card['dit_held_out_flow_loss']} (with each other's captions: "
+        f"+{card['dit_text_gap']})\n"
+        f"- prompt following ({following['prompts']} held-out captions, frame {following['frame']}): "
+        f"colour recall {following['samples']['colour_recall']}, shape accuracy "
+        f"{following['samples']['shape_accuracy']}, {following['samples']['extra_colours_per_video']} colours per "
+        f"video not asked for (the detector on the true clips: {following['true_clips']['colour_recall']}, "
+        f"{following['true_clips']['shape_accuracy']}, {following['true_clips']['extra_colours_per_video']})\n"
         f"- scheduler: {card['scheduler']}; samples use {args.sample_steps} steps, guidance {args.guidance}\n"
         f"- trained on: {args.train_device_note}\n\n"
         "```python\nfrom diffusers import WanPipeline\n"
