@@ -452,29 +452,35 @@ def load_vae_for_inference(args, device):
 
 
 @torch.no_grad()
+def encode_clips(vae, seeds, device, desc: str) -> tuple[torch.Tensor, list[str]]:
+    """Latents ``(N, 16, 3, 16, 16)`` float32 on the CPU and captions of the clips of ``seeds``."""
+    lat, caps = [], []
+    for i in tqdm(range(0, len(seeds), 16), desc=desc, dynamic_ncols=True):
+        videos, c = toyworld.make_batch(seeds[i : i + 16], **NATIVE)
+        lat.append(encode_latents(vae, torch.from_numpy(videos).to(device)).float().cpu())
+        caps += c
+    return torch.cat(lat), caps
+
+
+def held_out_latents(args, vae, device) -> tuple[torch.Tensor, list[str]]:
+    """The DiT's held-out set: the first ``--dit-eval-clips`` held-out seeds, encoded."""
+    return encode_clips(vae, np.arange(HELD_OUT_SEED, HELD_OUT_SEED + args.dit_eval_clips), device, "encode held-out")
+
+
+@torch.no_grad()
 def latent_bank(args, vae, device, log):
     """Encode ``--bank`` training clips once (the encoder is frozen while the DiT trains).
 
-    Returns latents ``(N, 16, 3, 16, 16)`` float32, their captions, and the held-out
-    set (first 64 held-out seeds). Cached in the run folder, keyed by the encoder's digest.
+    Returns latents ``(N, 16, 3, 16, 16)`` float32, their captions, and the held-out set
+    (:func:`held_out_latents`). Cached in the run folder, keyed by the encoder's digest.
     """
     digest = module_digest(torch.nn.ModuleList([vae.encoder, vae.quant_conv]))
     path = args.run_dir / f"latents_{digest}_{args.bank}.pt"
     if path.exists():
         return torch.load(path, weights_only=False), digest
     seeds = np.random.default_rng([args.seed, 2]).integers(0, HELD_OUT_SEED, size=args.bank)
-    held = np.arange(HELD_OUT_SEED, HELD_OUT_SEED + args.dit_eval_clips)
-
-    def encode(seed_list, desc):
-        lat, caps = [], []
-        for i in tqdm(range(0, len(seed_list), 16), desc=desc, dynamic_ncols=True):
-            videos, c = toyworld.make_batch(seed_list[i : i + 16], **NATIVE)
-            lat.append(encode_latents(vae, torch.from_numpy(videos).to(device)).float().cpu())
-            caps += c
-        return torch.cat(lat), caps
-
-    lat, caps = encode(seeds, "encode bank")
-    held_lat, held_caps = encode(held, "encode held-out")
+    lat, caps = encode_clips(vae, seeds, device, "encode bank")
+    held_lat, held_caps = held_out_latents(args, vae, device)
     bank = {"latents": lat, "captions": caps, "held_latents": held_lat, "held_captions": held_caps}
     save_checkpoint(path, bank)
     log(f"dit: encoded a bank of {len(caps)} clips + {len(held_caps)} held-out with encoder {digest}")
@@ -707,10 +713,10 @@ def export(args, log):
     # The numbers the model card quotes come from the logs of the checkpoints exported.
     held_out = clips(range(HELD_OUT_SEED, HELD_OUT_SEED + args.vae_eval_clips), device)
     p_all, p_first = vae_held_out_psnr(vae, held_out)
-    bank, _ = latent_bank(args, vae, device, log)  # cached by the DiT stage: only loads
+    held_lat, caps = held_out_latents(args, vae, device)
     mean = torch.tensor(dit_state["latents_mean"]).view(1, -1, 1, 1, 1)
     std = torch.tensor(dit_state["latents_std"]).view(1, -1, 1, 1, 1)
-    held, caps = (bank["held_latents"] - mean) / std, bank["held_captions"]
+    held = (held_lat - mean) / std
     dit_loss = dit_held_out_loss(transformer, text_encoder, tokenizer, held, caps, device)
     wrong = dit_held_out_loss(transformer, text_encoder, tokenizer, held, caps[1:] + caps[:1], device)
     following = prompt_following(loaded, args.eval_prompts, args.sample_steps, args.guidance)
