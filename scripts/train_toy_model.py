@@ -519,22 +519,32 @@ def dit_held_out_loss(transformer, text_encoder, tokenizer, x0, captions, device
     return total / len(x0)
 
 
+def dit_held_out_scores(transformer, text_encoder, tokenizer, x0, captions, device) -> tuple[float, float]:
+    """(held-out loss, text gap): the gap is the loss with each clip given the next clip's caption
+    minus the loss with its own, i.e. how much the model uses the prompt (0 = it ignores it)."""
+    right = dit_held_out_loss(transformer, text_encoder, tokenizer, x0, captions, device)
+    wrong = dit_held_out_loss(transformer, text_encoder, tokenizer, x0, captions[1:] + captions[:1], device)
+    return right, wrong - right
+
+
 def train_dit(args, log):
     device = torch.device(args.device)
     path = args.run_dir / "dit.pt"
     vae, _ = load_vae_for_inference(args, device)
-    vae.encoder.requires_grad_(False)
     tokenizer = build_tokenizer()
     bank, digest = latent_bank(args, vae, device, log)
     lat = bank["latents"]
+    state = torch.load(path, map_location=device, weights_only=False) if args.resume and path.exists() else None
     # Per-channel statistics over the bank; the pipeline un-normalises with exactly these. A run
-    # continuing an exported model keeps its statistics: the transformer learned in that scale.
-    if args.init_from and not (args.resume and path.exists()):
-        shipped = exported_vae(args.init_from).config
-        mean, std = torch.tensor(shipped.latents_mean), torch.tensor(shipped.latents_std)
-    elif args.resume and path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        mean, std = torch.tensor(saved["latents_mean"]), torch.tensor(saved["latents_std"])
+    # continuing a checkpoint or an exported model keeps its statistics: the transformer learned
+    # in that scale.
+    if state is not None:
+        mean, std = torch.tensor(state["latents_mean"]), torch.tensor(state["latents_std"])
+    elif args.init_from:
+        from diffusers import AutoencoderKLWan
+
+        shipped = AutoencoderKLWan.load_config(Path(args.init_from) / "vae")
+        mean, std = torch.tensor(shipped["latents_mean"]), torch.tensor(shipped["latents_std"])
     else:
         mean = lat.mean(dim=(0, 2, 3, 4))
         std = lat.std(dim=(0, 2, 3, 4))
@@ -550,8 +560,7 @@ def train_dit(args, log):
     ema = EMA(models, args.dit_ema)
     opt = torch.optim.AdamW(models.parameters(), lr=args.dit_lr, weight_decay=0.01)
     step = start = 0
-    if args.resume and path.exists():
-        state = torch.load(path, map_location=device, weights_only=False)
+    if state is not None:
         if state["encoder_digest"] != digest:
             raise SystemExit(f"dit checkpoint was trained on VAE encoder {state['encoder_digest']}, "
                              f"the run folder's VAE encoder is {digest}: refusing to mix them")
@@ -605,13 +614,10 @@ def train_dit(args, log):
         done = step == args.dit_steps
         if step % args.eval_every == 0 or done:
             e = ema.module
-            caps = bank["held_captions"]
-            held_loss = dit_held_out_loss(e["transformer"], e["text_encoder"], tokenizer, held, caps, device)
-            # The same clips with each other's captions: the gap is how much the model uses the
-            # prompt (0 = it ignores it).
-            wrong = dit_held_out_loss(e["transformer"], e["text_encoder"], tokenizer, held, caps[1:] + caps[:1], device)
+            held_loss, gap = dit_held_out_scores(e["transformer"], e["text_encoder"], tokenizer, held,
+                                                 bank["held_captions"], device)
             log(f"dit step {step} lr {lr_at(step - 1):.2e} train_loss {loss.item():.4f} held_out_loss {held_loss:.4f} "
-                f"text_gap {wrong - held_loss:.4f}")
+                f"text_gap {gap:.4f}")
         if done or time.time() - last_save > args.save_every_s:
             save_checkpoint(path, {"model": models.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                                    "step": step, "schedule_start": start, "encoder_digest": digest,
@@ -631,9 +637,10 @@ def prompt_following(pipe, n_prompts: int, steps: int, guidance: float) -> dict:
     caption's objects. The same measure on the true clips of those captions is the detector's
     ceiling (overlapping shapes hide each other), reported beside it.
     """
-    seeds = range(HELD_OUT_SEED, HELD_OUT_SEED + n_prompts)
-    truth, captions = toyworld.make_batch(seeds, **NATIVE)
-    asked = [[(o.colour, o.shape) for o in toyworld.make_clip(s, **NATIVE)[1].objects] for s in seeds]
+    drawn = [toyworld.make_clip(s, **NATIVE) for s in range(HELD_OUT_SEED, HELD_OUT_SEED + n_prompts)]
+    truth = np.stack([clip for clip, _ in drawn])  # (N, 3, F, H, W) in [-1, 1]
+    captions = [scene.caption() for _, scene in drawn]
+    asked = [[(o.colour, o.shape) for o in scene.objects] for _, scene in drawn]
     videos = []
     for i in range(0, n_prompts, 16):
         videos.append(pipe(prompt=captions[i : i + 16], negative_prompt=[""] * len(captions[i : i + 16]),
@@ -716,9 +723,7 @@ def export(args, log):
     held_lat, caps = held_out_latents(args, vae, device)
     mean = torch.tensor(dit_state["latents_mean"]).view(1, -1, 1, 1, 1)
     std = torch.tensor(dit_state["latents_std"]).view(1, -1, 1, 1, 1)
-    held = (held_lat - mean) / std
-    dit_loss = dit_held_out_loss(transformer, text_encoder, tokenizer, held, caps, device)
-    wrong = dit_held_out_loss(transformer, text_encoder, tokenizer, held, caps[1:] + caps[:1], device)
+    dit_loss, text_gap = dit_held_out_scores(transformer, text_encoder, tokenizer, (held_lat - mean) / std, caps, device)
     following = prompt_following(loaded, args.eval_prompts, args.sample_steps, args.guidance)
     card = {
         "native_size": NATIVE,
@@ -728,7 +733,7 @@ def export(args, log):
         "pooled_baseline_psnr_db": round(pooled_baseline_psnr(held_out), 2),
         "dit_steps": dit_state["step"],
         "dit_held_out_flow_loss": round(dit_loss, 4),
-        "dit_text_gap": round(wrong - dit_loss, 4),
+        "dit_text_gap": round(text_gap, 4),
         "prompt_following": following,
         "scheduler": f"UniPCMultistepScheduler(flow_prediction, use_flow_sigmas, flow_shift={FLOW_SHIFT})",
         "sample_settings": {"num_inference_steps": args.sample_steps, "guidance_scale": args.guidance},

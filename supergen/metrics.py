@@ -73,6 +73,18 @@ def seam_score(video, tile_period_xy, offset=(0, 0)) -> float:
     return float(max(ratios))
 
 
+def _saturated_mask(frame, value_range, min_chroma: float, min_area: int | None):
+    """The frame mapped to [0, 1], its saturated-colour mask (chroma ``>= min_chroma``) and the
+    minimum blob area in pixels (default 0.2 % of the frame, at least 4)."""
+    f = _as_array(frame)
+    lo, hi = value_range
+    f = (f - lo) / (hi - lo)
+    mask = f.max(axis=-1) - f.min(axis=-1) >= min_chroma
+    if min_area is None:
+        min_area = max(4, int(0.002 * mask.size))
+    return f, mask, min_area
+
+
 def object_count(frame, value_range=(0.0, 1.0), min_chroma: float = 0.5, min_area: int | None = None) -> int:
     """Number of separate saturated-colour blobs in a frame (duplication detector).
 
@@ -90,14 +102,8 @@ def object_count(frame, value_range=(0.0, 1.0), min_chroma: float = 0.5, min_are
         Touching objects merge into one component; the toy world's captions name distinct
         colours, so compare counts against the sketch, not against an exact scene count.
     """
-    f = _as_array(frame)
-    lo, hi = value_range
-    f = (f - lo) / (hi - lo)
-    chroma = f.max(axis=-1) - f.min(axis=-1)
-    mask = (chroma >= min_chroma).astype(np.uint8)
-    if min_area is None:
-        min_area = max(4, int(0.002 * mask.size))
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    _, mask, min_area = _saturated_mask(frame, value_range, min_chroma, min_area)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     # Label 0 is the background of the mask.
     return int((stats[1:n, cv2.CC_STAT_AREA] >= min_area).sum())
 
@@ -132,20 +138,16 @@ def find_objects(frame, palette: dict, value_range=(0.0, 1.0), min_chroma: float
         value_range, min_chroma, min_area: as in :func:`object_count`.
 
     Returns:
-        One :class:`Blob` per connected region of one colour, largest first. Shapes are judged by bounding-box
-        fill, which assumes axis-aligned squares and upright triangles (the toy world's).
+        One :class:`Blob` per connected region of one colour, largest first. Shapes are judged
+        by bounding-box fill, which assumes axis-aligned squares and upright triangles (the toy
+        world's).
     """
-    f = _as_array(frame)
-    lo, hi = value_range
-    f = (f - lo) / (hi - lo)
+    f, saturated, min_area = _saturated_mask(frame, value_range, min_chroma, min_area)
     names = list(palette)
     colours = np.asarray([palette[n] for n in names], dtype=np.float64)
     # Name every saturated pixel first, then find components per colour: objects of different
     # colours that touch stay separate (one mask would merge them).
     nearest = np.argmin(((f[..., None, :] - colours) ** 2).sum(axis=-1), axis=-1)
-    saturated = f.max(axis=-1) - f.min(axis=-1) >= min_chroma
-    if min_area is None:
-        min_area = max(4, int(0.002 * saturated.size))
     blobs = []
     for k, name in enumerate(names):
         mask = (saturated & (nearest == k)).astype(np.uint8)
