@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_refine import ARCHS  # noqa: E402  (the same medium model as the refinement benchmark)
 
-from supergen.metrics import psnr, ssim  # noqa: E402
+from supergen.eval.metrics import psnr, ssim  # noqa: E402
 from supergen.pipeline import SuperGenPipeline  # noqa: E402
 
 

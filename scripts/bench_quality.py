@@ -22,7 +22,7 @@ import torch
 
 from supergen import SuperGenPipeline
 from supergen.builtin import load_pipeline
-from supergen.metrics import object_count, psnr, seam_score, ssim, temporal_flicker
+from supergen.eval.metrics import object_count, psnr, seam_score, ssim, temporal_flicker
 
 BASE = {"tiling": {"mode": "shift", "boundary": "clamp", "positions": "global"}, "refine": {"strength": 0.6}}
 GROUPS = {

@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -68,22 +67,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from supergen.eval import metrics, toyworld
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load_module(name: str):
-    """Import ``supergen/<name>.py`` from this checkout without running the package's
-    ``__init__`` (which loads the whole rendering pipeline): the trainer needs only these two
-    numpy/torch modules, and must keep working while the rest of the package changes."""
-    spec = importlib.util.spec_from_file_location(f"supergen.{name}", REPO / "supergen" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-metrics = _load_module("metrics")
-toyworld = _load_module("toyworld")
 
 NATIVE = dict(height=128, width=128, num_frames=9)
 HELD_OUT_SEED = 10**9  # training seeds are drawn below this, held-out clips use seeds above it

@@ -125,7 +125,7 @@ def resolve_device(name: str) -> torch.device:
 
 def render(args: argparse.Namespace) -> int:
     from .builtin import load_pipeline
-    from .io import check_output_path, write_video
+    from .videoio import check_output_path, write_video
     from .pipeline import SuperGenPipeline
 
     cfg = config_from_args(args)
@@ -145,7 +145,7 @@ def render(args: argparse.Namespace) -> int:
     sg = SuperGenPipeline.from_pipe(pipe, cfg)
     sketch_video = None
     if cfg.job.sketch_video is not None:
-        from .io import read_video
+        from .videoio import read_video
 
         sketch_video = read_video(cfg.job.sketch_video)
     start = time.perf_counter()

@@ -201,7 +201,7 @@ class DemoApp:
 
     def run(self, *fields: Any, progress=None) -> Iterator[tuple[str, str, Any, Any, Any]]:
         """Render one job; yields ``(status, plan, sketch video, final video, cache map)`` for the page."""
-        from .io import to_uint8, write_video
+        from .videoio import to_uint8, write_video
 
         try:
             job = Job(*fields)

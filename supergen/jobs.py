@@ -36,7 +36,7 @@ import torch
 
 from .config import SuperGenConfig, load_config, to_dict
 from .errors import SuperGenError
-from .io import atomic_file
+from .videoio import atomic_file
 
 logger = logging.getLogger("supergen")
 
@@ -223,7 +223,7 @@ def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dr
 
 def _render_one(pipe, job: Job, out: Path, leader: bool) -> dict[str, Any]:
     """Render one job; return its results record. Errors every rank agrees on are recorded, not raised."""
-    from .io import read_video, write_video
+    from .videoio import read_video, write_video
     from .parallel import RankFailure
     from .pipeline import SuperGenPipeline
 

@@ -70,7 +70,7 @@ def test_unwritable_output_folder(tmp_path):
 
 
 def test_output_file_gets_ordinary_permissions(tmp_path):
-    from supergen.io import write_video
+    from supergen.videoio import write_video
 
     import numpy as np
 

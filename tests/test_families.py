@@ -37,7 +37,7 @@ from supergen.adapters.cogvideox import CogVideoXAdapter
 from supergen.adapters.hunyuan import HunyuanVideoAdapter
 from supergen.adapters.ltx import LTXAdapter
 from supergen.builtin import char_tokenizer
-from supergen.io import read_video, write_video
+from supergen.videoio import read_video, write_video
 from supergen.parallel import TiledVAE
 from supergen.tiling import TilePlan, crop
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from supergen import metrics, toyworld
+from supergen.eval import metrics, toyworld
 
 
 def toy_video(seed=3, size=64, frames=5):

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from supergen import toyworld
+from supergen.eval import toyworld
 
 SIZE, FRAMES = 64, 9
 

@@ -12,7 +12,7 @@ Conventions
 * Sizes and speeds scale with the frame size, so a 128 px clip is a 64 px clip drawn at
   twice the resolution (same world, finer edges).
 * Object colours are fully saturated and background colours are muted (chroma <= 0.3),
-  which is what lets :func:`supergen.metrics.object_count` find objects by saturation.
+  which is what lets :func:`supergen.eval.metrics.object_count` find objects by saturation.
 * Everything is deterministic for a seed (``numpy.random.default_rng(seed)``).
 
 Caption grammar (all lower case, single spaces)::

@@ -8,7 +8,7 @@ and that video writers take:
 * a frame is ``(H, W, C)``.
 
 Values are expected in ``value_range`` / ``data_range`` units given by the caller (default
-``[0, 1]``). A :mod:`supergen.toyworld` clip ``(C, F, H, W)`` in ``[-1, 1]`` converts with
+``[0, 1]``). A :mod:`supergen.eval.toyworld` clip ``(C, F, H, W)`` in ``[-1, 1]`` converts with
 ``(clip.transpose(1, 2, 3, 0) + 1) / 2``.
 
 This module depends only on numpy, torch and OpenCV, so it is cheap to import.
@@ -134,7 +134,7 @@ def find_objects(frame, palette: dict, value_range=(0.0, 1.0), min_chroma: float
     Args:
         frame: ``(H, W, 3)`` RGB.
         palette: ``{name: (r, g, b)}`` in ``[0, 1]``; each blob gets the nearest name
-            (e.g. :data:`supergen.toyworld.OBJECT_COLOURS`).
+            (e.g. :data:`supergen.eval.toyworld.OBJECT_COLOURS`).
         value_range, min_chroma, min_area: as in :func:`object_count`.
 
     Returns:
