@@ -9,8 +9,9 @@ Two uses, one config key (``attention.backend``):
   ``supergen_kernels``: ``sdpa`` → SDPA with a boolean mask, ``flex`` → FlexAttention's
   ``BlockMask``, ``triton`` → the project's block-sparse Triton kernel.
 
-The sparse path replaces only the self-attention processor (``attn1``) of each transformer block
-for the duration of the refinement; the model's code and weights stay diffusers'.
+The sparse path replaces only the self-attention processor of each transformer block for the
+duration of the refinement (the adapter's ``tile_attention``, e.g. Wan's ``WanTileAttnProcessor``);
+the model's code and weights stay diffusers'.
 """
 
 from __future__ import annotations
@@ -19,15 +20,13 @@ import contextlib
 from typing import Iterator
 
 import torch
-from torch import nn
 
 from .errors import SuperGenError
 
-BACKENDS = ("sdpa", "flex", "triton", "xformers")
 #: Backend names of diffusers' attention dispatcher for dense (per-tile) attention.
 DENSE = {"sdpa": "native", "flex": "flex", "xformers": "xformers"}
 #: Backends of supergen_kernels for tile(+halo) attention over the canvas.
-SPARSE = {"sdpa": "reference", "flex": "flex", "triton": "triton"}
+SPARSE_KERNELS = {"sdpa": "reference", "flex": "flex", "triton": "triton"}
 
 
 def _xformers_reason(device: torch.device) -> str | None:
@@ -44,7 +43,7 @@ def available_backends(device: torch.device, sparse: bool) -> list[str]:
 
     if sparse:
         runnable = set(kernel_backends(device))
-        return [name for name, kernel in SPARSE.items() if kernel in runnable]
+        return [name for name, kernel in SPARSE_KERNELS.items() if kernel in runnable]
     return [name for name in DENSE if name != "xformers" or _xformers_reason(device) is None]
 
 
@@ -73,67 +72,3 @@ def dense_backend(name: str) -> Iterator[None]:
 
     with attention_backend(DENSE[name]):
         yield
-
-
-def _rotate(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-    # Wan's interleaved rotary embedding (as in diffusers' WanAttnProcessor), x: (B, N, heads, D).
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = freqs_cos[..., 0::2], freqs_sin[..., 1::2]
-    out = torch.empty_like(x)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x1 * sin + x2 * cos
-    return out.type_as(x)
-
-
-class WanTileAttnProcessor:
-    """Self-attention of a Wan block restricted to tile(+halo) windows of the canvas.
-
-    Same projections, norms and rotary embedding as diffusers' ``WanAttnProcessor``; only the
-    attention itself is the sparse :func:`supergen_kernels.tile_attention` over ``layout`` (tokens in
-    canvas order, as the transformer produces them).
-    """
-
-    def __init__(self, layout, backend: str):
-        self.layout, self.backend = layout, SPARSE[backend]
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        """``hidden_states`` ``(B, N, dim)`` with ``N = layout.seq_len`` → ``(B, N, dim)``."""
-        from diffusers.models.transformers.transformer_wan import _get_qkv_projections
-        from supergen_kernels import tile_attention
-
-        if encoder_hidden_states is not None:
-            raise SuperGenError("tile attention replaces self-attention (attn1) only")
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
-        if rotary_emb is not None:
-            query, key = _rotate(query, *rotary_emb), _rotate(key, *rotary_emb)
-        out = tile_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), self.layout, self.backend, order="canvas"
-        )
-        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
-        return attn.to_out[1](attn.to_out[0](out))
-
-
-@contextlib.contextmanager
-def tile_attention(transformers: list[nn.Module], layout, backend: str) -> Iterator[None]:
-    """Every Wan block's self-attention restricted to ``layout`` inside the ``with`` block.
-
-    Args:
-        transformers: the pipeline's transformers (Wan 2.2 has two experts).
-        layout: a :class:`supergen_kernels.TileLayout` over the canvas in tokens.
-        backend: ``sdpa`` | ``flex`` | ``triton``.
-    """
-    saved = []
-    for model in transformers:
-        blocks = getattr(model, "blocks", None)
-        if blocks is None or not all(hasattr(b, "attn1") for b in blocks):
-            raise SuperGenError(f"tiling.mode=attention supports Wan transformers; got {type(model).__name__}")
-        for block in blocks:
-            saved.append((block.attn1, block.attn1.processor))
-            block.attn1.set_processor(WanTileAttnProcessor(layout, backend))
-    try:
-        yield
-    finally:
-        for attn, processor in saved:
-            attn.set_processor(processor)

@@ -58,7 +58,6 @@ from diffusers.hooks.hooks import BaseState, StateManager
 
 from .config import CacheConfig
 from .errors import SuperGenError
-from .refine import ComputeAll, TilePolicy
 from .tiling import Tile, Window, accumulate, crop
 
 _EPS = 1e-12
@@ -67,6 +66,25 @@ _BLOCK_CACHE_HOOK = "supergen_block_cache"
 
 
 # ---- report -------------------------------------------------------------------------------------
+class ComputeAll:
+    """The policy without a cache: every tile is computed at every step."""
+
+    def start(self, num_steps):
+        pass
+
+    def scope(self, step, tiles):
+        return contextlib.nullcontext()
+
+    def decide(self, step, timestep, latents, tiles):
+        return [True] * len(tiles)
+
+    def predictions(self, step, latents, tiles, computed):
+        return computed
+
+    def observe(self, step, latents, prediction):
+        pass
+
+
 @dataclass
 class TileRecord:
     """One tile at one step: where it wrote on the canvas and what it cost."""
@@ -421,7 +439,7 @@ class RegionCache:
 class Reported:
     """Wraps any :class:`TilePolicy`: records per step which tiles were computed and how many blocks ran."""
 
-    def __init__(self, policy: TilePolicy, canvas: tuple[int, int], scope: _Scope, counts: dict[int, int], blocks_per_tile: int):
+    def __init__(self, policy: "TilePolicy", canvas: tuple[int, int], scope: _Scope, counts: dict[int, int], blocks_per_tile: int):
         self.policy, self.scope_state, self.counts = policy, scope, counts
         self.report = CacheReport(canvas)
         self.blocks_per_tile = blocks_per_tile
@@ -477,7 +495,7 @@ def cache_policy(cfg: CacheConfig, pipe, canvas: tuple[int, int, int], patch: tu
     models = _transformers(pipe)
     scope, counts = _Scope(), {}
     policy_name = cfg.policy if cfg.enabled else "none"
-    policy: TilePolicy = ComputeAll()
+    policy: "TilePolicy" = ComputeAll()
     installed: list[tuple[HookRegistry, str]] = []
     enabled_cache: list[torch.nn.Module] = []
     try:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
-import torch
-
-from . import parallel
-from .config import SuperGenConfig, load_config
+from . import __version__
+from .config import CONFIG_DIR, SuperGenConfig, load_config
 from .errors import SuperGenError
 
 logger = logging.getLogger("supergen")
@@ -49,26 +49,29 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="supergen", description="2K/4K video from diffusers video models, without training.")
+    parser.add_argument("--version", action="version", version=f"supergen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     render = sub.add_parser(
         "render",
         help="render one video",
         description="Render one video. Trailing key=value arguments override any config key (e.g. tiling.mode=overlap).",
     )
-    render.add_argument("--config", help="preset name (tiny) or YAML file; default: tiny")
+    render.add_argument("--config", help=f"preset name or YAML file; presets: {', '.join(presets())}; default: tiny "
+                        "(or, with --model, the preset of that model)")
     add_model_arguments(render)
-    render.add_argument("--prompt")
-    render.add_argument("--negative-prompt")
+    render.add_argument("--prompt", help="what to render (job.prompt)")
+    render.add_argument("--negative-prompt", help="what to steer away from (job.negative_prompt)")
     render.add_argument("--image", help="conditioning image for image-to-video models")
     render.add_argument("--sketch-video", help="use this low-resolution video as the sketch (upscaling)")
-    render.add_argument("--height", type=int)
-    render.add_argument("--width", type=int)
-    render.add_argument("--num-frames", type=int)
-    render.add_argument("--seed", type=int)
+    render.add_argument("--height", type=int, help="output height in pixels (job.height)")
+    render.add_argument("--width", type=int, help="output width in pixels (job.width)")
+    render.add_argument("--num-frames", type=int, help="frames; snapped to what the VAE takes, e.g. 4k+1 (job.num_frames)")
+    render.add_argument("--seed", type=int, help="random seed; -1 draws one and reports it (job.seed)")
     render.add_argument("--steps", type=int, help="refinement schedule length (refine.num_inference_steps)")
     render.add_argument("--strength", type=float, help="fraction of the schedule re-run on the upscaled sketch")
     render.add_argument("--output", "-o", help="output video path (.mp4)")
-    render.add_argument("--fps", type=int)
+    render.add_argument("--fps", type=int, help="frames per second of the written video (output.fps)")
+    render.add_argument("--overwrite", action="store_true", help="replace an existing output file (default: refuse)")
     render.add_argument("--save-sketch", action="store_true", help="also write the sketch as <output>.sketch.mp4")
     render.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     render.add_argument("--jobs", help="batch: a .jsonl or .csv file of jobs, one video a row (see supergen.jobs)")
@@ -86,9 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--config", help="preset name or YAML file; default: the library defaults (50 steps, strength 0.5)")
     plan.add_argument("--model", help="Wan2.1-1.3B | Wan2.1-14B | Wan2.1-I2V-14B | tiny | wan-medium-random | a Hugging Face id of those | a local model folder")
     plan.add_argument("--dtype", help="float32 | bfloat16 | float16")
-    plan.add_argument("--height", type=int)
-    plan.add_argument("--width", type=int)
-    plan.add_argument("--num-frames", type=int)
+    plan.add_argument("--height", type=int, help="output height in pixels")
+    plan.add_argument("--width", type=int, help="output width in pixels")
+    plan.add_argument("--num-frames", type=int, help="frames")
     plan.add_argument("--steps", type=int, help="refinement schedule length (refine.num_inference_steps)")
     plan.add_argument("--strength", type=float)
     plan.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -98,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the Gradio preview app (needs: pip install supergen[demo])",
         description="A web page to render one video at a time: the sketch appears when stage 1 ends, then the final video.",
     )
-    demo.add_argument("--config", help="preset name or YAML file; default: tiny")
+    demo.add_argument("--config", help=f"preset name or YAML file; presets: {', '.join(presets())}; default: tiny")
     add_model_arguments(demo)
     demo.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     demo.add_argument("--port", type=int, default=7860)
@@ -106,64 +109,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace, default_preset: str | None = "tiny") -> SuperGenConfig:
+def presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def default_preset(model: str | None) -> str:
+    """``tiny`` without ``--model``; else the preset made for that model, or a clear error."""
+    if model is None or model in ("tiny", "tiny-i2v"):
+        return "tiny"
+    matches = [name for name in presets() if load_config(name).model.name == model]
+    if model == "toy" or "toy" in matches:
+        return "toy"
+    if not matches:
+        raise SuperGenError(f"no preset is made for --model {model!r}; pass --config with a preset ({', '.join(presets())}) or a YAML file")
+    return matches[0]  # sorted: the 2K preset before the 4K one
+
+
+def config_from_args(args: argparse.Namespace, default: str | None = "tiny") -> SuperGenConfig:
     overrides = [f"{key}={_quote(getattr(args, flag))}" for flag, key in FLAG_TO_KEY.items() if getattr(args, flag, None) is not None]
     if getattr(args, "save_sketch", False):
         overrides.append("output.save_sketch=true")
+    preset = args.config or (default_preset(getattr(args, "model", None)) if default == "tiny" else default)
     # Explicit key=value arguments come last so they win over the shorthand flags.
-    return load_config(args.config or default_preset, overrides + list(args.overrides))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SuperGenError(f"model.device={name!r} but no CUDA device is available; valid here: auto, cpu")
-    return device
+    return load_config(preset, overrides + list(args.overrides))
 
 
 def render(args: argparse.Namespace) -> int:
-    from .builtin import load_pipeline
-    from .videoio import check_output_path, write_video
-    from .pipeline import SuperGenPipeline
+    from . import preflight
 
+    if args.jobs is None:
+        for flag, given in (("--dry-run", args.dry_run), ("--output-dir", args.output_dir is not None)):
+            if given:
+                raise SuperGenError(f"{flag} is for batch rendering: use it with --jobs FILE")
+    elif args.output is not None:
+        raise SuperGenError("-o/--output names one video; with --jobs the videos go to --output-dir")
     cfg = config_from_args(args)
     if args.jobs is not None:
         from .jobs import render_jobs
 
         return render_jobs(cfg, args.jobs, args.output_dir, dry_run=args.dry_run, quiet=args.quiet)
-    group = parallel.init(cfg)  # None without a launcher (torchrun / accelerate launch)
-    if group is not None and group.count > 1:
-        raise SuperGenError("parallel.group_size splits the ranks between jobs: use it with --jobs")
-    leader = group is None or group.is_leader  # the one rank that writes the video and speaks
-    output = check_output_path(cfg.output.path)
-    device = resolve_device(cfg.model.device)
-    pipe = load_pipeline(cfg.model.name, getattr(torch, cfg.model.dtype), device)
-    if args.quiet or not leader:
-        pipe.set_progress_bar_config(disable=True)
-    sg = SuperGenPipeline.from_pipe(pipe, cfg)
-    sketch_video = None
-    if cfg.job.sketch_video is not None:
-        from .videoio import read_video
+    # Everything a typo could break is checked before the (multi-GB) model load.
+    output = preflight.check_output_path(cfg.output.path, overwrite=args.overwrite)
+    sketch_output = output.with_suffix(".sketch" + output.suffix) if cfg.output.save_sketch else None
+    if sketch_output is not None:
+        preflight.check_output_path(sketch_output, overwrite=args.overwrite)
+    if args.cache_map:
+        preflight.check_cache_map_path(args.cache_map)
+    preflight.check_job(cfg)
+    from .runtime import Runtime
 
-        sketch_video = read_video(cfg.job.sketch_video)
+    runtime = Runtime.start(cfg, quiet=args.quiet)
+    if runtime.group is not None and runtime.group.count > 1:
+        raise SuperGenError("parallel.group_size splits the ranks between jobs: use it with --jobs")
     start = time.perf_counter()
-    # A CPU generator gives the same noise on every device (and every rank).
-    generator = torch.Generator("cpu").manual_seed(cfg.job.seed)
-    out = sg(generator=generator, sketch_video=sketch_video, output_type="np")
-    if not leader:
+    done = runtime.render(cfg, output, sketch_output)
+    if not runtime.leader:
         return 0
-    write_video(output, out.frames[0], fps=cfg.output.fps, quality=cfg.output.quality)
-    if cfg.output.save_sketch and out.sketch is not None:
-        write_video(output.with_suffix(".sketch" + output.suffix), out.sketch[0], fps=cfg.output.fps, quality=cfg.output.quality)
-    stats = out.stats
+    out, stats = done.output, done.output.stats
+    if cfg.output.save_sketch and out.sketch is None:
+        print("supergen: no sketch to save (strength 1 renders from noise)", file=sys.stderr)
     print(
-        f"supergen: {stats.size[1]}x{stats.size[0]}x{stats.num_frames} from a "
-        f"{'%dx%d' % stats.sketch[::-1] if stats.sketch else 'noise (strength 1)'} sketch, {stats.tiling}, "
+        f"supergen: {stats.size[0]}x{stats.size[1]}x{stats.num_frames} (height x width x frames) from a "
+        f"{'%dx%d' % stats.sketch if stats.sketch else 'noise (strength 1)'} sketch, {stats.tiling}, "
         f"{len(stats.steps)} steps, {stats.tile_forwards} tile-forwards"
         f" ({out.cache_report.tiles_skipped} skipped, {out.cache_report.block_share_skipped:.0%} of block forwards),"
-        f" {time.perf_counter() - start:.1f} s -> {output}"
+        f" seed {done.seed}, {time.perf_counter() - start:.1f} s -> {output}"
     )
     if args.cache_map:
         from .cache import write_cache_map
@@ -175,7 +185,7 @@ def render(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     from .planner import architecture, format_plan, make_plan, with_native_sketch
 
-    cfg = config_from_args(args, default_preset=None)
+    cfg = config_from_args(args, default=None)
     arch = architecture(cfg.model.name)
     planned = with_native_sketch(cfg, arch)
     print(format_plan(make_plan(planned, arch)))
@@ -195,8 +205,8 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(name)s: %(message)s")
     try:
         if args.command == "render":
             return render(args)
@@ -207,9 +217,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SuperGenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except parallel.RankFailure as exc:
+    except KeyboardInterrupt:
+        # Outputs are written under a temporary name and renamed when complete: nothing partial is left.
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from .parallel import RankFailure, active_group
+
+        if not isinstance(exc, RankFailure):
+            raise
         # A failure every rank agreed on carries the same message everywhere: rank 0 prints it.
-        group = parallel.active_group()
+        group = active_group()
         if not exc.recoverable or group is None or group.global_rank == 0:
             print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -22,31 +22,21 @@ from .errors import ConfigError
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
-@dataclass
-class ModelConfig:
-    #: ``tiny`` (built-in random Wan, for tests), ``toy`` (the small trained model in assets/),
-    #: or a diffusers model folder / Hugging Face id.
-    name: str = "tiny"
-    #: Weights dtype: float32 | bfloat16 | float16.
-    dtype: str = "float32"
-    #: ``auto`` picks cuda when available, else cpu.
-    device: str = "auto"
+def choice(default: str, *choices: str) -> Any:
+    """A string field that must be one of ``choices`` (checked by :func:`validate`, named in errors)."""
+    assert default in choices
+    return field(default=default, metadata={"choices": choices})
 
 
-@dataclass
-class JobConfig:
-    """What to render. Each row of a batch file overrides these fields."""
+def bounded(default: Any, low: float | None = None, high: float | None = None, low_open: bool = False) -> Any:
+    """A numeric field that must lie in ``[low, high]`` (``(low, high]`` when ``low_open``); None = unbounded."""
+    return field(default=default, metadata={"range": (low, high, low_open)})
 
-    prompt: str = "a red car in the city at night"
-    negative_prompt: str = ""
-    #: Path to the conditioning image for image-to-video models.
-    image: str | None = None
-    #: Optional low-resolution video to use as the sketch (supergen as a video upscaler).
-    sketch_video: str | None = None
-    height: int = 256
-    width: int = 448
-    num_frames: int = 9
-    seed: int = 0
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+# ---- method settings: what SuperGenPipeline reads --------------------------------------------
 
 
 @dataclass
@@ -57,13 +47,17 @@ class SketchConfig:
     #: aspect at ``native_area`` pixels).
     height: int | None = None
     width: int | None = None
-    native_area: int = 480 * 832
-    num_inference_steps: int = 50
+    #: follow: a sketch size whose aspect differs from the requested video's is replaced by its
+    #: orientation-swapped size, or the video's aspect at the same area (never a stretched sketch) |
+    #: fixed: exactly ``height × width``.
+    aspect: str = choice("follow", "follow", "fixed")
+    native_area: int = bounded(480 * 832, 256)
+    num_inference_steps: int = bounded(50, 1)
     guidance_scale: float = 5.0
     #: Wan 2.2 low-noise expert; null means ``guidance_scale``.
     guidance_scale_2: float | None = None
-    #: Pixel-space resize of the decoded sketch: bicubic | lanczos.
-    upscale: str = "bicubic"
+    #: Pixel-space resize of the decoded sketch.
+    upscale: str = choice("bicubic", "bicubic", "lanczos")
     #: Encode the upscaled video with the posterior's mode (false) or a seeded sample (true).
     sample_posterior: bool = False
 
@@ -73,10 +67,10 @@ class RefineConfig:
     """Stage 2: re-noise the upscaled sketch and denoise it in tiles."""
 
     #: Length N of the schedule that refinement enters part-way.
-    num_inference_steps: int = 50
+    num_inference_steps: int = bounded(50, 1)
     #: Fraction k/N of the schedule that is re-run: 1.0 ignores the sketch (pure noise), small values
     #: keep more of it.
-    strength: float = 0.5
+    strength: float = bounded(0.5, 0.0, 1.0, low_open=True)
     #: null means the sketch's guidance scale.
     guidance_scale: float | None = None
     guidance_scale_2: float | None = None
@@ -86,27 +80,29 @@ class RefineConfig:
 class TilingConfig:
     #: shift (non-overlapping tiles whose grid moves) | overlap (fixed overlapping, feathered tiles) |
     #: attention (the whole canvas in one forward, each token attending to its tile grown by ``halo``).
-    mode: str = "shift"
+    mode: str = choice("shift", "shift", "overlap", "attention")
     #: Tile size in pixels; null means the sketch size (the sequence length the model was trained on).
     tile_height: int | None = None
     tile_width: int | None = None
     #: shift mode: the grid moves by tile/shift_divisor (rounded to the patch) on each axis ...
-    shift_divisor: int = 16
+    shift_divisor: int = bounded(16, 1)
     #: ... every ``shift_every`` refinement steps.
-    shift_every: int = 1
+    shift_every: int = bounded(1, 1)
     #: shift mode at the canvas edge: wrap (torus, the paper) | clamp (full-size tiles clamped
     #: inside the canvas; no opposite edges side by side).
-    boundary: str = "clamp"
-    #: overlap mode: minimum overlap between neighbouring tiles, in pixels.
-    overlap: int = 128
+    boundary: str = choice("clamp", "wrap", "clamp")
+    #: overlap mode: minimum overlap between neighbouring tiles, in pixels; must be less than half
+    #: the tile (more would compute most of the canvas several times a step). null: a quarter of
+    #: the tile's shorter side, rounded down to the VAE × patch multiple.
+    overlap: int | None = bounded(None, 0)
     #: attention mode: pixels by which each tile's attention window reaches into its neighbours
     #: (0: tile-local attention). A multiple of VAE scale x patch (16 for Wan).
-    halo: int = 64
+    halo: int = bounded(64, 0)
     #: RoPE positions per tile: local (every tile from 0, the paper) | global (canvas offsets) |
     #: ntk (canvas offsets, NTK-scaled theta on spatial axes).
-    positions: str = "global"
+    positions: str = choice("global", "local", "global", "ntk")
     #: How many tiles of equal shape go through the transformer in one batch.
-    batch_tiles: int = 1
+    batch_tiles: int = bounded(1, 1)
 
 
 @dataclass
@@ -114,9 +110,9 @@ class CacheRegionConfig:
     """Per-tile thresholds: ``threshold × clamp((median volatility / tile volatility) ** strength, min_scale, max_scale)``."""
 
     #: 0 gives every tile the base threshold; larger values separate quiet and busy regions more.
-    strength: float = 1.0
-    min_scale: float = 0.5
-    max_scale: float = 2.0
+    strength: float = bounded(1.0, 0.0)
+    min_scale: float = bounded(0.5, 0.0, 1.0)
+    max_scale: float = bounded(2.0, 1.0)
 
 
 @dataclass
@@ -125,7 +121,7 @@ class CacheBlockConfig:
 
     enabled: bool = False
     #: Relative L1 change of a block's input under which its last residual is reused.
-    threshold: float = 0.05
+    threshold: float = bounded(0.05, 0.0)
 
 
 @dataclass
@@ -135,13 +131,13 @@ class CacheConfig:
     enabled: bool = False
     #: region (supergen's region-aware cache) | none | fbc, magcache (diffusers' First Block Cache /
     #: MagCache hooks, one state per tile: baselines at the same settings).
-    policy: str = "region"
+    policy: str = choice("region", "region", "none", "fbc", "magcache")
     #: Base threshold on the predicted relative change of a tile's output; 0 reuses nothing.
-    threshold: float = 0.1
+    threshold: float = bounded(0.1, 0.0)
     #: The first refinement steps, always computed (two give the first gain estimate).
-    warmup_steps: int = 2
+    warmup_steps: int = bounded(2, 0)
     #: An element of the canvas is recomputed after at most this many consecutive reuses.
-    max_consecutive: int = 3
+    max_consecutive: int = bounded(3, 0)
     region: CacheRegionConfig = field(default_factory=CacheRegionConfig)
     block: CacheBlockConfig = field(default_factory=CacheBlockConfig)
     #: magcache: the model's per-step magnitude ratios; null runs diffusers' calibration (no skipping)
@@ -155,87 +151,105 @@ class ParallelConfig:
 
     #: Dtype of the tile predictions moved between ranks: fp32 (exact) | bf16 | fp16 (half the bytes).
     #: Every rank, the tile's owner included, uses the transported value, so ranks stay identical.
-    exchange_dtype: str = "fp32"
+    exchange_dtype: str = choice("fp32", "fp32", "bf16", "fp16")
     #: Ranks per group in batch rendering: the world splits into groups of this many ranks and each
     #: group renders different jobs. 0 means one group of all ranks.
-    group_size: int = 0
+    group_size: int = bounded(0, 0)
     #: Seconds a rank waits for its peers in any one collective before the job fails (a dead or
     #: hung rank is reported instead of hanging forever). Must exceed the slowest single tile.
-    timeout_s: float = 300.0
+    timeout_s: float = bounded(300.0, 1.0)
 
 
 @dataclass
 class AttentionConfig:
-    #: sdpa | flex | triton | xformers. Per-tile modes use diffusers' dispatcher (sdpa, flex,
-    #: xformers); tiling.mode=attention uses the sparse tile kernels (sdpa with a mask, flex, triton).
-    #: An unusable choice is an error naming what runs here (supergen/attention.py).
-    backend: str = "sdpa"
+    #: Per-tile modes use diffusers' dispatcher (sdpa, flex, xformers); tiling.mode=attention uses
+    #: the sparse tile kernels (sdpa with a mask, flex, triton). An unusable choice is an error
+    #: naming what runs here (supergen/attention.py).
+    backend: str = choice("sdpa", "sdpa", "flex", "triton", "xformers")
+
+
+@dataclass
+class VaeConfig:
+    #: Tiled VAE encode/decode at the canvas size: auto (when the canvas is larger than the sketch) | on | off.
+    tiling: str = choice("auto", "auto", "on", "off")
+
+
+@dataclass
+class MethodConfig:
+    """What :class:`~supergen.pipeline.SuperGenPipeline` reads: the method, no files, no model loading."""
+
+    sketch: SketchConfig = field(default_factory=SketchConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+
+# ---- application settings: what the CLI, batch runner and demo read --------------------------
+
+
+@dataclass
+class ModelConfig:
+    #: ``tiny`` (built-in random Wan, for tests), ``toy`` (the small trained model in assets/),
+    #: or a diffusers model folder / Hugging Face id.
+    name: str = "tiny"
+    #: Transformer (and text encoder) weights dtype.
+    dtype: str = choice("float32", *DTYPES)
+    #: VAE and image-encoder dtypes; null takes the family's recipe (Wan: float32, as diffusers'
+    #: Wan examples load them).
+    vae_dtype: str | None = None
+    image_encoder_dtype: str | None = None
+    #: ``auto`` picks cuda when available, else cpu.
+    device: str = "auto"
+    #: diffusers' memory savers: none | model (enable_model_cpu_offload) | sequential
+    #: (enable_sequential_cpu_offload) | group (enable_group_offload, block level, with streams on CUDA).
+    offload: str = choice("none", "none", "model", "sequential", "group")
+
+
+@dataclass
+class JobConfig:
+    """What to render. Each row of a batch file overrides these fields."""
+
+    prompt: str = "a red car in the city at night"
+    negative_prompt: str = ""
+    #: Path to the conditioning image for image-to-video models.
+    image: str | None = None
+    #: Optional low-resolution video to use as the sketch (supergen as a video upscaler).
+    sketch_video: str | None = None
+    height: int = bounded(256, 16)
+    width: int = bounded(448, 16)
+    num_frames: int = bounded(9, 1)
+    #: -1 draws a random seed (reported in the summary and the sidecar).
+    seed: int = bounded(0, -1, 2**63 - 1)
 
 
 @dataclass
 class OutputConfig:
     path: str = "out.mp4"
-    fps: int = 16
+    fps: int = bounded(16, 1)
     #: Also write the sketch video beside the output (``<name>.sketch.mp4``).
     save_sketch: bool = False
-    #: Tiled VAE encode/decode: auto (when larger than the sketch) | on | off.
-    vae_tiling: str = "auto"
     #: H.264 quality for imageio-ffmpeg (0-10).
-    quality: int = 8
+    quality: int = bounded(8, 0, 10)
 
 
 @dataclass
-class SuperGenConfig:
+class SuperGenConfig(MethodConfig):
+    """The method plus what the applications need: which model to load, what to render, where to write it."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     job: JobConfig = field(default_factory=JobConfig)
-    sketch: SketchConfig = field(default_factory=SketchConfig)
-    refine: RefineConfig = field(default_factory=RefineConfig)
-    tiling: TilingConfig = field(default_factory=TilingConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    attention: AttentionConfig = field(default_factory=AttentionConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
+    @property
+    def method(self) -> MethodConfig:
+        return MethodConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(MethodConfig)})
 
-#: Fields whose string value must be one of a fixed set.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model.dtype": ("float32", "bfloat16", "float16"),
-    "sketch.upscale": ("bicubic", "lanczos"),
-    "tiling.mode": ("shift", "overlap", "attention"),
-    "attention.backend": ("sdpa", "flex", "triton", "xformers"),
-    "tiling.boundary": ("wrap", "clamp"),
-    "tiling.positions": ("local", "global", "ntk"),
-    "output.vae_tiling": ("auto", "on", "off"),
-    "cache.policy": ("region", "none", "fbc", "magcache"),
-    "parallel.exchange_dtype": ("fp32", "bf16", "fp16"),
-}
 
-#: Numeric fields and the closed interval they must lie in (None = unbounded).
-RANGES: dict[str, tuple[float | None, float | None]] = {
-    "job.height": (16, None),
-    "job.width": (16, None),
-    "job.num_frames": (1, None),
-    "sketch.num_inference_steps": (1, None),
-    "sketch.native_area": (256, None),
-    "refine.num_inference_steps": (1, None),
-    "refine.strength": (0.0, 1.0),
-    "tiling.shift_divisor": (1, None),
-    "tiling.shift_every": (1, None),
-    "tiling.overlap": (0, None),
-    "tiling.halo": (0, None),
-    "tiling.batch_tiles": (1, None),
-    "output.fps": (1, None),
-    "output.quality": (0, 10),
-    "cache.threshold": (0.0, None),
-    "cache.warmup_steps": (0, None),
-    "cache.max_consecutive": (0, None),
-    "cache.region.strength": (0.0, None),
-    "cache.region.min_scale": (0.0, 1.0),
-    "cache.region.max_scale": (1.0, None),
-    "cache.block.threshold": (0.0, None),
-    "parallel.group_size": (0, None),
-    "parallel.timeout_s": (1.0, None),
-}
+#: Keys that moved, old → new; presets and overrides using the old name keep working.
+RENAMED = {"output.vae_tiling": "vae.tiling"}
 
 
 def preset_path(name: str) -> Path:
@@ -253,14 +267,14 @@ def preset_path(name: str) -> Path:
 
 
 def load_config(
-    config: str | Path | SuperGenConfig | Mapping[str, Any] | None = None,
+    config: str | Path | MethodConfig | Mapping[str, Any] | None = None,
     overrides: Sequence[str] | Mapping[str, Any] | None = None,
 ) -> SuperGenConfig:
     """Build and validate a config.
 
     Args:
-        config: a preset name (``"tiny"``), a YAML path, a :class:`SuperGenConfig`, a nested mapping,
-            or None for the defaults.
+        config: a preset name (``"tiny"``), a YAML path, a :class:`SuperGenConfig` (or
+            :class:`MethodConfig`), a nested mapping, or None for the defaults.
         overrides: ``["tiling.mode=overlap", ...]`` (CLI style) or ``{"tiling.mode": "overlap"}``.
 
     Returns:
@@ -271,18 +285,18 @@ def load_config(
     """
     schema = OmegaConf.structured(SuperGenConfig)
     layers: list[DictConfig] = []
-    if isinstance(config, SuperGenConfig):
+    if isinstance(config, MethodConfig):
         layers.append(OmegaConf.structured(config))
     elif isinstance(config, Mapping):
-        layers.append(OmegaConf.create(dict(config)))
+        layers.append(OmegaConf.create(_renamed_nested(dict(config))))
     elif config is not None:
-        layers.append(OmegaConf.load(preset_path(str(config))))
+        layers.append(_load_yaml(preset_path(str(config))))
     if overrides:
         if isinstance(overrides, Mapping):
             # Python values keep their types (a YAML round trip would turn "on"/"off" into booleans).
             nested: dict[str, Any] = {}
             for key, value in overrides.items():
-                *sections, leaf = key.split(".")
+                *sections, leaf = RENAMED.get(key, key).split(".")
                 node = nested
                 for section in sections:
                     node = node.setdefault(section, {})
@@ -292,7 +306,11 @@ def load_config(
             for item in overrides:
                 if "=" not in item:
                     raise ConfigError(f"override {item!r} is not of the form key=value (e.g. tiling.mode=overlap)")
-            layers.append(OmegaConf.from_dotlist(list(overrides)))
+            renamed = [_dotlist_item(RENAMED.get(key, key), value) for key, _, value in (item.partition("=") for item in overrides)]
+            try:
+                layers.append(OmegaConf.from_dotlist(renamed))
+            except OmegaConfBaseException as exc:
+                raise ConfigError(f"invalid override: {' '.join(str(exc).split())}") from None
     try:
         merged = OmegaConf.merge(schema, *layers)
     except (ConfigKeyError, ConfigAttributeError) as exc:
@@ -307,36 +325,90 @@ def load_config(
     return cfg
 
 
-def validate(cfg: SuperGenConfig) -> None:
-    """Check choices and ranges that the type system cannot express."""
-    for key, choices in CHOICES.items():
-        value = _get(cfg, key)
-        if value not in choices:
+def validate(cfg: Any, prefix: str = "") -> None:
+    """Check the choices and ranges declared on the fields (:func:`choice`, :func:`bounded`), recursively."""
+    for f in dataclasses.fields(cfg):
+        key, value = prefix + f.name, getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value, key + ".")
+            continue
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
             raise ConfigError(f"config key {key!r} is {value!r}; valid choices: {', '.join(choices)}")
-    for key, (low, high) in RANGES.items():
-        value = _get(cfg, key)
-        if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"[{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-            raise ConfigError(f"config key {key!r} is {value!r}; it must lie in {bounds}")
-    if (cfg.sketch.height is None) != (cfg.sketch.width is None):
-        raise ConfigError("sketch.height and sketch.width must be given together (or both null for the native size)")
-    if (cfg.tiling.tile_height is None) != (cfg.tiling.tile_width is None):
-        raise ConfigError("tiling.tile_height and tiling.tile_width must be given together (or both null)")
+        bounds = f.metadata.get("range")
+        if bounds is not None and value is not None:
+            low, high, low_open = bounds
+            if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+                text = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+                raise ConfigError(f"config key {key!r} is {value!r}; it must lie in {text}")
+    if isinstance(cfg, MethodConfig):
+        if (cfg.sketch.height is None) != (cfg.sketch.width is None):
+            raise ConfigError("sketch.height and sketch.width must be given together (or both null for the native size)")
+        if (cfg.tiling.tile_height is None) != (cfg.tiling.tile_width is None):
+            raise ConfigError("tiling.tile_height and tiling.tile_width must be given together (or both null)")
 
 
-def to_yaml(cfg: SuperGenConfig) -> str:
+def choices_of(key: str) -> tuple[str, ...]:
+    """The valid values of a choice field, e.g. ``choices_of("tiling.mode")``."""
+    found = _field(key)
+    if found is None or "choices" not in found.metadata:
+        raise KeyError(key)
+    return found.metadata["choices"]
+
+
+def _field(key: str) -> dataclasses.Field | None:
+    """The dataclass field of a dotted key of :class:`SuperGenConfig`, or None."""
+    node: Any = SuperGenConfig
+    *sections, leaf = key.split(".")
+    try:
+        for section in sections:
+            node = {f.name: f for f in dataclasses.fields(node)}[section].default_factory
+        return {f.name: f for f in dataclasses.fields(node)}[leaf]
+    except (KeyError, TypeError):
+        return None
+
+
+def _dotlist_item(key: str, value: str) -> str:
+    """``key=value`` for omegaconf's dotlist, which parses values as YAML 1.1: a choice's ``off`` or
+    ``on`` would arrive as a boolean, so choice values are quoted."""
+    found = _field(key)
+    if found is not None and "choices" in found.metadata and value[:1] not in ("'", '"'):
+        value = "'" + value.replace("'", "''") + "'"
+    return f"{key}={value}"
+
+
+def to_yaml(cfg: MethodConfig) -> str:
     """The fully resolved config as YAML (for sidecar files and logs)."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def to_dict(cfg: SuperGenConfig) -> dict[str, Any]:
+def to_dict(cfg: MethodConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _get(cfg: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
+def _load_yaml(path: Path) -> DictConfig:
+    """A preset file as a config layer; a malformed file or a non-mapping is a one-line ConfigError."""
+    try:
+        data = OmegaConf.load(path)
+    except Exception as exc:  # yaml's ScannerError/ParserError: their message names the line
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, DictConfig):
+        raise ConfigError(f"config file {str(path)!r} must be a mapping of sections (e.g. 'tiling: {{mode: shift}}'), not a list or a value")
+    return OmegaConf.create(_renamed_nested(OmegaConf.to_container(data)))
+
+
+def _renamed_nested(data: dict[str, Any]) -> dict[str, Any]:
+    """A nested mapping with the keys of :data:`RENAMED` moved to their new place."""
+    for old, new in RENAMED.items():
+        old_section, old_leaf = old.split(".")
+        section = data.get(old_section)
+        if isinstance(section, Mapping) and old_leaf in section:
+            section = dict(section)
+            value = section.pop(old_leaf)
+            new_section, new_leaf = new.split(".")
+            data = {**data, old_section: section}
+            data[new_section] = {**dict(data.get(new_section) or {}), new_leaf: value}
+    return data
 
 
 def _unknown_key_message(exc: OmegaConfBaseException) -> str:

@@ -25,14 +25,13 @@ import datetime
 import logging
 import os
 import queue
+import shutil
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
-
-import torch
 
 from .config import SuperGenConfig, load_config
 from .errors import SuperGenError
@@ -137,11 +136,12 @@ class DemoApp:
         dispatch: with several ranks, the process group jobs are broadcast over (see :func:`serve`).
     """
 
-    def __init__(self, pipe, config: SuperGenConfig, output_dir: str | os.PathLike | None = None, dispatch=None):
+    def __init__(self, pipe, config: SuperGenConfig, output_dir: str | os.PathLike | None = None, dispatch=None, group=None):
         from .pipeline import SuperGenPipeline
 
         self.pipe = pipe
         self.config = config
+        self.group = group
         try:
             self.arch: Architecture | None = Architecture.from_pipeline(pipe, name=config.model.name)
             self.no_plan = ""
@@ -149,11 +149,18 @@ class DemoApp:
             self.arch, self.no_plan = None, str(exc)
         # Check that the adapter accepts this pipeline now, not on the first job.
         SuperGenPipeline(pipe, config)
+        #: A folder of our own (removed by :meth:`cleanup`) unless the caller gave one.
+        self.temporary = output_dir is None
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="supergen-demo-"))
         self.rate: float | None = None  # FLOP/s of the last job, for the next job's first ETA
         self.dispatch = dispatch
         #: The page offers a cache threshold only when the config has one.
         self.has_cache = "threshold" in {f.name for f in dataclasses.fields(type(config.cache))}
+
+    def cleanup(self) -> None:
+        """Remove the videos of this session when the folder is the demo's own temporary one."""
+        if self.temporary:
+            shutil.rmtree(self.output_dir, ignore_errors=True)
 
     def plan(self, cfg: SuperGenConfig) -> ResourcePlan:
         if self.arch is None:
@@ -171,11 +178,13 @@ class DemoApp:
         """The pipeline call of one job; every rank makes exactly this call."""
         from .pipeline import SuperGenPipeline
 
+        from .runtime import call_arguments, seeded_generator
+
         # Uploads may carry alpha or a palette; the image encoders take RGB.
         image = job.image.convert("RGB") if job.image is not None else None
-        return SuperGenPipeline(self.pipe, cfg)(
-            prompt=job.prompt, negative_prompt=job.negative_prompt, image=image,
-            generator=torch.Generator("cpu").manual_seed(cfg.job.seed), output_type="np",
+        return SuperGenPipeline(self.pipe, cfg, self.group)(
+            **call_arguments(cfg.job) | {"prompt": job.prompt, "negative_prompt": job.negative_prompt, "image": image},
+            generator=seeded_generator(cfg.job.seed)[0], output_type="np",
             callback_on_stage=on_stage, callback_on_step_end=on_step,
         )
 
@@ -360,15 +369,16 @@ def _tiling_choice(config: SuperGenConfig) -> str:
 
 def serve(config: SuperGenConfig, host: str = "127.0.0.1", port: int = 7860) -> None:
     """Load the model once and serve the page until interrupted (``supergen demo``); see the module docstring for ranks."""
+    # The page is local; it must not report usage to Gradio's servers.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise SuperGenError("the demo needs Gradio: pip install 'supergen[demo]'") from None
-    from . import parallel
-    from .builtin import load_pipeline
-    from .cli import resolve_device
+    from .runtime import Runtime
 
-    group = parallel.init(config)  # None without a launcher
+    runtime = Runtime.start(config, quiet=True, load=False)
+    group = runtime.group  # None without a launcher
     dispatch = None
     if group is not None:
         import torch.distributed as dist
@@ -378,9 +388,8 @@ def serve(config: SuperGenConfig, host: str = "127.0.0.1", port: int = 7860) -> 
         # Created on every rank in the same order (torch.distributed's rule). No time limit: the followers
         # wait here for the next job for as long as the page is idle.
         dispatch = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=365))
-    pipe = load_pipeline(config.model.name, getattr(torch, config.model.dtype), resolve_device(config.model.device))
-    pipe.set_progress_bar_config(disable=True)
-    app = DemoApp(pipe, config, dispatch=dispatch)
+    runtime.load(quiet=True)
+    app = DemoApp(runtime.pipe, config, dispatch=dispatch, group=group)
     if group is not None and group.global_rank != 0:
         app.follow()
         return
@@ -388,3 +397,4 @@ def serve(config: SuperGenConfig, host: str = "127.0.0.1", port: int = 7860) -> 
         build_app(app).launch(server_name=host, server_port=port, show_error=False, footer_links=[])
     finally:
         app.stop_followers()
+        app.cleanup()

@@ -1,13 +1,28 @@
-"""Size rules shared by a loaded model (``ModelAdapter``) and the planner's weight-free description of one."""
+"""Geometry, in one place: the size rules of a model and every size a render derives from them.
+
+Everything here is arithmetic on sizes (no weights, no tensors), shared by a loaded model
+(:class:`~supergen.adapters.ModelAdapter`) and the planner's weight-free
+:class:`~supergen.planner.Architecture`, so the pipeline and ``supergen plan`` cannot disagree.
+Pixel sizes are ``(height, width)``; latent sizes are in latent units.
+"""
 
 from __future__ import annotations
 
+import math
+
+from .config import SketchConfig, TilingConfig
+from .errors import SuperGenError
+
 
 class SizeRules:
-    """Derives the size rules from ``vae_scale`` ``(t, h, w)`` and ``patch`` ``(t, h, w)``, which subclasses provide."""
+    """Derives the size rules from ``vae_scale`` ``(t, h, w)``, ``patch`` ``(t, h, w)`` and
+    ``latent_channels``, which subclasses provide."""
 
     vae_scale: tuple[int, int, int]
     patch: tuple[int, int, int]
+    latent_channels: int
+    #: The resolution the model was trained at, in pixels, when known.
+    native_size: tuple[int, int] | None = None
 
     @property
     def pixel_multiple(self) -> int:
@@ -18,3 +33,75 @@ class SizeRules:
         """The nearest frame count a causal VAE accepts, rounded down: ``k·t + 1`` (Wan: ``4k + 1``)."""
         t = self.vae_scale[0]
         return max(1, (num_frames - 1) // t * t + 1)
+
+    def extra_latent_frames(self, num_frames: int) -> int:
+        """Leading latent frames the transformer denoises beyond the ``(num_frames - 1) / t + 1`` the video needs."""
+        return 0
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
+        """Shape ``(1, C, F, H, W)`` of the canvas latent for a video of ``num_frames × height × width`` pixels."""
+        t, s_h, s_w = self.vae_scale
+        frames = (num_frames - 1) // t + 1 + self.extra_latent_frames(num_frames)
+        return (1, self.latent_channels, frames, height // s_h, width // s_w)
+
+
+def snap_size(rules: SizeRules, height: int, width: int) -> tuple[int, int]:
+    """The canvas: a requested size rounded up to the pixel multiple (the output is cropped back)."""
+    multiple = rules.pixel_multiple
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < multiple:
+            raise SuperGenError(f"{name}={value!r}: must be an integer of at least {multiple} pixels (this model's VAE × patch)")
+    return (math.ceil(height / multiple) * multiple, math.ceil(width / multiple) * multiple)
+
+
+def sketch_size(cfg: SketchConfig, rules: SizeRules, height: int, width: int) -> tuple[int, int]:
+    """The sketch's pixel size for a (snapped) canvas ``height × width``; also the default tile size.
+
+    The base size is ``sketch.height × sketch.width``, else the model's native size. With
+    ``sketch.aspect=follow`` a base whose aspect does not match the canvas is replaced by its
+    orientation-swapped size when that matches, else by the canvas's aspect at the base's area:
+    a sketch is never stretched. Without any base, the canvas's aspect at ``sketch.native_area``.
+    """
+    multiple = rules.pixel_multiple
+
+    def snapped(size: tuple[float, float]) -> tuple[int, int]:
+        # Never sketch larger than the canvas; always something the VAE and patch accept.
+        return tuple(max(multiple, round(min(s, t) / multiple) * multiple) for s, t in zip(size, (height, width)))  # type: ignore[return-value]
+
+    base = (cfg.height, cfg.width) if cfg.height is not None else rules.native_size
+    area = cfg.native_area if base is None else base[0] * base[1]
+    scale = math.sqrt(area / (height * width))
+    follow = snapped((height * scale, width * scale))  # the canvas's aspect at the base's area
+    if base is None:
+        return follow
+    if cfg.aspect == "fixed":
+        return snapped(base)
+    for candidate in (base, base[::-1]):
+        # "Matches" = the canvas-aspect size is within one pixel multiple of it on both axes.
+        if all(abs(c - f) <= multiple for c, f in zip(snapped(candidate), follow)):
+            return snapped(candidate)
+    return follow
+
+
+def tile_pixels(cfg: TilingConfig, rules: SizeRules, sketch: tuple[int, int]) -> tuple[int, int]:
+    """The tile size in pixels: ``tiling.tile_height × tile_width``, else the sketch size."""
+    size = (cfg.tile_height, cfg.tile_width) if cfg.tile_height is not None else sketch
+    for name, value in zip(("tile_height", "tile_width"), size):
+        if value % rules.pixel_multiple:
+            raise SuperGenError(f"tiling.{name}={value} must be a multiple of {rules.pixel_multiple} (VAE × patch)")
+    return size
+
+
+def overlap_pixels(cfg: TilingConfig, rules: SizeRules, tile: tuple[int, int]) -> int:
+    """``tiling.overlap``, checked: less than half the tile's shorter side (else tiles would cover
+    most of the canvas several times a step); null means a quarter of it, on the pixel multiple."""
+    multiple, short = rules.pixel_multiple, min(tile)
+    if cfg.overlap is None:
+        return short // 4 // multiple * multiple
+    if 2 * cfg.overlap >= short:
+        largest = (short - 1) // 2 // multiple * multiple
+        raise SuperGenError(
+            f"tiling.overlap={cfg.overlap} px is not less than half the {tile[0]}x{tile[1]} px tile (height x width): "
+            f"neighbouring tiles would recompute most of the canvas every step; use at most {largest}"
+        )
+    return cfg.overlap

@@ -8,7 +8,9 @@ reorderings of the file.
 
 The model loads once. Each finished job leaves ``DIR/<name>.mp4`` and ``DIR/<name>.json`` (sidecar:
 resolved config, seed, per-stage seconds, tiles, cache and parallel statistics, package versions),
-both written atomically; a job whose sidecar exists is skipped, so a rerun resumes. Every job's
+both written atomically. A job is finished when its sidecar exists and records the same row, model
+and effective config (:func:`fingerprint`): a rerun resumes and skips those, and renders again a
+job whose model or config changed since. Every job's
 outcome is appended to ``DIR/results.jsonl``; a failing job is recorded there and the others go on.
 
 With several ranks the world is split into groups of ``parallel.group_size`` ranks; job ``i`` (of
@@ -34,8 +36,10 @@ from typing import Any
 
 import torch
 
-from .config import SuperGenConfig, load_config, to_dict
+from .config import SuperGenConfig, load_config, to_dict, to_yaml
 from .errors import SuperGenError
+from .preflight import check_image, check_writable_folder
+from .runtime import Runtime
 from .videoio import atomic_file
 
 logger = logging.getLogger("supergen")
@@ -64,6 +68,21 @@ class Job:
     row: dict[str, Any]
     config: SuperGenConfig
     name: str
+
+    @property
+    def fingerprint(self) -> str:
+        """What makes this job's video: its row and the effective config (model included)."""
+        return hashlib.sha256((json.dumps(self.row, sort_keys=True) + to_yaml(self.config)).encode()).hexdigest()[:16]
+
+    def finished_in(self, out: Path) -> bool:
+        """Whether ``out`` holds this job's video: a sidecar with the same fingerprint, and the video."""
+        sidecar_path = out / f"{self.name}.json"
+        if not sidecar_path.is_file() or not (out / f"{self.name}.mp4").is_file():
+            return False
+        try:
+            return json.loads(sidecar_path.read_text()).get("fingerprint") == self.fingerprint
+        except (json.JSONDecodeError, OSError):
+            return False
 
 
 @dataclass
@@ -143,8 +162,7 @@ def _job(line: int, row: dict[str, Any], base: SuperGenConfig, folder: Path) -> 
             value = row[key]
             if key == "image":
                 value = str(folder / value) if not os.path.isabs(value) else value
-                if not os.path.isfile(value):
-                    raise SuperGenError(f"image {row[key]!r} does not exist")
+                check_image(value)
             values[config_key] = value
     # Field values go in as a mapping (typed by omegaconf); CLI-style overrides come last and win.
     cfg = load_config(load_config(base, values), overrides)
@@ -179,13 +197,17 @@ def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dr
     if output_dir is None:
         raise SuperGenError("--jobs needs --output-dir (or --dry-run)")
     out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise SuperGenError(f"--output-dir {str(out)!r} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    group = parallel.init(base)
-    leader = group is None or group.is_leader
+    check_writable_folder(out, "--output-dir")
+    runtime = Runtime.start(base, quiet=quiet, load=False)
+    group = runtime.group
+    leader = runtime.leader
     speaker = group is None or group.global_rank == 0
     # Rank 0 picks the run id (the summary selects this run's lines of results.jsonl by it) and the
     # jobs left to do; every rank follows, so the groups agree on how the jobs are split.
-    decided = [f"{time.time():.0f}-{os.getpid()}", [job.name for job in parsed.jobs if not (out / f"{job.name}.json").is_file()]]
+    decided = [f"{time.time():.0f}-{os.getpid()}", [job.name for job in parsed.jobs if not job.finished_in(out)]]
     if group is not None:
         torch.distributed.broadcast_object_list(decided, src=0)
     run_id, left = decided[0], set(decided[1])
@@ -200,16 +222,10 @@ def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dr
                 _record(out, {"run": run_id, "line": job.line, "name": job.name, "status": "skipped", "output": str(out / f"{job.name}.mp4")})
     mine = [job for i, job in enumerate(todo) if group is None or i % group.count == group.index]
 
-    from .builtin import load_pipeline
-    from .cli import resolve_device
-
-    pipe = None
     if mine:
-        device = resolve_device(base.model.device)
-        pipe = load_pipeline(base.model.name, getattr(torch, base.model.dtype), device)
-        pipe.set_progress_bar_config(disable=quiet or not speaker)
+        runtime.load(quiet)
     for job in mine:
-        record = _render_one(pipe, job, out, leader)
+        record = _render_one(runtime, job, out)
         if leader:
             _record(out, {"run": run_id, **record})
     if group is not None:
@@ -221,23 +237,17 @@ def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dr
     return 1 if failed else 0
 
 
-def _render_one(pipe, job: Job, out: Path, leader: bool) -> dict[str, Any]:
+def _render_one(runtime: Runtime, job: Job, out: Path) -> dict[str, Any]:
     """Render one job; return its results record. Errors every rank agrees on are recorded, not raised."""
-    from .videoio import read_video, write_video
     from .parallel import RankFailure
-    from .pipeline import SuperGenPipeline
 
-    cfg = job.config
     output = out / f"{job.name}.mp4"
     start = time.perf_counter()
     record: dict[str, Any] = {"line": job.line, "name": job.name}
     try:
-        sketch_video = read_video(cfg.job.sketch_video) if cfg.job.sketch_video is not None else None
-        generator = torch.Generator("cpu").manual_seed(cfg.job.seed)
-        result = SuperGenPipeline(pipe, cfg)(generator=generator, sketch_video=sketch_video, output_type="np")
-        if leader:
-            write_video(output, result.frames[0], fps=cfg.output.fps, quality=cfg.output.quality)
-            _write_json(out / f"{job.name}.json", sidecar(job, result, time.perf_counter() - start))
+        done = runtime.render(job.config, output)
+        if runtime.leader:
+            _write_json(out / f"{job.name}.json", sidecar(job, done, time.perf_counter() - start))
     except RankFailure as exc:
         if not exc.recoverable:
             raise  # the group's communication is broken: nothing more can run here
@@ -269,13 +279,15 @@ def _group_info() -> dict[str, int]:
     return {"group": group.index, "groups": group.count, "ranks": group.size}
 
 
-def sidecar(job: Job, result, seconds: float) -> dict[str, Any]:
+def sidecar(job: Job, done, seconds: float) -> dict[str, Any]:
     """What the sidecar JSON of one finished job holds."""
+    result = done.output
     stats = result.stats
     data: dict[str, Any] = {
         "line": job.line,
         "row": job.row,
-        "seed": job.config.job.seed,
+        "fingerprint": job.fingerprint,
+        "seed": done.seed,
         "config": to_dict(job.config),
         "seconds": {**stats.seconds, "total": seconds},
         "size": list(stats.size),

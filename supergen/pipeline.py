@@ -1,21 +1,25 @@
 """``SuperGenPipeline``: a diffusers video pipeline made to render at 2K/4K, in two stages.
 
-Read top to bottom, :meth:`SuperGenPipeline.__call__` is the method:
+Read top to bottom, :meth:`SuperGenPipeline.__call__` is the method. It validates the call, decides
+everything with :func:`~supergen.plan.plan_render`, then runs the stages, each taking the plan:
 
-1. sketch: the wrapped pipeline at its native size, all steps, latent output;
-2. upscale: decode, resize the frames in pixel space, encode at the target size;
-3. re-noise: to ``strength`` with the scheduler's own method and the user's generator;
-4. refine: the remaining steps on the canvas, in tiles (:mod:`supergen.refine`);
-5. decode: tiled VAE decode, cropped to exactly the requested size.
+1. ``_sketch``: the wrapped pipeline at its native size, all steps, decoded to pixels;
+2. ``_upscale``: resize the frames in pixel space, encode at the canvas size, re-noise to
+   ``strength`` with the scheduler's own method and the user's generator;
+3. ``_refine``: the remaining steps on the canvas, in tiles (:mod:`supergen.refine`);
+4. ``_decode``: tiled VAE decode, cropped to exactly the requested size.
+
+The wrapped pipeline is left as it was found: VAE tiling, attention processors and position
+modules changed for a render are restored when the call returns or raises.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -23,13 +27,13 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from .adapters import Conditioning, ModelAdapter, Request, adapter_for
+from .attention import check_backend, dense_backend
 from .cache import CacheReport, cache_policy
-from .config import SuperGenConfig, load_config
+from .config import MethodConfig, load_config
 from .errors import SuperGenError
-from .parallel import TiledVAE, TileExchanger, active_group
-from .attention import check_backend, dense_backend, tile_attention
+from .parallel import TiledVAE, TileExchanger, TileGroup
+from .plan import RenderPlan, plan_render
 from .refine import SingleProcess, StepStats, TileRefiner
-from .tiling import TilePlan
 from .upscale import resize_video
 
 logger = logging.getLogger("supergen")
@@ -83,20 +87,31 @@ class SuperGenPipeline:
     """Wraps a diffusers pipeline; ``__call__`` renders at any size with the two-stage method.
 
     Build with :meth:`from_pipe` (an already loaded pipeline) or :meth:`from_pretrained`.
+
+    Args:
+        pipe: a supported diffusers pipeline (:func:`~supergen.adapters.supported_pipelines`).
+        config: the method (:class:`~supergen.config.MethodConfig`; a full
+            :class:`~supergen.config.SuperGenConfig` works too, only its method sections are read).
+        group: the ranks rendering each video together (:func:`supergen.parallel.init`), or None
+            for this process alone.
     """
 
-    def __init__(self, pipe: DiffusionPipeline, config: SuperGenConfig):
+    def __init__(self, pipe: DiffusionPipeline, config: MethodConfig, group: TileGroup | None = None):
         self.pipe = pipe
         self.config = config
+        self.group = group
         self.adapter: ModelAdapter = adapter_for(pipe)
 
     @classmethod
-    def from_pipe(cls, pipe: DiffusionPipeline, config: str | SuperGenConfig | dict | None = None, **overrides: Any) -> "SuperGenPipeline":
+    def from_pipe(
+        cls, pipe: DiffusionPipeline, config: str | MethodConfig | dict | None = None, group: TileGroup | None = None, **overrides: Any
+    ) -> "SuperGenPipeline":
         """Wrap ``pipe``.
 
         Args:
             pipe: a supported diffusers pipeline (:func:`~supergen.adapters.supported_pipelines`).
-            config: a preset name, a YAML path, a :class:`SuperGenConfig` or a nested dict.
+            config: a preset name, a YAML path, a config object or a nested dict.
+            group: see the class.
             overrides: per section, e.g. ``tiling={"mode": "overlap"}, refine={"strength": 0.6}``.
         """
         flat: dict[str, Any] = {}
@@ -104,7 +119,7 @@ class SuperGenPipeline:
             if not isinstance(values, dict):
                 raise SuperGenError(f"override {section}={values!r}: pass a dict per config section, e.g. tiling={{'mode': 'overlap'}}")
             flat.update({f"{section}.{key}": value for key, value in values.items()})
-        return cls(pipe, load_config(config, flat))
+        return cls(pipe, load_config(config, flat), group)
 
     @classmethod
     def from_pretrained(cls, path_or_id: str, torch_dtype: torch.dtype | None = None, config=None, **overrides: Any) -> "SuperGenPipeline":
@@ -112,28 +127,23 @@ class SuperGenPipeline:
         pipe = DiffusionPipeline.from_pretrained(path_or_id, torch_dtype=torch_dtype)
         return cls.from_pipe(pipe, config, **overrides)
 
-    # ---- sizes ------------------------------------------------------------------------------
-    def _snap(self, value: int, what: str) -> int:
-        """Round a pixel size up to what the VAE and patch accept (the output is cropped back)."""
-        multiple = self.adapter.pixel_multiple
-        snapped = math.ceil(value / multiple) * multiple
-        if snapped != value:
-            logger.info("%s %d is not a multiple of %d; rendering at %d and cropping to %d", what, value, multiple, snapped, value)
-        return snapped
-
-    def _sketch_size(self, height: int, width: int) -> tuple[int, int]:
-        return sketch_size(self.config, self.adapter, height, width)
+    def plan(
+        self, height: int, width: int, num_frames: int, strength: float | None = None,
+        num_inference_steps: int | None = None, sketch_video_size: tuple[int, int] | None = None,
+    ) -> RenderPlan:
+        """What a call with these arguments will do (:func:`~supergen.plan.plan_render` for this model)."""
+        return plan_render(self.config, self.adapter, height, width, num_frames, strength, num_inference_steps, sketch_video_size)
 
     # ---- the method -------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | None = None,
-        negative_prompt: str | None = None,
+        prompt: str = "",
+        negative_prompt: str = "",
         image: Any | None = None,
         height: int | None = None,
         width: int | None = None,
-        num_frames: int | None = None,
+        num_frames: int = 81,
         strength: float | None = None,
         num_inference_steps: int | None = None,
         sketch_video: np.ndarray | torch.Tensor | None = None,
@@ -144,15 +154,15 @@ class SuperGenPipeline:
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         callback_on_stage: Callable[[str, dict], None] | None = None,
     ) -> SuperGenPipelineOutput | tuple:
-        """Render one video. Arguments left as None take the config's values (``config.job`` etc.).
+        """Render one video.
 
         Args:
             image: PIL image (or path) for image-to-video pipelines.
-            height, width: output size in pixels; sizes the model cannot take are rendered at the next
+            height, width: output size in pixels (required); sizes the model cannot take are rendered at the next
                 multiple of ``adapter.pixel_multiple`` and cropped back, so the output is exactly this size.
             num_frames: snapped to what the VAE accepts (``4k + 1`` for 4× temporal compression) with a warning, as diffusers does.
-            strength: fraction of the refinement schedule re-run on the upscaled sketch (``refine.strength``).
-            num_inference_steps: refinement schedule length N (``refine.num_inference_steps``).
+            strength: fraction of the refinement schedule re-run on the upscaled sketch (default ``refine.strength``).
+            num_inference_steps: refinement schedule length N (default ``refine.num_inference_steps``).
             sketch_video: a low-resolution video ``(F, h, w, 3)`` (uint8, or float in [0, 1]) used instead of
                 stage 1: supergen as a training-free video upscaler.
             generator: every random draw (sketch noise, re-noise, posterior samples) comes from it.
@@ -164,275 +174,181 @@ class SuperGenPipeline:
                 refinement); ``"refine"`` ``{"steps", "tiles"}`` (tiles at the first step); ``"decode"`` ``{}``.
                 ``"sketch"`` and ``"upscale"`` are skipped when ``strength=1`` skips the sketch.
         """
-        cfg, adapter = self.config, self.adapter
         if output_type not in OUTPUT_TYPES:
             raise SuperGenError(f"output_type {output_type!r}; valid: {', '.join(OUTPUT_TYPES)}")
-        if prompt is not None and not isinstance(prompt, str):
-            raise SuperGenError("prompt must be one string (one video per call; use batch rendering for many)")
-        req_height = height if height is not None else cfg.job.height
-        req_width = width if width is not None else cfg.job.width
-        for name, value in (("height", req_height), ("width", req_width)):
-            if not isinstance(value, int) or value < adapter.pixel_multiple:
-                raise SuperGenError(f"{name}={value!r}: must be an integer of at least {adapter.pixel_multiple} pixels")
-        frames_asked = num_frames if num_frames is not None else cfg.job.num_frames
-        frames = adapter.snap_frames(frames_asked)
-        if frames != frames_asked:
-            logger.warning("num_frames=%d: this VAE takes %dk+1; rendering %d frames", frames_asked, adapter.vae_scale[0], frames)
-        if image is None and cfg.job.image is not None:
-            image = cfg.job.image
+        sketch_pixels = None if sketch_video is None else _video_to_tensor(sketch_video, self.adapter.snap_frames(num_frames))
+        request, plan = self._prepare(prompt, negative_prompt, image, height, width, num_frames, strength,
+                                      num_inference_steps, None if sketch_pixels is None else tuple(sketch_pixels.shape[-2:]))
+        stage = callback_on_stage or (lambda name, info: None)
+        clock = StageClock(self.adapter.device)
+        with self._borrowed_pipeline():
+            embeds = self.adapter.encode_prompt(request, plan.text_guidance_scale)
+            scheduler = type(self.adapter.scheduler).from_config(self.adapter.scheduler.config)
+            timesteps = self.adapter.schedule(scheduler, plan.num_inference_steps, plan.start_index, plan.tile_latent_shape)
+            # Image conditioning before any noise: the pipelines encode (and may sample) the image first.
+            self.adapter.set_vae_tiling(plan.vae_tiling)
+            spatial = self.adapter.spatial_conditioning(request, *plan.canvas, generator)
+            cond = Conditioning(embeds, spatial, plan.guidance_scale, plan.guidance_scale_2)
+            if plan.run_sketch:
+                stage("sketch", {"steps": plan.sketch_steps})
+                sketch_pixels = self._sketch(request, embeds, plan, generator)
+                clock.lap("sketch")
+            if plan.from_sketch:
+                stage("upscale", {"sketch": self.adapter.pipe.video_processor.postprocess_video(sketch_pixels, output_type="np")[0]})
+                latents = self._upscale(sketch_pixels.to(self.adapter.device), plan, scheduler, timesteps, spatial, generator)
+                clock.lap("upscale")
+            else:  # strength 1: the plain pipeline's start from noise (the exactness test)
+                latents = self.adapter.initial_latents(plan.latent_shape, spatial, generator)
+            stage("refine", {"steps": len(timesteps), "tiles": len(plan.tiles.tiles(0))})
+            latents, step_stats, report, parallel = self._refine(latents, plan, cond, scheduler, timesteps, generator,
+                                                                 _step_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs))
+            clock.lap("refine")
+            stage("decode", {})
+            video, sketch_out = self._decode(latents, sketch_pixels, plan, output_type)
+            if output_type != "latent":
+                clock.lap("decode")
+        stats = RenderStats(
+            size=plan.size, canvas=plan.canvas, sketch=plan.sketch if plan.from_sketch else None, num_frames=plan.num_frames,
+            tile=tuple(s * self.adapter.vae_scale[1] for s in plan.tiles.tile), tiling=plan.tiles.describe(),
+            strength=plan.strength, seconds=clock.seconds, steps=step_stats, parallel=parallel,
+        )
+        if not return_dict:
+            return (video,)
+        return SuperGenPipelineOutput(frames=video, sketch=sketch_out, stats=stats, cache_report=report)
+
+    # ---- validation and plan ----------------------------------------------------------------
+    def _prepare(self, prompt, negative_prompt, image, height, width, num_frames, strength, num_inference_steps,
+                 sketch_size) -> tuple[Request, RenderPlan]:
+        """Check the call's arguments and plan the render; every error here is raised before any compute."""
+        adapter = self.adapter
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if not isinstance(value, str):
+                raise SuperGenError(f"{name} must be one string (one video per call; use batch rendering for many); got {type(value).__name__}")
+        if height is None or width is None:
+            raise SuperGenError("pass height= and width= (the output size in pixels)")
+        frames = adapter.snap_frames(num_frames)
+        if frames != num_frames:
+            logger.warning("num_frames=%d: this VAE takes %dk+1; rendering %d frames", num_frames, adapter.vae_scale[0], frames)
         if adapter.requires_image and image is None:
             raise SuperGenError(f"{type(self.pipe).__name__} is image-to-video: pass image= (or job.image / --image)")
         if isinstance(image, str):
             from diffusers.utils import load_image
 
             image = load_image(image)
-        strength = cfg.refine.strength if strength is None else strength
-        if not 0.0 < strength <= 1.0:
-            raise SuperGenError(f"strength={strength}: must lie in (0, 1]")
-        total_steps = num_inference_steps or cfg.refine.num_inference_steps
-
-        request = Request(
-            prompt=prompt if prompt is not None else cfg.job.prompt,
-            negative_prompt=negative_prompt if negative_prompt is not None else cfg.job.negative_prompt,
-            num_frames=frames,
-            image=image,
-        )
-        unknown = adapter.unknown_prompt_words(request.prompt)
+        plan = self.plan(height, width, frames, strength, num_inference_steps, sketch_size)
+        if plan.canvas != plan.size:
+            logger.info("%dx%d (height x width) is not a multiple of %d; rendering %dx%d and cropping",
+                        *plan.size, adapter.pixel_multiple, *plan.canvas)
+        unknown = adapter.unknown_prompt_words(prompt)
         if unknown:
-            logger.warning("prompt words unknown to this model's tokenizer (the model will not see them): %s",
-                           ", ".join(unknown))
-        height, width = self._snap(req_height, "height"), self._snap(req_width, "width")
-        native = self._sketch_size(height, width)  # the sketch's size, and the default tile
-        sketch_size: tuple[int, int] | None = native
-        device = adapter.device
-        # With a launcher: the ranks rendering this video together (supergen.parallel); else None.
-        group = active_group()
-        timings: dict[str, float] = {}
-        clock = time.perf_counter()
+            logger.warning("prompt words unknown to this model's tokenizer (the model will not see them): %s", ", ".join(unknown))
+        return Request(prompt=prompt, negative_prompt=negative_prompt, num_frames=frames, image=image), plan
 
-        # ---- conditioning, shared by both stages ----
-        guidance = cfg.refine.guidance_scale if cfg.refine.guidance_scale is not None else cfg.sketch.guidance_scale
-        guidance_2 = cfg.refine.guidance_scale_2 if cfg.refine.guidance_scale_2 is not None else cfg.sketch.guidance_scale_2
-        embeds = adapter.encode_prompt(request, max(guidance, cfg.sketch.guidance_scale))
+    # ---- stages -----------------------------------------------------------------------------
+    def _sketch(self, request: Request, embeds: dict, plan: RenderPlan, generator: torch.Generator | None) -> torch.Tensor:
+        """Stage 1: the wrapped pipeline at sketch size; returns pixels ``(1, 3, F, h, w)`` in [-1, 1]."""
+        self.adapter.set_vae_tiling(False)  # sketch-size VAE work is never tiled
+        latents = self.adapter.sketch(request, embeds, *plan.sketch, plan.sketch_steps, plan.sketch_guidance_scale,
+                                      plan.sketch_guidance_scale_2, generator)
+        if self.group is not None:
+            # Every rank ran the same sketch (so every rank's generator is in the same state for the
+            # re-noise); the leader's copy makes them bit-identical where GPU kernels are not deterministic.
+            latents = latents.contiguous()  # NCCL broadcasts contiguous buffers only
+            self.group.broadcast_from_leader(latents)
+        pixels = self.adapter.decode(latents, plan.num_frames)
+        self.adapter.set_vae_tiling(plan.vae_tiling)
+        return pixels
 
-        # ---- schedule of stage 2: enter an N-step schedule at N - k, k = strength * N (as img2img) ----
-        k = min(int(total_steps * strength), total_steps)
-        if k == 0:
-            raise SuperGenError(f"strength={strength} × num_inference_steps={total_steps} leaves no refinement step; raise either")
-        t_start = total_steps - k
-        latent_shape = adapter.latent_shape(frames, height, width)
-        # The family's schedule for the sequence a transformer call sees (a native tile, or the whole
-        # canvas when one tile covers it: then exactly the plain pipeline's schedule).
-        scheduler = type(adapter.scheduler).from_config(adapter.scheduler.config)
-        tile_latent = adapter.latent_shape(frames, min(native[0], height), min(native[1], width))
-        timesteps = adapter.schedule(scheduler, total_steps, t_start, tile_latent)
-        # Image conditioning before any noise: the pipelines encode (and may sample) the image first.
-        spatial = adapter.spatial_conditioning(request, height, width, generator)
+    def _upscale(self, sketch: torch.Tensor, plan: RenderPlan, scheduler, timesteps: torch.Tensor, spatial: dict,
+                 generator: torch.Generator | None) -> torch.Tensor:
+        """Resize the sketch to the canvas in pixel space, encode it, re-noise it to the first refinement step."""
+        upscaled = resize_video(sketch, *plan.canvas, self.config.sketch.upscale)
+        if plan.vae_tiling and not self.config.sketch.sample_posterior:
+            # Split across ranks; the same tiles and blend in one process, so any rank count matches.
+            x0 = TiledVAE(self.adapter, self.group).encode(upscaled)
+        else:  # a posterior sample is drawn over the whole latent, identically on every rank
+            x0 = self.adapter.encode(upscaled, generator if self.config.sketch.sample_posterior else None)
+        del upscaled  # the largest tensor of the render (4K × 81 frames): not held through refinement
+        return self.adapter.renoise(scheduler, x0.to(self.adapter.device), timesteps[:1], spatial, generator)
 
-        sketch_frames = None
-        if k == total_steps and sketch_video is None:
-            # strength 1: the schedule starts from pure noise, the sketch would be discarded; skip it.
-            # (This is also exactly the plain pipeline at the target size: the exactness test.)
-            sketch_size = None
-            latents = adapter.initial_latents(latent_shape, spatial, generator)
-        else:
-            # ---- stage 1: sketch ----
-            if sketch_video is not None:
-                sketch_pixels = _video_to_tensor(sketch_video, frames).to(device)
-                sketch_size = tuple(sketch_pixels.shape[-2:])
-            else:
-                if callback_on_stage is not None:
-                    callback_on_stage("sketch", {"steps": cfg.sketch.num_inference_steps})
-                self._set_vae_tiling(False)
-                sketch_latents = adapter.sketch(
-                    request, embeds, sketch_size[0], sketch_size[1], cfg.sketch.num_inference_steps,
-                    cfg.sketch.guidance_scale, cfg.sketch.guidance_scale_2, generator,
-                )
-                if group is not None:
-                    # Every rank ran the same sketch (so every rank's generator is in the same state for
-                    # the re-noise); the leader's copy makes them bit-identical even where GPU kernels
-                    # are not deterministic.
-                    group.broadcast_from_leader(sketch_latents)
-                timings["sketch"] = time.perf_counter() - clock
-                clock = time.perf_counter()
-                sketch_pixels = adapter.decode(sketch_latents, frames)
-            sketch_frames = sketch_pixels
-            if callback_on_stage is not None:
-                preview = adapter.pipe.video_processor.postprocess_video(sketch_pixels, output_type="np")[0]
-                callback_on_stage("upscale", {"sketch": preview})
-            # ---- upscale in pixel space, encode at the canvas size ----
-            tiled = self._set_vae_tiling(height * width > sketch_size[0] * sketch_size[1])
-            upscaled = resize_video(sketch_pixels, height, width, cfg.sketch.upscale)
-            if tiled and not cfg.sketch.sample_posterior:
-                # Split across ranks; the same tiles and blend in one process, so any rank count matches.
-                x0 = TiledVAE(adapter, group).encode(upscaled)
-            else:  # a posterior sample is drawn over the whole latent, identically on every rank
-                x0 = adapter.encode(upscaled, generator if cfg.sketch.sample_posterior else None)
-            del upscaled  # the largest tensor of the render (4K × 81 frames): not held through refinement
-            # ---- re-noise with the scheduler's own forward process and the user's generator ----
-            latents = adapter.renoise(scheduler, x0.to(device), timesteps[:1], spatial, generator)
-            timings["upscale"] = time.perf_counter() - clock
-            clock = time.perf_counter()
-
-        # ---- stage 2: tiled refinement ----
-        tiled = self._set_vae_tiling(sketch_size is not None and height * width > sketch_size[0] * sketch_size[1])
-        cond = Conditioning(
-            embeds=embeds,
-            spatial=spatial,
-            guidance_scale=guidance,
-            guidance_scale_2=guidance_2,
-        )
-        plan = self._plan(latent_shape[-2:], native)
-        callback = None
-        if callback_on_step_end is not None:
-            def callback(step: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-                tensors = {"latents": latents} if "latents" in callback_on_step_end_tensor_inputs else {}
-                result = callback_on_step_end(self, step, t, tensors) or {}
-                return result.get("latents", latents)
-
-        runner = SingleProcess()
-        if group is not None and group.size > 1:
-            if cfg.cache.enabled and (cfg.cache.block.enabled or cfg.cache.policy in ("fbc", "magcache")):
-                # Their state lives in hooks on the rank that ran a tile; ranks would diverge.
-                raise SuperGenError(
-                    "with several ranks only the tile-level cache (cache.policy=region, cache.block.enabled=false) "
-                    "keeps ranks identical; block-level caches keep per-rank state"
-                )
-            runner = TileExchanger(group, latent_shape[1:3], cfg.parallel.exchange_dtype, cfg.tiling.batch_tiles)
-        if callback_on_stage is not None:
-            callback_on_stage("refine", {"steps": len(timesteps), "tiles": len(plan.tiles(0))})
-        with self._attention(latent_shape, native), \
-                cache_policy(cfg.cache, adapter.pipe, latent_shape[2:], adapter.patch, len(timesteps), cond.do_guidance) as policy:
-            refiner = TileRefiner(plan, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner)
-            with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
-                latents, step_stats = refiner.run(latents, adapter.stepper(scheduler, spatial, generator), timesteps, progress, callback)
-        if isinstance(runner, TileExchanger):
-            # Block forwards are counted on the rank that ran each tile: add them up so every rank reports all.
-            records = [record for step in policy.report.steps for record in step.tiles]
-            for record, blocks in zip(records, group.sum_over_ranks([r.blocks for r in records])):
-                record.blocks = blocks
-        timings["refine"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-
-        # ---- decode, crop to the exact requested size ----
-        if callback_on_stage is not None:
-            callback_on_stage("decode", {})
-        if output_type == "latent":
-            video, sketch_out = latents, sketch_frames
-        else:
-            if tiled:
-                video = TiledVAE(adapter, group).decode(latents, frames)
-            else:  # only the leader writes the video, so only it decodes
-                video = adapter.decode(latents, frames) if group is None or group.is_leader else None
-            if video is not None:  # None on the group's other ranks
-                video = adapter.pipe.video_processor.postprocess_video(video[..., :req_height, :req_width], output_type=output_type)
-            sketch_out = None
-            if sketch_frames is not None:
-                sketch_out = adapter.pipe.video_processor.postprocess_video(sketch_frames, output_type=output_type)
-            timings["decode"] = time.perf_counter() - clock
-        stats = RenderStats(
-            size=(req_height, req_width), canvas=(height, width), sketch=sketch_size, num_frames=frames,
-            tile=tuple(s * adapter.vae_scale[1] for s in plan.tile), tiling=plan.describe(), strength=strength,
-            seconds=timings, steps=step_stats,
-        )
-        if isinstance(runner, TileExchanger):
-            stats.parallel = {"ranks": group.size, "bytes_sent": runner.bytes_sent, "tiles_computed": runner.tiles_computed}
-        adapter.pipe.maybe_free_model_hooks()
-        if not return_dict:
-            return (video,)
-        return SuperGenPipelineOutput(frames=video, sketch=sketch_out, stats=stats, cache_report=policy.report)
-
-    def _set_vae_tiling(self, large: bool) -> bool:
-        """Turn VAE tiling on or off as ``output.vae_tiling`` says for this size; returns whether it is on."""
-        mode = self.config.output.vae_tiling
-        enabled = mode == "on" or (mode == "auto" and large)
-        self.adapter.set_vae_tiling(enabled)
-        return enabled
-
-    def _attention(self, latent_shape: tuple[int, ...], tile_pixels: tuple[int, int]):
-        """The attention backend for the refinement; in ``attention`` mode, tile(+halo) attention on the canvas."""
+    def _refine(self, latents, plan: RenderPlan, cond: Conditioning, scheduler, timesteps, generator, callback):
+        """Stage 2: the tiled refinement; returns the latent, per-step stats, the cache report and parallel stats."""
         cfg, adapter = self.config, self.adapter
-        sparse = cfg.tiling.mode == "attention"
-        check_backend(cfg.attention.backend, adapter.device, sparse)
-        if not sparse:
-            return dense_backend(cfg.attention.backend)
-        layout = attention_layout(cfg, adapter, latent_shape[2:], tile_pixels)
-        experts = [m for m in (adapter.pipe.transformer, getattr(adapter.pipe, "transformer_2", None)) if m is not None]
-        return tile_attention(experts, layout, cfg.attention.backend)
+        runner = SingleProcess() if self.group is None or self.group.size == 1 else TileExchanger.for_render(
+            self.group, cfg, plan.latent_shape[1:3])
+        with self._attention(plan), adapter.positions(cfg.tiling.positions), \
+                cache_policy(cfg.cache, adapter.pipe, plan.latent_shape[2:], adapter.patch, len(timesteps), plan.do_guidance) as policy:
+            refiner = TileRefiner(plan.tiles, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner)
+            with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
+                latents, steps = refiner.run(latents, adapter.stepper(scheduler, cond.spatial, generator), timesteps, progress, callback)
+        return latents, steps, runner.finish(policy.report), runner.stats()
 
-    def _plan(self, canvas: tuple[int, int], tile_pixels: tuple[int, int]) -> TilePlan:
-        return tile_plan(self.config, self.adapter, canvas, tile_pixels)
+    def _decode(self, latents: torch.Tensor, sketch: torch.Tensor | None, plan: RenderPlan, output_type: str):
+        """Decode the canvas (tiled and split across ranks when planned) and crop it to the requested size."""
+        if output_type == "latent":
+            return latents, sketch
+        adapter, group = self.adapter, self.group
+        if plan.vae_tiling:
+            video = TiledVAE(adapter, group).decode(latents, plan.num_frames)
+        else:  # only the leader writes the video, so only it decodes
+            video = adapter.decode(latents, plan.num_frames) if group is None or group.is_leader else None
+        post = adapter.pipe.video_processor.postprocess_video
+        if video is not None:  # None on the group's other ranks
+            video = post(video[..., : plan.size[0], : plan.size[1]], output_type=output_type)
+        return video, None if sketch is None else post(sketch, output_type=output_type)
 
+    # ---- the wrapped pipeline, borrowed for one call ------------------------------------------
+    @contextlib.contextmanager
+    def _borrowed_pipeline(self) -> Iterator[None]:
+        """Leave the wrapped pipeline as it was found: VAE tiling restored (attention processors and
+        position modules restore themselves), model offload hooks reset, also when the call raises."""
+        tiling = self.adapter.vae_tiling_enabled()
+        try:
+            yield
+        finally:
+            self.adapter.set_vae_tiling(tiling)
+            self.adapter.pipe.maybe_free_model_hooks()
 
-class Geometry(Protocol):
-    """What the size rules need of a model: a :class:`ModelAdapter`, or the planner's weight-free stand-in."""
-
-    vae_scale: tuple[int, int, int]
-    patch: tuple[int, int, int]
-    native_size: tuple[int, int] | None
-    pixel_multiple: int
-
-
-def sketch_size(config: SuperGenConfig, geometry: Geometry, height: int, width: int) -> tuple[int, int]:
-    """The sketch's pixel size for a (snapped) target ``height × width``; also the default tile size."""
-    cfg = config.sketch
-    multiple = geometry.pixel_multiple
-    if cfg.height is not None:
-        size = (cfg.height, cfg.width)
-    elif geometry.native_size is not None:
-        size = geometry.native_size
-    else:  # unknown native size: the target's aspect at the native area
-        scale = math.sqrt(cfg.native_area / (height * width))
-        size = (height * scale, width * scale)
-    # Never sketch larger than the target; always something the VAE and patch accept.
-    return tuple(max(multiple, round(min(s, t) / multiple) * multiple) for s, t in zip(size, (height, width)))  # type: ignore[return-value]
-
-
-def tile_plan(config: SuperGenConfig, geometry: Geometry, canvas: tuple[int, int], tile_pixels: tuple[int, int]) -> TilePlan:
-    """The tile plan in latent units; the tile defaults to the sketch size (the trained sequence length)."""
-    cfg = config.tiling
-    if cfg.mode == "attention":
-        # One forward over the whole canvas; the tiles live in the attention layout instead.
-        return TilePlan(canvas=canvas, tile=canvas, patch=geometry.patch[1:])
-    if cfg.tile_height is not None:
-        tile_pixels = (cfg.tile_height, cfg.tile_width)
-    multiple = geometry.pixel_multiple
-    for name, value in zip(("tile_height", "tile_width"), tile_pixels):
-        if value % multiple:
-            raise SuperGenError(f"tiling.{name}={value} must be a multiple of {multiple} (VAE × patch)")
-    scale = geometry.vae_scale[1]
-    return TilePlan(
-        canvas=canvas,
-        tile=(tile_pixels[0] // scale, tile_pixels[1] // scale),
-        patch=geometry.patch[1:],
-        mode=cfg.mode,
-        boundary=cfg.boundary,
-        shift_divisor=cfg.shift_divisor,
-        shift_every=cfg.shift_every,
-        overlap=cfg.overlap // scale,
-    )
+    def _attention(self, plan: RenderPlan):
+        """The attention backend for the refinement; in ``attention`` mode, tile(+halo) attention on the canvas."""
+        backend = self.config.attention.backend
+        check_backend(backend, self.adapter.device, plan.layout is not None)
+        if plan.layout is None:
+            return dense_backend(backend)
+        return self.adapter.tile_attention(plan.layout, backend)
 
 
-def attention_layout(config: SuperGenConfig, geometry: Geometry, latent: tuple[int, int, int], tile_pixels: tuple[int, int]):
-    """The ``supergen_kernels.TileLayout`` (in tokens) of ``tiling.mode=attention`` on a canvas latent ``(F, H, W)``.
+class StageClock:
+    """Seconds per stage. On CUDA the device is synchronised at each lap, so a lap measures the
+    work, not just its launch (one sync per stage, never per step)."""
 
-    The tile defaults to ``tile_pixels`` (the sketch size); ``tiling.halo`` is in pixels.
-    """
-    from supergen_kernels import TileLayout
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self._last = self._now()
 
-    cfg = config.tiling
-    if cfg.tile_height is not None:
-        tile_pixels = (cfg.tile_height, cfg.tile_width)
-    multiple = geometry.pixel_multiple
-    for name, value in (("tile_height", tile_pixels[0]), ("tile_width", tile_pixels[1]), ("halo", cfg.halo)):
-        if value % multiple:
-            raise SuperGenError(f"tiling.{name}={value} must be a multiple of {multiple} (VAE × patch)")
-    p_t, p_h, p_w = geometry.patch
-    return TileLayout(
-        canvas=(latent[0] // p_t, latent[1] // p_h, latent[2] // p_w),
-        tile=(tile_pixels[0] // multiple, tile_pixels[1] // multiple),
-        halo=cfg.halo // multiple,
-    )
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.seconds[name] = now - self._last
+        self._last = now
+
+
+def _step_callback(pipe, callback_on_step_end, tensor_inputs):
+    """diffusers' ``callback_on_step_end(pipe, step, timestep, tensors)`` as the refiner's ``(step, t, latents) -> latents``."""
+    if callback_on_step_end is None:
+        return None
+
+    def callback(step: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        tensors = {"latents": latents} if "latents" in tensor_inputs else {}
+        result = callback_on_step_end(pipe, step, t, tensors) or {}
+        return result.get("latents", latents)
+
+    return callback
 
 
 def _video_to_tensor(video: np.ndarray | torch.Tensor, frames: int) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 The planner answers "what GPU do I need for 4K?". It takes a model *architecture* (the numbers in
 its config files, no weights) and a config, and returns the render's geometry — sketch size, tile
-grid, steps, tokens per tile — from the same code the pipeline runs (:func:`~supergen.pipeline.sketch_size`,
-:func:`~supergen.pipeline.tile_plan`, :class:`~supergen.tiling.TilePlan`), plus FLOPs and memory.
+grid, steps, tokens per tile — from the render plan the pipeline itself follows
+(:func:`~supergen.plan.plan_render`), plus FLOPs and memory.
 
 Architectures come from :data:`KNOWN` (Wan2.1-1.3B, Wan2.1-14B, tiny, and a mid-size random one used
 to check the estimate), from a local diffusers model folder (its ``*/config.json`` files), or from a
@@ -65,7 +65,7 @@ import torch
 from .config import SuperGenConfig
 from .errors import SuperGenError
 from .geometry import SizeRules
-from .pipeline import attention_layout, sketch_size, tile_plan
+from .plan import RenderPlan, plan_render
 from .tiling import TilePlan
 
 #: Wan pads every prompt to this many tokens (``max_sequence_length`` in the adapter).
@@ -91,7 +91,7 @@ _WAN_T = dict(patch_size=[1, 2, 2], attention_head_dim=128, in_channels=16, out_
 class Architecture(SizeRules):
     """A model's numbers: the configs of its transformer(s), VAE and text encoder, and its native size.
 
-    It also answers the geometry questions the size rules ask (:class:`~supergen.pipeline.Geometry`),
+    It also answers the geometry questions the size rules ask (:class:`~supergen.geometry.SizeRules`),
     the way diffusers' Wan pipeline derives them from the same configs.
     """
 
@@ -112,7 +112,7 @@ class Architecture(SizeRules):
     #: Exact parameter counts when known from loaded modules (the demo); else counted on ``meta``.
     counted: dict[str, int] = field(default_factory=dict, compare=False)
 
-    # ---- geometry (the pipeline's Geometry protocol) ----------------------------------------
+    # ---- geometry (SizeRules) ----------------------------------------------------------------
     @property
     def vae_scale(self) -> tuple[int, int, int]:
         down = self.vae.get("temperal_downsample", [False, True, True])
@@ -122,6 +122,10 @@ class Architecture(SizeRules):
     @property
     def patch(self) -> tuple[int, int, int]:
         return tuple(self.transformer.get("patch_size", (1, 2, 2)))  # type: ignore[return-value]
+
+    @property
+    def latent_channels(self) -> int:
+        return self.transformer["out_channels"]
 
     @property
     def width(self) -> int:
@@ -308,6 +312,8 @@ class ResourcePlan:
     layout: Any = None
     #: transformer FLOPs of one sketch step (the plain pipeline at sketch size, with its own guidance).
     sketch_flops_per_step: int = 0
+    #: The render plan these estimates are computed from (what the pipeline will do).
+    render: RenderPlan | None = None
     memory: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -369,41 +375,30 @@ def make_plan(
     Raises:
         SuperGenError: the same size errors the pipeline raises (e.g. a size below the VAE × patch multiple).
     """
-    multiple = arch.pixel_multiple
     req = (height if height is not None else config.job.height, width if width is not None else config.job.width)
-    for name, value in zip(("height", "width"), req):
-        if not isinstance(value, int) or value < multiple:
-            raise SuperGenError(f"{name}={value!r}: must be an integer of at least {multiple} pixels")
-    canvas = tuple(math.ceil(v / multiple) * multiple for v in req)  # the pipeline renders this and crops
-    frames = arch.snap_frames(num_frames if num_frames is not None else config.job.num_frames)
-    sketch = sketch_size(config, arch, *canvas)
+    render = plan_render(config, arch, *req, num_frames if num_frames is not None else config.job.num_frames)
+    canvas, sketch, frames = render.canvas, render.sketch, render.num_frames
     vt, vs, _ = arch.vae_scale
-    latent = (arch.transformer["out_channels"], (frames - 1) // vt + 1, canvas[0] // vs, canvas[1] // vs)
-    plan = tile_plan(config, arch, latent[2:], sketch)
-    total = config.refine.num_inference_steps
-    refine_steps = min(int(total * config.refine.strength), total)
-    if refine_steps == 0:
-        raise SuperGenError(f"strength={config.refine.strength} × num_inference_steps={total} leaves no refinement step; raise either")
-    # The refinement's guidance scale, as the pipeline picks it; above 1 means two forwards per tile.
-    scale = config.refine.guidance_scale if config.refine.guidance_scale is not None else config.sketch.guidance_scale
-    guidance = scale > 1.0
+    latent = render.latent_shape[1:]
+    plan = render.tiles
+    refine_steps = render.refine_steps
     b = DTYPE_BYTES[config.model.dtype]
-    vae_tiling = config.output.vae_tiling == "on" or (config.output.vae_tiling == "auto" and canvas[0] * canvas[1] > sketch[0] * sketch[1])
+    vae_tiling = render.vae_tiling
     parameters = arch.parameters()
     out = ResourcePlan(
-        arch=arch, dtype=config.model.dtype, size=req, canvas=canvas, sketch=None if refine_steps == total else sketch,
-        num_frames=frames, latent=latent, plan=plan, sketch_steps=config.sketch.num_inference_steps,
-        refine_steps=refine_steps, guidance=guidance, batch_tiles=config.tiling.batch_tiles, vae_tiling=vae_tiling,
-        parameters=parameters,
+        arch=arch, dtype=config.model.dtype, size=req, canvas=canvas, sketch=sketch if render.from_sketch else None,
+        num_frames=frames, latent=latent, plan=plan, sketch_steps=render.sketch_steps,
+        refine_steps=refine_steps, guidance=render.do_guidance, batch_tiles=config.tiling.batch_tiles, vae_tiling=vae_tiling,
+        parameters=parameters, render=render,
     )
     # Tiles per step vary with the shift (clamp adds a segment when the grid is offset): plan for the most.
     out.tiles_per_step = max(len(plan.tiles(step)) for step in range(refine_steps))
     pt, ph, pw = arch.patch
     out.tokens_per_tile = (latent[1] // pt) * (plan.tile[0] // ph) * (plan.tile[1] // pw)
-    forwards = 2 if guidance else 1
+    forwards = 2 if render.do_guidance else 1
     pairs = None
-    if config.tiling.mode == "attention":
-        out.layout = attention_layout(config, arch, latent[1:], sketch)
+    if render.layout is not None:
+        out.layout = render.layout
         pairs = attended_pairs(out.layout)
     out.flops_per_step = out.tiles_per_step * forwards * transformer_flops(arch, out.tokens_per_tile, pairs=pairs)
 
@@ -426,7 +421,7 @@ def make_plan(
     sketch_tokens = (latent[1] // pt) * (sketch[0] // vs // ph) * (sketch[1] // vs // pw)
     sketch_forward = sketch_tokens * (2 * d + 2 * ffn) * b
     if out.sketch is not None:
-        out.sketch_flops_per_step = (2 if config.sketch.guidance_scale > 1.0 else 1) * transformer_flops(arch, sketch_tokens)
+        out.sketch_flops_per_step = (2 if render.sketch_guidance_scale > 1.0 else 1) * transformer_flops(arch, sketch_tokens)
     sketch_decode = 3 * frames * sketch[0] * sketch[1] * b + VAE_WORKING_COPIES * full_res_channels * vt * sketch[0] * sketch[1] * b
     mem["stage.sketch"] = 0 if out.sketch is None else max(sketch_forward, sketch_decode)
     mem["stage.upscale"] = 0 if out.sketch is None else mem["upscale"]

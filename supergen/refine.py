@@ -19,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Iterable, Protocol
+from typing import Callable, ContextManager, Protocol
 
 import torch
 
 from .adapters import Conditioning, ModelAdapter, Stepper
-from .tiling import Tile, TilePlan, accumulate, crop
+from .cache import ComputeAll
+from .tiling import Tile, TilePlan, accumulate, crop, tile_batches
 
 
 @dataclass
@@ -65,25 +66,6 @@ class TilePolicy(Protocol):
         """The blended canvas prediction ``(1, C, F, H, W)`` of this step, for ``latents`` of the same shape."""
 
 
-class ComputeAll:
-    """The policy without a cache: every tile is computed at every step."""
-
-    def start(self, num_steps):
-        pass
-
-    def scope(self, step, tiles):
-        return contextlib.nullcontext()
-
-    def decide(self, step, timestep, latents, tiles):
-        return [True] * len(tiles)
-
-    def predictions(self, step, latents, tiles, computed):
-        return computed
-
-    def observe(self, step, latents, prediction):
-        pass
-
-
 class TileRunner(Protocol):
     """Which process computes which tile, and how the predictions reach every process.
 
@@ -105,6 +87,12 @@ class TileRunner(Protocol):
             predict: computes the predictions of a list of tiles on this process.
         """
 
+    def finish(self, report):
+        """The cache report of the run completed with what only the runner knows (e.g. counts summed over ranks)."""
+
+    def stats(self) -> dict:
+        """What the runner did, for :attr:`~supergen.pipeline.RenderStats.parallel` (empty in one process)."""
+
 
 class SingleProcess:
     """One process computes every tile; nothing moves."""
@@ -112,20 +100,16 @@ class SingleProcess:
     def run(self, step, tiles, costs, predict):
         return predict(tiles)
 
+    def finish(self, report):
+        return report
+
+    def stats(self) -> dict:
+        return {}
+
 
 def tile_cost(tile: Tile) -> float:
     """Relative cost of computing ``tile``: its token count (all tiles of a plan span the same frames)."""
     return float(tile.shape[0] * tile.shape[1])
-
-
-def tile_batches(tiles: list[Tile], batch_size: int) -> Iterable[list[Tile]]:
-    """Group tiles of equal shape into batches of at most ``batch_size``, keeping plan order within a shape."""
-    by_shape: dict[tuple[int, int], list[Tile]] = {}
-    for tile in tiles:
-        by_shape.setdefault(tile.shape, []).append(tile)
-    for group in by_shape.values():
-        for i in range(0, len(group), batch_size):
-            yield group[i : i + batch_size]
 
 
 @dataclass

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Iterable
 
 import torch
 
@@ -289,3 +290,13 @@ def accumulate(out: torch.Tensor, tile: Tile, value: torch.Tensor, weighted: boo
         for cc, ct in tile.cols.pieces():
             part = value[..., rt, ct]
             out[..., rc, cc] += part if weight is None else weight[rt, ct] * part
+
+
+def tile_batches(tiles: list[Tile], batch_size: int) -> Iterable[list[Tile]]:
+    """Group tiles of equal shape into batches of at most ``batch_size``, keeping plan order within a shape."""
+    by_shape: dict[tuple[int, int], list[Tile]] = {}
+    for tile in tiles:
+        by_shape.setdefault(tile.shape, []).append(tile)
+    for group in by_shape.values():
+        for i in range(0, len(group), batch_size):
+            yield group[i : i + batch_size]

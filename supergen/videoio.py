@@ -13,24 +13,7 @@ import imageio.v3 as iio
 import numpy as np
 
 from .errors import SuperGenError
-
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
-
-
-def check_output_path(path: str | os.PathLike) -> Path:
-    """Fail early (before any rendering) if ``path`` cannot be written."""
-    path = Path(path)
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise SuperGenError(f"output {str(path)!r} must end in one of {', '.join(VIDEO_SUFFIXES)}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise SuperGenError(f"output folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise SuperGenError(f"output folder {str(parent)!r} is not writable")
-    if path.is_dir():
-        raise SuperGenError(f"output {str(path)!r} is a folder, not a file name")
-    return path
-
+from .preflight import check_output_path
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     """``(frames, H, W, 3)`` float in [0, 1] (diffusers' ``np`` output) → uint8."""

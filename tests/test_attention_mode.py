@@ -6,7 +6,6 @@ from supergen_kernels import TileLayout
 
 from supergen import SuperGenError, SuperGenPipeline
 from supergen.adapters import Conditioning, Request, adapter_for
-from supergen.attention import tile_attention
 from supergen.tiling import Tile, Window, crop
 
 SMALL = dict(sketch={"height": 32, "width": 64, "num_inference_steps": 2}, refine={"num_inference_steps": 4, "strength": 0.5})
@@ -31,7 +30,7 @@ def test_halo_zero_canvas_forward_equals_each_tile_alone_with_global_positions(w
     whole = Tile(0, Window(0, canvas[0], canvas[0]), Window(0, canvas[1], canvas[1]))
     layout = TileLayout(canvas=(2, 8, 14), tile=tile_tokens, halo=0)
     with torch.no_grad():
-        with tile_attention([wan_t2v.transformer], layout, "sdpa"):
+        with adapter.tile_attention(layout, "sdpa"):
             full = adapter.predict(latents, t, cond, [whole], canvas, "global")
         tiles = layout_tiles(layout, canvas)
         assert len(tiles) == (4 if tile_tokens == (4, 7) else 9)

@@ -33,9 +33,9 @@ def one_thread():
 
 def render(pipe, seed=0, tiling=TILING, **cache):
     sg = SuperGenPipeline.from_pipe(
-        pipe, "tiny", job=SIZE, refine={"num_inference_steps": STEPS, "strength": 1.0}, tiling=tiling, cache=cache
+        pipe, "tiny", refine={"num_inference_steps": STEPS, "strength": 1.0}, tiling=tiling, cache=cache
     )
-    return sg(generator=torch.Generator().manual_seed(seed), output_type="latent")
+    return sg(**SIZE, generator=torch.Generator().manual_seed(seed), output_type="latent")
 
 
 def decisions(out):

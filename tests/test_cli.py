@@ -23,7 +23,7 @@ def test_render_writes_an_mp4_of_the_requested_size(tmp_path):
     frames = iio.imread(out)
     assert frames.shape == (5, 64, 128, 3)
     assert iio.imread(tmp_path / "out.sketch.mp4").shape == (5, 32, 64, 3)
-    assert "supergen: 128x64x5 from a 64x32 sketch, overlap" in result.stdout
+    assert "supergen: 64x128x5 (height x width x frames) from a 32x64 sketch, overlap" in result.stdout
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no temporary files left"
 
 

@@ -27,7 +27,8 @@ def test_overrides_apply_with_types():
         (["tiling.mod=overlap"], "unknown config key 'tiling.mod'; valid keys in section 'tiling': mode, tile_height"),
         (["tilling.mode=overlap"], "unknown config key 'tilling"),
         (["refine.strength=strong"], "config key 'refine.strength'"),
-        (["refine.strength=1.5"], r"'refine.strength' is 1.5; it must lie in \[0.0, 1.0\]"),
+        (["refine.strength=1.5"], r"'refine.strength' is 1.5; it must lie in \(0.0, 1.0\]"),
+        (["refine.strength=0"], r"'refine.strength' is 0.0; it must lie in \(0.0, 1.0\]"),
         (["tiling.positions=absolute"], "valid choices: local, global, ntk"),
         (["tiling.tile_height=64"], "tile_height and tiling.tile_width must be given together"),
         (["no_equals_sign"], "is not of the form key=value"),
@@ -39,8 +40,12 @@ def test_bad_config_names_key_and_valid_choices(overrides, message):
 
 
 def test_python_overrides_keep_their_types():
-    """{"output.vae_tiling": "off"} stays the string "off" (YAML would read it as a boolean)."""
-    cfg = load_config("tiny", {"output.vae_tiling": "off", "job.prompt": "yes", "tiling.overlap": 32})
-    assert cfg.output.vae_tiling == "off" and cfg.job.prompt == "yes" and cfg.tiling.overlap == 32
+    """{"vae.tiling": "off"} stays the string "off" (YAML would read it as a boolean); so does the
+    CLI's ``vae.tiling=off``, and the key's old name ``output.vae_tiling`` still works."""
+    cfg = load_config("tiny", {"vae.tiling": "off", "job.prompt": "yes", "tiling.overlap": 32})
+    assert cfg.vae.tiling == "off" and cfg.job.prompt == "yes" and cfg.tiling.overlap == 32
+    assert load_config("tiny", ["vae.tiling=off"]).vae.tiling == "off"
+    assert load_config("tiny", ["output.vae_tiling=on"]).vae.tiling == "on"
+    assert load_config({"output": {"vae_tiling": "off"}}).vae.tiling == "off"
     with pytest.raises(ConfigError, match="unknown config key 'tiling.nope'"):
         load_config("tiny", {"tiling.nope": 1})

@@ -22,6 +22,7 @@ from supergen.config import load_config
 from supergen.parallel import TiledVAE, balance
 from supergen.parallel.exchanger import owned
 from supergen.pipeline import SuperGenPipeline
+from supergen.runtime import call_arguments
 from supergen.tiling import TilePlan
 
 # Canvas 64×112 px = 8×14 latent; tile 48×80 px = 6×10 latent does not divide it (2×2 clamped tiles
@@ -39,10 +40,11 @@ VAE_TILES = dict(tile_sample_min_height=32, tile_sample_min_width=32, tile_sampl
 TIMEOUT = 240  # seconds for one torchrun launch (startup of N processes on 2 shared cores included)
 
 
-def render(pipe, dtype="fp32", extra=()):
+def render(pipe, dtype="fp32", extra=(), group=None):
     """The test render: latent output ``(1, 16, 2, 8, 14)`` and its stats."""
-    sg = SuperGenPipeline(pipe, load_config("tiny", OVERRIDES + [f"parallel.exchange_dtype={dtype}", *extra]))
-    return sg(generator=torch.Generator().manual_seed(7), output_type="latent")
+    cfg = load_config("tiny", OVERRIDES + [f"parallel.exchange_dtype={dtype}", *extra])
+    sg = SuperGenPipeline(pipe, cfg, group)
+    return sg(**call_arguments(cfg.job), generator=torch.Generator().manual_seed(7), output_type="latent")
 
 
 def worker(out_dir: Path) -> None:
@@ -54,13 +56,13 @@ def worker(out_dir: Path) -> None:
     pipe.vae.enable_tiling(**VAE_TILES)
     seen: dict = {}
     for dtype in ("fp32", "bf16"):
-        out = render(pipe, dtype)
+        out = render(pipe, dtype, group=group)
         seen[dtype] = {"latent": out.frames, "parallel": out.stats.parallel, "computed": [s.tiles_computed for s in out.stats.steps]}
-    out = render(pipe, extra=CACHE_ON)
+    out = render(pipe, extra=CACHE_ON, group=group)
     seen["cache"] = {"latent": out.frames, "parallel": out.stats.parallel, "computed": [s.tiles_computed for s in out.stats.steps],
                      "blocks": [[t.blocks for t in s.tiles] for s in out.cache_report.steps]}
     try:  # block-level cache state is per rank: refused rather than letting ranks diverge
-        render(pipe, extra=CACHE_ON + ["cache.block.enabled=true"])
+        render(pipe, extra=CACHE_ON + ["cache.block.enabled=true"], group=group)
         seen["block_cache"] = None
     except SuperGenError as exc:
         seen["block_cache"] = str(exc)
@@ -68,7 +70,8 @@ def worker(out_dir: Path) -> None:
 
     # Rank 1 raises in its third tile forward; every rank must get the same error, and the group must
     # still render afterwards.
-    sg = SuperGenPipeline(pipe, load_config("tiny", OVERRIDES))
+    cfg = load_config("tiny", OVERRIDES)
+    sg = SuperGenPipeline(pipe, cfg, group)
     real_predict, calls = sg.adapter.predict, []
 
     def failing_predict(*args, **kwargs):
@@ -80,11 +83,11 @@ def worker(out_dir: Path) -> None:
     sg.adapter.predict = failing_predict
     start = time.perf_counter()
     try:
-        sg(generator=torch.Generator().manual_seed(7), output_type="latent")
+        sg(**call_arguments(cfg.job), generator=torch.Generator().manual_seed(7), output_type="latent")
         seen["fault"] = None
     except parallel.RankFailure as exc:
         seen["fault"] = {"message": str(exc), "recoverable": exc.recoverable, "seconds": time.perf_counter() - start}
-    seen["after_fault"] = render(pipe).frames
+    seen["after_fault"] = render(pipe, group=group).frames
     torch.save(seen, out_dir / f"rank{group.global_rank}.pt")
 
     # Last, rank 1 dies mid-render (exit status 0, so torchrun lets the others run on and report).
@@ -98,7 +101,7 @@ def worker(out_dir: Path) -> None:
     sg.adapter.predict = dying_predict
     start = time.perf_counter()
     try:
-        sg(generator=torch.Generator().manual_seed(7), output_type="latent")
+        sg(**call_arguments(cfg.job), generator=torch.Generator().manual_seed(7), output_type="latent")
         death = None
     except parallel.RankFailure as exc:
         death = {"message": str(exc), "recoverable": exc.recoverable, "seconds": time.perf_counter() - start}

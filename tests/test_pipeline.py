@@ -55,7 +55,7 @@ def test_same_seed_same_video_other_seed_other_video(wan_t2v):
 @pytest.mark.parametrize("mode,boundary", [("shift", "wrap"), ("shift", "clamp"), ("overlap", "clamp")])
 def test_any_resolution_renders_at_exactly_the_requested_size(wan_t2v, mode, boundary):
     """A size the VAE/patch cannot take (70×118) is rendered at the next multiple of 16 and cropped back."""
-    sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny", **SMALL, tiling={"mode": mode, "boundary": boundary, "overlap": 16})
+    sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny", **SMALL, tiling={"mode": mode, "boundary": boundary, "overlap": 16, "tile_height": 48, "tile_width": 96})
     out = sg(height=70, width=118, num_frames=6, generator=gen(0), output_type="np")
     assert out.frames.shape == (1, 5, 70, 118, 3)  # 6 frames → 5 (Wan takes 4k+1), with a warning
     assert out.stats.canvas == (80, 128)
@@ -105,7 +105,9 @@ def test_canvas_rope_at_offset_zero_is_bit_identical_to_diffusers(wan_t2v):
     rope = wan_t2v.transformer.rope
     hidden = torch.zeros(1, 16, 3, 8, 14)
     tile = Tile(0, Window(0, 8, 8), Window(0, 14, 14))
-    ours = CanvasRotaryPosEmbed(rope, [tile.rows.positions()[::2] // 2], [tile.cols.positions()[::2] // 2], None)(hidden)
+    canvas_rope = CanvasRotaryPosEmbed(rope)
+    canvas_rope.set_tiles([tile.rows.positions()[::2] // 2], [tile.cols.positions()[::2] // 2])
+    ours = canvas_rope(hidden)
     theirs = rope(hidden)
     assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
 
@@ -206,3 +208,44 @@ def test_from_pretrained_loads_a_model_folder(wan_t2v, tmp_path):
     a = sg(height=32, width=64, num_frames=5, generator=gen(0), output_type="latent").frames
     b = SuperGenPipeline.from_pipe(wan_t2v, "tiny", **SMALL)(height=32, width=64, num_frames=5, generator=gen(0), output_type="latent").frames
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)  # reloaded weights may use other kernels: rounding only
+
+
+def _state(pipe):
+    """What a render may touch on the wrapped pipeline: VAE tiling, attention processors, rope modules, hooks."""
+    blocks = pipe.transformer.blocks
+    return (
+        pipe.vae.use_tiling,
+        [type(b.attn1.processor) for b in blocks],
+        id(pipe.transformer.rope),
+        [getattr(m, "_diffusers_hook", None) is not None for m in pipe.transformer.modules()],
+    )
+
+
+@pytest.mark.parametrize("mode", ["shift", "attention"])
+def test_the_wrapped_pipeline_is_left_as_it_was_found_also_when_the_call_raises(wan_t2v, mode):
+    sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny", **SMALL, tiling={"mode": mode, "positions": "global"})
+    before = _state(wan_t2v)
+    seen = []
+
+    def peek(pipe, step, t, tensors):
+        seen.append(_state(wan_t2v))
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        sg(height=64, width=128, num_frames=5, generator=gen(0), output_type="latent", callback_on_step_end=peek)
+    assert seen and seen[0] != before  # the render did change it, for its duration
+    assert _state(wan_t2v) == before
+    sg(height=64, width=128, num_frames=5, generator=gen(0), output_type="latent")
+    assert _state(wan_t2v) == before
+
+
+def test_two_identical_image_to_video_calls_give_identical_videos(wan_i2v, image):
+    """VAE tiling used to stay as the last call left it: the image condition was encoded untiled by the
+    first call and tiled by the next ones (a different video for the same seed)."""
+    wan_i2v.vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24, tile_sample_stride_width=24)
+    wan_i2v.vae.disable_tiling()  # small VAE tiles, so tiling changes the values; off, as a fresh pipeline
+    sg = SuperGenPipeline.from_pipe(wan_i2v, "tiny", **SMALL)
+    a = sg(prompt="a red car", image=image, height=64, width=128, num_frames=5, generator=gen(1), output_type="latent").frames
+    b = sg(prompt="a red car", image=image, height=64, width=128, num_frames=5, generator=gen(1), output_type="latent").frames
+    assert torch.equal(a, b)
+    assert not wan_i2v.vae.use_tiling

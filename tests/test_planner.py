@@ -10,6 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from supergen.builtin import tiny_wan_pipeline
 from supergen.cli import main
 from supergen.config import load_config
+from supergen.runtime import call_arguments
 from supergen.errors import SuperGenError
 from supergen.pipeline import SuperGenPipeline
 from supergen.planner import KNOWN, Architecture, architecture, make_plan, transformer_flops, with_native_sketch
@@ -103,7 +104,7 @@ def test_plan_matches_what_the_pipeline_renders(wan_t2v):
     cfg = load_config("tiny", ["job.height=72", "job.width=120", "job.num_frames=5", "sketch.height=48", "sketch.width=64",
                                "sketch.num_inference_steps=2", "refine.num_inference_steps=4"])
     plan = make_plan(cfg, Architecture.from_pipeline(wan_t2v))
-    out = SuperGenPipeline.from_pipe(wan_t2v, cfg)(generator=torch.Generator().manual_seed(0), output_type="latent")
+    out = SuperGenPipeline.from_pipe(wan_t2v, cfg)(**call_arguments(cfg.job), generator=torch.Generator().manual_seed(0), output_type="latent")
     stats = out.stats
     assert plan.canvas == stats.canvas == (80, 128)  # 72x120 rounded up to multiples of 16
     assert plan.sketch == stats.sketch == (48, 64)

@@ -19,15 +19,20 @@ def supported_pipelines() -> list[str]:
     return [name for adapter in ADAPTERS for name in adapter.pipeline_classes]
 
 
-def adapter_for(pipe: DiffusionPipeline) -> ModelAdapter:
-    """The adapter for ``pipe``'s class, or a :class:`SuperGenError` naming the supported classes."""
+def adapter_class(pipe: DiffusionPipeline) -> type[ModelAdapter]:
+    """The adapter class for ``pipe``'s class, or a :class:`SuperGenError` naming the supported classes."""
     name = type(pipe).__name__
     for adapter in ADAPTERS:
         if name in adapter.pipeline_classes:
-            return adapter(pipe)
+            return adapter
     raise SuperGenError(f"{name} is not supported; supported diffusers pipelines: {', '.join(supported_pipelines())}")
 
 
+def adapter_for(pipe: DiffusionPipeline) -> ModelAdapter:
+    """The adapter for ``pipe`` (see :func:`adapter_class`)."""
+    return adapter_class(pipe)(pipe)
+
+
 __all__ = [
-    "ADAPTERS", "FIRST_FRAME", "Conditioning", "ModelAdapter", "Request", "Stepper", "adapter_for", "supported_pipelines",
+    "ADAPTERS", "FIRST_FRAME", "Conditioning", "ModelAdapter", "Request", "Stepper", "adapter_class", "adapter_for", "supported_pipelines",
 ]

@@ -19,15 +19,17 @@ from __future__ import annotations
 import abc
 import contextlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, ContextManager
 
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from ..errors import SuperGenError
 from ..geometry import SizeRules
 from ..tiling import Tile, crop
+from .positions import CanvasPositions, installed
 
 #: Spatial-conditioning key of a latent frame the family holds fixed at index 0 (the image of
 #: image-to-video families that condition by replacing the first latent frame): ``(1, C, 1, H, W)``.
@@ -91,8 +93,21 @@ class ModelAdapter(SizeRules, abc.ABC):
     #: dropped after it (a real frame the causal VAE conditions the next ones on, HunyuanVideo-I2V).
     decode_extra_frames: ClassVar[bool] = False
 
+    #: Dtypes of components that must not follow the transformer's (diffusers' own recipes for the
+    #: family), applied when a model is loaded unless the config sets them (``model.vae_dtype``...).
+    component_dtypes: ClassVar[dict[str, str]] = {}
+
+    #: The family's :class:`~.positions.CanvasPositions` for ``transformer.rope``; None for families
+    #: that take positions another way (CogVideoX's tables, LTX's coordinates).
+    position_module: ClassVar[type[CanvasPositions] | None] = None
+
     def __init__(self, pipe: DiffusionPipeline):
         self.pipe = pipe
+
+    @property
+    def transformers(self) -> list[nn.Module]:
+        """The pipeline's denoisers: ``transformer``, and Wan 2.2's low-noise expert ``transformer_2``."""
+        return [m for m in (getattr(self.pipe, "transformer", None), getattr(self.pipe, "transformer_2", None)) if m is not None]
 
     # ---- geometry -------------------------------------------------------------------------
     @property
@@ -115,16 +130,6 @@ class ModelAdapter(SizeRules, abc.ABC):
     def native_size(self) -> tuple[int, int] | None:
         """The resolution the model was trained at, in pixels, when the adapter knows it."""
         return None
-
-    def extra_latent_frames(self, num_frames: int) -> int:
-        """Leading latent frames the transformer denoises beyond the ``(num_frames - 1) / t + 1`` the video needs."""
-        return 0
-
-    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
-        """Shape ``(1, C, F, H, W)`` of the canvas latent for a video of ``num_frames × height × width`` pixels."""
-        t, s_h, s_w = self.vae_scale
-        frames = (num_frames - 1) // t + 1 + self.extra_latent_frames(num_frames)
-        return (1, self.latent_channels, frames, height // s_h, width // s_w)
 
     def pipeline_frames(self, num_frames: int) -> int:
         """The ``num_frames`` to ask the wrapped pipeline for, so that its video has ``num_frames`` frames."""
@@ -254,6 +259,9 @@ class ModelAdapter(SizeRules, abc.ABC):
         vae = self.pipe.vae
         return (vae.tile_sample_min_height, vae.tile_sample_min_width), (vae.tile_sample_stride_height, vae.tile_sample_stride_width)
 
+    def vae_tiling_enabled(self) -> bool:
+        return bool(getattr(self.pipe.vae, "use_tiling", False))
+
     def set_vae_tiling(self, enabled: bool) -> None:
         vae = self.pipe.vae
         if enabled and hasattr(vae, "enable_tiling"):
@@ -338,14 +346,15 @@ class ModelAdapter(SizeRules, abc.ABC):
         Returns:
             ``(B, C, F, h, w)`` float32, what the scheduler's ``step`` expects.
         """
-        if self.batched_positions or positions == "local" or len(tiles) == 1:
-            return self.predict_batch(latents, timestep, cond, tiles, canvas, positions)
-        return torch.cat(
-            [
-                self.predict_batch(latents[i : i + 1], timestep, cond.select(i), [tile], canvas, positions)
-                for i, tile in enumerate(tiles)
-            ]
-        )
+        with self.positions(positions):  # a no-op inside the refinement, which installs them once
+            if self.batched_positions or positions == "local" or len(tiles) == 1:
+                return self.predict_batch(latents, timestep, cond, tiles, canvas, positions)
+            return torch.cat(
+                [
+                    self.predict_batch(latents[i : i + 1], timestep, cond.select(i), [tile], canvas, positions)
+                    for i, tile in enumerate(tiles)
+                ]
+            )
 
     @abc.abstractmethod
     def predict_batch(
@@ -386,14 +395,24 @@ class ModelAdapter(SizeRules, abc.ABC):
         """
         return tuple(max(1.0, c / t) ** (d / max(d - 2, 1)) for c, t, d in zip(canvas, tile, dims))  # type: ignore[return-value]
 
-    @staticmethod
-    @contextlib.contextmanager
-    def swapped(owner: nn.Module, name: str, replacement: nn.Module) -> Iterator[None]:
-        """``owner.<name>`` replaced by ``replacement`` for the duration of one forward (diffusers' model
-        code stays untouched, only its position module changes)."""
-        original = getattr(owner, name)
-        setattr(owner, name, replacement)
-        try:
-            yield
-        finally:
-            setattr(owner, name, original)
+    # ---- positions and attention mode --------------------------------------------------------
+    def positions(self, mode: str) -> ContextManager[None]:
+        """For one render: the family's canvas position module installed (for ``global``/``ntk``) and
+        restored on exit; :meth:`set_positions` then updates it per forward."""
+        if mode == "local" or self.position_module is None:
+            return contextlib.nullcontext()
+        return installed(self.transformers, self.position_module)
+
+    def set_positions(self, model: nn.Module, tiles: list[Tile], canvas: tuple[int, int], mode: str, dims: tuple[int, int]) -> None:
+        """Tell ``model``'s installed position module the canvas positions of this forward's ``tiles``.
+
+        Args:
+            dims: rotary dimensions of the (height, width) axes, for the ``ntk`` factors.
+        """
+        rows, cols = self.token_positions(tiles)
+        ntk = self.ntk_factors(canvas, tiles[0].shape, dims) if mode == "ntk" else (1.0, 1.0)
+        model.rope.set_tiles(rows, cols, ntk)
+
+    def tile_attention(self, layout, backend: str) -> ContextManager[None]:
+        """``tiling.mode=attention``: self-attention restricted to ``layout`` inside the ``with`` block."""
+        raise SuperGenError(f"tiling.mode=attention supports Wan transformers; got {type(self.transformers[0]).__name__}")

@@ -21,33 +21,29 @@ import numpy as np
 import torch
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_timesteps
-from torch import nn
 
 from .base import FIRST_FRAME, ModelAdapter, Request
+from .positions import CanvasPositions
 
 
-class HunyuanCanvasRope(nn.Module):
+class HunyuanCanvasRope(CanvasPositions):
     """HunyuanVideo's 3-D RoPE with the tile's tokens numbered by their canvas position.
 
-    Swapped in for ``transformer.rope`` during one forward (:meth:`ModelAdapter.swapped`). Tables are
+    Installed in place of ``transformer.rope`` for a render (:mod:`.positions`). Tables are
     computed as diffusers' ``HunyuanVideoRotaryPosEmbed`` does, so rows/cols ``0..n-1`` give its
     tables exactly; ``ntk`` scales theta on the spatial axes (:meth:`ModelAdapter.ntk_factors`).
     """
 
-    def __init__(self, original: nn.Module, rows: torch.Tensor, cols: torch.Tensor, ntk: tuple[float, float]):
-        super().__init__()
-        self.patch_size, self.patch_size_t = original.patch_size, original.patch_size_t
-        self.rope_dim, self.theta = original.rope_dim, original.theta
-        self.rows, self.cols, self.ntk = rows, cols, ntk
-
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(1, C, F, h, w)`` → ``(cos, sin)``, each ``(F·h·w / patch, head_dim)``."""
+    def canvas_table(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1, C, F, h, w)`` → ``(cos, sin)``, each ``(F·h·w / patch, head_dim)`` (one tile per call)."""
+        rope = self.original
         device = hidden_states.device
-        frames = torch.arange(hidden_states.shape[2] // self.patch_size_t, device=device, dtype=torch.float32)
-        axes = (frames, self.rows.to(device, torch.float32), self.cols.to(device, torch.float32))
+        frames = torch.arange(hidden_states.shape[2] // rope.patch_size_t, device=device, dtype=torch.float32)
+        (rows,), (cols,) = self.rows, self.cols
+        axes = (frames, rows.to(device, torch.float32), cols.to(device, torch.float32))
         grid = torch.meshgrid(*axes, indexing="ij")
         freqs = [
-            get_1d_rotary_pos_embed(self.rope_dim[i], grid[i].reshape(-1), self.theta, use_real=True, ntk_factor=factor)
+            get_1d_rotary_pos_embed(rope.rope_dim[i], grid[i].reshape(-1), rope.theta, use_real=True, ntk_factor=factor)
             for i, factor in enumerate((1.0, *self.ntk))
         ]
         return torch.cat([f[0] for f in freqs], dim=1), torch.cat([f[1] for f in freqs], dim=1)
@@ -57,6 +53,7 @@ class HunyuanVideoAdapter(ModelAdapter):
     """``HunyuanVideoPipeline`` / ``HunyuanVideoImageToVideoPipeline`` (``latent_concat`` and ``token_replace``)."""
 
     pipeline_classes = ("HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline")
+    position_module = HunyuanCanvasRope
     # The rotary table is 2-D (tokens × dim): one table per transformer call.
     batched_positions = False
     # The latent_concat image frame is a real frame the causal VAE decodes the next ones from.
@@ -189,13 +186,8 @@ class HunyuanVideoAdapter(ModelAdapter):
         guidance = None
         if self._embedded_guidance:
             guidance = torch.tensor([cond.guidance_scale] * batch, dtype=model.dtype, device=latents.device) * 1000.0
-        rope = model.rope
         if positions != "local":
-            (rows,), (cols,) = self.token_positions(tiles)
-            ntk = (1.0, 1.0)
-            if positions == "ntk":
-                ntk = self.ntk_factors(canvas, tiles[0].shape, tuple(model.rope.rope_dim[1:]))
-            rope = HunyuanCanvasRope(model.rope, rows, cols, ntk)
+            self.set_positions(model, tiles, canvas, positions, tuple(model.rope.original.rope_dim[1:]))
         embeds = cond.embeds
 
         def expand(x: torch.Tensor) -> torch.Tensor:
@@ -208,5 +200,4 @@ class HunyuanVideoAdapter(ModelAdapter):
                 pooled_projections=expand(embeds[prefix + "pooled_prompt_embeds"]), guidance=guidance, return_dict=False,
             )[0]
 
-        with self.swapped(model, "rope", rope):
-            return self.guided(model, tiles, cond.guidance_scale, cond.do_guidance and not self._embedded_guidance, forward)
+        return self.guided(model, tiles, cond.guidance_scale, cond.do_guidance and not self._embedded_guidance, forward)

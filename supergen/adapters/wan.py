@@ -2,51 +2,44 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
-from torch import nn
-
+from ..attention import SPARSE_KERNELS
 from ..errors import SuperGenError
 from .base import ModelAdapter, Request
+from .positions import CanvasPositions
 
 
-class CanvasRotaryPosEmbed(nn.Module):
+class CanvasRotaryPosEmbed(CanvasPositions):
     """Wan's 3-D RoPE with each tile numbered by its place on the canvas.
 
-    diffusers' ``WanRotaryPosEmbed`` always numbers a tile's tokens ``0..n-1``, so every tile "believes"
-    it is the top-left of a scene (which duplicates objects at 4K). This module is swapped in for
-    ``transformer.rope`` for the duration of one forward (:meth:`ModelAdapter.swapped`): the
-    model code stays diffusers', only its position table changes. Frequencies are computed exactly as
-    diffusers does, so a tile at offset zero gets bit-identical tables.
-
-    ``ntk`` additionally scales theta on the spatial axes by :meth:`ModelAdapter.ntk_factors`.
+    Installed in place of ``transformer.rope`` for a render (:mod:`.positions`). Frequencies are
+    computed exactly as diffusers' ``WanRotaryPosEmbed`` does, so a tile at offset zero gets
+    bit-identical tables; ``ntk`` scales theta on the spatial axes (:meth:`ModelAdapter.ntk_factors`).
     """
-
-    def __init__(self, original: nn.Module, rows: list[torch.Tensor], cols: list[torch.Tensor], ntk: tuple[float, float] | None):
-        super().__init__()
-        self.t_dim, self.h_dim, self.w_dim = original.t_dim, original.h_dim, original.w_dim
-        self.patch_size = original.patch_size
-        self.theta = getattr(original, "theta", 10000.0)
-        self.rows, self.cols, self.ntk = rows, cols, ntk
 
     def _table(self, dim: int, positions: torch.Tensor, ntk_factor: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         return get_1d_rotary_pos_embed(
-            dim, positions.to(device), self.theta, use_real=True, repeat_interleave_real=True,
+            dim, positions.to(device), getattr(self.original, "theta", 10000.0), use_real=True, repeat_interleave_real=True,
             ntk_factor=ntk_factor, freqs_dtype=torch.float64,
         )
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def canvas_table(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, F, h, w)`` → ``(freqs_cos, freqs_sin)``, each ``(B, F·h·w / patch, 1, head_dim)``."""
+        rope = self.original
         _, _, frames, height, width = hidden_states.shape
-        p_t, p_h, p_w = self.patch_size
+        p_t, p_h, p_w = rope.patch_size
         ppf, pph, ppw = frames // p_t, height // p_h, width // p_w
         device = hidden_states.device
-        ntk_h, ntk_w = self.ntk if self.ntk is not None else (1.0, 1.0)
-        cos_t, sin_t = self._table(self.t_dim, torch.arange(ppf), 1.0, device)
+        ntk_h, ntk_w = self.ntk
+        cos_t, sin_t = self._table(rope.t_dim, torch.arange(ppf), 1.0, device)
         outputs_cos, outputs_sin = [], []
         for rows, cols in zip(self.rows, self.cols):
-            cos_h, sin_h = self._table(self.h_dim, rows, ntk_h, device)
-            cos_w, sin_w = self._table(self.w_dim, cols, ntk_w, device)
+            cos_h, sin_h = self._table(rope.h_dim, rows, ntk_h, device)
+            cos_w, sin_w = self._table(rope.w_dim, cols, ntk_w, device)
             for parts, out in (((cos_t, cos_h, cos_w), outputs_cos), ((sin_t, sin_h, sin_w), outputs_sin)):
                 f, h, w = parts
                 grid = torch.cat(
@@ -65,6 +58,9 @@ class WanAdapter(ModelAdapter):
     """``WanPipeline`` / ``WanImageToVideoPipeline``, Wan 2.1 and 2.2 (two experts split at ``boundary_ratio``)."""
 
     pipeline_classes = ("WanPipeline", "WanImageToVideoPipeline")
+    position_module = CanvasRotaryPosEmbed
+    # diffusers' Wan examples load the VAE and the CLIP image encoder in float32 beside a bf16 transformer.
+    component_dtypes = {"vae": "float32", "image_encoder": "float32"}
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -77,7 +73,7 @@ class WanAdapter(ModelAdapter):
 
     @property
     def _any_transformer(self):
-        return self.pipe.transformer if self.pipe.transformer is not None else self.pipe.transformer_2
+        return self.transformers[0]
 
     @property
     def patch(self) -> tuple[int, int, int]:
@@ -175,16 +171,6 @@ class WanAdapter(ModelAdapter):
         scale_2 = cond.guidance_scale_2 if cond.guidance_scale_2 is not None else cond.guidance_scale
         return pipe.transformer_2, scale_2
 
-    def _rope(self, model, tiles, canvas, positions):
-        """This forward's position module: diffusers' own for ``local``, canvas-numbered otherwise."""
-        if positions == "local":
-            return model.rope
-        rows, cols = self.token_positions(tiles)
-        ntk = None
-        if positions == "ntk":
-            ntk = self.ntk_factors(canvas, tiles[0].shape, (model.rope.h_dim, model.rope.w_dim))
-        return CanvasRotaryPosEmbed(model.rope, rows, cols, ntk)
-
     def predict_batch(self, latents, timestep, cond, tiles, canvas, positions):
         model, scale = self._model_for(timestep, cond)
         batch = latents.shape[0]
@@ -204,5 +190,63 @@ class WanAdapter(ModelAdapter):
                 encoder_hidden_states_image=expand(embeds["image_embeds"]), return_dict=False,
             )[0]
 
-        with self.swapped(model, "rope", self._rope(model, tiles, canvas, positions)):
-            return self.guided(model, tiles, scale, cond.do_guidance, forward)
+        if positions != "local":
+            self.set_positions(model, tiles, canvas, positions, (model.rope.original.h_dim, model.rope.original.w_dim))
+        return self.guided(model, tiles, scale, cond.do_guidance, forward)
+
+    # ---- tiling.mode=attention ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def tile_attention(self, layout, backend: str) -> Iterator[None]:
+        """Every block's self-attention restricted to ``layout``'s tile(+halo) windows inside the ``with``
+        block (:class:`WanTileAttnProcessor`); the original processors are restored on exit."""
+        saved = [(block.attn1, block.attn1.processor) for model in self.transformers for block in model.blocks]
+        try:
+            for attn, _ in saved:
+                attn.set_processor(WanTileAttnProcessor(layout, backend))
+            yield
+        finally:
+            for attn, processor in saved:
+                attn.set_processor(processor)
+
+
+def _rotate(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    # Wan's interleaved rotary embedding (as in diffusers' WanAttnProcessor), x: (B, N, heads, D).
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = freqs_cos[..., 0::2], freqs_sin[..., 1::2]
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+class WanTileAttnProcessor:
+    """Self-attention of a Wan block restricted to tile(+halo) windows of the canvas.
+
+    Same projections, norms and rotary embedding as diffusers' ``WanAttnProcessor`` (written out
+    here because diffusers keeps its projection helper private); only the attention itself is the
+    sparse :func:`supergen_kernels.tile_attention` over ``layout`` (tokens in canvas order, as the
+    transformer produces them).
+    """
+
+    def __init__(self, layout, backend: str):
+        self.layout, self.backend = layout, SPARSE_KERNELS[backend]
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        """``hidden_states`` ``(B, N, dim)`` with ``N = layout.seq_len`` → ``(B, N, dim)``."""
+        from supergen_kernels import tile_attention
+
+        if encoder_hidden_states is not None:
+            raise SuperGenError("tile attention replaces self-attention (attn1) only")
+        if attn.fused_projections:
+            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
+        if rotary_emb is not None:
+            query, key = _rotate(query, *rotary_emb), _rotate(key, *rotary_emb)
+        out = tile_attention(
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), self.layout, self.backend, order="canvas"
+        )
+        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](out))

@@ -28,8 +28,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from ..refine import tile_batches
-from ..tiling import Tile
+from ..errors import SuperGenError
+from ..tiling import Tile, tile_batches
 from .launch import TileGroup
 
 #: ``parallel.exchange_dtype`` → torch dtype.
@@ -99,6 +99,34 @@ class TileExchanger:
         self.bytes_sent: list[int] = []
         self.tiles_computed: list[int] = []
         self.wait_seconds: list[float] = []
+
+    @classmethod
+    def for_render(cls, group: TileGroup, config, latent_dims: tuple[int, int]) -> "TileExchanger":
+        """The exchanger of one render with ``config`` (a :class:`~supergen.config.MethodConfig`).
+
+        Raises:
+            SuperGenError: a cache whose state lives on the rank that ran a tile (block-level caches,
+                diffusers' hooks): ranks would diverge.
+        """
+        cache = config.cache
+        if cache.enabled and (cache.block.enabled or cache.policy in ("fbc", "magcache")):
+            raise SuperGenError(
+                "with several ranks only the tile-level cache (cache.policy=region, cache.block.enabled=false) "
+                "keeps ranks identical; block-level caches keep per-rank state"
+            )
+        return cls(group, latent_dims, config.parallel.exchange_dtype, config.tiling.batch_tiles)
+
+    def finish(self, report):
+        """The cache report with block forwards summed over the group (each rank counted only the
+        tiles it ran), so every rank reports all of them."""
+        records = [record for step in report.steps for record in step.tiles]
+        for record, blocks in zip(records, self.group.sum_over_ranks([r.blocks for r in records])):
+            record.blocks = blocks
+        return report
+
+    def stats(self) -> dict:
+        """``ranks``, and per step this rank's ``bytes_sent`` and ``tiles_computed``."""
+        return {"ranks": self.group.size, "bytes_sent": self.bytes_sent, "tiles_computed": self.tiles_computed}
 
     def _schedule(self, tiles: list[Tile], costs: list[float]) -> tuple[list[list[list[Tile]]], list[tuple[int, Tile]]]:
         """Every rank's batches, and the group-wide order of ``(owner, tile)`` broadcasts.

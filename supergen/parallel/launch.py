@@ -10,7 +10,6 @@ None and everything runs in-process. With a launcher, :func:`init`
   naming the ranks, rather than surfacing as a hang or a silently different video);
 - splits the world into groups of ``parallel.group_size`` ranks (job parallelism in batch
   rendering; each group does tile parallelism within one video);
-- makes logging quiet on every rank but global rank 0.
 """
 
 from __future__ import annotations
@@ -93,8 +92,8 @@ def active_group() -> TileGroup | None:
 def init(cfg: SuperGenConfig) -> TileGroup | None:
     """Join the launcher's process group and split it into render groups; None without a launcher.
 
-    The model device is set here too: ``model.device`` auto/cuda becomes ``cuda:LOCAL_RANK`` on a GPU
-    machine (one device per rank).
+    The group's ``device`` is this rank's: ``cuda:LOCAL_RANK`` when ``model.device`` is auto or cuda on a
+    GPU machine (one device per rank), else the CPU. The config is not modified.
 
     Raises:
         ConfigError: ranks started with different configs, or a world size ``group_size`` does not divide.
@@ -109,18 +108,12 @@ def init(cfg: SuperGenConfig) -> TileGroup | None:
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-        cfg.model.device = str(device)
-    else:
-        cfg.model.device = "cpu"
     timeout = datetime.timedelta(seconds=cfg.parallel.timeout_s)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout, device_id=device if use_cuda else None)
         # Also on the error paths below: gloo aborts the process at exit without a clean shutdown.
         atexit.register(shutdown)
     rank, world = dist.get_rank(), dist.get_world_size()
-    if rank != 0:
-        # Logs and progress bars come from rank 0 only (the CLI disables the other ranks' bars).
-        logging.getLogger("supergen").setLevel(logging.ERROR)
     check_same_config(cfg)
     size = cfg.parallel.group_size or world
     if world % size:

@@ -1,0 +1,61 @@
+"""Canvas positions for families whose transformer computes its rotary table in a ``rope`` submodule.
+
+diffusers' rotary modules number a tile's tokens ``0..n-1``, so every tile "believes" it is the
+top-left of the scene (which duplicates objects at 4K). A :class:`CanvasPositions` module replaces
+``transformer.rope`` once per render (:func:`installed`) and is told each forward's tiles in place
+(:meth:`CanvasPositions.set_tiles`): the model code stays diffusers', and the module object stays
+the same for the whole render (what ``torch.compile`` needs to cache a graph).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+class CanvasPositions(nn.Module):
+    """Base of a family's canvas-numbered rotary module; subclasses implement :meth:`canvas_table`.
+
+    While no tiles are set (``positions=local``) it is the model's own module.
+    """
+
+    def __init__(self, original: nn.Module):
+        super().__init__()
+        self.original = original
+        self.rows: list[torch.Tensor] | None = None
+        self.cols: list[torch.Tensor] | None = None
+        self.ntk: tuple[float, float] = (1.0, 1.0)
+
+    def set_tiles(self, rows: list[torch.Tensor] | None, cols: list[torch.Tensor] | None, ntk: tuple[float, float] = (1.0, 1.0)) -> None:
+        """Canvas positions (in patches) of the next forward's token rows and columns, one tensor per
+        tile of the batch; None returns to the model's own numbering."""
+        self.rows, self.cols, self.ntk = rows, cols, ntk
+
+    def forward(self, hidden_states: torch.Tensor):
+        if self.rows is None:
+            return self.original(hidden_states)
+        return self.canvas_table(hidden_states)
+
+    def canvas_table(self, hidden_states: torch.Tensor):
+        raise NotImplementedError
+
+
+@contextlib.contextmanager
+def installed(models: list[nn.Module], module_type: type[CanvasPositions]) -> Iterator[None]:
+    """``model.rope`` of every model replaced by a ``module_type`` wrapping it, restored on exit.
+
+    Re-entrant: a model whose ``rope`` already is one is left alone (the outer install restores it).
+    """
+    replaced = []
+    for model in models:
+        if not isinstance(model.rope, module_type):
+            replaced.append((model, model.rope))
+            model.rope = module_type(model.rope)
+    try:
+        yield
+    finally:
+        for model, original in replaced:
+            model.rope = original

@@ -1,0 +1,161 @@
+"""The render plan: everything decided before any compute, by one pure function.
+
+:func:`plan_render` takes the method config, a model's size rules and the call's arguments and
+returns a :class:`RenderPlan` — sizes, latent shapes, the schedule split, guidance, the VAE-tiling
+decision, the tile plan and (attention mode) the attention layout. It needs no weights and no
+tensors, so the pipeline, ``supergen plan`` and the demo's plan table all read the same decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .config import MethodConfig, TilingConfig
+from .errors import SuperGenError
+from .geometry import SizeRules, overlap_pixels, sketch_size, snap_size, tile_pixels
+from .tiling import TilePlan
+
+
+@dataclass(frozen=True)
+class RenderPlan:
+    """One render's decisions. Pixel sizes are ``(height, width)``; latent shapes ``(1, C, F, H, W)``."""
+
+    #: The requested output size, and the canvas actually rendered (rounded up to the pixel
+    #: multiple; the output is cropped back to ``size``).
+    size: tuple[int, int]
+    canvas: tuple[int, int]
+    num_frames: int
+    #: The sketch size (also the default tile): the model's stage-1 size, or the sketch video's.
+    sketch: tuple[int, int]
+    #: Whether stage 1 runs: False when ``strength=1`` starts from pure noise (no sketch needed)
+    #: or a sketch video replaces it.
+    run_sketch: bool
+    #: Whether the refinement starts from an upscaled sketch (model or video), else from noise.
+    from_sketch: bool
+    latent_shape: tuple[int, int, int, int, int]
+    #: The latent one transformer call sees (a native tile, or the canvas when one tile covers it):
+    #: the schedule is the family's schedule for this sequence length.
+    tile_latent_shape: tuple[int, int, int, int, int]
+    sketch_steps: int
+    sketch_guidance_scale: float
+    sketch_guidance_scale_2: float | None
+    #: Refinement: enter an N-step schedule at index ``start_index = N - k``, ``k = strength · N``.
+    num_inference_steps: int
+    strength: float
+    refine_steps: int
+    guidance_scale: float
+    guidance_scale_2: float | None
+    #: Tiled VAE at the canvas size: the upscaled sketch's encode, the I2V condition's encode and
+    #: the final decode (the sketch-size decode is never tiled).
+    vae_tiling: bool
+    tiles: TilePlan
+    #: ``tiling.mode=attention``: the ``supergen_kernels.TileLayout`` of the one canvas-wide forward.
+    layout: Any = None
+
+    @property
+    def start_index(self) -> int:
+        return self.num_inference_steps - self.refine_steps
+
+    @property
+    def do_guidance(self) -> bool:
+        return self.guidance_scale > 1.0
+
+    @property
+    def text_guidance_scale(self) -> float:
+        """The larger of the two stages' scales: whether negative embeddings are needed at all."""
+        return max(self.guidance_scale, self.sketch_guidance_scale)
+
+
+def plan_render(
+    config: MethodConfig,
+    rules: SizeRules,
+    height: int,
+    width: int,
+    num_frames: int,
+    strength: float | None = None,
+    num_inference_steps: int | None = None,
+    sketch_video_size: tuple[int, int] | None = None,
+) -> RenderPlan:
+    """Decide one render. ``strength`` and ``num_inference_steps`` default to ``config.refine``.
+
+    Raises:
+        SuperGenError: a size the model cannot take, a strength outside ``(0, 1]``, a schedule that
+            leaves no refinement step, a tile or overlap that does not fit.
+    """
+    canvas = snap_size(rules, height, width)
+    frames = rules.snap_frames(num_frames)
+    strength = config.refine.strength if strength is None else strength
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+        raise SuperGenError(f"strength={strength!r}: must lie in (0, 1]")
+    total = config.refine.num_inference_steps if num_inference_steps is None else num_inference_steps
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        raise SuperGenError(f"num_inference_steps={total!r}: must be a positive integer")
+    k = min(int(total * strength), total)
+    if k == 0:
+        raise SuperGenError(f"strength={strength} × num_inference_steps={total} leaves no refinement step; raise either")
+    native = sketch_size(config.sketch, rules, *canvas)
+    sketch = tuple(sketch_video_size) if sketch_video_size is not None else native
+    from_sketch = sketch_video_size is not None or k < total
+    tile = tile_pixels(config.tiling, rules, native)
+    latent_shape = rules.latent_shape(frames, *canvas)
+    tiles = tile_plan(config.tiling, rules, latent_shape[-2:], tile)
+    layout = attention_layout(config.tiling, rules, latent_shape[2:], tile) if config.tiling.mode == "attention" else None
+    refine, sketch_cfg = config.refine, config.sketch
+    vae = config.vae.tiling
+    return RenderPlan(
+        size=(height, width),
+        canvas=canvas,
+        num_frames=frames,
+        sketch=sketch,  # type: ignore[arg-type]
+        run_sketch=from_sketch and sketch_video_size is None,
+        from_sketch=from_sketch,
+        latent_shape=latent_shape,
+        tile_latent_shape=rules.latent_shape(frames, min(tile[0], canvas[0]), min(tile[1], canvas[1])),
+        sketch_steps=sketch_cfg.num_inference_steps,
+        sketch_guidance_scale=sketch_cfg.guidance_scale,
+        sketch_guidance_scale_2=sketch_cfg.guidance_scale_2,
+        num_inference_steps=total,
+        strength=strength,
+        refine_steps=k,
+        guidance_scale=refine.guidance_scale if refine.guidance_scale is not None else sketch_cfg.guidance_scale,
+        guidance_scale_2=refine.guidance_scale_2 if refine.guidance_scale_2 is not None else sketch_cfg.guidance_scale_2,
+        # Compared with the sketch size the model decodes untiled anyway, whether or not stage 1 runs.
+        vae_tiling=vae == "on" or (vae == "auto" and canvas[0] * canvas[1] > sketch[0] * sketch[1]),
+        tiles=tiles,
+        layout=layout,
+    )
+
+
+def tile_plan(cfg: TilingConfig, rules: SizeRules, canvas: tuple[int, int], tile: tuple[int, int]) -> TilePlan:
+    """The tile plan in latent units on a canvas latent ``(H, W)`` for a tile of ``tile`` pixels."""
+    if cfg.mode == "attention":
+        # One forward over the whole canvas; the tiles live in the attention layout instead.
+        return TilePlan(canvas=canvas, tile=canvas, patch=rules.patch[1:])
+    scale = rules.vae_scale[1]
+    overlap = overlap_pixels(cfg, rules, tile) if cfg.mode == "overlap" else 0
+    return TilePlan(
+        canvas=canvas,
+        tile=(tile[0] // scale, tile[1] // scale),
+        patch=rules.patch[1:],
+        mode=cfg.mode,
+        boundary=cfg.boundary,
+        shift_divisor=cfg.shift_divisor,
+        shift_every=cfg.shift_every,
+        overlap=overlap // scale,
+    )
+
+
+def attention_layout(cfg: TilingConfig, rules: SizeRules, latent: tuple[int, int, int], tile: tuple[int, int]):
+    """The ``supergen_kernels.TileLayout`` (in tokens) of ``tiling.mode=attention`` on a canvas latent ``(F, H, W)``."""
+    from supergen_kernels import TileLayout
+
+    multiple = rules.pixel_multiple
+    if cfg.halo % multiple:
+        raise SuperGenError(f"tiling.halo={cfg.halo} must be a multiple of {multiple} (VAE × patch)")
+    p_t, p_h, p_w = rules.patch
+    return TileLayout(
+        canvas=(latent[0] // p_t, latent[1] // p_h, latent[2] // p_w),
+        tile=(tile[0] // multiple, tile[1] // multiple),
+        halo=cfg.halo // multiple,
+    )

@@ -1,0 +1,106 @@
+"""Checks that run before anything expensive: every input path and output location of a job.
+
+A typo must cost a one-line error, not a multi-GB model load followed by a traceback. Nothing here
+imports diffusers or loads a model.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .config import SuperGenConfig
+from .errors import SuperGenError
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Fail early if ``path`` cannot be written: wrong suffix, missing or unwritable folder, a folder
+    of that name, or (unless ``overwrite``) an existing file.
+
+    Writability is tested by creating (and removing) a temporary file there: ``os.access`` says yes
+    for root on read-only file systems such as ``/sys``.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise SuperGenError(f"output {str(path)!r} must end in one of {', '.join(VIDEO_SUFFIXES)}")
+    if path.is_dir():
+        raise SuperGenError(f"output {str(path)!r} is a folder, not a file name")
+    if path.exists() and not overwrite:
+        raise SuperGenError(f"output {str(path)!r} exists; pass --overwrite to replace it")
+    check_writable_folder(path.parent if str(path.parent) else Path("."), "output folder")
+    return path
+
+
+def check_writable_folder(folder: Path, what: str) -> None:
+    if not folder.is_dir():
+        raise SuperGenError(f"{what} {str(folder)!r} does not exist" if not folder.exists() else f"{what} {str(folder)!r} is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".supergen-probe-"):
+            pass
+    except OSError as exc:
+        raise SuperGenError(f"{what} {str(folder)!r} is not writable ({exc.strerror})") from None
+
+
+def check_cache_map_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise SuperGenError(f"--cache-map {str(path)!r} must be a .png file")
+    check_writable_folder(path.parent if str(path.parent) else Path("."), "cache-map folder")
+    return path
+
+
+def check_image(path: str) -> None:
+    """``path`` exists and is an image PIL can read."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise SuperGenError(f"image {path!r} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise SuperGenError(f"image {path!r} is not an image PIL can read ({type(exc).__name__})") from None
+
+
+def check_video(path: str, what: str = "sketch video") -> None:
+    """``path`` exists and ffmpeg can read a frame of it."""
+    import imageio.v3 as iio
+
+    if not os.path.isfile(path):
+        raise SuperGenError(f"{what} {path!r} does not exist")
+    try:
+        iio.improps(path)
+    except Exception as exc:  # imageio raises OSError, ValueError or its own errors for non-videos
+        raise SuperGenError(f"{what} {path!r} is not a video ffmpeg can read ({type(exc).__name__})") from None
+
+
+def check_job(cfg: SuperGenConfig) -> None:
+    """Every input a job names, and the device it asks for."""
+    if cfg.job.image is not None:
+        check_image(cfg.job.image)
+    if cfg.job.sketch_video is not None:
+        check_video(cfg.job.sketch_video)
+    resolve_device(cfg.model.device)
+
+
+def resolve_device(name: str) -> "torch.device":
+    """``auto`` → cuda when available, else cpu; a device that does not exist here is a SuperGenError."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise SuperGenError(f"model.device={name!r} is not a device; valid: auto, cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise SuperGenError(f"model.device={name!r}: supergen runs on cpu or cuda; valid: auto, cpu, cuda, cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SuperGenError(f"model.device={name!r} but no CUDA device is available; valid here: auto, cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SuperGenError(f"model.device={name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device

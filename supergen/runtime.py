@@ -1,0 +1,155 @@
+"""One way for the applications (``supergen render``, the batch runner, the demo) to run a render.
+
+The library (:class:`~supergen.pipeline.SuperGenPipeline`) takes a loaded diffusers pipeline and the
+method config. Everything around it lives here, once: which device, which ranks, loading a model
+with its component dtypes and memory savers, turning a job's config into the call's arguments and a
+seeded generator, and writing the video. The applications differ only in where jobs come from.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .config import JobConfig, ModelConfig, SuperGenConfig
+from .errors import SuperGenError
+from .preflight import resolve_device
+
+logger = logging.getLogger("supergen")
+
+#: The largest seed torch's generators accept.
+MAX_SEED = 2**63 - 1
+
+
+def seeded_generator(seed: int) -> tuple[torch.Generator, int]:
+    """A CPU generator (the same noise on every device and every rank) and the seed it uses;
+    ``-1`` draws a random seed, which the caller reports so the video can be made again."""
+    if seed == -1:
+        seed = random.SystemRandom().randrange(2**31)
+    return torch.Generator("cpu").manual_seed(seed), seed
+
+
+def load_pipeline(model: ModelConfig, device: torch.device):
+    """The diffusers pipeline ``model.name`` on ``device``, in ``model.dtype``, with the VAE and image
+    encoder in their own dtypes (the family's recipe unless set) and the offload ``model.offload`` asks for."""
+    from .adapters import adapter_class
+    from .builtin import load_pipeline as load_named
+
+    dtype = getattr(torch, model.dtype)
+    pipe = load_named(model.name, dtype, "cpu")
+    defaults = adapter_class(pipe).component_dtypes
+    for component, override in (("vae", model.vae_dtype), ("image_encoder", model.image_encoder_dtype)):
+        module = getattr(pipe, component, None)
+        wanted = override or defaults.get(component)
+        if module is not None and wanted is not None:
+            module.to(getattr(torch, wanted))
+    return place(pipe, model.offload, device)
+
+
+def place(pipe, offload: str, device: torch.device):
+    """Move ``pipe`` to ``device``, or let one of diffusers' memory savers manage it there."""
+    if offload == "none":
+        return pipe.to(device)
+    if device.type != "cuda":
+        raise SuperGenError(f"model.offload={offload!r} moves weights between the CPU and a GPU; this render runs on {device}")
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:  # block-level group offloading with CUDA streams: prefetches the next block while one runs
+        pipe.enable_group_offload(onload_device=device, offload_type="block_level", num_blocks_per_group=1, use_stream=True)
+    return pipe
+
+
+def call_arguments(job: JobConfig) -> dict[str, Any]:
+    """The :class:`~supergen.pipeline.SuperGenPipeline` call arguments a job's fields give."""
+    return dict(prompt=job.prompt, negative_prompt=job.negative_prompt, image=job.image, height=job.height,
+                width=job.width, num_frames=job.num_frames)
+
+
+@dataclass
+class Rendered:
+    """One finished job."""
+
+    output: Any  # SuperGenPipelineOutput
+    seed: int
+    #: The written video (None on ranks other than the group's leader, or when not asked to write).
+    path: Path | None
+
+
+@dataclass
+class Runtime:
+    """A loaded model on this process' device, and the ranks it renders with.
+
+    Attributes:
+        group: the :class:`~supergen.parallel.TileGroup` of this process, or None without a launcher.
+    """
+
+    config: SuperGenConfig
+    pipe: Any
+    group: Any
+    device: torch.device
+
+    @classmethod
+    def start(cls, config: SuperGenConfig, quiet: bool = False, load: bool = True) -> "Runtime":
+        """Join the launcher's ranks (if any) and load ``config.model`` on this rank's device."""
+        from . import parallel
+
+        group = parallel.init(config)
+        device = group.device if group is not None else resolve_device(config.model.device)
+        if group is not None and group.global_rank != 0:
+            # Logs come from rank 0 only (the other ranks' progress bars are disabled below).
+            logging.getLogger("supergen").setLevel(logging.ERROR)
+        runtime = cls(config, None, group, device)
+        if load:
+            runtime.load(quiet)
+        return runtime
+
+    def load(self, quiet: bool = False) -> None:
+        """Load ``config.model`` on this rank's device (progress bars on global rank 0 only)."""
+        self.pipe = load_pipeline(self.config.model, self.device)
+        self.pipe.set_progress_bar_config(disable=quiet or not (self.group is None or self.group.global_rank == 0), leave=False)
+
+    @property
+    def leader(self) -> bool:
+        """Whether this process writes the group's outputs and speaks for it."""
+        return self.group is None or self.group.is_leader
+
+    def render(
+        self,
+        cfg: SuperGenConfig,
+        output: str | Path | None = None,
+        sketch_output: str | Path | None = None,
+        image: Any | None = None,
+        callback_on_stage: Callable[[str, dict], None] | None = None,
+        callback_on_step_end: Callable | None = None,
+    ) -> Rendered:
+        """Render the job ``cfg.job`` with the method ``cfg``; on the leader, write it to ``output``.
+
+        Args:
+            image: overrides ``cfg.job.image`` (an image already in memory, e.g. an upload).
+            sketch_output: also write the sketch there (when the render has one).
+        """
+        from .pipeline import SuperGenPipeline
+        from .videoio import read_video, write_video
+
+        sketch_video = read_video(cfg.job.sketch_video) if cfg.job.sketch_video is not None else None
+        generator, seed = seeded_generator(cfg.job.seed)
+        arguments = call_arguments(cfg.job)
+        if image is not None:
+            arguments["image"] = image
+        out = SuperGenPipeline(self.pipe, cfg, self.group)(
+            **arguments, sketch_video=sketch_video, generator=generator, output_type="np",
+            callback_on_stage=callback_on_stage, callback_on_step_end=callback_on_step_end,
+        )
+        path = None
+        if output is not None and self.leader:
+            path = write_video(output, out.frames[0], fps=cfg.output.fps, quality=cfg.output.quality)
+            if sketch_output is not None and out.sketch is not None:
+                write_video(sketch_output, out.sketch[0], fps=cfg.output.fps, quality=cfg.output.quality)
+        return Rendered(out, seed, path)

@@ -1,0 +1,80 @@
+"""The package's shape: no import cycles, imports only go down the layers, and the light modules stay light."""
+
+import ast
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "supergen"
+MODULES = sorted(
+    "supergen." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+    for p in PACKAGE.rglob("*.py")
+    if p.name != "__main__.py"
+)
+
+#: Layers from the bottom; a module may import only from its own layer or lower ones.
+#: package → pipeline → refine → adapters/tiling/cache/parallel → geometry/config.
+LAYERS = [
+    {"errors", "config", "geometry", "tiling", "upscale", "preflight", "eval"},
+    {"plan", "attention", "adapters", "cache", "parallel", "videoio"},
+    {"refine"},
+    {"pipeline", "planner"},
+    {"builtin", "runtime"},
+    {"jobs", "demo", "cli", "__init__"},
+]
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if module.count(".") else "__init__"
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """supergen modules ``path`` imports (relative imports resolved), at any depth of the file."""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target == "supergen" or target.startswith("supergen."):
+                found.add(target)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("supergen.")}
+    return found
+
+
+def test_imports_only_go_down_the_layers():
+    upward = []
+    for path in PACKAGE.rglob("*.py"):
+        module = "supergen." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+        if module.endswith("__main__") or module == "supergen":
+            continue
+        for target in _imports(path, module):
+            if target != "supergen" and _layer(target) > _layer(module):
+                upward.append(f"{module} imports {target}")
+    assert not upward, "\n".join(upward)
+
+
+def test_every_module_imports_on_its_own_in_a_fresh_interpreter():
+    """An import cycle shows only when a module of the cycle is imported first: try each one first."""
+    def first_import(module: str) -> tuple[str, str | None]:
+        run = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+        return module, None if run.returncode == 0 else run.stderr.strip().splitlines()[-1]
+
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        failed = {m: error for m, error in pool.map(first_import, MODULES) if error is not None}
+    assert not failed, failed
+
+
+@pytest.mark.parametrize("module", ["supergen", "supergen.eval.metrics", "supergen.eval.toyworld", "supergen.cli", "supergen.config"])
+def test_light_modules_do_not_import_diffusers(module):
+    code = f"import sys, {module}; assert 'diffusers' not in sys.modules, sorted(m for m in sys.modules if 'diffusers' in m)[:3]"
+    subprocess.run([sys.executable, "-c", code], check=True)
