@@ -339,15 +339,17 @@ def test_flex_matches_reference(name, head_dim):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit internals, during compile
-def test_compiled_flex_matches_reference():
+@pytest.mark.parametrize("offset,boundary", [((0, 0), "clip"), ((5, 7), "wrap")], ids=["fixed", "wrap-shifted"])
+def test_compiled_flex_matches_reference(offset, boundary):
     """Compiled FlexAttention (what runs on GPUs) trusts the BlockMask's full-block lists and
     lowers mask_mod into its kernel; eager FlexAttention does neither. One compiled CPU run
-    (~20 s) on a layout with both full and partial blocks at FlexAttention's block size."""
+    (~20 s) per layout with both full and partial blocks at FlexAttention's block size; the
+    wrapped one lowers the wrap term of the token rule too."""
     from torch.nn.attention.flex_attention import flex_attention
 
     from supergen_kernels.flex import FLEX_BLOCK_SIZE, flex_block_mask
 
-    layout = TileLayout(canvas=(2, 16, 24), tile=(8, 12), halo=2)  # N = 768
+    layout = TileLayout(canvas=(2, 16, 24), tile=(8, 12), halo=2, offset=offset, boundary=boundary)  # N = 768
     visited, full = layout.block_index(FLEX_BLOCK_SIZE, FLEX_BLOCK_SIZE).to_dense()
     assert full.any() and (visited & ~full).any()
     q, k, v = _qkv(layout, 64)
