@@ -80,12 +80,7 @@ def _time(fn: Callable[[], torch.Tensor], iters: int, warmup: int) -> tuple[floa
 
 def _window_keys(layout: TileLayout, device) -> list[torch.Tensor]:
     """Per tile, the tile-major indices of the keys in its window (for the per-tile loop)."""
-    k_pos = layout.token_rule(device).k_pos
-    keys = []
-    for r0, r1, c0, c1 in layout.tile_windows():
-        inside = (k_pos[:, 0] >= r0) & (k_pos[:, 0] < r1) & (k_pos[:, 1] >= c0) & (k_pos[:, 1] < c1)
-        keys.append(inside.nonzero().squeeze(1))
-    return keys
+    return [inside.nonzero().squeeze(1) for inside in layout.keys_in_window(device)]
 
 
 def bench_case(

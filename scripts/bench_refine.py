@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 makes CPU time comparable under load)")
+    parser.add_argument("--json", default=None, help="also write both variants' results to this JSON file")
     parser.add_argument("--variant", choices=["tiled", "full"], help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
     if args.canvas is None:
@@ -124,6 +125,9 @@ def main() -> None:
     for r in results.values():
         print(f"{r['variant']:<8}{r['tiles']:>6}{r['tokens_per_forward']:>16}{r['seconds']:>10.3f}{r['cpu_seconds']:>10.3f}{r['peak_mib']:>10.1f}")
     t, f = results["tiled"], results["full"]
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dict(arch=args.arch, canvas=args.canvas, frames=args.frames, dtype=args.dtype, device=device, **results), fh, indent=2)
     print(f"full/tiled: wall time {f['seconds'] / t['seconds']:.2f}x, CPU time {f['cpu_seconds'] / t['cpu_seconds']:.2f}x, "
           f"peak memory {f['peak_mib'] / max(t['peak_mib'], 1e-9):.2f}x")
 

@@ -34,18 +34,32 @@ from typing import Literal
 
 import torch
 
-from .layout import BlockIndex, BlockListLayout, SparseLayout, TileLayout, TokenRule
+from .layout import (
+    BOUNDARIES,
+    BlockIndex,
+    BlockListLayout,
+    LayoutCycle,
+    SparseLayout,
+    TileLayout,
+    TokenRule,
+    in_window,
+    shifted_layouts,
+)
 
 __all__ = [
     "BACKENDS",
+    "BOUNDARIES",
     "BackendUnavailable",
     "BlockIndex",
     "BlockListLayout",
+    "LayoutCycle",
     "SparseLayout",
     "TileLayout",
     "TokenRule",
     "available_backends",
     "flex_block_mask",
+    "in_window",
+    "shifted_layouts",
     "tile_attention",
 ]
 
@@ -73,6 +87,17 @@ def _unavailable_reason(backend: str, device: torch.device) -> str | None:
             kernel = importlib.import_module("supergen_kernels.triton_tile_attention")
         except ImportError as exc:
             return f"triton cannot be imported ({exc}); install the 'triton' extra"
+        except Exception as exc:  # noqa: BLE001 - any failure of a Triton install is "unavailable"
+            # An installed Triton that is too old or broken fails while the kernel module is
+            # being decorated (AttributeError on an API it lacks, RuntimeError from a backend
+            # probe), not with an ImportError.
+            return (
+                f"importing the Triton kernel failed with {type(exc).__name__}: {exc} "
+                f"(triton {_triton_version()}; the kernel needs Triton >= 3.0)"
+            )
+        missing = kernel.missing_features()
+        if missing:
+            return f"triton {_triton_version()} lacks {', '.join(missing)}"
         if device.type == "cuda" or kernel.INTERPRETED:
             return None
         gpu = "a CUDA GPU is present" if torch.cuda.is_available() else "there is no CUDA GPU"
@@ -82,6 +107,14 @@ def _unavailable_reason(backend: str, device: torch.device) -> str | None:
             "imported to run it in Triton's CPU interpreter"
         )
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+    except Exception:  # noqa: BLE001 - only for a message
+        return "(version unknown)"
+    return getattr(triton, "__version__", "(version unknown)")
 
 
 def __getattr__(name: str):

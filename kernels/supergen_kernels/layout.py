@@ -3,9 +3,12 @@
 Two layouts share one interface (:class:`SparseLayout`):
 
 * :class:`TileLayout` — the canvas is cut into spatial tiles that span all frames. A query in
-  tile ``t`` attends to every key whose spatial position (row, col) lies in tile ``t`` grown by
-  ``halo`` tokens on each side (clipped to the canvas), in every frame. ``halo=0`` is
-  tile-local (block-diagonal) attention; ``halo>0`` lets tiles see across their borders.
+  tile ``t`` attends to every key whose spatial position (row, col) lies in tile ``t``'s key
+  window, in every frame: the tile grown by ``halo`` tokens on each side, at the canvas edge
+  clipped, clamped or wrapped around (the ``boundary`` policy). ``halo=0`` is tile-local
+  (block-diagonal) attention; ``halo>0`` lets tiles see across their borders. The tile grid can
+  be shifted by an ``offset``, and :class:`LayoutCycle` gives the layout of every refinement
+  step of a shift schedule, the way ``supergen.tiling.TilePlan`` moves its tiles.
   Tokens are processed in **tile-major order**: tile by tile (row-major over the tile grid),
   so each tile is one contiguous run of the sequence; inside a tile, by halo-sized cells (see
   :class:`TileLayout`).
@@ -23,15 +26,17 @@ Every layout can produce
 
 The token rule is deliberately tiny so a kernel can evaluate it from registers: every query
 token carries a window ``[row_lo, row_hi) x [col_lo, col_hi)`` and every key token a position
-``(row, col)``; the pair is allowed iff the position lies in the window. Keys past the end of
-the sequence are given position ``-1`` by the kernels, which no window contains.
+``(row, col)``; the pair is allowed iff the position lies in the window on both axes. A window
+that wraps around the canvas edge has ``hi`` past the axis length; a key at position ``p`` is
+in ``[lo, hi)`` when ``p`` or ``p + length`` is (:func:`in_window`). Keys past the end of the
+sequence are given position ``-1`` by the kernels, which no window contains.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Literal, Protocol
 
 import torch
 
@@ -42,12 +47,27 @@ class TokenRule:
 
     Attributes:
         q_window: int32 ``(seq, 4)``: ``row_lo, row_hi, col_lo, col_hi`` of each query's window
-            (half-open).
+            (half-open; ``hi`` may pass the axis length when the window wraps around).
         k_pos: int32 ``(seq, 2)``: ``row, col`` of each key.
+        period: ``(height, width)``: the axis lengths windows wrap around (see
+            :func:`in_window`).
     """
 
     q_window: torch.Tensor
     k_pos: torch.Tensor
+    period: tuple[int, int]
+
+
+def in_window(pos: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, period: int) -> torch.Tensor:
+    """Whether positions ``pos`` lie in the half-open windows ``[lo, hi)`` of one axis.
+
+    The plain PyTorch statement of the rule the Triton kernel evaluates in partial blocks (and
+    FlexAttention's ``mask_mod``). Windows start inside the axis (``0 <= lo < period``); one
+    that wraps around the canvas edge ends past it (``hi > period``) and then also holds the
+    positions ``p`` with ``p + period < hi``. Positions below 0 (keys past the sequence end)
+    are in no window.
+    """
+    return ((pos >= lo) & (pos < hi)) | ((pos >= 0) & (pos + period < hi))
 
 
 def _pack_rows(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,6 +205,69 @@ class _Memo:
         return {k: v for k, v in self.__dict__.items() if k != "_memo"}
 
 
+#: Canvas-edge policies of :class:`TileLayout`; ``clamp`` and ``wrap`` mean what they mean for
+#: ``supergen.tiling.TilePlan``'s shift mode.
+BOUNDARIES = ("clip", "clamp", "wrap")
+Boundary = Literal["clip", "clamp", "wrap"]
+
+
+def _axis_tiles(length: int, tile: int, offset: int, halo: int, boundary: str) -> list[tuple[int, int, int, int]]:
+    """One axis of a :class:`TileLayout`: ``(own_lo, own_hi, win_lo, win_hi)`` of each tile.
+
+    The tile owns (its queries are) ``[own_lo, own_hi)``; it attends to ``[win_lo, win_hi)``.
+    Both may end past ``length`` with ``wrap`` (positions taken modulo ``length``). The cut
+    lines are those of ``supergen.tiling.AxisSchedule`` at patch 1, so attention tiles and
+    ``TilePlan`` tiles coincide at the same offset.
+    """
+    tile = min(tile, length)
+    if tile == length:  # one tile spans the axis: nothing to cut or shift
+        cuts = [0]
+    elif boundary == "wrap":
+        # n near-equal segments (each <= tile) that sum to the axis, cut from `offset` on.
+        n = math.ceil(length / tile)
+        base, extra = divmod(length, n)
+        starts, pos = [], offset
+        for i in range(n):
+            starts.append(pos % length)
+            pos += base + (i < extra)
+        cuts = sorted(starts)
+    else:
+        # Full tiles from `offset % tile`, and whatever is left before the first cut.
+        cuts = sorted({0} | set(range(offset % tile, length, tile)))
+    if boundary == "wrap":
+        ends = cuts[1:] + [cuts[0] + length]  # the last segment wraps past the edge
+    else:
+        ends = cuts[1:] + [length]
+    tiles = []
+    for lo, hi in zip(cuts, ends):
+        if boundary == "wrap":
+            if hi - lo + 2 * halo >= length:  # the window reaches all the way round
+                win = (0, length)
+            else:
+                start = (lo - halo) % length
+                win = (start, start + hi - lo + 2 * halo)
+        else:
+            # clamp: the window is a full tile clamped inside the canvas (the tile's context);
+            # clip: the window is the owned segment itself. Then the halo, cut at the edges.
+            start, end = (min(lo, length - tile), min(lo, length - tile) + tile) if boundary == "clamp" else (lo, hi)
+            win = (max(start - halo, 0), min(end + halo, length))
+        tiles.append((lo, hi, *win))
+    return tiles
+
+
+def axis_period(length: int, tile: int, boundary: str) -> int:
+    """Smallest grid offset (tokens) after which one axis's tiles repeat; 0 when the tile spans
+    the axis (nothing moves). ``clamp``/``clip``: the tile; ``wrap``: the smallest rotation that
+    maps the cut lines onto themselves (the tile when it divides the axis)."""
+    tile = min(tile, length)
+    if tile == length:
+        return 0
+    if boundary != "wrap":
+        return tile
+    base = {t[0] for t in _axis_tiles(length, tile, 0, 0, "wrap")}
+    return next(s for s in range(1, length + 1) if {(c + s) % length for c in base} == base)
+
+
 @dataclass(frozen=True)
 class TileLayout(_Memo):
     """Tile-local or tile+halo attention over a video canvas of tokens.
@@ -198,6 +281,23 @@ class TileLayout(_Memo):
         halo: spatial margin in tokens added on every side of a tile to form its key window.
         cell: ``(height, width)`` in tokens of the cells that order tokens *inside* a tile, or
             None for the default: ``(halo, halo)`` when ``halo > 0``, else the whole tile.
+        offset: ``(rows, cols)`` grid offset in tokens, ``0 <= offset < canvas`` per axis: the
+            cut lines of the tile grid start here instead of at 0 (``clip``/``clamp``: cuts at
+            ``offset % tile + k * tile``, plus the canvas edge; ``wrap``: see below). An axis
+            the tile spans is never cut, whatever its offset. :class:`LayoutCycle` picks the
+            offsets of a shift schedule.
+        boundary: what happens at the canvas edge, per axis:
+
+            - ``"clip"`` (default): tiles from the cut lines, edge tiles smaller; a tile's window
+              is the tile grown by the halo, cut at the canvas edge. At offset 0 this is the
+              plain tile grid.
+            - ``"clamp"``: the same tiles own the queries, but each window is a *full-size* tile
+              clamped inside the canvas (then grown by the halo, cut at the edge): a small edge
+              tile's queries see the context a native-size tile forward would give them. This
+              is ``TilePlan``'s ``clamp`` (the window it runs, the segment it writes).
+            - ``"wrap"``: the canvas is a torus: ``ceil(length / tile)`` near-equal tiles per axis
+              starting at the offset, windows grown by the halo around the edge, so tiles and
+              windows can wrap (opposite edges side by side). This is ``TilePlan``'s ``wrap``.
 
     Tile-major order: tiles one after another (row-major over the tile grid); inside a tile,
     cells one after another (row-major over the cells, laid from the tile's corner, edge cells
@@ -218,6 +318,8 @@ class TileLayout(_Memo):
     tile: tuple[int, int]
     halo: int = 0
     cell: tuple[int, int] | None = None
+    offset: tuple[int, int] = (0, 0)
+    boundary: Boundary = "clip"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "canvas", tuple(int(s) for s in self.canvas))
@@ -234,6 +336,14 @@ class TileLayout(_Memo):
         object.__setattr__(self, "cell", tuple(int(s) for s in self.cell))
         if len(self.cell) != 2 or min(self.cell) < 1:
             raise ValueError(f"cell must be (height, width) >= 1, got {self.cell}")
+        object.__setattr__(self, "offset", tuple(int(s) for s in self.offset))
+        if len(self.offset) != 2 or not all(0 <= o < n for o, n in zip(self.offset, self.canvas[1:])):
+            raise ValueError(
+                f"offset must be (rows, cols) with 0 <= offset < canvas (height, width) = "
+                f"{self.canvas[1:]}, got {self.offset}"
+            )
+        if self.boundary not in BOUNDARIES:
+            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {self.boundary!r}")
 
     # ----------------------------------------------------------------------------- geometry
     @property
@@ -241,10 +351,18 @@ class TileLayout(_Memo):
         f, h, w = self.canvas
         return f * h * w
 
+    def _axes(self) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int, int]]]:
+        """Per axis (rows, cols), ``(own_lo, own_hi, win_lo, win_hi)`` of each tile."""
+        return tuple(
+            _axis_tiles(length, tile, offset, self.halo, self.boundary)
+            for length, tile, offset in zip(self.canvas[1:], self.tile, self.offset)
+        )
+
     @property
     def grid(self) -> tuple[int, int]:
         """Number of tile rows and tile columns."""
-        return math.ceil(self.canvas[1] / self.tile[0]), math.ceil(self.canvas[2] / self.tile[1])
+        rows, cols = self._axes()
+        return len(rows), len(cols)
 
     @property
     def num_tiles(self) -> int:
@@ -252,25 +370,17 @@ class TileLayout(_Memo):
         return rows * cols
 
     def tile_rects(self) -> list[tuple[int, int, int, int]]:
-        """``(row0, row1, col0, col1)`` (half-open, in tokens) of each tile, in tile order."""
-        _, h, w = self.canvas
-        th, tw = self.tile
-        rows, cols = self.grid
-        return [
-            (i * th, min((i + 1) * th, h), j * tw, min((j + 1) * tw, w))
-            for i in range(rows)
-            for j in range(cols)
-        ]
+        """``(row0, row1, col0, col1)`` (half-open, in tokens) of each tile, in tile order. With
+        ``wrap`` a tile may end past the canvas (``row1 > height``): its rows are ``row0 ..
+        row1 - 1`` modulo the height (likewise columns), as ``supergen.tiling.Window`` counts."""
+        rows, cols = self._axes()
+        return [(r[0], r[1], c[0], c[1]) for r in rows for c in cols]
 
     def tile_windows(self) -> list[tuple[int, int, int, int]]:
-        """``(row_lo, row_hi, col_lo, col_hi)`` key window of each tile: the tile grown by the
-        halo, clipped to the canvas."""
-        _, h, w = self.canvas
-        g = self.halo
-        return [
-            (max(r0 - g, 0), min(r1 + g, h), max(c0 - g, 0), min(c1 + g, w))
-            for r0, r1, c0, c1 in self.tile_rects()
-        ]
+        """``(row_lo, row_hi, col_lo, col_hi)`` key window of each tile (see ``boundary``); a
+        window that wraps ends past the canvas, like :meth:`tile_rects`."""
+        rows, cols = self._axes()
+        return [(r[2], r[3], c[2], c[3]) for r in rows for c in cols]
 
     def tile_offsets(self) -> list[int]:
         """Start of each tile in the tile-major sequence, plus the total length at the end."""
@@ -292,8 +402,12 @@ class TileLayout(_Memo):
             f, h, w = self.canvas
             ch, cw = self.cell
             grid = torch.arange(self.seq_len, device=device).view(f, h, w)
+
+            def span(a: int, b: int, n: int) -> torch.Tensor:  # a .. b-1, wrapped into [0, n)
+                return torch.arange(a, b, device=device) % n
+
             parts = [
-                grid[:, r:min(r + ch, r1), c:min(c + cw, c1)].reshape(-1)
+                grid[:, span(r, min(r + ch, r1), h)[:, None], span(c, min(c + cw, c1), w)].reshape(-1)
                 for r0, r1, c0, c1 in self.tile_rects()
                 for r in range(r0, r1, ch)
                 for c in range(c0, c1, cw)
@@ -341,17 +455,18 @@ class TileLayout(_Memo):
             tile_id, row, col = self._token_coords(device)
             windows = torch.tensor(self.tile_windows(), dtype=torch.int32, device=device)
             k_pos = torch.stack([row, col], dim=1).to(torch.int32)
-            return TokenRule(windows[tile_id].contiguous(), k_pos.contiguous())
+            return TokenRule(windows[tile_id].contiguous(), k_pos.contiguous(), self.canvas[1:])
 
         return self.memo(("rule", device), build)
 
-    def _keys_in_window(self, device) -> torch.Tensor:
+    def keys_in_window(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """bool ``(num_tiles, seq)``: key ``j`` (tile-major) lies in tile ``t``'s window."""
+        _, h, w = self.canvas
         _, row, col = self._token_coords(device)
         win = torch.tensor(self.tile_windows(), device=device)
         return (
-            (row[None] >= win[:, 0:1]) & (row[None] < win[:, 1:2])
-            & (col[None] >= win[:, 2:3]) & (col[None] < win[:, 3:4])
+            in_window(row[None], win[:, 0:1], win[:, 1:2], h)
+            & in_window(col[None], win[:, 2:3], win[:, 3:4], w)
         )
 
     def mask_mod(self, length: int, device: torch.device | str = "cpu") -> Callable:
@@ -362,7 +477,7 @@ class TileLayout(_Memo):
         keys sit at position -1, outside every window.
         """
         rule = self.token_rule(device)
-        n = self.seq_len
+        n, (h, w) = self.seq_len, rule.period
         q_window = torch.zeros(4, length, dtype=torch.int32, device=device)
         k_pos = torch.full((2, length), -1, dtype=torch.int32, device=device)
         q_window[:, :n], k_pos[:, :n] = rule.q_window.T, rule.k_pos.T
@@ -371,16 +486,16 @@ class TileLayout(_Memo):
         row_lo, row_hi, col_lo, col_hi = q_window.unbind(0)
         key_row, key_col = k_pos.unbind(0)
 
-        def mask_mod(b, h, q_idx, kv_idx):
+        def mask_mod(b, head, q_idx, kv_idx):
             r, c = key_row[kv_idx], key_col[kv_idx]
-            return (r >= row_lo[q_idx]) & (r < row_hi[q_idx]) & (c >= col_lo[q_idx]) & (c < col_hi[q_idx])
+            return in_window(r, row_lo[q_idx], row_hi[q_idx], h) & in_window(c, col_lo[q_idx], col_hi[q_idx], w)
 
         return mask_mod
 
     def token_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """bool ``(seq, seq)`` in tile-major order. Quadratic memory: tests and reference only."""
         tile_id, _, _ = self._token_coords(device)
-        return self._keys_in_window(device)[tile_id]
+        return self.keys_in_window(device)[tile_id]
 
     def block_index(
         self, block_m: int, block_n: int, device: torch.device | str = "cpu"
@@ -397,7 +512,7 @@ class TileLayout(_Memo):
         nq, nk = math.ceil(n / block_m), math.ceil(n / block_n)
         # How many keys of each key block fall in each tile's window.
         padded = torch.zeros(nt, nk * block_n, dtype=torch.int32, device=device)
-        padded[:, :n] = self._keys_in_window(device).int()
+        padded[:, :n] = self.keys_in_window(device).int()
         counts = padded.view(nt, nk, block_n).sum(dim=2)  # (tiles, kv blocks)
         # A query block is a contiguous run of tile-major tokens, so the tiles its queries
         # belong to are the contiguous id range [first, last]; prefix sums over tiles answer
@@ -480,12 +595,13 @@ class BlockListLayout(_Memo):
         return mask_mod
 
     def token_rule(self, device: torch.device | str = "cpu") -> TokenRule:
-        # For the Triton kernel, which takes block sizes dividing block_size. Inside a listed block every pair is allowed; the only partial blocks are those cut
-        # short by the sequence end, where the kernels' out-of-range key position (-1) already
+        # For the Triton kernel, which takes block sizes dividing block_size. Inside a listed
+        # block every pair is allowed; the only partial blocks are those cut short by the
+        # sequence end, where the kernels' out-of-range key position (-1) already
         # fails the window. So: one window [0, 1) x [0, 1) that every real key at (0, 0) is in.
         n = self.seq_len
         q_window = torch.tensor([0, 1, 0, 1], dtype=torch.int32, device=device).repeat(n, 1)
-        return TokenRule(q_window, torch.zeros(n, 2, dtype=torch.int32, device=device))
+        return TokenRule(q_window, torch.zeros(n, 2, dtype=torch.int32, device=device), (1, 1))
 
     def block_index(
         self, block_m: int, block_n: int, device: torch.device | str = "cpu"
@@ -497,3 +613,99 @@ class BlockListLayout(_Memo):
             return BlockIndex.from_block_matrices(self.seq_len, block_m, block_n, visited, full)
 
         return self.memo(("blocks", block_m, block_n, device), build)
+
+
+class LayoutCycle:
+    """The :class:`TileLayout` of every refinement step of a shift schedule, built once per offset.
+
+    The tile grid moves by ``stride = max(1, round(tile / shift_divisor))`` tokens per axis every
+    ``shift_every`` steps, each axis on its own cycle (offset ``k * stride`` modulo the axis's
+    :func:`axis_period` after ``k`` moves): the schedule of ``supergen.tiling.TilePlan`` in shift
+    mode, in tokens instead of latent units (``TilePlan``'s stride, rounded to the patch, is this
+    stride times the patch). So attention windows move the way shift-mode tiles do, and a window
+    border at one step is interior at a later one.
+
+    Args:
+        canvas: ``(frames, height, width)`` in tokens.
+        tile: ``(height, width)`` in tokens.
+        halo: key-window margin in tokens.
+        shift_divisor: the grid moves by ``tile / shift_divisor`` (at least one token).
+        shift_every: refinement steps between two moves.
+        boundary: ``"clamp"`` (``TilePlan``'s default), ``"wrap"`` or ``"clip"``; see
+            :class:`TileLayout`.
+        cell: passed to every :class:`TileLayout`.
+
+    ``cycle[step]`` (or :meth:`layout`) is the layout of refinement step ``step`` (0-based, as
+    ``TilePlan.offsets`` counts). Layouts are built on first use and kept, one per distinct
+    offset, so their memoised index tensors and block indices are built once per offset too.
+    """
+
+    def __init__(
+        self,
+        canvas: tuple[int, int, int],
+        tile: tuple[int, int],
+        halo: int = 0,
+        *,
+        shift_divisor: int = 16,
+        shift_every: int = 1,
+        boundary: Boundary = "clamp",
+        cell: tuple[int, int] | None = None,
+    ):
+        if shift_divisor < 1 or shift_every < 1:
+            raise ValueError(
+                f"shift_divisor and shift_every must be >= 1, got {shift_divisor} and {shift_every}"
+            )
+        # Validates canvas, tile, halo, cell and boundary once, and is the step-0 layout.
+        first = TileLayout(canvas, tile, halo, cell, (0, 0), boundary)
+        self.canvas, self.tile, self.halo, self.cell = first.canvas, first.tile, first.halo, cell
+        self.boundary, self.shift_every = boundary, shift_every
+        tiles = [min(t, n) for t, n in zip(first.tile, first.canvas[1:])]
+        self.strides = tuple(max(1, round(t / shift_divisor)) for t in tiles)
+        self.periods = tuple(axis_period(n, t, boundary) for n, t in zip(first.canvas[1:], tiles))
+        self._layouts = {(0, 0): first}
+
+    def offset(self, step: int) -> tuple[int, int]:
+        """Grid offset ``(rows, cols)`` in tokens at refinement step ``step``."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        moves = step // self.shift_every
+        return tuple(0 if p == 0 else moves * s % p for s, p in zip(self.strides, self.periods))
+
+    @property
+    def num_offsets(self) -> int:
+        """Distinct offsets the schedule visits (the per-axis cycle lengths' least common
+        multiple); the layouts repeat every ``num_offsets * shift_every`` steps."""
+        lengths = [1 if p == 0 else p // math.gcd(s, p) for s, p in zip(self.strides, self.periods)]
+        return math.lcm(*lengths)
+
+    def layout(self, step: int) -> TileLayout:
+        """The layout of refinement step ``step``, built on first use of its offset."""
+        offset = self.offset(step)
+        if offset not in self._layouts:
+            self._layouts[offset] = TileLayout(
+                self.canvas, self.tile, self.halo, self.cell, offset, self.boundary
+            )
+        return self._layouts[offset]
+
+    __getitem__ = layout
+
+
+def shifted_layouts(
+    canvas: tuple[int, int, int],
+    tile: tuple[int, int],
+    halo: int = 0,
+    *,
+    num_steps: int,
+    shift_divisor: int = 16,
+    shift_every: int = 1,
+    boundary: Boundary = "clamp",
+    cell: tuple[int, int] | None = None,
+) -> list[TileLayout]:
+    """The layouts of refinement steps ``0 .. num_steps - 1`` (see :class:`LayoutCycle`); steps
+    at the same offset share one :class:`TileLayout` object, so everything it memoises is built
+    once per offset."""
+    cycle = LayoutCycle(
+        canvas, tile, halo, shift_divisor=shift_divisor, shift_every=shift_every,
+        boundary=boundary, cell=cell,
+    )
+    return [cycle.layout(step) for step in range(num_steps)]

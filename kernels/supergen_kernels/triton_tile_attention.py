@@ -7,8 +7,9 @@ key block, a program visits only the key blocks its query block's row of the
 
 * **full** — every (query, key) pair is allowed: plain FlashAttention math, no masking;
 * **partial** — the layout's token rule is evaluated per pair (is the key's (row, col) inside
-  the query's window?) and disallowed scores become ``-inf``. Blocks cut short by the sequence
-  end are always partial: keys past the end get position ``-1``, which no window contains.
+  the query's window? :func:`~supergen_kernels.layout.in_window` is the same rule in PyTorch,
+  windows that wrap around the canvas edge included) and disallowed scores become ``-inf``.
+  Blocks cut short by the sequence end are always partial, and keys past the end are masked.
 
 A program first runs through its full blocks, then its partial blocks, with one online-softmax
 state, so the hot loop over full blocks carries no masking code.
@@ -28,10 +29,14 @@ lanes are dropped).
 On a machine without a GPU the kernel runs under Triton's interpreter, on CPU tensors, when
 ``TRITON_INTERPRET=1`` is set before this module is imported (Triton decides at decoration
 time whether ``@triton.jit`` compiles or interprets).
+
+Needs Triton >= 3.0 (``tl.dot(..., input_precision=...)``); :func:`missing_features` checks
+what this Triton lacks, so the package's availability probe can name it.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -41,10 +46,6 @@ import triton.language as tl
 
 from .layout import SparseLayout
 
-#: True when this module's kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1 was set
-#: when it was imported).
-INTERPRETED = bool(triton.knobs.runtime.interpret)
-
 
 @triton.jit
 def _attend_blocks(
@@ -53,29 +54,44 @@ def _attend_blocks(
     blocks, count,  # this query block's list of key blocks, and its length
     row_lo, row_hi, col_lo, col_hi,  # (BLOCK_M,) key window of each query
     stride_kn, stride_kd, stride_vn, stride_vd,
-    seq_len, qk_scale,
+    seq_len, height, width, qk_scale,
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     MASKED: tl.constexpr,  # False: full blocks, no masking; True: partial blocks, token rule
     PRECISION: tl.constexpr,
 ):
-    offs_d = tl.arange(0, HEAD_DIM)
+    # Element offsets inside one key block, in int64 and computed once: a block's first key
+    # moves the base pointer (below), these stay the same for every block. K is loaded
+    # transposed, (HEAD_DIM, BLOCK_N), so q @ k is a plain dot.
+    in_block = tl.arange(0, BLOCK_N).to(tl.int64)
+    offs_d = tl.arange(0, HEAD_DIM).to(tl.int64)
+    k_offs = in_block[None, :] * stride_kn + offs_d[:, None] * stride_kd
+    v_offs = in_block[:, None] * stride_vn + offs_d[None, :] * stride_vd
     for i in range(0, count):
-        offs_n = tl.load(blocks + i) * BLOCK_N + tl.arange(0, BLOCK_N)
-        # K is loaded transposed, (HEAD_DIM, BLOCK_N), so q @ k is a plain dot.
-        k_ptrs = k_base + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
-        v_ptrs = v_base + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd
+        start_n = tl.load(blocks + i) * BLOCK_N
+        # int64 before the multiply: start_n * stride_kn passes 2**31 elements on (B, N, H, D)
+        # views at 4K (N * H * D = 3.5e9 for Wan-14B at 4K x 81 frames).
+        k_ptrs = k_base + start_n.to(tl.int64) * stride_kn + k_offs
+        v_ptrs = v_base + start_n.to(tl.int64) * stride_vn + v_offs
         if MASKED:
             # Only a partial block can run past the sequence end: guard the loads there, and
-            # give keys past the end position -1, which no window contains.
+            # mask keys past the end.
+            offs_n = start_n + tl.arange(0, BLOCK_N)
             n_ok = offs_n < seq_len
             k = tl.load(k_ptrs, mask=n_ok[None, :], other=0.0)
             v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0)
             qk = tl.dot(q, k, input_precision=PRECISION) * qk_scale
-            key_row = tl.load(k_pos + offs_n * 2 + 0, mask=n_ok, other=-1)
-            key_col = tl.load(k_pos + offs_n * 2 + 1, mask=n_ok, other=-1)
-            allowed = (key_row[None, :] >= row_lo[:, None]) & (key_row[None, :] < row_hi[:, None])
-            allowed &= (key_col[None, :] >= col_lo[:, None]) & (key_col[None, :] < col_hi[:, None])
+            key_row = tl.load(k_pos + offs_n * 2 + 0, mask=n_ok, other=0)[None, :]
+            key_col = tl.load(k_pos + offs_n * 2 + 1, mask=n_ok, other=0)[None, :]
+            # The key, or its copy one canvas over (a window that wraps ends past the edge),
+            # lies in the query's window on both axes.
+            allowed = ((key_row >= row_lo[:, None]) & (key_row < row_hi[:, None])) | (
+                key_row + height < row_hi[:, None]
+            )
+            allowed &= ((key_col >= col_lo[:, None]) & (key_col < col_hi[:, None])) | (
+                key_col + width < col_hi[:, None]
+            )
+            allowed &= n_ok[None, :]
             qk = tl.where(allowed, qk, float("-inf"))
         else:
             k = tl.load(k_ptrs)
@@ -99,6 +115,7 @@ def _tile_attention_fwd(
     partial_count, partial_index,  # int32 (num_q_blocks,), (num_q_blocks, max_partial)
     q_window,  # int32 (seq, 4): row_lo, row_hi, col_lo, col_hi
     k_pos,  # int32 (seq, 2): row, col
+    height, width,  # canvas size in tokens: the periods windows wrap around
     stride_qb, stride_qh, stride_qn, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -111,16 +128,19 @@ def _tile_attention_fwd(
     PRECISION: tl.constexpr,  # tl.dot input precision; matters for fp32 inputs only
 ):
     q_block = tl.program_id(0)
-    # int64: batch * stride_qb passes 2**31 at 4K with 40 heads and batch >= 4.
+    # Every element offset is int64 (indices cast before they meet a stride): at 4K a
+    # (batch, seq, heads, head_dim) view has seq * heads * head_dim = 3.5e9 > 2**31 (Wan-14B,
+    # 81 frames), so int32 products would wrap and address memory outside the tensors.
     batch = (tl.program_id(1) // num_heads).to(tl.int64)
     head = (tl.program_id(1) % num_heads).to(tl.int64)
 
-    offs_m = q_block * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
+    offs_m = q_block * BLOCK_M + tl.arange(0, BLOCK_M)  # int32: token indices, for masks
+    offs_m64 = offs_m.to(tl.int64)
+    offs_d = tl.arange(0, HEAD_DIM).to(tl.int64)
     m_ok = offs_m < seq_len
 
     q_ptrs = Q + batch * stride_qb + head * stride_qh
-    q_ptrs += offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd
+    q_ptrs += offs_m64[:, None] * stride_qn + offs_d[None, :] * stride_qd
     q = tl.load(q_ptrs, mask=m_ok[:, None], other=0.0)
 
     # Each query's key window, for the partial blocks.
@@ -145,14 +165,14 @@ def _tile_attention_fwd(
         acc, l_i, m_i, q, k_base, v_base, k_pos,
         full_index + q_block * max_full, tl.load(full_count + q_block),
         row_lo, row_hi, col_lo, col_hi,
-        stride_kn, stride_kd, stride_vn, stride_vd, seq_len, qk_scale,
+        stride_kn, stride_kd, stride_vn, stride_vd, seq_len, height, width, qk_scale,
         BLOCK_N, HEAD_DIM, False, PRECISION,
     )
     acc, l_i, m_i = _attend_blocks(
         acc, l_i, m_i, q, k_base, v_base, k_pos,
         partial_index + q_block * max_partial, tl.load(partial_count + q_block),
         row_lo, row_hi, col_lo, col_hi,
-        stride_kn, stride_kd, stride_vn, stride_vd, seq_len, qk_scale,
+        stride_kn, stride_kd, stride_vn, stride_vd, seq_len, height, width, qk_scale,
         BLOCK_N, HEAD_DIM, True, PRECISION,
     )
 
@@ -160,8 +180,38 @@ def _tile_attention_fwd(
     # past the sequence end may have l_i == 0 and are not stored, so divide them by 1.
     acc = acc / tl.where(m_ok, l_i, 1.0)[:, None]
     o_ptrs = Out + batch * stride_ob + head * stride_oh
-    o_ptrs += offs_m[:, None] * stride_on + offs_d[None, :] * stride_od
+    o_ptrs += offs_m64[:, None] * stride_on + offs_d[None, :] * stride_od
     tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=m_ok[:, None])
+
+
+def _is_interpreted(kernel) -> bool:
+    # Ask the decorated kernel itself rather than a setting: where that setting lives changed
+    # across Triton releases (the environment variable, read at decoration, before 3.4;
+    # triton.knobs since), but the interpreter has wrapped kernels in InterpretedFunction
+    # throughout.
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # a Triton build without the CPU interpreter
+        return False
+    return isinstance(kernel, InterpretedFunction)
+
+
+#: True when this module's kernel runs in Triton's CPU interpreter (TRITON_INTERPRET=1 was set
+#: when it was imported).
+INTERPRETED = _is_interpreted(_tile_attention_fwd)
+
+
+def missing_features() -> list[str]:
+    """The Triton features this kernel uses that the installed Triton lacks (empty: none).
+
+    Checked by feature, not by version number, so a backport or a vendor build that has them
+    passes."""
+    missing = []
+    if "input_precision" not in inspect.signature(tl.dot).parameters:
+        missing.append("tl.dot(..., input_precision=...) (Triton >= 3.0)")
+    if not hasattr(tl.math, "exp2"):
+        missing.append("tl.math.exp2")
+    return missing
 
 
 def default_blocks(head_dim: int) -> tuple[int, int, int, int]:
@@ -221,7 +271,7 @@ def triton_tile_attention(
     _tile_attention_fwd[grid](
         q, k, v, result,
         index.full_count, index.full_index, index.partial_count, index.partial_index,
-        rule.q_window, rule.k_pos,
+        rule.q_window, rule.k_pos, *rule.period,
         *q.stride(), *k.stride(), *v.stride(), *result.stride(),
         heads, seq, index.full_index.shape[1], index.partial_index.shape[1],
         scale * math.log2(math.e),
