@@ -133,8 +133,9 @@ class CacheConfig:
     """Reuse the model output of tiles (and blocks) that barely change; see ``docs/cache.md``."""
 
     enabled: bool = False
-    #: region (supergen's region-aware cache) | none | fbc, magcache (diffusers' First Block Cache /
-    #: MagCache hooks, one state per tile: baselines at the same settings).
+    #: region (supergen's region-aware cache) | none | steps (uniform step skipping at ``fraction``) |
+    #: teacache (timestep-embedding rule per tile) | fbc, magcache (diffusers' First Block Cache /
+    #: MagCache hooks, one state per canvas region): the last three are baselines (docs/cache.md).
     policy: str = "region"
     #: Base threshold on the predicted relative change of a tile's output; 0 reuses nothing.
     threshold: float = 0.1
@@ -142,6 +143,8 @@ class CacheConfig:
     warmup_steps: int = 2
     #: An element of the canvas is recomputed after at most this many consecutive reuses.
     max_consecutive: int = 3
+    #: steps: target share of refinement steps computed (first ``warmup_steps`` and the last included).
+    fraction: float = 0.7
     region: CacheRegionConfig = field(default_factory=CacheRegionConfig)
     block: CacheBlockConfig = field(default_factory=CacheBlockConfig)
     #: magcache: the model's per-step magnitude ratios; null runs diffusers' calibration (no skipping)
@@ -206,7 +209,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "tiling.boundary": ("wrap", "clamp"),
     "tiling.positions": ("local", "global", "ntk"),
     "output.vae_tiling": ("auto", "on", "off"),
-    "cache.policy": ("region", "none", "fbc", "magcache"),
+    "cache.policy": ("region", "none", "steps", "teacache", "fbc", "magcache"),
     "parallel.exchange_dtype": ("fp32", "bf16", "fp16"),
 }
 
@@ -229,6 +232,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "cache.threshold": (0.0, None),
     "cache.warmup_steps": (0, None),
     "cache.max_consecutive": (0, None),
+    "cache.fraction": (0.0, 1.0),
     "cache.region.strength": (0.0, None),
     "cache.region.min_scale": (0.0, 1.0),
     "cache.region.max_scale": (1.0, None),
