@@ -1,19 +1,17 @@
-"""Region-aware cache vs no cache vs diffusers' FBC / MagCache per tile: skips, time, fidelity.
+"""Cache policies at equal compute on the trained toy model: fidelity and quality over compute fraction.
 
-Renders one video with the medium random Wan of ``scripts/bench_refine.py`` at 4× the native area
-(2× per axis), refining an upscaled synthetic sketch (a quiet gradient "sky" over a textured block
-that moves), once per cache setting, all in this process. Per setting: tile-forwards skipped, the
-share of transformer block forwards skipped (tile and block level together: what FBC/MagCache skip
-is blocks inside tiles), refinement-stage wall and CPU seconds, CPU time saved relative to the
-uncached render (CPU time of this process: on a shared machine wall time also measures the other
-users), the ratio *time saved / share skipped* (target ≥ 0.9: the cache's own overhead is at most 10% of what
-it saves), and PSNR / SSIM of the decoded video against the uncached one.
+For each canvas size, prompt and seed it renders the uncached video, then every cache setting from
+the same sketch (rendered once, passed as ``sketch_video``), and measures against the uncached video
+PSNR and SSIM, plus the quality yardsticks of ``scripts/bench_quality.py`` (seam score, object-count
+error against the sketch, temporal flicker). Compute is the share of transformer block forwards
+that ran (for tile policies the share of tile-forwards: every block of a computed tile runs).
 
-Random weights decide how much is skippable: skip rates here say nothing about a trained model.
-The comparison between policies at equal skip rates (fidelity at equal compute) is still meaningful.
+Thresholds do not fix the compute, so each policy is swept, and per render (size, prompt, seed) each
+metric is interpolated linearly in compute onto the grid 50%, 60%, …, 90%; a policy gets no value
+where its sweep did not reach a fraction on some render. The table and the PNG show the mean over
+renders. ``steps`` is run at the grid's fractions exactly.
 
-    python scripts/bench_cache.py                  # CPU: 13 renders, ~30 min on a busy shared 2-core machine
-    python scripts/bench_cache.py --device cuda --frames 21 --threads 0
+    python scripts/bench_cache.py --sizes 256 --prompts 4 --seeds 1 --plot docs/cache-curves.png
 """
 
 from __future__ import annotations
@@ -22,55 +20,27 @@ import argparse
 import contextlib
 import io
 import logging
-import sys
 import time
-from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_refine import ARCHS  # noqa: E402  (the same medium model as the refinement benchmark)
+from supergen import SuperGenPipeline
+from supergen.builtin import load_pipeline
+from supergen.eval.metrics import object_count, psnr, seam_score, ssim, temporal_flicker
+from supergen.eval.toyworld import sample_scene
+from supergen.pipeline import tile_plan
 
-from supergen.eval.metrics import psnr, ssim  # noqa: E402
-from supergen.pipeline import SuperGenPipeline  # noqa: E402
-
-
-def medium_pipeline(device: torch.device):
-    """A WanPipeline with the medium transformer; the tiny pipeline's text encoder, VAE and scheduler.
-
-    The transformer's text width is the tiny text encoder's (32, where ``bench_refine`` feeds random
-    64-wide embeddings): here real prompts go through the whole pipeline.
-    """
-    from diffusers import WanPipeline, WanTransformer3DModel
-
-    from supergen.builtin import tiny_wan_pipeline
-
-    tiny = tiny_wan_pipeline()
-    spec = {k: v for k, v in ARCHS["medium"].items() if k != "native"} | {"text_dim": tiny.text_encoder.config.d_model}
-    torch.manual_seed(0)
-    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), in_channels=16, out_channels=16, freq_dim=256,
-                                        cross_attn_norm=True, qk_norm="rms_norm_across_heads", **spec)
-    return WanPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder, vae=tiny.vae,
-                       transformer=transformer.eval(), scheduler=tiny.scheduler).to(device)
-
-
-def synthetic_sketch(frames: int, height: int, width: int) -> np.ndarray:
-    """``(frames, height, width, 3)`` uint8: a smooth gradient with a textured square moving right."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    video = np.empty((frames, height, width, 3), np.float32)
-    rng = np.random.default_rng(0)
-    texture = rng.uniform(0, 1, (height // 3, width // 4, 3)).astype(np.float32)
-    for f in range(frames):
-        frame = np.stack([0.3 + 0.4 * y / height, 0.5 + 0.2 * x / width, 0.9 - 0.3 * y / height], axis=-1)
-        top, left = height // 2, (width // 8 + f * width // (4 * frames))
-        frame[top : top + texture.shape[0], left : left + texture.shape[1]] = texture
-        video[f] = frame
-    return (video * 255).round().astype(np.uint8)
+BASE = {"tiling": {"mode": "shift", "boundary": "clamp", "positions": "global"}, "refine": {"strength": 0.6}}
+GRID = [0.5, 0.6, 0.7, 0.8, 0.9]
+METRICS = ("psnr", "ssim", "seam", "obj_err", "flicker")
+COLOURS = {"region": (200, 60, 30), "region-flat": (240, 160, 60), "steps": (40, 40, 40), "teacache": (60, 160, 60),
+           "fbc": (60, 90, 220), "magcache": (170, 60, 200)}  # RGB
 
 
 class MagRatios(logging.Handler):
-    """Collects the ratios diffusers' MagCache logs at the end of a calibration run (one list per tile context)."""
+    """Collects the ratios diffusers' MagCache logs at the end of a calibration run (one list per context)."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -81,88 +51,166 @@ class MagRatios(logging.Handler):
         if message.startswith("MagCache Calibration Results:"):
             self.lists.append([float(v) for v in message.split(":", 1)[1].strip(" []").split(",")])
 
-    def mean(self) -> list[float]:
-        return np.mean(np.array(self.lists), axis=0).tolist()
+
+def measure(sg: SuperGenPipeline, out, sketch: np.ndarray, reference: np.ndarray | None) -> dict[str, float]:
+    video = out.frames[0]
+    scale = sg.adapter.vae_scale[1]
+    tile = out.stats.tile
+    plan = tile_plan(sg.config, sg.adapter, tuple(c // scale for c in out.stats.canvas), tile)
+    dy, dx = plan.offsets(len(out.stats.steps) - 1)
+    size = video.shape[2:0:-1]
+    sketch_counts = np.array([object_count(cv2.resize(f, size, interpolation=cv2.INTER_NEAREST)) for f in sketch])
+    row = {
+        "compute": 1.0 - out.cache_report.block_share_skipped,
+        "seam": seam_score(video, (tile[1], tile[0]), (dx * scale, dy * scale)),
+        "obj_err": float(np.mean(np.array([object_count(f) for f in video]) - sketch_counts)),
+        "flicker": temporal_flicker(video),
+    }
+    if reference is not None:
+        row |= {"psnr": min(psnr(video, reference), 99.0), "ssim": ssim(video, reference)}
+    return row
+
+
+def settings(args, ratios: list[float] | None) -> list[tuple[str, dict]]:
+    out = [("region", {"policy": "region", "threshold": t}) for t in args.region]
+    out += [("region-flat", {"policy": "region", "threshold": t, "region": {"strength": 0.0}}) for t in args.region_flat]
+    out += [("steps", {"policy": "steps", "fraction": f}) for f in GRID]
+    out += [("teacache", {"policy": "teacache", "threshold": t}) for t in args.teacache]
+    out += [("fbc", {"policy": "fbc", "threshold": t}) for t in args.fbc]
+    if ratios is not None:
+        out += [("magcache", {"policy": "magcache", "threshold": t, "mag_ratios": ratios}) for t in args.magcache]
+    return out
+
+
+def calibrate(render) -> list[float]:
+    """MagCache's per-step ratios of this model from diffusers' calibration mode (mean over contexts)."""
+    handler, logger = MagRatios(), logging.getLogger("diffusers.hooks.mag_cache")
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # diffusers also prints every context's ratios
+            render({"enabled": True, "policy": "magcache"})
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+    return np.mean(np.array(handler.lists), axis=0).tolist()
+
+
+def on_grid(points: list[dict], metric: str) -> list[float]:
+    """``metric`` interpolated at each GRID fraction from one render's sweep (NaN outside it)."""
+    xs = np.array([p["compute"] for p in points])
+    ys = np.array([p[metric] for p in points])
+    order = np.argsort(xs)
+    xs, ys = xs[order], ys[order]
+    return [float(np.interp(g, xs, ys)) if xs[0] - 1e-6 <= g <= xs[-1] + 1e-6 else float("nan") for g in GRID]
+
+
+def plot(path: str, curves: dict[str, dict[str, list[float]]], title: str) -> None:
+    """One panel per metric, compute fraction on x; drawn with OpenCV (no matplotlib here)."""
+    w, h, pad = 300, 220, 40
+    panels = []
+    for metric in METRICS:
+        panel = np.full((h + 2 * pad, w + 2 * pad, 3), 255, np.uint8)
+        values = [v for c in curves.values() for v in c[metric] if np.isfinite(v)]
+        lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+        hi = hi if hi > lo else lo + 1.0
+        to_px = lambda g, v: (int(pad + (g - GRID[0]) / (GRID[-1] - GRID[0]) * w), int(pad + h - (v - lo) / (hi - lo) * h))  # noqa: E731
+        cv2.rectangle(panel, (pad, pad), (pad + w, pad + h), (180, 180, 180), 1)
+        for g in GRID:
+            cv2.putText(panel, f"{g:.0%}", (to_px(g, lo)[0] - 12, pad + h + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+        cv2.putText(panel, f"{hi:.3g}", (2, pad + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+        cv2.putText(panel, f"{lo:.3g}", (2, pad + h), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+        cv2.putText(panel, f"{metric} vs compute", (pad, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+        for name, curve in curves.items():
+            colour = COLOURS[name][::-1]
+            pts = [to_px(g, v) for g, v in zip(GRID, curve[metric]) if np.isfinite(v)]
+            for a, b in zip(pts, pts[1:]):
+                cv2.line(panel, a, b, colour, 2, cv2.LINE_AA)
+            for p in pts:
+                cv2.circle(panel, p, 3, colour, -1)
+        panels.append(panel)
+    legend = np.full((panels[0].shape[0], 160, 3), 255, np.uint8)
+    for i, name in enumerate(curves):
+        cv2.line(legend, (10, 60 + 22 * i), (40, 60 + 22 * i), COLOURS[name][::-1], 3)
+        cv2.putText(legend, name, (48, 64 + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    top = np.concatenate(panels[:3], axis=1)
+    bottom = np.concatenate(panels[3:] + [legend, np.full((legend.shape[0], top.shape[1] - 2 * panels[0].shape[1] - 160, 3), 255, np.uint8)], axis=1)
+    picture = np.concatenate([np.full((26, top.shape[1], 3), 255, np.uint8), top, bottom])
+    cv2.putText(picture, title, (8, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+    cv2.imwrite(path, picture)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--frames", type=int, default=9)
-    parser.add_argument("--steps", type=int, default=16, help="schedule length N; strength 0.5 refines N/2 steps")
-    parser.add_argument("--strength", type=float, default=0.5)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: leave as is)")
-    parser.add_argument("--region", type=float, nargs="*", default=[0.1, 0.2, 0.3])
-    parser.add_argument("--fbc", type=float, nargs="*", default=[0.1, 0.2, 0.4, 0.8])
-    parser.add_argument("--magcache", type=float, nargs="*", default=[0.1, 0.3])
-    parser.add_argument("--block", type=float, nargs="*", default=[0.1], help="block thresholds, with region at 0.2")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 384], help="square canvases in px (native 128)")
+    parser.add_argument("--prompts", type=int, default=8, help="in-grammar toy prompts (toyworld scenes 1000, 1001, …)")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--region", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.5])
+    parser.add_argument("--region-flat", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.5], help="region rule off (strength 0)")
+    parser.add_argument("--teacache", type=float, nargs="*", default=[0.1, 0.2, 0.4])
+    parser.add_argument("--fbc", type=float, nargs="*", default=[0.05, 0.1, 0.2])
+    parser.add_argument("--magcache", type=float, nargs="*", default=[0.05, 0.1, 0.3])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--plot", help="write the curves as a PNG")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    device = torch.device(args.device)
-    pipe = medium_pipeline(device)
+    torch.set_num_threads(args.threads)
+    pipe = load_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
-    native = ARCHS["medium"]["native"]
-    height, width = 2 * native[0], 2 * native[1]
-    sketch = synthetic_sketch(args.frames, *native)
-    base = {
-        "job": {"height": height, "width": width, "num_frames": args.frames},
-        "sketch": {"height": native[0], "width": native[1]},
-        "refine": {"num_inference_steps": args.steps, "strength": args.strength, "guidance_scale": 5.0},
-        "tiling": {"boundary": "wrap"},
-    }
+    prompts = [sample_scene(np.random.default_rng(1000 + i)).caption() for i in range(args.prompts)]
+    points: dict[str, list[list[dict]]] = {}  # policy -> per render, its sweep
+    start = time.perf_counter()
+    ratios: dict[int, list[float]] = {}
+    for size in args.sizes:
+        for prompt in prompts:
+            for seed in range(args.seeds):
+                generator = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
+                native = SuperGenPipeline.from_pipe(pipe, "toy", **BASE)
+                sketch = native(prompt=prompt, height=128, width=128, num_frames=9, generator=generator(), output_type="np").frames[0]
 
-    def render(cache: dict):
-        """The decoded video, refinement wall and CPU seconds, and the cache report of one render."""
-        clock: dict[str, float] = {}
+                def render(cache: dict):
+                    sg = SuperGenPipeline.from_pipe(pipe, "toy", **BASE, cache=cache)
+                    out = sg(prompt=prompt, sketch_video=sketch, height=size, width=size, num_frames=9, generator=generator())
+                    return sg, out
 
-        def on_stage(name: str, info: dict) -> None:
-            # CPU time of this process is what the cache saves; wall time also counts other users of a shared machine.
-            clock[name] = time.process_time()
+                sg, out = render({"enabled": False})
+                reference = out.frames[0]
+                points.setdefault("none", []).append([measure(sg, out, sketch, None)])
+                if size not in ratios:  # calibrated once per size, on its first render
+                    ratios[size] = calibrate(render)
+                sweep: dict[str, list[dict]] = {}
+                for name, cache in settings(args, ratios[size]):
+                    sg, out = render({"enabled": True, **cache})
+                    row = measure(sg, out, sketch, reference)
+                    sweep.setdefault(name, []).append(row)
+                    print(f"{size} {prompt[:40]!r} seed {seed} {name} {cache.get('threshold', cache.get('fraction'))}: "
+                          + " ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
+                for name, rows in sweep.items():
+                    points.setdefault(name, []).append(rows)
+        print(f"# {size}px done after {time.perf_counter() - start:.0f} s", flush=True)
 
-        sg = SuperGenPipeline.from_pipe(pipe, "tiny", **base, cache=cache)
-        out = sg(sketch_video=sketch, generator=torch.Generator().manual_seed(0), output_type="np", callback_on_stage=on_stage)
-        return out.frames[0], (out.stats.seconds["refine"], clock["decode"] - clock["refine"]), out.cache_report
-
-    render({"enabled": False})  # warm-up: first-call allocations and lazy initialisation
-    reference, reference_s, report = render({"enabled": False})
-    rows = [("none", "-", report, reference_s, reference)]
-
-    # MagCache needs per-step magnitude ratios of this model: calibrate them (no skipping) first.
-    handler = MagRatios()
-    mag_logger = logging.getLogger("diffusers.hooks.mag_cache")
-    mag_logger.addHandler(handler)
-    level, propagate = mag_logger.level, mag_logger.propagate
-    mag_logger.setLevel(logging.INFO)
-    mag_logger.propagate = False
-    with contextlib.redirect_stdout(io.StringIO()):  # diffusers also prints every context's ratios
-        render({"enabled": True, "policy": "magcache"})
-    mag_logger.removeHandler(handler)
-    mag_logger.setLevel(level)
-    mag_logger.propagate = propagate
-    ratios = handler.mean()
-
-    settings = [("region", f"{t}", {"policy": "region", "threshold": t}) for t in args.region]
-    settings += [("region+block", f"0.2/{b}", {"policy": "region", "threshold": 0.2, "block": {"enabled": True, "threshold": b}}) for b in args.block]
-    settings += [("fbc", f"{t}", {"policy": "fbc", "threshold": t}) for t in args.fbc]
-    settings += [("magcache", f"{t}", {"policy": "magcache", "threshold": t, "mag_ratios": ratios}) for t in args.magcache]
-    for name, setting, cache in settings:
-        video, seconds, report = render({"enabled": True, **cache})
-        rows.append((name, setting, report, seconds, video))
-
-    print(f"medium random Wan, {width}x{height}x{args.frames} (4x native {native[1]}x{native[0]}), "
-          f"{len(report.steps)} refinement steps, {len(report.steps[0].tiles)} tiles/step, device {args.device}, "
-          f"{torch.get_num_threads()} thread(s)")
-    print("| policy | threshold | tile-fwd skipped | block-fwd skipped | refine wall s | refine CPU s | CPU saved | saved/skipped | PSNR dB | SSIM |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, setting, report, (wall, cpu), video in rows:
-        share = report.block_share_skipped
-        saved = 1.0 - cpu / reference_s[1]
-        ratio = f"{saved / share:.2f}" if share > 0.02 else "-"
-        quality = psnr(video, reference)
-        print(f"| {name} | {setting} | {report.tiles_skipped}/{report.tile_steps} | {share:.0%} | {wall:.1f} | {cpu:.1f} | {saved:+.0%} | {ratio} | "
-              f"{'inf' if quality == float('inf') else f'{quality:.1f}'} | {ssim(video, reference):.4f} |", flush=True)
+    renders = len(points["none"])
+    base = {m: float(np.mean([r[0][m] for r in points["none"]])) for m in ("seam", "obj_err", "flicker")}
+    print(f"\ntoy model, sizes {args.sizes}, {args.prompts} prompts x {args.seeds} seeds = {renders} renders per setting, "
+          f"20-step schedule, strength 0.6, shift/clamp; {time.perf_counter() - start:.0f} s")
+    print(f"uncached: seam {base['seam']:.2f}, object-count error {base['obj_err']:+.2f}, flicker {base['flicker']:.4f}")
+    print("| policy | compute | PSNR dB | SSIM | seam | obj err | flicker | renders reaching it |")
+    print("|---|---|---|---|---|---|---|---|")
+    curves: dict[str, dict[str, list[float]]] = {}
+    for name, sweeps in points.items():
+        if name == "none":
+            continue
+        per_render = {m: np.array([on_grid(s, m) for s in sweeps]) for m in METRICS}
+        curves[name] = {m: [float(np.mean(col)) for col in per_render[m].T] for m in METRICS}
+        reached = np.isfinite(per_render["psnr"]).sum(axis=0)
+        for i, g in enumerate(GRID):
+            c = {m: curves[name][m][i] for m in METRICS}
+            print(f"| {name} | {g:.0%} | {c['psnr']:.2f} | {c['ssim']:.4f} | {c['seam']:.2f} | {c['obj_err']:+.2f} | {c['flicker']:.4f} | {reached[i]}/{len(sweeps)} |")
+    if args.plot:
+        plot(args.plot, curves, f"toy model {args.sizes} px, {renders} renders per point: mean over renders (NaN where a sweep fell short)")
+        print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":

@@ -129,15 +129,18 @@ class CacheConfig:
     """Reuse the model output of tiles (and blocks) that barely change; see ``docs/cache.md``."""
 
     enabled: bool = False
-    #: region (supergen's region-aware cache) | none | fbc, magcache (diffusers' First Block Cache /
-    #: MagCache hooks, one state per tile: baselines at the same settings).
-    policy: str = choice("region", "region", "none", "fbc", "magcache")
+    #: region (supergen's region-aware cache) | none | steps (uniform step skipping at ``fraction``) |
+    #: teacache (timestep-embedding rule per tile) | fbc, magcache (diffusers' First Block Cache /
+    #: MagCache hooks, one state per canvas region): the last four are baselines (docs/cache.md).
+    policy: str = choice("region", "region", "none", "steps", "teacache", "fbc", "magcache")
     #: Base threshold on the predicted relative change of a tile's output; 0 reuses nothing.
     threshold: float = bounded(0.1, 0.0)
     #: The first refinement steps, always computed (two give the first gain estimate).
     warmup_steps: int = bounded(2, 0)
     #: An element of the canvas is recomputed after at most this many consecutive reuses.
     max_consecutive: int = bounded(3, 0)
+    #: steps: target share of refinement steps computed (first ``warmup_steps`` and the last included).
+    fraction: float = bounded(0.7, 0.0, 1.0)
     region: CacheRegionConfig = field(default_factory=CacheRegionConfig)
     block: CacheBlockConfig = field(default_factory=CacheBlockConfig)
     #: magcache: the model's per-step magnitude ratios; null runs diffusers' calibration (no skipping)

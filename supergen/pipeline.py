@@ -277,7 +277,7 @@ class SuperGenPipeline:
         runner = SingleProcess() if self.group is None or self.group.size == 1 else TileExchanger.for_render(
             self.group, cfg, plan.latent_shape[1:3])
         with self._attention(plan), adapter.positions(cfg.tiling.positions), \
-                cache_policy(cfg.cache, adapter.pipe, plan.latent_shape[2:], adapter.patch, len(timesteps), plan.do_guidance) as policy:
+                cache_policy(cfg.cache, adapter.transformers, plan.latent_shape[2:], adapter.patch, len(timesteps), plan.do_guidance) as policy:
             refiner = TileRefiner(plan.tiles, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner)
             with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
                 latents, steps = refiner.run(latents, adapter.stepper(scheduler, cond.spatial, generator), timesteps, progress, callback)

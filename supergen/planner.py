@@ -186,7 +186,9 @@ class Architecture(SizeRules):
     @classmethod
     def from_pipeline(cls, pipe, name: str = "loaded") -> "Architecture":
         """The architecture of a loaded pipeline, with its modules' real parameter counts."""
-        transformers = [m for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m is not None]
+        from .adapters import adapter_for
+
+        transformers = adapter_for(pipe).transformers
         if type(transformers[0]).__name__ != "WanTransformer3DModel":
             raise SuperGenError(f"the planner knows Wan transformers; this pipeline has {type(transformers[0]).__name__}")
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731

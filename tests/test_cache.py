@@ -194,7 +194,7 @@ def test_config_section():
     cfg = load_config("tiny", ["cache.enabled=true", "cache.policy=fbc", "cache.region.strength=0"])
     assert cfg.cache.enabled and cfg.cache.policy == "fbc" and not cfg.cache.block.enabled
     with pytest.raises(ConfigError, match="cache.policy"):
-        load_config("tiny", ["cache.policy=teacache"])
+        load_config("tiny", ["cache.policy=pab"])
     with pytest.raises(ConfigError, match="cache.threshold"):
         load_config("tiny", ["cache.threshold=-1"])
 

@@ -36,8 +36,14 @@ def _layer(module: str) -> int:
 def _imports(path: Path, module: str) -> set[str]:
     """supergen modules ``path`` imports (relative imports resolved), at any depth of the file."""
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    # Imports for type checkers only (``if TYPE_CHECKING:``) never run: they cannot form a cycle.
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and getattr(block.test, "id", "") == "TYPE_CHECKING"
+                   for n in ast.walk(block)}
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]

@@ -26,6 +26,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from ..cache.windows import context_name
 from ..errors import SuperGenError
 from ..geometry import SizeRules
 from ..tiling import Tile, crop
@@ -371,7 +372,7 @@ class ModelAdapter(SizeRules, abc.ABC):
         Each branch runs under its own cache context per tile batch, so diffusers' cache hooks keep
         separate state for every tile and branch. Returns float32 (the pipelines guide in float32).
         """
-        name = "tile" + "-".join(str(t.index) for t in tiles)
+        name = context_name(tiles)
         with model.cache_context(f"cond/{name}"):
             pred = forward("").float()
         if not guidance:

@@ -1,0 +1,154 @@
+"""Block-level reuse inside computed tiles, per canvas token and per block (``cache.block``).
+
+Shaped like diffusers' ``hooks/first_block_cache.py``: :class:`BlockCacheConfig` → :class:`BlockState`
+(one per block and guidance branch, kept by a diffusers ``StateManager`` keyed on the branch of the
+active cache context) → :class:`BlockCacheHook` → :func:`apply_block_cache`.
+
+A transformer block whose input changed by less than ``threshold`` (relative L1) since it last ran
+under the tiles in progress returns its input plus its last residual. The state is a canvas of
+tokens ``(F', H', W', D)`` rather than a tile's tokens, for the same reason as the tile cache: a
+shifted tile reads what was last computed under its current window. The tiles in progress come from
+:func:`~supergen.cache.windows.current_batch`.
+
+Memory: two float32 token canvases per block and branch, which is why it is off by default. Its
+state is filled by the tiles a rank computes, so under tile parallelism decisions would differ
+between ranks: the pipeline refuses it with several ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks._helpers import TransformerBlockRegistry
+from diffusers.hooks.hooks import BaseState
+
+from ..errors import SuperGenError
+from .reuse import _EPS
+from .report import transformer_blocks
+from .windows import KeyedStates, branch_of, current_batch
+
+BLOCK_CACHE_HOOK = "supergen_block_cache"
+
+
+@dataclass
+class BlockCacheConfig:
+    """Settings of the block cache (``cache.block.threshold``, ``cache.max_consecutive``).
+
+    Args:
+        canvas: canvas latent ``(frames, H, W)``; patch: the transformer's ``(pt, ph, pw)``.
+        threshold: relative L1 change of a block's input under which its residual is reused.
+        max_consecutive: a token is recomputed after this many consecutive reuses.
+    """
+
+    canvas: tuple[int, int, int]
+    patch: tuple[int, int, int]
+    threshold: float = 0.05
+    max_consecutive: int = 3
+
+
+class BlockState(BaseState):
+    """One block's last computed input and residual per canvas token, for one guidance branch."""
+
+    def __init__(self, grid: tuple[int, int, int]):
+        self.grid = grid
+        self.reset()
+
+    def reset(self) -> None:
+        #: ``(F', H', W', D)`` float32, allocated at the first forward (D is the block's width).
+        self.inputs: torch.Tensor | None = None
+        self.residual: torch.Tensor | None = None
+        #: ``(H', W')`` bool: tokens computed at least once; int: consecutive reuses since.
+        self.filled: torch.Tensor | None = None
+        self.streak: torch.Tensor | None = None
+
+    def allocate(self, dim: int, device: torch.device) -> None:
+        f, h, w = self.grid
+        self.inputs = torch.zeros(f, h, w, dim, device=device)
+        self.residual = torch.zeros(f, h, w, dim, device=device)
+        self.filled = torch.zeros(h, w, dtype=torch.bool, device=device)
+        self.streak = torch.zeros(h, w, dtype=torch.int64, device=device)
+
+
+class BlockCacheHook(ModelHook):
+    """Reuses one block's residual when its input barely moved since the block last ran there."""
+
+    _is_stateful = True
+
+    def __init__(self, config: BlockCacheConfig):
+        super().__init__()
+        self.config = config
+        grid = tuple(c // p for c, p in zip(config.canvas, config.patch))
+        # Keyed on the guidance branch only: the state is already a map over the whole canvas.
+        self.state_manager = KeyedStates(BlockState, branch_of, (grid,))
+        self._metadata = None
+
+    def initialize_hook(self, module):
+        self._metadata = TransformerBlockRegistry.get(type(module))
+        return module
+
+    def reset_state(self, module):
+        self.state_manager.reset()
+        return module
+
+    def _tokens(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per tile in progress: the canvas token rows ``(h',)`` and columns ``(w',)`` its tokens sit at."""
+        _, ph, pw = self.config.patch
+        return [(t.rows.positions()[::ph] // ph, t.cols.positions()[::pw] // pw) for t in current_batch().tiles]
+
+    @staticmethod
+    def _gather(canvas_tokens: torch.Tensor, tokens, shape) -> torch.Tensor:
+        """``(F', H', W', D)`` at the tiles' tokens → ``shape`` = ``(B, F'·h'·w', D)`` in Wan's token order."""
+        device = canvas_tokens.device
+        return torch.stack([canvas_tokens[:, r.to(device)][:, :, c.to(device)].reshape(-1, shape[-1]) for r, c in tokens])
+
+    def _may_reuse(self, state: BlockState, tokens, x: torch.Tensor) -> bool:
+        for r, c in tokens:
+            index = (r[:, None].to(x.device), c[None, :].to(x.device))
+            if not bool(state.filled[index].all()) or int(state.streak[index].max()) >= self.config.max_consecutive:
+                return False
+        previous = self._gather(state.inputs, tokens, x.shape)
+        change = (x - previous).abs().sum() / previous.abs().sum().clamp_min(_EPS)
+        return float(change) < self.config.threshold
+
+    def new_forward(self, module, *args, **kwargs):
+        hidden = self._metadata._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
+        state: BlockState = self.state_manager.get_state()
+        tokens = self._tokens()
+        x = hidden.float()
+        if state.inputs is not None and self._may_reuse(state, tokens, x):
+            for r, c in tokens:
+                index = (r[:, None].to(x.device), c[None, :].to(x.device))
+                state.streak[index] += 1
+            return (x + self._gather(state.residual, tokens, hidden.shape)).to(hidden.dtype)
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        if not isinstance(output, torch.Tensor):
+            # CogVideoX / HunyuanVideo blocks also return the text stream; a residual of the video
+            # stream alone would let the two drift apart, so refuse rather than cache half a block.
+            raise SuperGenError(
+                f"cache.block needs transformer blocks that return one tensor (Wan, LTX); "
+                f"{type(module).__name__} returns {type(output).__name__}. Use cache.block.enabled=false"
+            )
+        if state.inputs is None:
+            state.allocate(x.shape[-1], x.device)
+        residual = output.float() - x
+        for b, (r, c) in enumerate(tokens):
+            r, c = r.to(x.device), c.to(x.device)
+            shape = (state.grid[0], len(r), len(c), x.shape[-1])
+            state.inputs[:, r[:, None], c[None, :]] = x[b].reshape(shape)
+            state.residual[:, r[:, None], c[None, :]] = residual[b].reshape(shape)
+            state.filled[r[:, None], c[None, :]] = True
+            state.streak[r[:, None], c[None, :]] = 0
+        return output
+
+
+def apply_block_cache(models: list[torch.nn.Module], config: BlockCacheConfig) -> list[tuple[HookRegistry, str]]:
+    """Register a :class:`BlockCacheHook` on every transformer block of ``models``; returns what to remove."""
+    installed = []
+    for model in models:
+        for block in transformer_blocks(model):
+            registry = HookRegistry.check_if_exists_or_initialize(block)
+            registry.register_hook(BlockCacheHook(config), BLOCK_CACHE_HOOK)
+            installed.append((registry, BLOCK_CACHE_HOOK))
+    return installed

@@ -1,0 +1,139 @@
+"""The region-aware tile cache: reuse a tile's residual while its output is predicted to barely change.
+
+The estimator (per tile window ``W``, statistics float32, averaged over channels and frames, stored
+per element of the canvas so they survive grid shifts):
+
+* input drift: ``D = Σ_W Σ_steps |x_s − x_{s−1}|`` accumulated since each element was last computed;
+* gain: ``k = Σ_W |Δoutput| / Σ_W |Δinput|`` between the element's last two *computed* steps only.
+  Reused steps never enter the history (writing reconstructed outputs would pin ``k`` at 1.0, the
+  reference implementation's fault, which causes long runs of skips);
+* predicted relative output change ``k · D / Σ_W |output|``; the tile is reused while it stays
+  strictly under the tile's threshold (so threshold 0 reuses nothing).
+
+Region rule (per tile): ``threshold = base · clamp((v_median / v) ** strength, min_scale, max_scale)``
+where ``v`` is the tile's volatility, the relative change of its model output between its last two
+computations, and ``v_median`` the median over this step's tiles. Quiet regions (sky, walls) so reuse
+for longer and busy regions are recomputed sooner, at the same base threshold.
+
+Classifier-free guidance: the adapter returns the guided prediction ``uncond + s·(cond − uncond)``
+and the cache decides on that one combined residual, so both passes are computed or reused
+together: the scheduler only consumes the combination, so the threshold bounds the error of exactly
+what it consumes; deciding the branches apart would mix a fresh branch with a stale one, and the
+guidance scale would multiply their mismatch by ``s``.
+
+Every decision depends only on the canvas latent, the step, the tiles and state derived from the
+blended predictions, which every rank holds identically: under tile parallelism every rank takes
+every decision itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..tiling import Tile
+from .reuse import _EPS, TileReuse
+
+
+@dataclass
+class RegionCacheConfig:
+    """Settings of :class:`RegionCache` (``cache.threshold``, ``cache.warmup_steps``, ``cache.max_consecutive``,
+    ``cache.region.*``)."""
+
+    #: Base threshold on the predicted relative change of a tile's output; 0 reuses nothing.
+    threshold: float = 0.1
+    warmup_steps: int = 2
+    max_consecutive: int = 3
+    #: The region rule; strength 0 gives every tile ``threshold``.
+    region_strength: float = 1.0
+    min_scale: float = 0.5
+    max_scale: float = 2.0
+
+
+@dataclass
+class TileEstimate:
+    """What :class:`RegionCache` estimated for one tile at one step (for reports and tests)."""
+
+    #: ``|Δoutput| / |Δinput|`` over the window from its last two computed steps (None: not known yet).
+    gain: float | None
+    #: Predicted relative change of the tile's output since its last computation.
+    change: float | None
+    threshold: float
+
+
+class RegionCache(TileReuse):
+    """Tile-level region-aware cache (see the module docstring for the rule).
+
+    State (float32 ``(H, W)`` maps over the canvas latent, besides :class:`TileReuse`'s): ``inputs``
+    (``(1, C, F, H, W)``, the input at the last computation), ``previous`` (last step's latent), and
+    the means over C and F ``drift``, ``out_mag``, ``d_out``, ``d_in``.
+    """
+
+    def __init__(self, threshold: float, warmup_steps: int = 2, max_consecutive: int = 3,
+                 region_strength: float = 1.0, min_scale: float = 0.5, max_scale: float = 2.0):
+        super().__init__(warmup_steps, max_consecutive)
+        self.threshold = threshold
+        self.region_strength, self.min_scale, self.max_scale = region_strength, min_scale, max_scale
+        self.estimates: list[list[TileEstimate]] = []
+
+    def start(self, num_steps: int) -> None:
+        super().start(num_steps)
+        self.estimates = []
+
+    def _init_state(self, x: torch.Tensor) -> None:
+        super()._init_state(x)
+        zeros = lambda: torch.zeros(x.shape[-2:], device=x.device)  # noqa: E731
+        self._state.update(inputs=torch.zeros_like(x), previous=x.clone(), drift=zeros(), out_mag=zeros(), d_out=zeros(), d_in=zeros())
+
+    def decide(self, step, timestep, latents, tiles):
+        x = latents.float()
+        if not self._state:
+            self._init_state(x)
+        state = self._state
+        state["drift"] += (x - state["previous"]).abs().mean(dim=(0, 1, 2))
+        state["previous"] = x.clone()
+
+        sums = [{name: self._owned(tile, name).sum() for name in ("drift", "out_mag", "d_out", "d_in")} for tile in tiles]
+        known = [int(self._owned(tile, "count").min()) >= 2 for tile in tiles]
+        volatility = [float(s["d_out"] / s["out_mag"].clamp_min(_EPS)) for s in sums]
+        reference = float(np.median([v for v, k in zip(volatility, known) if k])) if any(known) else 0.0
+        decisions, estimates = [], []
+        for tile, s, is_known, v in zip(tiles, sums, known, volatility):
+            threshold = self.threshold * self._region_scale(v, reference)
+            if not is_known:
+                estimates.append(TileEstimate(None, None, threshold))
+                decisions.append(True)
+                continue
+            gain = s["d_out"] / s["d_in"].clamp_min(_EPS)
+            change = float(gain * s["drift"] / s["out_mag"].clamp_min(_EPS))
+            estimates.append(TileEstimate(float(gain), change, threshold))
+            decisions.append(not (self.may_reuse(step, tile) and change < threshold))
+        self.estimates.append(estimates)
+        self._remember(x, tiles, decisions)
+        return decisions
+
+    def _region_scale(self, volatility: float, reference: float) -> float:
+        if self.region_strength == 0 or reference <= 0:
+            return 1.0
+        ratio = (reference / max(volatility, _EPS)) ** self.region_strength
+        return min(self.max_scale, max(self.min_scale, ratio))
+
+    def _observe_fresh(self, x, output, fresh):
+        state = self._state
+        # Gain history from computed steps only: |Δoutput| and |Δinput| against the last computation.
+        had_one = fresh & (state["count"] >= 1)
+        d_out = (output - (state["inputs"] + state["residual"])).abs().mean(dim=(0, 1, 2))
+        d_in = (x - state["inputs"]).abs().mean(dim=(0, 1, 2))
+        state["d_out"] = torch.where(had_one, d_out, state["d_out"])
+        state["d_in"] = torch.where(had_one, d_in, state["d_in"])
+        state["inputs"] = torch.where(fresh, x, state["inputs"])
+        state["out_mag"] = torch.where(fresh, output.abs().mean(dim=(0, 1, 2)), state["out_mag"])
+        state["drift"] = torch.where(fresh, torch.zeros_like(state["drift"]), state["drift"])
+
+
+def apply_region_cache(config: RegionCacheConfig) -> RegionCache:
+    """The tile policy for ``config`` (a tile policy needs no hooks: the refiner calls it)."""
+    return RegionCache(config.threshold, config.warmup_steps, config.max_consecutive,
+                       config.region_strength, config.min_scale, config.max_scale)
