@@ -1,6 +1,6 @@
 """Pixel-space resizing of a decoded sketch (stage 1 → stage 2).
 
-Resizing latents directly rings; resizing decoded frames does not (design.md §1.2).
+Resizing latents directly rings; resizing decoded frames does not (``docs/architecture.md``, "The method").
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Tile parallelism on torch.distributed: process groups, the tile exchanger, the rank-parallel VAE.
 
 Applied from outside the model (torchtitan style): nothing here changes model code. See
-design.md §1.6 and :mod:`supergen.parallel.exchanger`. Launch with any of::
+``docs/architecture.md`` ("Tile parallelism") and :mod:`supergen.parallel.exchanger`. Launch with any of::
 
     torchrun --nproc_per_node 8 $(which supergen) render ...        # or: torchrun ... -m supergen render ...
     accelerate launch --multi_gpu --num_processes 8 -m supergen render ...
