@@ -178,7 +178,9 @@ def render(args: argparse.Namespace) -> int:
     if args.cache_map:
         from .cache import write_cache_map
 
-        write_cache_map(args.cache_map, out.cache_report, (out.frames[0][0] * 255).round().astype("uint8"))
+        from .runtime import uint8_chunks
+
+        write_cache_map(args.cache_map, out.cache_report, next(uint8_chunks(out.frames[0][:1]))[0])
     return 0
 
 

@@ -12,7 +12,9 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+import numpy as np
 
 import torch
 
@@ -76,7 +78,8 @@ def call_arguments(job: JobConfig) -> dict[str, Any]:
 class Rendered:
     """One finished job."""
 
-    output: Any  # SuperGenPipelineOutput
+    #: The :class:`~supergen.pipeline.SuperGenPipelineOutput`, frames as ``pt`` (``(1, F, 3, H, W)`` in [0, 1]).
+    output: Any
     seed: int
     #: The written video (None on ranks other than the group's leader, or when not asked to write).
     path: Path | None
@@ -143,13 +146,23 @@ class Runtime:
         arguments = call_arguments(cfg.job)
         if image is not None:
             arguments["image"] = image
+        # "pt": the frames stay one float tensor and are converted to uint8 a chunk at a time while
+        # written (never a second float copy of the whole video, as "np" would make).
         out = SuperGenPipeline(self.pipe, cfg, self.group)(
-            **arguments, sketch_video=sketch_video, generator=generator, output_type="np",
+            **arguments, sketch_video=sketch_video, generator=generator, output_type="pt",
             callback_on_stage=callback_on_stage, callback_on_step_end=callback_on_step_end,
         )
         path = None
         if output is not None and self.leader:
-            path = write_video(output, out.frames[0], fps=cfg.output.fps, quality=cfg.output.quality)
+            path = write_video(output, uint8_chunks(out.frames[0]), fps=cfg.output.fps, quality=cfg.output.quality)
             if sketch_output is not None and out.sketch is not None:
-                write_video(sketch_output, out.sketch[0], fps=cfg.output.fps, quality=cfg.output.quality)
+                write_video(sketch_output, uint8_chunks(out.sketch[0]), fps=cfg.output.fps, quality=cfg.output.quality)
         return Rendered(out, seed, path)
+
+
+def uint8_chunks(video: torch.Tensor, size: int = 16) -> Iterator[np.ndarray]:
+    """A ``pt`` output video ``(F, 3, H, W)`` in [0, 1] as ``(≤size, H, W, 3)`` uint8 numpy chunks
+    (the same values as :func:`~supergen.videoio.to_uint8` of the ``np`` output)."""
+    for start in range(0, video.shape[0], size):
+        chunk = video[start:start + size].permute(0, 2, 3, 1).float().cpu()
+        yield chunk.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).numpy()
