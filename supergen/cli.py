@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--fps", type=int, help="frames per second of the written video (output.fps)")
     render.add_argument("--overwrite", action="store_true", help="replace an existing output file (default: refuse)")
     render.add_argument("--save-sketch", action="store_true", help="also write the sketch as <output>.sketch.mp4")
+    render.add_argument("--no-memory-check", action="store_true",
+                        help="render even when the planner estimates it will not fit in memory (model.memory_check=false)")
     render.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     render.add_argument("--jobs", help="batch: a .jsonl or .csv file of jobs, one video a row (see supergen.jobs)")
     render.add_argument("--output-dir", help="batch: folder for the videos, their sidecar JSON and results.jsonl")
@@ -129,6 +131,8 @@ def config_from_args(args: argparse.Namespace, default: str | None = "tiny") -> 
     overrides = [f"{key}={_quote(getattr(args, flag))}" for flag, key in FLAG_TO_KEY.items() if getattr(args, flag, None) is not None]
     if getattr(args, "save_sketch", False):
         overrides.append("output.save_sketch=true")
+    if getattr(args, "no_memory_check", False):
+        overrides.append("model.memory_check=false")
     preset = args.config or (default_preset(getattr(args, "model", None)) if default == "tiny" else default)
     # Explicit key=value arguments come last so they win over the shorthand flags.
     return load_config(preset, overrides + list(args.overrides))

@@ -9,8 +9,9 @@ seeded generator, and writing the video. The applications differ only in where j
 from __future__ import annotations
 
 import logging
+import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -68,6 +69,80 @@ def place(pipe, offload: str, device: torch.device):
     return pipe
 
 
+def available_memory(device: torch.device) -> int:
+    """Bytes a render can still allocate on ``device``: free CUDA memory, or the host's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:  # MemAvailable counts reclaimable page cache, unlike the free-pages count below
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def device_need(plan, offload: str) -> tuple[int, int]:
+    """``(weights, transient)`` bytes a planned render holds on its device at its peak: with
+    ``model`` offload only the largest component is resident at a time, with ``sequential``/``group``
+    only a block (counted as nothing)."""
+    weights = {"none": plan.weights, "model": max(plan.memory[f"weights.{k}"] for k in plan.parameters)}.get(offload, 0)
+    return weights, plan.peak - plan.weights
+
+
+def check_memory(cfg: SuperGenConfig, device: torch.device, loaded: bool = False) -> None:
+    """Refuse a render the planner's estimate says cannot fit on ``device``, with what would make it fit.
+
+    Args:
+        loaded: the model's weights are already resident (they count as available then).
+
+    Models the planner does not know (it reads Wan architectures) are not checked (an info line says so).
+    ``model.memory_check=false`` turns the check off.
+    """
+    if not cfg.model.memory_check:
+        return
+    from .planner import architecture, human, make_plan
+
+    try:
+        arch = architecture(cfg.model.name)
+    except SuperGenError as exc:
+        logger.info("memory check skipped: %s", exc)
+        return
+    arch = replace(arch, counted=arch.parameters())  # counted once, reused by the searches below
+    plan = make_plan(cfg, arch)
+    weights, transient = device_need(plan, cfg.model.offload)
+    available = available_memory(device) + (weights if loaded else 0)
+    if weights + transient <= available:
+        return
+
+    def fits(candidate: SuperGenConfig, frames: int | None = None) -> bool:
+        return sum(device_need(make_plan(candidate, arch, num_frames=frames), candidate.model.offload)) <= available
+
+    hints = []
+    step = arch.vae_scale[0]
+    counts = list(range(1, plan.num_frames, step))  # the frame counts the VAE takes, below this one
+    lo, hi = 0, len(counts)  # binary search: memory grows with frames
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if fits(cfg, counts[mid]) else (lo, mid)
+    if lo:
+        hints.append(f"--num-frames {counts[lo - 1]}")
+    if device.type == "cuda":
+        for offload in ("model", "sequential"):
+            if cfg.model.offload == "none" and fits(replace(cfg, model=replace(cfg.model, offload=offload))):
+                hints.append(f"model.offload={offload}")
+                break
+        hints.append("more ranks (torchrun: tiles and VAE tiles are split across GPUs)")
+    raise SuperGenError(
+        f"{plan.size[0]}x{plan.size[1]}x{plan.num_frames} (height x width x frames) needs about "
+        f"{human(weights + transient)} on {device} (planner estimate: {human(weights)} weights + "
+        f"{human(transient)} for the {plan.peak_stage} stage); {human(available)} is available. "
+        f"It fits with {' or '.join(hints) if hints else 'a smaller size'}; --no-memory-check "
+        f"(model.memory_check=false) tries anyway"
+    )
+
+
 def call_arguments(job: JobConfig) -> dict[str, Any]:
     """The :class:`~supergen.pipeline.SuperGenPipeline` call arguments a job's fields give."""
     return dict(prompt=job.prompt, negative_prompt=job.negative_prompt, image=job.image, height=job.height,
@@ -97,6 +172,8 @@ class Runtime:
     pipe: Any
     group: Any
     device: torch.device
+    #: The config whose memory check already passed (before the load): not checked again.
+    checked: SuperGenConfig | None = None
 
     @classmethod
     def start(cls, config: SuperGenConfig, quiet: bool = False, load: bool = True) -> "Runtime":
@@ -110,6 +187,8 @@ class Runtime:
             logging.getLogger("supergen").setLevel(logging.ERROR)
         runtime = cls(config, None, group, device)
         if load:
+            check_memory(config, device)  # before the (multi-GB) load
+            runtime.checked = config
             runtime.load(quiet)
         return runtime
 
@@ -141,6 +220,8 @@ class Runtime:
         from .pipeline import SuperGenPipeline
         from .videoio import read_video, write_video
 
+        if cfg is not self.checked:
+            check_memory(cfg, self.device, loaded=self.pipe is not None)
         sketch_video = read_video(cfg.job.sketch_video) if cfg.job.sketch_video is not None else None
         generator, seed = seeded_generator(cfg.job.seed)
         arguments = call_arguments(cfg.job)

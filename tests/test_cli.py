@@ -112,6 +112,8 @@ HUGE_SEED = "1180591620717411303424"
         (["-o", "out.mp4", "--output-dir", "videos"], "--output-dir is for batch rendering"),
         (["-o", "out.mp4", "--jobs", "jobs.jsonl", "--output-dir", "videos"], "-o/--output names one video"),
         (["-o", "exists.mp4"], "output 'exists.mp4' exists; pass --overwrite to replace it"),
+        (["-o", "out.mp4", "--num-frames", "10000", "--height", "4320", "--width", "7680"],
+         "4320x7680x9997 (height x width x frames) needs about "),
     ],
 )
 def test_careless_input_is_one_line_exit_2_and_leaves_no_file(tmp_path, args, message):
