@@ -116,21 +116,20 @@ def check_memory(cfg: SuperGenConfig, device: torch.device, loaded: bool = False
     if weights + transient <= available:
         return
 
-    def fits(candidate: SuperGenConfig, frames: int | None = None) -> bool:
-        return sum(device_need(make_plan(candidate, arch, num_frames=frames), candidate.model.offload)) <= available
+    def need(candidate: SuperGenConfig, frames: int | None = None) -> int:
+        return sum(device_need(make_plan(candidate, arch, num_frames=frames), candidate.model.offload))
 
     hints = []
-    step = arch.vae_scale[0]
-    counts = list(range(1, plan.num_frames, step))  # the frame counts the VAE takes, below this one
-    lo, hi = 0, len(counts)  # binary search: memory grows with frames
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (mid + 1, hi) if fits(cfg, counts[mid]) else (lo, mid)
-    if lo:
-        hints.append(f"--num-frames {counts[lo - 1]}")
+    # Every stage's memory is a maximum of terms affine in the latent frame count, so the need is
+    # convex in it and the chord from 1 frame to this render's count never underestimates it: the
+    # frame count the chord allows is sure to fit (two plans instead of a search).
+    step, one = arch.vae_scale[0], need(cfg, 1)
+    if one <= available and plan.num_frames > step:
+        per_step = (weights + transient - one) / ((plan.num_frames - 1) // step)
+        hints.append(f"--num-frames {1 + step * int((available - one) // per_step)}")
     if device.type == "cuda":
         for offload in ("model", "sequential"):
-            if cfg.model.offload == "none" and fits(replace(cfg, model=replace(cfg.model, offload=offload))):
+            if cfg.model.offload == "none" and need(replace(cfg, model=replace(cfg.model, offload=offload))) <= available:
                 hints.append(f"model.offload={offload}")
                 break
         hints.append("more ranks (torchrun: tiles and VAE tiles are split across GPUs)")
