@@ -288,7 +288,7 @@ class DemoApp:
                 seconds = ", ".join(f"{k} {v:.1f} s" for k, v in stats.seconds.items())
                 ranks = getattr(stats, "parallel", {}).get("ranks", 1)
                 where = f" on {ranks} ranks" if ranks > 1 else ""
-                status = f"Done: {stats.size[1]}x{stats.size[0]}x{stats.num_frames}, {stats.tiling}, {stats.tile_forwards} tile forwards{where} ({seconds})."
+                status = f"Done: {stats.size[0]}x{stats.size[1]}x{stats.num_frames} (height x width x frames), {stats.tiling}, {stats.tile_forwards} tile forwards{where} ({seconds})."
                 yield status, table, sketch_path, final, picture
                 return
 

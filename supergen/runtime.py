@@ -49,7 +49,7 @@ def load_pipeline(model: ModelConfig, device: torch.device):
     for component, override in (("vae", model.vae_dtype), ("image_encoder", model.image_encoder_dtype)):
         module = getattr(pipe, component, None)
         wanted = override or defaults.get(component)
-        if module is not None and wanted is not None:
+        if module is not None and wanted is not None and module.dtype != getattr(torch, wanted):
             module.to(getattr(torch, wanted))
     return place(pipe, model.offload, device)
 
