@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="serve the Gradio preview app (needs: pip install supergen[demo])",
+        help="serve the Gradio preview app (needs the demo extra: pip install \"supergen[demo]\")",
         description="A web page to render one video at a time: the sketch appears when stage 1 ends, then the final video.",
     )
     demo.add_argument("--config", help=f"preset name or YAML file; presets: {', '.join(presets())}; default: tiny")

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .config import SuperGenConfig, load_config
-from .errors import SuperGenError
+from .errors import SuperGenError, install_hint
 from .planner import Architecture, ResourcePlan, make_plan
 
 logger = logging.getLogger("supergen")
@@ -374,7 +374,7 @@ def serve(config: SuperGenConfig, host: str = "127.0.0.1", port: int = 7860) -> 
     try:
         import gradio  # noqa: F401
     except ImportError:
-        raise SuperGenError("the demo needs Gradio: pip install 'supergen[demo]'") from None
+        raise SuperGenError(f"the demo needs Gradio: {install_hint('demo')}") from None
     from .runtime import Runtime
 
     runtime = Runtime.start(config, quiet=True, load=False)

@@ -325,9 +325,15 @@ class SuperGenPipeline:
         if plan.canvas != plan.size:
             logger.info("%dx%d (height x width) is not a multiple of %d; rendering %dx%d and cropping",
                         *plan.size, adapter.pixel_multiple, *plan.canvas)
-        unknown = [] if "prompt_embeds" in text else adapter.unknown_prompt_words(prompt)
-        if unknown:
-            logger.warning("prompt words unknown to this model's tokenizer (the model will not see them): %s", ", ".join(unknown))
+        if "prompt_embeds" not in text:
+            unknown = adapter.unknown_prompt_words(prompt)
+            if unknown:
+                more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+                logger.warning("words unknown to this model's tokenizer (it will not see them): %s%s", ", ".join(unknown[:5]), more)
+            limit = text.get("max_sequence_length", adapter.max_sequence_length)
+            if limit is not None and adapter.prompt_tokens(prompt) > limit:
+                logger.warning("the prompt is %d tokens; the text encoder reads the first %d (the rest is cut)",
+                               adapter.prompt_tokens(prompt), limit)
         return Request(prompt=prompt, negative_prompt=negative_prompt, num_frames=frames, image=image, **text), plan
 
     # ---- stages -----------------------------------------------------------------------------

@@ -143,13 +143,14 @@ def test_version():
 def test_odd_size_with_a_random_seed_renders_exactly_and_reports_the_seed(tmp_path):
     out = tmp_path / "odd.mp4"
     result = supergen("render", "-q", "--height", "17", "--width", "33", "--num-frames", "5", "--seed", "-1",
-                      "sketch.num_inference_steps=2", "refine.num_inference_steps=2", "-o", str(out))
+                      "--strength", "1", "--save-sketch", "refine.num_inference_steps=2", "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert iio.imread(out).shape == (5, 17, 33, 3)
+    assert "no sketch to save (strength 1 renders from noise)" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.mp4"]
     seed = int(result.stdout.split(" seed ")[1].split(",")[0])
     assert 0 <= seed < 2**63
-    again = supergen("render", "-q", "--height", "17", "--width", "33", "--num-frames", "5", "--seed", "-1",
-                     "sketch.num_inference_steps=2", "refine.num_inference_steps=2", "-o", str(out))
+    again = supergen("render", "-q", "--height", "17", "--width", "33", "-o", str(out))
     assert again.returncode == 2 and "pass --overwrite" in again.stderr
 
 
@@ -169,3 +170,30 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_file(tmp_path):
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_install_hint_fits_where_supergen_runs(tmp_path):
+    from supergen.errors import install_hint
+
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert install_hint("demo") == f'pip install -e "{checkout}[demo]"'  # this checkout
+    installed = tmp_path / "site-packages" / "supergen"
+    installed.mkdir(parents=True)
+    assert install_hint("demo", str(installed)) == 'pip install "supergen[demo]"'
+
+
+def test_the_toy_model_ships_inside_the_package():
+    from pathlib import Path
+
+    import supergen
+    from supergen.builtin import TOY_MODEL_DIR
+
+    assert TOY_MODEL_DIR.parent == Path(supergen.__file__).parent  # package data, found where supergen is installed
+    assert (TOY_MODEL_DIR / "model_index.json").is_file() and (TOY_MODEL_DIR / "transformer" / "config.json").is_file()
+
+
+def test_plan_knows_the_toy_model():
+    result = supergen("plan", "--config", "toy", "--height", "128", "--width", "384")
+    assert result.returncode == 0, result.stderr
+    assert "toy (float32)" in result.stdout and "128x384 (height x width), 9 frames" in result.stdout
+    assert "requires torchvision" not in result.stderr  # the known library noise is filtered

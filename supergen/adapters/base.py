@@ -91,6 +91,8 @@ class ModelAdapter(SizeRules, abc.ABC):
     #: The optional :class:`Request` text fields (``prompt_embeds``, ``negative_prompt_embeds``,
     #: ``max_sequence_length``) this family's :meth:`encode_prompt` honours; the others are refused.
     prompt_options: ClassVar[frozenset[str]] = frozenset()
+    #: Text tokens the pipeline's encoder reads by default (longer prompts are cut); None: not known here.
+    max_sequence_length: ClassVar[int | None] = None
 
     #: Whether one transformer call can give each tile of a batch its own positions. Families whose
     #: rotary tables are one per call (no batch axis) run tiles one at a time unless positions are
@@ -168,6 +170,11 @@ class ModelAdapter(SizeRules, abc.ABC):
             return []
         words = dict.fromkeys(w.strip(".,;:!?\"'()") for w in prompt.split())
         return [w for w in words if w and unk in tokenizer(w, add_special_tokens=False).input_ids]
+
+    def prompt_tokens(self, prompt: str) -> int:
+        """Tokens ``prompt`` takes in the pipeline's (first) tokenizer, with its special tokens."""
+        tokenizer = getattr(self.pipe, "tokenizer", None)
+        return 0 if tokenizer is None else len(tokenizer(prompt).input_ids)
 
     @abc.abstractmethod
     def encode_prompt(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:

@@ -30,6 +30,7 @@ class CogVideoXAdapter(ModelAdapter):
 
     pipeline_classes = ("CogVideoXPipeline", "CogVideoXImageToVideoPipeline")
     prompt_options = frozenset({"prompt_embeds", "negative_prompt_embeds", "max_sequence_length"})
+    max_sequence_length = 226
     # The rotary table is 2-D (tokens × dim): one table per transformer call.
     batched_positions = False
 
@@ -77,7 +78,7 @@ class CogVideoXAdapter(ModelAdapter):
             num_videos_per_prompt=1,
             prompt_embeds=request.prompt_embeds,
             negative_prompt_embeds=request.negative_prompt_embeds,
-            max_sequence_length=request.max_sequence_length or 226,
+            max_sequence_length=request.max_sequence_length or self.max_sequence_length,
             device=self.device,
         )
         return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}

@@ -59,6 +59,7 @@ class WanAdapter(ModelAdapter):
 
     pipeline_classes = ("WanPipeline", "WanImageToVideoPipeline")
     prompt_options = frozenset({"prompt_embeds", "negative_prompt_embeds", "max_sequence_length"})
+    max_sequence_length = 512
     position_module = CanvasRotaryPosEmbed
     # diffusers' Wan examples load the VAE and the CLIP image encoder in float32 beside a bf16 transformer.
     component_dtypes = {"vae": "float32", "image_encoder": "float32"}
@@ -105,7 +106,7 @@ class WanAdapter(ModelAdapter):
             num_videos_per_prompt=1,
             prompt_embeds=request.prompt_embeds,
             negative_prompt_embeds=request.negative_prompt_embeds,
-            max_sequence_length=request.max_sequence_length or 512,
+            max_sequence_length=request.max_sequence_length or self.max_sequence_length,
             device=self.device,
         )
         dtype = self._dtype()
