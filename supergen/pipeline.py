@@ -341,8 +341,19 @@ class SuperGenPipeline:
                 callback: Callable | None = None) -> torch.Tensor:
         """Stage 1: the wrapped pipeline at sketch size; returns pixels ``(1, 3, F, h, w)`` in [-1, 1]."""
         self.adapter.set_vae_tiling(False)  # sketch-size VAE work is never tiled
-        latents = self.adapter.sketch(request, embeds, *plan.sketch, plan.sketch_steps, plan.sketch_guidance_scale,
-                                      plan.sketch_guidance_scale_2, generator, callback)
+        pipe = self.adapter.pipe
+        # The wrapped pipeline draws its own step bar: label it for this stage, then restore its settings
+        # (diffusers keeps them in _progress_bar_config; set_progress_bar_config replaces them all).
+        settings = getattr(pipe, "_progress_bar_config", None)
+        pipe._progress_bar_config = {**(settings or {}), "desc": "sketch"}
+        try:
+            latents = self.adapter.sketch(request, embeds, *plan.sketch, plan.sketch_steps, plan.sketch_guidance_scale,
+                                          plan.sketch_guidance_scale_2, generator, callback)
+        finally:
+            if settings is None:
+                del pipe._progress_bar_config
+            else:
+                pipe._progress_bar_config = settings
         if self.group is not None:
             # Every rank ran the same sketch (so every rank's generator is in the same state for the
             # re-noise); the leader's copy makes them bit-identical where GPU kernels are not deterministic.
@@ -373,6 +384,7 @@ class SuperGenPipeline:
                 cache_policy(cfg.cache, adapter.transformers, plan.latent_shape[2:], adapter.patch, len(timesteps), plan.do_guidance) as policy:
             refiner = TileRefiner(plan.tiles, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner)
             with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
+                progress.set_description("refine")
                 latents, steps = refiner.run(latents, adapter.stepper(scheduler, cond.spatial, generator), timesteps, progress, callback)
         return latents, steps, runner.finish(policy.report), runner.stats()
 

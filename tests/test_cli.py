@@ -147,6 +147,7 @@ def test_odd_size_with_a_random_seed_renders_exactly_and_reports_the_seed(tmp_pa
     assert result.returncode == 0, result.stderr
     assert iio.imread(out).shape == (5, 17, 33, 3)
     assert "no sketch to save (strength 1 renders from noise)" in result.stderr
+    assert "%|" not in result.stderr  # -q: no progress bar of any stage
     assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.mp4"]
     seed = int(result.stdout.split(" seed ")[1].split(",")[0])
     assert 0 <= seed < 2**63
@@ -165,6 +166,7 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_file(tmp_path):
         char = proc.stderr.read(1)
         assert char, f"the render ended before it could be interrupted: {seen}"
         seen += char
+    assert seen.splitlines()[-1].lstrip("\r").startswith("sketch:")  # each stage's bar is labelled
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
