@@ -21,7 +21,7 @@ from typing import Iterator
 
 import torch
 
-from .errors import SuperGenError
+from .errors import SuperGenError, install_hint
 
 #: Backend names of diffusers' attention dispatcher for dense (per-tile) attention.
 DENSE = {"sdpa": "native", "flex": "flex", "xformers": "xformers"}
@@ -33,7 +33,7 @@ def _xformers_reason(device: torch.device) -> str | None:
     try:
         import xformers.ops  # noqa: F401
     except ImportError:
-        return "xformers is not installed (pip install supergen[xformers])"
+        return f"xformers is not installed ({install_hint('xformers')})"
     return None if device.type == "cuda" else "xformers has no CPU kernels"
 
 

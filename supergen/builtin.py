@@ -16,8 +16,9 @@ from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from .errors import SuperGenError
 
-#: The small trained model shipped with the repository (issue: a toy model of our own).
-TOY_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy-wan"
+#: The small trained model (assets/toy-wan in the checkout), installed with the package as
+#: ``supergen/toy-wan`` (a link to it in the checkout).
+TOY_MODEL_DIR = Path(__file__).parent / "toy-wan"
 
 _CHARS = [chr(c) for c in range(32, 127)]
 
@@ -61,18 +62,33 @@ def tiny_wan_pipeline(image_to_video: bool = False, seed: int = 0) -> DiffusionP
         return WanImageToVideoPipeline(**components, image_encoder=image_encoder.eval(), image_processor=image_processor)
 
 
-def load_pipeline(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> DiffusionPipeline:
-    """``tiny`` | ``tiny-i2v`` | ``toy`` | a diffusers folder or Hugging Face id → a pipeline on ``device``."""
+def _dtype_keyword() -> str:
+    """diffusers renamed ``from_pretrained``'s ``torch_dtype`` to ``dtype`` (the old name warns): the
+    name this diffusers takes, found by the helper that resolves the two."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
+def load_pipeline(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", **options) -> DiffusionPipeline:
+    """``tiny`` | ``tiny-i2v`` | ``toy`` | a diffusers folder or Hugging Face id → a pipeline on ``device``.
+
+    ``options`` (``variant``, ``revision``, ``local_files_only``, ``cache_dir``, ...) go to
+    ``DiffusionPipeline.from_pretrained``; the models built in code take none.
+    """
     if name not in ("tiny", "tiny-i2v"):
         source = str(TOY_MODEL_DIR) if name == "toy" else name
         if name == "toy" and not TOY_MODEL_DIR.is_dir():
-            raise SuperGenError(f"the toy model folder {TOY_MODEL_DIR} is missing (it ships with the repository checkout)")
+            raise SuperGenError(f"the toy model folder {TOY_MODEL_DIR} is missing: reinstall supergen "
+                                "(it ships in the package), or use --model tiny")
         try:
-            pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype)
+            pipe = DiffusionPipeline.from_pretrained(source, **{_dtype_keyword(): dtype}, **options)
         except (OSError, ValueError) as exc:
             raise SuperGenError(
                 f"could not load model {name!r}: {exc}. Valid: tiny, tiny-i2v, toy, a diffusers model folder, or a Hugging Face id"
             ) from None
+    elif options:
+        raise SuperGenError(f"{name!r} is built in code: loading options ({', '.join(sorted(options))}) do not apply")
     else:  # built in code, in float32
         pipe = tiny_wan_pipeline(image_to_video=name == "tiny-i2v")
         if dtype != torch.float32:

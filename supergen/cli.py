@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--fps", type=int, help="frames per second of the written video (output.fps)")
     render.add_argument("--overwrite", action="store_true", help="replace an existing output file (default: refuse)")
     render.add_argument("--save-sketch", action="store_true", help="also write the sketch as <output>.sketch.mp4")
+    render.add_argument("--no-memory-check", action="store_true",
+                        help="render even when the planner estimates it will not fit in memory (model.memory_check=false)")
     render.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     render.add_argument("--jobs", help="batch: a .jsonl or .csv file of jobs, one video a row (see supergen.jobs)")
     render.add_argument("--output-dir", help="batch: folder for the videos, their sidecar JSON and results.jsonl")
@@ -98,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="serve the Gradio preview app (needs: pip install supergen[demo])",
+        help="serve the Gradio preview app (needs the demo extra: pip install \"supergen[demo]\")",
         description="A web page to render one video at a time: the sketch appears when stage 1 ends, then the final video.",
     )
     demo.add_argument("--config", help=f"preset name or YAML file; presets: {', '.join(presets())}; default: tiny")
@@ -129,6 +131,8 @@ def config_from_args(args: argparse.Namespace, default: str | None = "tiny") -> 
     overrides = [f"{key}={_quote(getattr(args, flag))}" for flag, key in FLAG_TO_KEY.items() if getattr(args, flag, None) is not None]
     if getattr(args, "save_sketch", False):
         overrides.append("output.save_sketch=true")
+    if getattr(args, "no_memory_check", False):
+        overrides.append("model.memory_check=false")
     preset = args.config or (default_preset(getattr(args, "model", None)) if default == "tiny" else default)
     # Explicit key=value arguments come last so they win over the shorthand flags.
     return load_config(preset, overrides + list(args.overrides))
@@ -178,7 +182,9 @@ def render(args: argparse.Namespace) -> int:
     if args.cache_map:
         from .cache import write_cache_map
 
-        write_cache_map(args.cache_map, out.cache_report, (out.frames[0][0] * 255).round().astype("uint8"))
+        from .runtime import uint8_chunks
+
+        write_cache_map(args.cache_map, out.cache_report, next(uint8_chunks(out.frames[0][:1]))[0])
     return 0
 
 
@@ -204,9 +210,26 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Warnings the libraries print on every command that ask nothing of a supergen user, by logger.
+KNOWN_NOISE = {
+    # transformers without torchvision: diffusers' import touches CLIPImageProcessor, which then
+    # falls back to the PIL processor (what supergen's image-to-video models use anyway).
+    "transformers.utils.import_utils": "requires torchvision (not installed); falling back to",
+    # diffusers on any dtype cast of a model with no float32-pinned modules (the list is empty).
+    "diffusers.models.modeling_utils": "that should be kept in float32: []",
+}
+
+
+def quiet_known_noise() -> None:
+    """Drop exactly the :data:`KNOWN_NOISE` messages; every other warning still shows."""
+    for name, text in KNOWN_NOISE.items():
+        logging.getLogger(name).addFilter(lambda record, text=text: text not in record.getMessage())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(name)s: %(message)s")
+    quiet_known_noise()
     try:
         if args.command == "render":
             return render(args)

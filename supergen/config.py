@@ -209,6 +209,9 @@ class ModelConfig:
     #: diffusers' memory savers: none | model (enable_model_cpu_offload) | sequential
     #: (enable_sequential_cpu_offload) | group (enable_group_offload, block level, with streams on CUDA).
     offload: str = choice("none", "none", "model", "sequential", "group")
+    #: Refuse, before loading, a render the planner estimates cannot fit in the device's memory
+    #: (host memory on CPU); false (``--no-memory-check``) tries anyway.
+    memory_check: bool = True
 
 
 @dataclass

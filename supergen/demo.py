@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .config import SuperGenConfig, load_config
-from .errors import SuperGenError
+from .errors import SuperGenError, install_hint
 from .planner import Architecture, ResourcePlan, make_plan
 
 logger = logging.getLogger("supergen")
@@ -288,7 +288,7 @@ class DemoApp:
                 seconds = ", ".join(f"{k} {v:.1f} s" for k, v in stats.seconds.items())
                 ranks = getattr(stats, "parallel", {}).get("ranks", 1)
                 where = f" on {ranks} ranks" if ranks > 1 else ""
-                status = f"Done: {stats.size[1]}x{stats.size[0]}x{stats.num_frames}, {stats.tiling}, {stats.tile_forwards} tile forwards{where} ({seconds})."
+                status = f"Done: {stats.size[0]}x{stats.size[1]}x{stats.num_frames} (height x width x frames), {stats.tiling}, {stats.tile_forwards} tile forwards{where} ({seconds})."
                 yield status, table, sketch_path, final, picture
                 return
 
@@ -374,7 +374,7 @@ def serve(config: SuperGenConfig, host: str = "127.0.0.1", port: int = 7860) -> 
     try:
         import gradio  # noqa: F401
     except ImportError:
-        raise SuperGenError("the demo needs Gradio: pip install 'supergen[demo]'") from None
+        raise SuperGenError(f"the demo needs Gradio: {install_hint('demo')}") from None
     from .runtime import Runtime
 
     runtime = Runtime.start(config, quiet=True, load=False)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import logging
 import contextlib
+import numbers
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -28,6 +29,7 @@ from diffusers.utils import BaseOutput
 
 from .adapters import Conditioning, ModelAdapter, Request, adapter_for
 from .attention import check_backend, dense_backend
+from .builtin import load_pipeline
 from .cache import CacheReport, cache_policy
 from .config import MethodConfig, load_config
 from .errors import SuperGenError
@@ -39,6 +41,15 @@ from .upscale import resize_video
 logger = logging.getLogger("supergen")
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+
+#: Attributes and methods of the wrapped diffusers pipeline that :class:`SuperGenPipeline` forwards
+#: (placement, memory savers, progress bars, LoRA), so code written for diffusers keeps working.
+#: VAE tiling is not among them: the render plan decides it per call (``vae.tiling``).
+FORWARDED = frozenset({
+    "device", "dtype", "components", "set_progress_bar_config", "enable_model_cpu_offload",
+    "enable_sequential_cpu_offload", "enable_group_offload", "maybe_free_model_hooks", "remove_all_hooks",
+    "load_lora_weights", "fuse_lora", "unfuse_lora", "set_adapters", "unload_lora_weights",
+})
 
 
 @dataclass
@@ -122,10 +133,39 @@ class SuperGenPipeline:
         return cls(pipe, load_config(config, flat), group)
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str, torch_dtype: torch.dtype | None = None, config=None, **overrides: Any) -> "SuperGenPipeline":
-        """Load a diffusers model folder or Hugging Face id; diffusers picks the pipeline class from it."""
-        pipe = DiffusionPipeline.from_pretrained(path_or_id, torch_dtype=torch_dtype)
-        return cls.from_pipe(pipe, config, **overrides)
+    def from_pretrained(
+        cls, path_or_id: str, torch_dtype: torch.dtype | None = None, config: str | MethodConfig | dict | None = None,
+        group: TileGroup | None = None, **kwargs: Any,
+    ) -> "SuperGenPipeline":
+        """Load a model as ``DiffusionPipeline.from_pretrained`` does (it picks the pipeline class) and wrap it.
+
+        Args:
+            path_or_id: a diffusers model folder, a Hugging Face id, or a built-in model: ``tiny``,
+                ``tiny-i2v`` (random, built in code) or ``toy`` (the small trained model shipped with supergen).
+            torch_dtype: the weights' dtype (default float32).
+            config, group: see :meth:`from_pipe`.
+            kwargs: a method config section as a dict (``tiling={"mode": "overlap"}``) overrides the config;
+                every other keyword (``variant``, ``revision``, ``local_files_only``, ``cache_dir``,
+                ``token``, ...) goes to ``DiffusionPipeline.from_pretrained``.
+        """
+        sections = {f.name for f in fields(MethodConfig)}
+        overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in sections}
+        dtype = torch_dtype or kwargs.pop("dtype", None) or torch.float32  # diffusers' newer name for torch_dtype
+        pipe = load_pipeline(path_or_id, dtype, "cpu", **kwargs)
+        return cls.from_pipe(pipe, config, group, **overrides)
+
+    # ---- the wrapped pipeline's placement and helpers -------------------------------------------
+    def to(self, *args: Any, **kwargs: Any) -> "SuperGenPipeline":
+        """Move the wrapped pipeline (diffusers' ``DiffusionPipeline.to``); returns this wrapper."""
+        self.pipe.to(*args, **kwargs)
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        # Only the documented list (FORWARDED): anything else is a plain AttributeError, not a
+        # silent reach into the wrapped pipeline.
+        if name in FORWARDED:
+            return getattr(self.__dict__["pipe"], name)
+        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
 
     def plan(
         self, height: int, width: int, num_frames: int, strength: float | None = None,
@@ -147,12 +187,19 @@ class SuperGenPipeline:
         strength: float | None = None,
         num_inference_steps: int | None = None,
         sketch_video: np.ndarray | torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "np",
         return_dict: bool = True,
         callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         callback_on_stage: Callable[[str, dict], None] | None = None,
+        callback_on_sketch_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
+        guidance_scale: float | None = None,
+        num_videos_per_prompt: int | None = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        max_sequence_length: int | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
     ) -> SuperGenPipelineOutput | tuple:
         """Render one video.
 
@@ -165,9 +212,23 @@ class SuperGenPipeline:
             num_inference_steps: refinement schedule length N (default ``refine.num_inference_steps``).
             sketch_video: a low-resolution video ``(F, h, w, 3)`` (uint8, or float in [0, 1]) used instead of
                 stage 1: supergen as a training-free video upscaler.
-            generator: every random draw (sketch noise, re-noise, posterior samples) comes from it.
+            generator: every random draw (sketch noise, re-noise, posterior samples) comes from it; a list
+                of one generator (one per video, as diffusers takes them) works too.
             callback_on_step_end: diffusers-style ``callback(pipe, step, timestep, {"latents": ...})``
-                after every refinement step; it may return ``{"latents": new}``.
+                after every refinement step (``step`` counts from 0 within the refinement); it may
+                return ``{"latents": new}``. The sketch's steps go to ``callback_on_sketch_step_end``.
+            callback_on_sketch_step_end: the same callback after every sketch step, called by the wrapped
+                pipeline itself (its own latent layout, its ``pipe``); with both callbacks a caller
+                sees every step of the render, sketch first.
+            guidance_scale: classifier-free guidance of both stages (default: ``sketch.guidance_scale``
+                and ``refine.guidance_scale``).
+            num_videos_per_prompt: 1 (supergen renders one video per call; call again with another
+                generator, or use batch rendering, for more).
+            prompt_embeds, negative_prompt_embeds: precomputed text embeddings used instead of encoding
+                ``prompt`` / ``negative_prompt`` (Wan, CogVideoX).
+            max_sequence_length: text tokens the encoder reads (default: the family's, Wan 512).
+            attention_kwargs: None or empty: supergen runs the transformer itself, per tile, and passes
+                no extra attention arguments (fuse a LoRA with ``fuse_lora`` instead of scaling it here).
             callback_on_stage: ``callback(stage, info)`` when a stage begins, for previews and progress
                 (the demo uses it): ``"sketch"`` ``{"steps"}``; ``"upscale"`` ``{"sketch"}``, the finished
                 sketch as ``(F, h, w, 3)`` float numpy in [0, 1] (so a preview can show it before
@@ -176,9 +237,23 @@ class SuperGenPipeline:
         """
         if output_type not in OUTPUT_TYPES:
             raise SuperGenError(f"output_type {output_type!r}; valid: {', '.join(OUTPUT_TYPES)}")
+        if num_videos_per_prompt not in (None, 1):
+            raise SuperGenError(f"num_videos_per_prompt={num_videos_per_prompt!r}: supergen renders one video per call; "
+                                "call again with another generator, or use batch rendering")
+        if attention_kwargs:
+            raise SuperGenError(f"attention_kwargs={attention_kwargs!r}: supergen runs the transformer per tile and passes no "
+                                "attention arguments; fuse a LoRA (fuse_lora) instead of scaling it per call")
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != 1:
+                raise SuperGenError(f"{len(generator)} generators: one video per call takes one (or a list of one)")
+            generator = generator[0]
+        height, width, num_frames = (_integer(n, v) for n, v in (("height", height), ("width", width), ("num_frames", num_frames)))
+        num_inference_steps = _integer("num_inference_steps", num_inference_steps)
         sketch_pixels = None if sketch_video is None else _video_to_tensor(sketch_video, self.adapter.snap_frames(num_frames))
+        text = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds, "max_sequence_length": max_sequence_length}
         request, plan = self._prepare(prompt, negative_prompt, image, height, width, num_frames, strength,
-                                      num_inference_steps, None if sketch_pixels is None else tuple(sketch_pixels.shape[-2:]))
+                                      num_inference_steps, None if sketch_pixels is None else tuple(sketch_pixels.shape[-2:]),
+                                      guidance_scale, {k: v for k, v in text.items() if v is not None})
         stage = callback_on_stage or (lambda name, info: None)
         clock = StageClock(self.adapter.device)
         with self._borrowed_pipeline():
@@ -191,7 +266,7 @@ class SuperGenPipeline:
             cond = Conditioning(embeds, spatial, plan.guidance_scale, plan.guidance_scale_2)
             if plan.run_sketch:
                 stage("sketch", {"steps": plan.sketch_steps})
-                sketch_pixels = self._sketch(request, embeds, plan, generator)
+                sketch_pixels = self._sketch(request, embeds, plan, generator, callback_on_sketch_step_end)
                 clock.lap("sketch")
             if plan.from_sketch:
                 stage("upscale", {"sketch": self.adapter.pipe.video_processor.postprocess_video(sketch_pixels, output_type="np")[0]})
@@ -218,9 +293,17 @@ class SuperGenPipeline:
 
     # ---- validation and plan ----------------------------------------------------------------
     def _prepare(self, prompt, negative_prompt, image, height, width, num_frames, strength, num_inference_steps,
-                 sketch_size) -> tuple[Request, RenderPlan]:
-        """Check the call's arguments and plan the render; every error here is raised before any compute."""
-        adapter = self.adapter
+                 sketch_size, guidance_scale=None, text: dict[str, Any] | None = None) -> tuple[Request, RenderPlan]:
+        """Check the call's arguments and plan the render; every error here is raised before any compute.
+
+        Args:
+            text: the optional :class:`~supergen.adapters.Request` text fields the call gives.
+        """
+        adapter, text = self.adapter, text or {}
+        refused = sorted(set(text) - adapter.prompt_options)
+        if refused:
+            raise SuperGenError(f"{', '.join(refused)}: not supported for {type(self.pipe).__name__} "
+                                f"(supported: {', '.join(sorted(adapter.prompt_options)) or 'none'})")
         for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             if not isinstance(value, str):
                 raise SuperGenError(f"{name} must be one string (one video per call; use batch rendering for many); got {type(value).__name__}")
@@ -235,21 +318,42 @@ class SuperGenPipeline:
             from diffusers.utils import load_image
 
             image = load_image(image)
-        plan = self.plan(height, width, frames, strength, num_inference_steps, sketch_size)
+        config = self.config
+        if guidance_scale is not None:  # this call's guidance, for both stages
+            config = load_config(config, {"sketch.guidance_scale": guidance_scale, "refine.guidance_scale": guidance_scale})
+        plan = plan_render(config, adapter, height, width, frames, strength, num_inference_steps, sketch_size)
         if plan.canvas != plan.size:
             logger.info("%dx%d (height x width) is not a multiple of %d; rendering %dx%d and cropping",
                         *plan.size, adapter.pixel_multiple, *plan.canvas)
-        unknown = adapter.unknown_prompt_words(prompt)
-        if unknown:
-            logger.warning("prompt words unknown to this model's tokenizer (the model will not see them): %s", ", ".join(unknown))
-        return Request(prompt=prompt, negative_prompt=negative_prompt, num_frames=frames, image=image), plan
+        if "prompt_embeds" not in text:
+            unknown = adapter.unknown_prompt_words(prompt)
+            if unknown:
+                more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+                logger.warning("words unknown to this model's tokenizer (it will not see them): %s%s", ", ".join(unknown[:5]), more)
+            limit = text.get("max_sequence_length", adapter.max_sequence_length)
+            if limit is not None and adapter.prompt_tokens(prompt) > limit:
+                logger.warning("the prompt is %d tokens; the text encoder reads the first %d (the rest is cut)",
+                               adapter.prompt_tokens(prompt), limit)
+        return Request(prompt=prompt, negative_prompt=negative_prompt, num_frames=frames, image=image, **text), plan
 
     # ---- stages -----------------------------------------------------------------------------
-    def _sketch(self, request: Request, embeds: dict, plan: RenderPlan, generator: torch.Generator | None) -> torch.Tensor:
+    def _sketch(self, request: Request, embeds: dict, plan: RenderPlan, generator: torch.Generator | None,
+                callback: Callable | None = None) -> torch.Tensor:
         """Stage 1: the wrapped pipeline at sketch size; returns pixels ``(1, 3, F, h, w)`` in [-1, 1]."""
         self.adapter.set_vae_tiling(False)  # sketch-size VAE work is never tiled
-        latents = self.adapter.sketch(request, embeds, *plan.sketch, plan.sketch_steps, plan.sketch_guidance_scale,
-                                      plan.sketch_guidance_scale_2, generator)
+        pipe = self.adapter.pipe
+        # The wrapped pipeline draws its own step bar: label it for this stage, then restore its settings
+        # (diffusers keeps them in _progress_bar_config; set_progress_bar_config replaces them all).
+        settings = getattr(pipe, "_progress_bar_config", None)
+        pipe._progress_bar_config = {**(settings or {}), "desc": "sketch"}
+        try:
+            latents = self.adapter.sketch(request, embeds, *plan.sketch, plan.sketch_steps, plan.sketch_guidance_scale,
+                                          plan.sketch_guidance_scale_2, generator, callback)
+        finally:
+            if settings is None:
+                del pipe._progress_bar_config
+            else:
+                pipe._progress_bar_config = settings
         if self.group is not None:
             # Every rank ran the same sketch (so every rank's generator is in the same state for the
             # re-noise); the leader's copy makes them bit-identical where GPU kernels are not deterministic.
@@ -280,6 +384,7 @@ class SuperGenPipeline:
                 cache_policy(cfg.cache, adapter.transformers, plan.latent_shape[2:], adapter.patch, len(timesteps), plan.do_guidance) as policy:
             refiner = TileRefiner(plan.tiles, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner)
             with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
+                progress.set_description("refine")
                 latents, steps = refiner.run(latents, adapter.stepper(scheduler, cond.spatial, generator), timesteps, progress, callback)
         return latents, steps, runner.finish(policy.report), runner.stats()
 
@@ -349,6 +454,15 @@ def _step_callback(pipe, callback_on_step_end, tensor_inputs):
         return result.get("latents", latents)
 
     return callback
+
+
+def _integer(name: str, value: Any) -> Any:
+    """``value`` as a Python int when it is an integer of any kind (numpy's too); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise SuperGenError(f"{name}={value!r}: must be an integer, got {type(value).__name__}")
+    return int(value)
 
 
 def _video_to_tensor(video: np.ndarray | torch.Tensor, frames: int) -> torch.Tensor:

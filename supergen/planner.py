@@ -257,10 +257,14 @@ def architecture(model: str) -> Architecture:
         return KNOWN[model]
     if model in ALIASES:
         return KNOWN[ALIASES[model]]
+    if model == "toy":  # the shipped trained model: its folder's configs
+        from .builtin import TOY_MODEL_DIR
+
+        return replace(Architecture.from_folder(TOY_MODEL_DIR), name="toy")
     if Path(model).is_dir():
         return Architecture.from_folder(model)
     raise SuperGenError(
-        f"unknown model {model!r} for the planner; known: {', '.join([*KNOWN, *ALIASES])}, or a local diffusers model folder"
+        f"unknown model {model!r} for the planner; known: {', '.join([*KNOWN, *ALIASES, 'toy'])}, or a local diffusers model folder"
     )
 
 
@@ -333,16 +337,17 @@ class ResourcePlan:
         f, lh, lw = self.latent[1:]
         grid = "x".join(str(len(axis.segments(0))) for axis in self.plan.axes)
         tile_px = tuple(s * self.arch.vae_scale[1] for s in self.plan.tile)
-        tiling = f"{self.plan.mode}/{self.plan.boundary} {grid} tiles of {tile_px[1]}x{tile_px[0]} px ({self.plan.tile[1]}x{self.plan.tile[0]} latent)"
+        tiling = f"{self.plan.mode}/{self.plan.boundary} {grid} tiles of {tile_px[0]}x{tile_px[1]} px ({self.plan.tile[0]}x{self.plan.tile[1]} latent)"
         if self.layout is not None:
             rows_, cols_ = self.layout.grid
             halo = self.layout.halo * self.arch.pixel_multiple
             tiling = f"attention: one canvas forward, {rows_}x{cols_} tiles attending to tile + {halo} px halo"
         rows = [
             ("model", f"{self.arch.name} ({self.dtype})" + (f" — {self.arch.note}" if self.arch.note else "")),
-            ("output", f"{self.size[1]}x{self.size[0]}, {self.num_frames} frames" + (
-                f" (rendered {self.canvas[1]}x{self.canvas[0]}, cropped)" if self.canvas != self.size else "")),
-            ("sketch", f"{self.sketch[1]}x{self.sketch[0]}, {self.sketch_steps} steps" if self.sketch else "none (strength 1: from noise)"),
+            # Every size is height x width, as in the render summary.
+            ("output", f"{self.size[0]}x{self.size[1]} (height x width), {self.num_frames} frames" + (
+                f" (rendered {self.canvas[0]}x{self.canvas[1]}, cropped)" if self.canvas != self.size else "")),
+            ("sketch", f"{self.sketch[0]}x{self.sketch[1]}, {self.sketch_steps} steps" if self.sketch else "none (strength 1: from noise)"),
             ("canvas latent", f"{self.latent[0]}x{f}x{lh}x{lw} (channels x frames x height x width)"),
             ("tile grid", tiling),
             ("refinement steps", f"{self.refine_steps} ({self.tiles_per_step} tiles/step, {'2' if self.guidance else '1'} forwards/tile)"

@@ -9,10 +9,13 @@ seeded generator, and writing the video. The applications differ only in where j
 from __future__ import annotations
 
 import logging
+import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+import numpy as np
 
 import torch
 
@@ -46,7 +49,7 @@ def load_pipeline(model: ModelConfig, device: torch.device):
     for component, override in (("vae", model.vae_dtype), ("image_encoder", model.image_encoder_dtype)):
         module = getattr(pipe, component, None)
         wanted = override or defaults.get(component)
-        if module is not None and wanted is not None:
+        if module is not None and wanted is not None and module.dtype != getattr(torch, wanted):
             module.to(getattr(torch, wanted))
     return place(pipe, model.offload, device)
 
@@ -66,6 +69,79 @@ def place(pipe, offload: str, device: torch.device):
     return pipe
 
 
+def available_memory(device: torch.device) -> int:
+    """Bytes a render can still allocate on ``device``: free CUDA memory, or the host's available memory."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:  # MemAvailable counts reclaimable page cache, unlike the free-pages count below
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def device_need(plan, offload: str) -> tuple[int, int]:
+    """``(weights, transient)`` bytes a planned render holds on its device at its peak: with
+    ``model`` offload only the largest component is resident at a time, with ``sequential``/``group``
+    only a block (counted as nothing)."""
+    weights = {"none": plan.weights, "model": max(plan.memory[f"weights.{k}"] for k in plan.parameters)}.get(offload, 0)
+    return weights, plan.peak - plan.weights
+
+
+def check_memory(cfg: SuperGenConfig, device: torch.device, loaded: bool = False) -> None:
+    """Refuse a render the planner's estimate says cannot fit on ``device``, with what would make it fit.
+
+    Args:
+        loaded: the model's weights are already resident (they count as available then).
+
+    Models the planner does not know (it reads Wan architectures) are not checked (an info line says so).
+    ``model.memory_check=false`` turns the check off.
+    """
+    if not cfg.model.memory_check:
+        return
+    from .planner import architecture, human, make_plan
+
+    try:
+        arch = architecture(cfg.model.name)
+    except SuperGenError as exc:
+        logger.info("memory check skipped: %s", exc)
+        return
+    arch = replace(arch, counted=arch.parameters())  # counted once, reused by the searches below
+    plan = make_plan(cfg, arch)
+    weights, transient = device_need(plan, cfg.model.offload)
+    available = available_memory(device) + (weights if loaded else 0)
+    if weights + transient <= available:
+        return
+
+    def need(candidate: SuperGenConfig, frames: int | None = None) -> int:
+        return sum(device_need(make_plan(candidate, arch, num_frames=frames), candidate.model.offload))
+
+    hints = []
+    # Every stage's memory is a maximum of terms affine in the latent frame count, so the need is
+    # convex in it and the chord from 1 frame to this render's count never underestimates it: the
+    # frame count the chord allows is sure to fit (two plans instead of a search).
+    step, one = arch.vae_scale[0], need(cfg, 1)
+    if one <= available and plan.num_frames > step:
+        per_step = (weights + transient - one) / ((plan.num_frames - 1) // step)
+        hints.append(f"--num-frames {1 + step * int((available - one) // per_step)}")
+    if device.type == "cuda":
+        for offload in ("model", "sequential"):
+            if cfg.model.offload == "none" and need(replace(cfg, model=replace(cfg.model, offload=offload))) <= available:
+                hints.append(f"model.offload={offload}")
+                break
+        hints.append("more ranks (torchrun: tiles and VAE tiles are split across GPUs)")
+    raise SuperGenError(
+        f"{plan.size[0]}x{plan.size[1]}x{plan.num_frames} (height x width x frames) needs about "
+        f"{human(weights + transient)} on {device} (planner estimate: {human(weights)} weights + "
+        f"{human(transient)} for the {plan.peak_stage} stage); {human(available)} is available. "
+        f"It fits with {' or '.join(hints) if hints else 'a smaller size'}; --no-memory-check "
+        f"(model.memory_check=false) tries anyway"
+    )
+
+
 def call_arguments(job: JobConfig) -> dict[str, Any]:
     """The :class:`~supergen.pipeline.SuperGenPipeline` call arguments a job's fields give."""
     return dict(prompt=job.prompt, negative_prompt=job.negative_prompt, image=job.image, height=job.height,
@@ -76,7 +152,8 @@ def call_arguments(job: JobConfig) -> dict[str, Any]:
 class Rendered:
     """One finished job."""
 
-    output: Any  # SuperGenPipelineOutput
+    #: The :class:`~supergen.pipeline.SuperGenPipelineOutput`, frames as ``pt`` (``(1, F, 3, H, W)`` in [0, 1]).
+    output: Any
     seed: int
     #: The written video (None on ranks other than the group's leader, or when not asked to write).
     path: Path | None
@@ -94,6 +171,8 @@ class Runtime:
     pipe: Any
     group: Any
     device: torch.device
+    #: The config whose memory check already passed (before the load): not checked again.
+    checked: SuperGenConfig | None = None
 
     @classmethod
     def start(cls, config: SuperGenConfig, quiet: bool = False, load: bool = True) -> "Runtime":
@@ -107,6 +186,8 @@ class Runtime:
             logging.getLogger("supergen").setLevel(logging.ERROR)
         runtime = cls(config, None, group, device)
         if load:
+            check_memory(config, device)  # before the (multi-GB) load
+            runtime.checked = config
             runtime.load(quiet)
         return runtime
 
@@ -138,18 +219,30 @@ class Runtime:
         from .pipeline import SuperGenPipeline
         from .videoio import read_video, write_video
 
+        if cfg is not self.checked:
+            check_memory(cfg, self.device, loaded=self.pipe is not None)
         sketch_video = read_video(cfg.job.sketch_video) if cfg.job.sketch_video is not None else None
         generator, seed = seeded_generator(cfg.job.seed)
         arguments = call_arguments(cfg.job)
         if image is not None:
             arguments["image"] = image
+        # "pt": the frames stay one float tensor and are converted to uint8 a chunk at a time while
+        # written (never a second float copy of the whole video, as "np" would make).
         out = SuperGenPipeline(self.pipe, cfg, self.group)(
-            **arguments, sketch_video=sketch_video, generator=generator, output_type="np",
+            **arguments, sketch_video=sketch_video, generator=generator, output_type="pt",
             callback_on_stage=callback_on_stage, callback_on_step_end=callback_on_step_end,
         )
         path = None
         if output is not None and self.leader:
-            path = write_video(output, out.frames[0], fps=cfg.output.fps, quality=cfg.output.quality)
+            path = write_video(output, uint8_chunks(out.frames[0]), fps=cfg.output.fps, quality=cfg.output.quality)
             if sketch_output is not None and out.sketch is not None:
-                write_video(sketch_output, out.sketch[0], fps=cfg.output.fps, quality=cfg.output.quality)
+                write_video(sketch_output, uint8_chunks(out.sketch[0]), fps=cfg.output.fps, quality=cfg.output.quality)
         return Rendered(out, seed, path)
+
+
+def uint8_chunks(video: torch.Tensor, size: int = 16) -> Iterator[np.ndarray]:
+    """A ``pt`` output video ``(F, 3, H, W)`` in [0, 1] as ``(≤size, H, W, 3)`` uint8 numpy chunks
+    (the same values as :func:`~supergen.videoio.to_uint8` of the ``np`` output)."""
+    for start in range(0, video.shape[0], size):
+        chunk = video[start:start + size].permute(0, 2, 3, 1).float().cpu()
+        yield chunk.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).numpy()

@@ -1,4 +1,10 @@
-"""Video files: atomic mp4 writing and reading, through imageio-ffmpeg (bundled ffmpeg, works offline)."""
+"""Video files: atomic, verified mp4 writing and reading, through imageio-ffmpeg (bundled ffmpeg, works offline).
+
+Sizes: H.264 in 4:2:0 (``yuv420p``, what every player plays) cannot hold an odd width or height, so
+videos with an odd side are written in 4:4:4 (``yuv444p``, High 4:4:4 profile): exactly the requested
+size, played by ffmpeg-based players (VLC, mpv) but not by most browsers or QuickTime. Even sizes keep
+``yuv420p``.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +12,97 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-import imageio.v2 as imageio
 import imageio.v3 as iio
 import numpy as np
 
 from .errors import SuperGenError
 from .preflight import check_output_path
 
+#: Frames converted and sent to the encoder at a time (bounds the host memory of the uint8 copy).
+CHUNK_FRAMES = 16
+
+
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     """``(frames, H, W, 3)`` float in [0, 1] (diffusers' ``np`` output) → uint8."""
     return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 16, quality: int = 8) -> Path:
-    """Write ``frames`` ``(F, H, W, 3)`` (uint8, or float in [0, 1]) as H.264, atomically.
+def pixel_format(height: int, width: int) -> str:
+    """The H.264 pixel format a ``height``×``width`` video is written in (see the module docstring)."""
+    return "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
 
-    The file is written under a temporary name in the same folder and renamed when complete, so a
-    crash never leaves a half-written video under the final name.
+
+def chunks(frames: np.ndarray, size: int = CHUNK_FRAMES) -> Iterator[np.ndarray]:
+    """``frames`` ``(F, H, W, 3)`` as consecutive ``(≤size, H, W, 3)`` views."""
+    for start in range(0, len(frames), size):
+        yield frames[start:start + size]
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarray], fps: int = 16, quality: int = 8) -> Path:
+    """Write a video as H.264 of exactly the frames' size, atomically, and check the written file.
+
+    Args:
+        frames: ``(F, H, W, 3)``, or an iterable of such chunks (e.g. converted one at a time from a
+            larger float array, so the whole video never exists as uint8 and float at once); uint8,
+            or float in [0, 1] (converted one chunk at a time).
+
+    The file is written under a temporary name in the same folder, read back (frame count and size)
+    and renamed only then, so an encoder failure raises :class:`SuperGenError` and never leaves an
+    empty or broken file under the final name.
     """
+    import imageio_ffmpeg
+
     path = check_output_path(path)
-    if frames.dtype != np.uint8:
-        frames = to_uint8(frames)
+    parts = chunks(frames) if isinstance(frames, np.ndarray) else iter(frames)
     with atomic_file(path) as tmp:
-        # macro_block_size=1: keep the exact size (ffmpeg would otherwise pad to multiples of 16).
-        imageio.mimwrite(tmp, list(frames), fps=fps, codec="libx264", quality=quality, macro_block_size=1)
+        writer, count, size = None, 0, None
+        try:
+            for part in parts:
+                part = part if part.dtype == np.uint8 else to_uint8(part)
+                if part.ndim != 4 or part.shape[-1] != 3:
+                    raise SuperGenError(f"video frames must have shape (frames, height, width, 3); got {part.shape}")
+                if writer is None:
+                    size = part.shape[1:3]
+                    # macro_block_size=1: keep the exact size (ffmpeg would otherwise pad to multiples of 16).
+                    writer = imageio_ffmpeg.write_frames(
+                        str(tmp), (size[1], size[0]), fps=fps, codec="libx264", quality=quality,
+                        pix_fmt_out=pixel_format(*size), macro_block_size=1, ffmpeg_log_level="error")
+                    writer.send(None)
+                elif part.shape[1:3] != size:
+                    raise SuperGenError(f"video frames change size from {size[0]}x{size[1]} to {part.shape[1]}x{part.shape[2]} (height x width)")
+                for frame in part:
+                    writer.send(np.ascontiguousarray(frame))
+                count += len(part)
+            if writer is None or count == 0:
+                raise SuperGenError(f"no frames to write to {str(path)!r}")
+            writer.close()
+        except (OSError, RuntimeError) as exc:  # ffmpeg exited (broken pipe) or reported an error
+            raise SuperGenError(f"writing {str(path)!r} failed in the video encoder: {str(exc).splitlines()[0]}") from exc
+        finally:
+            if writer is not None:
+                writer.close()
+        check_video(tmp, count, size, name=path)
     return path
+
+
+def check_video(path: Path, frames: int, size: tuple[int, int], name: os.PathLike | None = None) -> None:
+    """Raise :class:`SuperGenError` unless ``path`` decodes to ``frames`` frames of ``size`` (height, width)."""
+    import imageio_ffmpeg
+
+    name = name or path
+    try:
+        reader = imageio_ffmpeg.read_frames(str(path))
+        meta = next(reader)
+        reader.close()
+        counted, _ = imageio_ffmpeg.count_frames_and_secs(str(path))
+    except (OSError, RuntimeError, StopIteration) as exc:
+        raise SuperGenError(f"the video written to {str(name)!r} cannot be read back: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    got = (meta["size"][1], meta["size"][0])
+    if counted != frames or got != tuple(size):
+        raise SuperGenError(f"the video written to {str(name)!r} has {counted} frames of {got[0]}x{got[1]}; "
+                            f"expected {frames} of {size[0]}x{size[1]} (height x width)")
 
 
 @contextlib.contextmanager
@@ -59,4 +129,7 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise SuperGenError(f"video {str(path)!r} does not exist")
-    return np.asarray(iio.imread(path))
+    try:
+        return np.asarray(iio.imread(path))
+    except Exception as exc:  # imageio raises many types for a file that is not a video
+        raise SuperGenError(f"{str(path)!r} is not a readable video: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc

@@ -135,7 +135,7 @@ def test_generate_in_browser_shows_sketch_then_video(browser, demo_url, tmp_path
     page.wait_for_selector("#generate")
     # The plan is on the page before anything runs: 2x2 tiles of the 64x112 sketch on 128x224.
     page.wait_for_function(f"() => {_text('#plan')}.includes('tile grid')", timeout=TIMEOUT_MS)
-    assert "2x2 tiles of 112x64 px" in page.locator("#plan").inner_text()
+    assert "2x2 tiles of 64x112 px" in page.locator("#plan").inner_text()
     assert "estimated peak" in page.locator("#plan").inner_text()
 
     page.locator("#prompt textarea").fill("a lighthouse on a cliff at dawn")
@@ -146,7 +146,7 @@ def test_generate_in_browser_shows_sketch_then_video(browser, demo_url, tmp_path
     assert size[:2] == [224, 128] and size[2] > 0
     sketch = page.evaluate("() => { const v = document.querySelector('#sketch video'); return [v.videoWidth, v.videoHeight]; }")
     assert sketch == [112, 64]
-    assert page.locator("#status").inner_text().startswith("Done: 224x128x5")
+    assert page.locator("#status").inner_text().startswith("Done: 128x224x5 (height x width x frames)")
 
     shot = tmp_path / "demo.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -209,7 +209,7 @@ def test_image_to_video_job_renders(wan_i2v, image, tmp_path):
     app = DemoApp(wan_i2v, load_config("tiny", ["sketch.num_inference_steps=2"]), output_dir=tmp_path)
     updates = list(app.run("a cat", "", image.convert("RGBA"), "custom", 64, 112, 5, 0, 4, 0.5, "shift, clamp at edges"))
     status, _, sketch, final, _ = updates[-1]
-    assert status.startswith("Done: 112x64x5"), status
+    assert status.startswith("Done: 64x112x5"), status
     assert os.path.getsize(sketch) > 0 and os.path.getsize(final) > 0
     # The sketch path was shown before the final video existed (the preview).
     assert any(update[2] == sketch and update[3] is None for update in updates)

@@ -20,10 +20,10 @@ MODULES = sorted(
 #: package → pipeline → refine → adapters/tiling/cache/parallel → geometry/config.
 LAYERS = [
     {"errors", "config", "geometry", "tiling", "upscale", "preflight", "eval"},
-    {"plan", "attention", "adapters", "cache", "parallel", "videoio"},
+    {"plan", "attention", "adapters", "cache", "parallel", "videoio", "builtin"},
     {"refine"},
     {"pipeline", "planner"},
-    {"builtin", "runtime"},
+    {"runtime"},
     {"jobs", "demo", "cli", "__init__"},
 ]
 

@@ -120,7 +120,8 @@ def test_plan_cli_prints_one_table(capsys):
     out = capsys.readouterr().out
     for label in ("sketch", "tile grid", "tokens per tile", "transformer FLOPs/step", "canvas state", "VAE decode", "estimated peak"):
         assert label in out
-    assert "1280x720, 50 steps" in out and "75,600" in out  # 21 x 45 x 80 tokens per 720p tile
+    assert "720x1280, 50 steps" in out and "75,600" in out  # 21 x 45 x 80 tokens per 720p tile (sizes height x width)
+    assert "2160x3840 (height x width), 81 frames" in out
     assert main(["plan", "--model", "no-such-model"]) == 2
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
 

@@ -76,6 +76,11 @@ class Request:
     negative_prompt: str
     num_frames: int
     image: Any | None = None  # PIL image for image-to-video
+    #: Precomputed text embeddings (the call's ``prompt_embeds=``), used instead of encoding the prompts.
+    prompt_embeds: torch.Tensor | None = None
+    negative_prompt_embeds: torch.Tensor | None = None
+    #: Text tokens the encoder reads; None takes the family's default.
+    max_sequence_length: int | None = None
 
 
 class ModelAdapter(SizeRules, abc.ABC):
@@ -83,6 +88,11 @@ class ModelAdapter(SizeRules, abc.ABC):
 
     #: diffusers pipeline class names this adapter accepts.
     pipeline_classes: ClassVar[tuple[str, ...]] = ()
+    #: The optional :class:`Request` text fields (``prompt_embeds``, ``negative_prompt_embeds``,
+    #: ``max_sequence_length``) this family's :meth:`encode_prompt` honours; the others are refused.
+    prompt_options: ClassVar[frozenset[str]] = frozenset()
+    #: Text tokens the pipeline's encoder reads by default (longer prompts are cut); None: not known here.
+    max_sequence_length: ClassVar[int | None] = None
 
     #: Whether one transformer call can give each tile of a batch its own positions. Families whose
     #: rotary tables are one per call (no batch axis) run tiles one at a time unless positions are
@@ -161,6 +171,11 @@ class ModelAdapter(SizeRules, abc.ABC):
         words = dict.fromkeys(w.strip(".,;:!?\"'()") for w in prompt.split())
         return [w for w in words if w and unk in tokenizer(w, add_special_tokens=False).input_ids]
 
+    def prompt_tokens(self, prompt: str) -> int:
+        """Tokens ``prompt`` takes in the pipeline's (first) tokenizer, with its special tokens."""
+        tokenizer = getattr(self.pipe, "tokenizer", None)
+        return 0 if tokenizer is None else len(tokenizer(prompt).input_ids)
+
     @abc.abstractmethod
     def encode_prompt(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
         """Text (and image) embeddings, computed once and shared by both stages."""
@@ -196,17 +211,23 @@ class ModelAdapter(SizeRules, abc.ABC):
         guidance_scale: float,
         guidance_scale_2: float | None,
         generator: torch.Generator | None,
+        callback: Callable[[Any, int, torch.Tensor, dict], dict | None] | None = None,
     ) -> torch.Tensor:
         """Run the wrapped pipeline at ``(height, width)``; return its canvas latent ``(1, C, F, h, w)``.
 
         The latents are taken after the last step (a step callback), not from ``output_type="latent"``,
         which some pipelines return trimmed (HunyuanVideo-I2V drops its image frame).
+
+        Args:
+            callback: diffusers' ``callback_on_step_end(pipe, step, timestep, {"latents": ...})`` after
+                every sketch step, with the pipeline's own latents; it may return ``{"latents": new}``.
         """
         final: dict[str, torch.Tensor] = {}
 
         def keep(pipe, step, timestep, tensors):
-            final["latents"] = tensors["latents"]
-            return {}
+            changed = (callback(pipe, step, timestep, tensors) or {}) if callback is not None else {}
+            final["latents"] = changed.get("latents", tensors["latents"])
+            return changed
 
         self.pipe(
             **self.pipeline_kwargs(request, embeds, guidance_scale, guidance_scale_2),

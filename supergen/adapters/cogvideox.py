@@ -29,6 +29,8 @@ class CogVideoXAdapter(ModelAdapter):
     """``CogVideoXPipeline`` / ``CogVideoXImageToVideoPipeline`` with a 1.5-style transformer (3-D RoPE, temporal patch)."""
 
     pipeline_classes = ("CogVideoXPipeline", "CogVideoXImageToVideoPipeline")
+    prompt_options = frozenset({"prompt_embeds", "negative_prompt_embeds", "max_sequence_length"})
+    max_sequence_length = 226
     # The rotary table is 2-D (tokens × dim): one table per transformer call.
     batched_positions = False
 
@@ -74,7 +76,9 @@ class CogVideoXAdapter(ModelAdapter):
             negative_prompt=request.negative_prompt,
             do_classifier_free_guidance=guidance_scale > 1.0,
             num_videos_per_prompt=1,
-            max_sequence_length=226,
+            prompt_embeds=request.prompt_embeds,
+            negative_prompt_embeds=request.negative_prompt_embeds,
+            max_sequence_length=request.max_sequence_length or self.max_sequence_length,
             device=self.device,
         )
         return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}

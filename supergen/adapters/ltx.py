@@ -30,6 +30,8 @@ class LTXAdapter(ModelAdapter):
     """``LTXPipeline`` / ``LTXImageToVideoPipeline`` (LTX-Video 0.9.x)."""
 
     pipeline_classes = ("LTXPipeline", "LTXImageToVideoPipeline")
+    prompt_options = frozenset({"max_sequence_length"})
+    max_sequence_length = 128
     #: The pipelines' default ``frame_rate``; it scales the temporal coordinate of the rotary embedding.
     frame_rate = 25
 
@@ -73,7 +75,7 @@ class LTXAdapter(ModelAdapter):
             negative_prompt=request.negative_prompt,
             do_classifier_free_guidance=guidance_scale > 1.0,
             num_videos_per_prompt=1,
-            max_sequence_length=128,
+            max_sequence_length=request.max_sequence_length or self.max_sequence_length,
             device=self.device,
         )
         return {

@@ -58,6 +58,8 @@ class WanAdapter(ModelAdapter):
     """``WanPipeline`` / ``WanImageToVideoPipeline``, Wan 2.1 and 2.2 (two experts split at ``boundary_ratio``)."""
 
     pipeline_classes = ("WanPipeline", "WanImageToVideoPipeline")
+    prompt_options = frozenset({"prompt_embeds", "negative_prompt_embeds", "max_sequence_length"})
+    max_sequence_length = 512
     position_module = CanvasRotaryPosEmbed
     # diffusers' Wan examples load the VAE and the CLIP image encoder in float32 beside a bf16 transformer.
     component_dtypes = {"vae": "float32", "image_encoder": "float32"}
@@ -102,13 +104,15 @@ class WanAdapter(ModelAdapter):
             negative_prompt=request.negative_prompt,
             do_classifier_free_guidance=guidance_scale > 1.0,
             num_videos_per_prompt=1,
-            max_sequence_length=512,
+            prompt_embeds=request.prompt_embeds,
+            negative_prompt_embeds=request.negative_prompt_embeds,
+            max_sequence_length=request.max_sequence_length or self.max_sequence_length,
             device=self.device,
         )
         dtype = self._dtype()
         embeds = {
-            "prompt_embeds": prompt_embeds.to(dtype),
-            "negative_prompt_embeds": None if negative_embeds is None else negative_embeds.to(dtype),
+            "prompt_embeds": prompt_embeds.to(self.device, dtype),
+            "negative_prompt_embeds": None if negative_embeds is None else negative_embeds.to(self.device, dtype),
             "image_embeds": None,
         }
         if self.is_i2v and pipe.transformer is not None and pipe.transformer.config.image_dim is not None:

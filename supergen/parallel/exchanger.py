@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from ..errors import SuperGenError
 from ..tiling import Tile, tile_batches
-from .launch import TileGroup
+from .launch import TileGroup, mark_broken
 
 #: ``parallel.exchange_dtype`` → torch dtype.
 TRANSPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -192,6 +192,7 @@ class TileExchanger:
                 message = [error]
                 dist.broadcast_object_list(message, src=self.group.global_of(failed), group=self.group.pg)
         except Exception as exc:  # the backend's error (peer closed the connection, timeout): the group is gone
+            mark_broken()  # so this process exits at once and its peers blocked on it see it close
             raise RankFailure(
                 f"rank {self.group.global_rank}: the tile exchange at step {step} failed ({type(exc).__name__}: {exc}); "
                 "another rank died or did not answer within parallel.timeout_s",

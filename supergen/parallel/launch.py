@@ -34,6 +34,8 @@ _ACTIVE: "TileGroup | None" = None
 #: A gloo group of all ranks without a practical timeout, for waits that last as long as other
 #: groups' jobs (the end of a batch), which ``parallel.timeout_s`` must not bound.
 _PATIENT: dist.ProcessGroup | None = None
+#: Set when a collective failed because a peer is gone (:func:`mark_broken`).
+_BROKEN = False
 
 
 @dataclass
@@ -151,13 +153,27 @@ def wait_for_all_groups() -> None:
         dist.barrier(group=_PATIENT)
 
 
+def mark_broken() -> None:
+    """A collective failed with a peer gone: leave the group at exit without the farewell barrier.
+
+    The barrier would wait ``parallel.timeout_s`` for the dead rank (gloo's barrier may route this
+    rank's wait through a live peer that is itself still blocked on this rank's missing tiles), and
+    a live peer blocked on this rank wakes only when this process closes its connections: one slow
+    exit made the next rank report the timeout instead of the closed connection.
+    """
+    global _BROKEN
+    _BROKEN = True
+
+
 def shutdown() -> None:
-    """Leave the process group cleanly (barrier first: gloo aborts at exit after mixed p2p and collectives)."""
+    """Leave the process group cleanly (barrier first: gloo aborts at exit after mixed p2p and
+    collectives), promptly when the group is broken (:func:`mark_broken`)."""
     global _ACTIVE, _PATIENT
     _ACTIVE = _PATIENT = None
     if dist.is_initialized():
-        try:
-            dist.barrier()
-        except Exception as exc:  # a peer already gone: nothing to wait for
-            logger.warning("leaving the process group without a barrier (%s)", exc)
+        if not _BROKEN:
+            try:
+                dist.barrier()
+            except Exception as exc:  # a peer already gone: nothing to wait for
+                logger.warning("leaving the process group without a barrier (%s)", exc)
         dist.destroy_process_group()

@@ -48,7 +48,7 @@ class TiledVAE:
             out_tile=(th, tw),
             out_stride=(sh, sw),
             out_size=(latents.shape[-2] * s, latents.shape[-1] * s),
-            everywhere=False, out_dtype=self.vae.dtype,
+            everywhere=False, out_dtype=self.vae.dtype, label="decode",
         )
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,7 @@ class TiledVAE:
             out_tile=(th // s, tw // s),
             out_stride=(sh // s, sw // s),
             out_size=(video.shape[-2] // s, video.shape[-1] // s),
-            everywhere=True, out_dtype=torch.float32,
+            everywhere=True, out_dtype=torch.float32, label="encode",
         )
 
     def _tiled(
@@ -76,6 +76,7 @@ class TiledVAE:
         out_size: tuple[int, int],
         everywhere: bool,
         out_dtype: torch.dtype,
+        label: str,
     ) -> torch.Tensor | None:
         """Apply ``fn`` to overlapping windows of ``x`` ``(..., H, W)`` and blend the outputs.
 
@@ -88,7 +89,14 @@ class TiledVAE:
         size = self.group.size if self.group is not None else 1
         me = self.group.rank if self.group is not None else 0
         owner = balance([float(w.shape[-2] * w.shape[-1]) for w in windows], size)
-        outputs = {k: fn(w) for k, w in enumerate(windows) if owner[k] == me}
+        mine = [k for k in range(len(windows)) if owner[k] == me]
+        outputs = {}
+        # A bar per tile (the pipeline's progress-bar settings: off with -q and on ranks other than 0).
+        with self.adapter.pipe.progress_bar(total=len(mine)) as progress:
+            progress.set_description(label)
+            for k in mine:
+                outputs[k] = fn(windows[k])
+                progress.update()
         if size > 1:
             outputs = self._collect(outputs, owner, everywhere, out_dtype)
             if outputs is None:

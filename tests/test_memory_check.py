@@ -1,0 +1,62 @@
+"""The memory check: a render the planner says cannot fit is refused before anything loads."""
+
+import logging
+import os
+
+import pytest
+import torch
+
+from supergen import runtime
+from supergen.config import load_config
+from supergen.errors import SuperGenError
+from supergen.planner import architecture, make_plan
+
+CPU = torch.device("cpu")
+
+
+def need(cfg):
+    return make_plan(cfg, architecture(cfg.model.name)).peak
+
+
+def test_a_render_that_does_not_fit_is_refused_with_what_would_fit(monkeypatch):
+    cfg = load_config("tiny", ["job.height=512", "job.width=512", "job.num_frames=81"])
+    smaller = load_config("tiny", ["job.height=512", "job.width=512", "job.num_frames=41"])
+    monkeypatch.setattr(runtime, "available_memory", lambda device: need(smaller))
+    with pytest.raises(SuperGenError) as err:
+        runtime.check_memory(cfg, CPU)
+    message = str(err.value)
+    assert message.startswith("512x512x81 (height x width x frames) needs about ")
+    assert "--no-memory-check" in message
+    frames = int(message.split("It fits with --num-frames ")[1].split(";")[0])
+    assert 21 <= frames <= 41 and (frames - 1) % 4 == 0  # a count the VAE takes, near the best one
+    assert need(load_config(cfg, [f"job.num_frames={frames}"])) <= need(smaller)  # and it does fit
+    runtime.check_memory(smaller, CPU)  # exactly fits
+    runtime.check_memory(load_config(cfg, ["model.memory_check=false"]), CPU)  # the user goes on anyway
+
+
+def test_resident_weights_count_as_available_once_loaded(monkeypatch):
+    cfg = load_config("tiny", ["job.height=256", "job.width=256", "job.num_frames=9"])
+    plan = make_plan(cfg, architecture("tiny"))
+    monkeypatch.setattr(runtime, "available_memory", lambda device: plan.peak - plan.weights)
+    with pytest.raises(SuperGenError):
+        runtime.check_memory(cfg, CPU)
+    runtime.check_memory(cfg, CPU, loaded=True)
+
+
+def test_offloading_counts_only_the_largest_component():
+    plan = make_plan(load_config("tiny"), architecture("tiny"))
+    weights = [plan.memory[f"weights.{k}"] for k in plan.parameters]
+    assert runtime.device_need(plan, "none")[0] == sum(weights)
+    assert runtime.device_need(plan, "model")[0] == max(weights)
+    assert runtime.device_need(plan, "sequential")[0] == 0
+
+
+def test_a_model_the_planner_does_not_know_is_not_checked(caplog, tmp_path):
+    cfg = load_config("tiny", [f"model.name={tmp_path}", "job.num_frames=100000"])
+    with caplog.at_level(logging.INFO, logger="supergen"):
+        runtime.check_memory(cfg, CPU)
+    assert "memory check skipped: " in caplog.text
+
+
+def test_available_memory_on_cpu_is_the_hosts():
+    assert 0 < runtime.available_memory(CPU) <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
