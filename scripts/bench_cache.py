@@ -30,7 +30,6 @@ from supergen import SuperGenPipeline
 from supergen.builtin import load_pipeline
 from supergen.eval.metrics import object_count, psnr, seam_score, ssim, temporal_flicker
 from supergen.eval.toyworld import sample_scene
-from supergen.pipeline import tile_plan
 
 BASE = {"tiling": {"mode": "shift", "boundary": "clamp", "positions": "global"}, "refine": {"strength": 0.6}}
 GRID = [0.5, 0.6, 0.7, 0.8, 0.9]
@@ -56,7 +55,7 @@ def measure(sg: SuperGenPipeline, out, sketch: np.ndarray, reference: np.ndarray
     video = out.frames[0]
     scale = sg.adapter.vae_scale[1]
     tile = out.stats.tile
-    plan = tile_plan(sg.config, sg.adapter, tuple(c // scale for c in out.stats.canvas), tile)
+    plan = sg.plan(*out.stats.size, out.stats.num_frames).tiles
     dy, dx = plan.offsets(len(out.stats.steps) - 1)
     size = video.shape[2:0:-1]
     sketch_counts = np.array([object_count(cv2.resize(f, size, interpolation=cv2.INTER_NEAREST)) for f in sketch])
