@@ -73,7 +73,7 @@ def measure(sg: SuperGenPipeline, out, sketch: np.ndarray, reference: np.ndarray
 def settings(args, ratios: list[float] | None) -> list[tuple[str, dict]]:
     out = [("region", {"policy": "region", "threshold": t}) for t in args.region]
     out += [("region-flat", {"policy": "region", "threshold": t, "region": {"strength": 0.0}}) for t in args.region_flat]
-    out += [("steps", {"policy": "steps", "fraction": f}) for f in GRID]
+    out += [("steps", {"policy": "steps", "fraction": f}) for f in args.steps]
     out += [("teacache", {"policy": "teacache", "threshold": t}) for t in args.teacache]
     out += [("fbc", {"policy": "fbc", "threshold": t}) for t in args.fbc]
     if ratios is not None:
@@ -152,6 +152,7 @@ def main() -> None:
     parser.add_argument("--teacache", type=float, nargs="*", default=[0.1, 0.2, 0.4])
     parser.add_argument("--fbc", type=float, nargs="*", default=[0.05, 0.1, 0.2])
     parser.add_argument("--magcache", type=float, nargs="*", default=[0.05, 0.1, 0.3])
+    parser.add_argument("--steps", type=float, nargs="*", default=GRID, help="compute fractions of uniform step skipping")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--plot", help="write the curves as a PNG")
     args = parser.parse_args()
@@ -177,10 +178,10 @@ def main() -> None:
                 sg, out = render({"enabled": False})
                 reference = out.frames[0]
                 points.setdefault("none", []).append([measure(sg, out, sketch, None)])
-                if size not in ratios:  # calibrated once per size, on its first render
+                if args.magcache and size not in ratios:  # calibrated once per size, on its first render
                     ratios[size] = calibrate(render)
                 sweep: dict[str, list[dict]] = {}
-                for name, cache in settings(args, ratios[size]):
+                for name, cache in settings(args, ratios.get(size)):
                     sg, out = render({"enabled": True, **cache})
                     row = measure(sg, out, sketch, reference)
                     sweep.setdefault(name, []).append(row)
