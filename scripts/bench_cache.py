@@ -30,7 +30,6 @@ from supergen import SuperGenPipeline
 from supergen.builtin import load_pipeline
 from supergen.eval.metrics import object_count, psnr, seam_score, ssim, temporal_flicker
 from supergen.eval.toyworld import sample_scene
-from supergen.pipeline import tile_plan
 
 BASE = {"tiling": {"mode": "shift", "boundary": "clamp", "positions": "global"}, "refine": {"strength": 0.6}}
 GRID = [0.5, 0.6, 0.7, 0.8, 0.9]
@@ -56,7 +55,7 @@ def measure(sg: SuperGenPipeline, out, sketch: np.ndarray, reference: np.ndarray
     video = out.frames[0]
     scale = sg.adapter.vae_scale[1]
     tile = out.stats.tile
-    plan = tile_plan(sg.config, sg.adapter, tuple(c // scale for c in out.stats.canvas), tile)
+    plan = sg.plan(*out.stats.size, out.stats.num_frames).tiles
     dy, dx = plan.offsets(len(out.stats.steps) - 1)
     size = video.shape[2:0:-1]
     sketch_counts = np.array([object_count(cv2.resize(f, size, interpolation=cv2.INTER_NEAREST)) for f in sketch])
@@ -74,7 +73,7 @@ def measure(sg: SuperGenPipeline, out, sketch: np.ndarray, reference: np.ndarray
 def settings(args, ratios: list[float] | None) -> list[tuple[str, dict]]:
     out = [("region", {"policy": "region", "threshold": t}) for t in args.region]
     out += [("region-flat", {"policy": "region", "threshold": t, "region": {"strength": 0.0}}) for t in args.region_flat]
-    out += [("steps", {"policy": "steps", "fraction": f}) for f in GRID]
+    out += [("steps", {"policy": "steps", "fraction": f}) for f in args.steps]
     out += [("teacache", {"policy": "teacache", "threshold": t}) for t in args.teacache]
     out += [("fbc", {"policy": "fbc", "threshold": t}) for t in args.fbc]
     if ratios is not None:
@@ -153,6 +152,7 @@ def main() -> None:
     parser.add_argument("--teacache", type=float, nargs="*", default=[0.1, 0.2, 0.4])
     parser.add_argument("--fbc", type=float, nargs="*", default=[0.05, 0.1, 0.2])
     parser.add_argument("--magcache", type=float, nargs="*", default=[0.05, 0.1, 0.3])
+    parser.add_argument("--steps", type=float, nargs="*", default=GRID, help="compute fractions of uniform step skipping")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--plot", help="write the curves as a PNG")
     args = parser.parse_args()
@@ -178,10 +178,10 @@ def main() -> None:
                 sg, out = render({"enabled": False})
                 reference = out.frames[0]
                 points.setdefault("none", []).append([measure(sg, out, sketch, None)])
-                if size not in ratios:  # calibrated once per size, on its first render
+                if args.magcache and size not in ratios:  # calibrated once per size, on its first render
                     ratios[size] = calibrate(render)
                 sweep: dict[str, list[dict]] = {}
-                for name, cache in settings(args, ratios[size]):
+                for name, cache in settings(args, ratios.get(size)):
                     sg, out = render({"enabled": True, **cache})
                     row = measure(sg, out, sketch, reference)
                     sweep.setdefault(name, []).append(row)

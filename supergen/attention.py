@@ -11,7 +11,9 @@ Two uses, one config key (``attention.backend``):
 
 The sparse path replaces only the self-attention processor of each transformer block for the
 duration of the refinement (the adapter's ``tile_attention``, e.g. Wan's ``WanTileAttnProcessor``);
-the model's code and weights stay diffusers'.
+the model's code and weights stay diffusers'. The windows move every step as shift-mode tiles do:
+the processors read the current step's layout from one :class:`StepLayouts`, which the refiner
+advances (``TileRefiner.on_step``).
 """
 
 from __future__ import annotations
@@ -60,6 +62,29 @@ def check_backend(name: str, device: torch.device, sparse: bool) -> None:
     else:
         why = f"it cannot run on {device.type} here"
     raise SuperGenError(f"attention.backend={name!r} is unavailable with {mode}: {why}. Available: {', '.join(usable)}")
+
+
+class StepLayouts:
+    """The tile(+halo) layout of the refinement step in progress, shared by every block's processor.
+
+    Holds a ``supergen_kernels.LayoutCycle`` (the windows move every step) or one fixed
+    ``TileLayout``; calling it with a step index makes that step's layout current.
+    """
+
+    def __init__(self, layouts):
+        from supergen_kernels import TileLayout
+
+        self._fixed = layouts if isinstance(layouts, TileLayout) else None
+        self._cycle = None if self._fixed is not None else layouts
+        self.step = 0
+
+    def __call__(self, step: int) -> None:
+        self.step = step
+
+    @property
+    def layout(self):
+        """The ``TileLayout`` of the current step (the cycle builds each offset's layout once)."""
+        return self._fixed if self._fixed is not None else self._cycle[self.step]
 
 
 @contextlib.contextmanager

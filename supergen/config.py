@@ -84,11 +84,12 @@ class TilingConfig:
     #: Tile size in pixels; null means the sketch size (the sequence length the model was trained on).
     tile_height: int | None = None
     tile_width: int | None = None
-    #: shift mode: the grid moves by tile/shift_divisor (rounded to the patch) on each axis ...
+    #: shift and attention modes: the grid (attention: the tile windows) moves by tile/shift_divisor
+    #: (rounded to the patch) on each axis ...
     shift_divisor: int = bounded(16, 1)
-    #: ... every ``shift_every`` refinement steps.
+    #: ... every ``shift_every`` refinement steps (at least the step count: a fixed grid).
     shift_every: int = bounded(1, 1)
-    #: shift mode at the canvas edge: wrap (torus, the paper) | clamp (full-size tiles clamped
+    #: shift and attention modes at the canvas edge: wrap (torus, the paper) | clamp (full-size tiles clamped
     #: inside the canvas; no opposite edges side by side).
     boundary: str = choice("clamp", "wrap", "clamp")
     #: overlap mode: minimum overlap between neighbouring tiles, in pixels; must be less than half

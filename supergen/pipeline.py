@@ -380,9 +380,10 @@ class SuperGenPipeline:
         cfg, adapter = self.config, self.adapter
         runner = SingleProcess() if self.group is None or self.group.size == 1 else TileExchanger.for_render(
             self.group, cfg, plan.latent_shape[1:3])
-        with self._attention(plan), adapter.positions(cfg.tiling.positions), \
+        with self._attention(plan) as attention, adapter.positions(cfg.tiling.positions), \
                 cache_policy(cfg.cache, adapter.transformers, plan.latent_shape[2:], adapter.patch, len(timesteps), plan.do_guidance) as policy:
-            refiner = TileRefiner(plan.tiles, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner)
+            refiner = TileRefiner(plan.tiles, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner,
+                                  on_step=attention)
             with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
                 progress.set_description("refine")
                 latents, steps = refiner.run(latents, adapter.stepper(scheduler, cond.spatial, generator), timesteps, progress, callback)
@@ -415,7 +416,7 @@ class SuperGenPipeline:
             self.adapter.pipe.maybe_free_model_hooks()
 
     def _attention(self, plan: RenderPlan):
-        """The attention backend for the refinement; in ``attention`` mode, tile(+halo) attention on the canvas."""
+        """The attention backend for the refinement; in ``attention`` mode, tile(+halo) attention on the canvas (yields its per-step layouts)."""
         backend = self.config.attention.backend
         check_backend(backend, self.adapter.device, plan.layout is not None)
         if plan.layout is None:

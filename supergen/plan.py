@@ -2,7 +2,7 @@
 
 :func:`plan_render` takes the method config, a model's size rules and the call's arguments and
 returns a :class:`RenderPlan` — sizes, latent shapes, the schedule split, guidance, the VAE-tiling
-decision, the tile plan and (attention mode) the attention layout. It needs no weights and no
+decision, the tile plan and (attention mode) the attention layouts of every step. It needs no weights and no
 tensors, so the pipeline, ``supergen plan`` and the demo's plan table all read the same decisions.
 """
 
@@ -50,7 +50,8 @@ class RenderPlan:
     #: the final decode (the sketch-size decode is never tiled).
     vae_tiling: bool
     tiles: TilePlan
-    #: ``tiling.mode=attention``: the ``supergen_kernels.TileLayout`` of the one canvas-wide forward.
+    #: ``tiling.mode=attention``: a ``supergen_kernels.LayoutCycle``; ``layout[step]`` is the
+    #: ``TileLayout`` of refinement step ``step``'s canvas-wide forward (windows move as shift-mode tiles do).
     layout: Any = None
 
     @property
@@ -100,7 +101,7 @@ def plan_render(
     tile = tile_pixels(config.tiling, rules, native)
     latent_shape = rules.latent_shape(frames, *canvas)
     tiles = tile_plan(config.tiling, rules, latent_shape[-2:], tile)
-    layout = attention_layout(config.tiling, rules, latent_shape[2:], tile) if config.tiling.mode == "attention" else None
+    layout = attention_layouts(config.tiling, rules, latent_shape[2:], tile) if config.tiling.mode == "attention" else None
     refine, sketch_cfg = config.refine, config.sketch
     vae = config.vae.tiling
     return RenderPlan(
@@ -146,16 +147,24 @@ def tile_plan(cfg: TilingConfig, rules: SizeRules, canvas: tuple[int, int], tile
     )
 
 
-def attention_layout(cfg: TilingConfig, rules: SizeRules, latent: tuple[int, int, int], tile: tuple[int, int]):
-    """The ``supergen_kernels.TileLayout`` (in tokens) of ``tiling.mode=attention`` on a canvas latent ``(F, H, W)``."""
-    from supergen_kernels import TileLayout
+def attention_layouts(cfg: TilingConfig, rules: SizeRules, latent: tuple[int, int, int], tile: tuple[int, int]):
+    """The ``supergen_kernels.LayoutCycle`` (in tokens) of ``tiling.mode=attention`` on a canvas latent ``(F, H, W)``.
+
+    The windows move with shift mode's schedule (``shift_divisor``, ``shift_every``, ``boundary``):
+    a window border that stayed put for the whole refinement would print a seam there, which is
+    what shifting exists to prevent. ``shift_every`` at least the step count keeps them fixed.
+    """
+    from supergen_kernels import LayoutCycle
 
     multiple = rules.pixel_multiple
     if cfg.halo % multiple:
         raise SuperGenError(f"tiling.halo={cfg.halo} must be a multiple of {multiple} (VAE × patch)")
     p_t, p_h, p_w = rules.patch
-    return TileLayout(
+    return LayoutCycle(
         canvas=(latent[0] // p_t, latent[1] // p_h, latent[2] // p_w),
         tile=(tile[0] // multiple, tile[1] // multiple),
         halo=cfg.halo // multiple,
+        shift_divisor=cfg.shift_divisor,
+        shift_every=cfg.shift_every,
+        boundary=cfg.boundary,
     )

@@ -314,7 +314,8 @@ class ResourcePlan:
     tiles_per_step: int = 0
     tokens_per_tile: int = 0
     flops_per_step: int = 0
-    #: ``tiling.mode=attention``: the supergen_kernels ``TileLayout`` of the one canvas-wide forward.
+    #: ``tiling.mode=attention``: the supergen_kernels ``LayoutCycle`` of the canvas-wide forwards
+    #: (``layout[step]`` is one step's ``TileLayout``).
     layout: Any = None
     #: transformer FLOPs of one sketch step (the plain pipeline at sketch size, with its own guidance).
     sketch_flops_per_step: int = 0
@@ -339,9 +340,12 @@ class ResourcePlan:
         tile_px = tuple(s * self.arch.vae_scale[1] for s in self.plan.tile)
         tiling = f"{self.plan.mode}/{self.plan.boundary} {grid} tiles of {tile_px[0]}x{tile_px[1]} px ({self.plan.tile[0]}x{self.plan.tile[1]} latent)"
         if self.layout is not None:
-            rows_, cols_ = self.layout.grid
+            rows_, cols_ = self.layout[0].grid
             halo = self.layout.halo * self.arch.pixel_multiple
-            tiling = f"attention: one canvas forward, {rows_}x{cols_} tiles attending to tile + {halo} px halo"
+            moves = "fixed" if self.layout.shift_every >= self.refine_steps else (
+                f"moving {'x'.join(str(s * self.arch.pixel_multiple) for s in self.layout.strides)} px "
+                f"every {self.layout.shift_every} step(s), {self.layout.boundary}")
+            tiling = f"attention: one canvas forward, {rows_}x{cols_} tiles ({moves}) attending to tile + {halo} px halo"
         rows = [
             ("model", f"{self.arch.name} ({self.dtype})" + (f" — {self.arch.note}" if self.arch.note else "")),
             # Every size is height x width, as in the render summary.
@@ -406,7 +410,8 @@ def make_plan(
     pairs = None
     if render.layout is not None:
         out.layout = render.layout
-        pairs = attended_pairs(out.layout)
+        # The windows move (clamp adds a row or column of tiles when offset): plan for the costliest step.
+        pairs = max(attended_pairs(out.layout[step]) for step in range(refine_steps))
     out.flops_per_step = out.tiles_per_step * forwards * transformer_flops(arch, out.tokens_per_tile, pairs=pairs)
 
     d, ffn = arch.width, arch.transformer["ffn_dim"]

@@ -2,7 +2,8 @@
 
 This loop is the only place the method's step order lives, and it is family-agnostic. Each step:
 
-1. the :class:`~supergen.tiling.TilePlan` gives this step's tiles;
+1. the :class:`~supergen.tiling.TilePlan` gives this step's tiles (and ``on_step`` hears the step,
+   e.g. attention mode moves its windows);
 2. the :class:`TilePolicy` decides which tiles are computed (a cache may reuse the rest);
 3. the :class:`TileRunner` picks this process' share of the computed tiles and brings every computed
    tile's prediction to every process (one process: all of them, nothing moves);
@@ -119,6 +120,8 @@ class TileRefiner:
     Attributes:
         positions: ``local`` | ``global`` | ``ntk`` (see :class:`~supergen.config.TilingConfig`).
         batch_tiles: tiles of equal shape per transformer call.
+        on_step: called with each step's index before its tiles are predicted (attention mode's
+            :class:`~supergen.attention.StepLayouts`: per-step state the adapter's processors read).
     """
 
     plan: TilePlan
@@ -128,6 +131,7 @@ class TileRefiner:
     batch_tiles: int = 1
     policy: TilePolicy = field(default_factory=ComputeAll)
     runner: TileRunner = field(default_factory=SingleProcess)
+    on_step: Callable[[int], None] | None = None
 
     def predict_tiles(self, step: int, latents: torch.Tensor, timestep: torch.Tensor, tiles: list[Tile]) -> dict[int, torch.Tensor]:
         """Model predictions ``(1, C, F, h, w)`` float32 of ``tiles`` by tile index."""
@@ -142,6 +146,8 @@ class TileRefiner:
     def step(self, step: int, timestep: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, StepStats]:
         """One refinement step. ``latents`` is the canvas ``(1, C, F, H, W)`` float32; returns the prediction."""
         start = time.perf_counter()
+        if self.on_step is not None:
+            self.on_step(step)
         tiles = self.plan.tiles(step)
         decisions = self.policy.decide(step, timestep, latents, tiles)
         computed = [tile for tile, compute in zip(tiles, decisions) if compute]

@@ -70,3 +70,47 @@ def test_unusable_backends_and_halos_are_clear_errors(wan_t2v, tiling, backend, 
         sg(height=64, width=128, num_frames=5, generator=torch.Generator().manual_seed(0), output_type="latent")
     if "unavailable" in message:
         assert "Available: sdpa, flex" in str(err.value)
+
+
+def test_attention_windows_move_every_step_as_the_layout_cycle_says(wan_t2v):
+    """Each step's forward attends within ``plan.layout[step]``; the windows move between steps, and
+    the render differs from one whose windows stay put (``shift_every`` past the step count)."""
+
+    def render(shift_every):
+        sg = SuperGenPipeline.from_pipe(
+            wan_t2v, "tiny", **SMALL, tiling={"mode": "attention", "halo": 16, "shift_divisor": 4, "shift_every": shift_every}
+        )
+        seen = []
+
+        def record(pipe, step, timestep, tensors):
+            # Called after the step's forwards, while the processors still hold that step's layout.
+            seen.append(wan_t2v.transformer.blocks[0].attn1.processor.layouts.layout)
+            return tensors
+
+        out = sg(height=64, width=128, num_frames=5, generator=torch.Generator().manual_seed(0), output_type="latent",
+                 callback_on_step_end=record)
+        return out.frames, seen, sg.plan(64, 128, 5).layout
+
+    moving, seen, cycle = render(1)
+    assert len(seen) == 2 and seen == [cycle[0], cycle[1]]
+    assert seen[0].offset == (0, 0) and seen[1].offset != (0, 0)
+    assert seen[0].tile_rects() != seen[1].tile_rects()
+    fixed, seen_fixed, _ = render(100)
+    assert [layout.offset for layout in seen_fixed] == [(0, 0), (0, 0)]
+    assert (moving - fixed).abs().max() > 1e-4
+
+
+def test_a_fixed_tile_layout_still_works_and_step_layouts_read_the_cycle():
+    from supergen_kernels import LayoutCycle
+
+    from supergen.attention import StepLayouts
+
+    cycle = LayoutCycle((2, 8, 14), (4, 7), 2, shift_divisor=4, boundary="wrap")
+    steps = StepLayouts(cycle)
+    for step in (0, 1, 5, 2):
+        steps(step)
+        assert steps.layout is cycle[step]
+    fixed = TileLayout((2, 8, 14), (4, 7), 2)
+    steps = StepLayouts(fixed)
+    steps(3)
+    assert steps.layout is fixed

@@ -13,7 +13,7 @@ from supergen.config import load_config
 from supergen.runtime import call_arguments
 from supergen.errors import SuperGenError
 from supergen.pipeline import SuperGenPipeline
-from supergen.planner import KNOWN, Architecture, architecture, make_plan, transformer_flops, with_native_sketch
+from supergen.planner import KNOWN, Architecture, architecture, attended_pairs, make_plan, transformer_flops, with_native_sketch
 
 
 def test_wan_1_3b_720p_matches_hand_calculation():
@@ -137,8 +137,13 @@ def test_attention_mode_counts_tile_plus_halo_pairs():
     plan = make_plan(cfg, KNOWN["tiny"])
     # Tokens: 3 latent frames x 16 x 28 patches, all in one forward.
     assert plan.tokens_per_tile == 3 * 16 * 28 and plan.tiles_per_step == 1
-    # 2x2 tiles of 8x14 tokens; the 4-token halo, clipped at the canvas, gives 12x18 windows.
-    pairs = 4 * (3 * 8 * 14) * (3 * 12 * 18)
-    assert pairs == 870_912 < (3 * 16 * 28) ** 2
+    # Step 0: 2x2 tiles of 8x14 tokens; the 4-token halo, clipped at the canvas, gives 12x18 windows.
+    assert attended_pairs(plan.layout[0]) == 4 * (3 * 8 * 14) * (3 * 12 * 18) == 870_912
+    # The windows move (2x4 tokens a step, tiny's shift_divisor 4); with clamp an offset grid has
+    # 3x3 tiles. The costliest of the 4 steps is step 2, offset (4, 8): rows 4+8+4 owning windows
+    # of 12, 16, 12 rows; columns 8+14+6 owning windows of 18, 22, 18 columns.
+    assert plan.layout[2].offset == (4, 8) and plan.layout[2].grid == (3, 3)
+    pairs = 3 * 3 * (4 * 12 + 8 * 16 + 4 * 12) * (8 * 18 + 14 * 22 + 6 * 18)
+    assert pairs == 1_128_960 < (3 * 16 * 28) ** 2
     assert plan.flops_per_step == 2 * transformer_flops(KNOWN["tiny"], 1344, pairs=pairs)
     assert plan.memory["transformer"] == 1344 * (2 * 24 + 2 * 32) * 4

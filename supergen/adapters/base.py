@@ -435,6 +435,8 @@ class ModelAdapter(SizeRules, abc.ABC):
         ntk = self.ntk_factors(canvas, tiles[0].shape, dims) if mode == "ntk" else (1.0, 1.0)
         model.rope.set_tiles(rows, cols, ntk)
 
-    def tile_attention(self, layout, backend: str) -> ContextManager[None]:
-        """``tiling.mode=attention``: self-attention restricted to ``layout`` inside the ``with`` block."""
+    def tile_attention(self, layouts, backend: str) -> ContextManager:
+        """``tiling.mode=attention``: self-attention restricted to tile(+halo) windows inside the ``with``
+        block; ``layouts`` a ``LayoutCycle`` or ``TileLayout``, yields the
+        :class:`~supergen.attention.StepLayouts` the refiner advances every step."""
         raise SuperGenError(f"tiling.mode=attention supports Wan transformers; got {type(self.transformers[0]).__name__}")

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
-from ..attention import SPARSE_KERNELS
+from ..attention import SPARSE_KERNELS, StepLayouts
 from ..errors import SuperGenError
 from .base import ModelAdapter, Request
 from .positions import CanvasPositions
@@ -200,14 +200,20 @@ class WanAdapter(ModelAdapter):
 
     # ---- tiling.mode=attention ----------------------------------------------------------------
     @contextlib.contextmanager
-    def tile_attention(self, layout, backend: str) -> Iterator[None]:
-        """Every block's self-attention restricted to ``layout``'s tile(+halo) windows inside the ``with``
-        block (:class:`WanTileAttnProcessor`); the original processors are restored on exit."""
+    def tile_attention(self, layouts, backend: str) -> Iterator[StepLayouts]:
+        """Every block's self-attention restricted to tile(+halo) windows inside the ``with`` block
+        (:class:`WanTileAttnProcessor`); the original processors are restored on exit.
+
+        ``layouts`` is a ``supergen_kernels.LayoutCycle`` (or one fixed ``TileLayout``); the block
+        yields the :class:`~supergen.attention.StepLayouts` all processors read: call it with the
+        refinement step to move the windows.
+        """
+        steps = StepLayouts(layouts)
         saved = [(block.attn1, block.attn1.processor) for model in self.transformers for block in model.blocks]
         try:
             for attn, _ in saved:
-                attn.set_processor(WanTileAttnProcessor(layout, backend))
-            yield
+                attn.set_processor(WanTileAttnProcessor(steps, backend))
+            yield steps
         finally:
             for attn, processor in saved:
                 attn.set_processor(processor)
@@ -228,15 +234,15 @@ class WanTileAttnProcessor:
 
     Same projections, norms and rotary embedding as diffusers' ``WanAttnProcessor`` (written out
     here because diffusers keeps its projection helper private); only the attention itself is the
-    sparse :func:`supergen_kernels.tile_attention` over ``layout`` (tokens in canvas order, as the
-    transformer produces them).
+    sparse :func:`supergen_kernels.tile_attention` over the current step's layout (tokens in canvas
+    order, as the transformer produces them).
     """
 
-    def __init__(self, layout, backend: str):
-        self.layout, self.backend = layout, SPARSE_KERNELS[backend]
+    def __init__(self, layouts: StepLayouts, backend: str):
+        self.layouts, self.backend = layouts, SPARSE_KERNELS[backend]
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        """``hidden_states`` ``(B, N, dim)`` with ``N = layout.seq_len`` → ``(B, N, dim)``."""
+        """``hidden_states`` ``(B, N, dim)`` with ``N`` the layout's ``seq_len`` → ``(B, N, dim)``."""
         from supergen_kernels import tile_attention
 
         if encoder_hidden_states is not None:
@@ -250,7 +256,7 @@ class WanTileAttnProcessor:
         if rotary_emb is not None:
             query, key = _rotate(query, *rotary_emb), _rotate(key, *rotary_emb)
         out = tile_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), self.layout, self.backend, order="canvas"
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), self.layouts.layout, self.backend, order="canvas"
         )
         out = out.transpose(1, 2).flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))
