@@ -194,7 +194,8 @@ class SuperGenPipeline:
                 sketch_pixels = self._sketch(request, embeds, plan, generator)
                 clock.lap("sketch")
             if plan.from_sketch:
-                stage("upscale", {"sketch": self.adapter.pipe.video_processor.postprocess_video(sketch_pixels, output_type="np")[0]})
+                if callback_on_stage is not None:  # the preview is a device-to-host copy of the sketch: only when asked
+                    stage("upscale", {"sketch": self.adapter.pipe.video_processor.postprocess_video(sketch_pixels, output_type="np")[0]})
                 latents = self._upscale(sketch_pixels.to(self.adapter.device), plan, scheduler, timesteps, spatial, generator)
                 clock.lap("upscale")
             else:  # strength 1: the plain pipeline's start from noise (the exactness test)
