@@ -254,7 +254,6 @@ class SuperGenPipeline:
         if self.group is not None:
             # Every rank ran the same sketch (so every rank's generator is in the same state for the
             # re-noise); the leader's copy makes them bit-identical where GPU kernels are not deterministic.
-            latents = latents.contiguous()  # NCCL broadcasts contiguous buffers only
             self.group.broadcast_from_leader(latents)
         pixels = self.adapter.decode(latents, plan.num_frames)
         self.adapter.set_vae_tiling(plan.vae_tiling)

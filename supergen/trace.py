@@ -27,7 +27,7 @@ tensor with more than one element next to device data is reported as a host-to-d
 from __future__ import annotations
 
 import contextlib
-import math
+import logging
 import time
 import weakref
 from dataclasses import dataclass, field, replace
@@ -40,6 +40,8 @@ from torch.utils._pytree import tree_flatten
 from .config import SuperGenConfig
 from .errors import SuperGenError
 from .planner import Architecture, DTYPE_BYTES, ResourcePlan, human, flops as human_flops, make_plan, with_native_sketch
+
+logger = logging.getLogger("supergen")
 
 #: Host reads per refinement step that the method needs (and that a GPU run pays): the timestep
 #: value (step statistics; Wan 2.2's choice of expert, as in diffusers' own loop). Timesteps are set
@@ -61,6 +63,7 @@ class StageTrace:
     largest: int = 0  # bytes of the largest single allocation
     largest_what: str = ""
     peak_what: str = ""  # the largest live tensors at the peak
+    cpu_seconds: float = 0.0  # CPU time the trace of this stage took
 
 
 @dataclass
@@ -104,6 +107,7 @@ class MemoryTrace(TorchDispatchMode):
         self.resident = resident
         self.live: dict[int, tuple[int, str]] = {}
         self.current = 0
+        self.high = 0  # highest ``current`` since the last :meth:`ShapeMemo` mark
         self.stage = "setup"
         self.stages: dict[str, StageTrace] = {}
         self.host_copies: list[str] = []
@@ -117,8 +121,9 @@ class MemoryTrace(TorchDispatchMode):
         trace = self.stages.setdefault(name, StageTrace())
         self._note_peak(trace)
 
-    def _note_peak(self, trace: StageTrace) -> None:
-        total = self.resident + self.current
+    def _note_peak(self, trace: StageTrace, extra: int = 0) -> None:
+        self.high = max(self.high, self.current + extra)
+        total = self.resident + self.current + extra
         if total > trace.peak:
             trace.peak = total
             top = sorted(self.live.values(), reverse=True)[:3]
@@ -165,6 +170,41 @@ class MemoryTrace(TorchDispatchMode):
                 trace.largest, trace.largest_what = nbytes, what
         self._note_peak(trace)
         return out
+
+class ShapeMemo:
+    """Traces a function once per input shape and replays it for the next calls of that shape.
+
+    The VAE runs once per spatial tile (hundreds at 4K) with identical shapes, so identical fake
+    work: a replay adds the first call's transient peak and FLOPs and returns an empty output of
+    the recorded shape, which keeps a 4K trace to minutes. Exact for fake tensors, whose work
+    depends only on shapes.
+    """
+
+    def __init__(self, memory: MemoryTrace, flop_counter):
+        self.memory, self.flop_counter = memory, flop_counter
+        self.seen: dict[tuple, tuple[int, int, torch.Size, torch.dtype]] = {}
+        self.replayed_flops: dict[str, int] = {}
+        self.calls = self.replays = 0
+
+    def wrap(self, fn):
+        def call(x: torch.Tensor, *args):
+            self.calls += 1
+            key = (tuple(x.shape), x.dtype, *args)
+            memory = self.memory
+            if key not in self.seen:
+                start, flops = memory.current, self.flop_counter.get_total_flops()
+                memory.high = start
+                out = fn(x, *args)
+                self.seen[key] = (memory.high - start, self.flop_counter.get_total_flops() - flops, out.shape, out.dtype)
+                return out
+            self.replays += 1
+            transient, flops, shape, dtype = self.seen[key]
+            memory._note_peak(memory.stages.setdefault(memory.stage, StageTrace()), transient)
+            self.replayed_flops[memory.stage] = self.replayed_flops.get(memory.stage, 0) + flops
+            return torch.empty(shape, dtype=dtype, device=x.device)
+
+        return call
+
 
 def _is_real(t: torch.Tensor) -> bool:
     from torch._subclasses.fake_tensor import FakeTensor
@@ -321,10 +361,17 @@ def trace_render(
         sg.adapter.schedule = _unfaked(sg.adapter.schedule)
         memory = MemoryTrace(resident)
         flop_counter = FlopCounterMode(display=False)
+        memo = ShapeMemo(memory, flop_counter)
+        # Per VAE tile (TiledVAE calls the adapter once per window): traced once per shape.
+        sg.adapter.decode, sg.adapter.encode = memo.wrap(sg.adapter.decode), memo.wrap(sg.adapter.encode)
         stage_flops: dict[str, int] = {}
-        last = {"name": "setup", "flops": 0}
+        last = {"name": "setup", "flops": 0, "cpu": time.process_time()}
 
         def on_stage(name: str) -> None:
+            now = time.process_time()
+            memory.stages.setdefault(last["name"], StageTrace()).cpu_seconds += now - last["cpu"]
+            logger.info("trace %s: %s done in %.1f s CPU; %s", arch.name, last["name"], now - last["cpu"], name)
+            last["cpu"] = now
             total = flop_counter.get_total_flops()
             stage_flops[last["name"]] = stage_flops.get(last["name"], 0) + total - last["flops"]
             last.update(name=name, flops=total)
@@ -351,12 +398,43 @@ def trace_render(
             torch.set_default_device(None)
     stages = {name: memory.stages[name] for name in STAGES if name in memory.stages}
     for name, trace in stages.items():
-        trace.flops = stage_flops.get(name, 0)
-    notes = [f"text encoder not run (embeddings of its output shape); its {human(added['text_encoder'])} of weights added"]
+        trace.flops = stage_flops.get(name, 0) + memo.replayed_flops.get(name, 0)
+    notes = [f"VAE calls: {memo.calls}, {memo.replays} of them replayed from an earlier call of the same shape"]
+    notes += [f"text encoder not run (embeddings of its output shape); its {human(added['text_encoder'])} of weights added"]
     if "transformer blocks" in added:
         notes.append(f"{layers} of {arch.transformer['num_layers']} transformer blocks built per expert; "
                      f"the other blocks' {human(added['transformer blocks'])} of weights added (FLOPs are of the traced blocks)")
-    notes.append(f"{steps} sketch and {traced_cfg.refine.num_inference_steps - (traced_cfg.refine.num_inference_steps - int(traced_cfg.refine.num_inference_steps * traced_cfg.refine.strength))} "
-                 "refinement steps traced; output_type='pt' (frames as a tensor)")
+    refine_steps = int(traced_cfg.refine.num_inference_steps * traced_cfg.refine.strength)
+    notes.append(f"{steps} sketch and {refine_steps} refinement steps traced; output_type='pt' (frames as a tensor)")
     return TraceResult(arch.name, (height, width), plan.num_frames, stages, resident, added, plan,
                        memory.host_copies, time.perf_counter() - start, notes)
+
+
+def estimated(result: TraceResult, stage: str) -> int:
+    """The planner's peak for ``stage``: resident weights plus the stage's transient."""
+    memory = result.plan.memory
+    weights = sum(v for k, v in memory.items() if k.startswith("weights."))
+    return weights + memory.get(f"stage.{stage}", 0)
+
+
+def format_trace(result: TraceResult) -> str:
+    """Per stage: traced peak, the planner's estimate, traced FLOPs and the largest allocation."""
+    header = ("stage", "traced peak", "estimated", "traced FLOPs", "largest allocation", "CPU s")
+    rows = [header]
+    for name, s in result.stages.items():
+        rows.append((name, human(s.peak), human(estimated(result, name)), human_flops(s.flops),
+                     f"{human(s.largest)} {s.largest_what}", f"{s.cpu_seconds:.0f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [f"trace of {result.name} at {result.size[0]}x{result.size[1]}x{result.num_frames} (fake tensors, no weights)"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    peak = result.stages[result.peak_stage]
+    plan_peak = estimated(result, result.plan.peak_stage)
+    lines.append(f"peak: {human(result.peak)} in {result.peak_stage} (estimated {human(plan_peak)} in {result.plan.peak_stage}, "
+                 f"{(plan_peak - result.peak) / result.peak:+.0%}); largest live tensors there: {peak.peak_what}")
+    lines.append(f"resident weights {human(result.resident)}, of which not built but counted from the config: "
+                 + ", ".join(f"{k} {human(v)}" for k, v in result.added.items()))
+    copies = sorted(set(result.host_copies))
+    lines.append("refinement step: no host synchronisation except " + "; ".join(DECLARED_SYNCS) + "; "
+                 + (f"{len(result.host_copies)} host-to-device copies: " + "; ".join(copies) if copies else "no host-to-device copy"))
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)

@@ -75,8 +75,20 @@ class TileGroup:
         return total.tolist()
 
     def broadcast_from_leader(self, tensor: torch.Tensor) -> None:
-        """Overwrite ``tensor`` in place, on every rank of the group, with the leader's copy."""
-        dist.broadcast(tensor, src=self.global_of(0), group=self.pg)
+        """Overwrite ``tensor`` in place, on every rank of the group, with the leader's copy.
+
+        Any view on any device works: NCCL moves only contiguous buffers on the group's device (gloo
+        does not check), so such a buffer is made when ``tensor`` is not one, and copied back.
+        """
+        buffer = collective_buffer(tensor, self.device)
+        dist.broadcast(buffer, src=self.global_of(0), group=self.pg)
+        if buffer is not tensor:
+            tensor.copy_(buffer)
+
+
+def collective_buffer(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``tensor`` itself when a collective can use it as is (contiguous, on ``device``, of ``dtype``), else a copy that can."""
+    return tensor.to(device=device, dtype=dtype or tensor.dtype).contiguous()
 
 
 def launched() -> bool:
