@@ -237,6 +237,8 @@ class SuperGenPipeline:
 
             image = load_image(image)
         plan = self.plan(height, width, frames, strength, num_inference_steps, sketch_size)
+        check_backend(self.config.attention.backend, adapter.device, plan.layout is not None,
+                      None if plan.layout is None else plan.layout.seq_len)
         if plan.canvas != plan.size:
             logger.info("%dx%d (height x width) is not a multiple of %d; rendering %dx%d and cropping",
                         *plan.size, adapter.pixel_multiple, *plan.canvas)
@@ -311,8 +313,7 @@ class SuperGenPipeline:
 
     def _attention(self, plan: RenderPlan):
         """The attention backend for the refinement; in ``attention`` mode, tile(+halo) attention on the canvas."""
-        backend = self.config.attention.backend
-        check_backend(backend, self.adapter.device, plan.layout is not None)
+        backend = self.config.attention.backend  # checked by _prepare
         if plan.layout is None:
             return dense_backend(backend)
         return self.adapter.tile_attention(plan.layout, backend)
