@@ -48,8 +48,8 @@ logger = logging.getLogger("supergen")
 #: up on the host by the scheduler, so the trace runs them as real tensors.
 DECLARED_SYNCS = ("timestep value per step (StepStats.timestep, Wan 2.2 expert choice)",)
 
-#: Real (host) tensors up to this many elements are computed for real: the scheduler's tables.
-HOST_NUMEL = 1 << 16
+#: Host work on real tensors is computed for real up to this many output elements (an image).
+HOST_NUMEL = 1 << 26
 
 STAGES = ("setup", "sketch", "upscale", "refine", "decode")
 
@@ -138,11 +138,14 @@ class MemoryTrace(TorchDispatchMode):
 
         kwargs = kwargs or {}
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        if inputs and all(_is_real(t) and t.numel() <= HOST_NUMEL for t in inputs):
-            # Host arithmetic on small real tensors (scheduler tables, timesteps) stays real, as on a
-            # GPU run, so the host may read its values; it is not device memory.
-            with unset_fake_temporarily():
-                return func(*args, **kwargs)
+        if inputs and all(_is_real(t) for t in inputs):
+            # Host work on real tensors (scheduler tables, timesteps, the input image) stays real, as
+            # on a GPU run, so the host may read its values; it is not device memory. Unless its
+            # output is large (a video made from the image): then it is traced as device memory.
+            shapes = [] if func is torch.ops.aten._local_scalar_dense.default else func(*args, **kwargs)
+            if all(t.numel() <= HOST_NUMEL for t in tree_flatten(shapes)[0] if isinstance(t, torch.Tensor)):
+                with unset_fake_temporarily():
+                    return func(*args, **kwargs)
         if self.watch_copies:
             device = kwargs.get("device")
             if device is not None and torch.device(device).type == "meta":
