@@ -23,7 +23,7 @@ LAYERS = [
     {"plan", "attention", "adapters", "cache", "parallel", "videoio"},
     {"refine"},
     {"pipeline", "planner"},
-    {"builtin", "runtime"},
+    {"builtin", "runtime", "trace"},
     {"jobs", "demo", "cli", "__init__"},
 ]
 
