@@ -8,7 +8,8 @@
 #   install     the Python packages the GPU image lacks, from $WHEELS (pip --no-index --no-deps
 #               --target), then this checkout (pip --no-deps -e .)
 #   versions    nvidia-smi, Python, torch, CUDA, triton, diffusers
-#   pytest-gpu  pytest -m gpu (tests/test_gpu.py: Triton kernel vs reference, tiny render CUDA vs CPU)
+#   pytest-gpu  pytest -m gpu (tests/test_gpu.py: Triton kernel vs reference, tiny render CUDA vs CPU,
+#               traced vs real CUDA memory of a Wan2.1-1.3B tile forward)
 #   kernel-bench        kernels/bench.py, short settings
 #   refine-2k/refine-4k scripts/bench_refine.py --arch wan2.1-1.3b, few frames
 # Without a CUDA GPU (or with GPU_CHECK_DRY_RUN=1) the GPU steps are skipped with the reason,

@@ -49,9 +49,26 @@ def available_backends(device: torch.device, sparse: bool) -> list[str]:
     return [name for name in DENSE if name != "xformers" or _xformers_reason(device) is None]
 
 
-def check_backend(name: str, device: torch.device, sparse: bool) -> None:
-    """Raise a :class:`SuperGenError` saying why ``name`` cannot run here and what can."""
+def check_backend(name: str, device: torch.device, sparse: bool, seq_len: int | None = None) -> None:
+    """Raise a :class:`SuperGenError` saying why ``name`` cannot run here and what can.
+
+    Args:
+        seq_len: tokens of the canvas in ``tiling.mode=attention``; ``sdpa`` there builds a dense
+            ``seq_len²`` boolean mask, refused here (before any compute) above the reference kernel's limit.
+    """
     usable = available_backends(device, sparse)
+    if sparse and name == "sdpa" and seq_len is not None:
+        from supergen_kernels.reference import MAX_DENSE_MASK_ELEMENTS
+
+        if seq_len * seq_len > MAX_DENSE_MASK_ELEMENTS:
+            others = [b for b in usable if b != "sdpa"]
+            raise SuperGenError(
+                f"attention.backend='sdpa' with tiling.mode=attention builds a dense {seq_len}x{seq_len} mask "
+                f"({seq_len * seq_len / 2**30:,.1f} GiB) for this canvas; it is limited to sequences of "
+                f"{int(MAX_DENSE_MASK_ELEMENTS ** 0.5)} tokens. Use attention.backend="
+                + (" or ".join(repr(b) for b in others) if others else "'flex' or 'triton' (neither runs here)")
+                + " (block-sparse), or tiling.mode=shift"
+            )
     if name in usable:
         return
     mode = "tiling.mode=attention" if sparse else "tiling.mode=shift/overlap"

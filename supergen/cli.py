@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--num-frames", type=int, help="frames")
     plan.add_argument("--steps", type=int, help="refinement schedule length (refine.num_inference_steps)")
     plan.add_argument("--strength", type=float)
+    plan.add_argument("--trace", action="store_true",
+                      help="also dry-run the real pipeline on fake tensors (no weights, no GPU) and print traced memory next to the estimate")
+    plan.add_argument("--trace-steps", type=int, default=2, help="sketch and refinement steps traced (default 2; peaks do not depend on it)")
+    plan.add_argument("--trace-layers", type=int, default=2,
+                      help="transformer blocks built per expert (default 2; the rest are counted from the config); 0: all")
     plan.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     demo = sub.add_parser(
@@ -195,6 +200,12 @@ def plan(args: argparse.Namespace) -> int:
     arch = architecture(cfg.model.name)
     planned = with_native_sketch(cfg, arch)
     print(format_plan(make_plan(planned, arch)))
+    if args.trace:
+        from .trace import format_trace, trace_render
+
+        resource = make_plan(planned, arch)
+        print(format_trace(trace_render(planned, arch, *resource.size, resource.num_frames, steps=args.trace_steps,
+                                        layers=args.trace_layers or None)))
     if planned is not cfg:
         print(
             f"sketch: {arch.name}'s native size; to render exactly this plan pass "

@@ -269,7 +269,8 @@ class SuperGenPipeline:
                 sketch_pixels = self._sketch(request, embeds, plan, generator, callback_on_sketch_step_end)
                 clock.lap("sketch")
             if plan.from_sketch:
-                stage("upscale", {"sketch": self.adapter.pipe.video_processor.postprocess_video(sketch_pixels, output_type="np")[0]})
+                if callback_on_stage is not None:  # the preview is a device-to-host copy of the sketch: only when asked
+                    stage("upscale", {"sketch": self.adapter.pipe.video_processor.postprocess_video(sketch_pixels, output_type="np")[0]})
                 latents = self._upscale(sketch_pixels.to(self.adapter.device), plan, scheduler, timesteps, spatial, generator)
                 clock.lap("upscale")
             else:  # strength 1: the plain pipeline's start from noise (the exactness test)
@@ -322,6 +323,8 @@ class SuperGenPipeline:
         if guidance_scale is not None:  # this call's guidance, for both stages
             config = load_config(config, {"sketch.guidance_scale": guidance_scale, "refine.guidance_scale": guidance_scale})
         plan = plan_render(config, adapter, height, width, frames, strength, num_inference_steps, sketch_size)
+        check_backend(config.attention.backend, adapter.device, plan.layout is not None,
+                      None if plan.layout is None else plan.layout[0].seq_len)
         if plan.canvas != plan.size:
             logger.info("%dx%d (height x width) is not a multiple of %d; rendering %dx%d and cropping",
                         *plan.size, adapter.pixel_multiple, *plan.canvas)
@@ -357,7 +360,6 @@ class SuperGenPipeline:
         if self.group is not None:
             # Every rank ran the same sketch (so every rank's generator is in the same state for the
             # re-noise); the leader's copy makes them bit-identical where GPU kernels are not deterministic.
-            latents = latents.contiguous()  # NCCL broadcasts contiguous buffers only
             self.group.broadcast_from_leader(latents)
         pixels = self.adapter.decode(latents, plan.num_frames)
         self.adapter.set_vae_tiling(plan.vae_tiling)
@@ -417,8 +419,7 @@ class SuperGenPipeline:
 
     def _attention(self, plan: RenderPlan):
         """The attention backend for the refinement; in ``attention`` mode, tile(+halo) attention on the canvas (yields its per-step layouts)."""
-        backend = self.config.attention.backend
-        check_backend(backend, self.adapter.device, plan.layout is not None)
+        backend = self.config.attention.backend  # checked by _prepare
         if plan.layout is None:
             return dense_backend(backend)
         return self.adapter.tile_attention(plan.layout, backend)

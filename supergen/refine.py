@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, ContextManager, Protocol
 
 import torch
@@ -132,6 +132,18 @@ class TileRefiner:
     policy: TilePolicy = field(default_factory=ComputeAll)
     runner: TileRunner = field(default_factory=SingleProcess)
     on_step: Callable[[int], None] | None = None
+    _device_weights: dict = field(default_factory=dict, init=False, repr=False)
+
+    def _on_device(self, tile: Tile, like: torch.Tensor) -> Tile:
+        """``tile`` with its blend weight on ``like``'s device and dtype, copied there once per render: the
+        grid cycles through a few offsets, so the same windows come back (policies keep the host tiles)."""
+        if tile.weight is None:
+            return tile
+        # Two clamped tiles can share a window and own different parts of it: key on the weight too.
+        key = (tile.rows, tile.cols, tile.weight.numpy().tobytes())
+        if key not in self._device_weights:
+            self._device_weights[key] = tile.weight.to(like.device, like.dtype)
+        return replace(tile, weight=self._device_weights[key])
 
     def predict_tiles(self, step: int, latents: torch.Tensor, timestep: torch.Tensor, tiles: list[Tile]) -> dict[int, torch.Tensor]:
         """Model predictions ``(1, C, F, h, w)`` float32 of ``tiles`` by tile index."""
@@ -157,7 +169,7 @@ class TileRefiner:
         predictions = self.policy.predictions(step, latents, tiles, shared)
         prediction = torch.zeros_like(latents)
         for tile in tiles:
-            accumulate(prediction, tile, predictions[tile.index])
+            accumulate(prediction, self._on_device(tile, prediction), predictions[tile.index])
         self.policy.observe(step, latents, prediction)
         stats = StepStats(step, float(timestep), len(tiles), len(computed), time.perf_counter() - start)
         return prediction, stats

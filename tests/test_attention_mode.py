@@ -114,3 +114,13 @@ def test_a_fixed_tile_layout_still_works_and_step_layouts_read_the_cycle():
     steps = StepLayouts(fixed)
     steps(3)
     assert steps.layout is fixed
+
+
+def test_dense_mask_backend_is_refused_before_any_compute_at_large_canvases(wan_t2v):
+    # 2 latent frames x 64 x 144 tokens = 18,432 > 16,384: the dense mask would be 316 MiB here, and
+    # 463 GB at 4K x 81 with Wan-14B; refused before the sketch runs, naming the sparse backends.
+    sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny", **SMALL, tiling={"mode": "attention"}, attention={"backend": "sdpa"})
+    stages = []
+    with pytest.raises(SuperGenError, match=r"dense 18432x18432 mask .* Use attention.backend='flex'"):
+        sg(height=1024, width=2304, num_frames=5, output_type="latent", callback_on_stage=lambda name, info: stages.append(name))
+    assert stages == []

@@ -107,3 +107,37 @@ def test_tiny_render_on_cuda_equals_cpu(cpu_overrides, gpu_overrides):
     assert gpu.is_cuda and gpu.shape == cpu.shape
     err = float((gpu.cpu() - cpu).abs().max())
     assert err <= 1e-3 * max(1.0, float(cpu.abs().max())), f"CUDA vs CPU max abs difference {err:.2e}"
+
+
+def test_traced_transformer_peak_matches_cuda_within_10_percent():
+    """A random-weight Wan2.1-1.3B forward on one 480x832x81 tile (a refinement tile of the 2K
+    preset): the live-memory peak the fake-tensor trace reports vs ``torch.cuda.max_memory_allocated``."""
+    from diffusers import WanTransformer3DModel
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from supergen.planner import KNOWN
+    from supergen.trace import MemoryTrace, _default_dtype
+
+    config = KNOWN["Wan2.1-1.3B"].transformer
+    shape, text = (1, 16, 21, 60, 104), (1, 512, 4096)
+
+    def forward(model, device):
+        x = torch.zeros(shape, dtype=torch.bfloat16, device=device)
+        return model(hidden_states=x, timestep=torch.tensor([500.0], device=device),
+                     encoder_hidden_states=torch.zeros(text, dtype=torch.bfloat16, device=device), return_dict=False)[0]
+
+    with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+        with _default_dtype(torch.bfloat16):
+            fake = WanTransformer3DModel.from_config(config).eval()
+        with MemoryTrace(resident=0) as memory:
+            forward(fake, "cpu")
+    traced = memory.stages["setup"].peak
+    model = WanTransformer3DModel.from_config(config).to("cuda", torch.bfloat16).eval()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        forward(model, "cuda")
+    torch.cuda.synchronize()
+    real = torch.cuda.max_memory_allocated() - base
+    assert abs(traced - real) <= 0.10 * real, f"traced {traced / 2**30:.2f} GiB, CUDA {real / 2**30:.2f} GiB"

@@ -23,7 +23,7 @@ LAYERS = [
     {"plan", "attention", "adapters", "cache", "parallel", "videoio", "builtin"},
     {"refine"},
     {"pipeline", "planner"},
-    {"runtime"},
+    {"runtime", "trace"},
     {"jobs", "demo", "cli", "__init__"},
 ]
 

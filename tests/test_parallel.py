@@ -47,9 +47,28 @@ def render(pipe, dtype="fp32", extra=(), group=None):
     return sg(**call_arguments(cfg.job), generator=torch.Generator().manual_seed(7), output_type="latent")
 
 
+def nccl_checked(dist_module) -> list[str]:
+    """Every collective of ``dist_module`` from here on also records tensors NCCL would refuse
+    (non-contiguous): gloo accepts them, so a CPU run cannot see the bug otherwise."""
+    refused: list[str] = []
+    for name in ("broadcast", "send", "recv", "all_reduce", "isend", "irecv"):
+        real = getattr(dist_module, name)
+
+        def checked(tensor, *args, _real=real, _name=name, **kwargs):
+            if not tensor.is_contiguous():
+                refused.append(f"{_name} of a non-contiguous {tuple(tensor.shape)} tensor")
+            return _real(tensor, *args, **kwargs)
+
+        setattr(dist_module, name, checked)
+    return refused
+
+
 def worker(out_dir: Path) -> None:
+    import torch.distributed as dist
+
     from supergen import parallel
 
+    refused = nccl_checked(dist)
     group = parallel.init(load_config("tiny", OVERRIDES))
     pipe = tiny_wan_pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -88,6 +107,11 @@ def worker(out_dir: Path) -> None:
     except parallel.RankFailure as exc:
         seen["fault"] = {"message": str(exc), "recoverable": exc.recoverable, "seconds": time.perf_counter() - start}
     seen["after_fault"] = render(pipe, group=group).frames
+    # A transposed sketch latent (CogVideoX's layout) through the group's broadcast.
+    transposed = torch.arange(12.0).view(3, 4).t()
+    group.broadcast_from_leader(transposed)
+    seen["transposed"] = transposed
+    seen["refused"] = list(refused)
     torch.save(seen, out_dir / f"rank{group.global_rank}.pt")
 
     # Last, rank 1 dies mid-render (exit status 0, so torchrun lets the others run on and report).
@@ -195,6 +219,12 @@ def test_distributed_vae_decode_equals_single_process_tiled_decode(single, ranks
     assert single["decoded"].shape == (1, 3, 5, 64, 112)
     torch.testing.assert_close(ranks[0]["decoded"], single["decoded"], atol=0, rtol=0)
     assert all(seen["decoded"] is None for seen in ranks[1:])  # only the leader assembles the video
+
+
+def test_every_collective_gets_contiguous_buffers_as_nccl_requires(ranks):
+    for r in ranks:
+        assert r["refused"] == []
+        assert torch.equal(r["transposed"], torch.arange(12.0).view(3, 4).t())
 
 
 def test_tiled_vae_matches_diffusers_tiled_decode(single):

@@ -10,7 +10,7 @@ the same for the whole render (what ``torch.compile`` needs to cache a graph).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -28,6 +28,16 @@ class CanvasPositions(nn.Module):
         self.rows: list[torch.Tensor] | None = None
         self.cols: list[torch.Tensor] | None = None
         self.ntk: tuple[float, float] = (1.0, 1.0)
+        # Per-axis tables already on the device, by (axis, positions, factor): a tile grid shifts
+        # through a short cycle of offsets, so after the first cycle no step builds a table on the
+        # host or copies one to the device. Lives as long as the install (one render).
+        self._tables: dict[tuple, Any] = {}
+
+    def cached(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """``build()`` the first time ``key`` is asked for in this render, the same object afterwards."""
+        if key not in self._tables:
+            self._tables[key] = build()
+        return self._tables[key]
 
     def set_tiles(self, rows: list[torch.Tensor] | None, cols: list[torch.Tensor] | None, ntk: tuple[float, float] = (1.0, 1.0)) -> None:
         """Canvas positions (in patches) of the next forward's token rows and columns, one tensor per

@@ -22,10 +22,11 @@ class CanvasRotaryPosEmbed(CanvasPositions):
     """
 
     def _table(self, dim: int, positions: torch.Tensor, ntk_factor: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        return get_1d_rotary_pos_embed(
+        """``(cos, sin)`` of one axis at host ``positions``, built once per render on ``device``."""
+        return self.cached((dim, tuple(positions.tolist()), ntk_factor, device), lambda: get_1d_rotary_pos_embed(
             dim, positions.to(device), getattr(self.original, "theta", 10000.0), use_real=True, repeat_interleave_real=True,
             ntk_factor=ntk_factor, freqs_dtype=torch.float64,
-        )
+        ))
 
     def canvas_table(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, F, h, w)`` → ``(freqs_cos, freqs_sin)``, each ``(B, F·h·w / patch, 1, head_dim)``."""

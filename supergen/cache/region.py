@@ -95,21 +95,26 @@ class RegionCache(TileReuse):
         state["drift"] += (x - state["previous"]).abs().mean(dim=(0, 1, 2))
         state["previous"] = x.clone()
 
-        sums = [{name: self._owned(tile, name).sum() for name in ("drift", "out_mag", "d_out", "d_in")} for tile in tiles]
-        known = [int(self._owned(tile, "count").min()) >= 2 for tile in tiles]
-        volatility = [float(s["d_out"] / s["out_mag"].clamp_min(_EPS)) for s in sums]
+        # Every tile's statistics are reduced on the device and read in one transfer per step.
+        rows = []
+        for tile in tiles:
+            s = {name: self._owned(tile, name).sum() for name in ("drift", "out_mag", "d_out", "d_in")}
+            gain = s["d_out"] / s["d_in"].clamp_min(_EPS)
+            rows.append([s["d_out"] / s["out_mag"].clamp_min(_EPS), gain, gain * s["drift"] / s["out_mag"].clamp_min(_EPS),
+                         *self._rule_values(tile)])
+        values = self._fetch(rows)
+        known = [count_min >= 2 for *_, count_min, _ in values]
+        volatility = [v for v, *_ in values]
         reference = float(np.median([v for v, k in zip(volatility, known) if k])) if any(known) else 0.0
         decisions, estimates = [], []
-        for tile, s, is_known, v in zip(tiles, sums, known, volatility):
+        for (v, gain, change, count_min, streak_max), is_known in zip(values, known):
             threshold = self.threshold * self._region_scale(v, reference)
             if not is_known:
                 estimates.append(TileEstimate(None, None, threshold))
                 decisions.append(True)
                 continue
-            gain = s["d_out"] / s["d_in"].clamp_min(_EPS)
-            change = float(gain * s["drift"] / s["out_mag"].clamp_min(_EPS))
-            estimates.append(TileEstimate(float(gain), change, threshold))
-            decisions.append(not (self.may_reuse(step, tile) and change < threshold))
+            estimates.append(TileEstimate(gain, change, threshold))
+            decisions.append(not (self.allowed(step, count_min, streak_max) and change < threshold))
         self.estimates.append(estimates)
         self._remember(x, tiles, decisions)
         return decisions

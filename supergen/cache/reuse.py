@@ -21,6 +21,21 @@ from ..tiling import Tile, accumulate, crop
 _EPS = 1e-12
 
 
+def owned_span(tile: Tile) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((r0, r1), (c0, c1))``: the rectangle of ``tile``'s window where its blend weight is positive.
+
+    Weights are outer products of 1-D weights that are positive on one contiguous span per axis
+    (shift: the owned segment; overlap: the whole window), so the part a tile writes is a rectangle.
+    Computed on the host weight: no device work.
+    """
+    positive = tile.weight > 0
+    rows, cols = positive.any(dim=1).nonzero().flatten(), positive.any(dim=0).nonzero().flatten()
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    if not bool(positive[r0:r1, c0:c1].all()) or int(positive.sum()) != (r1 - r0) * (c1 - c0):
+        raise ValueError(f"tile {tile.index}: blend weight is not positive on one rectangle")
+    return (r0, r1), (c0, c1)
+
+
 class TileReuse:
     """Base of the tile-level policies (:class:`~supergen.refine.TilePolicy`); subclasses implement
     :meth:`decide` with :meth:`may_reuse` and end it with :meth:`_remember`."""
@@ -48,17 +63,38 @@ class TileReuse:
         }
 
     def _owned(self, tile: Tile, name: str) -> torch.Tensor:
-        """The values of the ``(H, W)`` map ``name`` on the part of the window the tile writes (flat)."""
+        """The values of the ``(H, W)`` map ``name`` on the part of the window the tile writes (flat,
+        row-major: the order boolean-mask indexing gives). A slice, so no host synchronisation."""
         values = crop(self._state[name], tile)
-        return values.flatten() if tile.weight is None else values[(tile.weight > 0).to(values.device)]
+        if tile.weight is None:
+            return values.flatten()
+        (r0, r1), (c0, c1) = owned_span(tile)
+        return values[..., r0:r1, c0:c1].flatten()
+
+    @staticmethod
+    def _fetch(values: list[list[torch.Tensor]]) -> list[list[float]]:
+        """Per tile, scalar device tensors → Python numbers in one device-to-host transfer (float64 holds
+        the int64 counts and the float32 statistics exactly)."""
+        if not values:
+            return []
+        return torch.stack([torch.stack([v.to(torch.float64) for v in row]) for row in values]).tolist()
+
+    def _rule_values(self, tile: Tile) -> list[torch.Tensor]:
+        """What :meth:`allowed` needs of one tile, still on the device."""
+        return [self._owned(tile, "count").min(), self._owned(tile, "streak").max()]
 
     def forced(self, step: int) -> bool:
         return step < self.warmup_steps or step >= self.num_steps - 1
 
+    def allowed(self, step: int, count_min: float, streak_max: float) -> bool:
+        """Whether the rules allow reusing a tile at ``step`` whose owned elements were computed at
+        least ``count_min`` times and reused at most ``streak_max`` steps in a row."""
+        return not self.forced(step) and count_min >= 1 and streak_max < self.max_consecutive
+
     def may_reuse(self, step: int, tile: Tile) -> bool:
-        """Whether the rules allow reusing ``tile`` at ``step`` (the policy's own test comes on top)."""
-        return (not self.forced(step) and int(self._owned(tile, "count").min()) >= 1
-                and int(self._owned(tile, "streak").max()) < self.max_consecutive)
+        """:meth:`allowed` for one tile (one host read; policies deciding many tiles use :meth:`_fetch`)."""
+        count_min, streak_max = self._fetch([self._rule_values(tile)])[0]
+        return self.allowed(step, count_min, streak_max)
 
     def _remember(self, x: torch.Tensor, tiles: list[Tile], decisions: list[bool]) -> None:
         # Elements written only by computed tiles take this step's output in observe(); an element a

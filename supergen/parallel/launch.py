@@ -10,6 +10,23 @@ None and everything runs in-process. With a launcher, :func:`init`
   naming the ranks, rather than surfacing as a hang or a silently different video);
 - splits the world into groups of ``parallel.group_size`` ranks (job parallelism in batch
   rendering; each group does tile parallelism within one video);
+
+When a rank dies
+----------------
+On gloo (CPU) the survivors' next collective fails at once ("connection closed by peer") or after
+``parallel.timeout_s``, and every survivor raises :class:`~supergen.parallel.RankFailure` naming the
+step ("another rank died or did not answer within parallel.timeout_s").
+
+NCCL (GPU) differs: collectives are queued on the GPU stream and return at once, and failures are
+found by PyTorch's NCCL *watchdog* thread. With PyTorch's default ``TORCH_NCCL_ASYNC_ERROR_HANDLING=3``
+the watchdog, after ``parallel.timeout_s``, logs "Watchdog caught collective operation timeout" and
+**kills the process** (SIGABRT) — the user sees a C++ stack dump and no supergen message. :func:`init`
+therefore sets ``TORCH_NCCL_ASYNC_ERROR_HANDLING=2`` (abort the communicators, keep the process) unless
+the user set it: the pending collective then raises in Python, and the survivors report the same
+:class:`~supergen.parallel.RankFailure` as on CPU. A dead peer can take up to ``parallel.timeout_s``
+to be noticed (no "connection closed" shortcut on NCCL); lower it for quick failure in tests. This
+path is written from PyTorch's documented semantics and not yet exercised on GPUs (no GPU test
+machine); ``TORCH_NCCL_ASYNC_ERROR_HANDLING=3`` restores PyTorch's default.
 """
 
 from __future__ import annotations
@@ -77,8 +94,20 @@ class TileGroup:
         return total.tolist()
 
     def broadcast_from_leader(self, tensor: torch.Tensor) -> None:
-        """Overwrite ``tensor`` in place, on every rank of the group, with the leader's copy."""
-        dist.broadcast(tensor, src=self.global_of(0), group=self.pg)
+        """Overwrite ``tensor`` in place, on every rank of the group, with the leader's copy.
+
+        Any view on any device works: NCCL moves only contiguous buffers on the group's device (gloo
+        does not check), so such a buffer is made when ``tensor`` is not one, and copied back.
+        """
+        buffer = collective_buffer(tensor, self.device)
+        dist.broadcast(buffer, src=self.global_of(0), group=self.pg)
+        if buffer is not tensor:
+            tensor.copy_(buffer)
+
+
+def collective_buffer(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``tensor`` itself when a collective can use it as is (contiguous, on ``device``, of ``dtype``), else a copy that can."""
+    return tensor.to(device=device, dtype=dtype or tensor.dtype).contiguous()
 
 
 def launched() -> bool:
@@ -111,6 +140,8 @@ def init(cfg: SuperGenConfig) -> TileGroup | None:
     if use_cuda:
         torch.cuda.set_device(device)
     timeout = datetime.timedelta(seconds=cfg.parallel.timeout_s)
+    if use_cuda:  # see "When a rank dies" in the module docstring
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "2")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout, device_id=device if use_cuda else None)
         # Also on the error paths below: gloo aborts the process at exit without a clean shutdown.

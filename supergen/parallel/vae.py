@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from ..adapters import ModelAdapter
 from .exchanger import balance
-from .launch import TileGroup
+from .launch import TileGroup, collective_buffer
 
 
 class TiledVAE:
@@ -126,7 +126,9 @@ class TiledVAE:
         """
         group = self.group
         device = group.device
-        outputs: dict[int, torch.Tensor] = dict(mine)
+        # NCCL needs contiguous buffers on the group's device; a tile's output is a view (frames
+        # trimmed) on the VAE's device, which differs from the group's under model offload.
+        outputs: dict[int, torch.Tensor] = {k: collective_buffer(v, device, dtype) for k, v in mine.items()}
         for k, src in enumerate(owner):
             if not everywhere and src == 0:
                 continue  # already on the leader
@@ -138,7 +140,7 @@ class TiledVAE:
                 dist.broadcast(outputs[k], src=group.global_of(src), group=group.pg)
             elif src == group.rank:
                 dist.send(torch.tensor(mine[k].shape, dtype=torch.int64, device=device), dst=group.global_of(0), group=group.pg)
-                dist.send(mine[k].contiguous(), dst=group.global_of(0), group=group.pg)
+                dist.send(outputs[k], dst=group.global_of(0), group=group.pg)
             elif group.is_leader:
                 shape = torch.empty(5, dtype=torch.int64, device=device)
                 dist.recv(shape, src=group.global_of(src), group=group.pg)

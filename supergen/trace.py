@@ -1,0 +1,459 @@
+"""Full-size dry runs without weights or a GPU (``supergen plan --trace``).
+
+The real architecture is built from its config with *fake tensors*
+(:class:`torch._subclasses.fake_tensor.FakeTensorMode`: shapes and dtypes, no storage) and the real
+:class:`~supergen.pipeline.SuperGenPipeline` renders with it — sketch, upscale, encode, re-noise,
+refinement steps, decode, output conversion. A dispatch mode (:class:`MemoryTrace`) watches every
+operation and records, per stage, the peak of live tensor bytes, the FLOPs
+(:class:`torch.utils.flop_counter.FlopCounterMode`) and the largest single allocation.
+
+What is not traced, and said so in the output:
+
+- the text encoder: its forward is replaced by embeddings of the right shape (diffusers' T5 code
+  trims padding with data-dependent slicing, which fake tensors cannot run); its weights are counted
+  exactly from the config and added to the resident bytes;
+- transformer blocks beyond ``layers``: the peak of inference does not depend on the block count
+  (each block's activations are freed before the next), so a few blocks are traced and the missing
+  blocks' parameter bytes are added exactly;
+- steps: a few sketch and refinement steps are traced (peaks do not depend on the step count).
+
+Fake tensors also prove what the refinement step does *not* do: any read of a device value on the
+host (``.item()``, ``.tolist()``, ``nonzero``, boolean-mask indexing) raises under them, so a trace
+that completes has none except the declared ones (:data:`DECLARED_SYNCS`). Tensors built from host
+data (Python lists, numpy, CPU tables) are tracked too: in the refinement step, every use of such a
+tensor with more than one element next to device data is reported as a host-to-device copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import weakref
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from .config import SuperGenConfig
+from .errors import SuperGenError
+from .planner import Architecture, DTYPE_BYTES, ResourcePlan, human, flops as human_flops, make_plan, with_native_sketch
+
+logger = logging.getLogger("supergen")
+
+#: Host reads per refinement step that the method needs (and that a GPU run pays): the timestep
+#: value (step statistics; Wan 2.2's choice of expert, as in diffusers' own loop). Timesteps are set
+#: up on the host by the scheduler, so the trace runs them as real tensors.
+DECLARED_SYNCS = ("timestep value per step (StepStats.timestep, Wan 2.2 expert choice)",)
+
+#: Host work on real tensors is computed for real up to this many output elements (an image).
+HOST_NUMEL = 1 << 26
+
+STAGES = ("setup", "sketch", "upscale", "refine", "decode")
+
+
+@dataclass
+class StageTrace:
+    """What one stage did, measured on fake tensors."""
+
+    peak: int = 0  # live bytes at the stage's peak, resident weights included
+    flops: int = 0
+    largest: int = 0  # bytes of the largest single allocation
+    largest_what: str = ""
+    peak_what: str = ""  # the largest live tensors at the peak
+    cpu_seconds: float = 0.0  # CPU time the trace of this stage took
+
+
+@dataclass
+class TraceResult:
+    """A traced render: per-stage measurements next to the planner's estimate."""
+
+    name: str
+    size: tuple[int, int]
+    num_frames: int
+    stages: dict[str, StageTrace]
+    resident: int  # bytes of weights resident for the whole render (traced + added)
+    added: dict[str, int]  # weights counted from the config but not built (text encoder, missing blocks)
+    plan: ResourcePlan
+    host_copies: list[str] = field(default_factory=list)  # host-to-device copies inside refinement steps
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak(self) -> int:
+        return max(s.peak for s in self.stages.values())
+
+    @property
+    def peak_stage(self) -> str:
+        return max(self.stages, key=lambda s: self.stages[s].peak)
+
+    @property
+    def largest(self) -> tuple[int, str]:
+        stage = max(self.stages.values(), key=lambda s: s.largest)
+        return stage.largest, stage.largest_what
+
+
+class MemoryTrace(TorchDispatchMode):
+    """Live bytes of the tensors created under it (by storage), per stage.
+
+    Enter it *inside* a ``FakeTensorMode`` so it sees every operation first, with host (real)
+    tensors still recognisable as such.
+    """
+
+    def __init__(self, resident: int):
+        super().__init__()
+        self.resident = resident
+        self.live: dict[int, tuple[int, str]] = {}
+        self.current = 0
+        self.high = 0  # highest ``current`` since the last :meth:`ShapeMemo` mark
+        self.stage = "setup"
+        self.stages: dict[str, StageTrace] = {}
+        self.host_copies: list[str] = []
+        #: In the refinement step, tensors built without a device are real host tensors (the
+        #: default device is set to ``meta`` to tell them from those built on the pipeline's
+        #: device), so their use with device data — a host-to-device copy on a GPU — is seen.
+        self.watch_copies = False
+
+    def set_stage(self, name: str) -> None:
+        self.stage = name
+        trace = self.stages.setdefault(name, StageTrace())
+        self._note_peak(trace)
+
+    def _note_peak(self, trace: StageTrace, extra: int = 0) -> None:
+        self.high = max(self.high, self.current + extra)
+        total = self.resident + self.current + extra
+        if total > trace.peak:
+            trace.peak = total
+            top = sorted(self.live.values(), reverse=True)[:3]
+            trace.peak_what = ", ".join(f"{what} {human(n)}" for n, what in top)
+
+    def _free(self, key: int) -> None:
+        nbytes, _ = self.live.pop(key, (0, ""))
+        self.current -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        kwargs = kwargs or {}
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        if inputs and all(_is_real(t) for t in inputs):
+            # Host work on real tensors (scheduler tables, timesteps, the input image) stays real, as
+            # on a GPU run, so the host may read its values; it is not device memory. Unless its
+            # output is large (a video made from the image): then it is traced as device memory.
+            shapes = [] if func is torch.ops.aten._local_scalar_dense.default else func(*args, **kwargs)
+            if all(t.numel() <= HOST_NUMEL for t in tree_flatten(shapes)[0] if isinstance(t, torch.Tensor)):
+                with unset_fake_temporarily():
+                    return func(*args, **kwargs)
+        if self.watch_copies:
+            device = kwargs.get("device")
+            if device is not None and torch.device(device).type == "meta":
+                # Built without a device (see watch_copies): a real host tensor, as in a GPU run.
+                with unset_fake_temporarily():
+                    return func(*args, **dict(kwargs, device=torch.device("cpu")))
+            host = [t for t in inputs if _is_real(t) and t.numel() > 1]
+            if host:
+                self.host_copies.append(f"{func}: host tensor {tuple(host[0].shape)} used with device data")
+        out = func(*args, **kwargs)
+        trace = self.stages.setdefault(self.stage, StageTrace())
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            key = storage._cdata
+            if key in self.live:
+                continue
+            nbytes = storage.nbytes()
+            what = f"{func.__name__}{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+            self.live[key] = (nbytes, what)
+            self.current += nbytes
+            weakref.finalize(storage, self._free, key)
+            if nbytes > trace.largest:
+                trace.largest, trace.largest_what = nbytes, what
+        self._note_peak(trace)
+        return out
+
+class ShapeMemo:
+    """Traces a function once per input shape and replays it for the next calls of that shape.
+
+    The VAE runs once per spatial tile (hundreds at 4K) with identical shapes, so identical fake
+    work: a replay adds the first call's transient peak and FLOPs and returns an empty output of
+    the recorded shape, which keeps a 4K trace to minutes. Exact for fake tensors, whose work
+    depends only on shapes.
+    """
+
+    def __init__(self, memory: MemoryTrace, flop_counter):
+        self.memory, self.flop_counter = memory, flop_counter
+        self.seen: dict[tuple, tuple[int, int, torch.Size, torch.dtype]] = {}
+        self.replayed_flops: dict[str, int] = {}
+        self.calls = self.replays = 0
+
+    def wrap(self, fn):
+        def call(x: torch.Tensor, *args):
+            self.calls += 1
+            key = (tuple(x.shape), x.dtype, *args)
+            memory = self.memory
+            if key not in self.seen:
+                start, flops = memory.current, self.flop_counter.get_total_flops()
+                memory.high = start
+                out = fn(x, *args)
+                self.seen[key] = (memory.high - start, self.flop_counter.get_total_flops() - flops, out.shape, out.dtype)
+                return out
+            self.replays += 1
+            transient, flops, shape, dtype = self.seen[key]
+            memory._note_peak(memory.stages.setdefault(memory.stage, StageTrace()), transient)
+            self.replayed_flops[memory.stage] = self.replayed_flops.get(memory.stage, 0) + flops
+            return torch.empty(shape, dtype=dtype, device=x.device)
+
+        return call
+
+
+def _is_real(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return not isinstance(t, FakeTensor) and t.device.type != "meta"
+
+
+# ---- the fake model ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    # Modules are built in their final dtype: ``.to(dtype)`` on fake parameters fails.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _unfaked(fn):
+    """``fn`` run on real tensors: scheduler set-up is host work (and its timestep look-ups are
+    data-dependent, which fake tensors cannot run)."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    def call(*args, **kwargs):
+        with unset_fake_temporarily():
+            return fn(*args, **kwargs)
+
+    return call
+
+
+def _host_scheduler(scheduler_class: type) -> type:
+    """A subclass of ``scheduler_class`` whose ``set_timesteps`` runs on real tensors."""
+    return type(scheduler_class.__name__, (scheduler_class,), {"set_timesteps": _unfaked(scheduler_class.set_timesteps)})
+
+
+def _text_stub(pipe, text_dim: int, dtype: torch.dtype):
+    """``pipe.encode_prompt`` returning zero embeddings of the text encoder's output shape (the only stub)."""
+
+    def encode_prompt(prompt=None, negative_prompt=None, do_classifier_free_guidance=True, num_videos_per_prompt=1,
+                      prompt_embeds=None, negative_prompt_embeds=None, max_sequence_length=512, device=None, **_):
+        shape = (num_videos_per_prompt, max_sequence_length, text_dim)
+        if prompt_embeds is None:
+            prompt_embeds = torch.zeros(shape, dtype=dtype, device=device)
+        if do_classifier_free_guidance and negative_prompt_embeds is None:
+            negative_prompt_embeds = torch.zeros(shape, dtype=dtype, device=device)
+        return prompt_embeds, negative_prompt_embeds
+
+    pipe.encode_prompt = encode_prompt
+
+
+def _param_bytes(module: torch.nn.Module) -> int:
+    storages = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        storages[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+#: Wan 2.2 A14B's expert switch (``boundary_ratio`` of the T2V checkpoint).
+WAN22_BOUNDARY = 0.875
+
+
+def fake_wan_pipeline(arch: Architecture, dtype: torch.dtype, vae_dtype: torch.dtype, layers: int | None):
+    """A real diffusers Wan pipeline of ``arch`` built on fake tensors (call inside a ``FakeTensorMode``).
+
+    Returns the pipeline and the weights' bytes not built: ``text_encoder`` (stubbed) and
+    ``transformer blocks`` (when ``layers`` is below the config's).
+    """
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from .builtin import char_tokenizer
+
+    full_layers = arch.transformer["num_layers"]
+    traced = min(layers or full_layers, full_layers)
+    t_cfg = dict(arch.transformer, num_layers=traced)
+    with _default_dtype(dtype):
+        experts = [WanTransformer3DModel.from_config(t_cfg).eval() for _ in range(arch.experts)]
+    with _default_dtype(vae_dtype):
+        vae = AutoencoderKLWan.from_config(arch.vae).eval()
+    # Never called (encode_prompt is stubbed); the pipeline needs the component.
+    with _default_dtype(torch.float32):
+        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=98, d_model=8, d_ff=8, d_kv=4, num_layers=1, num_heads=2)).eval()
+    flow_shift = 3.0 if arch.native_size and arch.native_size[0] <= 480 else 5.0
+    scheduler = _host_scheduler(UniPCMultistepScheduler)(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift)
+    components: dict[str, Any] = dict(tokenizer=char_tokenizer(), text_encoder=text_encoder, vae=vae, transformer=experts[0], scheduler=scheduler)
+    if arch.experts == 2:
+        components.update(transformer_2=experts[1], boundary_ratio=WAN22_BOUNDARY)
+    b = DTYPE_BYTES[str(dtype).removeprefix("torch.")]
+    counts = arch.parameters()
+    added = {"text_encoder": counts["text_encoder"] * b}
+    if traced < full_layers:
+        added["transformer blocks"] = counts["transformer"] * b - sum(_param_bytes(e) for e in experts)
+    if arch.image_tokens:
+        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        with _default_dtype(vae_dtype):
+            image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**arch.image_encoder)).eval()
+        size = arch.image_encoder["image_size"]
+        pipe = WanImageToVideoPipeline(**components, image_encoder=image_encoder, image_processor=CLIPImageProcessor(crop_size=size, size=size))
+    else:
+        pipe = WanPipeline(**components)
+    _text_stub(pipe, arch.transformer["text_dim"], dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, added
+
+
+# ---- the traced render ------------------------------------------------------------------------
+
+
+def trace_steps(config: SuperGenConfig, steps: int) -> SuperGenConfig:
+    """``config`` with ``steps`` sketch steps and the shortest refinement schedule giving ``steps`` steps at its strength."""
+    strength = config.refine.strength
+    total = next(n for n in range(1, 10_000) if int(n * strength) >= min(steps, n))
+    return replace(config, sketch=replace(config.sketch, num_inference_steps=steps),
+                   refine=replace(config.refine, num_inference_steps=total))
+
+
+def trace_render(
+    config: SuperGenConfig,
+    arch: Architecture,
+    height: int,
+    width: int,
+    num_frames: int,
+    steps: int = 2,
+    layers: int | None = 2,
+) -> TraceResult:
+    """Render ``height × width × num_frames`` with ``arch`` on fake tensors through :class:`SuperGenPipeline`.
+
+    Args:
+        config: the method and model config (``model.dtype``, ``model.vae_dtype`` are used).
+        steps: sketch and refinement steps traced (peaks do not depend on the count).
+        layers: transformer blocks built per expert (None: all); the rest are added as parameter bytes.
+    """
+    from PIL import Image
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .pipeline import SuperGenPipeline
+
+    config = with_native_sketch(config, arch)
+    traced_cfg = trace_steps(config, steps)
+    plan = make_plan(config, arch, height, width, num_frames)
+    dtype = getattr(torch, config.model.dtype)
+    vae_dtype = getattr(torch, config.model.vae_dtype or "float32")
+    start = time.perf_counter()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        pipe, added = fake_wan_pipeline(arch, dtype, vae_dtype, layers)
+        resident = sum(_param_bytes(m) for name, m in pipe.components.items()
+                       if isinstance(m, torch.nn.Module) and name != "text_encoder") + sum(added.values())
+        sg = SuperGenPipeline(pipe, traced_cfg)
+        sg.adapter.schedule = _unfaked(sg.adapter.schedule)
+        memory = MemoryTrace(resident)
+        flop_counter = FlopCounterMode(display=False)
+        memo = ShapeMemo(memory, flop_counter)
+        # Per VAE tile (TiledVAE calls the adapter once per window): traced once per shape.
+        sg.adapter.decode, sg.adapter.encode = memo.wrap(sg.adapter.decode), memo.wrap(sg.adapter.encode)
+        stage_flops: dict[str, int] = {}
+        last = {"name": "setup", "flops": 0, "cpu": time.process_time()}
+
+        def on_stage(name: str) -> None:
+            now = time.process_time()
+            memory.stages.setdefault(last["name"], StageTrace()).cpu_seconds += now - last["cpu"]
+            logger.info("trace %s: %s done in %.1f s CPU; %s", arch.name, last["name"], now - last["cpu"], name)
+            last["cpu"] = now
+            total = flop_counter.get_total_flops()
+            stage_flops[last["name"]] = stage_flops.get(last["name"], 0) + total - last["flops"]
+            last.update(name=name, flops=total)
+            memory.set_stage(name)
+            memory.watch_copies = name == "refine"
+            torch.set_default_device("meta" if name == "refine" else None)
+
+        def staged(name: str, method):
+            def run(*args, **kwargs):
+                on_stage(name)
+                return method(*args, **kwargs)
+            return run
+
+        stepper = sg.adapter.stepper
+
+        def quiet_stepper(*args, **kwargs):
+            # The scheduler's tables are device tensors in a real run; here they are real host
+            # tensors (set up outside the fake mode), so their use is not a copy to report.
+            step = stepper(*args, **kwargs)
+
+            def run(*a, **k):
+                memory.watch_copies = False
+                try:
+                    return step(*a, **k)
+                finally:
+                    memory.watch_copies = True
+            return run
+
+        sg.adapter.stepper = quiet_stepper
+        for name in ("sketch", "upscale", "refine", "decode"):
+            setattr(sg, f"_{name}", staged(name, getattr(sg, f"_{name}")))
+
+        image = Image.new("RGB", (width, height), (128, 128, 128)) if arch.image_tokens or arch.transformer["in_channels"] > arch.latent_channels else None
+        try:
+            with flop_counter, memory:
+                sg(prompt="a traced render", image=image, height=height, width=width, num_frames=num_frames,
+                   generator=torch.Generator().manual_seed(0), output_type="pt")
+                on_stage("end")
+        finally:
+            torch.set_default_device(None)
+    stages = {name: memory.stages[name] for name in STAGES if name in memory.stages}
+    for name, trace in stages.items():
+        trace.flops = stage_flops.get(name, 0) + memo.replayed_flops.get(name, 0)
+    notes = [f"VAE calls: {memo.calls}, {memo.replays} of them replayed from an earlier call of the same shape"]
+    notes += [f"text encoder not run (embeddings of its output shape); its {human(added['text_encoder'])} of weights added"]
+    if "transformer blocks" in added:
+        notes.append(f"{layers} of {arch.transformer['num_layers']} transformer blocks built per expert; "
+                     f"the other blocks' {human(added['transformer blocks'])} of weights added (FLOPs are of the traced blocks)")
+    refine_steps = int(traced_cfg.refine.num_inference_steps * traced_cfg.refine.strength)
+    notes.append(f"{steps} sketch and {refine_steps} refinement steps traced; output_type='pt' (frames as a tensor)")
+    return TraceResult(arch.name, (height, width), plan.num_frames, stages, resident, added, plan,
+                       memory.host_copies, time.perf_counter() - start, notes)
+
+
+def estimated(result: TraceResult, stage: str) -> int:
+    """The planner's peak for ``stage``: resident weights plus the stage's transient."""
+    memory = result.plan.memory
+    weights = sum(v for k, v in memory.items() if k.startswith("weights."))
+    return weights + memory.get(f"stage.{stage}", 0)
+
+
+def format_trace(result: TraceResult) -> str:
+    """Per stage: traced peak, the planner's estimate, traced FLOPs and the largest allocation."""
+    header = ("stage", "traced peak", "estimated", "traced FLOPs", "largest allocation", "CPU s")
+    rows = [header]
+    for name, s in result.stages.items():
+        rows.append((name, human(s.peak), human(estimated(result, name)), human_flops(s.flops),
+                     f"{human(s.largest)} {s.largest_what}", f"{s.cpu_seconds:.0f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [f"trace of {result.name} at {result.size[0]}x{result.size[1]}x{result.num_frames} (fake tensors, no weights)"]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    peak = result.stages[result.peak_stage]
+    plan_peak = estimated(result, result.plan.peak_stage)
+    lines.append(f"peak: {human(result.peak)} in {result.peak_stage} (estimated {human(plan_peak)} in {result.plan.peak_stage}, "
+                 f"{(plan_peak - result.peak) / result.peak:+.0%}); largest live tensors there: {peak.peak_what}")
+    lines.append(f"resident weights {human(result.resident)}, of which not built but counted from the config: "
+                 + ", ".join(f"{k} {human(v)}" for k, v in result.added.items()))
+    copies = sorted(set(result.host_copies))
+    lines.append("refinement step: no host synchronisation except " + "; ".join(DECLARED_SYNCS) + "; "
+                 + (f"{len(result.host_copies)} host-to-device copies: " + "; ".join(copies) if copies else "no host-to-device copy"))
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)

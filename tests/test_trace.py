@@ -1,0 +1,87 @@
+"""Full-size dry runs (``supergen.trace``): the real pipeline on fake tensors, no weights, no GPU.
+
+The 4K × 81 traces check: no host-to-device copy inside a refinement step (host synchronisations
+raise under fake tensors, so a completed trace has none but the declared ones), the largest single
+allocation, the memory targets and the planner's estimate within 15% of the traced peak.
+
+The Wan2.1-I2V-14B trace is skipped for now: its image condition (a 4K × 81 video of the image and
+zeros) still goes through diffusers' own tiled encode inside ``prepare_latents`` (issue 14, defect 2),
+hundreds of VAE tiles that the trace cannot replay, which takes tens of minutes on a shared CPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+from torch._subclasses.fake_tensor import DataDependentOutputException
+
+from supergen.config import load_config
+from supergen.planner import KNOWN
+from supergen.trace import estimated, format_trace, trace_render
+
+GiB = 2**30
+
+
+I2V_PENDING = pytest.mark.skip(reason="the I2V condition encode is not yet routed through TiledVAE (defect 2): too slow to trace")
+
+
+@pytest.fixture(scope="module")
+def i2v_4k():
+    return trace_render(load_config("wan2.1-i2v-14b-4k"), KNOWN["Wan2.1-I2V-14B"], 2160, 3840, 81, steps=2, layers=1)
+
+
+@pytest.fixture(scope="module")
+def t2v_4k():
+    return trace_render(load_config("wan2.1-t2v-1.3b-4k"), KNOWN["Wan2.1-1.3B"], 2160, 3840, 81, steps=2, layers=1)
+
+
+def test_wan_1_3b_at_4k_refinement_copies_only_position_vectors_from_the_host(t2v_4k):
+    # 90 x 160 latent tiles, patch 2: position vectors of at most 80 tokens per axis (21 frames).
+    assert all(int(c.split("(")[1].split(",")[0]) <= 80 for c in t2v_4k.host_copies), format_trace(t2v_4k)
+
+
+@I2V_PENDING
+def test_wan_i2v_14b_at_4k_fits_the_60_gib_target(i2v_4k):
+    assert i2v_4k.peak <= 60 * GiB, format_trace(i2v_4k)
+
+
+@I2V_PENDING
+def test_no_single_allocation_above_4_gib(i2v_4k):
+    size, what = i2v_4k.largest
+    assert size <= 4 * GiB, f"{what}\n{format_trace(i2v_4k)}"
+
+
+@I2V_PENDING
+def test_refinement_steps_copy_nothing_from_the_host(i2v_4k):
+    assert i2v_4k.host_copies == [], format_trace(i2v_4k)
+
+
+@I2V_PENDING
+def test_the_planner_is_within_15_percent_of_the_traced_peak(i2v_4k):
+    planned = estimated(i2v_4k, i2v_4k.plan.peak_stage)
+    assert abs(planned - i2v_4k.peak) <= 0.15 * i2v_4k.peak, format_trace(i2v_4k)
+
+
+@I2V_PENDING
+def test_the_weights_not_built_are_added_exactly(i2v_4k):
+    counts = KNOWN["Wan2.1-I2V-14B"].parameters()
+    assert i2v_4k.added["text_encoder"] == counts["text_encoder"] * 2
+    built = i2v_4k.resident - sum(i2v_4k.added.values())
+    # bf16 transformer (all blocks, built or added) + float32 VAE and image encoder, nothing else
+    assert built + i2v_4k.added["transformer blocks"] == counts["transformer"] * 2 + (counts["vae"] + counts["image_encoder"]) * 4
+
+
+def test_a_host_read_in_the_refinement_step_fails_the_trace():
+    # teacache reads its per-tile estimate on the host every step (float(...)): the dry run says so.
+    cfg = load_config("tiny", ["cache.enabled=true", "cache.policy=teacache"])
+    with pytest.raises(DataDependentOutputException):
+        trace_render(cfg, KNOWN["tiny"], 96, 192, 9, steps=3)
+
+
+def test_tiny_trace_has_no_host_copy_and_names_its_stages():
+    result = trace_render(load_config("tiny"), KNOWN["tiny"], 96, 192, 9, steps=3)
+    assert list(result.stages) == ["setup", "sketch", "upscale", "refine", "decode"]
+    # Only rotary position vectors (one per tile axis, on the first use of a window in a render;
+    # cached on the device after that) come from the host: no blend weights, no canvas data.
+    assert all("(" in c and "used with device data" in c for c in result.host_copies)
+    assert all(int(c.split("(")[1].split(",")[0]) <= 12 for c in result.host_copies), result.host_copies
+    assert all(stage.peak >= result.resident for stage in result.stages.values())
