@@ -31,7 +31,7 @@ from .attention import check_backend, dense_backend
 from .cache import CacheReport, cache_policy
 from .config import MethodConfig, load_config
 from .errors import SuperGenError
-from .parallel import TiledVAE, TileExchanger, TileGroup
+from .parallel import ParallelPlan, TiledVAE, TileExchanger, TileGroup, plan_parallel, split_guidance
 from .plan import RenderPlan, plan_render
 from .refine import SingleProcess, StepStats, TileRefiner
 from .upscale import resize_video
@@ -54,7 +54,10 @@ class RenderStats:
     strength: float
     seconds: dict[str, float] = field(default_factory=dict)
     steps: list[StepStats] = field(default_factory=list)
-    #: With several ranks: ``ranks``, and per step this rank's ``bytes_sent`` and ``tiles_computed``.
+    #: With several ranks: ``plan`` (the mesh and what each stage did on it,
+    #: :meth:`~supergen.parallel.ParallelPlan.as_dict`), ``stages`` (per stage ``seconds`` and the
+    #: ``bytes`` all ranks sent), ``ranks``, and per refinement step this rank's ``bytes_sent``,
+    #: ``tiles_computed`` (units) and ``split`` (units were (tile, branch) pairs).
     parallel: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -180,7 +183,7 @@ class SuperGenPipeline:
         request, plan = self._prepare(prompt, negative_prompt, image, height, width, num_frames, strength,
                                       num_inference_steps, None if sketch_pixels is None else tuple(sketch_pixels.shape[-2:]))
         stage = callback_on_stage or (lambda name, info: None)
-        clock = StageClock(self.adapter.device)
+        clock = StageClock(self.adapter.device, self.group)
         with self._borrowed_pipeline():
             embeds = self.adapter.encode_prompt(request, plan.text_guidance_scale)
             scheduler = type(self.adapter.scheduler).from_config(self.adapter.scheduler.config)
@@ -210,7 +213,7 @@ class SuperGenPipeline:
         stats = RenderStats(
             size=plan.size, canvas=plan.canvas, sketch=plan.sketch if plan.from_sketch else None, num_frames=plan.num_frames,
             tile=tuple(s * self.adapter.vae_scale[1] for s in plan.tiles.tile), tiling=plan.tiles.describe(),
-            strength=plan.strength, seconds=clock.seconds, steps=step_stats, parallel=parallel,
+            strength=plan.strength, seconds=clock.seconds, steps=step_stats, parallel=parallel | clock.traffic(),
         )
         if not return_dict:
             return (video,)
@@ -245,13 +248,23 @@ class SuperGenPipeline:
         return Request(prompt=prompt, negative_prompt=negative_prompt, num_frames=frames, image=image), plan
 
     # ---- stages -----------------------------------------------------------------------------
+    def parallel_plan(self, plan: RenderPlan) -> ParallelPlan:
+        """What each stage of a render with ``plan`` does on this pipeline's group of ranks."""
+        adapter = self.adapter
+        return plan_parallel(1 if self.group is None else self.group.size, adapter.runs_branches(plan.guidance_scale),
+                             adapter.runs_branches(plan.sketch_guidance_scale), adapter.sketch_branches_separate, self.config.parallel.cfg)
+
     def _sketch(self, request: Request, embeds: dict, plan: RenderPlan, generator: torch.Generator | None) -> torch.Tensor:
         """Stage 1: the wrapped pipeline at sketch size; returns pixels ``(1, 3, F, h, w)`` in [-1, 1]."""
         self.adapter.set_vae_tiling(False)  # sketch-size VAE work is never tiled
-        latents = self.adapter.sketch(request, embeds, *plan.sketch, plan.sketch_steps, plan.sketch_guidance_scale,
-                                      plan.sketch_guidance_scale_2, generator)
+        split = self.parallel_plan(plan)
+        if split.sketch_reason:
+            logger.info("sketch computed whole on every rank: %s", split.sketch_reason)
+        with split_guidance(self.adapter.transformers, self.group) if split.sketch == "cfg" else contextlib.nullcontext():
+            latents = self.adapter.sketch(request, embeds, *plan.sketch, plan.sketch_steps, plan.sketch_guidance_scale,
+                                          plan.sketch_guidance_scale_2, generator)
         if self.group is not None:
-            # Every rank ran the same sketch (so every rank's generator is in the same state for the
+            # Every rank ran the same sketch loop (so every rank's generator is in the same state for the
             # re-noise); the leader's copy makes them bit-identical where GPU kernels are not deterministic.
             latents = latents.contiguous()  # NCCL broadcasts contiguous buffers only
             self.group.broadcast_from_leader(latents)
@@ -281,7 +294,8 @@ class SuperGenPipeline:
             refiner = TileRefiner(plan.tiles, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner)
             with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
                 latents, steps = refiner.run(latents, adapter.stepper(scheduler, cond.spatial, generator), timesteps, progress, callback)
-        return latents, steps, runner.finish(policy.report), runner.stats()
+        parallel = {} if self.group is None else {"plan": self.parallel_plan(plan).as_dict()}
+        return latents, steps, runner.finish(policy.report), parallel | runner.stats()
 
     def _decode(self, latents: torch.Tensor, sketch: torch.Tensor | None, plan: RenderPlan, output_type: str):
         """Decode the canvas (tiled and split across ranks when planned) and crop it to the requested size."""
@@ -319,13 +333,16 @@ class SuperGenPipeline:
 
 
 class StageClock:
-    """Seconds per stage. On CUDA the device is synchronised at each lap, so a lap measures the
-    work, not just its launch (one sync per stage, never per step)."""
+    """Seconds (and with a group, bytes this rank sent) per stage. On CUDA the device is synchronised
+    at each lap, so a lap measures the work, not just its launch (one sync per stage, never per step)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, group: TileGroup | None = None):
         self.device = device
+        self.group = group
         self.seconds: dict[str, float] = {}
+        self.bytes: dict[str, int] = {}
         self._last = self._now()
+        self._sent = 0 if group is None else group.bytes_sent
 
     def _now(self) -> float:
         if self.device.type == "cuda":
@@ -336,6 +353,17 @@ class StageClock:
         now = self._now()
         self.seconds[name] = now - self._last
         self._last = now
+        if self.group is not None:
+            self.bytes[name] = self.group.bytes_sent - self._sent
+            self._sent = self.group.bytes_sent
+
+    def traffic(self) -> dict[str, Any]:
+        """``{"stages": {name: {"seconds", "bytes"}}}`` with the bytes every rank of the group sent
+        (one collective: call on every rank); empty without a group."""
+        if self.group is None:
+            return {}
+        sent = self.group.sum_over_ranks(list(self.bytes.values()))
+        return {"stages": {name: {"seconds": self.seconds[name], "bytes": b} for name, b in zip(self.bytes, sent)}}
 
 
 def _step_callback(pipe, callback_on_step_end, tensor_inputs):
