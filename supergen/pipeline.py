@@ -31,7 +31,7 @@ from .attention import check_backend, dense_backend
 from .cache import CacheReport, cache_policy
 from .config import MethodConfig, load_config
 from .errors import SuperGenError
-from .parallel import ParallelPlan, TiledVAE, TileExchanger, TileGroup, plan_parallel, split_guidance
+from .parallel import ParallelPlan, TiledVAE, TileExchanger, TileGroup, plan_parallel, split_guidance, ulysses, ulysses_blocker
 from .plan import RenderPlan, plan_render
 from .refine import SingleProcess, StepStats, TileRefiner
 from .upscale import resize_video
@@ -250,17 +250,19 @@ class SuperGenPipeline:
     # ---- stages -----------------------------------------------------------------------------
     def parallel_plan(self, plan: RenderPlan) -> ParallelPlan:
         """What each stage of a render with ``plan`` does on this pipeline's group of ranks."""
-        adapter = self.adapter
-        return plan_parallel(1 if self.group is None else self.group.size, adapter.runs_branches(plan.guidance_scale),
-                             adapter.runs_branches(plan.sketch_guidance_scale), adapter.sketch_branches_separate, self.config.parallel.cfg)
+        adapter, ranks, parallel = self.adapter, 1 if self.group is None else self.group.size, self.config.parallel
+        return plan_parallel(ranks, adapter.runs_branches(plan.guidance_scale), adapter.runs_branches(plan.sketch_guidance_scale),
+                             adapter.sketch_branches_separate, parallel.cfg, parallel.sketch, ulysses_blocker(adapter.transformers, ranks))
 
     def _sketch(self, request: Request, embeds: dict, plan: RenderPlan, generator: torch.Generator | None) -> torch.Tensor:
         """Stage 1: the wrapped pipeline at sketch size; returns pixels ``(1, 3, F, h, w)`` in [-1, 1]."""
         self.adapter.set_vae_tiling(False)  # sketch-size VAE work is never tiled
         split = self.parallel_plan(plan)
         if split.sketch_reason:
-            logger.info("sketch computed whole on every rank: %s", split.sketch_reason)
-        with split_guidance(self.adapter.transformers, self.group) if split.sketch == "cfg" else contextlib.nullcontext():
+            logger.info("sketch %s: %s", "computed whole on every rank" if split.sketch == "replicated" else "split by guidance branch",
+                        split.sketch_reason)
+        parallel = {"cfg": split_guidance, "ulysses": ulysses}.get(split.sketch)
+        with parallel(self.adapter.transformers, self.group) if parallel else contextlib.nullcontext():
             latents = self.adapter.sketch(request, embeds, *plan.sketch, plan.sketch_steps, plan.sketch_guidance_scale,
                                           plan.sketch_guidance_scale_2, generator)
         if self.group is not None:

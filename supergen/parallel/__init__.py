@@ -15,6 +15,7 @@ One process needs none of this. On a CPU-only machine the same commands use gloo
 """
 
 from .exchanger import RankFailure, TileExchanger, balance
+from .context import ulysses, ulysses_blocker
 from .launch import TileGroup, active_group, init, launched, shutdown, wait_for_all_groups
 from .mesh import MESH_DIMS, ParallelPlan, plan_parallel
 from .sketch import split_guidance
@@ -22,5 +23,5 @@ from .vae import TiledVAE
 
 __all__ = [
     "MESH_DIMS", "ParallelPlan", "RankFailure", "TileExchanger", "TileGroup", "TiledVAE", "active_group", "balance", "init", "launched",
-    "plan_parallel", "shutdown", "split_guidance", "wait_for_all_groups",
+    "plan_parallel", "shutdown", "split_guidance", "ulysses", "ulysses_blocker", "wait_for_all_groups",
 ]

@@ -53,6 +53,8 @@ class TileGroup:
         device: this rank's device (``cuda:LOCAL_RANK`` with NCCL, else ``cpu``).
         mesh: the group's ranks as a :class:`~torch.distributed.device_mesh.DeviceMesh` with the
             dimensions :data:`~supergen.parallel.mesh.MESH_DIMS`.
+        seq_mesh: the same ranks as the ``ring × ulysses`` (1 × size) mesh diffusers' context
+            parallelism takes (:mod:`supergen.parallel.context`).
         bytes_sent: bytes this rank has sent to the group so far (collectives add to it; stages read
             the difference).
     """
@@ -65,6 +67,7 @@ class TileGroup:
     global_rank: int
     device: torch.device
     mesh: DeviceMesh
+    seq_mesh: DeviceMesh
     bytes_sent: int = field(default=0, compare=False)
 
     @property
@@ -139,7 +142,9 @@ def init(cfg: SuperGenConfig) -> TileGroup | None:
     _PATIENT = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=7))
     # Ranks g·size … (g+1)·size − 1 form group g, as the groups above: the mesh's leading dimension.
     world_mesh = init_device_mesh(device.type, (world // size, *mesh_shape(size)), mesh_dim_names=("job", *MESH_DIMS))
-    _ACTIVE = TileGroup(groups[index], rank % size, size, index, world // size, rank, device, world_mesh[MESH_DIMS])
+    seq_mesh = init_device_mesh(device.type, (world // size, 1, size), mesh_dim_names=("job", "ring", "ulysses"))
+    _ACTIVE = TileGroup(groups[index], rank % size, size, index, world // size, rank, device, world_mesh[MESH_DIMS],
+                        seq_mesh["ring", "ulysses"])
     logger.info("%d ranks (%s), %d group(s) of %d, mesh %s", world, dist.get_backend(), world // size, size,
                 " × ".join(f"{n}={s}" for n, s in zip(MESH_DIMS, mesh_shape(size))))
     return _ACTIVE

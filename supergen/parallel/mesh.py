@@ -38,8 +38,9 @@ class ParallelPlan:
         ranks: ranks in the group.
         mesh: sizes of :data:`MESH_DIMS`.
         sketch: ``single`` (one rank) | ``replicated`` (every rank computes it whole) | ``cfg`` (guidance
-            branches on the ``cfg`` dimension, replicated along ``tile``).
-        sketch_reason: why the sketch is not split over ``cfg`` (empty when it is, or with one rank).
+            branches on the ``cfg`` dimension, replicated along ``tile``) | ``ulysses`` (diffusers'
+            context parallelism over all ranks).
+        sketch_reason: why the sketch is not split as asked (empty when it is, or with one rank).
         refine: ``single`` | ``tiles`` (whole tiles) | ``auto`` ((tile, branch) units on the steps where
             they balance better) | ``branches`` ((tile, branch) units every step).
     """
@@ -69,7 +70,9 @@ def stage_summary(stages: dict[str, dict]) -> str:
     return ", ".join(f"{name} {s['seconds']:.1f} s {s['bytes'] / 1e6:.1f} MB" for name, s in stages.items())
 
 
-def plan_parallel(ranks: int, guidance: bool, sketch_guidance: bool, separate_branches: bool, cfg: str) -> ParallelPlan:
+def plan_parallel(
+    ranks: int, guidance: bool, sketch_guidance: bool, separate_branches: bool, cfg: str, sketch: str = "cfg", ulysses_blocker: str = ""
+) -> ParallelPlan:
     """How one render uses a group of ``ranks``.
 
     Args:
@@ -79,18 +82,23 @@ def plan_parallel(ranks: int, guidance: bool, sketch_guidance: bool, separate_br
             calls (:attr:`~supergen.adapters.ModelAdapter.sketch_branches_separate`), which can be split;
             one batched call on both is not.
         cfg: ``parallel.cfg`` (``auto`` | ``on`` | ``off``).
+        sketch: ``parallel.sketch`` (``cfg`` | ``ulysses``).
+        ulysses_blocker: why the transformer cannot run Ulysses on ``ranks`` ranks (``""``: it can).
     """
     shape = mesh_shape(ranks)
     if ranks == 1:
         return ParallelPlan(1, shape, "single", "", "single")
-    reason = ""
-    if cfg == "off":
-        reason = "parallel.cfg=off"
-    elif not sketch_guidance:
-        reason = "no classifier-free guidance in the sketch"
-    elif not separate_branches:
-        reason = "the family's pipeline runs both guidance branches in one batched forward"
-    elif shape[0] == 1:
-        reason = f"{ranks} ranks: the cfg dimension needs an even rank count"
     refine = "tiles" if cfg == "off" or not guidance else {"auto": "auto", "on": "branches"}[cfg]
-    return ParallelPlan(ranks, shape, "replicated" if reason else "cfg", reason, refine)
+    if sketch == "ulysses" and not ulysses_blocker:
+        return ParallelPlan(ranks, shape, "ulysses", "", refine)
+    reason = f"no Ulysses: {ulysses_blocker}; " if sketch == "ulysses" else ""
+    split = ""
+    if cfg == "off":
+        split = "parallel.cfg=off"
+    elif not sketch_guidance:
+        split = "no classifier-free guidance in the sketch"
+    elif not separate_branches:
+        split = "the family's pipeline runs both guidance branches in one batched forward"
+    elif shape[0] == 1:
+        split = f"{ranks} ranks: the cfg dimension needs an even rank count"
+    return ParallelPlan(ranks, shape, "replicated" if split else "cfg", reason + split if split else reason.removesuffix("; "), refine)
