@@ -66,6 +66,13 @@ def worker(out_dir: Path) -> None:
     for mode in ("on", "auto"):  # (tile, branch) units every step / where they balance better
         out = render(pipe, extra=[f"parallel.cfg={mode}"], group=group)
         seen[f"cfg_{mode}"] = {"latent": out.frames, "parallel": out.stats.parallel}
+    # The sketch on diffusers' context parallelism (Ulysses over the group), then tile parallelism on
+    # the same transformer: nothing of diffusers' parallel state may be left for the refinement.
+    out = render(pipe, extra=["parallel.sketch=ulysses"], group=group)
+    cp_hooks = [name for m in pipe.transformer.modules() for name in getattr(getattr(m, "_diffusers_hook", None), "hooks", {})]
+    processors = [b.attn1.processor._parallel_config for b in pipe.transformer.blocks]
+    seen["ulysses"] = {"latent": out.frames, "sketch": out.sketch, "parallel": out.stats.parallel,
+                       "left": cp_hooks + [c for c in processors if c is not None] + [pipe.transformer._parallel_config] * (pipe.transformer._parallel_config is not None)}
     out = render(pipe, extra=CACHE_ON + WHOLE, group=group)
     seen["cache"] = {"latent": out.frames, "parallel": out.stats.parallel, "computed": [s.tiles_computed for s in out.stats.steps],
                      "blocks": [[t.blocks for t in s.tiles] for s in out.cache_report.steps]}
@@ -144,11 +151,12 @@ def single():
     try:
         cached = render(pipe, extra=CACHE_ON)
         out = render(pipe)
+        sketch = out.sketch
         assert out.stats.parallel == {}  # one process: no mesh, nothing moved
         decoded = TiledVAE(SuperGenPipeline(pipe, load_config("tiny")).adapter).decode(out.frames, 5)
     finally:
         torch.set_num_threads(threads)
-    return {"latent": out.frames, "computed": [s.tiles_computed for s in out.stats.steps], "decoded": decoded, "pipe": pipe,
+    return {"latent": out.frames, "sketch": sketch, "computed": [s.tiles_computed for s in out.stats.steps], "decoded": decoded, "pipe": pipe,
             "cache": {"latent": cached.frames, "report": cached.cache_report}}
 
 
@@ -283,6 +291,25 @@ def test_cfg_parallelism_gives_the_same_video_on_every_rank_count(single, ranks)
     assert auto[0]["split"] == [size == 3] * 3
     counts = sorted(a["tiles_computed"][0] for a in auto)
     assert counts == ([2, 2] if size == 2 else [2, 3, 3])
+
+
+def test_the_ulysses_sketch_equals_one_process_and_leaves_no_hooks(single, ranks):
+    """parallel.sketch=ulysses: diffusers' context parallelism splits the sketch's tokens over the
+    ranks (2 heads split over 2 ranks); it may reorder sums, so the sketch is compared to one process
+    within 1e-5 (it came out equal on this model), and ranks agree exactly. 3 ranks cannot split 2
+    heads: the plan says why and the sketch is replicated."""
+    seen = [r["ulysses"] for r in ranks]
+    plan = seen[0]["parallel"]["plan"]
+    if len(ranks) == 2:
+        assert plan["sketch"] == "ulysses" and plan["sketch_reason"] == ""
+    else:
+        assert plan["sketch"] == "replicated"
+        assert plan["sketch_reason"] == "no Ulysses: 2 attention heads do not split over 3 ranks; 3 ranks: the cfg dimension needs an even rank count"
+    for r in seen:
+        assert r["left"] == []  # no context-parallel hook or config left for the refinement
+        torch.testing.assert_close(r["sketch"], single["sketch"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(r["latent"], single["latent"], atol=1e-5, rtol=0)
+        assert torch.equal(r["latent"], seen[0]["latent"])
 
 
 def test_branch_units_in_one_process_equal_guided_tiles(single):
