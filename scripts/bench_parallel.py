@@ -9,6 +9,16 @@ fp32). Prints one table, side by side.
 
     python scripts/bench_parallel.py                       # CPU: 1 and 2 ranks
     python scripts/bench_parallel.py --ranks 1 2 4 8       # on a machine with 8 GPUs
+
+``--end-to-end`` times whole renders instead (sketch, upscale/encode, refinement, decode) of the
+medium random Wan (``planner.KNOWN["wan-medium-random"]``: transformer, VAE and text encoder) at 4×
+its native area, per stage, with the bytes every rank sent per stage: one rank; then on N ranks
+the previous design (``parallel.cfg=off``: sketch computed whole on every rank, whole tiles) beside
+CFG parallelism (sketch branches on the mesh's cfg dimension, (tile, branch) units where they
+balance better) and the Ulysses sketch (diffusers' context parallelism). Then a per-stage
+projection to 8 GPUs for Wan2.1-14B at 4K × 81 from the planner's FLOPs and the bytes each stage moves.
+
+    python scripts/bench_parallel.py --end-to-end          # CPU: 1 and 2 ranks (the most 2 cores can time)
 """
 
 from __future__ import annotations
@@ -108,6 +118,127 @@ def child(args) -> None:
         )))
 
 
+#: ``--end-to-end`` variants: name → config overrides (on one rank only ``one``).
+E2E_VARIANTS = {
+    "one": [],
+    "previous": ["parallel.cfg=off"],
+    "cfg": ["parallel.cfg=auto", "parallel.sketch=cfg"],
+    "ulysses": ["parallel.cfg=auto", "parallel.sketch=ulysses"],
+}
+
+
+def child_end_to_end(args) -> None:
+    """One whole render on every rank of this torchrun launch; rank 0 writes stage times and bytes as JSON."""
+    from bench_planner import random_pipeline
+
+    from supergen import parallel
+    from supergen.config import load_config
+    from supergen.pipeline import SuperGenPipeline
+    from supergen.planner import KNOWN
+    from supergen.runtime import call_arguments
+
+    arch = KNOWN["wan-medium-random"]
+    native = arch.native_size
+    overrides = [
+        "model.device=" + args.device, f"job.height={native[0] * 2}", f"job.width={native[1] * 2}", f"job.num_frames={args.frames}",
+        f"sketch.height={native[0]}", f"sketch.width={native[1]}", f"sketch.num_inference_steps={args.sketch_steps}",
+        f"refine.num_inference_steps={args.steps * 2}", "refine.strength=0.5", "cache.enabled=false",
+        f"tiling.tile_height={native[0]}", f"tiling.tile_width={native[1]}", "parallel.timeout_s=600", *E2E_VARIANTS[args.variant],
+    ]
+    cfg = load_config("tiny", overrides)
+    group = parallel.init(cfg) if parallel.launched() else None
+    device = group.device if group is not None else torch.device(args.device)
+    pipe = random_pipeline(arch).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    sg = SuperGenPipeline(pipe, cfg, group)
+    start = time.perf_counter()
+    out = sg(**call_arguments(cfg.job), generator=torch.Generator().manual_seed(0), output_type="np")
+    total = time.perf_counter() - start
+    stats = out.stats
+    if group is None or group.is_leader:
+        stages = stats.parallel.get("stages") or {name: {"seconds": s, "bytes": 0} for name, s in stats.seconds.items()}
+        Path(args.out).write_text(json.dumps(dict(
+            variant=args.variant, ranks=1 if group is None else group.size, total=total, stages=stages,
+            plan=stats.parallel.get("plan", {}).get("summary", "1 rank"), tiles=[s.tiles for s in stats.steps],
+            canvas=stats.canvas, sketch=stats.sketch, frames=stats.num_frames,
+        )))
+
+
+def end_to_end(args) -> None:
+    """Run :func:`child_end_to_end` per rank count and variant; print the per-stage table and the projection."""
+    results = []
+    for ranks in args.ranks:
+        for variant in (["one"] if ranks == 1 else ["previous", "cfg", "ulysses"]):
+            with tempfile.TemporaryDirectory() as tmp:
+                out = Path(tmp) / "result.json"
+                cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(29400 + ranks),
+                       __file__, "--end-to-end", "--child", "--variant", variant, "--out", str(out), "--frames", str(args.frames),
+                       "--steps", str(args.steps), "--sketch-steps", str(args.sketch_steps), "--device", args.device]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+                if proc.returncode != 0:
+                    sys.exit(f"{ranks} ranks ({variant}) failed:\n{proc.stderr[-4000:]}")
+                results.append(json.loads(out.read_text()))
+    base = results[0]
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, 1 thread per rank, load avg {os.getloadavg()[0]:.1f}"
+    print(f"whole render, wan-medium-random, {base['canvas'][0]}x{base['canvas'][1]}x{base['frames']} from a {base['sketch'][0]}x{base['sketch'][1]} "
+          f"sketch, {args.sketch_steps} sketch steps, {args.steps} refinement steps (tiles per step {base['tiles']}), {device}")
+    stages = list(base["stages"])
+    print(f"{'ranks':>5} {'variant':>9} " + " ".join(f"{s + ' s':>10} {s + ' MB':>10}" for s in stages) + f" {'total s':>8} {'speedup':>8}")
+    for r in results:
+        cells = " ".join(f"{r['stages'][s]['seconds']:>10.2f} {r['stages'][s]['bytes'] / 1e6:>10.2f}" for s in stages)
+        print(f"{r['ranks']:>5} {r['variant']:>9} {cells} {r['total']:>8.2f} {base['total'] / r['total']:>7.2f}x")
+    for r in results[1:]:
+        print(f"  {r['variant']}: {r['plan']}")
+    project_end_to_end(8)
+
+
+#: Sustained dense bf16 throughput assumed per GPU for the projection (H100 SXM at ~50% of its 989 TFLOP/s peak).
+GPU_FLOPS = 0.5 * 989e12
+
+
+def project_end_to_end(ranks: int) -> None:
+    """Per-stage time of Wan2.1-14B at 4K × 81 on one GPU and on ``ranks`` GPUs, from the planner's
+    transformer FLOPs and the bytes each stage moves (sketch: Ulysses all-to-alls; refinement: one
+    bf16 canvas of branch predictions per step; decode: the VAE tiles' pixels to the leader)."""
+    from supergen.config import load_config
+    from supergen.planner import KNOWN, make_plan
+
+    cfg = load_config("wan2.1-t2v-1.3b-4k", ["model.name=Wan2.1-14B"])
+    arch = KNOWN["Wan2.1-14B"]
+    plan = make_plan(cfg, arch)
+    f, h, w = plan.latent[1:]
+    sketch_tokens = f * (plan.sketch[0] // 8 // 2) * (plan.sketch[1] // 8 // 2)  # latent frames × patches (VAE 8×, patch 2×2)
+    hidden = arch.transformer["num_attention_heads"] * arch.transformer["attention_head_dim"]
+    layers = arch.transformer["num_layers"]
+    branches = 2 if plan.guidance else 1
+    tiles = plan.tiles_per_step
+    units = tiles * branches
+    sketch_1 = plan.sketch_steps * plan.sketch_flops_per_step / GPU_FLOPS
+    refine_1 = plan.refine_steps * plan.flops_per_step / GPU_FLOPS
+    busiest = -(-units // ranks) / units  # share of a step's forwards on the busiest rank
+    # Ulysses: 4 all-to-alls (q, k, v, out) of bf16 activations per layer and branch; each rank sends (n-1)/n of its shard.
+    ulysses_bytes = plan.sketch_steps * branches * layers * 4 * sketch_tokens * hidden * 2 * (ranks - 1) / ranks / ranks
+    refine_bytes = plan.refine_steps * branches * 16 * f * h * w * 2  # every branch prediction once, bf16
+    print(f"\nprojection: Wan2.1-14B, {plan.size[0]}x{plan.size[1]}x{plan.num_frames}, {plan.sketch_steps} sketch + {plan.refine_steps} "
+          f"refinement steps, {tiles} tiles x {branches} branches per step, {GPU_FLOPS / 1e12:.0f} TFLOP/s per GPU sustained")
+    for link, bandwidth in LINKS.items():
+        sketch_n = sketch_1 / ranks + ulysses_bytes / bandwidth
+        refine_n = refine_1 * busiest + refine_bytes * (ranks - 1) / ranks / bandwidth  # upper bound: no receive hidden behind compute
+        # parallel.sketch=cfg: each rank runs one branch of every step (replicated along tile); the branch predictions cross once a step.
+        sketch_cfg = sketch_1 / branches + plan.sketch_steps * 16 * f * (plan.sketch[0] // 8) * (plan.sketch[1] // 8) * 2 / bandwidth
+        print(f"  {link}: sketch {sketch_1:.0f} s -> {sketch_n:.0f} s (Ulysses, {ulysses_bytes / 1e9:.1f} GB per rank; {sketch_cfg:.0f} s with "
+              f"parallel.sketch=cfg), refine {refine_1:.0f} s -> {refine_n:.0f} s (busiest rank {-(-units // ranks)} of {units} units/step, "
+              f"{refine_bytes / 1e9:.1f} GB exchanged), transformer total {sketch_1 + refine_1:.0f} s -> {sketch_n + refine_n:.0f} s = "
+              f"{(sketch_1 + refine_1) / (sketch_n + refine_n):.2f}x ({(sketch_1 + refine_1) / (sketch_cfg + refine_n):.2f}x with the cfg sketch)")
+    # The VAE (not in the planner's FLOPs): its windows spread over the ranks like tiles; the decoded
+    # pixels travel to the leader once (float32 here; bf16 VAEs halve it).
+    (th, tw), (sh, sw) = (256, 256), (192, 192)  # diffusers' AutoencoderKLWan tiling
+    windows = -(-plan.size[0] // sh) * -(-plan.size[1] // sw)
+    pixels = 3 * plan.num_frames * plan.size[0] * plan.size[1] * 4
+    print(f"  VAE: {windows} windows of {th}x{tw} -> busiest rank {-(-windows // ranks)} ({windows / -(-windows // ranks):.2f}x); decode sends "
+          f"{pixels * (ranks - 1) / ranks / 1e9:.1f} GB to the leader: " + ", ".join(f"{n.split()[0]} {pixels / b:.2f} s" for n, b in LINKS.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="medium", choices=sorted(ARCHS))
@@ -120,6 +251,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps (the grid shifts every step)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--project", type=int, default=8, help="project the step time to this many devices")
+    parser.add_argument("--end-to-end", action="store_true", help="time whole renders per stage (see the module docstring)")
+    parser.add_argument("--sketch-steps", type=int, default=4, help="--end-to-end: sketch steps")
+    parser.add_argument("--variant", default="one", choices=sorted(E2E_VARIANTS), help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--exchange-dtype", default="fp32", help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -127,6 +261,9 @@ def main() -> None:
     if args.canvas is None:
         native = ARCHS[args.arch]["native"]
         args.canvas = f"{native[0] * 2}x{native[1] * 2}"
+    if args.end_to_end:
+        child_end_to_end(args) if args.child else end_to_end(args)
+        return
     if args.child:
         child(args)
         return

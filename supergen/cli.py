@@ -184,6 +184,10 @@ def render(args: argparse.Namespace) -> int:
         f" ({out.cache_report.tiles_skipped} skipped, {out.cache_report.block_share_skipped:.0%} of block forwards),"
         f" seed {done.seed}, {time.perf_counter() - start:.1f} s -> {output}"
     )
+    if "plan" in stats.parallel:
+        from .parallel.mesh import stage_summary
+
+        print(f"supergen: {stats.parallel['plan']['summary']}; per stage (time, bytes sent): {stage_summary(stats.parallel['stages'])}")
     if args.cache_map:
         from .cache import write_cache_map
 

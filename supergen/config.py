@@ -156,6 +156,17 @@ class ParallelConfig:
     #: Dtype of the tile predictions moved between ranks: fp32 (exact) | bf16 | fp16 (half the bytes).
     #: Every rank, the tile's owner included, uses the transported value, so ranks stay identical.
     exchange_dtype: str = choice("fp32", "fp32", "bf16", "fp16")
+    #: CFG parallelism: a tile's conditional and unconditional forwards as two units of work that
+    #: may run on different ranks (combined after the exchange, identically on every rank); the
+    #: sketch's two branches on the mesh's ``cfg`` dimension. auto: in the refinement when it lowers
+    #: the busiest rank's load (ties keep whole tiles: half the bytes) | on: whenever the family
+    #: runs classifier-free guidance | off: whole tiles, sketch replicated.
+    cfg: str = choice("auto", "auto", "on", "off")
+    #: The sketch across ranks: cfg (its guidance branches on the mesh's cfg dimension; identical to
+    #: one process) | ulysses (diffusers' context parallelism, the token sequence split over all ranks
+    #: of the group; equal to one process to float tolerance; falls back to cfg, with one log line
+    #: saying why, where the transformer has no context-parallel plan or its heads do not split).
+    sketch: str = choice("cfg", "cfg", "ulysses")
     #: Ranks per group in batch rendering: the world splits into groups of this many ranks and each
     #: group renders different jobs. 0 means one group of all ranks.
     group_size: int = bounded(0, 0)

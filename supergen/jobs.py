@@ -247,13 +247,13 @@ def _render_one(runtime: Runtime, job: Job, out: Path) -> dict[str, Any]:
     try:
         done = runtime.render(job.config, output)
         if runtime.leader:
-            _write_json(out / f"{job.name}.json", sidecar(job, done, time.perf_counter() - start))
+            _write_json(out / f"{job.name}.json", sidecar(job, done, time.perf_counter() - start, runtime.group))
     except RankFailure as exc:
         if not exc.recoverable:
             raise  # the group's communication is broken: nothing more can run here
         return record | {"status": "failed", "error": str(exc).splitlines()[0]}
     except Exception as exc:  # noqa: BLE001 - a job's failure is recorded; the batch goes on
-        if not isinstance(exc, SuperGenError) and _in_group():
+        if not isinstance(exc, SuperGenError) and runtime.group is not None and runtime.group.size > 1:
             # Only this rank failed, outside the tile exchange: its peers cannot know; end the process.
             _record(out, record | {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "fatal": True})
             raise
@@ -262,25 +262,15 @@ def _render_one(runtime: Runtime, job: Job, out: Path) -> dict[str, Any]:
     return record | {"status": "ok", "output": str(output), "seconds": round(time.perf_counter() - start, 3)}
 
 
-def _in_group() -> bool:
-    from .parallel import active_group
-
-    group = active_group()
-    return group is not None and group.size > 1
-
-
-def _group_info() -> dict[str, int]:
+def _group_info(group) -> dict[str, int]:
     """Which group of how many rendered this job (one process: group 0 of 1, one rank)."""
-    from .parallel import active_group
-
-    group = active_group()
     if group is None:
         return {"group": 0, "groups": 1, "ranks": 1}
     return {"group": group.index, "groups": group.count, "ranks": group.size}
 
 
-def sidecar(job: Job, done, seconds: float) -> dict[str, Any]:
-    """What the sidecar JSON of one finished job holds."""
+def sidecar(job: Job, done, seconds: float, group=None) -> dict[str, Any]:
+    """What the sidecar JSON of one finished job holds; ``group``: the :class:`~supergen.parallel.TileGroup` that rendered it."""
     result = done.output
     stats = result.stats
     data: dict[str, Any] = {
@@ -298,7 +288,7 @@ def sidecar(job: Job, done, seconds: float) -> dict[str, Any]:
             "steps": [{"tiles": s.tiles, "computed": s.tiles_computed, "seconds": s.seconds} for s in stats.steps],
             "tile_forwards": stats.tile_forwards,
         },
-        "parallel": _group_info() | stats.parallel,
+        "parallel": _group_info(group) | stats.parallel,
         "versions": versions(),
     }
     report = result.cache_report

@@ -33,7 +33,7 @@ from .builtin import load_pipeline
 from .cache import CacheReport, cache_policy
 from .config import MethodConfig, load_config
 from .errors import SuperGenError
-from .parallel import TiledVAE, TileExchanger, TileGroup
+from .parallel import ParallelPlan, TiledVAE, TileExchanger, TileGroup, plan_parallel, split_guidance, ulysses, ulysses_blocker
 from .plan import RenderPlan, plan_render
 from .refine import SingleProcess, StepStats, TileRefiner
 from .upscale import resize_video
@@ -65,7 +65,10 @@ class RenderStats:
     strength: float
     seconds: dict[str, float] = field(default_factory=dict)
     steps: list[StepStats] = field(default_factory=list)
-    #: With several ranks: ``ranks``, and per step this rank's ``bytes_sent`` and ``tiles_computed``.
+    #: With several ranks: ``plan`` (the mesh and what each stage did on it,
+    #: :meth:`~supergen.parallel.ParallelPlan.as_dict`), ``stages`` (per stage ``seconds`` and the
+    #: ``bytes`` all ranks sent), ``ranks``, and per refinement step this rank's ``bytes_sent``,
+    #: ``tiles_computed`` (units) and ``split`` (units were (tile, branch) pairs).
     parallel: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -255,7 +258,7 @@ class SuperGenPipeline:
                                       num_inference_steps, None if sketch_pixels is None else tuple(sketch_pixels.shape[-2:]),
                                       guidance_scale, {k: v for k, v in text.items() if v is not None})
         stage = callback_on_stage or (lambda name, info: None)
-        clock = StageClock(self.adapter.device)
+        clock = StageClock(self.adapter.device, self.group)
         with self._borrowed_pipeline():
             embeds = self.adapter.encode_prompt(request, plan.text_guidance_scale)
             scheduler = type(self.adapter.scheduler).from_config(self.adapter.scheduler.config)
@@ -286,7 +289,7 @@ class SuperGenPipeline:
         stats = RenderStats(
             size=plan.size, canvas=plan.canvas, sketch=plan.sketch if plan.from_sketch else None, num_frames=plan.num_frames,
             tile=tuple(s * self.adapter.vae_scale[1] for s in plan.tiles.tile), tiling=plan.tiles.describe(),
-            strength=plan.strength, seconds=clock.seconds, steps=step_stats, parallel=parallel,
+            strength=plan.strength, seconds=clock.seconds, steps=step_stats, parallel=parallel | clock.traffic(),
         )
         if not return_dict:
             return (video,)
@@ -340,25 +343,37 @@ class SuperGenPipeline:
         return Request(prompt=prompt, negative_prompt=negative_prompt, num_frames=frames, image=image, **text), plan
 
     # ---- stages -----------------------------------------------------------------------------
+    def parallel_plan(self, plan: RenderPlan) -> ParallelPlan:
+        """What each stage of a render with ``plan`` does on this pipeline's group of ranks."""
+        adapter, ranks, parallel = self.adapter, 1 if self.group is None else self.group.size, self.config.parallel
+        return plan_parallel(ranks, adapter.runs_branches(plan.guidance_scale), adapter.runs_branches(plan.sketch_guidance_scale),
+                             adapter.sketch_branches_separate, parallel.cfg, parallel.sketch, ulysses_blocker(adapter.transformers, ranks))
+
     def _sketch(self, request: Request, embeds: dict, plan: RenderPlan, generator: torch.Generator | None,
                 callback: Callable | None = None) -> torch.Tensor:
         """Stage 1: the wrapped pipeline at sketch size; returns pixels ``(1, 3, F, h, w)`` in [-1, 1]."""
         self.adapter.set_vae_tiling(False)  # sketch-size VAE work is never tiled
+        split = self.parallel_plan(plan)
+        if split.sketch_reason:
+            logger.info("sketch %s: %s", "computed whole on every rank" if split.sketch == "replicated" else "split by guidance branch",
+                        split.sketch_reason)
+        parallel = {"cfg": split_guidance, "ulysses": ulysses}.get(split.sketch)
         pipe = self.adapter.pipe
         # The wrapped pipeline draws its own step bar: label it for this stage, then restore its settings
         # (diffusers keeps them in _progress_bar_config; set_progress_bar_config replaces them all).
         settings = getattr(pipe, "_progress_bar_config", None)
         pipe._progress_bar_config = {**(settings or {}), "desc": "sketch"}
         try:
-            latents = self.adapter.sketch(request, embeds, *plan.sketch, plan.sketch_steps, plan.sketch_guidance_scale,
-                                          plan.sketch_guidance_scale_2, generator, callback)
+            with parallel(self.adapter.transformers, self.group) if parallel else contextlib.nullcontext():
+                latents = self.adapter.sketch(request, embeds, *plan.sketch, plan.sketch_steps, plan.sketch_guidance_scale,
+                                              plan.sketch_guidance_scale_2, generator, callback)
         finally:
             if settings is None:
                 del pipe._progress_bar_config
             else:
                 pipe._progress_bar_config = settings
         if self.group is not None:
-            # Every rank ran the same sketch (so every rank's generator is in the same state for the
+            # Every rank ran the same sketch loop (so every rank's generator is in the same state for the
             # re-noise); the leader's copy makes them bit-identical where GPU kernels are not deterministic.
             self.group.broadcast_from_leader(latents)
         pixels = self.adapter.decode(latents, plan.num_frames)
@@ -389,7 +404,8 @@ class SuperGenPipeline:
             with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
                 progress.set_description("refine")
                 latents, steps = refiner.run(latents, adapter.stepper(scheduler, cond.spatial, generator), timesteps, progress, callback)
-        return latents, steps, runner.finish(policy.report), runner.stats()
+        parallel = {} if self.group is None else {"plan": self.parallel_plan(plan).as_dict()}
+        return latents, steps, runner.finish(policy.report), parallel | runner.stats()
 
     def _decode(self, latents: torch.Tensor, sketch: torch.Tensor | None, plan: RenderPlan, output_type: str):
         """Decode the canvas (tiled and split across ranks when planned) and crop it to the requested size."""
@@ -426,13 +442,16 @@ class SuperGenPipeline:
 
 
 class StageClock:
-    """Seconds per stage. On CUDA the device is synchronised at each lap, so a lap measures the
-    work, not just its launch (one sync per stage, never per step)."""
+    """Seconds (and with a group, bytes this rank sent) per stage. On CUDA the device is synchronised
+    at each lap, so a lap measures the work, not just its launch (one sync per stage, never per step)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, group: TileGroup | None = None):
         self.device = device
+        self.group = group
         self.seconds: dict[str, float] = {}
+        self.bytes: dict[str, int] = {}
         self._last = self._now()
+        self._sent = 0 if group is None else group.bytes_sent
 
     def _now(self) -> float:
         if self.device.type == "cuda":
@@ -443,6 +462,17 @@ class StageClock:
         now = self._now()
         self.seconds[name] = now - self._last
         self._last = now
+        if self.group is not None:
+            self.bytes[name] = self.group.bytes_sent - self._sent
+            self._sent = self.group.bytes_sent
+
+    def traffic(self) -> dict[str, Any]:
+        """``{"stages": {name: {"seconds", "bytes"}}}`` with the bytes every rank of the group sent
+        (one collective: call on every rank); empty without a group."""
+        if self.group is None:
+            return {}
+        sent = self.group.sum_over_ranks(list(self.bytes.values()))
+        return {"stages": {name: {"seconds": self.seconds[name], "bytes": b} for name, b in zip(self.bytes, sent)}}
 
 
 def _step_callback(pipe, callback_on_step_end, tensor_inputs):

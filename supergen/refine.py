@@ -5,10 +5,13 @@ This loop is the only place the method's step order lives, and it is family-agno
 1. the :class:`~supergen.tiling.TilePlan` gives this step's tiles (and ``on_step`` hears the step,
    e.g. attention mode moves its windows);
 2. the :class:`TilePolicy` decides which tiles are computed (a cache may reuse the rest);
-3. the :class:`TileRunner` picks this process' share of the computed tiles and brings every computed
-   tile's prediction to every process (one process: all of them, nothing moves);
-4. meanwhile the adapter predicts this process' tiles, in batches of equal shape;
-5. the policy turns computed and reused tiles into predictions, blended into one canvas prediction;
+3. the :class:`TileRunner` cuts the computed tiles into units of work (whole tiles, or with
+   classifier-free guidance one unit per tile and branch, when that spreads better over processes),
+   picks this process' share and brings every unit's prediction to every process (one process: all
+   of them, nothing moves);
+4. meanwhile the adapter predicts this process' units, in batches of equal branch and shape;
+5. branch predictions are combined (float32, identically everywhere); the policy turns computed and
+   reused tiles into predictions, blended into one canvas prediction;
 6. the scheduler takes one step on the whole canvas.
 
 Policies and runners see only data every process holds identically (canvas latent, timestep,
@@ -24,9 +27,9 @@ from typing import Callable, ContextManager, Protocol
 
 import torch
 
-from .adapters import Conditioning, ModelAdapter, Stepper
+from .adapters import BRANCHES, Conditioning, ModelAdapter, Stepper, combine_guidance
 from .cache import ComputeAll
-from .tiling import Tile, TilePlan, accumulate, crop, tile_batches
+from .tiling import Tile, TilePlan, Unit, accumulate, crop, unit_batches
 
 
 @dataclass
@@ -68,24 +71,28 @@ class TilePolicy(Protocol):
 
 
 class TileRunner(Protocol):
-    """Which process computes which tile, and how the predictions reach every process.
+    """Which process computes which unit of work, and how the predictions reach every process.
 
     The runner drives the computation (rather than being handed the results afterwards) so that it
-    can move one tile's prediction while the next tile is being computed.
+    can move one unit's prediction while the next is being computed.
     """
+
+    def units(self, tiles: list[Tile], branches: tuple[str, ...]) -> list[Unit]:
+        """This step's units for the computed ``tiles``: whole tiles, or one per tile and guidance
+        branch (``branches`` is empty when only one branch runs). The same answer on every process."""
 
     def run(
         self,
         step: int,
-        tiles: list[Tile],
+        units: list[Unit],
         costs: list[float],
-        predict: Callable[[list[Tile]], dict[int, torch.Tensor]],
-    ) -> dict[int, torch.Tensor]:
-        """Predictions ``(1, C, F, h, w)`` float32 of all ``tiles`` (those computed this step) by index.
+        predict: Callable[[list[Unit]], dict[tuple, torch.Tensor]],
+    ) -> dict[tuple, torch.Tensor]:
+        """Predictions ``(1, C, F, h, w)`` float32 of all ``units`` by :attr:`~supergen.tiling.Unit.key`.
 
         Args:
-            costs: relative cost of each tile, for balancing the work across processes.
-            predict: computes the predictions of a list of tiles on this process.
+            costs: relative cost of each unit, for balancing the work across processes.
+            predict: computes the predictions of a list of units on this process.
         """
 
     def finish(self, report):
@@ -96,10 +103,13 @@ class TileRunner(Protocol):
 
 
 class SingleProcess:
-    """One process computes every tile; nothing moves."""
+    """One process computes every tile, whole (guided in the adapter); nothing moves."""
 
-    def run(self, step, tiles, costs, predict):
-        return predict(tiles)
+    def units(self, tiles, branches):
+        return [Unit(tile) for tile in tiles]
+
+    def run(self, step, units, costs, predict):
+        return predict(units)
 
     def finish(self, report):
         return report
@@ -109,8 +119,13 @@ class SingleProcess:
 
 
 def tile_cost(tile: Tile) -> float:
-    """Relative cost of computing ``tile``: its token count (all tiles of a plan span the same frames)."""
+    """Relative cost of one forward of ``tile``: its token count (all tiles of a plan span the same frames)."""
     return float(tile.shape[0] * tile.shape[1])
+
+
+def unit_cost(unit: Unit, branches: int) -> float:
+    """Relative cost of ``unit``: a whole tile runs all ``branches`` (at least one) forwards, a branch unit one."""
+    return tile_cost(unit.tile) * (max(branches, 1) if unit.branch is None else 1)
 
 
 @dataclass
@@ -145,14 +160,26 @@ class TileRefiner:
             self._device_weights[key] = tile.weight.to(like.device, like.dtype)
         return replace(tile, weight=self._device_weights[key])
 
-    def predict_tiles(self, step: int, latents: torch.Tensor, timestep: torch.Tensor, tiles: list[Tile]) -> dict[int, torch.Tensor]:
-        """Model predictions ``(1, C, F, h, w)`` float32 of ``tiles`` by tile index."""
-        out: dict[int, torch.Tensor] = {}
-        for batch in tile_batches(tiles, self.batch_tiles):
-            x = torch.cat([crop(latents, tile) for tile in batch])
-            with self.policy.scope(step, batch):
-                pred = self.adapter.predict(x, timestep, self.cond.for_tiles(batch), batch, self.plan.canvas, self.positions)
-            out.update({tile.index: pred[j : j + 1] for j, tile in enumerate(batch)})
+    def predict_units(self, step: int, latents: torch.Tensor, timestep: torch.Tensor, units: list[Unit]) -> dict[tuple, torch.Tensor]:
+        """Model predictions ``(1, C, F, h, w)`` float32 of ``units`` (guided for whole tiles, one
+        branch's output for branch units) by unit key."""
+        out: dict[tuple, torch.Tensor] = {}
+        for batch in unit_batches(units, self.batch_tiles):
+            tiles, branch = [unit.tile for unit in batch], batch[0].branch
+            x = torch.cat([crop(latents, tile) for tile in tiles])
+            with self.policy.scope(step, tiles):
+                pred = self.adapter.predict(x, timestep, self.cond.for_tiles(tiles), tiles, self.plan.canvas, self.positions, branch)
+            out.update({unit.key: pred[j : j + 1] for j, unit in enumerate(batch)})
+        return out
+
+    @staticmethod
+    def combined(shared: dict[tuple, torch.Tensor], tiles: list[Tile], scale: float | None) -> dict[int, torch.Tensor]:
+        """Each tile's guided prediction from the exchanged units: whole tiles as they are, branch units
+        combined here (float32, in the same order on every process)."""
+        out = {}
+        for tile in tiles:
+            whole = shared.get((tile.index, None))
+            out[tile.index] = whole if whole is not None else combine_guidance(shared[(tile.index, "cond")], shared[(tile.index, "uncond")], scale)
         return out
 
     def step(self, step: int, timestep: torch.Tensor, latents: torch.Tensor) -> tuple[torch.Tensor, StepStats]:
@@ -163,10 +190,13 @@ class TileRefiner:
         tiles = self.plan.tiles(step)
         decisions = self.policy.decide(step, timestep, latents, tiles)
         computed = [tile for tile, compute in zip(tiles, decisions) if compute]
+        scale = self.adapter.cfg_scale(timestep, self.cond)
+        branches = tuple(BRANCHES) if scale is not None else ()
+        units = self.runner.units(computed, branches)
         shared = self.runner.run(
-            step, computed, [tile_cost(tile) for tile in computed], lambda mine: self.predict_tiles(step, latents, timestep, mine)
+            step, units, [unit_cost(unit, len(branches)) for unit in units], lambda mine: self.predict_units(step, latents, timestep, mine)
         )
-        predictions = self.policy.predictions(step, latents, tiles, shared)
+        predictions = self.policy.predictions(step, latents, tiles, self.combined(shared, computed, scale))
         prediction = torch.zeros_like(latents)
         for tile in tiles:
             accumulate(prediction, self._on_device(tile, prediction), predictions[tile.index])

@@ -300,3 +300,31 @@ def tile_batches(tiles: list[Tile], batch_size: int) -> Iterable[list[Tile]]:
     for group in by_shape.values():
         for i in range(0, len(group), batch_size):
             yield group[i : i + batch_size]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of refinement work: a tile, whole (``branch`` None) or one guidance branch of it.
+
+    With classifier-free guidance a tile is two transformer forwards; splitting them into two units
+    lets two processes share one tile (CFG parallelism). ``branch`` is only a label here (the model
+    families name the branches).
+    """
+
+    tile: Tile
+    branch: str | None = None
+
+    @property
+    def key(self) -> tuple[int, str | None]:
+        return (self.tile.index, self.branch)
+
+
+def unit_batches(units: list[Unit], batch_size: int) -> Iterable[list[Unit]]:
+    """Group units of equal branch and tile shape into batches of at most ``batch_size`` (:func:`tile_batches` per branch)."""
+    by_branch: dict[str | None, list[Unit]] = {}
+    for unit in units:
+        by_branch.setdefault(unit.branch, []).append(unit)
+    for branch, group in by_branch.items():
+        by_index = {unit.tile.index: unit for unit in group}
+        for batch in tile_batches([unit.tile for unit in group], batch_size):
+            yield [by_index[tile.index] for tile in batch]

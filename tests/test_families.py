@@ -209,9 +209,9 @@ def test_tiled_image_to_video_at_an_odd_size_sees_crops_of_the_canvas_condition(
         canvas_maps.append(spatial_conditioning(*args, **kwargs))
         return canvas_maps[-1]
 
-    def recording_predict(latents, timestep, cond, tiles, canvas, positions):
+    def recording_predict(latents, timestep, cond, tiles, canvas, positions, branch=None):
         seen.append(({k: v.clone() for k, v in cond.spatial.items()}, tiles, latents.shape))
-        return predict(latents, timestep, cond, tiles, canvas, positions)
+        return predict(latents, timestep, cond, tiles, canvas, positions, branch)
 
     adapter.spatial_conditioning, adapter.predict = recording_spatial, recording_predict
     out = sg(prompt="a red block", image=image, height=ODD[0], width=ODD[1], num_frames=frames, generator=gen(0), output_type="np")

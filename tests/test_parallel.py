@@ -1,8 +1,10 @@
-"""Tile parallelism with real torch.distributed processes (gloo on CPU), started by torchrun from the test.
+"""Tile and CFG parallelism with real torch.distributed processes (gloo on CPU), started by torchrun from the test.
 
 One torchrun launch per world size runs this file as a worker (``__main__`` below) that renders with
-fp32 and bf16 exchange, decodes with the rank-parallel VAE, and survives a rank raising mid-run; each
-rank saves what it saw, and the tests compare that with a one-process render done here.
+whole tiles (fp32 and bf16 exchange), with (tile, guidance branch) units and the sketch's branches
+split over the mesh's ``cfg`` dimension, decodes with the rank-parallel VAE, and survives a rank
+raising mid-run; each rank saves what it saw, and the tests compare that with a one-process render
+done here.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import torch
 from supergen import SuperGenError
 from supergen.builtin import tiny_wan_pipeline
 from supergen.config import load_config
-from supergen.parallel import TiledVAE, balance
+from supergen.parallel import TiledVAE, balance, plan_parallel
 from supergen.parallel.exchanger import owned
 from supergen.pipeline import SuperGenPipeline
+from supergen.refine import SingleProcess
 from supergen.runtime import call_arguments
-from supergen.tiling import TilePlan
+from supergen.tiling import TilePlan, Unit
 
 # Canvas 64×112 px = 8×14 latent; tile 48×80 px = 6×10 latent does not divide it (2×2 clamped tiles
 # whose owned segments shift every step). VAE tiles of 32 px every 24 px: 3×5 windows.
@@ -34,6 +37,8 @@ OVERRIDES = [
     "tiling.tile_height=48", "tiling.tile_width=80", "tiling.shift_divisor=3",
     "cache.enabled=false", "parallel.timeout_s=60",
 ]
+# Whole tiles on every rank count (the tests of bytes and balance below count whole tiles).
+WHOLE = ["parallel.cfg=off"]
 # The region cache on: 6 steps from noise, a threshold that reuses tiles on some steps.
 CACHE_ON = ["refine.num_inference_steps=6", "refine.strength=1.0", "cache.enabled=true", "cache.policy=region", "cache.threshold=0.5"]
 VAE_TILES = dict(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24, tile_sample_stride_width=24)
@@ -75,13 +80,23 @@ def worker(out_dir: Path) -> None:
     pipe.vae.enable_tiling(**VAE_TILES)
     seen: dict = {}
     for dtype in ("fp32", "bf16"):
-        out = render(pipe, dtype, group=group)
+        out = render(pipe, dtype, extra=WHOLE, group=group)
         seen[dtype] = {"latent": out.frames, "parallel": out.stats.parallel, "computed": [s.tiles_computed for s in out.stats.steps]}
-    out = render(pipe, extra=CACHE_ON, group=group)
+    for mode in ("on", "auto"):  # (tile, branch) units every step / where they balance better
+        out = render(pipe, extra=[f"parallel.cfg={mode}"], group=group)
+        seen[f"cfg_{mode}"] = {"latent": out.frames, "parallel": out.stats.parallel}
+    # The sketch on diffusers' context parallelism (Ulysses over the group), then tile parallelism on
+    # the same transformer: nothing of diffusers' parallel state may be left for the refinement.
+    out = render(pipe, extra=["parallel.sketch=ulysses"], group=group)
+    cp_hooks = [name for m in pipe.transformer.modules() for name in getattr(getattr(m, "_diffusers_hook", None), "hooks", {})]
+    processors = [b.attn1.processor._parallel_config for b in pipe.transformer.blocks]
+    seen["ulysses"] = {"latent": out.frames, "sketch": out.sketch, "parallel": out.stats.parallel,
+                       "left": cp_hooks + [c for c in processors if c is not None] + [pipe.transformer._parallel_config] * (pipe.transformer._parallel_config is not None)}
+    out = render(pipe, extra=CACHE_ON + WHOLE, group=group)
     seen["cache"] = {"latent": out.frames, "parallel": out.stats.parallel, "computed": [s.tiles_computed for s in out.stats.steps],
                      "blocks": [[t.blocks for t in s.tiles] for s in out.cache_report.steps]}
     try:  # block-level cache state is per rank: refused rather than letting ranks diverge
-        render(pipe, extra=CACHE_ON + ["cache.block.enabled=true"], group=group)
+        render(pipe, extra=CACHE_ON + WHOLE + ["cache.block.enabled=true"], group=group)
         seen["block_cache"] = None
     except SuperGenError as exc:
         seen["block_cache"] = str(exc)
@@ -89,7 +104,7 @@ def worker(out_dir: Path) -> None:
 
     # Rank 1 raises in its third tile forward; every rank must get the same error, and the group must
     # still render afterwards.
-    cfg = load_config("tiny", OVERRIDES)
+    cfg = load_config("tiny", OVERRIDES + WHOLE)
     sg = SuperGenPipeline(pipe, cfg, group)
     real_predict, calls = sg.adapter.predict, []
 
@@ -106,7 +121,7 @@ def worker(out_dir: Path) -> None:
         seen["fault"] = None
     except parallel.RankFailure as exc:
         seen["fault"] = {"message": str(exc), "recoverable": exc.recoverable, "seconds": time.perf_counter() - start}
-    seen["after_fault"] = render(pipe, group=group).frames
+    seen["after_fault"] = render(pipe, extra=WHOLE, group=group).frames
     # A transposed sketch latent (CogVideoX's layout) through the group's broadcast.
     transposed = torch.arange(12.0).view(3, 4).t()
     group.broadcast_from_leader(transposed)
@@ -160,10 +175,12 @@ def single():
     try:
         cached = render(pipe, extra=CACHE_ON)
         out = render(pipe)
+        sketch = out.sketch
+        assert out.stats.parallel == {}  # one process: no mesh, nothing moved
         decoded = TiledVAE(SuperGenPipeline(pipe, load_config("tiny")).adapter).decode(out.frames, 5)
     finally:
         torch.set_num_threads(threads)
-    return {"latent": out.frames, "computed": [s.tiles_computed for s in out.stats.steps], "decoded": decoded, "pipe": pipe,
+    return {"latent": out.frames, "sketch": sketch, "computed": [s.tiles_computed for s in out.stats.steps], "decoded": decoded, "pipe": pipe,
             "cache": {"latent": cached.frames, "report": cached.cache_report}}
 
 
@@ -271,6 +288,98 @@ def test_a_rank_dying_stops_the_others_with_a_clear_message(ranks):
             assert death is not None and not death["recoverable"]  # the group is gone: the process must end
             assert "another rank died or did not answer within parallel.timeout_s" in death["message"]
             assert death["seconds"] < 60  # parallel.timeout_s bounds it; a closed connection is seen at once
+
+
+def test_cfg_parallelism_gives_the_same_video_on_every_rank_count(single, ranks):
+    """(tile, branch) units and the sketch's branches on two ranks: the branches are combined after the
+    exchange, in float32, in the same order as one process, so 1, 2 and 3 ranks render the same video."""
+    size = len(ranks)
+    for mode in ("on", "auto"):
+        for seen in ranks:
+            torch.testing.assert_close(seen[f"cfg_{mode}"]["latent"], single["latent"], atol=1e-6, rtol=0)
+            assert torch.equal(seen[f"cfg_{mode}"]["latent"], ranks[0][f"cfg_{mode}"]["latent"])
+    plan = ranks[0]["cfg_on"]["parallel"]["plan"]
+    # The mesh: cfg × tile; the sketch's branches split only where the cfg dimension has both.
+    assert plan["mesh"] == ({"cfg": 2, "tile": 1} if size == 2 else {"cfg": 1, "tile": 3})
+    assert plan["sketch"] == ("cfg" if size == 2 else "replicated")
+    assert plan["sketch_reason"] == ("" if size == 2 else "3 ranks: the cfg dimension needs an even rank count")
+    stages = ranks[0]["cfg_on"]["parallel"]["stages"]
+    assert set(stages) == {"sketch", "upscale", "refine"}  # latent output: no decode
+    latent_bytes = 16 * 2 * 4 * 8 * 4  # a sketch prediction (1, 16, 2, 4, 8) float32 (32x56 snapped to 32x64); the leader's sketch copy is as large
+    # 2 ranks: each sends its branch's prediction at each of the 2 sketch steps; then the leader broadcasts its copy.
+    assert stages["sketch"]["bytes"] == (2 * 2 * latent_bytes if size == 2 else 0) + latent_bytes
+    assert stages["upscale"]["bytes"] > 0  # the rank-parallel tiled encode
+    tiles = TilePlan((8, 14), (6, 10), patch=(2, 2), mode="shift", boundary="clamp", shift_divisor=3)
+    areas = [sum(len(range(*r.indices(6))) * len(range(*c.indices(10))) for r, c in map(owned, tiles.tiles(step))) for step in range(3)]
+    on = ranks[0]["cfg_on"]["parallel"]
+    assert on["split"] == [True] * 3
+    assert [sum(seen["cfg_on"]["parallel"]["bytes_sent"][step] for seen in ranks) for step in range(3)] == [2 * a * 16 * 2 * 4 for a in areas]
+    assert stages["refine"]["bytes"] == sum(2 * a * 16 * 2 * 4 for a in areas)
+    # auto: 4 tiles split evenly over 2 ranks as whole tiles (half the bytes); over 3 ranks 8 units
+    # leave the busiest rank 3 forwards instead of 4.
+    auto = [seen["cfg_auto"]["parallel"] for seen in ranks]
+    assert auto[0]["split"] == [size == 3] * 3
+    counts = sorted(a["tiles_computed"][0] for a in auto)
+    assert counts == ([2, 2] if size == 2 else [2, 3, 3])
+
+
+def test_the_ulysses_sketch_equals_one_process_and_leaves_no_hooks(single, ranks):
+    """parallel.sketch=ulysses: diffusers' context parallelism splits the sketch's tokens over the
+    ranks (2 heads split over 2 ranks); it may reorder sums, so the sketch is compared to one process
+    within 1e-5 (it came out equal on this model), and ranks agree exactly. 3 ranks cannot split 2
+    heads: the plan says why and the sketch is replicated."""
+    seen = [r["ulysses"] for r in ranks]
+    plan = seen[0]["parallel"]["plan"]
+    if len(ranks) == 2:
+        assert plan["sketch"] == "ulysses" and plan["sketch_reason"] == ""
+    else:
+        assert plan["sketch"] == "replicated"
+        assert plan["sketch_reason"] == "no Ulysses: 2 attention heads do not split over 3 ranks; 3 ranks: the cfg dimension needs an even rank count"
+    for r in seen:
+        assert r["left"] == []  # no context-parallel hook or config left for the refinement
+        torch.testing.assert_close(r["sketch"], single["sketch"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(r["latent"], single["latent"], atol=1e-5, rtol=0)
+        assert torch.equal(r["latent"], seen[0]["latent"])
+
+
+def test_branch_units_in_one_process_equal_guided_tiles(single):
+    """The refinement with every tile cut into (tile, branch) units gives the same numbers as whole,
+    guided tiles: the combine is the adapter's own, in the same order."""
+
+    class Branches(SingleProcess):
+        def units(self, tiles, branches):
+            return [Unit(tile, branch) for tile in tiles for branch in branches] if branches else super().units(tiles, branches)
+
+    pipe = single["pipe"]
+    cfg = load_config("tiny", OVERRIDES)
+    sg = SuperGenPipeline(pipe, cfg)
+    plan = sg.plan(cfg.job.height, cfg.job.width, cfg.job.num_frames)
+    from supergen.adapters import Conditioning
+    from supergen.refine import TileRefiner
+
+    gen = torch.Generator().manual_seed(0)
+    embeds = {"prompt_embeds": torch.randn(1, 16, 32, generator=gen), "negative_prompt_embeds": torch.randn(1, 16, 32, generator=gen),
+              "image_embeds": None}
+    latents = torch.randn(plan.latent_shape, generator=gen)
+    t = torch.tensor(700.0)
+    outs = []
+    with sg.adapter.positions("global"):
+        for runner in (SingleProcess(), Branches()):
+            refiner = TileRefiner(plan.tiles, sg.adapter, Conditioning(embeds, guidance_scale=5.0), "global", runner=runner)
+            outs.append(refiner.step(0, t, latents)[0])
+    assert torch.equal(outs[0], outs[1])
+    assert Branches().units(plan.tiles.tiles(0), ())[0].branch is None  # no guidance: whole tiles
+
+
+def test_the_parallel_plan_names_why_the_sketch_is_not_split():
+    assert plan_parallel(1, True, True, True, "auto").describe() == "1 rank"
+    two = plan_parallel(2, True, True, True, "auto")
+    assert (two.sketch, two.refine) == ("cfg", "auto")
+    assert two.describe() == "2 ranks, mesh cfg=2 × tile=1; sketch: cfg; refine: (tile, branch) units where they balance better over all ranks"
+    assert plan_parallel(4, True, True, False, "on").sketch_reason == "the family's pipeline runs both guidance branches in one batched forward"
+    assert plan_parallel(4, False, False, True, "auto").sketch_reason == "no classifier-free guidance in the sketch"
+    off = plan_parallel(8, True, True, True, "off")
+    assert (off.mesh, off.sketch, off.sketch_reason, off.refine) == ((2, 4), "replicated", "parallel.cfg=off", "tiles")
 
 
 def test_balance_minimises_the_busiest_rank():

@@ -36,8 +36,19 @@ from .positions import CanvasPositions, installed
 #: image-to-video families that condition by replacing the first latent frame): ``(1, C, 1, H, W)``.
 FIRST_FRAME = "first_frame"
 
+#: Classifier-free guidance branches: each one's name and the prefix of its embeddings in
+#: :attr:`Conditioning.embeds`. A tile's branches can run on different ranks (CFG parallelism) and be
+#: combined with :func:`combine_guidance` after the exchange.
+BRANCHES: dict[str, str] = {"cond": "", "uncond": "negative_"}
+
 #: ``step(prediction, timestep, latents) -> latents``: one scheduler step on the whole canvas.
 Stepper = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def combine_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance on float32 branch predictions, as the pipelines combine them. Every
+    rank combines the same exchanged values in the same order, so any rank count gives the same numbers."""
+    return uncond + scale * (cond - uncond)
 
 
 @dataclass
@@ -107,6 +118,12 @@ class ModelAdapter(SizeRules, abc.ABC):
     #: Dtypes of components that must not follow the transformer's (diffusers' own recipes for the
     #: family), applied when a model is loaded unless the config sets them (``model.vae_dtype``...).
     component_dtypes: ClassVar[dict[str, str]] = {}
+
+    #: Whether the wrapped pipeline runs the sketch's guidance branches as separate transformer
+    #: calls under the cache contexts ``cond`` and ``uncond`` (diffusers' convention), so that CFG
+    #: parallelism can put them on two ranks (:func:`supergen.parallel.split_guidance`). Pipelines
+    #: that batch both branches into one call do not.
+    sketch_branches_separate: ClassVar[bool] = False
 
     #: The family's :class:`~.positions.CanvasPositions` for ``transformer.rope``; None for families
     #: that take positions another way (CogVideoX's tables, LTX's coordinates).
@@ -354,8 +371,9 @@ class ModelAdapter(SizeRules, abc.ABC):
         tiles: list[Tile],
         canvas: tuple[int, int],
         positions: str,
+        branch: str | None = None,
     ) -> torch.Tensor:
-        """Guided model output for a batch of tiles.
+        """Guided model output for a batch of tiles (or one guidance branch's output).
 
         Args:
             latents: ``(B, C, F, h, w)`` float32, the tiles' windows of the canvas latent.
@@ -364,43 +382,60 @@ class ModelAdapter(SizeRules, abc.ABC):
             tiles: the ``B`` windows (all of shape ``(h, w)``), for positions.
             canvas: canvas latent size ``(H, W)``.
             positions: ``local`` | ``global`` | ``ntk``.
+            branch: None for the guided prediction; a :data:`BRANCHES` name for that branch's output
+                alone (only when :meth:`cfg_scale` is not None), to be combined with :func:`combine_guidance`.
 
         Returns:
             ``(B, C, F, h, w)`` float32, what the scheduler's ``step`` expects.
         """
         with self.positions(positions):  # a no-op inside the refinement, which installs them once
             if self.batched_positions or positions == "local" or len(tiles) == 1:
-                return self.predict_batch(latents, timestep, cond, tiles, canvas, positions)
+                return self.predict_batch(latents, timestep, cond, tiles, canvas, positions, branch)
             return torch.cat(
                 [
-                    self.predict_batch(latents[i : i + 1], timestep, cond.select(i), [tile], canvas, positions)
+                    self.predict_batch(latents[i : i + 1], timestep, cond.select(i), [tile], canvas, positions, branch)
                     for i, tile in enumerate(tiles)
                 ]
             )
 
     @abc.abstractmethod
     def predict_batch(
-        self, latents: torch.Tensor, timestep: torch.Tensor, cond: Conditioning, tiles: list[Tile], canvas: tuple[int, int], positions: str
+        self, latents: torch.Tensor, timestep: torch.Tensor, cond: Conditioning, tiles: list[Tile], canvas: tuple[int, int],
+        positions: str, branch: str | None = None,
     ) -> torch.Tensor:
         """:meth:`predict` for tiles the family can run in one call (see :attr:`batched_positions`)."""
 
+    def runs_branches(self, guidance_scale: float) -> bool:
+        """Whether guidance at ``guidance_scale`` runs an unconditional branch (not when guidance is
+        off, or embedded in the transformer)."""
+        return guidance_scale > 1.0
+
+    def cfg_scale(self, timestep: torch.Tensor, cond: Conditioning) -> float | None:
+        """The classifier-free guidance scale at ``timestep``; None when only the conditional branch runs."""
+        return cond.guidance_scale if self.runs_branches(cond.guidance_scale) else None
+
     # ---- shared by the families' predict ----------------------------------------------------
     @staticmethod
-    def guided(model: nn.Module, tiles: list[Tile], scale: float, guidance: bool, forward: Callable[[str], torch.Tensor]) -> torch.Tensor:
+    def guided(
+        model: nn.Module, tiles: list[Tile], scale: float | None, forward: Callable[[str], torch.Tensor], branch: str | None = None
+    ) -> torch.Tensor:
         """Classifier-free guidance around ``forward(prefix)``, which runs the transformer with the
-        embeddings named ``prefix + name`` (``""`` conditional, ``"negative_"`` unconditional).
+        embeddings named ``prefix + name`` (:data:`BRANCHES`); ``scale`` None runs the conditional branch only.
 
-        Each branch runs under its own cache context per tile batch, so diffusers' cache hooks keep
-        separate state for every tile and branch. Returns float32 (the pipelines guide in float32).
+        With ``branch`` set, only that branch runs and its output is returned uncombined. Each branch
+        runs under its own cache context per tile batch, so diffusers' cache hooks keep separate state
+        for every tile and branch. Returns float32 (the pipelines guide in float32).
         """
         name = context_name(tiles)
-        with model.cache_context(f"cond/{name}"):
-            pred = forward("").float()
-        if not guidance:
-            return pred
-        with model.cache_context(f"uncond/{name}"):
-            uncond = forward("negative_").float()
-        return uncond + scale * (pred - uncond)
+
+        def run(which: str) -> torch.Tensor:
+            with model.cache_context(f"{which}/{name}"):
+                return forward(BRANCHES[which]).float()
+
+        if branch is not None:
+            return run(branch)
+        pred = run("cond")
+        return pred if scale is None else combine_guidance(pred, run("uncond"), scale)
 
     def token_positions(self, tiles: list[Tile]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Canvas position (in patches) of every token row and column of each tile: ``(rows, cols)``,

@@ -179,7 +179,7 @@ class CogVideoXAdapter(ModelAdapter):
             tables.append(grid.reshape(frames * n_h * n_w, -1).to(self.device))
         return tables[0], tables[1]
 
-    def predict_batch(self, latents, timestep, cond, tiles, canvas, positions):
+    def predict_batch(self, latents, timestep, cond, tiles, canvas, positions, branch=None):
         model = self.pipe.transformer
         batch = latents.shape[0]
         hidden = latents
@@ -206,4 +206,4 @@ class CogVideoXAdapter(ModelAdapter):
                 ofs=ofs, image_rotary_emb=rotary, return_dict=False,
             )[0]
 
-        return self.guided(model, tiles, cond.guidance_scale, cond.do_guidance, forward).transpose(1, 2)
+        return self.guided(model, tiles, self.cfg_scale(timestep, cond), forward, branch).transpose(1, 2)

@@ -175,7 +175,11 @@ class HunyuanVideoAdapter(ModelAdapter):
         return super().renoise(scheduler, x0, timestep, spatial, generator)
 
     # ---- stage 2 ----------------------------------------------------------------------------
-    def predict_batch(self, latents, timestep, cond, tiles, canvas, positions):
+    def runs_branches(self, guidance_scale):
+        # Guidance-distilled transformers take the scale as an input: one branch, whole tiles.
+        return not self._embedded_guidance and super().runs_branches(guidance_scale)
+
+    def predict_batch(self, latents, timestep, cond, tiles, canvas, positions, branch=None):
         model = self.pipe.transformer
         batch = latents.shape[0]
         hidden = latents
@@ -200,4 +204,4 @@ class HunyuanVideoAdapter(ModelAdapter):
                 pooled_projections=expand(embeds[prefix + "pooled_prompt_embeds"]), guidance=guidance, return_dict=False,
             )[0]
 
-        return self.guided(model, tiles, cond.guidance_scale, cond.do_guidance and not self._embedded_guidance, forward)
+        return self.guided(model, tiles, self.cfg_scale(timestep, cond), forward, branch)

@@ -154,7 +154,7 @@ class LTXAdapter(ModelAdapter):
             coords.append(torch.stack([grid[0] * scale_t * p_t, grid[1] * scale_h * p, grid[2] * scale_w * p]))
         return torch.stack(coords).to(latents.device)
 
-    def predict_batch(self, latents, timestep, cond, tiles, canvas, positions):
+    def predict_batch(self, latents, timestep, cond, tiles, canvas, positions, branch=None):
         if positions == "ntk":
             raise SuperGenError(
                 "tiling.positions=ntk is not supported for LTX-Video (its rotary embedding normalises coordinates "
@@ -184,4 +184,4 @@ class LTXAdapter(ModelAdapter):
                 encoder_attention_mask=expand(embeds[prefix + "prompt_attention_mask"]), **where, return_dict=False,
             )[0]
 
-        return self._unpack(self.guided(model, tiles, cond.guidance_scale, cond.do_guidance, forward), latents.shape)
+        return self._unpack(self.guided(model, tiles, self.cfg_scale(timestep, cond), forward, branch), latents.shape)

@@ -64,6 +64,8 @@ class WanAdapter(ModelAdapter):
     position_module = CanvasRotaryPosEmbed
     # diffusers' Wan examples load the VAE and the CLIP image encoder in float32 beside a bf16 transformer.
     component_dtypes = {"vae": "float32", "image_encoder": "float32"}
+    # WanPipeline / WanImageToVideoPipeline call the transformer once per branch, in cache_context("cond"/"uncond").
+    sketch_branches_separate = True
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -176,8 +178,11 @@ class WanAdapter(ModelAdapter):
         scale_2 = cond.guidance_scale_2 if cond.guidance_scale_2 is not None else cond.guidance_scale
         return pipe.transformer_2, scale_2
 
-    def predict_batch(self, latents, timestep, cond, tiles, canvas, positions):
-        model, scale = self._model_for(timestep, cond)
+    def cfg_scale(self, timestep, cond):
+        return self._model_for(timestep, cond)[1] if self.runs_branches(cond.guidance_scale) else None
+
+    def predict_batch(self, latents, timestep, cond, tiles, canvas, positions, branch=None):
+        model, _ = self._model_for(timestep, cond)
         batch = latents.shape[0]
         hidden = latents
         if "condition" in cond.spatial:
@@ -197,7 +202,7 @@ class WanAdapter(ModelAdapter):
 
         if positions != "local":
             self.set_positions(model, tiles, canvas, positions, (model.rope.original.h_dim, model.rope.original.w_dim))
-        return self.guided(model, tiles, scale, cond.do_guidance, forward)
+        return self.guided(model, tiles, self.cfg_scale(timestep, cond), forward, branch)
 
     # ---- tiling.mode=attention ----------------------------------------------------------------
     @contextlib.contextmanager

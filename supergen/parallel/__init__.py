@@ -1,6 +1,9 @@
-"""Tile parallelism on torch.distributed: process groups, the tile exchanger, the rank-parallel VAE.
+"""Parallelism on torch.distributed: process groups and their device mesh, the tile exchanger (whole
+tiles or (tile, guidance branch) units), the sketch's CFG split, the rank-parallel VAE.
 
-Applied from outside the model (torchtitan style): nothing here changes model code. See
+Applied from outside the model (torchtitan style): nothing here changes model code; each parallel
+dimension is one named piece (:func:`init` makes the mesh, :class:`TileExchanger` spreads the
+refinement, :func:`split_guidance` hooks the sketch's transformer, :class:`TiledVAE` the VAE). See
 ``docs/architecture.md`` ("Tile parallelism") and :mod:`supergen.parallel.exchanger`. Launch with any of::
 
     torchrun --nproc_per_node 8 $(which supergen) render ...        # or: torchrun ... -m supergen render ...
@@ -12,7 +15,13 @@ One process needs none of this. On a CPU-only machine the same commands use gloo
 """
 
 from .exchanger import RankFailure, TileExchanger, balance
+from .context import ulysses, ulysses_blocker
 from .launch import TileGroup, active_group, init, launched, shutdown, wait_for_all_groups
+from .mesh import MESH_DIMS, ParallelPlan, plan_parallel
+from .sketch import split_guidance
 from .vae import TiledVAE
 
-__all__ = ["RankFailure", "TileExchanger", "TileGroup", "TiledVAE", "active_group", "balance", "init", "launched", "shutdown", "wait_for_all_groups"]
+__all__ = [
+    "MESH_DIMS", "ParallelPlan", "RankFailure", "TileExchanger", "TileGroup", "TiledVAE", "active_group", "balance", "init", "launched",
+    "plan_parallel", "shutdown", "split_guidance", "ulysses", "ulysses_blocker", "wait_for_all_groups",
+]

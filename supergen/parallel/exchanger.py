@@ -12,7 +12,9 @@ all the others. Per step:
 3. one 4-byte all-reduce says whether any rank failed; if one did, every rank raises the same
    :class:`RankFailure` with the failed rank's message, and the group stays usable for the next job.
 
-Only the part of a prediction that the blend uses travels: a clamped shift tile writes just the
+A unit of work is a whole tile or, with classifier-free guidance, one guidance branch of a tile
+(``parallel.cfg``): then a tile's two forwards can run on two ranks, and every rank combines the
+exchanged branches itself. Only the part of a prediction that the blend uses travels: a clamped shift tile writes just the
 segment it owns (its blend weight is zero elsewhere), so with shift tiling the predictions moved per
 step add up to at most one canvas. Predictions travel in ``parallel.exchange_dtype``; the owner also
 uses the rounded, cropped value, so all ranks add identical numbers and stay bit-identical. Tiles a
@@ -29,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import SuperGenError
-from ..tiling import Tile, tile_batches
+from ..tiling import Tile, Unit, unit_batches
 from .launch import TileGroup, mark_broken
 
 #: ``parallel.exchange_dtype`` → torch dtype.
@@ -58,6 +60,14 @@ def owned(tile: Tile) -> tuple[slice, slice]:
     return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
+def busiest(costs: list[float], ranks: int) -> float:
+    """The busiest rank's total cost when :func:`balance` spreads ``costs`` over ``ranks``."""
+    load = [0.0] * ranks
+    for cost, owner in zip(costs, balance(costs, ranks)):
+        load[owner] += cost
+    return max(load, default=0.0)
+
+
 def balance(costs: list[float], ranks: int) -> list[int]:
     """Owner rank of each tile, minimising the busiest rank's total cost (greedy longest-first).
 
@@ -82,22 +92,29 @@ class TileExchanger:
             ``(1, C, F, h, w)`` of the prediction a rank receives.
         exchange_dtype: ``fp32`` | ``bf16`` | ``fp16``.
         batch_tiles: tiles of equal shape per transformer call (as :class:`~supergen.refine.TileRefiner`).
+        cfg: ``parallel.cfg``: when a tile's guidance branches become separate units that may run on
+            different ranks — ``auto`` when that lowers the busiest rank's load (ties keep whole tiles,
+            which move half the bytes), ``on`` whenever the family runs classifier-free guidance, ``off`` never.
 
     Attributes:
         bytes_sent: per step, the prediction bytes this rank sent (summed over the group: the
-            :func:`owned` area of every computed tile × ``C·F`` × the dtype's size).
-        tiles_computed: per step, how many tiles this rank computed.
+            :func:`owned` area of every computed unit × ``C·F`` × the dtype's size).
+        tiles_computed: per step, how many units this rank computed (whole tiles, or tile branches
+            on the steps listed in ``split``).
+        split: per step, whether the units were (tile, branch) pairs.
         wait_seconds: per step, how long this rank waited for predictions after computing its own
             (transfer not hidden behind compute, plus waiting for slower ranks).
     """
 
-    def __init__(self, group: TileGroup, latent_dims: tuple[int, int], exchange_dtype: str = "fp32", batch_tiles: int = 1):
+    def __init__(self, group: TileGroup, latent_dims: tuple[int, int], exchange_dtype: str = "fp32", batch_tiles: int = 1, cfg: str = "auto"):
         self.group = group
         self.latent_dims = latent_dims
         self.dtype = TRANSPORT_DTYPES[exchange_dtype]
         self.batch_tiles = batch_tiles
+        self.cfg = cfg
         self.bytes_sent: list[int] = []
         self.tiles_computed: list[int] = []
+        self.split: list[bool] = []
         self.wait_seconds: list[float] = []
 
     @classmethod
@@ -114,7 +131,21 @@ class TileExchanger:
                 "with several ranks only the tile-level cache (cache.policy=region, cache.block.enabled=false) "
                 "keeps ranks identical; block-level caches keep per-rank state"
             )
-        return cls(group, latent_dims, config.parallel.exchange_dtype, config.tiling.batch_tiles)
+        return cls(group, latent_dims, config.parallel.exchange_dtype, config.tiling.batch_tiles, config.parallel.cfg)
+
+    def units(self, tiles: list[Tile], branches: tuple[str, ...]) -> list[Unit]:
+        """See :meth:`supergen.refine.TileRunner.units`: decided from the tile sizes, the branches and
+        the rank count only, so every rank decides the same."""
+        whole = [Unit(tile) for tile in tiles]
+        if not branches or self.cfg == "off":
+            return whole
+        split = [Unit(tile, branch) for tile in tiles for branch in branches]
+        if self.cfg == "on":
+            return split
+        area = [float(tile.shape[0] * tile.shape[1]) for tile in tiles]
+        if busiest([a for a in area for _ in branches], self.group.size) < busiest([a * len(branches) for a in area], self.group.size):
+            return split
+        return whole
 
     def finish(self, report):
         """The cache report with block forwards summed over the group (each rank counted only the
@@ -125,29 +156,29 @@ class TileExchanger:
         return report
 
     def stats(self) -> dict:
-        """``ranks``, and per step this rank's ``bytes_sent`` and ``tiles_computed``."""
-        return {"ranks": self.group.size, "bytes_sent": self.bytes_sent, "tiles_computed": self.tiles_computed}
+        """``ranks``, and per step this rank's ``bytes_sent``, ``tiles_computed`` (units) and ``split``."""
+        return {"ranks": self.group.size, "bytes_sent": self.bytes_sent, "tiles_computed": self.tiles_computed, "split": self.split}
 
-    def _schedule(self, tiles: list[Tile], costs: list[float]) -> tuple[list[list[list[Tile]]], list[tuple[int, Tile]]]:
-        """Every rank's batches, and the group-wide order of ``(owner, tile)`` broadcasts.
+    def _schedule(self, units: list[Unit], costs: list[float]) -> tuple[list[list[list[Unit]]], list[tuple[int, Unit]]]:
+        """Every rank's batches, and the group-wide order of ``(owner, unit)`` broadcasts.
 
         The order interleaves ranks batch by batch (round k: rank 0's k-th batch, rank 1's, ...), so
         every rank can issue its own k-th batch's sends soon after computing it.
         """
         owner = balance(costs, self.group.size)
-        batches = [list(tile_batches([t for t, o in zip(tiles, owner) if o == r], self.batch_tiles)) for r in range(self.group.size)]
+        batches = [list(unit_batches([u for u, o in zip(units, owner) if o == r], self.batch_tiles)) for r in range(self.group.size)]
         order = []
         for k in range(max(map(len, batches), default=0)):
             for r in range(self.group.size):
                 if k < len(batches[r]):
-                    order += [(r, tile) for tile in batches[r][k]]
+                    order += [(r, unit) for unit in batches[r][k]]
         return batches, order
 
-    def run(self, step: int, tiles: list[Tile], costs: list[float], predict: Callable[[list[Tile]], dict[int, torch.Tensor]]) -> dict[int, torch.Tensor]:
+    def run(self, step: int, units: list[Unit], costs: list[float], predict: Callable[[list[Unit]], dict[tuple, torch.Tensor]]) -> dict[tuple, torch.Tensor]:
         """See :meth:`supergen.refine.TileRunner.run`; every rank returns the same predictions."""
         me, device = self.group.rank, self.group.device
-        batches, order = self._schedule(tiles, costs)
-        buffers: dict[int, torch.Tensor] = {}
+        batches, order = self._schedule(units, costs)
+        buffers: dict[tuple, torch.Tensor] = {}
         works = []
         issued = 0
         sent = 0
@@ -156,13 +187,13 @@ class TileExchanger:
         def issue(upto: int) -> None:
             # Start the broadcasts of order[issued:upto]; receive buffers for other ranks' tiles.
             nonlocal issued, sent
-            for owner, tile in order[issued:upto]:
+            for owner, unit in order[issued:upto]:
                 if owner != me:
-                    buffers[tile.index] = torch.empty(self._owned_shape(tile), dtype=self.dtype, device=device)
+                    buffers[unit.key] = torch.empty(self._owned_shape(unit.tile), dtype=self.dtype, device=device)
                 else:
-                    sent += buffers[tile.index].nbytes
+                    sent += buffers[unit.key].nbytes
                 # Bytes, not elements: every backend moves uint8, whatever the transport dtype.
-                payload = buffers[tile.index].view(torch.uint8)
+                payload = buffers[unit.key].view(torch.uint8)
                 works.append(dist.broadcast(payload, src=self.group.global_of(owner), group=self.group.pg, async_op=True))
             issued = max(issued, upto)
 
@@ -173,14 +204,14 @@ class TileExchanger:
                         predictions = predict(batch)
                     except Exception as exc:  # reported to the whole group below, then raised everywhere
                         error = f"rank {self.group.global_rank} failed at step {step}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-                for tile in batch:
+                for unit in batch:
                     if error is None:
-                        rows, cols = owned(tile)
-                        buffers[tile.index] = predictions[tile.index][..., rows, cols].to(self.dtype).contiguous()
-                    else:  # keep the group's collectives in step: placeholders for the remaining tiles
-                        buffers[tile.index] = torch.zeros(self._owned_shape(tile), dtype=self.dtype, device=device)
-                last = batch[-1].index
-                issue(next(i for i, (o, t) in enumerate(order) if o == me and t.index == last) + 1)
+                        rows, cols = owned(unit.tile)
+                        buffers[unit.key] = predictions[unit.key][..., rows, cols].to(self.dtype).contiguous()
+                    else:  # keep the group's collectives in step: placeholders for the remaining units
+                        buffers[unit.key] = torch.zeros(self._owned_shape(unit.tile), dtype=self.dtype, device=device)
+                last = batch[-1].key
+                issue(next(i for i, (o, u) in enumerate(order) if o == me and u.key == last) + 1)
             issue(len(order))
             waited = time.perf_counter()
             for work in works:
@@ -201,9 +232,11 @@ class TileExchanger:
         if failed >= 0:
             raise RankFailure(message[0], recoverable=True)
         self.bytes_sent.append(sent)
+        self.group.count_bytes(sent)
         self.tiles_computed.append(sum(len(b) for b in batches[me]))
+        self.split.append(any(unit.branch is not None for unit in units))
         self.wait_seconds.append(time.perf_counter() - waited)
-        return {tile.index: self._full(tile, buffers[tile.index]) for tile in tiles}
+        return {unit.key: self._full(unit.tile, buffers[unit.key]) for unit in units}
 
     def _owned_shape(self, tile: Tile) -> tuple[int, ...]:
         rows, cols = owned(tile)

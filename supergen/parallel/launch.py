@@ -9,7 +9,8 @@ None and everything runs in-process. With a launcher, :func:`init`
 - checks that every rank was started with the same config (a mismatch is reported at start-up,
   naming the ranks, rather than surfacing as a hang or a silently different video);
 - splits the world into groups of ``parallel.group_size`` ranks (job parallelism in batch
-  rendering; each group does tile parallelism within one video);
+  rendering; each group does tile parallelism within one video): one device mesh of the world with
+  dimensions ``job × cfg × tile`` (:mod:`supergen.parallel.mesh`), each group a ``cfg × tile`` slice.
 
 When a rank dies
 ----------------
@@ -37,13 +38,15 @@ import datetime
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from ..config import SuperGenConfig, to_yaml
 from ..errors import ConfigError
+from .mesh import MESH_DIMS, mesh_shape
 
 logger = logging.getLogger("supergen")
 
@@ -67,6 +70,12 @@ class TileGroup:
         count: how many groups the world is split into.
         global_rank: this process' rank in the world.
         device: this rank's device (``cuda:LOCAL_RANK`` with NCCL, else ``cpu``).
+        mesh: the group's ranks as a :class:`~torch.distributed.device_mesh.DeviceMesh` with the
+            dimensions :data:`~supergen.parallel.mesh.MESH_DIMS`.
+        seq_mesh: the same ranks as the ``ring × ulysses`` (1 × size) mesh diffusers' context
+            parallelism takes (:mod:`supergen.parallel.context`).
+        bytes_sent: bytes this rank has sent to the group so far (collectives add to it; stages read
+            the difference).
     """
 
     pg: dist.ProcessGroup
@@ -76,6 +85,9 @@ class TileGroup:
     count: int
     global_rank: int
     device: torch.device
+    mesh: DeviceMesh
+    seq_mesh: DeviceMesh
+    bytes_sent: int = field(default=0, compare=False)
 
     @property
     def is_leader(self) -> bool:
@@ -84,6 +96,10 @@ class TileGroup:
     def global_of(self, group_rank: int) -> int:
         """Global rank of the group's rank ``group_rank``."""
         return dist.get_global_rank(self.pg, group_rank)
+
+    def count_bytes(self, nbytes: int) -> None:
+        """Record ``nbytes`` sent by this rank (for the per-stage bytes of the render summary)."""
+        self.bytes_sent += nbytes
 
     def sum_over_ranks(self, values: list[int]) -> list[int]:
         """Element-wise sum of ``values`` over the group's ranks; every rank gets the sums."""
@@ -100,6 +116,8 @@ class TileGroup:
         does not check), so such a buffer is made when ``tensor`` is not one, and copied back.
         """
         buffer = collective_buffer(tensor, self.device)
+        if self.is_leader:
+            self.count_bytes(buffer.nbytes)
         dist.broadcast(buffer, src=self.global_of(0), group=self.pg)
         if buffer is not tensor:
             tensor.copy_(buffer)
@@ -155,8 +173,13 @@ def init(cfg: SuperGenConfig) -> TileGroup | None:
     groups = [dist.new_group(list(range(g * size, (g + 1) * size)), timeout=timeout) for g in range(world // size)] if size < world else [dist.group.WORLD]
     index = rank // size
     _PATIENT = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=7))
-    _ACTIVE = TileGroup(groups[index], rank % size, size, index, world // size, rank, device)
-    logger.info("%d ranks (%s), %d group(s) of %d", world, dist.get_backend(), world // size, size)
+    # Ranks g·size … (g+1)·size − 1 form group g, as the groups above: the mesh's leading dimension.
+    world_mesh = init_device_mesh(device.type, (world // size, *mesh_shape(size)), mesh_dim_names=("job", *MESH_DIMS))
+    seq_mesh = init_device_mesh(device.type, (world // size, 1, size), mesh_dim_names=("job", "ring", "ulysses"))
+    _ACTIVE = TileGroup(groups[index], rank % size, size, index, world // size, rank, device, world_mesh[MESH_DIMS],
+                        seq_mesh["ring", "ulysses"])
+    logger.info("%d ranks (%s), %d group(s) of %d, mesh %s", world, dist.get_backend(), world // size, size,
+                " × ".join(f"{n}={s}" for n, s in zip(MESH_DIMS, mesh_shape(size))))
     return _ACTIVE
 
 

@@ -137,10 +137,14 @@ class TiledVAE:
                 dist.broadcast(shape, src=group.global_of(src), group=group.pg)
                 if src != group.rank:
                     outputs[k] = torch.empty(tuple(shape.tolist()), dtype=dtype, device=device)
+                else:
+                    outputs[k] = outputs[k].contiguous()  # NCCL moves contiguous buffers only
+                    group.count_bytes(outputs[k].nbytes)
                 dist.broadcast(outputs[k], src=group.global_of(src), group=group.pg)
             elif src == group.rank:
                 dist.send(torch.tensor(mine[k].shape, dtype=torch.int64, device=device), dst=group.global_of(0), group=group.pg)
                 dist.send(outputs[k], dst=group.global_of(0), group=group.pg)
+                group.count_bytes(outputs[k].nbytes)
             elif group.is_leader:
                 shape = torch.empty(5, dtype=torch.int64, device=device)
                 dist.recv(shape, src=group.global_of(src), group=group.pg)

@@ -1,0 +1,104 @@
+"""The parallel context of one render: the group's ranks as a named device mesh, and how each stage uses it.
+
+The mesh of a render group has two named dimensions, fixed once when the group is made
+(:func:`mesh_shape`, from the rank count alone, so it never needs re-creating between jobs):
+
+``cfg``
+    the two classifier-free guidance branches: the sketch's conditional forward runs on ``cfg``
+    coordinate 0 and its unconditional forward on coordinate 1 (size 1 with an odd rank count);
+``tile``
+    the rest: ranks that share a guidance branch of the sketch.
+
+The refinement uses the flattened mesh (every rank of the group): its units of work are whole tiles
+or (tile, guidance branch) pairs spread over all ranks (:class:`~supergen.parallel.TileExchanger`),
+which balances at least as well as a fixed ``cfg × tile`` split. The VAE spreads its tiles the same
+way. :func:`plan_parallel` decides, per render, what each stage does on the mesh; the result is
+printed in the render summary and kept in ``out.stats.parallel``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+#: Names of the render group's mesh dimensions, outermost first.
+MESH_DIMS = ("cfg", "tile")
+
+
+def mesh_shape(ranks: int) -> tuple[int, int]:
+    """``(cfg, tile)`` sizes for ``ranks`` ranks: the two guidance branches side by side when the rank
+    count is even, else a ``cfg`` dimension of 1."""
+    return (2, ranks // 2) if ranks % 2 == 0 else (1, ranks)
+
+
+@dataclass(frozen=True)
+class ParallelPlan:
+    """What each stage of one render does on the group's mesh.
+
+    Attributes:
+        ranks: ranks in the group.
+        mesh: sizes of :data:`MESH_DIMS`.
+        sketch: ``single`` (one rank) | ``replicated`` (every rank computes it whole) | ``cfg`` (guidance
+            branches on the ``cfg`` dimension, replicated along ``tile``) | ``ulysses`` (diffusers'
+            context parallelism over all ranks).
+        sketch_reason: why the sketch is not split as asked (empty when it is, or with one rank).
+        refine: ``single`` | ``tiles`` (whole tiles) | ``auto`` ((tile, branch) units on the steps where
+            they balance better) | ``branches`` ((tile, branch) units every step).
+    """
+
+    ranks: int
+    mesh: tuple[int, int]
+    sketch: str
+    sketch_reason: str
+    refine: str
+
+    def describe(self) -> str:
+        """One line for the render summary."""
+        if self.ranks == 1:
+            return "1 rank"
+        mesh = " × ".join(f"{name}={size}" for name, size in zip(MESH_DIMS, self.mesh))
+        sketch = self.sketch + (f" ({self.sketch_reason})" if self.sketch_reason else "")
+        units = {"tiles": "whole tiles", "auto": "(tile, branch) units where they balance better", "branches": "(tile, branch) units"}
+        return f"{self.ranks} ranks, mesh {mesh}; sketch: {sketch}; refine: {units[self.refine]} over all ranks"
+
+    def as_dict(self) -> dict:
+        """For ``out.stats.parallel["plan"]``: the fields, the mesh by dimension name, and ``summary`` (:meth:`describe`)."""
+        return asdict(self) | {"mesh": dict(zip(MESH_DIMS, self.mesh)), "summary": self.describe()}
+
+
+def stage_summary(stages: dict[str, dict]) -> str:
+    """``sketch 1.2 s 3.4 MB, refine ...``: seconds and bytes sent (all ranks) per stage, from ``out.stats.parallel["stages"]``."""
+    return ", ".join(f"{name} {s['seconds']:.1f} s {s['bytes'] / 1e6:.1f} MB" for name, s in stages.items())
+
+
+def plan_parallel(
+    ranks: int, guidance: bool, sketch_guidance: bool, separate_branches: bool, cfg: str, sketch: str = "cfg", ulysses_blocker: str = ""
+) -> ParallelPlan:
+    """How one render uses a group of ``ranks``.
+
+    Args:
+        guidance: the refinement runs classifier-free guidance (two branches per tile).
+        sketch_guidance: the sketch does.
+        separate_branches: the family's pipeline runs the sketch's branches as separate transformer
+            calls (:attr:`~supergen.adapters.ModelAdapter.sketch_branches_separate`), which can be split;
+            one batched call on both is not.
+        cfg: ``parallel.cfg`` (``auto`` | ``on`` | ``off``).
+        sketch: ``parallel.sketch`` (``cfg`` | ``ulysses``).
+        ulysses_blocker: why the transformer cannot run Ulysses on ``ranks`` ranks (``""``: it can).
+    """
+    shape = mesh_shape(ranks)
+    if ranks == 1:
+        return ParallelPlan(1, shape, "single", "", "single")
+    refine = "tiles" if cfg == "off" or not guidance else {"auto": "auto", "on": "branches"}[cfg]
+    if sketch == "ulysses" and not ulysses_blocker:
+        return ParallelPlan(ranks, shape, "ulysses", "", refine)
+    reason = f"no Ulysses: {ulysses_blocker}; " if sketch == "ulysses" else ""
+    split = ""
+    if cfg == "off":
+        split = "parallel.cfg=off"
+    elif not sketch_guidance:
+        split = "no classifier-free guidance in the sketch"
+    elif not separate_branches:
+        split = "the family's pipeline runs both guidance branches in one batched forward"
+    elif shape[0] == 1:
+        split = f"{ranks} ranks: the cfg dimension needs an even rank count"
+    return ParallelPlan(ranks, shape, "replicated" if split else "cfg", reason + split if split else reason.removesuffix("; "), refine)
