@@ -228,8 +228,8 @@ class SuperGenPipeline:
             num_videos_per_prompt: 1 (supergen renders one video per call; call again with another
                 generator, or use batch rendering, for more).
             prompt_embeds, negative_prompt_embeds: precomputed text embeddings used instead of encoding
-                ``prompt`` / ``negative_prompt`` (Wan, CogVideoX).
-            max_sequence_length: text tokens the encoder reads (default: the family's, Wan 512).
+                ``prompt`` / ``negative_prompt`` (families whose adapter lists them in ``prompt_options``).
+            max_sequence_length: text tokens the encoder reads (default: the family's own).
             attention_kwargs: None or empty: supergen runs the transformer itself, per tile, and passes
                 no extra attention arguments (fuse a LoRA with ``fuse_lora`` instead of scaling it here).
             callback_on_stage: ``callback(stage, info)`` when a stage begins, for previews and progress

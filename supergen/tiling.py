@@ -26,7 +26,7 @@ Two modes:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Iterable
 
@@ -66,13 +66,16 @@ class Window:
 class Tile:
     """One transformer call's window on the canvas, and how its prediction is blended back.
 
-    ``weight`` has shape ``(rows.size, cols.size)`` (float32) or is ``None`` when it is all ones.
+    ``weight`` has shape ``(rows.size, cols.size)`` (float32) or is ``None`` when it is all ones;
+    ``owned`` is the part of the window where it is non-zero, ``(rows, cols)`` slices of the window,
+    known from the plan's arithmetic (so no one needs to read the weights back on the host).
     """
 
     index: int
     rows: Window
     cols: Window
     weight: torch.Tensor | None = None
+    owned: tuple[slice, slice] = (slice(None), slice(None))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -88,6 +91,8 @@ class _AxisSegment:
     window: Window
     #: 1-D blend weights over the window, or None for all ones.
     weight: torch.Tensor | None
+    #: Where ``weight`` is non-zero (a clamped window writes only the segment it owns).
+    owned: slice = field(default_factory=lambda: slice(None))
 
 
 class AxisSchedule:
@@ -173,7 +178,7 @@ class AxisSchedule:
             start = min(a, self.length - self.tile)
             weight = torch.zeros(self.tile)
             weight[a - start : b - start] = 1.0  # the window only writes the segment it owns
-            segments.append(_AxisSegment(Window(start, self.tile, self.length), weight))
+            segments.append(_AxisSegment(Window(start, self.tile, self.length), weight, slice(a - start, b - start)))
         return segments
 
     # ---- overlap mode -----------------------------------------------------------------------
@@ -254,7 +259,7 @@ class TilePlan:
                     wr = row.weight if row.weight is not None else torch.ones(row.window.size)
                     wc = col.weight if col.weight is not None else torch.ones(col.window.size)
                     weight = torch.outer(wr, wc)
-                tiles.append(Tile(len(tiles), row.window, col.window, weight))
+                tiles.append(Tile(len(tiles), row.window, col.window, weight, (row.owned, col.owned)))
         return tiles
 
     def tiles(self, step: int) -> list[Tile]:
@@ -262,7 +267,7 @@ class TilePlan:
         tiles = self.tiles_unnormalised(step)
         if self._normaliser is None:
             return tiles
-        return [t if t.weight is None else Tile(t.index, t.rows, t.cols, t.weight / crop(self._normaliser, t)) for t in tiles]
+        return [t if t.weight is None else Tile(t.index, t.rows, t.cols, t.weight / crop(self._normaliser, t), t.owned) for t in tiles]
 
     def _weight_sum(self, tiles: list[Tile]) -> torch.Tensor:
         total = torch.zeros(self.canvas)

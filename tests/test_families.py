@@ -292,7 +292,7 @@ def test_the_loop_is_family_agnostic(name):
     """The same engine drives a DDIM-style v-prediction family with (B, F, C, H, W) latents and a stateful
     stochastic scheduler (CogVideoX + DPM) and a flow-matching family with packed tokens (LTX): the loop
     sees one canvas layout and calls only the adapter interface; its modules name no family."""
-    for module in (supergen.pipeline, supergen.refine):
+    for module in (supergen.pipeline, supergen.refine, supergen.plan, supergen.tiling):
         source = Path(module.__file__).read_text()
         assert not re.search(r"cogvideo|hunyuan|ltx|\bwan", source, re.IGNORECASE), module.__name__
     sg = supergen_for(name, tiling={"boundary": "clamp"}, sketch={"guidance_scale": 1.0})

@@ -67,9 +67,9 @@ def test_image_to_video_tiles_see_the_crop_of_the_canvas_condition(wan_i2v, imag
     seen = []
     original = sg.adapter.predict
 
-    def recording_predict(latents, timestep, cond, tiles, canvas, positions):
+    def recording_predict(latents, timestep, cond, tiles, *args, **kwargs):
         seen.append((cond.spatial["condition"].clone(), tiles))
-        return original(latents, timestep, cond, tiles, canvas, positions)
+        return original(latents, timestep, cond, tiles, *args, **kwargs)
 
     sg.adapter.predict = recording_predict
     out = sg(prompt="a red block", image=image, height=64, width=128, num_frames=5, generator=gen(0), output_type="latent")

@@ -72,20 +72,14 @@ class CacheReport:
         return 0.0 if total == 0 else 1.0 - done / total
 
 
-def _owned(window: Window, weight_1d: torch.Tensor | None) -> Window:
+def _owned(window: Window, owned: slice) -> Window:
     """The part of ``window`` with non-zero blend weight (clamp tiles only write their own segment)."""
-    if weight_1d is None:
-        return window
-    nz = torch.nonzero(weight_1d > 0).flatten()
-    first, last = int(nz[0]), int(nz[-1])
-    return Window((window.start + first) % window.canvas, last - first + 1, window.canvas)
+    first, stop, _ = owned.indices(window.size)
+    return Window((window.start + first) % window.canvas, stop - first, window.canvas)
 
 
 def _record(tile: Tile, computed: bool) -> TileRecord:
-    rows_w = cols_w = None
-    if tile.weight is not None:
-        rows_w, cols_w = tile.weight.amax(dim=1), tile.weight.amax(dim=0)
-    return TileRecord(_owned(tile.rows, rows_w), _owned(tile.cols, cols_w), computed)
+    return TileRecord(_owned(tile.rows, tile.owned[0]), _owned(tile.cols, tile.owned[1]), computed)
 
 
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -22,17 +22,9 @@ _EPS = 1e-12
 
 
 def owned_span(tile: Tile) -> tuple[tuple[int, int], tuple[int, int]]:
-    """``((r0, r1), (c0, c1))``: the rectangle of ``tile``'s window where its blend weight is positive.
-
-    Weights are outer products of 1-D weights that are positive on one contiguous span per axis
-    (shift: the owned segment; overlap: the whole window), so the part a tile writes is a rectangle.
-    Computed on the host weight: no device work.
-    """
-    positive = tile.weight > 0
-    rows, cols = positive.any(dim=1).nonzero().flatten(), positive.any(dim=0).nonzero().flatten()
-    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    if not bool(positive[r0:r1, c0:c1].all()) or int(positive.sum()) != (r1 - r0) * (c1 - c0):
-        raise ValueError(f"tile {tile.index}: blend weight is not positive on one rectangle")
+    """``((r0, r1), (c0, c1))``: the rectangle of ``tile``'s window where its blend weight is positive
+    (shift: the owned segment; overlap: the whole window), from the plan's arithmetic: no device work."""
+    (r0, r1, _), (c0, c1, _) = tile.owned[0].indices(tile.shape[0]), tile.owned[1].indices(tile.shape[1])
     return (r0, r1), (c0, c1)
 
 

@@ -53,11 +53,7 @@ class RankFailure(RuntimeError):
 
 def owned(tile: Tile) -> tuple[slice, slice]:
     """Rows and columns of ``tile``'s window where its blend weight is non-zero (all of it when unweighted)."""
-    if tile.weight is None:
-        return slice(None), slice(None)
-    rows = torch.nonzero(tile.weight.any(dim=1)).flatten()
-    cols = torch.nonzero(tile.weight.any(dim=0)).flatten()
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    return tile.owned
 
 
 def busiest(costs: list[float], ranks: int) -> float:
