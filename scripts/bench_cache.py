@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import logging
 import time
 
@@ -155,7 +156,14 @@ def main() -> None:
     parser.add_argument("--steps", type=float, nargs="*", default=GRID, help="compute fractions of uniform step skipping")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--plot", help="write the curves as a PNG")
+    parser.add_argument("--rows", help="append every measured row to this JSON-lines file as it finishes")
+    parser.add_argument("--from-rows", nargs="+", metavar="FILE",
+                        help="skip rendering: make the table (and --plot) from JSON-lines files of earlier runs")
     args = parser.parse_args()
+    if args.from_rows:
+        rows = [json.loads(line) for path in args.from_rows for line in open(path) if line.strip()]
+        report(group_rows(rows), args, f"from {len(rows)} rows of {' '.join(args.from_rows)}")
+        return
     torch.set_num_threads(args.threads)
     pipe = load_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
@@ -177,7 +185,9 @@ def main() -> None:
 
                 sg, out = render({"enabled": False})
                 reference = out.frames[0]
-                points.setdefault("none", []).append([measure(sg, out, sketch, None)])
+                base_row = measure(sg, out, sketch, None)
+                points.setdefault("none", []).append([base_row])
+                record(args.rows, size, prompt, seed, "none", {}, base_row)
                 if args.magcache and size not in ratios:  # calibrated once per size, on its first render
                     ratios[size] = calibrate(render)
                 sweep: dict[str, list[dict]] = {}
@@ -185,16 +195,42 @@ def main() -> None:
                     sg, out = render({"enabled": True, **cache})
                     row = measure(sg, out, sketch, reference)
                     sweep.setdefault(name, []).append(row)
+                    record(args.rows, size, prompt, seed, name, cache, row)
                     print(f"{size} {prompt[:40]!r} seed {seed} {name} {cache.get('threshold', cache.get('fraction'))}: "
                           + " ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
                 for name, rows in sweep.items():
                     points.setdefault(name, []).append(rows)
         print(f"# {size}px done after {time.perf_counter() - start:.0f} s", flush=True)
 
+    report(points, args, f"{time.perf_counter() - start:.0f} s")
+
+
+def record(path: str | None, size: int, prompt: str, seed: int, name: str, cache: dict, row: dict) -> None:
+    """One measured row as a JSON line, so a run stopped early still leaves its table behind."""
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"size": size, "prompt": prompt, "seed": seed, "policy": name,
+                                "setting": cache.get("threshold", cache.get("fraction")), **row}) + "\n")
+
+
+def group_rows(rows: list[dict]) -> dict[str, list[list[dict]]]:
+    """Rows of ``--rows`` files back into per-policy sweeps of complete renders (renders without an
+    uncached reference are dropped)."""
+    renders = {(r["size"], r["prompt"], r["seed"]) for r in rows if r["policy"] == "none"}
+    points: dict[str, list[list[dict]]] = {}
+    for key in sorted(renders):
+        mine = [r for r in rows if (r["size"], r["prompt"], r["seed"]) == key]
+        for name in dict.fromkeys(r["policy"] for r in mine):
+            points.setdefault(name, []).append([r for r in mine if r["policy"] == name])
+    return points
+
+
+def report(points: dict[str, list[list[dict]]], args, took: str) -> None:
+    """The table over the compute grid (mean over renders) and, with ``--plot``, the PNG."""
     renders = len(points["none"])
     base = {m: float(np.mean([r[0][m] for r in points["none"]])) for m in ("seam", "obj_err", "flicker")}
     print(f"\ntoy model, sizes {args.sizes}, {args.prompts} prompts x {args.seeds} seeds = {renders} renders per setting, "
-          f"20-step schedule, strength 0.6, shift/clamp; {time.perf_counter() - start:.0f} s")
+          f"20-step schedule, strength 0.6, shift/clamp; {took}")
     print(f"uncached: seam {base['seam']:.2f}, object-count error {base['obj_err']:+.2f}, flicker {base['flicker']:.4f}")
     print("| policy | compute | PSNR dB | SSIM | seam | obj err | flicker | renders reaching it |")
     print("|---|---|---|---|---|---|---|---|")
