@@ -191,9 +191,7 @@ def render(args: argparse.Namespace) -> int:
     if args.cache_map:
         from .cache import write_cache_map
 
-        from .runtime import uint8_chunks
-
-        write_cache_map(args.cache_map, out.cache_report, next(uint8_chunks(out.frames[0][:1]))[0])
+        write_cache_map(args.cache_map, out.cache_report, out.frames[0][0].cpu().numpy())
     return 0
 
 

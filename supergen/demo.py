@@ -184,7 +184,7 @@ class DemoApp:
         image = job.image.convert("RGB") if job.image is not None else None
         return SuperGenPipeline(self.pipe, cfg, self.group)(
             **call_arguments(cfg.job) | {"prompt": job.prompt, "negative_prompt": job.negative_prompt, "image": image},
-            generator=seeded_generator(cfg.job.seed)[0], output_type="np",
+            generator=seeded_generator(cfg.job.seed)[0], output_type="uint8",
             callback_on_stage=on_stage, callback_on_step_end=on_step,
         )
 
@@ -210,7 +210,8 @@ class DemoApp:
 
     def run(self, *fields: Any, progress=None) -> Iterator[tuple[str, str, Any, Any, Any]]:
         """Render one job; yields ``(status, plan, sketch video, final video, cache map)`` for the page."""
-        from .videoio import to_uint8, write_video
+        from .runtime import uint8_chunks
+        from .videoio import write_video
 
         try:
             job = Job(*fields)
@@ -276,14 +277,14 @@ class DemoApp:
             else:
                 out = payload[0]
                 self.rate = track.rate
-                video = out.frames[0]
-                final = str(write_video(self.output_dir / f"{stem}.mp4", video, fps=cfg.output.fps))
+                video = out.frames[0]  # (F, H, W, 3) uint8, written a chunk of frames at a time
+                final = str(write_video(self.output_dir / f"{stem}.mp4", uint8_chunks(video), fps=cfg.output.fps))
                 picture = None
                 report = getattr(out, "cache_report", None)
                 if report is not None:
                     from .cache import cache_map
 
-                    picture = cache_map(report, thumbnail=to_uint8(video[len(video) // 2]))
+                    picture = cache_map(report, thumbnail=video[len(video) // 2].cpu().numpy())
                 stats = out.stats
                 seconds = ", ".join(f"{k} {v:.1f} s" for k, v in stats.seconds.items())
                 ranks = getattr(stats, "parallel", {}).get("ranks", 1)

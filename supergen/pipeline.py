@@ -34,13 +34,14 @@ from .cache import CacheReport, cache_policy
 from .config import MethodConfig, load_config
 from .errors import SuperGenError
 from .parallel import ParallelPlan, TiledVAE, TileExchanger, TileGroup, plan_parallel, split_guidance, ulysses, ulysses_blocker
+from .output import PIXEL_TYPES, VideoOutput
 from .plan import RenderPlan, plan_render
 from .refine import SingleProcess, StepStats, TileRefiner
-from .upscale import resize_video
+from .upscale import UpscaledVideo
 
 logger = logging.getLogger("supergen")
 
-OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+OUTPUT_TYPES = (*PIXEL_TYPES, "latent")
 
 #: Attributes and methods of the wrapped diffusers pipeline that :class:`SuperGenPipeline` forwards
 #: (placement, memory savers, progress bars, LoRA), so code written for diffusers keeps working.
@@ -82,7 +83,8 @@ class SuperGenPipelineOutput(BaseOutput):
 
     Attributes:
         frames: the video in ``output_type`` (``np``: ``(1, F, H, W, 3)`` in [0, 1]; ``pt``:
-            ``(1, F, 3, H, W)``; ``pil``: a list of lists of images; ``latent``: ``(1, C, f, h, w)``).
+            ``(1, F, 3, H, W)``; ``uint8``: ``(1, F, H, W, 3)`` uint8 on the device; ``pil``: a list of
+            lists of images; ``latent``: ``(1, C, f, h, w)``; see :class:`~supergen.output.VideoOutput`).
             With several ranks, pixel outputs are None on all but the group's leader (rank 0 of the group).
         sketch: the stage-1 video at sketch size in the same format, or None when ``strength=1``
             skipped the sketch (with ``output_type="latent"``: ``(1, 3, F, h, w)`` pixels in [-1, 1]).
@@ -383,13 +385,13 @@ class SuperGenPipeline:
     def _upscale(self, sketch: torch.Tensor, plan: RenderPlan, scheduler, timesteps: torch.Tensor, spatial: dict,
                  generator: torch.Generator | None) -> torch.Tensor:
         """Resize the sketch to the canvas in pixel space, encode it, re-noise it to the first refinement step."""
-        upscaled = resize_video(sketch, *plan.canvas, self.config.sketch.upscale)
+        upscaled = UpscaledVideo(sketch, *plan.canvas, self.config.sketch.upscale)
         if plan.vae_tiling and not self.config.sketch.sample_posterior:
             # Split across ranks; the same tiles and blend in one process, so any rank count matches.
+            # Resized a band of rows at a time: the whole upscaled video (4K × 81) is never made.
             x0 = TiledVAE(self.adapter, self.group).encode(upscaled)
         else:  # a posterior sample is drawn over the whole latent, identically on every rank
-            x0 = self.adapter.encode(upscaled, generator if self.config.sketch.sample_posterior else None)
-        del upscaled  # the largest tensor of the render (4K × 81 frames): not held through refinement
+            x0 = self.adapter.encode(upscaled.whole(), generator if self.config.sketch.sample_posterior else None)
         return self.adapter.renoise(scheduler, x0.to(self.adapter.device), timesteps[:1], spatial, generator)
 
     def _refine(self, latents, plan: RenderPlan, cond: Conditioning, scheduler, timesteps, generator, callback):
@@ -408,18 +410,25 @@ class SuperGenPipeline:
         return latents, steps, runner.finish(policy.report), parallel | runner.stats()
 
     def _decode(self, latents: torch.Tensor, sketch: torch.Tensor | None, plan: RenderPlan, output_type: str):
-        """Decode the canvas (tiled and split across ranks when planned) and crop it to the requested size."""
+        """Decode the canvas (tiled and split across ranks when planned) into ``output_type``, cropped to
+        the requested size; returns ``(video, sketch)``. Tiled, each finished strip of rows is converted
+        as it comes (:class:`~supergen.output.VideoOutput`): no whole float video at the canvas size."""
         if output_type == "latent":
             return latents, sketch
         adapter, group = self.adapter, self.group
+        processor = adapter.pipe.video_processor
+        video = VideoOutput(processor, output_type, plan.size)
         if plan.vae_tiling:
-            video = TiledVAE(adapter, group).decode(latents, plan.num_frames)
-        else:  # only the leader writes the video, so only it decodes
-            video = adapter.decode(latents, plan.num_frames) if group is None or group.is_leader else None
-        post = adapter.pipe.video_processor.postprocess_video
-        if video is not None:  # None on the group's other ranks
-            video = post(video[..., : plan.size[0], : plan.size[1]], output_type=output_type)
-        return video, None if sketch is None else post(sketch, output_type=output_type)
+            for top, strip in TiledVAE(adapter, group).decode_strips(latents, plan.num_frames):
+                video.write(top, strip)
+        elif group is None or group.is_leader:  # only the leader writes the video, so only it decodes
+            video.write(0, adapter.decode(latents, plan.num_frames))
+        if sketch is not None:
+            sketch_out = VideoOutput(processor, output_type, tuple(sketch.shape[-2:]))
+            sketch_out.write(0, sketch)
+            sketch = sketch_out.result()
+        # None on the group's other ranks
+        return (video.result() if group is None or group.is_leader else None), sketch
 
     # ---- the wrapped pipeline, borrowed for one call ------------------------------------------
     @contextlib.contextmanager

@@ -152,7 +152,7 @@ def call_arguments(job: JobConfig) -> dict[str, Any]:
 class Rendered:
     """One finished job."""
 
-    #: The :class:`~supergen.pipeline.SuperGenPipelineOutput`, frames as ``pt`` (``(1, F, 3, H, W)`` in [0, 1]).
+    #: The :class:`~supergen.pipeline.SuperGenPipelineOutput`, frames as ``uint8`` (``(1, F, H, W, 3)``).
     output: Any
     seed: int
     #: The written video (None on ranks other than the group's leader, or when not asked to write).
@@ -226,10 +226,10 @@ class Runtime:
         arguments = call_arguments(cfg.job)
         if image is not None:
             arguments["image"] = image
-        # "pt": the frames stay one float tensor and are converted to uint8 a chunk at a time while
-        # written (never a second float copy of the whole video, as "np" would make).
+        # "uint8": the decode converts each finished strip of rows to uint8 at once, and the frames go to
+        # the host and the encoder a chunk at a time: never a float copy of the whole video, on either side.
         out = SuperGenPipeline(self.pipe, cfg, self.group)(
-            **arguments, sketch_video=sketch_video, generator=generator, output_type="pt",
+            **arguments, sketch_video=sketch_video, generator=generator, output_type="uint8",
             callback_on_stage=callback_on_stage, callback_on_step_end=callback_on_step_end,
         )
         path = None
@@ -241,8 +241,7 @@ class Runtime:
 
 
 def uint8_chunks(video: torch.Tensor, size: int = 16) -> Iterator[np.ndarray]:
-    """A ``pt`` output video ``(F, 3, H, W)`` in [0, 1] as ``(≤size, H, W, 3)`` uint8 numpy chunks
-    (the same values as :func:`~supergen.videoio.to_uint8` of the ``np`` output)."""
+    """A ``uint8`` output video ``(F, H, W, 3)`` (on any device) as ``(≤size, H, W, 3)`` host numpy chunks,
+    so the host holds one chunk at a time when the frames live on a GPU."""
     for start in range(0, video.shape[0], size):
-        chunk = video[start:start + size].permute(0, 2, 3, 1).float().cpu()
-        yield chunk.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).numpy()
+        yield video[start:start + size].cpu().numpy()

@@ -411,7 +411,7 @@ def trace_render(
         try:
             with flop_counter, memory:
                 sg(prompt="a traced render", image=image, height=height, width=width, num_frames=num_frames,
-                   generator=torch.Generator().manual_seed(0), output_type="pt")
+                   generator=torch.Generator().manual_seed(0), output_type="uint8")
                 on_stage("end")
         finally:
             torch.set_default_device(None)
@@ -424,7 +424,7 @@ def trace_render(
         notes.append(f"{layers} of {arch.transformer['num_layers']} transformer blocks built per expert; "
                      f"the other blocks' {human(added['transformer blocks'])} of weights added (FLOPs are of the traced blocks)")
     refine_steps = int(traced_cfg.refine.num_inference_steps * traced_cfg.refine.strength)
-    notes.append(f"{steps} sketch and {refine_steps} refinement steps traced; output_type='pt' (frames as a tensor)")
+    notes.append(f"{steps} sketch and {refine_steps} refinement steps traced; output_type='uint8' (what supergen render writes)")
     return TraceResult(arch.name, (height, width), plan.num_frames, stages, resident, added, plan,
                        memory.host_copies, time.perf_counter() - start, notes)
 

@@ -1,6 +1,9 @@
 """Pixel-space resizing of a decoded sketch (stage 1 → stage 2).
 
 Resizing latents directly rings; resizing decoded frames does not (``docs/architecture.md``, "The method").
+At 4K × 81 frames the resized video would be the largest tensor of the render (7.5 GiB in float32),
+so the pipeline never makes it whole: :class:`UpscaledVideo` resizes the frames again for each band
+of rows the tiled VAE encode reads, and keeps only that band.
 """
 
 from __future__ import annotations
@@ -11,23 +14,29 @@ import torch
 import torch.nn.functional as F
 
 
-def resize_video(video: torch.Tensor, height: int, width: int, method: str = "bicubic", frames_per_chunk: int = 8) -> torch.Tensor:
+def resize_video(
+    video: torch.Tensor, height: int, width: int, method: str = "bicubic", frames_per_chunk: int = 8,
+    rows: tuple[int, int] | None = None,
+) -> torch.Tensor:
     """Resize every frame.
 
     Args:
         video: ``(B, 3, frames, h, w)`` in [-1, 1].
         method: ``bicubic`` (torch, stays on the video's device) or ``lanczos`` (OpenCV, on the CPU).
+        rows: only these output rows ``[top, bottom)`` (bit-identical to cropping the whole result;
+            frames are resized whole, a few at a time, and cropped).
 
     Returns:
-        ``(B, 3, frames, height, width)`` in [-1, 1], same dtype and device.
+        ``(B, 3, frames, height, width)`` in [-1, 1] (``bottom - top`` rows with ``rows``), same dtype and device.
     """
     b, c, f, h, w = video.shape
+    top, bottom = (0, height) if rows is None else (max(0, rows[0]), min(height, rows[1]))
     if (h, w) == (height, width):
-        return video
+        return video[..., top:bottom, :]
     if method not in ("bicubic", "lanczos"):
         raise ValueError(f"unknown resize method {method!r}; valid: bicubic, lanczos")
     frames = video.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-    out = torch.empty(b * f, c, height, width, dtype=video.dtype, device=video.device)
+    out = torch.empty(b * f, c, bottom - top, width, dtype=video.dtype, device=video.device)
     # A few frames at a time: the float32 working copy of a whole 4K video would be the largest
     # allocation of the render; the output keeps the video's own dtype.
     for i in range(0, b * f, frames_per_chunk):
@@ -39,5 +48,32 @@ def resize_video(video: torch.Tensor, height: int, width: int, method: str = "bi
             resized = np.stack([cv2.resize(frame, (width, height), interpolation=cv2.INTER_LANCZOS4) for frame in array])
             resized = torch.from_numpy(resized.reshape(len(chunk), height, width, c)).permute(0, 3, 1, 2).to(video.device)
         # Both kernels overshoot at edges; the VAE expects [-1, 1].
-        out[i : i + len(chunk)] = resized.clamp(-1.0, 1.0)
-    return out.reshape(b, f, c, height, width).permute(0, 2, 1, 3, 4)
+        out[i : i + len(chunk)] = resized[..., top:bottom, :].clamp(-1.0, 1.0)
+        del resized
+    return out.reshape(b, f, c, bottom - top, width).permute(0, 2, 1, 3, 4)
+
+
+class UpscaledVideo:
+    """The sketch resized to the canvas, made a band of rows at a time (a
+    :class:`~supergen.parallel.vae.PixelRows` for the tiled encode).
+
+    Each band resizes the whole frames again and keeps its rows: on a GPU a 4K resize takes
+    milliseconds, and the VAE encode of the band costs far more.
+
+    Args:
+        sketch: ``(1, 3, F, h, w)`` in [-1, 1].
+        height, width: the canvas.
+        method: see :func:`resize_video`.
+    """
+
+    def __init__(self, sketch: torch.Tensor, height: int, width: int, method: str = "bicubic"):
+        self.sketch, self.method = sketch, method
+        self.shape = torch.Size((*sketch.shape[:3], height, width))
+
+    def rows(self, top: int, bottom: int) -> torch.Tensor:
+        """Rows ``[top, bottom)``: ``(1, 3, F, bottom - top, width)`` (fewer at the bottom edge)."""
+        return resize_video(self.sketch, *self.shape[-2:], self.method, rows=(top, bottom))
+
+    def whole(self) -> torch.Tensor:
+        """The whole upscaled video ``(1, 3, F, height, width)`` (for an untiled encode)."""
+        return resize_video(self.sketch, *self.shape[-2:], self.method)

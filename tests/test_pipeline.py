@@ -249,3 +249,43 @@ def test_two_identical_image_to_video_calls_give_identical_videos(wan_i2v, image
     b = sg(prompt="a red car", image=image, height=64, width=128, num_frames=5, generator=gen(1), output_type="latent").frames
     assert torch.equal(a, b)
     assert not wan_i2v.vae.use_tiling
+
+
+def test_every_output_type_is_the_tiled_decode_converted_strip_by_strip(wan_t2v):
+    """The decode converts each finished strip of VAE tiles into the output type (never a whole float
+    video): the same values as diffusers' postprocessing of the whole decoded video, cropped."""
+    from supergen.output import VideoOutput
+    from supergen.parallel import TiledVAE
+    from supergen.videoio import to_uint8
+
+    vae = wan_t2v.vae
+    tiles = {name: getattr(vae, name) for name in ("tile_sample_min_height", "tile_sample_min_width", "tile_sample_stride_height", "tile_sample_stride_width")}
+    vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=24, tile_sample_stride_width=24)
+    try:
+        sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny", **SMALL)
+        call = dict(height=70, width=118, num_frames=5, generator=gen(0))
+        latent = sg(**call, output_type="latent").frames
+        torch.set_grad_enabled(False)  # as in the pipeline's call
+        whole = TiledVAE(sg.adapter).decode(latent, 5)[..., :70, :118]  # 4 x 5 VAE tiles on the 80x128 canvas
+        post = wan_t2v.video_processor.postprocess_video
+        outputs = {}
+        for output_type in ("np", "pt", "pil", "uint8"):
+            video = VideoOutput(wan_t2v.video_processor, output_type, (70, 118))
+            strips = list(TiledVAE(sg.adapter).decode_strips(latent, 5))
+            for top, strip in strips:
+                video.write(top, strip)
+            outputs[output_type] = video.result()
+        assert len(strips) == 4
+        assert np.array_equal(outputs["np"], post(whole, output_type="np"))
+        assert torch.equal(outputs["pt"], post(whole, output_type="pt"))
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(outputs["pil"][0], post(whole, output_type="pil")[0], strict=True))
+        assert np.array_equal(outputs["uint8"].numpy(), to_uint8(outputs["np"]))
+        # ... and the pipeline's own outputs are these.
+        rendered = sg(**dict(call, generator=gen(0)), output_type="uint8")
+        assert rendered.frames.dtype == torch.uint8 and rendered.frames.shape == (1, 5, 70, 118, 3)
+        assert torch.equal(rendered.frames, outputs["uint8"])
+        assert np.array_equal(rendered.sketch.numpy(), to_uint8(sg(**dict(call, generator=gen(0)), output_type="np").sketch))
+    finally:
+        torch.set_grad_enabled(True)
+        vae.disable_tiling()
+        vae.__dict__.update(tiles)

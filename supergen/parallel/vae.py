@@ -1,4 +1,4 @@
-"""Tiled VAE encode/decode whose tiles are spread over the ranks of a group.
+"""Tiled VAE encode/decode whose tiles are spread over the ranks of a group, one row of tiles at a time.
 
 At 4K the VAE is as costly as a few refinement steps and must be tiled for memory. The tile grid
 and the blending are those of diffusers' own tiled VAE (tile and stride from the adapter's
@@ -7,13 +7,18 @@ each tile goes through the adapter's plain (untiled) ``decode``/``encode``, so t
 diffusers'. The tiles are divided between ranks with the exchanger's :func:`balance`; the result
 depends only on the tiles, not on who computed them, so 1, 2 or 3 ranks give identical pixels.
 
+Rows of tiles are computed, blended and handed on in order (:meth:`TiledVAE.decode_strips`): a row
+is final once it is blended with the row above, so only two rows of tile outputs are ever held, never
+the whole canvas. The input is read a band of rows at a time too (:class:`PixelRows`), so the
+upscaled sketch need not exist whole either (:class:`~supergen.upscale.UpscaledVideo`).
+
 One difference from diffusers' ``tiled_decode``: each tile is clamped to [-1, 1] before blending
 (the plain decode clamps) rather than once after; blends of clamped tiles stay in range.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator, Protocol
 
 import torch
 import torch.distributed as dist
@@ -21,6 +26,30 @@ import torch.distributed as dist
 from ..adapters import ModelAdapter
 from .exchanger import balance
 from .launch import TileGroup, collective_buffer
+
+
+class PixelRows(Protocol):
+    """A video ``(1, C, F, H, W)`` that can be read a band of rows at a time."""
+
+    shape: torch.Size
+
+    def rows(self, top: int, bottom: int) -> torch.Tensor:
+        """Rows ``[top, bottom)`` at full width: ``(1, C, F, bottom - top, W)`` (fewer at the bottom edge)."""
+
+
+class TensorRows:
+    """A video already in memory, as :class:`PixelRows`."""
+
+    def __init__(self, video: torch.Tensor):
+        self.video = video
+        self.shape = video.shape
+
+    def rows(self, top: int, bottom: int) -> torch.Tensor:
+        return self.video[..., top:bottom, :]
+
+
+#: ``(top, strip)``: finished output rows ``[top, top + strip.shape[-2])`` at full output width.
+Strip = tuple[int, torch.Tensor]
 
 
 class TiledVAE:
@@ -36,13 +65,14 @@ class TiledVAE:
         self.vae = adapter.pipe.vae
         self.group = group
 
-    def decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor | None:
-        """Canvas latent ``(1, C, f, h, w)`` → video ``(1, 3, num_frames, h·s, w·s)`` in [-1, 1] on the group's
-        leader (the only rank that writes the video); None on the other ranks."""
+    def decode_strips(self, latents: torch.Tensor, num_frames: int) -> Iterator[Strip]:
+        """Canvas latent ``(1, C, f, h, w)`` → the video ``(1, 3, num_frames, h·s, w·s)`` in [-1, 1] as
+        finished horizontal strips, top to bottom, on the group's leader (the only rank that writes the
+        video); nothing on the other ranks, which must still run the iterator to its end (collectives)."""
         s = self.adapter.vae_scale[1]
         (th, tw), (sh, sw) = self.adapter.vae_tile
-        return self._tiled(
-            latents, lambda x: self.adapter.decode(x, num_frames),
+        return self._strips(
+            TensorRows(latents), lambda x: self.adapter.decode(x, num_frames),
             tile=(th // s, tw // s),
             stride=(sh // s, sw // s),
             out_tile=(th, tw),
@@ -51,23 +81,36 @@ class TiledVAE:
             everywhere=False, out_dtype=self.vae.dtype, label="decode",
         )
 
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """Video ``(1, 3, F, H, W)`` in [-1, 1] → normalised posterior-mode latent ``(1, C, f, H/s, W/s)`` on every rank."""
+    def decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor | None:
+        """:meth:`decode_strips` joined into one video (the VAE's dtype) on the leader; None on the other ranks."""
+        strips = [strip for _, strip in self.decode_strips(latents, num_frames)]
+        return torch.cat(strips, dim=-2) if strips else None
+
+    def encode(self, video: torch.Tensor | PixelRows) -> torch.Tensor:
+        """Video ``(1, 3, F, H, W)`` in [-1, 1] (a tensor, or :class:`PixelRows` read a band at a time) →
+        normalised posterior-mode latent ``(1, C, f, H/s, W/s)`` float32 on every rank."""
         s = self.adapter.vae_scale[1]
         (th, tw), (sh, sw) = self.adapter.vae_tile
-        return self._tiled(
-            video, lambda x: self.adapter.encode(x, None),
+        source = TensorRows(video) if isinstance(video, torch.Tensor) else video
+        out_size = (source.shape[-2] // s, source.shape[-1] // s)
+        latent = None
+        for top, strip in self._strips(
+            source, lambda x: self.adapter.encode(x, None),
             tile=(th, tw),
             stride=(sh, sw),
             out_tile=(th // s, tw // s),
             out_stride=(sh // s, sw // s),
-            out_size=(video.shape[-2] // s, video.shape[-1] // s),
+            out_size=out_size,
             everywhere=True, out_dtype=torch.float32, label="encode",
-        )
+        ):
+            if latent is None:
+                latent = strip.new_empty((*strip.shape[:-2], *out_size))
+            latent[..., top : top + strip.shape[-2], :] = strip
+        return latent
 
-    def _tiled(
+    def _strips(
         self,
-        x: torch.Tensor,
+        source: PixelRows,
         fn: Callable[[torch.Tensor], torch.Tensor],
         tile: tuple[int, int],
         stride: tuple[int, int],
@@ -77,50 +120,54 @@ class TiledVAE:
         everywhere: bool,
         out_dtype: torch.dtype,
         label: str,
-    ) -> torch.Tensor | None:
-        """Apply ``fn`` to overlapping windows of ``x`` ``(..., H, W)`` and blend the outputs.
+    ) -> Iterator[Strip]:
+        """Apply ``fn`` to overlapping windows of ``source`` ``(..., H, W)`` and blend the outputs, a row at a time.
 
         Windows start every ``stride`` and span ``tile`` (in input units); their outputs overlap by
         ``out_tile - out_stride``, are blended there, and each keeps its first ``out_stride``.
         """
-        height, width = x.shape[-2:]
-        starts = [(i, j) for i in range(0, height, stride[0]) for j in range(0, width, stride[1])]
-        windows = [x[..., i : i + tile[0], j : j + tile[1]] for i, j in starts]
+        height, width = source.shape[-2:]
+        tops, lefts = range(0, height, stride[0]), range(0, width, stride[1])
         size = self.group.size if self.group is not None else 1
         me = self.group.rank if self.group is not None else 0
-        owner = balance([float(w.shape[-2] * w.shape[-1]) for w in windows], size)
-        mine = [k for k in range(len(windows)) if owner[k] == me]
-        outputs = {}
-        # A bar per tile (the pipeline's progress-bar settings: off with -q and on ranks other than 0).
-        with self.adapter.pipe.progress_bar(total=len(mine)) as progress:
-            progress.set_description(label)
-            for k in mine:
-                outputs[k] = fn(windows[k])
-                progress.update()
-        if size > 1:
-            outputs = self._collect(outputs, owner, everywhere, out_dtype)
-            if outputs is None:
-                return None
-        # diffusers' blending order: each tile takes the (already blended) tile above and to its left.
-        columns = len(range(0, width, stride[1]))
-        rows = [[outputs[r * columns + c] for c in range(columns)] for r in range(len(starts) // columns)]
+        owner = balance([float(min(tile[0], height - i) * min(tile[1], width - j)) for i in tops for j in lefts], size)
         extent = (out_tile[0] - out_stride[0], out_tile[1] - out_stride[1])
-        result_rows = []
-        for i, row in enumerate(rows):
-            kept = []
-            for j, out in enumerate(row):
-                if i > 0:
-                    out = self.vae.blend_v(rows[i - 1][j], out, extent[0])
-                if j > 0:
-                    out = self.vae.blend_h(row[j - 1], out, extent[1])
-                kept.append(out[..., : out_stride[0], : out_stride[1]])
-            result_rows.append(torch.cat(kept, dim=-1))
-        return torch.cat(result_rows, dim=-2)[..., : out_size[0], : out_size[1]]
+        above: list[torch.Tensor] | None = None
+        # A bar per tile (the pipeline's progress-bar settings: off with -q and on ranks other than 0).
+        with self.adapter.pipe.progress_bar(total=owner.count(me)) as progress:
+            progress.set_description(label)
+            for r, top in enumerate(tops):
+                keys = range(r * len(lefts), (r + 1) * len(lefts))
+                outputs: dict[int, torch.Tensor] | None = {}
+                if any(owner[k] == me for k in keys):
+                    band = source.rows(top, top + tile[0])
+                    for k, left in zip(keys, lefts):
+                        if owner[k] == me:
+                            outputs[k] = fn(band[..., left : left + tile[1]])
+                            progress.update()
+                    del band
+                if size > 1:
+                    outputs = self._collect(outputs, keys, owner, everywhere, out_dtype)
+                    if outputs is None:
+                        continue
+                # diffusers' blending order: each tile takes the (already blended) tile above and to
+                # its left; the blends write into the tile itself, so ``row`` holds blended tiles.
+                row, kept = [outputs[k] for k in keys], []
+                for j, out in enumerate(row):
+                    if above is not None:
+                        out = self.vae.blend_v(above[j], out, extent[0])
+                    if j > 0:
+                        out = self.vae.blend_h(row[j - 1], out, extent[1])
+                    kept.append(out[..., : out_stride[0], : out_stride[1]])
+                out_top = r * out_stride[0]
+                yield out_top, torch.cat(kept, dim=-1)[..., : out_size[0] - out_top, : out_size[1]]
+                above = row  # the next row blends into this one's lower overlap
 
     def _collect(
-        self, mine: dict[int, torch.Tensor], owner: list[int], everywhere: bool, dtype: torch.dtype
+        self, mine: dict[int, torch.Tensor], keys: range, owner: list[int], everywhere: bool, dtype: torch.dtype
     ) -> dict[int, torch.Tensor] | None:
-        """Bring every window's output to every rank (``everywhere``) or to the leader only (None elsewhere).
+        """Bring the outputs of windows ``keys`` (one row) to every rank (``everywhere``) or to the
+        leader only (None elsewhere).
 
         Shapes are not known in advance (they depend on the VAE), so each output is preceded by its shape.
         """
@@ -129,7 +176,8 @@ class TiledVAE:
         # NCCL needs contiguous buffers on the group's device; a tile's output is a view (frames
         # trimmed) on the VAE's device, which differs from the group's under model offload.
         outputs: dict[int, torch.Tensor] = {k: collective_buffer(v, device, dtype) for k, v in mine.items()}
-        for k, src in enumerate(owner):
+        for k in keys:
+            src = owner[k]
             if not everywhere and src == 0:
                 continue  # already on the leader
             if everywhere:

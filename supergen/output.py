@@ -1,0 +1,72 @@
+"""Decoded pixels → the caller's ``output_type``, filled a horizontal strip at a time.
+
+The tiled decode hands over finished strips of rows (:meth:`~supergen.parallel.TiledVAE.decode_strips`);
+each is converted at once into the output's own representation, so the decoded video never exists
+whole in the VAE's float dtype (7.5 GiB in float32 at 4K × 81). The conversions are diffusers'
+``VideoProcessor.postprocess_video`` applied to each strip (elementwise, so bit-identical to
+converting the whole video), and ``uint8`` is what its ``pil`` output holds: ``round(255 · x)`` of
+the float32 ``np`` values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+#: Pixel output types (``latent`` skips the decode).
+PIXEL_TYPES = ("np", "pil", "pt", "uint8")
+
+
+class VideoOutput:
+    """One output video of ``(num_frames, height, width)``, written a strip of rows at a time.
+
+    Representations (diffusers' for ``np``, ``pt``, ``pil``):
+
+    - ``np``: ``(1, F, H, W, 3)`` float32 numpy in [0, 1] (on the host);
+    - ``pt``: ``(1, F, 3, H, W)`` in [0, 1], the decoded pixels' dtype, on their device;
+    - ``uint8``: ``(1, F, H, W, 3)`` uint8 on the decoded pixels' device (the smallest: 1.9 GiB at
+      4K × 81; what ``supergen render`` writes, moved to the host a chunk of frames at a time);
+    - ``pil``: a list (one video) of lists of PIL images, made from the ``uint8`` array.
+
+    Args:
+        processor: the pipeline's ``video_processor`` (its denormalisation).
+        output_type: one of :data:`PIXEL_TYPES`.
+        size: ``(height, width)``: strips are cropped to it (the canvas may be larger).
+    """
+
+    def __init__(self, processor, output_type: str, size: tuple[int, int]):
+        self.processor, self.output_type, self.size = processor, output_type, size
+        self.buffer: np.ndarray | torch.Tensor | None = None
+
+    def write(self, top: int, pixels: torch.Tensor) -> None:
+        """Rows ``[top, top + h)`` of the video from ``pixels`` ``(1, 3, F, h, w)`` in [-1, 1] (cropped to the size)."""
+        height, width = self.size
+        rows = min(pixels.shape[-2], height - top)
+        if rows <= 0:
+            return
+        frames = self.processor.postprocess_video(pixels[..., :rows, :width], output_type="pt")  # (1, F, 3, rows, W)
+        b, f, c = frames.shape[:3]
+        if self.output_type == "pt":
+            if self.buffer is None:
+                self.buffer = frames.new_empty((b, f, c, height, width))
+            self.buffer[..., top : top + rows, :] = frames
+            return
+        frames = frames.permute(0, 1, 3, 4, 2).float()  # (1, F, rows, W, 3), as diffusers' pt_to_numpy
+        if self.output_type == "np":
+            if self.buffer is None:
+                self.buffer = np.empty((b, f, height, width, c), dtype=np.float32)
+            self.buffer[:, :, top : top + rows] = frames.cpu().numpy()
+        else:  # uint8 and pil: diffusers' numpy_to_pil rounding, on the pixels' device
+            if self.buffer is None:
+                self.buffer = torch.empty((b, f, height, width, c), dtype=torch.uint8, device=frames.device)
+            self.buffer[:, :, top : top + rows] = frames.mul(255).round().to(torch.uint8)
+
+    def result(self) -> Any:
+        """The finished video in ``output_type`` (every row written)."""
+        if self.output_type == "pil":
+            from PIL import Image
+
+            return [[Image.fromarray(frame) for frame in video.cpu().numpy()] for video in self.buffer]
+        return self.buffer
