@@ -157,8 +157,20 @@ class TileRefiner:
         # Two clamped tiles can share a window and own different parts of it: key on the weight too.
         key = (tile.rows, tile.cols, tile.weight.numpy().tobytes())
         if key not in self._device_weights:
-            self._device_weights[key] = tile.weight.to(like.device, like.dtype)
+            # A copy even where the device is the CPU: the device tables never alias the plan's host data.
+            self._device_weights[key] = torch.empty(tile.weight.shape, dtype=like.dtype, device=like.device).copy_(tile.weight)
         return replace(tile, weight=self._device_weights[key])
+
+    def preload(self, num_steps: int, like: torch.Tensor) -> None:
+        """Put on ``like``'s device, before the first step, what a step would otherwise copy from the
+        host: the blend weight of every tile and the adapter's position tables of every window, over
+        the grid offsets of ``num_steps`` steps (a short cycle). A step then uses device data only."""
+        windows: dict[tuple, Tile] = {}
+        for step in range(num_steps):
+            for tile in self.plan.tiles(step):
+                self._on_device(tile, like)
+                windows.setdefault((tile.rows, tile.cols), tile)
+        self.adapter.preload_positions(list(windows.values()), self.plan.canvas, self.positions, like.shape[2], like.device)
 
     def predict_units(self, step: int, latents: torch.Tensor, timestep: torch.Tensor, units: list[Unit]) -> dict[tuple, torch.Tensor]:
         """Model predictions ``(1, C, F, h, w)`` float32 of ``units`` (guided for whole tiles, one
@@ -224,6 +236,7 @@ class TileRefiner:
             The denoised canvas latent and one :class:`StepStats` per step.
         """
         stats = []
+        self.preload(len(timesteps), latents)
         self.policy.start(len(timesteps))
         for i, t in enumerate(timesteps):
             prediction, step_stats = self.step(i, t, latents)

@@ -111,9 +111,14 @@ class MemoryTrace(TorchDispatchMode):
         self.stage = "setup"
         self.stages: dict[str, StageTrace] = {}
         self.host_copies: list[str] = []
-        #: In the refinement step, tensors built without a device are real host tensors (the
-        #: default device is set to ``meta`` to tell them from those built on the pipeline's
-        #: device), so their use with device data — a host-to-device copy on a GPU — is seen.
+        #: In the refinement stage, tensors built without a device are real host tensors (the
+        #: default device is set to ``meta`` to tell them from those built on the pipeline's device) ...
+        self.host_default = False
+        #: Storages of real tensors that stand for device tensors of a GPU run (the scheduler's
+        #: timesteps, set up on the host here) and of host work derived from them: not copies.
+        self.device_values: set[int] = set()
+        #: ... and inside a refinement step their use with device data — a host-to-device copy on a
+        #: GPU — is reported (the refiner's preload before the first step may copy).
         self.watch_copies = False
 
     def set_stage(self, name: str) -> None:
@@ -128,6 +133,13 @@ class MemoryTrace(TorchDispatchMode):
             trace.peak = total
             top = sorted(self.live.values(), reverse=True)[:3]
             trace.peak_what = ", ".join(f"{what} {human(n)}" for n, what in top)
+
+    def mark_device(self, t: torch.Tensor) -> None:
+        """Count the real tensor ``t`` (and host work derived from it) as device data, not a host copy."""
+        key = _storage_key(t)
+        if key not in self.device_values:
+            self.device_values.add(key)
+            weakref.finalize(t.untyped_storage(), self.device_values.discard, key)
 
     def _free(self, key: int) -> None:
         nbytes, _ = self.live.pop(key, (0, ""))
@@ -145,14 +157,20 @@ class MemoryTrace(TorchDispatchMode):
             shapes = [] if func is torch.ops.aten._local_scalar_dense.default else func(*args, **kwargs)
             if all(t.numel() <= HOST_NUMEL for t in tree_flatten(shapes)[0] if isinstance(t, torch.Tensor)):
                 with unset_fake_temporarily():
-                    return func(*args, **kwargs)
-        if self.watch_copies:
+                    out = func(*args, **kwargs)
+                if any(_storage_key(t) in self.device_values for t in inputs):
+                    for t in tree_flatten(out)[0]:
+                        if isinstance(t, torch.Tensor):
+                            self.mark_device(t)
+                return out
+        if self.host_default:
             device = kwargs.get("device")
             if device is not None and torch.device(device).type == "meta":
-                # Built without a device (see watch_copies): a real host tensor, as in a GPU run.
+                # Built without a device (see host_default): a real host tensor, as in a GPU run.
                 with unset_fake_temporarily():
                     return func(*args, **dict(kwargs, device=torch.device("cpu")))
-            host = [t for t in inputs if _is_real(t) and t.numel() > 1]
+        if self.watch_copies:
+            host = [t for t in inputs if _is_real(t) and t.numel() > 1 and _storage_key(t) not in self.device_values]
             if host:
                 self.host_copies.append(f"{func}: host tensor {tuple(host[0].shape)} used with device data")
         out = func(*args, **kwargs)
@@ -207,6 +225,10 @@ class ShapeMemo:
             return torch.empty(shape, dtype=dtype, device=x.device)
 
         return call
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    return t.untyped_storage()._cdata
 
 
 def _is_real(t: torch.Tensor) -> bool:
@@ -349,6 +371,7 @@ def trace_render(
     from torch.utils.flop_counter import FlopCounterMode
 
     from .pipeline import SuperGenPipeline
+    from .refine import TileRefiner
 
     config = with_native_sketch(config, arch)
     traced_cfg = trace_steps(config, steps)
@@ -361,8 +384,16 @@ def trace_render(
         resident = sum(_param_bytes(m) for name, m in pipe.components.items()
                        if isinstance(m, torch.nn.Module) and name != "text_encoder") + sum(added.values())
         sg = SuperGenPipeline(pipe, traced_cfg)
-        sg.adapter.schedule = _unfaked(sg.adapter.schedule)
         memory = MemoryTrace(resident)
+        host_schedule = _unfaked(sg.adapter.schedule)
+
+        def schedule(*args, **kwargs):
+            # The timesteps live on the device in a GPU run (set_timesteps(device=...)).
+            timesteps = host_schedule(*args, **kwargs)
+            memory.mark_device(timesteps)
+            return timesteps
+
+        sg.adapter.schedule = schedule
         flop_counter = FlopCounterMode(display=False)
         memo = ShapeMemo(memory, flop_counter)
         # Per VAE tile (TiledVAE calls the adapter once per window): traced once per shape.
@@ -379,7 +410,7 @@ def trace_render(
             stage_flops[last["name"]] = stage_flops.get(last["name"], 0) + total - last["flops"]
             last.update(name=name, flops=total)
             memory.set_stage(name)
-            memory.watch_copies = name == "refine"
+            memory.host_default = name == "refine"
             torch.set_default_device("meta" if name == "refine" else None)
 
         def staged(name: str, method):
@@ -388,32 +419,28 @@ def trace_render(
                 return method(*args, **kwargs)
             return run
 
-        stepper = sg.adapter.stepper
-
-        def quiet_stepper(*args, **kwargs):
-            # The scheduler's tables are device tensors in a real run; here they are real host
-            # tensors (set up outside the fake mode), so their use is not a copy to report.
-            step = stepper(*args, **kwargs)
-
-            def run(*a, **k):
+        def watched_step(refiner, *args, **kwargs):
+            # Copies are reported inside refinement steps only: the preload before the first step
+            # puts the tables on the device, and the scheduler's step runs outside (its tables are
+            # device tensors in a real run; here real host tensors set up outside the fake mode).
+            memory.watch_copies = True
+            try:
+                return refinement_step(refiner, *args, **kwargs)
+            finally:
                 memory.watch_copies = False
-                try:
-                    return step(*a, **k)
-                finally:
-                    memory.watch_copies = True
-            return run
 
-        sg.adapter.stepper = quiet_stepper
         for name in ("sketch", "upscale", "refine", "decode"):
             setattr(sg, f"_{name}", staged(name, getattr(sg, f"_{name}")))
 
         image = Image.new("RGB", (width, height), (128, 128, 128)) if arch.image_tokens or arch.transformer["in_channels"] > arch.latent_channels else None
+        refinement_step, TileRefiner.step = TileRefiner.step, watched_step
         try:
             with flop_counter, memory:
                 sg(prompt="a traced render", image=image, height=height, width=width, num_frames=num_frames,
                    generator=torch.Generator().manual_seed(0), output_type="uint8")
                 on_stage("end")
         finally:
+            TileRefiner.step = refinement_step
             torch.set_default_device(None)
     stages = {name: memory.stages[name] for name in STAGES if name in memory.stages}
     for name, trace in stages.items():

@@ -470,6 +470,23 @@ class ModelAdapter(SizeRules, abc.ABC):
         ntk = self.ntk_factors(canvas, tiles[0].shape, dims) if mode == "ntk" else (1.0, 1.0)
         model.rope.set_tiles(rows, cols, ntk)
 
+    def preload_positions(self, tiles: list[Tile], canvas: tuple[int, int], mode: str, frames: int, device: torch.device) -> None:
+        """Build on ``device``, before the first refinement step, the position tables of forwards on
+        ``tiles`` (every window of the render's grid cycle), so no step copies one from the host.
+
+        Only installed position modules that cache their tables per render do work here
+        (:meth:`~.positions.CanvasPositions.preload`); ``frames``: latent frames of the canvas.
+        """
+        if mode == "local":
+            return
+        for model in self.transformers:
+            rope = getattr(model, "rope", None)
+            if isinstance(rope, CanvasPositions):
+                for tile in tiles:
+                    self.set_positions(model, [tile], canvas, mode, rope.axis_dims())
+                    rope.preload(frames, device)
+                rope.set_tiles(None, None)
+
     def tile_attention(self, layouts, backend: str) -> ContextManager:
         """``tiling.mode=attention``: self-attention restricted to tile(+halo) windows inside the ``with``
         block; ``layouts`` a ``LayoutCycle`` or ``TileLayout``, yields the

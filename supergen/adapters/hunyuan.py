@@ -34,6 +34,9 @@ class HunyuanCanvasRope(CanvasPositions):
     tables exactly; ``ntk`` scales theta on the spatial axes (:meth:`ModelAdapter.ntk_factors`).
     """
 
+    def axis_dims(self) -> tuple[int, int]:
+        return tuple(self.original.rope_dim[1:])
+
     def canvas_table(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(1, C, F, h, w)`` → ``(cos, sin)``, each ``(F·h·w / patch, head_dim)`` (one tile per call)."""
         rope = self.original
@@ -191,7 +194,7 @@ class HunyuanVideoAdapter(ModelAdapter):
         if self._embedded_guidance:
             guidance = torch.tensor([cond.guidance_scale] * batch, dtype=model.dtype, device=latents.device) * 1000.0
         if positions != "local":
-            self.set_positions(model, tiles, canvas, positions, tuple(model.rope.original.rope_dim[1:]))
+            self.set_positions(model, tiles, canvas, positions, model.rope.axis_dims())
         embeds = cond.embeds
 
         def expand(x: torch.Tensor) -> torch.Tensor:

@@ -52,6 +52,14 @@ class CanvasPositions(nn.Module):
     def canvas_table(self, hidden_states: torch.Tensor):
         raise NotImplementedError
 
+    def axis_dims(self) -> tuple[int, int]:
+        """Rotary dimensions of the (height, width) axes (for the ``ntk`` factors)."""
+        raise NotImplementedError
+
+    def preload(self, frames: int, device: torch.device) -> None:
+        """Build (and cache, :meth:`cached`) on ``device`` the tables of the tiles set now, for a canvas
+        of ``frames`` latent frames; modules that build their tables per call do nothing."""
+
 
 @contextlib.contextmanager
 def installed(models: list[nn.Module], module_type: type[CanvasPositions]) -> Iterator[None]:

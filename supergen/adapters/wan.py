@@ -23,10 +23,21 @@ class CanvasRotaryPosEmbed(CanvasPositions):
 
     def _table(self, dim: int, positions: torch.Tensor, ntk_factor: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cos, sin)`` of one axis at host ``positions``, built once per render on ``device``."""
+        # A copy of the positions even where the device is the CPU: the cached tables never alias host data.
         return self.cached((dim, tuple(positions.tolist()), ntk_factor, device), lambda: get_1d_rotary_pos_embed(
-            dim, positions.to(device), getattr(self.original, "theta", 10000.0), use_real=True, repeat_interleave_real=True,
+            dim, torch.empty(positions.shape, dtype=positions.dtype, device=device).copy_(positions), getattr(self.original, "theta", 10000.0), use_real=True, repeat_interleave_real=True,
             ntk_factor=ntk_factor, freqs_dtype=torch.float64,
         ))
+
+    def axis_dims(self) -> tuple[int, int]:
+        return self.original.h_dim, self.original.w_dim
+
+    def preload(self, frames: int, device: torch.device) -> None:
+        rope = self.original
+        self._table(rope.t_dim, torch.arange(frames // rope.patch_size[0]), 1.0, device)
+        for rows, cols in zip(self.rows, self.cols):
+            self._table(rope.h_dim, rows, self.ntk[0], device)
+            self._table(rope.w_dim, cols, self.ntk[1], device)
 
     def canvas_table(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, C, F, h, w)`` → ``(freqs_cos, freqs_sin)``, each ``(B, F·h·w / patch, 1, head_dim)``."""
@@ -201,7 +212,7 @@ class WanAdapter(ModelAdapter):
             )[0]
 
         if positions != "local":
-            self.set_positions(model, tiles, canvas, positions, (model.rope.original.h_dim, model.rope.original.w_dim))
+            self.set_positions(model, tiles, canvas, positions, model.rope.axis_dims())
         return self.guided(model, tiles, self.cfg_scale(timestep, cond), forward, branch)
 
     # ---- tiling.mode=attention ----------------------------------------------------------------
