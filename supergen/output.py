@@ -17,6 +17,8 @@ import torch
 
 #: Pixel output types (``latent`` skips the decode).
 PIXEL_TYPES = ("np", "pil", "pt", "uint8")
+#: Frames converted at a time (the float temporaries of a 4K strip of 192 rows: 8 frames, 68 MiB each).
+CHUNK_FRAMES = 8
 
 
 class VideoOutput:
@@ -33,35 +35,43 @@ class VideoOutput:
     Args:
         processor: the pipeline's ``video_processor`` (its denormalisation).
         output_type: one of :data:`PIXEL_TYPES`.
+        num_frames: frames of the video.
         size: ``(height, width)``: strips are cropped to it (the canvas may be larger).
     """
 
-    def __init__(self, processor, output_type: str, size: tuple[int, int]):
-        self.processor, self.output_type, self.size = processor, output_type, size
+    def __init__(self, processor, output_type: str, num_frames: int, size: tuple[int, int]):
+        self.processor, self.output_type, self.num_frames, self.size = processor, output_type, num_frames, size
         self.buffer: np.ndarray | torch.Tensor | None = None
 
     def write(self, top: int, pixels: torch.Tensor) -> None:
-        """Rows ``[top, top + h)`` of the video from ``pixels`` ``(1, 3, F, h, w)`` in [-1, 1] (cropped to the size)."""
+        """Rows ``[top, top + h)`` of the video from ``pixels`` ``(1, 3, F, h, w)`` in [-1, 1] (cropped to the size).
+
+        Converted :data:`CHUNK_FRAMES` frames at a time, so the float temporaries stay small.
+        """
         height, width = self.size
         rows = min(pixels.shape[-2], height - top)
-        if rows <= 0:
-            return
-        frames = self.processor.postprocess_video(pixels[..., :rows, :width], output_type="pt")  # (1, F, 3, rows, W)
-        b, f, c = frames.shape[:3]
+        for start in range(0, pixels.shape[2] if rows > 0 else 0, CHUNK_FRAMES):
+            self._write(top, start, pixels[:, :, start : start + CHUNK_FRAMES, :rows, :width])
+
+    def _write(self, top: int, start: int, pixels: torch.Tensor) -> None:
+        """Frames ``[start, start + f)`` of rows ``[top, top + h)`` from ``pixels`` ``(1, 3, f, h, W)``."""
+        frames = self.processor.postprocess_video(pixels, output_type="pt")  # (1, f, 3, h, W) in [0, 1]
+        b, f, c, rows, width = frames.shape
+        shape, where = (self.size[0], width), (slice(None), slice(start, start + f), slice(top, top + rows))
         if self.output_type == "pt":
             if self.buffer is None:
-                self.buffer = frames.new_empty((b, f, c, height, width))
-            self.buffer[..., top : top + rows, :] = frames
+                self.buffer = frames.new_empty((b, self.num_frames, c, *shape))
+            self.buffer[:, start : start + f, :, top : top + rows] = frames
             return
-        frames = frames.permute(0, 1, 3, 4, 2).float()  # (1, F, rows, W, 3), as diffusers' pt_to_numpy
+        frames = frames.permute(0, 1, 3, 4, 2).float()  # (1, f, h, W, 3), as diffusers' pt_to_numpy
         if self.output_type == "np":
             if self.buffer is None:
-                self.buffer = np.empty((b, f, height, width, c), dtype=np.float32)
-            self.buffer[:, :, top : top + rows] = frames.cpu().numpy()
+                self.buffer = np.empty((b, self.num_frames, *shape, c), dtype=np.float32)
+            self.buffer[where] = frames.cpu().numpy()
         else:  # uint8 and pil: diffusers' numpy_to_pil rounding, on the pixels' device
             if self.buffer is None:
-                self.buffer = torch.empty((b, f, height, width, c), dtype=torch.uint8, device=frames.device)
-            self.buffer[:, :, top : top + rows] = frames.mul(255).round().to(torch.uint8)
+                self.buffer = torch.empty((b, self.num_frames, *shape, c), dtype=torch.uint8, device=frames.device)
+            self.buffer[where] = frames.mul(255).round().to(torch.uint8)
 
     def result(self) -> Any:
         """The finished video in ``output_type`` (every row written)."""

@@ -417,14 +417,15 @@ class SuperGenPipeline:
             return latents, sketch
         adapter, group = self.adapter, self.group
         processor = adapter.pipe.video_processor
-        video = VideoOutput(processor, output_type, plan.size)
+        video = VideoOutput(processor, output_type, plan.num_frames, plan.size)
         if plan.vae_tiling:
             for top, strip in TiledVAE(adapter, group).decode_strips(latents, plan.num_frames):
                 video.write(top, strip)
+                del strip  # converted: not held while the next row of tiles is decoded
         elif group is None or group.is_leader:  # only the leader writes the video, so only it decodes
             video.write(0, adapter.decode(latents, plan.num_frames))
         if sketch is not None:
-            sketch_out = VideoOutput(processor, output_type, tuple(sketch.shape[-2:]))
+            sketch_out = VideoOutput(processor, output_type, sketch.shape[2], tuple(sketch.shape[-2:]))
             sketch_out.write(0, sketch)
             sketch = sketch_out.result()
         # None on the group's other ranks

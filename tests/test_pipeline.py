@@ -270,7 +270,7 @@ def test_every_output_type_is_the_tiled_decode_converted_strip_by_strip(wan_t2v)
         post = wan_t2v.video_processor.postprocess_video
         outputs = {}
         for output_type in ("np", "pt", "pil", "uint8"):
-            video = VideoOutput(wan_t2v.video_processor, output_type, (70, 118))
+            video = VideoOutput(wan_t2v.video_processor, output_type, 5, (70, 118))
             strips = list(TiledVAE(sg.adapter).decode_strips(latent, 5))
             for top, strip in strips:
                 video.write(top, strip)

@@ -160,8 +160,12 @@ class TiledVAE:
                         out = self.vae.blend_h(row[j - 1], out, extent[1])
                     kept.append(out[..., : out_stride[0], : out_stride[1]])
                 out_top = r * out_stride[0]
-                yield out_top, torch.cat(kept, dim=-1)[..., : out_size[0] - out_top, : out_size[1]]
-                above = row  # the next row blends into this one's lower overlap
+                strip = torch.cat(kept, dim=-1)[..., : out_size[0] - out_top, : out_size[1]]
+                # The next row blends into this one's lower overlap only: keep copies of that, not the tiles.
+                above = [out[..., out.shape[-2] - min(extent[0], out.shape[-2]) :, :].clone() for out in row]
+                del row, kept, outputs, out
+                yield out_top, strip
+                del strip  # not held while the next row is computed
 
     def _collect(
         self, mine: dict[int, torch.Tensor], keys: range, owner: list[int], everywhere: bool, dtype: torch.dtype
