@@ -35,17 +35,26 @@ does not offload), so the peak is ``weights + the largest stage transient``:
 - canvas state (the refinement loop): ``6`` float32 copies of the canvas latent — the latent, the
   blended prediction, the multistep scheduler's two stored outputs, its last sample and the new
   sample — plus the image condition for I2V.
-- VAE decode: the decoded video ``3·F·H·W·b``, counted ``1 + tile_overlap`` times (diffusers' tiled
-  decode keeps every decoded 256-px tile, which overlap, before blending them into the output), plus the
-  decoder's working set at full resolution for one tile and one chunk of frames:
-  ``6 · channels · 4 frames · tile_h · tile_w · b`` (6 = the residual block's input, norm, activation,
-  conv output, and the causal convolutions' cached frames).
-- the upscaled video ``3·F·H·W·b`` stays referenced in the pipeline until it returns, so the refine
-  and decode stages carry it too.
-- upscale (resize the sketch, VAE-encode it at the canvas size): the larger of the resize — its
-  float32 output, the clamped float32 copy and the cast to the VAE dtype, ``3·F·H·W·(8 + b)``
-  (``8`` when the VAE is float32: the cast is then no copy) — and the encode, the resized video plus
-  the same working set in the encoder.
+- VAE (``v`` = the VAE dtype's size: float32 for Wan, diffusers' recipe): the decoder's working set
+  at full resolution for one tile and one chunk of ``vt`` frames, ``13 · c0 · vt · tile_h · tile_w · v``
+  (``c0`` = the first stage's channels; 13 such activations: the upsampling's doubled channels, the
+  residual blocks' input, norm, activation and convolution outputs, the causal caches — fitted to the
+  fake-tensor trace, ``supergen plan --trace``). The encoder's: 10 such activations (its
+  full-resolution stage has ``c0`` channels, no upsampling).
+- VAE decode (tiled, :class:`~supergen.parallel.TiledVAE`, a row of tiles at a time): the output video
+  as uint8 ``3·F·H·W`` (what ``supergen render`` asks for), one row of decoded tiles and the overlap
+  kept of the row above (``3·F·(tile_h + overlap)·Σ tile widths·v``), one finished strip of rows
+  ``3·F·stride_h·W·v`` and the working set. Untiled: the whole decoded video and the working set at
+  the canvas size.
+- the sketch's decoded pixels ``3·F·h·w·v`` stay referenced until the render returns (the ``sketch``
+  output), so every later stage carries them.
+- upscale (resize the sketch a band of rows at a time, VAE-encode each band's tiles): the band
+  ``3·F·tile_h·W·v``, plus the larger of the resize (a float32 copy of the sketch and one chunk of
+  8 whole resized frames, ``3·8·H·W·4``) and the encoder's working set; the encoded latent and its
+  re-noising (3 float32 canvas latents). Untiled (small canvases): the whole resized video twice
+  (float32 result and its cast to the VAE dtype) and the working set at the canvas size.
+- block cache (``cache.block``): per block and guidance branch, inputs and residuals of every canvas
+  token in the model dtype (:func:`~supergen.cache.block.block_cache_bytes`), in the refinement stage.
 
 These are estimates of what the *allocator* must hold; a CPU process's RSS adds allocator slack, a GPU
 adds the CUDA context (~0.5 GiB) and caching-allocator fragmentation. ``docs/benchmarks.md``
@@ -72,8 +81,13 @@ from .tiling import TilePlan
 TEXT_TOKENS = 512
 #: float32 canvas-sized tensors alive during refinement (see the module docstring).
 CANVAS_COPIES = 6
-#: live tensors of the VAE's full-resolution stage, per chunk of frames (see the module docstring).
-VAE_WORKING_COPIES = 6
+#: activations of ``c0`` channels alive in the VAE's full-resolution stage, per chunk of frames
+#: (see the module docstring; fitted to the traces of Wan2.1's VAE at 480p, 2K and 4K).
+VAE_WORKING_COPIES = 13
+#: the same for the encoder, whose full-resolution stage has ``c0`` channels only (no upsampling).
+VAE_ENCODE_COPIES = 10
+#: whole frames resized at a time (:func:`~supergen.upscale.resize_video`'s ``frames_per_chunk``).
+RESIZE_CHUNK = 8
 #: diffusers' AutoencoderKLWan tiling: tiles of 256 px, every 192 px.
 VAE_TILE, VAE_STRIDE = 256, 192
 
@@ -364,6 +378,7 @@ class ResourcePlan:
             ("canvas state", human(self.memory["canvas"])),
             ("VAE decode", f"{human(self.memory['vae_decode'])} ({'tiled' if self.vae_tiling else 'untiled'})"),
             ("upscale (VAE encode)", human(self.memory["upscale"])),
+            *([("block cache", human(self.memory["block_cache"]))] if self.memory["block_cache"] else []),
             ("estimated peak", f"{human(self.peak)} = weights + {self.peak_stage}"),
         ]
         return rows
@@ -416,32 +431,53 @@ def make_plan(
 
     d, ffn = arch.width, arch.transformer["ffn_dim"]
     mem = {f"weights.{k}": v * b for k, v in parameters.items()}
+    mem["weights.vae"] = parameters["vae"] * DTYPE_BYTES[_vae_dtype(config)]
     batch = min(config.tiling.batch_tiles, out.tiles_per_step)
     mem["transformer"] = batch * out.tokens_per_tile * (2 * d + 2 * ffn) * b
     canvas_elems = math.prod(latent)
     condition = (arch.transformer["in_channels"] - latent[0]) * canvas_elems // latent[0]  # I2V mask + image latent
     mem["canvas"] = CANVAS_COPIES * canvas_elems * 4 + condition * 4
+    vb = DTYPE_BYTES[_vae_dtype(config)]
     video = 3 * frames * canvas[0] * canvas[1]
     full_res_channels = arch.vae["base_dim"] * arch.vae["dim_mult"][0]
     tile_px = _vae_tile_area(canvas) if vae_tiling else canvas[0] * canvas[1]
-    working = VAE_WORKING_COPIES * full_res_channels * vt * tile_px * b
-    overlap = _vae_tiles_total_area(canvas) / (canvas[0] * canvas[1]) if vae_tiling else 0.0
-    mem["vae_decode"] = int(video * b * (1 + overlap)) + working
-    mem["upscale"] = max(video * (8 + (b if b != 4 else 0)), video * b + working)
+    working = VAE_WORKING_COPIES * full_res_channels * vt * tile_px * vb
+    encode_working = VAE_ENCODE_COPIES * full_res_channels * vt * tile_px * vb
+    latent_bytes = canvas_elems * 4
+    sketch_px = 3 * frames * sketch[0] * sketch[1]
+    if vae_tiling:
+        tile_h = min(VAE_TILE, canvas[0])
+        row_width = sum(_vae_spans(canvas[1]))
+        rows = 3 * frames * (tile_h + min(VAE_TILE - VAE_STRIDE, tile_h)) * row_width * vb
+        strip = 3 * frames * min(VAE_STRIDE, canvas[0]) * canvas[1] * vb
+        mem["vae_decode"] = video + rows + strip + working
+        band = 3 * frames * tile_h * canvas[1] * vb
+        resize = sketch_px * 4 + 3 * min(RESIZE_CHUNK, frames) * canvas[0] * canvas[1] * 4
+        mem["upscale"] = band + max(resize, encode_working) + 3 * latent_bytes
+    else:
+        mem["vae_decode"] = video * vb + working + video  # the decoded video, its working set, the output
+        mem["upscale"] = video * (4 + vb) + encode_working + 3 * latent_bytes
     # Stage transients: what each stage holds beyond the resident weights. The sketch is the plain
     # pipeline at sketch size: a transformer forward there, then an untiled decode of the sketch.
     sketch_tokens = (latent[1] // pt) * (sketch[0] // vs // ph) * (sketch[1] // vs // pw)
     sketch_forward = sketch_tokens * (2 * d + 2 * ffn) * b
     if out.sketch is not None:
         out.sketch_flops_per_step = (2 if render.sketch_guidance_scale > 1.0 else 1) * transformer_flops(arch, sketch_tokens)
-    sketch_decode = 3 * frames * sketch[0] * sketch[1] * b + VAE_WORKING_COPIES * full_res_channels * vt * sketch[0] * sketch[1] * b
+    sketch_decode = sketch_px * vb + VAE_WORKING_COPIES * full_res_channels * vt * sketch[0] * sketch[1] * vb
     mem["stage.sketch"] = 0 if out.sketch is None else max(sketch_forward, sketch_decode)
-    mem["stage.upscale"] = 0 if out.sketch is None else mem["upscale"]
-    # The pipeline keeps the upscaled pixel video (VAE dtype) referenced until it returns, so it is
-    # held through refinement and decode as well.
-    held = 0 if out.sketch is None else video * b
-    mem["stage.refine"] = mem["transformer"] + mem["canvas"] + held
-    mem["stage.decode"] = mem["vae_decode"] + canvas_elems * 4 + held
+    # The sketch's pixels stay referenced until the render returns (the sketch output).
+    held = 0 if out.sketch is None else sketch_px * vb
+    mem["stage.upscale"] = 0 if out.sketch is None else mem["upscale"] + held
+    mem["block_cache"] = 0
+    cache = config.cache
+    if cache.enabled and cache.policy == "region" and cache.block.enabled:
+        from .cache.block import block_cache_bytes
+
+        grid = (latent[1] // pt, latent[2] // ph, latent[3] // pw)
+        blocks = arch.transformer["num_layers"] * arch.experts
+        mem["block_cache"] = block_cache_bytes(grid, d, blocks, forwards, b)
+    mem["stage.refine"] = mem["transformer"] + mem["canvas"] + held + mem["block_cache"]
+    mem["stage.decode"] = mem["vae_decode"] + latent_bytes + held
     out.memory = mem
     return out
 
@@ -463,12 +499,16 @@ def _vae_tile_area(canvas: tuple[int, int]) -> int:
     return min(VAE_TILE, canvas[0]) * min(VAE_TILE, canvas[1])
 
 
-def _vae_tiles_total_area(canvas: tuple[int, int]) -> int:
-    """Summed pixel area of diffusers' tiled-VAE tiles (they overlap): the same loop bounds as ``tiled_decode``."""
-    def spans(length: int) -> list[int]:
-        return [min(VAE_TILE, length - start) for start in range(0, length, VAE_STRIDE)]
+def _vae_spans(length: int) -> list[int]:
+    """Lengths of diffusers' tiled-VAE tiles along one axis (they overlap): the loop bounds of ``tiled_decode``."""
+    return [min(VAE_TILE, length - start) for start in range(0, length, VAE_STRIDE)]
 
-    return sum(spans(canvas[0])) * sum(spans(canvas[1]))
+
+def _vae_dtype(config: SuperGenConfig) -> str:
+    """The VAE's dtype: ``model.vae_dtype``, else the Wan family's recipe (float32, as diffusers' examples)."""
+    from .adapters.wan import WanAdapter
+
+    return config.model.vae_dtype or WanAdapter.component_dtypes["vae"]
 
 
 def human(n: float) -> str:

@@ -127,6 +127,8 @@ def check_memory(cfg: SuperGenConfig, device: torch.device, loaded: bool = False
     if one <= available and plan.num_frames > step:
         per_step = (weights + transient - one) / ((plan.num_frames - 1) // step)
         hints.append(f"--num-frames {1 + step * int((available - one) // per_step)}")
+    if plan.memory["block_cache"] and need(replace(cfg, cache=replace(cfg.cache, block=replace(cfg.cache.block, enabled=False)))) <= available:
+        hints.append(f"cache.block.enabled=false (its state is {human(plan.memory['block_cache'])})")
     if device.type == "cuda":
         for offload in ("model", "sequential"):
             if cfg.model.offload == "none" and need(replace(cfg, model=replace(cfg.model, offload=offload))) <= available:

@@ -213,3 +213,25 @@ def test_cli_summary_and_cache_map(tmp_path, capsys):
     assert "16 tile-forwards (16 skipped" in capsys.readouterr().out
     picture = cv2.imread(str(tmp_path / "map.png"))
     assert picture is not None and picture.shape[1] == STEPS * 164
+
+
+def test_block_cache_state_is_kept_in_the_model_dtype():
+    """Two canvases of tokens per block and branch: in float32 they were twice the model's bf16 (issue 14, defect 5)."""
+    from supergen.builtin import load_pipeline
+    from supergen.cache.block import BLOCK_CACHE_HOOK
+
+    pipe = load_pipeline("tiny", torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+
+    def inspect(sg_pipe, step, t, tensors):
+        for block in pipe.transformer.blocks:
+            states = block._diffusers_hook.get_hook(BLOCK_CACHE_HOOK).state_manager._state_cache.values()
+            seen.extend((s.inputs.dtype, s.residual.dtype) for s in states if s.inputs is not None)
+        return {}
+
+    sg = SuperGenPipeline.from_pipe(pipe, "tiny", refine={"num_inference_steps": 4, "strength": 1.0}, tiling=TILING,
+                                    cache={"enabled": True, "threshold": 0.0, "block": {"enabled": True, "threshold": 0.5}})
+    out = sg(**SIZE, generator=torch.Generator().manual_seed(0), output_type="latent", callback_on_step_end=inspect)
+    assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
+    assert 0.0 < out.cache_report.block_share_skipped < 1.0

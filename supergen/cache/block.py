@@ -10,9 +10,12 @@ tokens ``(F', H', W', D)`` rather than a tile's tokens, for the same reason as t
 shifted tile reads what was last computed under its current window. The tiles in progress come from
 :func:`~supergen.cache.windows.current_batch`.
 
-Memory: two float32 token canvases per block and branch, which is why it is off by default. Its
-state is filled by the tiles a rank computes, so under tile parallelism decisions would differ
-between ranks: the pipeline refuses it with several ranks.
+Memory: two token canvases per block and branch, in the model's dtype (the block's own input and
+output dtype; the change is measured in float32), plus two ``(H', W')`` maps:
+:func:`block_cache_bytes`, which the planner adds to the refinement stage, so a render whose state
+cannot fit is refused before it starts. That is why it is off by default. Its state is filled by the
+tiles a rank computes, so under tile parallelism decisions would differ between ranks: the pipeline
+refuses it with several ranks.
 """
 
 from __future__ import annotations
@@ -56,17 +59,17 @@ class BlockState(BaseState):
         self.reset()
 
     def reset(self) -> None:
-        #: ``(F', H', W', D)`` float32, allocated at the first forward (D is the block's width).
+        #: ``(F', H', W', D)`` in the block's dtype, allocated at the first forward (D is the block's width).
         self.inputs: torch.Tensor | None = None
         self.residual: torch.Tensor | None = None
         #: ``(H', W')`` bool: tokens computed at least once; int: consecutive reuses since.
         self.filled: torch.Tensor | None = None
         self.streak: torch.Tensor | None = None
 
-    def allocate(self, dim: int, device: torch.device) -> None:
+    def allocate(self, dim: int, device: torch.device, dtype: torch.dtype) -> None:
         f, h, w = self.grid
-        self.inputs = torch.zeros(f, h, w, dim, device=device)
-        self.residual = torch.zeros(f, h, w, dim, device=device)
+        self.inputs = torch.zeros(f, h, w, dim, device=device, dtype=dtype)
+        self.residual = torch.zeros(f, h, w, dim, device=device, dtype=dtype)
         self.filled = torch.zeros(h, w, dtype=torch.bool, device=device)
         self.streak = torch.zeros(h, w, dtype=torch.int64, device=device)
 
@@ -108,7 +111,7 @@ class BlockCacheHook(ModelHook):
             index = (r[:, None].to(x.device), c[None, :].to(x.device))
             if not bool(state.filled[index].all()) or int(state.streak[index].max()) >= self.config.max_consecutive:
                 return False
-        previous = self._gather(state.inputs, tokens, x.shape)
+        previous = self._gather(state.inputs, tokens, x.shape).float()
         change = (x - previous).abs().sum() / previous.abs().sum().clamp_min(_EPS)
         return float(change) < self.config.threshold
 
@@ -121,7 +124,7 @@ class BlockCacheHook(ModelHook):
             for r, c in tokens:
                 index = (r[:, None].to(x.device), c[None, :].to(x.device))
                 state.streak[index] += 1
-            return (x + self._gather(state.residual, tokens, hidden.shape)).to(hidden.dtype)
+            return (x + self._gather(state.residual, tokens, hidden.shape).float()).to(hidden.dtype)
         output = self.fn_ref.original_forward(*args, **kwargs)
         if not isinstance(output, torch.Tensor):
             # CogVideoX / HunyuanVideo blocks also return the text stream; a residual of the video
@@ -131,16 +134,24 @@ class BlockCacheHook(ModelHook):
                 f"{type(module).__name__} returns {type(output).__name__}. Use cache.block.enabled=false"
             )
         if state.inputs is None:
-            state.allocate(x.shape[-1], x.device)
-        residual = output.float() - x
+            state.allocate(x.shape[-1], x.device, hidden.dtype)
+        residual = (output.float() - x).to(hidden.dtype)
         for b, (r, c) in enumerate(tokens):
             r, c = r.to(x.device), c.to(x.device)
             shape = (state.grid[0], len(r), len(c), x.shape[-1])
-            state.inputs[:, r[:, None], c[None, :]] = x[b].reshape(shape)
+            state.inputs[:, r[:, None], c[None, :]] = hidden[b].reshape(shape)
             state.residual[:, r[:, None], c[None, :]] = residual[b].reshape(shape)
             state.filled[r[:, None], c[None, :]] = True
             state.streak[r[:, None], c[None, :]] = 0
         return output
+
+
+def block_cache_bytes(grid: tuple[int, int, int], dim: int, blocks: int, branches: int, itemsize: int) -> int:
+    """Bytes of the block cache's state: per block and guidance branch, inputs and residuals of
+    every canvas token ``(F', H', W', dim)`` in the model dtype (``itemsize``), and the ``(H', W')``
+    filled (bool) and streak (int64) maps."""
+    f, h, w = grid
+    return blocks * branches * (2 * f * h * w * dim * itemsize + h * w * (1 + 8))
 
 
 def apply_block_cache(models: list[torch.nn.Module], config: BlockCacheConfig) -> list[tuple[HookRegistry, str]]:
