@@ -27,7 +27,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from .adapters import Conditioning, ModelAdapter, Request, adapter_for
+from .adapters import CanvasEncoder, Conditioning, ModelAdapter, Request, adapter_for
 from .attention import check_backend, dense_backend
 from .builtin import load_pipeline
 from .cache import CacheReport, cache_policy
@@ -264,8 +264,11 @@ class SuperGenPipeline:
             scheduler = type(self.adapter.scheduler).from_config(self.adapter.scheduler.config)
             timesteps = self.adapter.schedule(scheduler, plan.num_inference_steps, plan.start_index, plan.tile_latent_shape)
             # Image conditioning before any noise: the pipelines encode (and may sample) the image first.
+            # A canvas-sized condition video (Wan I2V) goes through the same encoder as the upscaled
+            # sketch (tiled and split across ranks when planned); families that encode one image frame
+            # with the pipeline's own code get the plan's VAE tiling.
             self.adapter.set_vae_tiling(plan.vae_tiling)
-            spatial = self.adapter.spatial_conditioning(request, *plan.canvas, generator)
+            spatial = self.adapter.spatial_conditioning(request, *plan.canvas, generator, encode=self._canvas_encoder(plan))
             cond = Conditioning(embeds, spatial, plan.guidance_scale, plan.guidance_scale_2)
             if plan.run_sketch:
                 stage("sketch", {"steps": plan.sketch_steps})
@@ -384,13 +387,20 @@ class SuperGenPipeline:
                  generator: torch.Generator | None) -> torch.Tensor:
         """Resize the sketch to the canvas in pixel space, encode it, re-noise it to the first refinement step."""
         upscaled = resize_video(sketch, *plan.canvas, self.config.sketch.upscale)
-        if plan.vae_tiling and not self.config.sketch.sample_posterior:
-            # Split across ranks; the same tiles and blend in one process, so any rank count matches.
-            x0 = TiledVAE(self.adapter, self.group).encode(upscaled)
+        if not self.config.sketch.sample_posterior:
+            x0 = self._canvas_encoder(plan)(upscaled)
         else:  # a posterior sample is drawn over the whole latent, identically on every rank
-            x0 = self.adapter.encode(upscaled, generator if self.config.sketch.sample_posterior else None)
+            x0 = self.adapter.encode(upscaled, generator)
         del upscaled  # the largest tensor of the render (4K × 81 frames): not held through refinement
         return self.adapter.renoise(scheduler, x0.to(self.adapter.device), timesteps[:1], spatial, generator)
+
+    def _canvas_encoder(self, plan: RenderPlan) -> CanvasEncoder:
+        """Posterior-mode encoder of canvas-sized videos: :class:`TiledVAE` when the plan tiles the VAE
+        (windows split across ranks; the same tiles and blend in one process, so any rank count gives
+        the same latent), else the adapter's untiled encode (on every rank)."""
+        if plan.vae_tiling:
+            return TiledVAE(self.adapter, self.group).encode
+        return lambda video: self.adapter.encode(video if isinstance(video, torch.Tensor) else video[...], None)
 
     def _refine(self, latents, plan: RenderPlan, cond: Conditioning, scheduler, timesteps, generator, callback):
         """Stage 2: the tiled refinement; returns the latent, per-step stats, the cache report and parallel stats."""

@@ -51,6 +51,42 @@ def combine_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> 
     return uncond + scale * (cond - uncond)
 
 
+class FirstFrameVideo:
+    """An image followed by zero frames, ``(1, 3, num_frames, H, W)``, built one window at a time.
+
+    Wan image-to-video conditions on the VAE encoding of this video. At 4K × 81 frames it would be
+    8 GB in float32 while only its first frame holds data, so it is never built whole: indexing
+    ``video[..., rows, cols]`` (slices) returns that window ``(1, 3, num_frames, h, w)`` as a tensor,
+    and ``video[...]`` the whole video (for untiled encodes of small canvases).
+
+    Args:
+        image: ``(1, 3, H, W)``, the first frame (its dtype and device are the video's).
+        num_frames: frames of the video, the image included.
+    """
+
+    def __init__(self, image: torch.Tensor, num_frames: int):
+        if image.ndim != 4 or image.shape[:2] != (1, 3):
+            raise SuperGenError(f"FirstFrameVideo takes an image of shape (1, 3, H, W); got {tuple(image.shape)}")
+        self.image, self.num_frames = image, num_frames
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((1, 3, self.num_frames, *self.image.shape[-2:]))
+
+    def __getitem__(self, index) -> torch.Tensor:
+        window = (...,) if index is Ellipsis else index
+        if not (isinstance(window, tuple) and window[:1] == (...,) and len(window) <= 3
+                and all(isinstance(s, slice) for s in window[1:])):
+            raise SuperGenError(f"FirstFrameVideo is indexed as video[..., rows, cols] with slices; got {index!r}")
+        first = self.image[window].unsqueeze(2)
+        return torch.cat([first, first.new_zeros(*first.shape[:2], self.num_frames - 1, *first.shape[-2:])], dim=2)
+
+
+#: ``encode(video) -> latent``: a canvas-sized video ``(1, 3, F, H, W)`` (a tensor or a
+#: :class:`FirstFrameVideo`) in [-1, 1] → its normalised posterior-mode canvas latent ``(1, C, f, h, w)``.
+CanvasEncoder = Callable[["torch.Tensor | FirstFrameVideo"], torch.Tensor]
+
+
 @dataclass
 class Conditioning:
     """Everything a tile forward needs besides the latent.
@@ -198,12 +234,18 @@ class ModelAdapter(SizeRules, abc.ABC):
         """Text (and image) embeddings, computed once and shared by both stages."""
 
     def spatial_conditioning(
-        self, request: Request, height: int, width: int, generator: torch.Generator | None = None
+        self, request: Request, height: int, width: int, generator: torch.Generator | None = None,
+        encode: CanvasEncoder | None = None,
     ) -> dict[str, torch.Tensor]:
         """Canvas-sized conditioning maps at pixel size ``(height, width)``; none by default.
 
         Called before the initial noise is drawn, as the pipelines' ``prepare_latents`` encode the image
         first: families that sample the image posterior take ``generator`` in the same order.
+
+        Args:
+            encode: the engine's encoder for canvas-sized videos (tiled and split across ranks when the
+                render plan tiles the VAE); families whose condition is a canvas-sized video (Wan
+                image-to-video) encode it with this. None: :meth:`encode` untiled, in posterior mode.
         """
         return {}
 
@@ -276,7 +318,9 @@ class ModelAdapter(SizeRules, abc.ABC):
         vae = self.pipe.vae
         if not self.decode_extra_frames:
             latents = latents[:, :, self.extra_latent_frames(num_frames) :]
-        video = self.vae_decode(self.to_vae(latents.to(vae.device, vae.dtype)))
+        # The pipeline's execution device, not ``vae.device``: under diffusers' offloading the VAE's
+        # weights sit on the CPU (model offload) or ``meta`` (sequential) until its hook moves them.
+        video = self.vae_decode(self.to_vae(latents.to(self.device, vae.dtype)))
         return video[:, :, video.shape[2] - num_frames :]
 
     def encode(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -286,7 +330,7 @@ class ModelAdapter(SizeRules, abc.ABC):
         content for a frame the output never shows directly.
         """
         vae = self.pipe.vae
-        dist = vae.encode(video.to(vae.device, vae.dtype)).latent_dist
+        dist = vae.encode(video.to(self.device, vae.dtype)).latent_dist  # execution device: see decode
         latents = self.from_vae((dist.mode() if generator is None else dist.sample(generator)).float())
         extra = self.extra_latent_frames(video.shape[2])
         return torch.cat([latents[:, :, :1]] * extra + [latents], dim=2)

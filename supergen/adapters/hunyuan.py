@@ -110,7 +110,8 @@ class HunyuanVideoAdapter(ModelAdapter):
             }
         return embeds
 
-    def spatial_conditioning(self, request, height, width, generator=None):
+    def spatial_conditioning(self, request, height, width, generator=None, encode=None):
+        # The condition here is one image frame (small at any size): the pipeline's own code encodes it.
         if not self.is_i2v:
             return {}
         pipe = self.pipe

@@ -83,7 +83,8 @@ class LTXAdapter(ModelAdapter):
             "negative_prompt_embeds": negative, "negative_prompt_attention_mask": negative_mask,
         }
 
-    def spatial_conditioning(self, request, height, width, generator=None):
+    def spatial_conditioning(self, request, height, width, generator=None, encode=None):
+        # The condition here is one image frame (small at any size): the pipeline's own code encodes it.
         if not self.is_i2v:
             return {}
         pipe = self.pipe

@@ -9,7 +9,7 @@ import torch
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from ..attention import SPARSE_KERNELS, StepLayouts
 from ..errors import SuperGenError
-from .base import ModelAdapter, Request
+from .base import FirstFrameVideo, ModelAdapter, Request
 from .positions import CanvasPositions
 
 
@@ -123,19 +123,24 @@ class WanAdapter(ModelAdapter):
             embeds["image_embeds"] = pipe.encode_image(request.image, self.device).to(dtype)
         return embeds
 
-    def spatial_conditioning(self, request, height, width, generator=None):
+    def spatial_conditioning(self, request, height, width, generator=None, encode=None):
+        """Wan 2.1/2.2 I2V: ``{"condition": (1, 4 + C, f, h, w)}``, the first-frame mask and the latent of
+        the image followed by zero frames, as ``WanImageToVideoPipeline.prepare_latents`` lays them out.
+
+        The condition video is encoded by the engine's ``encode`` (tiled and split across ranks at
+        large sizes), window by window (:class:`FirstFrameVideo`), never whole.
+        """
         if not self.is_i2v:
             return {}
-        pipe = self.pipe
-        image = pipe.video_processor.preprocess(request.image, height=height, width=width).to(self.device, torch.float32)
-        shape = self.latent_shape(request.num_frames, height, width)
-        # The pipeline's own prepare_latents builds mask + image latent at the canvas size (posterior
-        # mode: no draw); passing `latents` stops it from drawing noise.
-        placeholder = torch.zeros(shape, device=self.device)
-        _, condition = pipe.prepare_latents(
-            image, 1, shape[1], height, width, request.num_frames, torch.float32, self.device, None, placeholder
-        )
-        return {"condition": condition}
+        image = self.pipe.video_processor.preprocess(request.image, height=height, width=width).to(self.device, torch.float32)
+        video = FirstFrameVideo(image, request.num_frames)
+        # Posterior mode (the pipeline's sample_mode="argmax"), normalised as prepare_latents does.
+        latent = encode(video) if encode is not None else self.encode(video[...], None)
+        # The mask is 1 on the latent frame made of the image (the first frame, repeated to fill the
+        # temporal compression) and 0 on the others: prepare_latents' mask after its reshape.
+        mask = torch.zeros(1, self.vae_scale[0], *latent.shape[2:], device=latent.device)
+        mask[:, :, 0] = 1.0
+        return {"condition": torch.cat([mask, latent.to(mask.device)], dim=1)}
 
     # ---- stage 1 ----------------------------------------------------------------------------
     def pipeline_kwargs(self, request, embeds, guidance_scale, guidance_scale_2):

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from ..adapters import ModelAdapter
+from ..adapters import FirstFrameVideo, ModelAdapter
 from .exchanger import balance
 from .launch import TileGroup, collective_buffer
 
@@ -51,8 +51,11 @@ class TiledVAE:
             everywhere=False, out_dtype=self.vae.dtype, label="decode",
         )
 
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """Video ``(1, 3, F, H, W)`` in [-1, 1] → normalised posterior-mode latent ``(1, C, f, H/s, W/s)`` on every rank."""
+    def encode(self, video: torch.Tensor | FirstFrameVideo) -> torch.Tensor:
+        """Video ``(1, 3, F, H, W)`` in [-1, 1] → normalised posterior-mode latent ``(1, C, f, H/s, W/s)`` on every rank.
+
+        ``video`` may be a :class:`~supergen.adapters.FirstFrameVideo`, whose windows are built one at a time.
+        """
         s = self.adapter.vae_scale[1]
         (th, tw), (sh, sw) = self.adapter.vae_tile
         return self._tiled(
@@ -85,17 +88,19 @@ class TiledVAE:
         """
         height, width = x.shape[-2:]
         starts = [(i, j) for i in range(0, height, stride[0]) for j in range(0, width, stride[1])]
-        windows = [x[..., i : i + tile[0], j : j + tile[1]] for i, j in starts]
+        # Windows are cut when their turn comes: ``x`` may build each window on demand
+        # (:class:`~supergen.adapters.FirstFrameVideo`), never holding the whole input.
+        windows = [(slice(i, min(i + tile[0], height)), slice(j, min(j + tile[1], width))) for i, j in starts]
         size = self.group.size if self.group is not None else 1
         me = self.group.rank if self.group is not None else 0
-        owner = balance([float(w.shape[-2] * w.shape[-1]) for w in windows], size)
+        owner = balance([float((r.stop - r.start) * (c.stop - c.start)) for r, c in windows], size)
         mine = [k for k in range(len(windows)) if owner[k] == me]
         outputs = {}
         # A bar per tile (the pipeline's progress-bar settings: off with -q and on ranks other than 0).
         with self.adapter.pipe.progress_bar(total=len(mine)) as progress:
             progress.set_description(label)
             for k in mine:
-                outputs[k] = fn(windows[k])
+                outputs[k] = fn(x[(..., *windows[k])])
                 progress.update()
         if size > 1:
             outputs = self._collect(outputs, owner, everywhere, out_dtype)
