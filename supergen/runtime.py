@@ -55,17 +55,27 @@ def load_pipeline(model: ModelConfig, device: torch.device):
 
 
 def place(pipe, offload: str, device: torch.device):
-    """Move ``pipe`` to ``device``, or let one of diffusers' memory savers manage it there."""
+    """Move ``pipe`` to ``device``, or let one of diffusers' memory savers manage it there.
+
+    The savers move weights between the host and a GPU; on the CPU they save nothing but still run
+    (diffusers' hooks on the CPU as onload device), so a CPU run tests the same code path. Except
+    ``sequential``: accelerate's per-parameter hooks fail when the onload device is the CPU (plain
+    diffusers too, measured with accelerate 1.15 and torch 2.13), so it is refused there up front.
+    """
     if offload == "none":
         return pipe.to(device)
-    if device.type != "cuda":
-        raise SuperGenError(f"model.offload={offload!r} moves weights between the CPU and a GPU; this render runs on {device}")
+    if device.type == "cpu":
+        if offload == "sequential":
+            raise SuperGenError("model.offload=sequential needs a GPU: accelerate's sequential offload hooks fail when the "
+                                "onload device is the CPU; on the CPU use model.offload=none (or model / group, which run but save nothing)")
+        logger.warning("model.offload=%s on the CPU moves weights from the CPU to the CPU: it saves no memory here", offload)
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
-    else:  # block-level group offloading with CUDA streams: prefetches the next block while one runs
-        pipe.enable_group_offload(onload_device=device, offload_type="block_level", num_blocks_per_group=1, use_stream=True)
+    else:  # block-level group offloading; on CUDA with streams, which prefetch the next block while one runs
+        pipe.enable_group_offload(onload_device=device, offload_type="block_level", num_blocks_per_group=1,
+                                  use_stream=device.type == "cuda")
     return pipe
 
 

@@ -134,7 +134,7 @@ class MemoryTrace(TorchDispatchMode):
         self.current -= nbytes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        from torch._subclasses.fake_tensor import unset_fake_temporarily
+        from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, unset_fake_temporarily
 
         kwargs = kwargs or {}
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
@@ -142,7 +142,12 @@ class MemoryTrace(TorchDispatchMode):
             # Host work on real tensors (scheduler tables, timesteps, the input image) stays real, as
             # on a GPU run, so the host may read its values; it is not device memory. Unless its
             # output is large (a video made from the image): then it is traced as device memory.
-            shapes = [] if func is torch.ops.aten._local_scalar_dense.default else func(*args, **kwargs)
+            try:
+                shapes = [] if func is torch.ops.aten._local_scalar_dense.default else func(*args, **kwargs)
+            except (DataDependentOutputException, DynamicOutputShapeException):
+                # Its output's size depends on the values (nonzero: diffusers' schedulers look their
+                # step index up that way): host work on host tables, bounded by its inputs.
+                shapes = []
             if all(t.numel() <= HOST_NUMEL for t in tree_flatten(shapes)[0] if isinstance(t, torch.Tensor)):
                 with unset_fake_temporarily():
                     return func(*args, **kwargs)
