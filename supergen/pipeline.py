@@ -42,6 +42,10 @@ logger = logging.getLogger("supergen")
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 
+#: Components that compute a call's embeddings before the canvas stages and are not used after the
+#: sketch (the wrapped pipeline re-encodes the image for it): parked on the host (``encoders.park``).
+ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")
+
 #: Attributes and methods of the wrapped diffusers pipeline that :class:`SuperGenPipeline` forwards
 #: (placement, memory savers, progress bars, LoRA), so code written for diffusers keeps working.
 #: VAE tiling is not among them: the render plan decides it per call (``vae.tiling``).
@@ -259,7 +263,7 @@ class SuperGenPipeline:
                                       guidance_scale, {k: v for k, v in text.items() if v is not None})
         stage = callback_on_stage or (lambda name, info: None)
         clock = StageClock(self.adapter.device, self.group)
-        with self._borrowed_pipeline():
+        with self._borrowed_pipeline() as borrowed:
             embeds = self.adapter.encode_prompt(request, plan.text_guidance_scale)
             scheduler = type(self.adapter.scheduler).from_config(self.adapter.scheduler.config)
             timesteps = self.adapter.schedule(scheduler, plan.num_inference_steps, plan.start_index, plan.tile_latent_shape)
@@ -274,6 +278,7 @@ class SuperGenPipeline:
                 stage("sketch", {"steps": plan.sketch_steps})
                 sketch_pixels = self._sketch(request, embeds, plan, generator, callback_on_sketch_step_end)
                 clock.lap("sketch")
+            self._park_encoders(borrowed)  # their embeddings are computed; the canvas stages need the room
             if plan.from_sketch:
                 if callback_on_stage is not None:  # the preview is a device-to-host copy of the sketch: only when asked
                     stage("upscale", {"sketch": self.adapter.pipe.video_processor.postprocess_video(sketch_pixels, output_type="np")[0]})
@@ -433,15 +438,34 @@ class SuperGenPipeline:
 
     # ---- the wrapped pipeline, borrowed for one call ------------------------------------------
     @contextlib.contextmanager
-    def _borrowed_pipeline(self) -> Iterator[None]:
+    def _borrowed_pipeline(self) -> Iterator[contextlib.ExitStack]:
         """Leave the wrapped pipeline as it was found: VAE tiling restored (attention processors and
-        position modules restore themselves), model offload hooks reset, also when the call raises."""
+        position modules restore themselves), parked encoders moved back, model offload hooks reset,
+        also when the call raises. Yields the stack that undoes the call's other changes on exit."""
         tiling = self.adapter.vae_tiling_enabled()
         try:
-            yield
+            with contextlib.ExitStack() as borrowed:
+                yield borrowed
         finally:
             self.adapter.set_vae_tiling(tiling)
             self.adapter.pipe.maybe_free_model_hooks()
+
+    def _park_encoders(self, borrowed: contextlib.ExitStack) -> None:
+        """``encoders.park``: move the :data:`ENCODERS` to the host for the rest of this call (they
+        go back on ``borrowed``'s exit). Only those whose weights sit on a GPU and that no offload hook
+        of diffusers or accelerate manages (those already leave the device by themselves)."""
+        if not self.config.encoders.park:
+            return
+        for name in ENCODERS:
+            module = getattr(self.pipe, name, None)
+            if not isinstance(module, torch.nn.Module) or hasattr(module, "_hf_hook") or getattr(module, "_diffusers_hook", None):
+                continue
+            weights = next(module.parameters(), None)
+            if weights is None or weights.device.type in ("cpu", "meta"):
+                continue
+            logger.debug("parking %s on the host for the rest of the call", name)
+            borrowed.callback(module.to, weights.device)
+            module.to("cpu")
 
     def _attention(self, plan: RenderPlan):
         """The attention backend for the refinement; in ``attention`` mode, tile(+halo) attention on the canvas (yields its per-step layouts)."""

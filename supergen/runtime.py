@@ -95,10 +95,14 @@ def available_memory(device: torch.device) -> int:
 
 def device_need(plan, offload: str) -> tuple[int, int]:
     """``(weights, transient)`` bytes a planned render holds on its device at its peak: with
-    ``model`` offload only the largest component is resident at a time, with ``sequential``/``group``
-    only a block (counted as nothing)."""
-    weights = {"none": plan.weights, "model": max(plan.memory[f"weights.{k}"] for k in plan.parameters)}.get(offload, 0)
-    return weights, plan.peak - plan.weights
+    ``model`` offload only the largest component is resident at a time, with ``group`` two
+    transformer blocks and what lies outside them (:attr:`~supergen.planner.ResourcePlan.group_offload_weights`),
+    with ``sequential`` one layer's parameters (counted as nothing)."""
+    if offload == "none":
+        return plan.weights, plan.peak - plan.weights
+    # Offload hooks manage the encoders (nothing is parked): the largest transient of any stage.
+    largest = max(plan.memory[f"weights.{k}"] for k in plan.parameters)
+    return {"model": largest, "group": plan.group_offload_weights}.get(offload, 0), plan.transient
 
 
 def check_memory(cfg: SuperGenConfig, device: torch.device, loaded: bool = False) -> None:
@@ -120,6 +124,8 @@ def check_memory(cfg: SuperGenConfig, device: torch.device, loaded: bool = False
         logger.info("memory check skipped: %s", exc)
         return
     arch = replace(arch, counted=arch.parameters())  # counted once, reused by the searches below
+    if device.type == "cpu":  # the encoders are parked on the host, which is this device
+        cfg = replace(cfg, encoders=replace(cfg.encoders, park=False))
     plan = make_plan(cfg, arch)
     weights, transient = device_need(plan, cfg.model.offload)
     available = available_memory(device) + (weights if loaded else 0)

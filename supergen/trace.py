@@ -186,30 +186,66 @@ class ShapeMemo:
     work: a replay adds the first call's transient peak and FLOPs and returns an empty output of
     the recorded shape, which keeps a 4K trace to minutes. Exact for fake tensors, whose work
     depends only on shapes.
+
+    The tiles at the canvas' bottom and right edges are smaller (up to four more shapes per
+    function, each a VAE trace of its own, tens of seconds at 81 frames): a call whose window is
+    smaller than a traced one in height and width only (``(..., h, w)``, everything else equal) is
+    *scaled* from it: transient bytes and FLOPs in proportion to the area (the VAE's convolutions
+    are linear in it; its one attention, at the lowest resolution, is counted linearly too) and
+    the output's spatial size in the traced ratio. Such calls are counted in ``scaled``.
     """
 
     def __init__(self, memory: MemoryTrace, flop_counter):
         self.memory, self.flop_counter = memory, flop_counter
         self.seen: dict[tuple, tuple[int, int, torch.Size, torch.dtype]] = {}
         self.replayed_flops: dict[str, int] = {}
-        self.calls = self.replays = 0
+        self.calls = self.replays = self.scaled = 0
+
+    def _scalable(self, key: tuple) -> tuple[tuple, float] | None:
+        """A traced call ``key`` can be scaled from (the largest), and the area ratio; None if none."""
+        shape, rest = key[0], key[1:]
+        best = None
+        for seen in self.seen:
+            other = seen[0]
+            if seen[1:] != rest or len(other) != len(shape) or other[:-2] != shape[:-2]:
+                continue
+            if other[-2] >= shape[-2] and other[-1] >= shape[-1] and (best is None or other[-2] * other[-1] > best[0][-2] * best[0][-1]):
+                best = seen
+        if best is None:
+            return None
+        _, _, out, _ = self.seen[best]
+        # The output's spatial size must scale to whole numbers (VAE windows are multiples of 8 px).
+        for i in (-2, -1):
+            if (shape[i] * out[i]) % best[0][i]:
+                return None
+        return best, shape[-2] * shape[-1] / (best[0][-2] * best[0][-1])
+
+    def _replay(self, x: torch.Tensor, transient: int, flops: int, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        memory = self.memory
+        memory._note_peak(memory.stages.setdefault(memory.stage, StageTrace()), transient)
+        self.replayed_flops[memory.stage] = self.replayed_flops.get(memory.stage, 0) + flops
+        return torch.empty(shape, dtype=dtype, device=x.device)
 
     def wrap(self, fn):
         def call(x: torch.Tensor, *args):
             self.calls += 1
             key = (tuple(x.shape), x.dtype, *args)
             memory = self.memory
-            if key not in self.seen:
-                start, flops = memory.current, self.flop_counter.get_total_flops()
-                memory.high = start
-                out = fn(x, *args)
-                self.seen[key] = (memory.high - start, self.flop_counter.get_total_flops() - flops, out.shape, out.dtype)
-                return out
-            self.replays += 1
-            transient, flops, shape, dtype = self.seen[key]
-            memory._note_peak(memory.stages.setdefault(memory.stage, StageTrace()), transient)
-            self.replayed_flops[memory.stage] = self.replayed_flops.get(memory.stage, 0) + flops
-            return torch.empty(shape, dtype=dtype, device=x.device)
+            if key in self.seen:
+                self.replays += 1
+                return self._replay(x, *self.seen[key])
+            scalable = self._scalable(key)
+            if scalable is not None:
+                self.scaled += 1
+                (traced, area) = scalable
+                transient, flops, out, dtype = self.seen[traced]
+                shape = torch.Size((*out[:-2], *(key[0][i] * out[i] // traced[0][i] for i in (-2, -1))))
+                return self._replay(x, int(transient * area), int(flops * area), shape, dtype)
+            start, flops = memory.current, self.flop_counter.get_total_flops()
+            memory.high = start
+            out = fn(x, *args)
+            self.seen[key] = (memory.high - start, self.flop_counter.get_total_flops() - flops, out.shape, out.dtype)
+            return out
 
         return call
 
@@ -353,7 +389,7 @@ def trace_render(
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .pipeline import SuperGenPipeline
+    from .pipeline import ENCODERS, SuperGenPipeline
 
     config = with_native_sketch(config, arch)
     traced_cfg = trace_steps(config, steps)
@@ -409,6 +445,21 @@ def trace_render(
             return run
 
         sg.adapter.stepper = quiet_stepper
+
+        def park_encoders(borrowed):
+            # What the pipeline does on a GPU (here every fake tensor sits on the CPU, which it skips):
+            # the encoders' weights, built or counted from the config, leave the device.
+            if not traced_cfg.encoders.park:
+                return
+            for name in ENCODERS:
+                module = getattr(pipe, name, None)
+                if isinstance(module, torch.nn.Module):
+                    freed = added.get(name, _param_bytes(module))
+                    memory.resident -= freed
+                    parked[name] = freed
+
+        parked: dict[str, int] = {}
+        sg._park_encoders = park_encoders
         for name in ("sketch", "upscale", "refine", "decode"):
             setattr(sg, f"_{name}", staged(name, getattr(sg, f"_{name}")))
 
@@ -423,11 +474,15 @@ def trace_render(
     stages = {name: memory.stages[name] for name in STAGES if name in memory.stages}
     for name, trace in stages.items():
         trace.flops = stage_flops.get(name, 0) + memo.replayed_flops.get(name, 0)
-    notes = [f"VAE calls: {memo.calls}, {memo.replays} of them replayed from an earlier call of the same shape"]
+    notes = [f"VAE calls: {memo.calls}, {memo.replays} of them replayed from an earlier call of the same shape, "
+             f"{memo.scaled} (smaller edge windows) scaled by area from a larger traced one"]
     notes += [f"text encoder not run (embeddings of its output shape); its {human(added['text_encoder'])} of weights added"]
     if "transformer blocks" in added:
         notes.append(f"{layers} of {arch.transformer['num_layers']} transformer blocks built per expert; "
                      f"the other blocks' {human(added['transformer blocks'])} of weights added (FLOPs are of the traced blocks)")
+    if parked:
+        notes.append("after the sketch, parked on the host (encoders.park): "
+                     + ", ".join(f"{name} {human(n)}" for name, n in parked.items()))
     refine_steps = int(traced_cfg.refine.num_inference_steps * traced_cfg.refine.strength)
     notes.append(f"{steps} sketch and {refine_steps} refinement steps traced; output_type='pt' (frames as a tensor)")
     return TraceResult(arch.name, (height, width), plan.num_frames, stages, resident, added, plan,
@@ -435,10 +490,8 @@ def trace_render(
 
 
 def estimated(result: TraceResult, stage: str) -> int:
-    """The planner's peak for ``stage``: resident weights plus the stage's transient."""
-    memory = result.plan.memory
-    weights = sum(v for k, v in memory.items() if k.startswith("weights."))
-    return weights + memory.get(f"stage.{stage}", 0)
+    """The planner's peak for ``stage``: its resident weights plus the stage's transient."""
+    return result.plan.stage_peak(stage)
 
 
 def format_trace(result: TraceResult) -> str:

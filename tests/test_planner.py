@@ -49,8 +49,15 @@ def test_wan_1_3b_720p_matches_hand_calculation():
     assert plan.memory["vae_decode"] == int(video * (1 + overlap)) + working
     # The resize of the sketch to 720p in float32 (+ its clamp, + the bf16 cast) outweighs the decode.
     assert plan.memory["upscale"] == 3 * 81 * 720 * 1280 * (4 + 4 + 2) == 2_239_488_000
-    assert plan.peak_stage == "upscale"
-    assert plan.weights == 2 * sum(plan.parameters.values())
+    counts = plan.parameters
+    # bf16 transformer and text encoder, float32 VAE (Wan's recipe).
+    assert plan.weights == 2 * (counts["transformer"] + counts["text_encoder"]) + 4 * counts["vae"]
+    # The text encoder (10.6 GiB) leaves the device after the sketch: the sketch, with every weight
+    # resident, outweighs the upscale; without parking the upscale is the peak.
+    assert plan.resident("upscale") == plan.weights - 2 * counts["text_encoder"] == plan.resident("sketch") - 2 * counts["text_encoder"]
+    assert plan.peak_stage == "sketch"
+    kept = make_plan(load_config(cfg, ["encoders.park=false"]), arch, height=720, width=1280, num_frames=81)
+    assert kept.peak_stage == "upscale" and kept.peak == kept.weights + kept.memory["stage.upscale"]
 
 
 def test_flop_formula_matches_pytorch_flop_counter():
