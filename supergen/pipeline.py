@@ -42,9 +42,11 @@ logger = logging.getLogger("supergen")
 
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 
-#: Components that compute a call's embeddings before the canvas stages and are not used after the
-#: sketch (the wrapped pipeline re-encodes the image for it): parked on the host (``encoders.park``).
-ENCODERS = ("text_encoder", "text_encoder_2", "image_encoder")
+#: Encoders parked on the host (``encoders.park``) once a call no longer needs them: the text
+#: encoders after the prompts are encoded (the sketch gets the embeddings), the image encoder after
+#: the sketch (the wrapped pipeline encodes the image itself there).
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+IMAGE_ENCODERS = ("image_encoder",)
 
 #: Attributes and methods of the wrapped diffusers pipeline that :class:`SuperGenPipeline` forwards
 #: (placement, memory savers, progress bars, LoRA), so code written for diffusers keeps working.
@@ -265,6 +267,7 @@ class SuperGenPipeline:
         clock = StageClock(self.adapter.device, self.group)
         with self._borrowed_pipeline() as borrowed:
             embeds = self.adapter.encode_prompt(request, plan.text_guidance_scale)
+            self._park_encoders(borrowed, TEXT_ENCODERS)  # the sketch and the tiles take the embeddings
             scheduler = type(self.adapter.scheduler).from_config(self.adapter.scheduler.config)
             timesteps = self.adapter.schedule(scheduler, plan.num_inference_steps, plan.start_index, plan.tile_latent_shape)
             # Image conditioning before any noise: the pipelines encode (and may sample) the image first.
@@ -278,7 +281,7 @@ class SuperGenPipeline:
                 stage("sketch", {"steps": plan.sketch_steps})
                 sketch_pixels = self._sketch(request, embeds, plan, generator, callback_on_sketch_step_end)
                 clock.lap("sketch")
-            self._park_encoders(borrowed)  # their embeddings are computed; the canvas stages need the room
+            self._park_encoders(borrowed, IMAGE_ENCODERS)  # the canvas stages need the room
             if plan.from_sketch:
                 if callback_on_stage is not None:  # the preview is a device-to-host copy of the sketch: only when asked
                     stage("upscale", {"sketch": self.adapter.pipe.video_processor.postprocess_video(sketch_pixels, output_type="np")[0]})
@@ -450,13 +453,13 @@ class SuperGenPipeline:
             self.adapter.set_vae_tiling(tiling)
             self.adapter.pipe.maybe_free_model_hooks()
 
-    def _park_encoders(self, borrowed: contextlib.ExitStack) -> None:
-        """``encoders.park``: move the :data:`ENCODERS` to the host for the rest of this call (they
-        go back on ``borrowed``'s exit). Only those whose weights sit on a GPU and that no offload hook
-        of diffusers or accelerate manages (those already leave the device by themselves)."""
+    def _park_encoders(self, borrowed: contextlib.ExitStack, names: tuple[str, ...]) -> None:
+        """``encoders.park``: move the pipeline's components ``names`` to the host for the rest of this
+        call (they go back on ``borrowed``'s exit). Only those whose weights sit on a GPU and that no
+        offload hook of diffusers or accelerate manages (those leave the device by themselves)."""
         if not self.config.encoders.park:
             return
-        for name in ENCODERS:
+        for name in names:
             module = getattr(self.pipe, name, None)
             if not isinstance(module, torch.nn.Module) or hasattr(module, "_hf_hook") or getattr(module, "_diffusers_hook", None):
                 continue

@@ -90,10 +90,10 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 #: The stages of a render, in order (``setup``: embeddings and the image condition).
 STAGES = ("setup", "sketch", "upscale", "refine", "decode")
-#: Stages after the pipeline parks its encoders on the host (``encoders.park``, after the sketch).
-AFTER_PARKING = ("upscale", "refine", "decode")
-#: The encoders it parks, as :meth:`Architecture.parameters` names them (the pipeline's ``ENCODERS``).
-PARKED = ("text_encoder", "image_encoder")
+#: The encoders the pipeline parks on the host (``encoders.park``), as :meth:`Architecture.parameters`
+#: names them, and the stages that run without them: the text encoder leaves once the prompts are
+#: encoded (before the image condition), the image encoder after the sketch.
+PARKED = {"text_encoder": ("setup", "sketch", "upscale", "refine", "decode"), "image_encoder": ("upscale", "refine", "decode")}
 
 # The diffusers configs of the published checkpoints (transformer/, vae/, text_encoder/ config.json).
 _UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
@@ -359,14 +359,14 @@ class ResourcePlan:
         return sum(self.memory[f"weights.{k}"] for k in self.parameters)
 
     def resident(self, stage: str) -> int:
-        """Weights on the device during ``stage``: all of them, less the parked encoders after the sketch."""
-        if stage not in AFTER_PARKING:
-            return self.weights
-        return self.weights - sum(self.memory.get(f"weights.{k}", 0) for k in self.parked)
+        """Weights on the device during ``stage``'s transient: all of them, less the parked encoders."""
+        return self.weights - sum(self.memory.get(f"weights.{k}", 0) for k in self.parked if stage in PARKED[k])
 
     def stage_peak(self, stage: str) -> int:
-        """Estimated peak of ``stage``: its resident weights plus its transient."""
-        return self.resident(stage) + self.memory.get(f"stage.{stage}", 0)
+        """Estimated peak of ``stage``: its resident weights plus its transient (every weight is on
+        the device when the render starts)."""
+        peak = self.resident(stage) + self.memory.get(f"stage.{stage}", 0)
+        return max(peak, self.weights) if stage == "setup" else peak
 
     @property
     def peak(self) -> int:
@@ -411,7 +411,7 @@ class ResourcePlan:
             ("upscale (VAE encode)", human(self.memory["upscale"])),
             ("estimated peak", f"{human(self.peak)} in {self.peak_stage} = weights {human(self.resident(self.peak_stage))} + "
              f"{human(self.memory.get(f'stage.{self.peak_stage}', 0))}"
-             + (f" ({', '.join(self.parked)} parked on the host after the sketch)" if self.parked else "")),
+             + (f" ({', '.join(self.parked)} parked on the host once used)" if self.parked else "")),
         ]
         if "stage.setup" in self.memory:
             rows.insert(-1, ("image condition (VAE encode)", human(self.memory["stage.setup"])))
