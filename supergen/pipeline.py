@@ -33,7 +33,9 @@ from .builtin import load_pipeline
 from .cache import CacheReport, cache_policy
 from .config import MethodConfig, load_config
 from .errors import SuperGenError
-from .parallel import ParallelPlan, TiledVAE, TileExchanger, TileGroup, plan_parallel, split_guidance, ulysses, ulysses_blocker
+from .parallel import (CanvasRunner, HeadExchange, ParallelPlan, TiledVAE, TileExchanger, TileGroup, canvas_blocker, plan_parallel,
+                       split_canvas, split_guidance, ulysses, ulysses_blocker)
+from .parallel.exchanger import refuse_per_rank_caches
 from .plan import RenderPlan, plan_render
 from .refine import SingleProcess, StepStats, TileRefiner
 from .upscale import resize_video
@@ -346,8 +348,11 @@ class SuperGenPipeline:
     def parallel_plan(self, plan: RenderPlan) -> ParallelPlan:
         """What each stage of a render with ``plan`` does on this pipeline's group of ranks."""
         adapter, ranks, parallel = self.adapter, 1 if self.group is None else self.group.size, self.config.parallel
+        canvas = plan.layout is not None
         return plan_parallel(ranks, adapter.runs_branches(plan.guidance_scale), adapter.runs_branches(plan.sketch_guidance_scale),
-                             adapter.sketch_branches_separate, parallel.cfg, parallel.sketch, ulysses_blocker(adapter.transformers, ranks))
+                             adapter.sketch_branches_separate, parallel.cfg, parallel.sketch,
+                             ulysses_blocker(adapter.transformers, ranks, adapter.cp_plans), canvas,
+                             canvas_blocker(adapter.transformers, ranks, plan.layout[0].seq_len, adapter.cp_plans) if canvas else "")
 
     def _sketch(self, request: Request, embeds: dict, plan: RenderPlan, generator: torch.Generator | None,
                 callback: Callable | None = None) -> torch.Tensor:
@@ -357,7 +362,7 @@ class SuperGenPipeline:
         if split.sketch_reason:
             logger.info("sketch %s: %s", "computed whole on every rank" if split.sketch == "replicated" else "split by guidance branch",
                         split.sketch_reason)
-        parallel = {"cfg": split_guidance, "ulysses": ulysses}.get(split.sketch)
+        parallel = {"cfg": split_guidance, "ulysses": lambda models, group: ulysses(models, group, self.adapter.cp_plans)}.get(split.sketch)
         pipe = self.adapter.pipe
         # The wrapped pipeline draws its own step bar: label it for this stage, then restore its settings
         # (diffusers keeps them in _progress_bar_config; set_progress_bar_config replaces them all).
@@ -395,16 +400,28 @@ class SuperGenPipeline:
     def _refine(self, latents, plan: RenderPlan, cond: Conditioning, scheduler, timesteps, generator, callback):
         """Stage 2: the tiled refinement; returns the latent, per-step stats, the cache report and parallel stats."""
         cfg, adapter = self.config, self.adapter
-        runner = SingleProcess() if self.group is None or self.group.size == 1 else TileExchanger.for_render(
-            self.group, cfg, plan.latent_shape[1:3])
-        with self._attention(plan) as attention, adapter.positions(cfg.tiling.positions), \
+        split = None if self.group is None else self.parallel_plan(plan)
+        if split is not None and split.refine_reason:
+            logger.info("attention mode not split over the ranks: %s", split.refine_reason)
+        canvas_split = split is not None and split.refine == "ulysses"
+        if canvas_split:
+            refuse_per_rank_caches(cfg.cache)
+            runner = CanvasRunner(self.group)
+        elif split is None or split.ranks == 1:
+            runner = SingleProcess()
+        else:
+            runner = TileExchanger.for_render(self.group, cfg, plan.latent_shape[1:3])
+        # The token split goes innermost: its hooks attach to the canvas position modules installed just before.
+        with self._attention(plan, HeadExchange(self.group) if canvas_split else None) as attention, \
+                adapter.positions(cfg.tiling.positions), \
+                split_canvas(adapter.transformers, self.group, adapter.cp_plans) if canvas_split else contextlib.nullcontext(), \
                 cache_policy(cfg.cache, adapter.transformers, plan.latent_shape[2:], adapter.patch, len(timesteps), plan.do_guidance) as policy:
             refiner = TileRefiner(plan.tiles, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner,
                                   on_step=attention)
             with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
                 progress.set_description("refine")
                 latents, steps = refiner.run(latents, adapter.stepper(scheduler, cond.spatial, generator), timesteps, progress, callback)
-        parallel = {} if self.group is None else {"plan": self.parallel_plan(plan).as_dict()}
+        parallel = {} if split is None else {"plan": split.as_dict()}
         return latents, steps, runner.finish(policy.report), parallel | runner.stats()
 
     def _decode(self, latents: torch.Tensor, sketch: torch.Tensor | None, plan: RenderPlan, output_type: str):
@@ -433,12 +450,13 @@ class SuperGenPipeline:
             self.adapter.set_vae_tiling(tiling)
             self.adapter.pipe.maybe_free_model_hooks()
 
-    def _attention(self, plan: RenderPlan):
-        """The attention backend for the refinement; in ``attention`` mode, tile(+halo) attention on the canvas (yields its per-step layouts)."""
+    def _attention(self, plan: RenderPlan, heads: HeadExchange | None = None):
+        """The attention backend for the refinement; in ``attention`` mode, tile(+halo) attention on the canvas
+        (yields its per-step layouts), with ``heads`` when the group splits the canvas forward."""
         backend = self.config.attention.backend  # checked by _prepare
         if plan.layout is None:
             return dense_backend(backend)
-        return self.adapter.tile_attention(plan.layout, backend)
+        return self.adapter.tile_attention(plan.layout, backend, heads)
 
 
 class StageClock:

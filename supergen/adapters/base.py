@@ -129,6 +129,11 @@ class ModelAdapter(SizeRules, abc.ABC):
     #: that take positions another way (CogVideoX's tables, LTX's coordinates).
     position_module: ClassVar[type[CanvasPositions] | None] = None
 
+    #: The transformer's context-parallel plan (diffusers' ``ContextParallelModelPlan``: where the
+    #: token sequence is split and gathered) for families whose diffusers transformer ships none;
+    #: None: the transformer's own ``_cp_plan`` (Wan, LTX). Used by :func:`supergen.parallel.ulysses`.
+    cp_plan: ClassVar[dict | None] = None
+
     def __init__(self, pipe: DiffusionPipeline):
         self.pipe = pipe
 
@@ -136,6 +141,11 @@ class ModelAdapter(SizeRules, abc.ABC):
     def transformers(self) -> list[nn.Module]:
         """The pipeline's denoisers: ``transformer``, and Wan 2.2's low-noise expert ``transformer_2``."""
         return [m for m in (getattr(self.pipe, "transformer", None), getattr(self.pipe, "transformer_2", None)) if m is not None]
+
+    @property
+    def cp_plans(self) -> list[dict | None]:
+        """Per transformer, the context-parallel plan to apply (:attr:`cp_plan`; None: its own)."""
+        return [self.cp_plan] * len(self.transformers)
 
     # ---- geometry -------------------------------------------------------------------------
     @property
@@ -470,8 +480,12 @@ class ModelAdapter(SizeRules, abc.ABC):
         ntk = self.ntk_factors(canvas, tiles[0].shape, dims) if mode == "ntk" else (1.0, 1.0)
         model.rope.set_tiles(rows, cols, ntk)
 
-    def tile_attention(self, layouts, backend: str) -> ContextManager:
+    def tile_attention(self, layouts, backend: str, heads=None) -> ContextManager:
         """``tiling.mode=attention``: self-attention restricted to tile(+halo) windows inside the ``with``
         block; ``layouts`` a ``LayoutCycle`` or ``TileLayout``, yields the
-        :class:`~supergen.attention.StepLayouts` the refiner advances every step."""
+        :class:`~supergen.attention.StepLayouts` the refiner advances every step.
+
+        ``heads``: None in one process; on a group that splits the canvas forward, the
+        :class:`~supergen.parallel.canvas.HeadExchange` that trades this rank's tokens for its heads
+        around the kernel (the token split itself is :func:`~supergen.parallel.canvas.split_canvas`)."""
         raise SuperGenError(f"tiling.mode=attention supports Wan transformers; got {type(self.transformers[0]).__name__}")

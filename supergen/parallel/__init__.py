@@ -14,6 +14,7 @@ One process needs none of this. On a CPU-only machine the same commands use gloo
 ``--cpu`` starts a single process; ``--multi_gpu`` is what starts several, GPUs or not).
 """
 
+from .canvas import CanvasRunner, HeadExchange, canvas_blocker, split_canvas
 from .exchanger import RankFailure, TileExchanger, balance
 from .context import ulysses, ulysses_blocker
 from .launch import TileGroup, active_group, init, launched, shutdown, wait_for_all_groups
@@ -22,6 +23,6 @@ from .sketch import split_guidance
 from .vae import TiledVAE
 
 __all__ = [
-    "MESH_DIMS", "ParallelPlan", "RankFailure", "TileExchanger", "TileGroup", "TiledVAE", "active_group", "balance", "init", "launched",
+    "CanvasRunner", "HeadExchange", "canvas_blocker", "split_canvas", "MESH_DIMS", "ParallelPlan", "RankFailure", "TileExchanger", "TileGroup", "TiledVAE", "active_group", "balance", "init", "launched",
     "plan_parallel", "shutdown", "split_guidance", "ulysses", "ulysses_blocker", "wait_for_all_groups",
 ]

@@ -51,6 +51,16 @@ class RankFailure(RuntimeError):
         self.recoverable = recoverable
 
 
+def refuse_per_rank_caches(cache) -> None:
+    """Raise when ``cache`` (a :class:`~supergen.config.CacheConfig`) keeps state on the rank that ran a
+    tile (block-level caches, diffusers' hooks), which would let ranks diverge."""
+    if cache.enabled and (cache.block.enabled or cache.policy in ("fbc", "magcache")):
+        raise SuperGenError(
+            "with several ranks only the tile-level cache (cache.policy=region, cache.block.enabled=false) "
+            "keeps ranks identical; block-level caches keep per-rank state"
+        )
+
+
 def owned(tile: Tile) -> tuple[slice, slice]:
     """Rows and columns of ``tile``'s window where its blend weight is non-zero (all of it when unweighted)."""
     return tile.owned
@@ -121,12 +131,7 @@ class TileExchanger:
             SuperGenError: a cache whose state lives on the rank that ran a tile (block-level caches,
                 diffusers' hooks): ranks would diverge.
         """
-        cache = config.cache
-        if cache.enabled and (cache.block.enabled or cache.policy in ("fbc", "magcache")):
-            raise SuperGenError(
-                "with several ranks only the tile-level cache (cache.policy=region, cache.block.enabled=false) "
-                "keeps ranks identical; block-level caches keep per-rank state"
-            )
+        refuse_per_rank_caches(config.cache)
         return cls(group, latent_dims, config.parallel.exchange_dtype, config.tiling.batch_tiles, config.parallel.cfg)
 
     def units(self, tiles: list[Tile], branches: tuple[str, ...]) -> list[Unit]:

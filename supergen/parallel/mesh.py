@@ -42,7 +42,11 @@ class ParallelPlan:
             context parallelism over all ranks).
         sketch_reason: why the sketch is not split as asked (empty when it is, or with one rank).
         refine: ``single`` | ``tiles`` (whole tiles) | ``auto`` ((tile, branch) units on the steps where
-            they balance better) | ``branches`` ((tile, branch) units every step).
+            they balance better) | ``branches`` ((tile, branch) units every step) | ``ulysses``
+            (``tiling.mode=attention``: every canvas forward split over all ranks, tokens outside
+            attention and heads inside the tile attention, :mod:`supergen.parallel.canvas`).
+        refine_reason: in ``tiling.mode=attention``, why the canvas forward is not split over the ranks
+            (it then runs as one tile, or one unit per guidance branch); empty otherwise.
     """
 
     ranks: int
@@ -50,6 +54,7 @@ class ParallelPlan:
     sketch: str
     sketch_reason: str
     refine: str
+    refine_reason: str = ""
 
     def describe(self) -> str:
         """One line for the render summary."""
@@ -57,8 +62,10 @@ class ParallelPlan:
             return "1 rank"
         mesh = " × ".join(f"{name}={size}" for name, size in zip(MESH_DIMS, self.mesh))
         sketch = self.sketch + (f" ({self.sketch_reason})" if self.sketch_reason else "")
-        units = {"tiles": "whole tiles", "auto": "(tile, branch) units where they balance better", "branches": "(tile, branch) units"}
-        return f"{self.ranks} ranks, mesh {mesh}; sketch: {sketch}; refine: {units[self.refine]} over all ranks"
+        units = {"tiles": "whole tiles", "auto": "(tile, branch) units where they balance better", "branches": "(tile, branch) units",
+                 "ulysses": "the canvas forward split by tokens and attention heads"}
+        refine = units[self.refine] + " over all ranks" + (f" (attention mode unsplit: {self.refine_reason})" if self.refine_reason else "")
+        return f"{self.ranks} ranks, mesh {mesh}; sketch: {sketch}; refine: {refine}"
 
     def as_dict(self) -> dict:
         """For ``out.stats.parallel["plan"]``: the fields, the mesh by dimension name, and ``summary`` (:meth:`describe`)."""
@@ -71,7 +78,8 @@ def stage_summary(stages: dict[str, dict]) -> str:
 
 
 def plan_parallel(
-    ranks: int, guidance: bool, sketch_guidance: bool, separate_branches: bool, cfg: str, sketch: str = "cfg", ulysses_blocker: str = ""
+    ranks: int, guidance: bool, sketch_guidance: bool, separate_branches: bool, cfg: str, sketch: str = "cfg", ulysses_blocker: str = "",
+    canvas: bool = False, canvas_blocker: str = "",
 ) -> ParallelPlan:
     """How one render uses a group of ``ranks``.
 
@@ -84,13 +92,18 @@ def plan_parallel(
         cfg: ``parallel.cfg`` (``auto`` | ``on`` | ``off``).
         sketch: ``parallel.sketch`` (``cfg`` | ``ulysses``).
         ulysses_blocker: why the transformer cannot run Ulysses on ``ranks`` ranks (``""``: it can).
+        canvas: the refinement is one canvas forward per step (``tiling.mode=attention``).
+        canvas_blocker: why that forward cannot be split over ``ranks`` ranks (``""``: it can).
     """
     shape = mesh_shape(ranks)
     if ranks == 1:
         return ParallelPlan(1, shape, "single", "", "single")
     refine = "tiles" if cfg == "off" or not guidance else {"auto": "auto", "on": "branches"}[cfg]
+    refine_reason = canvas_blocker if canvas else ""
+    if canvas and not canvas_blocker:
+        refine = "ulysses"
     if sketch == "ulysses" and not ulysses_blocker:
-        return ParallelPlan(ranks, shape, "ulysses", "", refine)
+        return ParallelPlan(ranks, shape, "ulysses", "", refine, refine_reason)
     reason = f"no Ulysses: {ulysses_blocker}; " if sketch == "ulysses" else ""
     split = ""
     if cfg == "off":
@@ -101,4 +114,5 @@ def plan_parallel(
         split = "the family's pipeline runs both guidance branches in one batched forward"
     elif shape[0] == 1:
         split = f"{ranks} ranks: the cfg dimension needs an even rank count"
-    return ParallelPlan(ranks, shape, "replicated" if split else "cfg", reason + split if split else reason.removesuffix("; "), refine)
+    return ParallelPlan(ranks, shape, "replicated" if split else "cfg", reason + split if split else reason.removesuffix("; "), refine,
+                        refine_reason)
