@@ -351,7 +351,7 @@ class SuperGenPipeline:
         canvas = plan.layout is not None
         return plan_parallel(ranks, adapter.runs_branches(plan.guidance_scale), adapter.runs_branches(plan.sketch_guidance_scale),
                              adapter.sketch_branches_separate, parallel.cfg, parallel.sketch,
-                             ulysses_blocker(adapter.transformers, ranks, adapter.cp_plans), canvas,
+                             ulysses_blocker(adapter.transformers, ranks, adapter.cp_plans) or adapter.context_parallel_blocker(ranks), canvas,
                              canvas_blocker(adapter.transformers, ranks, plan.layout[0].seq_len, adapter.cp_plans) if canvas else "")
 
     def _sketch(self, request: Request, embeds: dict, plan: RenderPlan, generator: torch.Generator | None,
@@ -362,7 +362,7 @@ class SuperGenPipeline:
         if split.sketch_reason:
             logger.info("sketch %s: %s", "computed whole on every rank" if split.sketch == "replicated" else "split by guidance branch",
                         split.sketch_reason)
-        parallel = {"cfg": split_guidance, "ulysses": lambda models, group: ulysses(models, group, self.adapter.cp_plans)}.get(split.sketch)
+        parallel = {"cfg": split_guidance, "ulysses": self._context_parallel}.get(split.sketch)
         pipe = self.adapter.pipe
         # The wrapped pipeline draws its own step bar: label it for this stage, then restore its settings
         # (diffusers keeps them in _progress_bar_config; set_progress_bar_config replaces them all).
@@ -384,6 +384,12 @@ class SuperGenPipeline:
         pixels = self.adapter.decode(latents, plan.num_frames)
         self.adapter.set_vae_tiling(plan.vae_tiling)
         return pixels
+
+    @contextlib.contextmanager
+    def _context_parallel(self, models: list, group: TileGroup) -> Iterator[None]:
+        """The sketch on diffusers' context parallelism: the family's plan, its attention through the dispatcher."""
+        with self.adapter.context_parallel_extras(group.size), ulysses(models, group, self.adapter.cp_plans):
+            yield
 
     def _upscale(self, sketch: torch.Tensor, plan: RenderPlan, scheduler, timesteps: torch.Tensor, spatial: dict,
                  generator: torch.Generator | None) -> torch.Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, ClassVar, ContextManager
+from typing import Any, Callable, ClassVar, ContextManager, Iterator
 
 import torch
 from diffusers import DiffusionPipeline
@@ -94,6 +94,20 @@ class Request:
     max_sequence_length: int | None = None
 
 
+@contextlib.contextmanager
+def processors_replaced(attentions: list[nn.Module], make: Callable[[], Any]) -> Iterator[None]:
+    """Inside the block every attention module of ``attentions`` runs a processor from ``make()``; the
+    original processors are restored on exit, also when the block raises."""
+    saved = [(attn, attn.processor) for attn in attentions]
+    try:
+        for attn, _ in saved:
+            attn.set_processor(make())
+        yield
+    finally:
+        for attn, processor in saved:
+            attn.set_processor(processor)
+
+
 class ModelAdapter(SizeRules, abc.ABC):
     """One model family behind the engine. Subclasses name the diffusers pipelines they accept."""
 
@@ -146,6 +160,18 @@ class ModelAdapter(SizeRules, abc.ABC):
     def cp_plans(self) -> list[dict | None]:
         """Per transformer, the context-parallel plan to apply (:attr:`cp_plan`; None: its own)."""
         return [self.cp_plan] * len(self.transformers)
+
+    def context_parallel_blocker(self, ranks: int) -> str:
+        """Why this family's sketch cannot split its token sequence over ``ranks`` ranks for a reason
+        the plan and the head count do not show (a text length that does not divide); ``""`` when it can."""
+        return ""
+
+    def context_parallel_extras(self, ranks: int) -> ContextManager:
+        """What the family needs, beyond its plan, for a context-parallel sketch on ``ranks`` ranks,
+        inside the block (entered before the plan is applied): attention through diffusers'
+        dispatcher, where its context parallelism lives (CogVideoX), or an attention mask in the
+        ranks' token order (HunyuanVideo). The default: nothing."""
+        return contextlib.nullcontext()
 
     # ---- geometry -------------------------------------------------------------------------
     @property

@@ -9,7 +9,7 @@ import torch
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from ..attention import SPARSE_KERNELS, StepLayouts
 from ..errors import SuperGenError
-from .base import ModelAdapter, Request
+from .base import ModelAdapter, Request, processors_replaced
 from .positions import CanvasPositions
 
 
@@ -215,14 +215,9 @@ class WanAdapter(ModelAdapter):
         refinement step to move the windows. ``heads``: see :meth:`ModelAdapter.tile_attention`.
         """
         steps = StepLayouts(layouts)
-        saved = [(block.attn1, block.attn1.processor) for model in self.transformers for block in model.blocks]
-        try:
-            for attn, _ in saved:
-                attn.set_processor(WanTileAttnProcessor(steps, backend, heads))
+        with processors_replaced([block.attn1 for model in self.transformers for block in model.blocks],
+                                 lambda: WanTileAttnProcessor(steps, backend, heads)):
             yield steps
-        finally:
-            for attn, processor in saved:
-                attn.set_processor(processor)
 
 
 def _rotate(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
