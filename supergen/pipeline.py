@@ -15,8 +15,9 @@ modules changed for a render are restored when the call returns or raises.
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
+import math
 import numbers
 import time
 from dataclasses import dataclass, field, fields
@@ -34,7 +35,7 @@ from .cache import CacheReport, cache_policy
 from .config import MethodConfig, load_config
 from .errors import SuperGenError
 from .parallel import (CanvasRunner, HeadExchange, ParallelPlan, TiledVAE, TileExchanger, TileGroup, canvas_blocker, plan_parallel,
-                       split_canvas, split_guidance, ulysses, ulysses_blocker)
+                       sequence_split, split_canvas, split_guidance, ulysses, ulysses_blocker)
 from .parallel.exchanger import refuse_per_rank_caches
 from .plan import RenderPlan, plan_render
 from .refine import SingleProcess, StepStats, TileRefiner
@@ -348,11 +349,16 @@ class SuperGenPipeline:
     def parallel_plan(self, plan: RenderPlan) -> ParallelPlan:
         """What each stage of a render with ``plan`` does on this pipeline's group of ranks."""
         adapter, ranks, parallel = self.adapter, 1 if self.group is None else self.group.size, self.config.parallel
-        canvas = plan.layout is not None
-        return plan_parallel(ranks, adapter.runs_branches(plan.guidance_scale), adapter.runs_branches(plan.sketch_guidance_scale),
+        canvas, guidance = plan.layout is not None, adapter.runs_branches(plan.guidance_scale)
+        # Units of the first step if (tile, branch) units are allowed: the most the refinement can spread.
+        units = len(plan.tiles.tiles(0)) * (2 if guidance and parallel.cfg != "off" else 1)
+        tokens = math.prod(n // p for n, p in zip(plan.tile_latent_shape[2:], adapter.patch))
+        heads = adapter.transformers[0].config.num_attention_heads
+        return plan_parallel(ranks, guidance, adapter.runs_branches(plan.sketch_guidance_scale),
                              adapter.sketch_branches_separate, parallel.cfg, parallel.sketch,
                              ulysses_blocker(adapter.transformers, ranks, adapter.cp_plans) or adapter.context_parallel_blocker(ranks), canvas,
-                             canvas_blocker(adapter.transformers, ranks, plan.layout[0].seq_len, adapter.cp_plans) if canvas else "")
+                             canvas_blocker(adapter.transformers, ranks, plan.layout[0].seq_len, adapter.cp_plans) if canvas else "",
+                             units, sequence_split(ranks, units, heads, tokens))
 
     def _sketch(self, request: Request, embeds: dict, plan: RenderPlan, generator: torch.Generator | None,
                 callback: Callable | None = None) -> torch.Tensor:
@@ -409,6 +415,10 @@ class SuperGenPipeline:
         split = None if self.group is None else self.parallel_plan(plan)
         if split is not None and split.refine_reason:
             logger.info("attention mode not split over the ranks: %s", split.refine_reason)
+        if split is not None and split.seq > 1:
+            logger.info("%d units of work for %d ranks: the plan is tile=%d × seq=%d (each unit on %d ranks with Ulysses); "
+                        "sub-group execution is not implemented yet, so each unit runs on one rank and %d ranks wait",
+                        split.units, split.ranks, split.ranks // split.seq, split.seq, split.seq, split.ranks - split.units)
         canvas_split = split is not None and split.refine == "ulysses"
         if canvas_split:
             refuse_per_rank_caches(cfg.cache)

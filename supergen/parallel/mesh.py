@@ -47,6 +47,10 @@ class ParallelPlan:
             attention and heads inside the tile attention, :mod:`supergen.parallel.canvas`).
         refine_reason: in ``tiling.mode=attention``, why the canvas forward is not split over the ranks
             (it then runs as one tile, or one unit per guidance branch); empty otherwise.
+        units: units of work of the refinement's first step (tiles, or (tile, branch) pairs).
+        seq: ranks per unit that :func:`sequence_split` chooses when the ranks outnumber the units
+            (each unit on a sub-group running it with Ulysses); 1 otherwise. Chosen and reported, not yet
+            executed: the refinement still runs every unit on one rank (the other ranks wait).
     """
 
     ranks: int
@@ -55,6 +59,8 @@ class ParallelPlan:
     sketch_reason: str
     refine: str
     refine_reason: str = ""
+    units: int = 0
+    seq: int = 1
 
     def describe(self) -> str:
         """One line for the render summary."""
@@ -65,6 +71,9 @@ class ParallelPlan:
         units = {"tiles": "whole tiles", "auto": "(tile, branch) units where they balance better", "branches": "(tile, branch) units",
                  "ulysses": "the canvas forward split by tokens and attention heads"}
         refine = units[self.refine] + " over all ranks" + (f" (attention mode unsplit: {self.refine_reason})" if self.refine_reason else "")
+        if self.seq > 1:
+            refine += (f"; {self.units} units < {self.ranks} ranks: chosen split tile={self.ranks // self.seq} × seq={self.seq} "
+                       "(sub-groups with Ulysses; not executed yet, units run whole)")
         return f"{self.ranks} ranks, mesh {mesh}; sketch: {sketch}; refine: {refine}"
 
     def as_dict(self) -> dict:
@@ -77,9 +86,30 @@ def stage_summary(stages: dict[str, dict]) -> str:
     return ", ".join(f"{name} {s['seconds']:.1f} s {s['bytes'] / 1e6:.1f} MB" for name, s in stages.items())
 
 
+def sequence_split(ranks: int, units: int, heads: int, tokens: int) -> int:
+    """Ranks per unit of work when ``ranks`` outnumber ``units`` (e.g. 4 tiles of HunyuanVideo at 2K on 8 GPUs).
+
+    Each unit would run on a sub-group of ``k`` ranks with Ulysses (its tokens split outside attention,
+    its ``heads`` inside), so ``ranks / k`` units run at once. ``k`` divides ``ranks``, ``heads`` and the
+    unit's ``tokens``; among those the one with the least busiest-rank load ``ceil(units / (ranks / k)) / k``
+    (a unit's cost split evenly over its ``k`` ranks) wins, ties going to the smaller ``k`` (fewer bytes
+    moved). 1 when the units already occupy every rank.
+    """
+    if units <= 0 or ranks <= units:
+        return 1
+    best, best_load = 1, float(-(-units // ranks))
+    for k in range(2, ranks + 1):
+        if ranks % k or heads % k or tokens % k:
+            continue
+        load = -(-units // (ranks // k)) / k
+        if load < best_load:
+            best, best_load = k, load
+    return best
+
+
 def plan_parallel(
     ranks: int, guidance: bool, sketch_guidance: bool, separate_branches: bool, cfg: str, sketch: str = "cfg", ulysses_blocker: str = "",
-    canvas: bool = False, canvas_blocker: str = "",
+    canvas: bool = False, canvas_blocker: str = "", units: int = 0, seq: int = 1,
 ) -> ParallelPlan:
     """How one render uses a group of ``ranks``.
 
@@ -94,6 +124,7 @@ def plan_parallel(
         ulysses_blocker: why the transformer cannot run Ulysses on ``ranks`` ranks (``""``: it can).
         canvas: the refinement is one canvas forward per step (``tiling.mode=attention``).
         canvas_blocker: why that forward cannot be split over ``ranks`` ranks (``""``: it can).
+        units: the refinement's units of work at its first step; seq: :func:`sequence_split` for them.
     """
     shape = mesh_shape(ranks)
     if ranks == 1:
@@ -102,8 +133,10 @@ def plan_parallel(
     refine_reason = canvas_blocker if canvas else ""
     if canvas and not canvas_blocker:
         refine = "ulysses"
+    if refine == "ulysses":
+        seq = 1  # the canvas forward already spans every rank
     if sketch == "ulysses" and not ulysses_blocker:
-        return ParallelPlan(ranks, shape, "ulysses", "", refine, refine_reason)
+        return ParallelPlan(ranks, shape, "ulysses", "", refine, refine_reason, units, seq)
     reason = f"no Ulysses: {ulysses_blocker}; " if sketch == "ulysses" else ""
     split = ""
     if cfg == "off":
@@ -115,4 +148,4 @@ def plan_parallel(
     elif shape[0] == 1:
         split = f"{ranks} ranks: the cfg dimension needs an even rank count"
     return ParallelPlan(ranks, shape, "replicated" if split else "cfg", reason + split if split else reason.removesuffix("; "), refine,
-                        refine_reason)
+                        refine_reason, units, seq)
