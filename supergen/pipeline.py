@@ -35,7 +35,7 @@ from .cache import CacheReport, cache_policy
 from .config import MethodConfig, load_config
 from .errors import SuperGenError
 from .parallel import (CanvasRunner, HeadExchange, ParallelPlan, TiledVAE, TileExchanger, TileGroup, canvas_blocker, plan_parallel,
-                       sequence_split, split_canvas, split_guidance, ulysses, ulysses_blocker)
+                       sequence_split, split_tokens, split_guidance, ulysses, ulysses_blocker)
 from .parallel.exchanger import refuse_per_rank_caches
 from .plan import RenderPlan, plan_render
 from .refine import SingleProcess, StepStats, TileRefiner
@@ -354,11 +354,14 @@ class SuperGenPipeline:
         units = len(plan.tiles.tiles(0)) * (2 if guidance and parallel.cfg != "off" else 1)
         tokens = math.prod(n // p for n, p in zip(plan.tile_latent_shape[2:], adapter.patch))
         heads = adapter.transformers[0].config.num_attention_heads
+        seq = sequence_split(ranks, units, heads, tokens) if adapter.tile_context_parallel else 1
+        if seq > 1 and ulysses_blocker(adapter.transformers, seq, adapter.cp_plans):
+            seq = 1
         return plan_parallel(ranks, guidance, adapter.runs_branches(plan.sketch_guidance_scale),
                              adapter.sketch_branches_separate, parallel.cfg, parallel.sketch,
                              ulysses_blocker(adapter.transformers, ranks, adapter.cp_plans) or adapter.context_parallel_blocker(ranks), canvas,
                              canvas_blocker(adapter.transformers, ranks, plan.layout[0].seq_len, adapter.cp_plans) if canvas else "",
-                             units, sequence_split(ranks, units, heads, tokens))
+                             units, seq)
 
     def _sketch(self, request: Request, embeds: dict, plan: RenderPlan, generator: torch.Generator | None,
                 callback: Callable | None = None) -> torch.Tensor:
@@ -416,21 +419,22 @@ class SuperGenPipeline:
         if split is not None and split.refine_reason:
             logger.info("attention mode not split over the ranks: %s", split.refine_reason)
         if split is not None and split.seq > 1:
-            logger.info("%d units of work for %d ranks: the plan is tile=%d × seq=%d (each unit on %d ranks with Ulysses); "
-                        "sub-group execution is not implemented yet, so each unit runs on one rank and %d ranks wait",
-                        split.units, split.ranks, split.ranks // split.seq, split.seq, split.seq, split.ranks - split.units)
+            logger.info("%d units of work for %d ranks: each unit on a sub-group of %d ranks with Ulysses (tile=%d × seq=%d)",
+                        split.units, split.ranks, split.seq, split.ranks // split.seq, split.seq)
         canvas_split = split is not None and split.refine == "ulysses"
+        tokens_over = None  # the ranks that split each forward's tokens: the group (attention mode), a sub-group (seq > 1)
         if canvas_split:
             refuse_per_rank_caches(cfg.cache)
-            runner = CanvasRunner(self.group)
+            runner, tokens_over = CanvasRunner(self.group), self.group
         elif split is None or split.ranks == 1:
             runner = SingleProcess()
         else:
-            runner = TileExchanger.for_render(self.group, cfg, plan.latent_shape[1:3])
+            runner = TileExchanger.for_render(self.group, cfg, plan.latent_shape[1:3], split.seq)
+            tokens_over = self.group.sub(split.seq) if split.seq > 1 else None
         # The token split goes innermost: its hooks attach to the canvas position modules installed just before.
         with self._attention(plan, HeadExchange(self.group) if canvas_split else None) as attention, \
                 adapter.positions(cfg.tiling.positions), \
-                split_canvas(adapter.transformers, self.group, adapter.cp_plans) if canvas_split else contextlib.nullcontext(), \
+                split_tokens(adapter.transformers, tokens_over, adapter.cp_plans) if tokens_over else contextlib.nullcontext(), \
                 cache_policy(cfg.cache, adapter.transformers, plan.latent_shape[2:], adapter.patch, len(timesteps), plan.do_guidance) as policy:
             refiner = TileRefiner(plan.tiles, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner,
                                   on_step=attention)

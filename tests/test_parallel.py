@@ -394,7 +394,7 @@ def test_more_ranks_than_units_chooses_a_sequence_split():
     assert sequence_split(6, 4, heads=12, tokens=90) == 3  # 2 sub-groups of 3: 2 units each at 1/3 = 2/3 < 1
     plan = plan_parallel(8, False, False, True, "auto", units=4, seq=2)
     assert (plan.units, plan.seq, plan.as_dict()["seq"]) == (4, 2, 2)
-    assert plan.describe().endswith("4 units < 8 ranks: chosen split tile=4 × seq=2 (sub-groups with Ulysses; not executed yet, units run whole)")
+    assert plan.describe().endswith("4 units < 8 ranks: each unit on 2 ranks with Ulysses (tile=4 × seq=2)")
 
 
 def test_balance_minimises_the_busiest_rank():

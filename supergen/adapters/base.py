@@ -147,6 +147,10 @@ class ModelAdapter(SizeRules, abc.ABC):
     #: token sequence is split and gathered) for families whose diffusers transformer ships none;
     #: None: the transformer's own ``_cp_plan`` (Wan, LTX). Used by :func:`supergen.parallel.ulysses`.
     cp_plan: ClassVar[dict | None] = None
+    #: Whether a refinement tile's forward may run under the context-parallel plan on a sub-group of
+    #: ranks (when the ranks outnumber the units of work, :func:`supergen.parallel.sequence_split`).
+    #: Set where a multi-rank test covers it.
+    tile_context_parallel: ClassVar[bool] = False
 
     def __init__(self, pipe: DiffusionPipeline):
         self.pipe = pipe
@@ -513,5 +517,5 @@ class ModelAdapter(SizeRules, abc.ABC):
 
         ``heads``: None in one process; on a group that splits the canvas forward, the
         :class:`~supergen.parallel.canvas.HeadExchange` that trades this rank's tokens for its heads
-        around the kernel (the token split itself is :func:`~supergen.parallel.canvas.split_canvas`)."""
+        around the kernel (the token split itself is :func:`~supergen.parallel.canvas.split_tokens`)."""
         raise SuperGenError(f"tiling.mode=attention supports Wan transformers; got {type(self.transformers[0]).__name__}")

@@ -66,6 +66,8 @@ class WanAdapter(ModelAdapter):
     component_dtypes = {"vae": "float32", "image_encoder": "float32"}
     # WanPipeline / WanImageToVideoPipeline call the transformer once per branch, in cache_context("cond"/"uncond").
     sketch_branches_separate = True
+    # Tiles on sub-groups of ranks with Ulysses (diffusers' Wan plan; tests/test_parallel_attention.py).
+    tile_context_parallel = True
 
     def __init__(self, pipe):
         super().__init__(pipe)

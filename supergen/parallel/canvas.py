@@ -123,7 +123,7 @@ class CanvasRunner:
 
 
 @contextlib.contextmanager
-def split_canvas(models: list[nn.Module], group: TileGroup, plans: list[dict | None] | None = None) -> Iterator[None]:
+def split_tokens(models: list[nn.Module], group: TileGroup, plans: list[dict | None] | None = None) -> Iterator[None]:
     """Inside the block, ``models``' token sequence is split over the group outside attention
     (:func:`~supergen.parallel.context.ulysses`, with each model's context-parallel plan, ``plans``
     overriding it), and the bytes of every output gathered back are counted on the group."""

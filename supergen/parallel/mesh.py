@@ -48,9 +48,9 @@ class ParallelPlan:
         refine_reason: in ``tiling.mode=attention``, why the canvas forward is not split over the ranks
             (it then runs as one tile, or one unit per guidance branch); empty otherwise.
         units: units of work of the refinement's first step (tiles, or (tile, branch) pairs).
-        seq: ranks per unit that :func:`sequence_split` chooses when the ranks outnumber the units
-            (each unit on a sub-group running it with Ulysses); 1 otherwise. Chosen and reported, not yet
-            executed: the refinement still runs every unit on one rank (the other ranks wait).
+        seq: ranks per unit that :func:`sequence_split` chooses when the ranks outnumber the units:
+            each unit runs on a sub-group of ``seq`` ranks with Ulysses (families whose adapter allows it,
+            :attr:`~supergen.adapters.ModelAdapter.tile_context_parallel`); 1 otherwise.
     """
 
     ranks: int
@@ -72,8 +72,7 @@ class ParallelPlan:
                  "ulysses": "the canvas forward split by tokens and attention heads"}
         refine = units[self.refine] + " over all ranks" + (f" (attention mode unsplit: {self.refine_reason})" if self.refine_reason else "")
         if self.seq > 1:
-            refine += (f"; {self.units} units < {self.ranks} ranks: chosen split tile={self.ranks // self.seq} × seq={self.seq} "
-                       "(sub-groups with Ulysses; not executed yet, units run whole)")
+            refine += f"; {self.units} units < {self.ranks} ranks: each unit on {self.seq} ranks with Ulysses (tile={self.ranks // self.seq} × seq={self.seq})"
         return f"{self.ranks} ranks, mesh {mesh}; sketch: {sketch}; refine: {refine}"
 
     def as_dict(self) -> dict:
