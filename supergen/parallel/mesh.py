@@ -11,8 +11,11 @@ The mesh of a render group has two named dimensions, fixed once when the group i
 
 The refinement uses the flattened mesh (every rank of the group): its units of work are whole tiles
 or (tile, guidance branch) pairs spread over all ranks (:class:`~supergen.parallel.TileExchanger`),
-which balances at least as well as a fixed ``cfg × tile`` split. The VAE spreads its tiles the same
-way. :func:`plan_parallel` decides, per render, what each stage does on the mesh; the result is
+which balances at least as well as a fixed ``cfg × tile`` split. When the ranks outnumber the units,
+the group is read as ``tile × seq`` instead: :func:`sequence_split` picks ``seq``, and each unit runs
+on a sub-group of ``seq`` consecutive ranks with Ulysses (:meth:`~supergen.parallel.TileGroup.sub`).
+In ``tiling.mode=attention`` the one canvas forward is split over the whole group
+(:mod:`supergen.parallel.canvas`). The VAE spreads its tiles over all ranks. :func:`plan_parallel` decides, per render, what each stage does on the mesh; the result is
 printed in the render summary and kept in ``out.stats.parallel``.
 """
 
