@@ -397,7 +397,7 @@ class SuperGenPipeline:
     @contextlib.contextmanager
     def _context_parallel(self, models: list, group: TileGroup) -> Iterator[None]:
         """The sketch on diffusers' context parallelism: the family's plan, its attention through the dispatcher."""
-        with self.adapter.context_parallel_extras(group.size), ulysses(models, group, self.adapter.cp_plans):
+        with self.adapter.context_parallel_extras(group.size), ulysses(models, group, self.adapter.cp_plans, self.adapter.cp_uneven):
             yield
 
     def _upscale(self, sketch: torch.Tensor, plan: RenderPlan, scheduler, timesteps: torch.Tensor, spatial: dict,

@@ -147,6 +147,9 @@ class ModelAdapter(SizeRules, abc.ABC):
     #: token sequence is split and gathered) for families whose diffusers transformer ships none;
     #: None: the transformer's own ``_cp_plan`` (Wan, LTX). Used by :func:`supergen.parallel.ulysses`.
     cp_plan: ClassVar[dict | None] = None
+    #: Whether the plan also splits token sequences that do not divide over the ranks (diffusers'
+    #: ``ulysses_anything``: unequal shards): for plans with no mask that depends on the split.
+    cp_uneven: ClassVar[bool] = False
     #: Whether a refinement tile's forward may run under the context-parallel plan on a sub-group of
     #: ranks (when the ranks outnumber the units of work, :func:`supergen.parallel.sequence_split`).
     #: Set where a multi-rank test covers it.

@@ -33,7 +33,8 @@ from .base import ModelAdapter, Request, Stepper, processors_replaced
 #: ships no plan for it): video and text tokens at the first block (the joint attention concatenates
 #: each rank's text and video shares, and Ulysses gathers keys in the same per-rank order, so every
 #: query sees every key once), the rotary table the pipeline passes in by video token, and the
-#: output gathered at ``proj_out``. The text is the pipeline's padded ``max_sequence_length`` tokens.
+#: output gathered at ``proj_out``. The text is the pipeline's padded ``max_sequence_length`` tokens
+#: (226), with no mask, so shards of unequal length are fine (``cp_uneven``: 8 ranks get 29 or 28).
 COGVIDEOX_CP_PLAN = {
     "": {"image_rotary_emb": (ContextParallelInput(split_dim=0, expected_dims=2), ContextParallelInput(split_dim=0, expected_dims=2))},
     "transformer_blocks.0": {
@@ -84,8 +85,10 @@ class CogVideoXAdapter(ModelAdapter):
     max_sequence_length = 226
     # The rotary table is 2-D (tokens × dim): one table per transformer call.
     batched_positions = False
-    # Context-parallel sketch (parallel.sketch=ulysses): diffusers ships no plan for CogVideoX.
+    # Context-parallel sketch (parallel.sketch=ulysses): diffusers ships no plan for CogVideoX. Its 226
+    # padded text tokens (no mask) divide over 2 ranks, not 4 or 8: unequal shards are split too.
     cp_plan = COGVIDEOX_CP_PLAN
+    cp_uneven = True
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -98,10 +101,6 @@ class CogVideoXAdapter(ModelAdapter):
         self.is_i2v = type(pipe).__name__ == "CogVideoXImageToVideoPipeline"
 
     # ---- context-parallel sketch ---------------------------------------------------------------
-    def context_parallel_blocker(self, ranks: int) -> str:
-        text = self.max_sequence_length  # the pipeline pads every prompt to it
-        return f"{text} text tokens do not split over {ranks} ranks" if text % ranks else ""
-
     def context_parallel_extras(self, ranks: int) -> ContextManager:
         """Every block's attention through diffusers' dispatcher (:class:`CogVideoXDispatchAttnProcessor`), restored on exit."""
         return processors_replaced([block.attn1 for block in self.pipe.transformer.transformer_blocks], CogVideoXDispatchAttnProcessor)

@@ -1,4 +1,5 @@
-"""``tiling.mode=attention`` on several ranks: the one canvas forward split Ulysses-style.
+"""``tiling.mode=attention`` on several ranks: the one canvas forward split Ulysses-style; and the
+token split (:func:`split_tokens`) that also runs a tile on a sub-group when ranks outnumber units.
 
 Attention mode runs the whole canvas through the transformer in one forward whose self-attention
 is the sparse tile(+halo) kernel. On a group of ``P`` ranks every forward is computed by all of
@@ -104,6 +105,7 @@ class CanvasRunner:
         self.tiles_computed: list[int] = []
 
     def units(self, tiles: list[Tile], branches: tuple[str, ...]) -> list[Unit]:
+        """Whole tiles (guided in the adapter): there is nothing to spread, every rank runs every forward."""
         return [Unit(tile) for tile in tiles]
 
     def run(self, step: int, units: list[Unit], costs: list[float], predict: Callable[[list[Unit]], dict[tuple, torch.Tensor]]) -> dict[tuple, torch.Tensor]:

@@ -59,7 +59,7 @@ def _one_device_per_cpu_rank(device: torch.device) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ulysses(models: list[nn.Module], group: TileGroup, plans: list[dict | None] | None = None) -> Iterator[None]:
+def ulysses(models: list[nn.Module], group: TileGroup, plans: list[dict | None] | None = None, uneven: bool = False) -> Iterator[None]:
     """Inside the block, ``models`` run with their token sequence split over the group (Ulysses, the
     degree = the group's size); the hooks, the processors' parallel config and the model's are removed on exit.
 
@@ -67,12 +67,14 @@ def ulysses(models: list[nn.Module], group: TileGroup, plans: list[dict | None] 
         plans: per model, the context-parallel plan to apply (None: the model's own ``_cp_plan``);
             the adapters of families diffusers ships without one supply it
             (:attr:`~supergen.adapters.ModelAdapter.cp_plan`).
+        uneven: split sequences that do not divide over the ranks too (diffusers' ``ulysses_anything``:
+            unequal shards, padded heads), for plans written for it (:attr:`~supergen.adapters.ModelAdapter.cp_uneven`).
     """
     enabled = []
     try:
         for model, plan in zip(models, plans or [None] * len(models)):
             plan = plan if plan is not None else model._cp_plan
-            config = ContextParallelConfig(ulysses_degree=group.size, mesh=group.seq_mesh)
+            config = ContextParallelConfig(ulysses_degree=group.size, mesh=group.seq_mesh, ulysses_anything=uneven)
             with _one_device_per_cpu_rank(group.device):
                 model.enable_parallelism(config=config, cp_plan=plan)
             enabled.append((model, plan))
