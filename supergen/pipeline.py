@@ -15,8 +15,9 @@ modules changed for a render are restored when the call returns or raises.
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
+import math
 import numbers
 import time
 from dataclasses import dataclass, field, fields
@@ -33,7 +34,9 @@ from .builtin import load_pipeline
 from .cache import CacheReport, cache_policy
 from .config import MethodConfig, load_config
 from .errors import SuperGenError
-from .parallel import ParallelPlan, TiledVAE, TileExchanger, TileGroup, plan_parallel, split_guidance, ulysses, ulysses_blocker
+from .parallel import (CanvasRunner, HeadExchange, ParallelPlan, TiledVAE, TileExchanger, TileGroup, canvas_blocker, plan_parallel,
+                       sequence_split, split_tokens, split_guidance, ulysses, ulysses_blocker)
+from .parallel.exchanger import refuse_per_rank_caches
 from .plan import RenderPlan, plan_render
 from .refine import SingleProcess, StepStats, TileRefiner
 from .upscale import resize_video
@@ -357,8 +360,19 @@ class SuperGenPipeline:
     def parallel_plan(self, plan: RenderPlan) -> ParallelPlan:
         """What each stage of a render with ``plan`` does on this pipeline's group of ranks."""
         adapter, ranks, parallel = self.adapter, 1 if self.group is None else self.group.size, self.config.parallel
-        return plan_parallel(ranks, adapter.runs_branches(plan.guidance_scale), adapter.runs_branches(plan.sketch_guidance_scale),
-                             adapter.sketch_branches_separate, parallel.cfg, parallel.sketch, ulysses_blocker(adapter.transformers, ranks))
+        canvas, guidance = plan.layout is not None, adapter.runs_branches(plan.guidance_scale)
+        # Units of the first step if (tile, branch) units are allowed: the most the refinement can spread.
+        units = len(plan.tiles.tiles(0)) * (2 if guidance and parallel.cfg != "off" else 1)
+        tokens = math.prod(n // p for n, p in zip(plan.tile_latent_shape[2:], adapter.patch))
+        heads = adapter.transformers[0].config.num_attention_heads
+        seq = sequence_split(ranks, units, heads, tokens) if adapter.tile_context_parallel else 1
+        if seq > 1 and ulysses_blocker(adapter.transformers, seq, adapter.cp_plans):
+            seq = 1
+        return plan_parallel(ranks, guidance, adapter.runs_branches(plan.sketch_guidance_scale),
+                             adapter.sketch_branches_separate, parallel.cfg, parallel.sketch,
+                             ulysses_blocker(adapter.transformers, ranks, adapter.cp_plans) or adapter.context_parallel_blocker(ranks), canvas,
+                             canvas_blocker(adapter.transformers, ranks, plan.layout[0].seq_len, adapter.cp_plans) if canvas else "",
+                             units, seq)
 
     def _sketch(self, request: Request, embeds: dict, plan: RenderPlan, generator: torch.Generator | None,
                 callback: Callable | None = None) -> torch.Tensor:
@@ -368,7 +382,7 @@ class SuperGenPipeline:
         if split.sketch_reason:
             logger.info("sketch %s: %s", "computed whole on every rank" if split.sketch == "replicated" else "split by guidance branch",
                         split.sketch_reason)
-        parallel = {"cfg": split_guidance, "ulysses": ulysses}.get(split.sketch)
+        parallel = {"cfg": split_guidance, "ulysses": self._context_parallel}.get(split.sketch)
         pipe = self.adapter.pipe
         # The wrapped pipeline draws its own step bar: label it for this stage, then restore its settings
         # (diffusers keeps them in _progress_bar_config; set_progress_bar_config replaces them all).
@@ -390,6 +404,12 @@ class SuperGenPipeline:
         pixels = self.adapter.decode(latents, plan.num_frames)
         self.adapter.set_vae_tiling(plan.vae_tiling)
         return pixels
+
+    @contextlib.contextmanager
+    def _context_parallel(self, models: list, group: TileGroup) -> Iterator[None]:
+        """The sketch on diffusers' context parallelism: the family's plan, its attention through the dispatcher."""
+        with self.adapter.context_parallel_extras(group.size), ulysses(models, group, self.adapter.cp_plans, self.adapter.cp_uneven):
+            yield
 
     def _upscale(self, sketch: torch.Tensor, plan: RenderPlan, scheduler, timesteps: torch.Tensor, spatial: dict,
                  generator: torch.Generator | None) -> torch.Tensor:
@@ -413,16 +433,33 @@ class SuperGenPipeline:
     def _refine(self, latents, plan: RenderPlan, cond: Conditioning, scheduler, timesteps, generator, callback):
         """Stage 2: the tiled refinement; returns the latent, per-step stats, the cache report and parallel stats."""
         cfg, adapter = self.config, self.adapter
-        runner = SingleProcess() if self.group is None or self.group.size == 1 else TileExchanger.for_render(
-            self.group, cfg, plan.latent_shape[1:3])
-        with self._attention(plan) as attention, adapter.positions(cfg.tiling.positions), \
+        split = None if self.group is None else self.parallel_plan(plan)
+        if split is not None and split.refine_reason:
+            logger.info("attention mode not split over the ranks: %s", split.refine_reason)
+        if split is not None and split.seq > 1:
+            logger.info("%d units of work for %d ranks: each unit on a sub-group of %d ranks with Ulysses (tile=%d × seq=%d)",
+                        split.units, split.ranks, split.seq, split.ranks // split.seq, split.seq)
+        canvas_split = split is not None and split.refine == "ulysses"
+        tokens_over = None  # the ranks that split each forward's tokens: the group (attention mode), a sub-group (seq > 1)
+        if canvas_split:
+            refuse_per_rank_caches(cfg.cache)
+            runner, tokens_over = CanvasRunner(self.group), self.group
+        elif split is None or split.ranks == 1:
+            runner = SingleProcess()
+        else:
+            runner = TileExchanger.for_render(self.group, cfg, plan.latent_shape[1:3], split.seq)
+            tokens_over = self.group.sub(split.seq) if split.seq > 1 else None
+        # The token split goes innermost: its hooks attach to the canvas position modules installed just before.
+        with self._attention(plan, HeadExchange(self.group) if canvas_split else None) as attention, \
+                adapter.positions(cfg.tiling.positions), \
+                split_tokens(adapter.transformers, tokens_over, adapter.cp_plans) if tokens_over else contextlib.nullcontext(), \
                 cache_policy(cfg.cache, adapter.transformers, plan.latent_shape[2:], adapter.patch, len(timesteps), plan.do_guidance) as policy:
             refiner = TileRefiner(plan.tiles, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner,
                                   on_step=attention)
             with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
                 progress.set_description("refine")
                 latents, steps = refiner.run(latents, adapter.stepper(scheduler, cond.spatial, generator), timesteps, progress, callback)
-        parallel = {} if self.group is None else {"plan": self.parallel_plan(plan).as_dict()}
+        parallel = {} if split is None else {"plan": split.as_dict()}
         return latents, steps, runner.finish(policy.report), parallel | runner.stats()
 
     def _decode(self, latents: torch.Tensor, sketch: torch.Tensor | None, plan: RenderPlan, output_type: str):
@@ -470,12 +507,13 @@ class SuperGenPipeline:
             borrowed.callback(module.to, weights.device)
             module.to("cpu")
 
-    def _attention(self, plan: RenderPlan):
-        """The attention backend for the refinement; in ``attention`` mode, tile(+halo) attention on the canvas (yields its per-step layouts)."""
+    def _attention(self, plan: RenderPlan, heads: HeadExchange | None = None):
+        """The attention backend for the refinement; in ``attention`` mode, tile(+halo) attention on the canvas
+        (yields its per-step layouts), with ``heads`` when the group splits the canvas forward."""
         backend = self.config.attention.backend  # checked by _prepare
         if plan.layout is None:
             return dense_backend(backend)
-        return self.adapter.tile_attention(plan.layout, backend)
+        return self.adapter.tile_attention(plan.layout, backend, heads)
 
 
 class StageClock:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, ClassVar, ContextManager
+from typing import Any, Callable, ClassVar, ContextManager, Iterator
 
 import torch
 from diffusers import DiffusionPipeline
@@ -130,6 +130,20 @@ class Request:
     max_sequence_length: int | None = None
 
 
+@contextlib.contextmanager
+def processors_replaced(attentions: list[nn.Module], make: Callable[[], Any]) -> Iterator[None]:
+    """Inside the block every attention module of ``attentions`` runs a processor from ``make()``; the
+    original processors are restored on exit, also when the block raises."""
+    saved = [(attn, attn.processor) for attn in attentions]
+    try:
+        for attn, _ in saved:
+            attn.set_processor(make())
+        yield
+    finally:
+        for attn, processor in saved:
+            attn.set_processor(processor)
+
+
 class ModelAdapter(SizeRules, abc.ABC):
     """One model family behind the engine. Subclasses name the diffusers pipelines they accept."""
 
@@ -165,6 +179,18 @@ class ModelAdapter(SizeRules, abc.ABC):
     #: that take positions another way (CogVideoX's tables, LTX's coordinates).
     position_module: ClassVar[type[CanvasPositions] | None] = None
 
+    #: The transformer's context-parallel plan (diffusers' ``ContextParallelModelPlan``: where the
+    #: token sequence is split and gathered) for families whose diffusers transformer ships none;
+    #: None: the transformer's own ``_cp_plan`` (Wan, LTX). Used by :func:`supergen.parallel.ulysses`.
+    cp_plan: ClassVar[dict | None] = None
+    #: Whether the plan also splits token sequences that do not divide over the ranks (diffusers'
+    #: ``ulysses_anything``: unequal shards): for plans with no mask that depends on the split.
+    cp_uneven: ClassVar[bool] = False
+    #: Whether a refinement tile's forward may run under the context-parallel plan on a sub-group of
+    #: ranks (when the ranks outnumber the units of work, :func:`supergen.parallel.sequence_split`).
+    #: Set where a multi-rank test covers it.
+    tile_context_parallel: ClassVar[bool] = False
+
     def __init__(self, pipe: DiffusionPipeline):
         self.pipe = pipe
 
@@ -172,6 +198,23 @@ class ModelAdapter(SizeRules, abc.ABC):
     def transformers(self) -> list[nn.Module]:
         """The pipeline's denoisers: ``transformer``, and Wan 2.2's low-noise expert ``transformer_2``."""
         return [m for m in (getattr(self.pipe, "transformer", None), getattr(self.pipe, "transformer_2", None)) if m is not None]
+
+    @property
+    def cp_plans(self) -> list[dict | None]:
+        """Per transformer, the context-parallel plan to apply (:attr:`cp_plan`; None: its own)."""
+        return [self.cp_plan] * len(self.transformers)
+
+    def context_parallel_blocker(self, ranks: int) -> str:
+        """Why this family's sketch cannot split its token sequence over ``ranks`` ranks for a reason
+        the plan and the head count do not show (a text length that does not divide); ``""`` when it can."""
+        return ""
+
+    def context_parallel_extras(self, ranks: int) -> ContextManager:
+        """What the family needs, beyond its plan, for a context-parallel sketch on ``ranks`` ranks,
+        inside the block (entered before the plan is applied): attention through diffusers'
+        dispatcher, where its context parallelism lives (CogVideoX), or an attention mask in the
+        ranks' token order (HunyuanVideo). The default: nothing."""
+        return contextlib.nullcontext()
 
     # ---- geometry -------------------------------------------------------------------------
     @property
@@ -514,8 +557,12 @@ class ModelAdapter(SizeRules, abc.ABC):
         ntk = self.ntk_factors(canvas, tiles[0].shape, dims) if mode == "ntk" else (1.0, 1.0)
         model.rope.set_tiles(rows, cols, ntk)
 
-    def tile_attention(self, layouts, backend: str) -> ContextManager:
+    def tile_attention(self, layouts, backend: str, heads=None) -> ContextManager:
         """``tiling.mode=attention``: self-attention restricted to tile(+halo) windows inside the ``with``
         block; ``layouts`` a ``LayoutCycle`` or ``TileLayout``, yields the
-        :class:`~supergen.attention.StepLayouts` the refiner advances every step."""
+        :class:`~supergen.attention.StepLayouts` the refiner advances every step.
+
+        ``heads``: None in one process; on a group that splits the canvas forward, the
+        :class:`~supergen.parallel.canvas.HeadExchange` that trades this rank's tokens for its heads
+        around the kernel (the token split itself is :func:`~supergen.parallel.canvas.split_tokens`)."""
         raise SuperGenError(f"tiling.mode=attention supports Wan transformers; got {type(self.transformers[0]).__name__}")
