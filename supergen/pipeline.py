@@ -274,7 +274,7 @@ class SuperGenPipeline:
             scheduler = type(self.adapter.scheduler).from_config(self.adapter.scheduler.config)
             timesteps = self.adapter.schedule(scheduler, plan.num_inference_steps, plan.start_index, plan.tile_latent_shape)
             # Image conditioning before any noise: the pipelines encode (and may sample) the image first.
-            # A canvas-sized condition video (Wan I2V) goes through the same encoder as the upscaled
+            # A canvas-sized condition video (an image followed by zero frames) goes through the same encoder as the upscaled
             # sketch (tiled and split across ranks when planned); families that encode one image frame
             # with the pipeline's own code get the plan's VAE tiling.
             self.adapter.set_vae_tiling(plan.vae_tiling)
