@@ -26,9 +26,9 @@ formula against it on the real tiny transformer). A step costs ``tiles × (2 wit
 
 Memory, per process, in bytes; ``b`` is the weights dtype's size, the canvas latent is float32 as in
 the pipeline. Weights (transformer in ``b``; VAE and image encoder in their own dtypes, float32 for
-Wan) are resident from the start; with ``encoders.park`` (the default) the text and image encoders
-leave the device after the sketch, so a stage's peak is its resident weights plus its transient, and
-the render's peak is the largest of those:
+Wan) are resident from the start; with ``encoders.park`` (the default) the text encoder leaves the
+device once the prompts are encoded and the image encoder after the sketch (:data:`PARKED`), so a
+stage's peak is its resident weights plus its transient, and the render's peak is the largest of those:
 
 - transformer (one forward of ``batch_tiles`` tiles): inference frees each block's activations before
   the next, so the live set is one block's widest point, the FFN: the residual stream and its norm
