@@ -100,7 +100,14 @@ def calibrate(render) -> list[float]:
 
 
 def on_grid(points: list[dict], metric: str) -> list[float]:
-    """``metric`` interpolated at each GRID fraction from one render's sweep (NaN outside it)."""
+    """``metric`` interpolated at each GRID fraction from one render's sweep (NaN outside it).
+
+    A setting that skipped nothing is the uncached render itself (PSNR infinite, capped at 99): it
+    is left out, or every curve would be drawn towards 99 dB between its last skipping point and 100%.
+    """
+    points = [p for p in points if p["compute"] < 1.0 - 1e-6]
+    if not points:
+        return [float("nan")] * len(GRID)
     xs = np.array([p["compute"] for p in points])
     ys = np.array([p[metric] for p in points])
     order = np.argsort(xs)

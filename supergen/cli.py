@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .config import CONFIG_DIR, SuperGenConfig, load_config
+from .config import CONFIG_DIR, SuperGenConfig, choices_of, load_config
 from .errors import SuperGenError
 
 logger = logging.getLogger("supergen")
@@ -25,6 +25,7 @@ FLAG_TO_KEY = {
     "model": "model.name",
     "dtype": "model.dtype",
     "device": "model.device",
+    "offload": "model.offload",
     "prompt": "job.prompt",
     "negative_prompt": "job.negative_prompt",
     "image": "job.image",
@@ -45,6 +46,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="tiny | tiny-i2v | toy | a diffusers folder or Hugging Face id")
     parser.add_argument("--dtype", help="float32 | bfloat16 | float16")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--offload", choices=choices_of("model.offload"),
+                        help="diffusers' memory savers (model.offload): model (enable_model_cpu_offload), sequential "
+                             "(enable_sequential_cpu_offload), group (enable_group_offload, block level); default none")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -190,6 +190,15 @@ class VaeConfig:
 
 
 @dataclass
+class EncodersConfig:
+    #: Move the text and image encoders to the host once this call no longer needs them (the text
+    #: encoder after the prompts are encoded, the image encoder after the sketch) and back when the
+    #: call returns. Only encoders on a GPU without diffusers' offload hooks; frees Wan's UMT5-XXL
+    #: (10.6 GiB in bf16) and CLIP image encoder for the upscale, refinement and decode.
+    park: bool = True
+
+
+@dataclass
 class MethodConfig:
     """What :class:`~supergen.pipeline.SuperGenPipeline` reads: the method, no files, no model loading."""
 
@@ -200,6 +209,7 @@ class MethodConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     vae: VaeConfig = field(default_factory=VaeConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    encoders: EncodersConfig = field(default_factory=EncodersConfig)
 
 
 # ---- application settings: what the CLI, batch runner and demo read --------------------------

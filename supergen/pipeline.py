@@ -15,8 +15,9 @@ modules changed for a render are restored when the call returns or raises.
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
+import math
 import numbers
 import time
 from dataclasses import dataclass, field, fields
@@ -27,13 +28,15 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from .adapters import Conditioning, ModelAdapter, Request, adapter_for
+from .adapters import CanvasEncoder, Conditioning, ModelAdapter, Request, adapter_for
 from .attention import check_backend, dense_backend
 from .builtin import load_pipeline
 from .cache import CacheReport, cache_policy
 from .config import MethodConfig, load_config
 from .errors import SuperGenError
-from .parallel import ParallelPlan, TiledVAE, TileExchanger, TileGroup, plan_parallel, split_guidance, ulysses, ulysses_blocker
+from .parallel import (CanvasRunner, HeadExchange, ParallelPlan, TiledVAE, TileExchanger, TileGroup, canvas_blocker, plan_parallel,
+                       sequence_split, split_tokens, split_guidance, ulysses, ulysses_blocker)
+from .parallel.exchanger import refuse_per_rank_caches
 from .output import PIXEL_TYPES, VideoOutput
 from .plan import RenderPlan, plan_render
 from .refine import SingleProcess, StepStats, TileRefiner
@@ -42,6 +45,12 @@ from .upscale import UpscaledVideo
 logger = logging.getLogger("supergen")
 
 OUTPUT_TYPES = (*PIXEL_TYPES, "latent")
+
+#: Encoders parked on the host (``encoders.park``) once a call no longer needs them: the text
+#: encoders after the prompts are encoded (the sketch gets the embeddings), the image encoder after
+#: the sketch (the wrapped pipeline encodes the image itself there).
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+IMAGE_ENCODERS = ("image_encoder",)
 
 #: Attributes and methods of the wrapped diffusers pipeline that :class:`SuperGenPipeline` forwards
 #: (placement, memory savers, progress bars, LoRA), so code written for diffusers keeps working.
@@ -261,18 +270,23 @@ class SuperGenPipeline:
                                       guidance_scale, {k: v for k, v in text.items() if v is not None})
         stage = callback_on_stage or (lambda name, info: None)
         clock = StageClock(self.adapter.device, self.group)
-        with self._borrowed_pipeline():
+        with self._borrowed_pipeline() as borrowed:
             embeds = self.adapter.encode_prompt(request, plan.text_guidance_scale)
+            self._park_encoders(borrowed, TEXT_ENCODERS)  # the sketch and the tiles take the embeddings
             scheduler = type(self.adapter.scheduler).from_config(self.adapter.scheduler.config)
             timesteps = self.adapter.schedule(scheduler, plan.num_inference_steps, plan.start_index, plan.tile_latent_shape)
             # Image conditioning before any noise: the pipelines encode (and may sample) the image first.
+            # A canvas-sized condition video (an image followed by zero frames) goes through the same encoder as the upscaled
+            # sketch (tiled and split across ranks when planned); families that encode one image frame
+            # with the pipeline's own code get the plan's VAE tiling.
             self.adapter.set_vae_tiling(plan.vae_tiling)
-            spatial = self.adapter.spatial_conditioning(request, *plan.canvas, generator)
+            spatial = self.adapter.spatial_conditioning(request, *plan.canvas, generator, encode=self._canvas_encoder(plan))
             cond = Conditioning(embeds, spatial, plan.guidance_scale, plan.guidance_scale_2)
             if plan.run_sketch:
                 stage("sketch", {"steps": plan.sketch_steps})
                 sketch_pixels = self._sketch(request, embeds, plan, generator, callback_on_sketch_step_end)
                 clock.lap("sketch")
+            self._park_encoders(borrowed, IMAGE_ENCODERS)  # the canvas stages need the room
             if plan.from_sketch:
                 if callback_on_stage is not None:  # the preview is a device-to-host copy of the sketch: only when asked
                     stage("upscale", {"sketch": self.adapter.pipe.video_processor.postprocess_video(sketch_pixels, output_type="np")[0]})
@@ -348,8 +362,19 @@ class SuperGenPipeline:
     def parallel_plan(self, plan: RenderPlan) -> ParallelPlan:
         """What each stage of a render with ``plan`` does on this pipeline's group of ranks."""
         adapter, ranks, parallel = self.adapter, 1 if self.group is None else self.group.size, self.config.parallel
-        return plan_parallel(ranks, adapter.runs_branches(plan.guidance_scale), adapter.runs_branches(plan.sketch_guidance_scale),
-                             adapter.sketch_branches_separate, parallel.cfg, parallel.sketch, ulysses_blocker(adapter.transformers, ranks))
+        canvas, guidance = plan.layout is not None, adapter.runs_branches(plan.guidance_scale)
+        # Units of the first step if (tile, branch) units are allowed: the most the refinement can spread.
+        units = len(plan.tiles.tiles(0)) * (2 if guidance and parallel.cfg != "off" else 1)
+        tokens = math.prod(n // p for n, p in zip(plan.tile_latent_shape[2:], adapter.patch))
+        heads = adapter.transformers[0].config.num_attention_heads
+        seq = sequence_split(ranks, units, heads, tokens) if adapter.tile_context_parallel else 1
+        if seq > 1 and ulysses_blocker(adapter.transformers, seq, adapter.cp_plans):
+            seq = 1
+        return plan_parallel(ranks, guidance, adapter.runs_branches(plan.sketch_guidance_scale),
+                             adapter.sketch_branches_separate, parallel.cfg, parallel.sketch,
+                             ulysses_blocker(adapter.transformers, ranks, adapter.cp_plans) or adapter.context_parallel_blocker(ranks), canvas,
+                             canvas_blocker(adapter.transformers, ranks, plan.layout[0].seq_len, adapter.cp_plans) if canvas else "",
+                             units, seq)
 
     def _sketch(self, request: Request, embeds: dict, plan: RenderPlan, generator: torch.Generator | None,
                 callback: Callable | None = None) -> torch.Tensor:
@@ -359,7 +384,7 @@ class SuperGenPipeline:
         if split.sketch_reason:
             logger.info("sketch %s: %s", "computed whole on every rank" if split.sketch == "replicated" else "split by guidance branch",
                         split.sketch_reason)
-        parallel = {"cfg": split_guidance, "ulysses": ulysses}.get(split.sketch)
+        parallel = {"cfg": split_guidance, "ulysses": self._context_parallel}.get(split.sketch)
         pipe = self.adapter.pipe
         # The wrapped pipeline draws its own step bar: label it for this stage, then restore its settings
         # (diffusers keeps them in _progress_bar_config; set_progress_bar_config replaces them all).
@@ -382,31 +407,61 @@ class SuperGenPipeline:
         self.adapter.set_vae_tiling(plan.vae_tiling)
         return pixels
 
+    @contextlib.contextmanager
+    def _context_parallel(self, models: list, group: TileGroup) -> Iterator[None]:
+        """The sketch on diffusers' context parallelism: the family's plan, its attention through the dispatcher."""
+        with self.adapter.context_parallel_extras(group.size), ulysses(models, group, self.adapter.cp_plans, self.adapter.cp_uneven):
+            yield
+
     def _upscale(self, sketch: torch.Tensor, plan: RenderPlan, scheduler, timesteps: torch.Tensor, spatial: dict,
                  generator: torch.Generator | None) -> torch.Tensor:
         """Resize the sketch to the canvas in pixel space, encode it, re-noise it to the first refinement step."""
         upscaled = UpscaledVideo(sketch, *plan.canvas, self.config.sketch.upscale)
-        if plan.vae_tiling and not self.config.sketch.sample_posterior:
-            # Split across ranks; the same tiles and blend in one process, so any rank count matches.
-            # Resized a band of rows at a time: the whole upscaled video (4K × 81) is never made.
-            x0 = TiledVAE(self.adapter, self.group).encode(upscaled)
+        if not self.config.sketch.sample_posterior:
+            # Tiled, it is resized a band of rows at a time: the whole upscaled video (4K × 81) is never made.
+            x0 = self._canvas_encoder(plan)(upscaled)
         else:  # a posterior sample is drawn over the whole latent, identically on every rank
-            x0 = self.adapter.encode(upscaled.whole(), generator if self.config.sketch.sample_posterior else None)
+            x0 = self.adapter.encode(upscaled[...], generator)
         return self.adapter.renoise(scheduler, x0.to(self.adapter.device), timesteps[:1], spatial, generator)
+
+    def _canvas_encoder(self, plan: RenderPlan) -> CanvasEncoder:
+        """Posterior-mode encoder of canvas-sized videos: :class:`TiledVAE` when the plan tiles the VAE
+        (windows split across ranks; the same tiles and blend in one process, so any rank count gives
+        the same latent), else the adapter's untiled encode (on every rank)."""
+        if plan.vae_tiling:
+            return TiledVAE(self.adapter, self.group).encode
+        return lambda video: self.adapter.encode(video if isinstance(video, torch.Tensor) else video[...], None)
 
     def _refine(self, latents, plan: RenderPlan, cond: Conditioning, scheduler, timesteps, generator, callback):
         """Stage 2: the tiled refinement; returns the latent, per-step stats, the cache report and parallel stats."""
         cfg, adapter = self.config, self.adapter
-        runner = SingleProcess() if self.group is None or self.group.size == 1 else TileExchanger.for_render(
-            self.group, cfg, plan.latent_shape[1:3])
-        with self._attention(plan) as attention, adapter.positions(cfg.tiling.positions), \
+        split = None if self.group is None else self.parallel_plan(plan)
+        if split is not None and split.refine_reason:
+            logger.info("attention mode not split over the ranks: %s", split.refine_reason)
+        if split is not None and split.seq > 1:
+            logger.info("%d units of work for %d ranks: each unit on a sub-group of %d ranks with Ulysses (tile=%d × seq=%d)",
+                        split.units, split.ranks, split.seq, split.ranks // split.seq, split.seq)
+        canvas_split = split is not None and split.refine == "ulysses"
+        tokens_over = None  # the ranks that split each forward's tokens: the group (attention mode), a sub-group (seq > 1)
+        if canvas_split:
+            refuse_per_rank_caches(cfg.cache)
+            runner, tokens_over = CanvasRunner(self.group), self.group
+        elif split is None or split.ranks == 1:
+            runner = SingleProcess()
+        else:
+            runner = TileExchanger.for_render(self.group, cfg, plan.latent_shape[1:3], split.seq)
+            tokens_over = self.group.sub(split.seq) if split.seq > 1 else None
+        # The token split goes innermost: its hooks attach to the canvas position modules installed just before.
+        with self._attention(plan, HeadExchange(self.group) if canvas_split else None) as attention, \
+                adapter.positions(cfg.tiling.positions), \
+                split_tokens(adapter.transformers, tokens_over, adapter.cp_plans) if tokens_over else contextlib.nullcontext(), \
                 cache_policy(cfg.cache, adapter.transformers, plan.latent_shape[2:], adapter.patch, len(timesteps), plan.do_guidance) as policy:
             refiner = TileRefiner(plan.tiles, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner,
                                   on_step=attention)
             with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
                 progress.set_description("refine")
                 latents, steps = refiner.run(latents, adapter.stepper(scheduler, cond.spatial, generator), timesteps, progress, callback)
-        parallel = {} if self.group is None else {"plan": self.parallel_plan(plan).as_dict()}
+        parallel = {} if split is None else {"plan": split.as_dict()}
         return latents, steps, runner.finish(policy.report), parallel | runner.stats()
 
     def _decode(self, latents: torch.Tensor, sketch: torch.Tensor | None, plan: RenderPlan, output_type: str):
@@ -433,22 +488,42 @@ class SuperGenPipeline:
 
     # ---- the wrapped pipeline, borrowed for one call ------------------------------------------
     @contextlib.contextmanager
-    def _borrowed_pipeline(self) -> Iterator[None]:
+    def _borrowed_pipeline(self) -> Iterator[contextlib.ExitStack]:
         """Leave the wrapped pipeline as it was found: VAE tiling restored (attention processors and
-        position modules restore themselves), model offload hooks reset, also when the call raises."""
+        position modules restore themselves), parked encoders moved back, model offload hooks reset,
+        also when the call raises. Yields the stack that undoes the call's other changes on exit."""
         tiling = self.adapter.vae_tiling_enabled()
         try:
-            yield
+            with contextlib.ExitStack() as borrowed:
+                yield borrowed
         finally:
             self.adapter.set_vae_tiling(tiling)
             self.adapter.pipe.maybe_free_model_hooks()
 
-    def _attention(self, plan: RenderPlan):
-        """The attention backend for the refinement; in ``attention`` mode, tile(+halo) attention on the canvas (yields its per-step layouts)."""
+    def _park_encoders(self, borrowed: contextlib.ExitStack, names: tuple[str, ...]) -> None:
+        """``encoders.park``: move the pipeline's components ``names`` to the host for the rest of this
+        call (they go back on ``borrowed``'s exit). Only those whose weights sit on a GPU and that no
+        offload hook of diffusers or accelerate manages (those leave the device by themselves)."""
+        if not self.config.encoders.park:
+            return
+        for name in names:
+            module = getattr(self.pipe, name, None)
+            if not isinstance(module, torch.nn.Module) or hasattr(module, "_hf_hook") or getattr(module, "_diffusers_hook", None):
+                continue
+            weights = next(module.parameters(), None)
+            if weights is None or weights.device.type in ("cpu", "meta"):
+                continue
+            logger.debug("parking %s on the host for the rest of the call", name)
+            borrowed.callback(module.to, weights.device)
+            module.to("cpu")
+
+    def _attention(self, plan: RenderPlan, heads: HeadExchange | None = None):
+        """The attention backend for the refinement; in ``attention`` mode, tile(+halo) attention on the canvas
+        (yields its per-step layouts), with ``heads`` when the group splits the canvas forward."""
         backend = self.config.attention.backend  # checked by _prepare
         if plan.layout is None:
             return dense_backend(backend)
-        return self.adapter.tile_attention(plan.layout, backend)
+        return self.adapter.tile_attention(plan.layout, backend, heads)
 
 
 class StageClock:

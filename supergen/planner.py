@@ -25,8 +25,10 @@ Only matrix products are counted (what ``torch.utils.flop_counter`` counts; the 
 formula against it on the real tiny transformer). A step costs ``tiles × (2 with guidance) × forward``.
 
 Memory, per process, in bytes; ``b`` is the weights dtype's size, the canvas latent is float32 as in
-the pipeline. Weights (transformer, VAE, text and image encoders) stay resident for the whole render (the pipeline
-does not offload), so the peak is ``weights + the largest stage transient``:
+the pipeline. Weights (transformer in ``b``; VAE and image encoder in their own dtypes, float32 for
+Wan) are resident from the start; with ``encoders.park`` (the default) the text encoder leaves the
+device once the prompts are encoded and the image encoder after the sketch (:data:`PARKED`), so a
+stage's peak is its resident weights plus its transient, and the render's peak is the largest of those:
 
 - transformer (one forward of ``batch_tiles`` tiles): inference frees each block's activations before
   the next, so the live set is one block's widest point, the FFN: the residual stream and its norm
@@ -55,6 +57,13 @@ does not offload), so the peak is ``weights + the largest stage transient``:
   (float32 result and its cast to the VAE dtype) and the working set at the canvas size.
 - block cache (``cache.block``): per block and guidance branch, inputs and residuals of every canvas
   token in the model dtype (:func:`~supergen.cache.block.block_cache_bytes`), in the refinement stage.
+
+- image condition (Wan I2V, the ``setup`` stage): the image followed by zero frames, encoded at the
+  canvas size one VAE window at a time: the image, one window (float32 and the VAE's dtype), the
+  encoder's working set, the windows' latents until blended, and the mask + latent kept for refinement.
+- block-level group offloading (estimated only; the trace does not model hooks): two transformer
+  blocks (the running one and the prefetched one), the transformer's layers outside its blocks and
+  the VAE on the device, plus the largest stage transient.
 
 These are estimates of what the *allocator* must hold; a CPU process's RSS adds allocator slack, a GPU
 adds the CUDA context (~0.5 GiB) and caching-allocator fragmentation. ``docs/benchmarks.md``
@@ -92,6 +101,13 @@ RESIZE_CHUNK = 8
 VAE_TILE, VAE_STRIDE = 256, 192
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+#: The stages of a render, in order (``setup``: embeddings and the image condition).
+STAGES = ("setup", "sketch", "upscale", "refine", "decode")
+#: The encoders the pipeline parks on the host (``encoders.park``), as :meth:`Architecture.parameters`
+#: names them, and the stages that run without them: the text encoder leaves once the prompts are
+#: encoded (before the image condition), the image encoder after the sketch.
+PARKED = {"text_encoder": ("setup", "sketch", "upscale", "refine", "decode"), "image_encoder": ("upscale", "refine", "decode")}
 
 # The diffusers configs of the published checkpoints (transformer/, vae/, text_encoder/ config.json).
 _UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
@@ -167,6 +183,16 @@ class Architecture(SizeRules):
         if image is not None:
             counts["image_encoder"] = count(image)
         return counts
+
+    def block_parameters(self) -> tuple[int, int]:
+        """``(per block, outside the blocks)`` parameters of one transformer expert, counted on ``meta``:
+        what block-level group offloading moves at a time, and what it keeps together besides."""
+        from diffusers import WanTransformer3DModel
+
+        with torch.device("meta"):
+            outside = sum(p.numel() for p in WanTransformer3DModel.from_config(dict(self.transformer, num_layers=0)).parameters())
+        whole = self.parameters()["transformer"] // self.experts
+        return (whole - outside) // self.transformer["num_layers"], outside
 
     # ---- constructors -----------------------------------------------------------------------
     @classmethod
@@ -337,15 +363,34 @@ class ResourcePlan:
     render: RenderPlan | None = None
     memory: dict[str, int] = field(default_factory=dict)
 
+    #: Components whose weights leave the device after the sketch (``encoders.park``).
+    parked: tuple[str, ...] = ()
+    #: Weights on the device at once under block-level group offloading (``model.offload=group``).
+    group_offload_weights: int = 0
+
     @property
     def weights(self) -> int:
         return sum(self.memory[f"weights.{k}"] for k in self.parameters)
 
+    def resident(self, stage: str) -> int:
+        """Weights on the device during ``stage``'s transient: all of them, less the parked encoders."""
+        return self.weights - sum(self.memory.get(f"weights.{k}", 0) for k in self.parked if stage in PARKED[k])
+
+    def stage_peak(self, stage: str) -> int:
+        """Estimated peak of ``stage``: its resident weights plus its transient (every weight is on
+        the device when the render starts)."""
+        peak = self.resident(stage) + self.memory.get(f"stage.{stage}", 0)
+        return max(peak, self.weights) if stage == "setup" else peak
+
     @property
     def peak(self) -> int:
-        """Estimated peak: all weights plus the largest stage transient."""
-        stages = ("sketch", "upscale", "refine", "decode")
-        return self.weights + max(self.memory.get(f"stage.{s}", 0) for s in stages)
+        """Estimated peak: the largest :meth:`stage_peak`."""
+        return self.stage_peak(self.peak_stage)
+
+    @property
+    def transient(self) -> int:
+        """The largest stage transient (weights not counted): what offloading leaves on the device."""
+        return max(self.memory.get(f"stage.{s}", 0) for s in STAGES)
 
     def rows(self) -> list[tuple[str, str]]:
         """The table :func:`format_plan` prints and the demo shows, as ``(quantity, value)`` pairs."""
@@ -379,14 +424,19 @@ class ResourcePlan:
             ("VAE decode", f"{human(self.memory['vae_decode'])} ({'tiled' if self.vae_tiling else 'untiled'})"),
             ("upscale (VAE encode)", human(self.memory["upscale"])),
             *([("block cache", human(self.memory["block_cache"]))] if self.memory["block_cache"] else []),
-            ("estimated peak", f"{human(self.peak)} = weights + {self.peak_stage}"),
+            ("estimated peak", f"{human(self.peak)} in {self.peak_stage} = weights {human(self.resident(self.peak_stage))} + "
+             f"{human(self.memory.get(f'stage.{self.peak_stage}', 0))}"
+             + (f" ({', '.join(self.parked)} parked on the host once used)" if self.parked else "")),
         ]
+        if "stage.setup" in self.memory:
+            rows.insert(-1, ("image condition (VAE encode)", human(self.memory["stage.setup"])))
+        rows.append(("with group offload", f"{human(self.group_offload_weights + self.transient)} = weights on the device "
+                     f"{human(self.group_offload_weights)} + {human(self.transient)} (model.offload=group; estimated, not traced)"))
         return rows
 
     @property
     def peak_stage(self) -> str:
-        stages = ("sketch", "upscale", "refine", "decode")
-        return max(stages, key=lambda s: self.memory.get(f"stage.{s}", 0))
+        return max(STAGES, key=self.stage_peak)
 
 
 def make_plan(
@@ -415,7 +465,7 @@ def make_plan(
         arch=arch, dtype=config.model.dtype, size=req, canvas=canvas, sketch=sketch if render.from_sketch else None,
         num_frames=frames, latent=latent, plan=plan, sketch_steps=render.sketch_steps,
         refine_steps=refine_steps, guidance=render.do_guidance, batch_tiles=config.tiling.batch_tiles, vae_tiling=vae_tiling,
-        parameters=parameters, render=render,
+        parameters=parameters, render=render, parked=tuple(k for k in PARKED if k in parameters) if config.encoders.park else (),
     )
     # Tiles per step vary with the shift (clamp adds a segment when the grid is offset): plan for the most.
     out.tiles_per_step = max(len(plan.tiles(step)) for step in range(refine_steps))
@@ -430,8 +480,9 @@ def make_plan(
     out.flops_per_step = out.tiles_per_step * forwards * transformer_flops(arch, out.tokens_per_tile, pairs=pairs)
 
     d, ffn = arch.width, arch.transformer["ffn_dim"]
-    mem = {f"weights.{k}": v * b for k, v in parameters.items()}
-    mem["weights.vae"] = parameters["vae"] * DTYPE_BYTES[_vae_dtype(config)]
+    # The VAE and image encoder in their own dtypes (Wan's recipe: float32, as the pipeline loads them).
+    own = {"vae": _vae_dtype(config), "image_encoder": config.model.image_encoder_dtype or "float32"}
+    mem = {f"weights.{k}": v * DTYPE_BYTES[own[k]] if k in own else v * b for k, v in parameters.items()}
     batch = min(config.tiling.batch_tiles, out.tiles_per_step)
     mem["transformer"] = batch * out.tokens_per_tile * (2 * d + 2 * ffn) * b
     canvas_elems = math.prod(latent)
@@ -478,6 +529,21 @@ def make_plan(
         mem["block_cache"] = block_cache_bytes(grid, d, blocks, forwards, b)
     mem["stage.refine"] = mem["transformer"] + mem["canvas"] + held + mem["block_cache"]
     mem["stage.decode"] = mem["vae_decode"] + latent_bytes + held
+    # Block-level group offloading (one block per group, the next prefetched on a CUDA stream): two
+    # transformer blocks, the transformer's layers outside its blocks (embeddings, output head) and
+    # the VAE, whole (small; its convolutions are not in block lists). Encoders leave the device.
+    per_block, outside = arch.block_parameters()
+    out.group_offload_weights = (2 * per_block + outside) * b + mem["weights.vae"]
+    if condition:
+        # Wan I2V's condition (image + zero frames) encoded at the canvas size, window by window: the
+        # image, one window in float32 and in the VAE's dtype, the encoder's working set, the windows'
+        # latents (they overlap) until they are blended, and the condition kept for the refinement.
+        # (Terms as calibrated on branch i2v, before TiledVAE held one row of windows at a time.)
+        window = 3 * frames * tile_px
+        overlap = _vae_tiles_total_area(canvas) / (canvas[0] * canvas[1]) if vae_tiling else 0.0
+        i2v_working = 6 * full_res_channels * vt * tile_px * b
+        mem["stage.setup"] = (3 * canvas[0] * canvas[1] * 4 + window * (4 + (b if b != 4 else 0)) + i2v_working
+                              + int(canvas_elems * 4 * (1 + overlap)) + condition * 4)
     out.memory = mem
     return out
 
@@ -502,6 +568,11 @@ def _vae_tile_area(canvas: tuple[int, int]) -> int:
 def _vae_spans(length: int) -> list[int]:
     """Lengths of diffusers' tiled-VAE tiles along one axis (they overlap): the loop bounds of ``tiled_decode``."""
     return [min(VAE_TILE, length - start) for start in range(0, length, VAE_STRIDE)]
+
+
+def _vae_tiles_total_area(canvas: tuple[int, int]) -> int:
+    """Summed pixel area of diffusers' tiled-VAE tiles (they overlap)."""
+    return sum(_vae_spans(canvas[0])) * sum(_vae_spans(canvas[1]))
 
 
 def _vae_dtype(config: SuperGenConfig) -> str:

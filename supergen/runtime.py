@@ -55,17 +55,27 @@ def load_pipeline(model: ModelConfig, device: torch.device):
 
 
 def place(pipe, offload: str, device: torch.device):
-    """Move ``pipe`` to ``device``, or let one of diffusers' memory savers manage it there."""
+    """Move ``pipe`` to ``device``, or let one of diffusers' memory savers manage it there.
+
+    The savers move weights between the host and a GPU; on the CPU they save nothing but still run
+    (diffusers' hooks on the CPU as onload device), so a CPU run tests the same code path. Except
+    ``sequential``: accelerate's per-parameter hooks fail when the onload device is the CPU (plain
+    diffusers too, measured with accelerate 1.15 and torch 2.13), so it is refused there up front.
+    """
     if offload == "none":
         return pipe.to(device)
-    if device.type != "cuda":
-        raise SuperGenError(f"model.offload={offload!r} moves weights between the CPU and a GPU; this render runs on {device}")
+    if device.type == "cpu":
+        if offload == "sequential":
+            raise SuperGenError("model.offload=sequential needs a GPU: accelerate's sequential offload hooks fail when the "
+                                "onload device is the CPU; on the CPU use model.offload=none (or model / group, which run but save nothing)")
+        logger.warning("model.offload=%s on the CPU moves weights from the CPU to the CPU: it saves no memory here", offload)
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
-    else:  # block-level group offloading with CUDA streams: prefetches the next block while one runs
-        pipe.enable_group_offload(onload_device=device, offload_type="block_level", num_blocks_per_group=1, use_stream=True)
+    else:  # block-level group offloading; on CUDA with streams, which prefetch the next block while one runs
+        pipe.enable_group_offload(onload_device=device, offload_type="block_level", num_blocks_per_group=1,
+                                  use_stream=device.type == "cuda")
     return pipe
 
 
@@ -85,10 +95,14 @@ def available_memory(device: torch.device) -> int:
 
 def device_need(plan, offload: str) -> tuple[int, int]:
     """``(weights, transient)`` bytes a planned render holds on its device at its peak: with
-    ``model`` offload only the largest component is resident at a time, with ``sequential``/``group``
-    only a block (counted as nothing)."""
-    weights = {"none": plan.weights, "model": max(plan.memory[f"weights.{k}"] for k in plan.parameters)}.get(offload, 0)
-    return weights, plan.peak - plan.weights
+    ``model`` offload only the largest component is resident at a time, with ``group`` two
+    transformer blocks and what lies outside them (:attr:`~supergen.planner.ResourcePlan.group_offload_weights`),
+    with ``sequential`` one layer's parameters (counted as nothing)."""
+    if offload == "none":
+        return plan.weights, plan.peak - plan.weights
+    # Offload hooks manage the encoders (nothing is parked): the largest transient of any stage.
+    largest = max(plan.memory[f"weights.{k}"] for k in plan.parameters)
+    return {"model": largest, "group": plan.group_offload_weights}.get(offload, 0), plan.transient
 
 
 def check_memory(cfg: SuperGenConfig, device: torch.device, loaded: bool = False) -> None:
@@ -110,6 +124,8 @@ def check_memory(cfg: SuperGenConfig, device: torch.device, loaded: bool = False
         logger.info("memory check skipped: %s", exc)
         return
     arch = replace(arch, counted=arch.parameters())  # counted once, reused by the searches below
+    if device.type == "cpu":  # the encoders are parked on the host, which is this device
+        cfg = replace(cfg, encoders=replace(cfg.encoders, park=False))
     plan = make_plan(cfg, arch)
     weights, transient = device_need(plan, cfg.model.offload)
     available = available_memory(device) + (weights if loaded else 0)

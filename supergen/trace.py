@@ -146,7 +146,7 @@ class MemoryTrace(TorchDispatchMode):
         self.current -= nbytes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        from torch._subclasses.fake_tensor import unset_fake_temporarily
+        from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, unset_fake_temporarily
 
         kwargs = kwargs or {}
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
@@ -154,7 +154,12 @@ class MemoryTrace(TorchDispatchMode):
             # Host work on real tensors (scheduler tables, timesteps, the input image) stays real, as
             # on a GPU run, so the host may read its values; it is not device memory. Unless its
             # output is large (a video made from the image): then it is traced as device memory.
-            shapes = [] if func is torch.ops.aten._local_scalar_dense.default else func(*args, **kwargs)
+            try:
+                shapes = [] if func is torch.ops.aten._local_scalar_dense.default else func(*args, **kwargs)
+            except (DataDependentOutputException, DynamicOutputShapeException):
+                # Its output's size depends on the values (nonzero: diffusers' schedulers look their
+                # step index up that way): host work on host tables, bounded by its inputs.
+                shapes = []
             if all(t.numel() <= HOST_NUMEL for t in tree_flatten(shapes)[0] if isinstance(t, torch.Tensor)):
                 with unset_fake_temporarily():
                     out = func(*args, **kwargs)
@@ -199,36 +204,94 @@ class ShapeMemo:
     work: a replay adds the first call's transient peak and FLOPs and returns an empty output of
     the recorded shape, which keeps a 4K trace to minutes. Exact for fake tensors, whose work
     depends only on shapes.
+
+    The tiles at the canvas' bottom and right edges are smaller (up to four more shapes per
+    function, each a VAE trace of its own, tens of seconds at 81 frames): a call whose window is
+    smaller than a traced one in height and width only (``(..., h, w)``, everything else equal) is
+    *scaled* from it: transient bytes and FLOPs in proportion to the area (the VAE's convolutions
+    are linear in it; its one attention, at the lowest resolution, is counted linearly too) and
+    the output's spatial size in the traced ratio. Such calls are counted in ``scaled``.
     """
 
     def __init__(self, memory: MemoryTrace, flop_counter):
         self.memory, self.flop_counter = memory, flop_counter
         self.seen: dict[tuple, tuple[int, int, torch.Size, torch.dtype]] = {}
         self.replayed_flops: dict[str, int] = {}
-        self.calls = self.replays = 0
+        self.calls = self.replays = self.scaled = 0
+
+    def _scalable(self, key: tuple) -> tuple[tuple, float] | None:
+        """A traced call ``key`` can be scaled from (the largest), and the area ratio; None if none."""
+        shape, rest = key[0], key[1:]
+        best = None
+        for seen in self.seen:
+            other = seen[0]
+            if seen[1:] != rest or len(other) != len(shape) or other[:-2] != shape[:-2]:
+                continue
+            if other[-2] >= shape[-2] and other[-1] >= shape[-1] and (best is None or other[-2] * other[-1] > best[0][-2] * best[0][-1]):
+                best = seen
+        if best is None:
+            return None
+        _, _, out, _ = self.seen[best]
+        # The output's spatial size must scale to whole numbers (VAE windows are multiples of 8 px).
+        for i in (-2, -1):
+            if (shape[i] * out[i]) % best[0][i]:
+                return None
+        return best, shape[-2] * shape[-1] / (best[0][-2] * best[0][-1])
+
+    def _replay(self, x: torch.Tensor, transient: int, flops: int, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        memory = self.memory
+        memory._note_peak(memory.stages.setdefault(memory.stage, StageTrace()), transient)
+        self.replayed_flops[memory.stage] = self.replayed_flops.get(memory.stage, 0) + flops
+        return torch.empty(shape, dtype=dtype, device=x.device)
 
     def wrap(self, fn):
         def call(x: torch.Tensor, *args):
             self.calls += 1
             key = (tuple(x.shape), x.dtype, *args)
             memory = self.memory
-            if key not in self.seen:
-                start, flops = memory.current, self.flop_counter.get_total_flops()
-                memory.high = start
-                out = fn(x, *args)
-                self.seen[key] = (memory.high - start, self.flop_counter.get_total_flops() - flops, out.shape, out.dtype)
-                return out
-            self.replays += 1
-            transient, flops, shape, dtype = self.seen[key]
-            memory._note_peak(memory.stages.setdefault(memory.stage, StageTrace()), transient)
-            self.replayed_flops[memory.stage] = self.replayed_flops.get(memory.stage, 0) + flops
-            return torch.empty(shape, dtype=dtype, device=x.device)
+            if key in self.seen:
+                self.replays += 1
+                return self._replay(x, *self.seen[key])
+            scalable = self._scalable(key)
+            if scalable is not None:
+                self.scaled += 1
+                (traced, area) = scalable
+                transient, flops, out, dtype = self.seen[traced]
+                shape = torch.Size((*out[:-2], *(key[0][i] * out[i] // traced[0][i] for i in (-2, -1))))
+                return self._replay(x, int(transient * area), int(flops * area), shape, dtype)
+            start, flops = memory.current, self.flop_counter.get_total_flops()
+            memory.high = start
+            out = fn(x, *args)
+            self.seen[key] = (memory.high - start, self.flop_counter.get_total_flops() - flops, out.shape, out.dtype)
+            return out
 
         return call
 
 
 def _storage_key(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
+
+
+def vectorised_blend(dim: int):
+    """diffusers' ``vae.blend_v`` (``dim=-2``) / ``blend_h`` (``-1``) as one operation instead of one per row.
+
+    The same arithmetic (``a * (1 - i/e) + b * (i/e)`` on the ``e`` overlapping rows, written into
+    ``b``), so the same shapes and outputs; its temporaries span ``e`` rows instead of one (tens of MB
+    at 4K). Diffusers' row loop is ~10^5 fake operations per 4K decode, most of a trace's time.
+    """
+
+    def blend(a: torch.Tensor, b: torch.Tensor, blend_extent: int) -> torch.Tensor:
+        extent = min(a.shape[dim], b.shape[dim], blend_extent)
+        if extent == 0:
+            return b
+        shape = [1] * b.ndim
+        shape[dim] = extent
+        weight = (torch.arange(extent, dtype=torch.float64) / extent).view(shape).to(b.dtype)
+        ours = b.narrow(dim, 0, extent)
+        ours.copy_(a.narrow(dim, a.shape[dim] - extent, extent) * (1 - weight) + ours * weight)
+        return b
+
+    return blend
 
 
 def _is_real(t: torch.Tensor) -> bool:
@@ -396,7 +459,8 @@ def trace_render(
         sg.adapter.schedule = schedule
         flop_counter = FlopCounterMode(display=False)
         memo = ShapeMemo(memory, flop_counter)
-        # Per VAE tile (TiledVAE calls the adapter once per window): traced once per shape.
+        # Per VAE tile (TiledVAE calls the adapter once per window): traced once per shape; blends vectorised.
+        pipe.vae.blend_v, pipe.vae.blend_h = vectorised_blend(-2), vectorised_blend(-1)
         sg.adapter.decode, sg.adapter.encode = memo.wrap(sg.adapter.decode), memo.wrap(sg.adapter.encode)
         stage_flops: dict[str, int] = {}
         last = {"name": "setup", "flops": 0, "cpu": time.process_time()}
@@ -429,6 +493,20 @@ def trace_render(
             finally:
                 memory.watch_copies = False
 
+        def park_encoders(borrowed, names):
+            # What the pipeline does on a GPU (here every fake tensor sits on the CPU, which it skips):
+            # the encoders' weights, built or counted from the config, leave the device.
+            if not traced_cfg.encoders.park:
+                return
+            for name in names:
+                module = getattr(pipe, name, None)
+                if isinstance(module, torch.nn.Module):
+                    freed = added.get(name, _param_bytes(module))
+                    memory.resident -= freed
+                    parked[name] = freed
+
+        parked: dict[str, int] = {}
+        sg._park_encoders = park_encoders
         for name in ("sketch", "upscale", "refine", "decode"):
             setattr(sg, f"_{name}", staged(name, getattr(sg, f"_{name}")))
 
@@ -445,11 +523,15 @@ def trace_render(
     stages = {name: memory.stages[name] for name in STAGES if name in memory.stages}
     for name, trace in stages.items():
         trace.flops = stage_flops.get(name, 0) + memo.replayed_flops.get(name, 0)
-    notes = [f"VAE calls: {memo.calls}, {memo.replays} of them replayed from an earlier call of the same shape"]
+    notes = [f"VAE calls: {memo.calls}, {memo.replays} of them replayed from an earlier call of the same shape, "
+             f"{memo.scaled} (smaller edge windows) scaled by area from a larger traced one"]
     notes += [f"text encoder not run (embeddings of its output shape); its {human(added['text_encoder'])} of weights added"]
     if "transformer blocks" in added:
         notes.append(f"{layers} of {arch.transformer['num_layers']} transformer blocks built per expert; "
                      f"the other blocks' {human(added['transformer blocks'])} of weights added (FLOPs are of the traced blocks)")
+    if parked:
+        notes.append("parked on the host once used (encoders.park; text encoders after the prompts, image encoder after the sketch): "
+                     + ", ".join(f"{name} {human(n)}" for name, n in parked.items()))
     refine_steps = int(traced_cfg.refine.num_inference_steps * traced_cfg.refine.strength)
     notes.append(f"{steps} sketch and {refine_steps} refinement steps traced; output_type='uint8' (what supergen render writes)")
     return TraceResult(arch.name, (height, width), plan.num_frames, stages, resident, added, plan,
@@ -457,10 +539,8 @@ def trace_render(
 
 
 def estimated(result: TraceResult, stage: str) -> int:
-    """The planner's peak for ``stage``: resident weights plus the stage's transient."""
-    memory = result.plan.memory
-    weights = sum(v for k, v in memory.items() if k.startswith("weights."))
-    return weights + memory.get(f"stage.{stage}", 0)
+    """The planner's peak for ``stage``: its resident weights plus the stage's transient."""
+    return result.plan.stage_peak(stage)
 
 
 def format_trace(result: TraceResult) -> str:

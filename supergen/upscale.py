@@ -54,11 +54,12 @@ def resize_video(
 
 
 class UpscaledVideo:
-    """The sketch resized to the canvas, made a band of rows at a time (a
-    :class:`~supergen.parallel.vae.PixelRows` for the tiled encode).
+    """The sketch resized to the canvas, made a band of rows at a time: indexed ``video[..., rows, cols]``
+    (slices) like a tensor (a :class:`~supergen.parallel.vae.PixelWindows` for the tiled encode).
 
-    Each band resizes the whole frames again and keeps its rows: on a GPU a 4K resize takes
-    milliseconds, and the VAE encode of the band costs far more.
+    The band of the last rows asked for is kept, so the windows of one row of tiles cost one resize;
+    each band resizes the whole frames again and keeps its rows (on a GPU a 4K resize takes
+    milliseconds, and the VAE encode of the band costs far more).
 
     Args:
         sketch: ``(1, 3, F, h, w)`` in [-1, 1].
@@ -69,10 +70,19 @@ class UpscaledVideo:
     def __init__(self, sketch: torch.Tensor, height: int, width: int, method: str = "bicubic"):
         self.sketch, self.method = sketch, method
         self.shape = torch.Size((*sketch.shape[:3], height, width))
+        self._band: tuple[tuple[int, int], torch.Tensor] | None = None
 
-    def rows(self, top: int, bottom: int) -> torch.Tensor:
-        """Rows ``[top, bottom)``: ``(1, 3, F, bottom - top, width)`` (fewer at the bottom edge)."""
-        return resize_video(self.sketch, *self.shape[-2:], self.method, rows=(top, bottom))
+    def __getitem__(self, index) -> torch.Tensor:
+        if index is Ellipsis:  # the whole video (an untiled encode)
+            return self.whole()
+        if not (isinstance(index, tuple) and len(index) == 3 and index[0] is Ellipsis
+                and all(isinstance(s, slice) and s.step is None for s in index[1:])):
+            raise ValueError(f"UpscaledVideo is indexed as video[..., rows, cols] with slices; got {index!r}")
+        rows = index[1].indices(self.shape[-2])[:2]
+        if self._band is None or self._band[0] != rows:
+            self._band = None  # freed before the next band is made
+            self._band = (rows, resize_video(self.sketch, *self.shape[-2:], self.method, rows=rows))
+        return self._band[1][..., index[2]]
 
     def whole(self) -> torch.Tensor:
         """The whole upscaled video ``(1, 3, F, height, width)`` (for an untiled encode)."""

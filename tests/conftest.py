@@ -8,6 +8,16 @@ from supergen.builtin import tiny_wan_pipeline
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny matmuls: on a shared 2-core machine one thread is ~30x
+    faster than two fighting for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def wan_t2v():
     pipe = tiny_wan_pipeline()

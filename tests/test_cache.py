@@ -16,19 +16,12 @@ from supergen.pipeline import SuperGenPipeline
 from supergen.refine import TileRefiner
 from supergen.tiling import TilePlan, accumulate, crop
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Canvas 64x128 px = 8x16 latent, tiles 32x64 px = 4x8 latent (2x2 tiles), grid moving every step.
 SIZE = {"height": 64, "width": 128, "num_frames": 9}
 TILING = {"tile_height": 32, "tile_width": 64, "shift_divisor": 4, "boundary": "wrap"}
 STEPS = 8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny matmuls on a shared 2-core machine: one thread is ~30x faster than two fighting for cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def render(pipe, seed=0, tiling=TILING, **cache):

@@ -14,17 +14,11 @@ from supergen.config import load_config
 from supergen.refine import ComputeAll, TileRefiner
 from supergen.tiling import TilePlan
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 STEPS = 8
 # Canvas 8x16 latent, tiles 4x8: clamp gives 2x2 tiles on step 0 and 3x3 once the grid has moved.
 PLAN = dict(canvas=(8, 16), tile=(4, 8), patch=(2, 2), boundary="clamp", shift_divisor=4)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def refine(pipe, overrides=(), plan=None, steps=STEPS, **kwargs):

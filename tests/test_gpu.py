@@ -141,3 +141,43 @@ def test_traced_transformer_peak_matches_cuda_within_10_percent():
     torch.cuda.synchronize()
     real = torch.cuda.max_memory_allocated() - base
     assert abs(traced - real) <= 0.10 * real, f"traced {traced / 2**30:.2f} GiB, CUDA {real / 2**30:.2f} GiB"
+
+
+def _tiny_i2v_on_cuda(offload: str, park: bool = True):
+    """The tiny Wan I2V of tests/test_offload.py placed on CUDA under ``offload``, and its render (frames)."""
+    from supergen.builtin import tiny_wan_pipeline
+    from supergen.config import load_config
+    from supergen.pipeline import SuperGenPipeline
+    from supergen.runtime import place
+    from test_image_condition import METHOD, VAE_TILES, make_image
+
+    pipe = tiny_wan_pipeline(image_to_video=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.vae.enable_tiling(**VAE_TILES)
+    sg = SuperGenPipeline(place(pipe, offload, torch.device("cuda")), load_config("tiny", METHOD + ["vae.tiling=on", f"encoders.park={str(park).lower()}"]))
+    seen = {}
+
+    def during_refinement(p, step, t, tensors):
+        seen.setdefault("text_encoder", next(pipe.text_encoder.parameters()).device.type)
+        return {}
+
+    frames = sg(prompt="a red block", image=make_image(), height=64, width=128, num_frames=5, generator=torch.Generator().manual_seed(3),
+                output_type="pt", callback_on_step_end=during_refinement).frames
+    return pipe, frames.cpu(), seen
+
+
+@pytest.mark.parametrize("offload", ["model", "sequential", "group"])
+def test_offloaded_renders_on_cuda_equal_the_plain_one(offload):
+    """The VAE's inputs go to the execution device (CUDA), not to ``vae.device`` (the CPU under model
+    offload, ``meta`` under sequential offload)."""
+    _, plain, _ = _tiny_i2v_on_cuda("none")
+    _, offloaded, _ = _tiny_i2v_on_cuda(offload)
+    torch.testing.assert_close(offloaded, plain, atol=1e-5, rtol=0)
+
+
+def test_encoders_are_parked_on_the_host_during_the_canvas_stages_and_come_back():
+    pipe, parked, seen = _tiny_i2v_on_cuda("none")
+    assert seen == {"text_encoder": "cpu"}
+    assert all(next(m.parameters()).is_cuda for m in (pipe.text_encoder, pipe.image_encoder))
+    _, kept, seen = _tiny_i2v_on_cuda("none", park=False)
+    assert seen == {"text_encoder": "cuda"} and torch.equal(parked, kept)

@@ -21,7 +21,7 @@ import torch
 from supergen import SuperGenError
 from supergen.builtin import tiny_wan_pipeline
 from supergen.config import load_config
-from supergen.parallel import TiledVAE, balance, plan_parallel
+from supergen.parallel import TiledVAE, balance, plan_parallel, sequence_split
 from supergen.parallel.exchanger import owned
 from supergen.pipeline import SuperGenPipeline
 from supergen.refine import SingleProcess
@@ -380,6 +380,21 @@ def test_the_parallel_plan_names_why_the_sketch_is_not_split():
     assert plan_parallel(4, False, False, True, "auto").sketch_reason == "no classifier-free guidance in the sketch"
     off = plan_parallel(8, True, True, True, "off")
     assert (off.mesh, off.sketch, off.sketch_reason, off.refine) == ((2, 4), "replicated", "parallel.cfg=off", "tiles")
+
+
+def test_more_ranks_than_units_chooses_a_sequence_split():
+    """HunyuanVideo at 2K on 8 GPUs: 4 whole tiles (embedded guidance) leave 4 ranks idle; 2 ranks per tile
+    halve the busiest rank's load. With CFG the 8 (tile, branch) units already fill 8 ranks."""
+    assert sequence_split(8, 4, heads=24, tokens=21 * 30 * 52) == 2
+    assert sequence_split(8, 8, heads=24, tokens=21 * 30 * 52) == 1
+    assert sequence_split(8, 1, heads=24, tokens=21 * 30 * 52) == 8  # one tile: all ranks on it
+    # 3 units: on 4 pairs 1/2 each, on 2 quads 2 × 1/4, on all 8 ranks 3 × 1/8 (the least; ties would go to fewer ranks)
+    assert sequence_split(8, 3, heads=24, tokens=21 * 30 * 52) == 8
+    assert sequence_split(8, 4, heads=5, tokens=100) == 1  # heads do not split: whole units
+    assert sequence_split(6, 4, heads=12, tokens=90) == 3  # 2 sub-groups of 3: 2 units each at 1/3 = 2/3 < 1
+    plan = plan_parallel(8, False, False, True, "auto", units=4, seq=2)
+    assert (plan.units, plan.seq, plan.as_dict()["seq"]) == (4, 2, 2)
+    assert plan.describe().endswith("4 units < 8 ranks: each unit on 2 ranks with Ulysses (tile=4 × seq=2)")
 
 
 def test_balance_minimises_the_busiest_rank():

@@ -19,7 +19,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, ClassVar, ContextManager
+from typing import Any, Callable, ClassVar, ContextManager, Iterator
 
 import torch
 from diffusers import DiffusionPipeline
@@ -49,6 +49,42 @@ def combine_guidance(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> 
     """Classifier-free guidance on float32 branch predictions, as the pipelines combine them. Every
     rank combines the same exchanged values in the same order, so any rank count gives the same numbers."""
     return uncond + scale * (cond - uncond)
+
+
+class FirstFrameVideo:
+    """An image followed by zero frames, ``(1, 3, num_frames, H, W)``, built one window at a time.
+
+    Wan image-to-video conditions on the VAE encoding of this video. At 4K × 81 frames it would be
+    8 GB in float32 while only its first frame holds data, so it is never built whole: indexing
+    ``video[..., rows, cols]`` (slices) returns that window ``(1, 3, num_frames, h, w)`` as a tensor,
+    and ``video[...]`` the whole video (for untiled encodes of small canvases).
+
+    Args:
+        image: ``(1, 3, H, W)``, the first frame (its dtype and device are the video's).
+        num_frames: frames of the video, the image included.
+    """
+
+    def __init__(self, image: torch.Tensor, num_frames: int):
+        if image.ndim != 4 or image.shape[:2] != (1, 3):
+            raise SuperGenError(f"FirstFrameVideo takes an image of shape (1, 3, H, W); got {tuple(image.shape)}")
+        self.image, self.num_frames = image, num_frames
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((1, 3, self.num_frames, *self.image.shape[-2:]))
+
+    def __getitem__(self, index) -> torch.Tensor:
+        window = (...,) if index is Ellipsis else index
+        if not (isinstance(window, tuple) and window[:1] == (...,) and len(window) <= 3
+                and all(isinstance(s, slice) for s in window[1:])):
+            raise SuperGenError(f"FirstFrameVideo is indexed as video[..., rows, cols] with slices; got {index!r}")
+        first = self.image[window].unsqueeze(2)
+        return torch.cat([first, first.new_zeros(*first.shape[:2], self.num_frames - 1, *first.shape[-2:])], dim=2)
+
+
+#: ``encode(video) -> latent``: a canvas-sized video ``(1, 3, F, H, W)`` (a tensor or a
+#: :class:`FirstFrameVideo`) in [-1, 1] → its normalised posterior-mode canvas latent ``(1, C, f, h, w)``.
+CanvasEncoder = Callable[["torch.Tensor | FirstFrameVideo"], torch.Tensor]
 
 
 @dataclass
@@ -94,6 +130,20 @@ class Request:
     max_sequence_length: int | None = None
 
 
+@contextlib.contextmanager
+def processors_replaced(attentions: list[nn.Module], make: Callable[[], Any]) -> Iterator[None]:
+    """Inside the block every attention module of ``attentions`` runs a processor from ``make()``; the
+    original processors are restored on exit, also when the block raises."""
+    saved = [(attn, attn.processor) for attn in attentions]
+    try:
+        for attn, _ in saved:
+            attn.set_processor(make())
+        yield
+    finally:
+        for attn, processor in saved:
+            attn.set_processor(processor)
+
+
 class ModelAdapter(SizeRules, abc.ABC):
     """One model family behind the engine. Subclasses name the diffusers pipelines they accept."""
 
@@ -129,6 +179,18 @@ class ModelAdapter(SizeRules, abc.ABC):
     #: that take positions another way (CogVideoX's tables, LTX's coordinates).
     position_module: ClassVar[type[CanvasPositions] | None] = None
 
+    #: The transformer's context-parallel plan (diffusers' ``ContextParallelModelPlan``: where the
+    #: token sequence is split and gathered) for families whose diffusers transformer ships none;
+    #: None: the transformer's own ``_cp_plan`` (Wan, LTX). Used by :func:`supergen.parallel.ulysses`.
+    cp_plan: ClassVar[dict | None] = None
+    #: Whether the plan also splits token sequences that do not divide over the ranks (diffusers'
+    #: ``ulysses_anything``: unequal shards): for plans with no mask that depends on the split.
+    cp_uneven: ClassVar[bool] = False
+    #: Whether a refinement tile's forward may run under the context-parallel plan on a sub-group of
+    #: ranks (when the ranks outnumber the units of work, :func:`supergen.parallel.sequence_split`).
+    #: Set where a multi-rank test covers it.
+    tile_context_parallel: ClassVar[bool] = False
+
     def __init__(self, pipe: DiffusionPipeline):
         self.pipe = pipe
 
@@ -136,6 +198,23 @@ class ModelAdapter(SizeRules, abc.ABC):
     def transformers(self) -> list[nn.Module]:
         """The pipeline's denoisers: ``transformer``, and Wan 2.2's low-noise expert ``transformer_2``."""
         return [m for m in (getattr(self.pipe, "transformer", None), getattr(self.pipe, "transformer_2", None)) if m is not None]
+
+    @property
+    def cp_plans(self) -> list[dict | None]:
+        """Per transformer, the context-parallel plan to apply (:attr:`cp_plan`; None: its own)."""
+        return [self.cp_plan] * len(self.transformers)
+
+    def context_parallel_blocker(self, ranks: int) -> str:
+        """Why this family's sketch cannot split its token sequence over ``ranks`` ranks for a reason
+        the plan and the head count do not show (a text length that does not divide); ``""`` when it can."""
+        return ""
+
+    def context_parallel_extras(self, ranks: int) -> ContextManager:
+        """What the family needs, beyond its plan, for a context-parallel sketch on ``ranks`` ranks,
+        inside the block (entered before the plan is applied): attention through diffusers'
+        dispatcher, where its context parallelism lives (CogVideoX), or an attention mask in the
+        ranks' token order (HunyuanVideo). The default: nothing."""
+        return contextlib.nullcontext()
 
     # ---- geometry -------------------------------------------------------------------------
     @property
@@ -198,12 +277,18 @@ class ModelAdapter(SizeRules, abc.ABC):
         """Text (and image) embeddings, computed once and shared by both stages."""
 
     def spatial_conditioning(
-        self, request: Request, height: int, width: int, generator: torch.Generator | None = None
+        self, request: Request, height: int, width: int, generator: torch.Generator | None = None,
+        encode: CanvasEncoder | None = None,
     ) -> dict[str, torch.Tensor]:
         """Canvas-sized conditioning maps at pixel size ``(height, width)``; none by default.
 
         Called before the initial noise is drawn, as the pipelines' ``prepare_latents`` encode the image
         first: families that sample the image posterior take ``generator`` in the same order.
+
+        Args:
+            encode: the engine's encoder for canvas-sized videos (tiled and split across ranks when the
+                render plan tiles the VAE); families whose condition is a canvas-sized video (Wan
+                image-to-video) encode it with this. None: :meth:`encode` untiled, in posterior mode.
         """
         return {}
 
@@ -276,7 +361,9 @@ class ModelAdapter(SizeRules, abc.ABC):
         vae = self.pipe.vae
         if not self.decode_extra_frames:
             latents = latents[:, :, self.extra_latent_frames(num_frames) :]
-        video = self.vae_decode(self.to_vae(latents.to(vae.device, vae.dtype)))
+        # The pipeline's execution device, not ``vae.device``: under diffusers' offloading the VAE's
+        # weights sit on the CPU (model offload) or ``meta`` (sequential) until its hook moves them.
+        video = self.vae_decode(self.to_vae(latents.to(self.device, vae.dtype)))
         return video[:, :, video.shape[2] - num_frames :]
 
     def encode(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -286,7 +373,7 @@ class ModelAdapter(SizeRules, abc.ABC):
         content for a frame the output never shows directly.
         """
         vae = self.pipe.vae
-        dist = vae.encode(video.to(vae.device, vae.dtype)).latent_dist
+        dist = vae.encode(video.to(self.device, vae.dtype)).latent_dist  # execution device: see decode
         latents = self.from_vae((dist.mode() if generator is None else dist.sample(generator)).float())
         extra = self.extra_latent_frames(video.shape[2])
         return torch.cat([latents[:, :, :1]] * extra + [latents], dim=2)
@@ -487,8 +574,12 @@ class ModelAdapter(SizeRules, abc.ABC):
                     rope.preload(frames, device)
                 rope.set_tiles(None, None)
 
-    def tile_attention(self, layouts, backend: str) -> ContextManager:
+    def tile_attention(self, layouts, backend: str, heads=None) -> ContextManager:
         """``tiling.mode=attention``: self-attention restricted to tile(+halo) windows inside the ``with``
         block; ``layouts`` a ``LayoutCycle`` or ``TileLayout``, yields the
-        :class:`~supergen.attention.StepLayouts` the refiner advances every step."""
+        :class:`~supergen.attention.StepLayouts` the refiner advances every step.
+
+        ``heads``: None in one process; on a group that splits the canvas forward, the
+        :class:`~supergen.parallel.canvas.HeadExchange` that trades this rank's tokens for its heads
+        around the kernel (the token split itself is :func:`~supergen.parallel.canvas.split_tokens`)."""
         raise SuperGenError(f"tiling.mode=attention supports Wan transformers; got {type(self.transformers[0]).__name__}")

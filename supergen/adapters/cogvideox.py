@@ -16,13 +16,65 @@ What differs from Wan, each handled here at the adapter's boundary:
 
 from __future__ import annotations
 
+from typing import ContextManager
+
 import torch
 from diffusers import CogVideoXDPMScheduler
-from diffusers.models.embeddings import get_1d_rotary_pos_embed
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb, get_1d_rotary_pos_embed
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..errors import SuperGenError
-from .base import ModelAdapter, Request, Stepper
+from .base import ModelAdapter, Request, Stepper, processors_replaced
+
+
+#: Where CogVideoX's token sequence is split over the ranks of a context-parallel sketch (diffusers
+#: ships no plan for it): video and text tokens at the first block (the joint attention concatenates
+#: each rank's text and video shares, and Ulysses gathers keys in the same per-rank order, so every
+#: query sees every key once), the rotary table the pipeline passes in by video token, and the
+#: output gathered at ``proj_out``. The text is the pipeline's padded ``max_sequence_length`` tokens
+#: (226), with no mask, so shards of unequal length are fine (``cp_uneven``: 8 ranks get 29 or 28).
+COGVIDEOX_CP_PLAN = {
+    "": {"image_rotary_emb": (ContextParallelInput(split_dim=0, expected_dims=2), ContextParallelInput(split_dim=0, expected_dims=2))},
+    "transformer_blocks.0": {
+        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+        "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+    },
+    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+}
+
+
+class CogVideoXDispatchAttnProcessor:
+    """diffusers' ``CogVideoXAttnProcessor2_0`` with the attention itself through diffusers' dispatcher.
+
+    diffusers' CogVideoX processor calls PyTorch's SDPA directly, so its context parallelism (which
+    lives in ``dispatch_attention_fn``) never sees it. Same projections, norms and rotary embedding,
+    in the dispatcher's ``(B, S, heads, D)`` layout; installed only for a context-parallel sketch
+    (:meth:`CogVideoXAdapter.context_parallel_extras`).
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states, attention_mask=None, image_rotary_emb=None):
+        """``hidden_states`` ``(B, S_video, dim)``, ``encoder_hidden_states`` ``(B, S_text, dim)`` → both, projected."""
+        text = encoder_hidden_states.size(1)
+        hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        query, key, value = (proj(hidden_states).unflatten(2, (attn.heads, -1)) for proj in (attn.to_q, attn.to_k, attn.to_v))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if image_rotary_emb is not None:
+            query = torch.cat([query[:, :text], apply_rotary_emb(query[:, text:], image_rotary_emb, sequence_dim=1)], dim=1)
+            if not attn.is_cross_attention:
+                key = torch.cat([key[:, :text], apply_rotary_emb(key[:, text:], image_rotary_emb, sequence_dim=1)], dim=1)
+        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, backend=self._attention_backend,
+                                    parallel_config=self._parallel_config)
+        out = attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(query)))
+        encoder_hidden_states, hidden_states = out.split([text, out.size(1) - text], dim=1)
+        return hidden_states, encoder_hidden_states
 
 
 class CogVideoXAdapter(ModelAdapter):
@@ -33,6 +85,10 @@ class CogVideoXAdapter(ModelAdapter):
     max_sequence_length = 226
     # The rotary table is 2-D (tokens × dim): one table per transformer call.
     batched_positions = False
+    # Context-parallel sketch (parallel.sketch=ulysses): diffusers ships no plan for CogVideoX. Its 226
+    # padded text tokens (no mask) divide over 2 ranks, not 4 or 8: unequal shards are split too.
+    cp_plan = COGVIDEOX_CP_PLAN
+    cp_uneven = True
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -43,6 +99,11 @@ class CogVideoXAdapter(ModelAdapter):
                 "CogVideoX 1.0 positions are tied to its training size (learned or crop-interpolated)"
             )
         self.is_i2v = type(pipe).__name__ == "CogVideoXImageToVideoPipeline"
+
+    # ---- context-parallel sketch ---------------------------------------------------------------
+    def context_parallel_extras(self, ranks: int) -> ContextManager:
+        """Every block's attention through diffusers' dispatcher (:class:`CogVideoXDispatchAttnProcessor`), restored on exit."""
+        return processors_replaced([block.attn1 for block in self.pipe.transformer.transformer_blocks], CogVideoXDispatchAttnProcessor)
 
     # ---- geometry -------------------------------------------------------------------------
     @property
@@ -83,7 +144,8 @@ class CogVideoXAdapter(ModelAdapter):
         )
         return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
 
-    def spatial_conditioning(self, request, height, width, generator=None):
+    def spatial_conditioning(self, request, height, width, generator=None, encode=None):
+        # The condition here is one image frame (small at any size): the pipeline's own code encodes it.
         if not self.is_i2v:
             return {}
         pipe = self.pipe

@@ -17,13 +17,43 @@ What differs from Wan, each handled here at the adapter's boundary:
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import numpy as np
 import torch
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_timesteps
 
+from ..errors import SuperGenError
 from .base import FIRST_FRAME, ModelAdapter, Request
 from .positions import CanvasPositions
+
+#: Where HunyuanVideo's token sequence is split over the ranks of a context-parallel sketch (diffusers
+#: ships no plan for it): video and text tokens at the first dual-stream block (the text after the
+#: token refiner, which attends over the whole prompt), the rotary table by video token, the output
+#: gathered at ``proj_out``. Every block's attention concatenates its rank's video and text shares;
+#: Ulysses gathers keys in that per-rank order, so the text-padding mask is reordered to match
+#: (:func:`mask_in_rank_order`, installed by :meth:`HunyuanVideoAdapter.context_parallel_extras`).
+HUNYUAN_CP_PLAN = {
+    "rope": {
+        0: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
+        1: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
+    },
+    "transformer_blocks.0": {
+        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+        "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
+    },
+    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+}
+
+
+def mask_in_rank_order(mask: torch.Tensor, video: int, ranks: int) -> torch.Tensor:
+    """HunyuanVideo's key mask ``(B, 1, 1, video + text)`` (video tokens, then text) reordered to the key
+    order Ulysses gathers: rank 0's video and text shares, rank 1's, and so on."""
+    video_part, text_part = mask[..., :video].chunk(ranks, dim=-1), mask[..., video:].chunk(ranks, dim=-1)
+    return torch.cat([part for pair in zip(video_part, text_part) for part in pair], dim=-1)
 
 
 class HunyuanCanvasRope(CanvasPositions):
@@ -62,10 +92,47 @@ class HunyuanVideoAdapter(ModelAdapter):
     # The latent_concat image frame is a real frame the causal VAE decodes the next ones from.
     decode_extra_frames = True
 
+    # Context-parallel sketch (parallel.sketch=ulysses): diffusers ships no plan for HunyuanVideo.
+    cp_plan = HUNYUAN_CP_PLAN
+
     def __init__(self, pipe):
         super().__init__(pipe)
         self.is_i2v = type(pipe).__name__ == "HunyuanVideoImageToVideoPipeline"
         self.condition_type = pipe.transformer.config.image_condition_type if self.is_i2v else None
+
+    # ---- context-parallel sketch ---------------------------------------------------------------
+    def context_parallel_blocker(self, ranks: int) -> str:
+        if self.condition_type == "token_replace":
+            return "token_replace image-to-video replaces the first frame's tokens, which the split spreads over ranks"
+        return ""
+
+    @contextlib.contextmanager
+    def context_parallel_extras(self, ranks: int) -> Iterator[None]:
+        """Every block gets its key mask in the ranks' token order (:func:`mask_in_rank_order`), removed on exit.
+
+        Raises:
+            SuperGenError: (at the first block) video or text tokens do not split evenly over ``ranks``.
+        """
+        model = self.pipe.transformer
+
+        def reorder(block, args, kwargs):
+            hidden, text, temb, mask, *rest = args  # diffusers passes the blocks' inputs by position
+            video, words = hidden.shape[1], text.shape[1]
+            if video + words == mask.shape[-1]:  # the first block, before the plan's split
+                if video % ranks or words % ranks:
+                    raise SuperGenError(f"the sketch's {video} video and {words} text tokens do not both split over {ranks} "
+                                        "ranks; use parallel.sketch=cfg")
+            else:
+                video *= ranks
+            return (hidden, text, temb, mask_in_rank_order(mask, video, ranks), *rest), kwargs
+
+        handles = [block.register_forward_pre_hook(reorder, with_kwargs=True)
+                   for block in (*model.transformer_blocks, *model.single_transformer_blocks)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     # ---- geometry -------------------------------------------------------------------------
     @property
@@ -113,7 +180,8 @@ class HunyuanVideoAdapter(ModelAdapter):
             }
         return embeds
 
-    def spatial_conditioning(self, request, height, width, generator=None):
+    def spatial_conditioning(self, request, height, width, generator=None, encode=None):
+        # The condition here is one image frame (small at any size): the pipeline's own code encodes it.
         if not self.is_i2v:
             return {}
         pipe = self.pipe

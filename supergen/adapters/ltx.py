@@ -16,14 +16,43 @@ What differs from Wan, each handled here at the adapter's boundary:
 from __future__ import annotations
 
 import math
+from typing import ContextManager
 
 import numpy as np
 import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
 from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, retrieve_timesteps
 from diffusers.pipelines.ltx.pipeline_ltx_image2video import retrieve_latents
 
 from ..errors import SuperGenError
-from .base import FIRST_FRAME, ModelAdapter, Request
+from .base import FIRST_FRAME, ModelAdapter, Request, processors_replaced
+
+
+class LTXContextParallelAttnProcessor:
+    """diffusers' ``LTXVideoAttnProcessor`` with the text mask broadcast over heads instead of repeated.
+
+    diffusers' processor repeats the cross-attention mask for all ``H`` heads (``(B, H, 1, T)``); under
+    Ulysses each rank attends with ``H / ranks`` heads, so that mask no longer broadcasts. Here it stays
+    ``(B, 1, 1, T)`` (it is the same for every head). Same projections, norms and rotary embedding;
+    installed only for a context-parallel sketch (:meth:`LTXAdapter.context_parallel_extras`).
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        """``hidden_states`` ``(B, S, dim)``; ``attention_mask`` the additive text bias ``(B, 1, T)`` → ``(B, S, dim)``."""
+        if attention_mask is not None:
+            attention_mask = attention_mask.unsqueeze(1)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        query, key, value = attn.norm_q(attn.to_q(hidden_states)), attn.norm_k(attn.to_k(context)), attn.to_v(context)
+        if image_rotary_emb is not None:
+            query, key = apply_rotary_emb(query, image_rotary_emb), apply_rotary_emb(key, image_rotary_emb)
+        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
+        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, backend=self._attention_backend,
+                                    parallel_config=self._parallel_config)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).to(query.dtype)))
 
 
 class LTXAdapter(ModelAdapter):
@@ -34,6 +63,10 @@ class LTXAdapter(ModelAdapter):
     max_sequence_length = 128
     #: The pipelines' default ``frame_rate``; it scales the temporal coordinate of the rotary embedding.
     frame_rate = 25
+
+    def context_parallel_extras(self, ranks: int) -> ContextManager:
+        """The cross-attention of every block with its text mask broadcast over heads (:class:`LTXContextParallelAttnProcessor`)."""
+        return processors_replaced([block.attn2 for block in self.pipe.transformer.transformer_blocks], LTXContextParallelAttnProcessor)
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -83,7 +116,8 @@ class LTXAdapter(ModelAdapter):
             "negative_prompt_embeds": negative, "negative_prompt_attention_mask": negative_mask,
         }
 
-    def spatial_conditioning(self, request, height, width, generator=None):
+    def spatial_conditioning(self, request, height, width, generator=None, encode=None):
+        # The condition here is one image frame (small at any size): the pipeline's own code encodes it.
         if not self.is_i2v:
             return {}
         pipe = self.pipe

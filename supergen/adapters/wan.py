@@ -9,7 +9,7 @@ import torch
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from ..attention import SPARSE_KERNELS, StepLayouts
 from ..errors import SuperGenError
-from .base import ModelAdapter, Request
+from .base import FirstFrameVideo, ModelAdapter, Request, processors_replaced
 from .positions import CanvasPositions
 
 
@@ -77,6 +77,8 @@ class WanAdapter(ModelAdapter):
     component_dtypes = {"vae": "float32", "image_encoder": "float32"}
     # WanPipeline / WanImageToVideoPipeline call the transformer once per branch, in cache_context("cond"/"uncond").
     sketch_branches_separate = True
+    # Tiles on sub-groups of ranks with Ulysses (diffusers' Wan plan; tests/test_parallel_attention.py).
+    tile_context_parallel = True
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -134,19 +136,24 @@ class WanAdapter(ModelAdapter):
             embeds["image_embeds"] = pipe.encode_image(request.image, self.device).to(dtype)
         return embeds
 
-    def spatial_conditioning(self, request, height, width, generator=None):
+    def spatial_conditioning(self, request, height, width, generator=None, encode=None):
+        """Wan 2.1/2.2 I2V: ``{"condition": (1, 4 + C, f, h, w)}``, the first-frame mask and the latent of
+        the image followed by zero frames, as ``WanImageToVideoPipeline.prepare_latents`` lays them out.
+
+        The condition video is encoded by the engine's ``encode`` (tiled and split across ranks at
+        large sizes), window by window (:class:`FirstFrameVideo`), never whole.
+        """
         if not self.is_i2v:
             return {}
-        pipe = self.pipe
-        image = pipe.video_processor.preprocess(request.image, height=height, width=width).to(self.device, torch.float32)
-        shape = self.latent_shape(request.num_frames, height, width)
-        # The pipeline's own prepare_latents builds mask + image latent at the canvas size (posterior
-        # mode: no draw); passing `latents` stops it from drawing noise.
-        placeholder = torch.zeros(shape, device=self.device)
-        _, condition = pipe.prepare_latents(
-            image, 1, shape[1], height, width, request.num_frames, torch.float32, self.device, None, placeholder
-        )
-        return {"condition": condition}
+        image = self.pipe.video_processor.preprocess(request.image, height=height, width=width).to(self.device, torch.float32)
+        video = FirstFrameVideo(image, request.num_frames)
+        # Posterior mode (the pipeline's sample_mode="argmax"), normalised as prepare_latents does.
+        latent = encode(video) if encode is not None else self.encode(video[...], None)
+        # The mask is 1 on the latent frame made of the image (the first frame, repeated to fill the
+        # temporal compression) and 0 on the others: prepare_latents' mask after its reshape.
+        mask = torch.zeros(1, self.vae_scale[0], *latent.shape[2:], device=latent.device)
+        mask[:, :, 0] = 1.0
+        return {"condition": torch.cat([mask, latent.to(mask.device)], dim=1)}
 
     # ---- stage 1 ----------------------------------------------------------------------------
     def pipeline_kwargs(self, request, embeds, guidance_scale, guidance_scale_2):
@@ -217,23 +224,18 @@ class WanAdapter(ModelAdapter):
 
     # ---- tiling.mode=attention ----------------------------------------------------------------
     @contextlib.contextmanager
-    def tile_attention(self, layouts, backend: str) -> Iterator[StepLayouts]:
+    def tile_attention(self, layouts, backend: str, heads=None) -> Iterator[StepLayouts]:
         """Every block's self-attention restricted to tile(+halo) windows inside the ``with`` block
         (:class:`WanTileAttnProcessor`); the original processors are restored on exit.
 
         ``layouts`` is a ``supergen_kernels.LayoutCycle`` (or one fixed ``TileLayout``); the block
         yields the :class:`~supergen.attention.StepLayouts` all processors read: call it with the
-        refinement step to move the windows.
+        refinement step to move the windows. ``heads``: see :meth:`ModelAdapter.tile_attention`.
         """
         steps = StepLayouts(layouts)
-        saved = [(block.attn1, block.attn1.processor) for model in self.transformers for block in model.blocks]
-        try:
-            for attn, _ in saved:
-                attn.set_processor(WanTileAttnProcessor(steps, backend))
+        with processors_replaced([block.attn1 for model in self.transformers for block in model.blocks],
+                                 lambda: WanTileAttnProcessor(steps, backend, heads)):
             yield steps
-        finally:
-            for attn, processor in saved:
-                attn.set_processor(processor)
 
 
 def _rotate(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -253,13 +255,19 @@ class WanTileAttnProcessor:
     here because diffusers keeps its projection helper private); only the attention itself is the
     sparse :func:`supergen_kernels.tile_attention` over the current step's layout (tokens in canvas
     order, as the transformer produces them).
+
+    With ``heads`` (a :class:`~supergen.parallel.canvas.HeadExchange`) the block sees this rank's
+    share of the tokens (the sequence is split over the ranks outside attention): the projected
+    queries, keys and values trade tokens for heads with the other ranks, the kernel runs on this
+    rank's heads over the whole canvas, and the result trades back before the output projection.
     """
 
-    def __init__(self, layouts: StepLayouts, backend: str):
-        self.layouts, self.backend = layouts, SPARSE_KERNELS[backend]
+    def __init__(self, layouts: StepLayouts, backend: str, heads=None):
+        self.layouts, self.backend, self.heads = layouts, SPARSE_KERNELS[backend], heads
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
-        """``hidden_states`` ``(B, N, dim)`` with ``N`` the layout's ``seq_len`` → ``(B, N, dim)``."""
+        """``hidden_states`` ``(B, n, dim)`` → ``(B, n, dim)``; ``n`` is the layout's ``seq_len``, or
+        its share on this rank with ``heads``."""
         from supergen_kernels import tile_attention
 
         if encoder_hidden_states is not None:
@@ -272,8 +280,12 @@ class WanTileAttnProcessor:
         query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))
         if rotary_emb is not None:
             query, key = _rotate(query, *rotary_emb), _rotate(key, *rotary_emb)
+        if self.heads is not None:  # one all-to-all for q, k and v: (3, B, n, H, D) → (3, B, N, H / ranks, D)
+            query, key, value = self.heads.to_heads(torch.stack([query, key, value])).unbind(0)
         out = tile_attention(
             query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), self.layouts.layout, self.backend, order="canvas"
-        )
-        out = out.transpose(1, 2).flatten(2, 3).type_as(query)
+        ).transpose(1, 2)
+        if self.heads is not None:
+            out = self.heads.to_tokens(out.contiguous())
+        out = out.flatten(2, 3).type_as(query)
         return attn.to_out[1](attn.to_out[0](out))

@@ -29,10 +29,14 @@ from torch import nn
 from .launch import TileGroup
 
 
-def ulysses_blocker(models: list[nn.Module], ranks: int) -> str:
-    """Why Ulysses cannot run ``models`` on ``ranks`` ranks, or ``""`` when it can."""
-    for model in models:
-        if getattr(model, "_cp_plan", None) is None:
+def ulysses_blocker(models: list[nn.Module], ranks: int, plans: list[dict | None] | None = None) -> str:
+    """Why Ulysses cannot run ``models`` on ``ranks`` ranks, or ``""`` when it can.
+
+    Args:
+        plans: per model, a context-parallel plan supplied by its adapter (None: diffusers' own ``_cp_plan``).
+    """
+    for model, plan in zip(models, plans or [None] * len(models)):
+        if plan is None and getattr(model, "_cp_plan", None) is None:
             return f"{type(model).__name__} has no context-parallel plan in diffusers"
         heads = model.config.num_attention_heads
         if heads % ranks:
@@ -55,20 +59,29 @@ def _one_device_per_cpu_rank(device: torch.device) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ulysses(models: list[nn.Module], group: TileGroup) -> Iterator[None]:
+def ulysses(models: list[nn.Module], group: TileGroup, plans: list[dict | None] | None = None, uneven: bool = False) -> Iterator[None]:
     """Inside the block, ``models`` run with their token sequence split over the group (Ulysses, the
-    degree = the group's size); the hooks, the processors' parallel config and the model's are removed on exit."""
+    degree = the group's size); the hooks, the processors' parallel config and the model's are removed on exit.
+
+    Args:
+        plans: per model, the context-parallel plan to apply (None: the model's own ``_cp_plan``);
+            the adapters of families diffusers ships without one supply it
+            (:attr:`~supergen.adapters.ModelAdapter.cp_plan`).
+        uneven: split sequences that do not divide over the ranks too (diffusers' ``ulysses_anything``:
+            unequal shards, padded heads), for plans written for it (:attr:`~supergen.adapters.ModelAdapter.cp_uneven`).
+    """
     enabled = []
     try:
-        for model in models:
-            config = ContextParallelConfig(ulysses_degree=group.size, mesh=group.seq_mesh)
+        for model, plan in zip(models, plans or [None] * len(models)):
+            plan = plan if plan is not None else model._cp_plan
+            config = ContextParallelConfig(ulysses_degree=group.size, mesh=group.seq_mesh, ulysses_anything=uneven)
             with _one_device_per_cpu_rank(group.device):
-                model.enable_parallelism(config=config)
-            enabled.append(model)
+                model.enable_parallelism(config=config, cp_plan=plan)
+            enabled.append((model, plan))
         yield
     finally:
-        for model in enabled:
-            remove_context_parallel(model, model._cp_plan)
+        for model, plan in enabled:
+            remove_context_parallel(model, plan)
             for module in model.modules():
                 if hasattr(getattr(module, "processor", None), "_parallel_config"):
                     module.processor._parallel_config = None

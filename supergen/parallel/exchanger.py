@@ -51,6 +51,16 @@ class RankFailure(RuntimeError):
         self.recoverable = recoverable
 
 
+def refuse_per_rank_caches(cache) -> None:
+    """Raise when ``cache`` (a :class:`~supergen.config.CacheConfig`) keeps state on the rank that ran a
+    tile (block-level caches, diffusers' hooks), which would let ranks diverge."""
+    if cache.enabled and (cache.block.enabled or cache.policy in ("fbc", "magcache")):
+        raise SuperGenError(
+            "with several ranks only the tile-level cache (cache.policy=region, cache.block.enabled=false) "
+            "keeps ranks identical; block-level caches keep per-rank state"
+        )
+
+
 def owned(tile: Tile) -> tuple[slice, slice]:
     """Rows and columns of ``tile``'s window where its blend weight is non-zero (all of it when unweighted)."""
     return tile.owned
@@ -91,6 +101,10 @@ class TileExchanger:
         cfg: ``parallel.cfg``: when a tile's guidance branches become separate units that may run on
             different ranks — ``auto`` when that lowers the busiest rank's load (ties keep whole tiles,
             which move half the bytes), ``on`` whenever the family runs classifier-free guidance, ``off`` never.
+        seq: ranks per unit (:func:`~supergen.parallel.mesh.sequence_split`): the group's ranks form
+            ``size / seq`` slots of ``seq`` consecutive ranks; units are balanced over the slots, every
+            rank of a slot takes part in its units' forwards (the caller runs them context-parallel on
+            :meth:`~supergen.parallel.launch.TileGroup.sub`), and the slot's first rank sends the predictions.
 
     Attributes:
         bytes_sent: per step, the prediction bytes this rank sent (summed over the group: the
@@ -102,8 +116,13 @@ class TileExchanger:
             (transfer not hidden behind compute, plus waiting for slower ranks).
     """
 
-    def __init__(self, group: TileGroup, latent_dims: tuple[int, int], exchange_dtype: str = "fp32", batch_tiles: int = 1, cfg: str = "auto"):
+    def __init__(self, group: TileGroup, latent_dims: tuple[int, int], exchange_dtype: str = "fp32", batch_tiles: int = 1, cfg: str = "auto",
+                 seq: int = 1):
+        if group.size % seq:
+            raise ValueError(f"seq={seq} does not divide the group's {group.size} ranks")
         self.group = group
+        self.seq = seq
+        self.slots = group.size // seq
         self.latent_dims = latent_dims
         self.dtype = TRANSPORT_DTYPES[exchange_dtype]
         self.batch_tiles = batch_tiles
@@ -114,20 +133,15 @@ class TileExchanger:
         self.wait_seconds: list[float] = []
 
     @classmethod
-    def for_render(cls, group: TileGroup, config, latent_dims: tuple[int, int]) -> "TileExchanger":
-        """The exchanger of one render with ``config`` (a :class:`~supergen.config.MethodConfig`).
+    def for_render(cls, group: TileGroup, config, latent_dims: tuple[int, int], seq: int = 1) -> "TileExchanger":
+        """The exchanger of one render with ``config`` (a :class:`~supergen.config.MethodConfig`) and ``seq`` ranks per unit.
 
         Raises:
             SuperGenError: a cache whose state lives on the rank that ran a tile (block-level caches,
                 diffusers' hooks): ranks would diverge.
         """
-        cache = config.cache
-        if cache.enabled and (cache.block.enabled or cache.policy in ("fbc", "magcache")):
-            raise SuperGenError(
-                "with several ranks only the tile-level cache (cache.policy=region, cache.block.enabled=false) "
-                "keeps ranks identical; block-level caches keep per-rank state"
-            )
-        return cls(group, latent_dims, config.parallel.exchange_dtype, config.tiling.batch_tiles, config.parallel.cfg)
+        refuse_per_rank_caches(config.cache)
+        return cls(group, latent_dims, config.parallel.exchange_dtype, config.tiling.batch_tiles, config.parallel.cfg, seq)
 
     def units(self, tiles: list[Tile], branches: tuple[str, ...]) -> list[Unit]:
         """See :meth:`supergen.refine.TileRunner.units`: decided from the tile sizes, the branches and
@@ -139,7 +153,7 @@ class TileExchanger:
         if self.cfg == "on":
             return split
         area = [float(tile.shape[0] * tile.shape[1]) for tile in tiles]
-        if busiest([a for a in area for _ in branches], self.group.size) < busiest([a * len(branches) for a in area], self.group.size):
+        if busiest([a for a in area for _ in branches], self.slots) < busiest([a * len(branches) for a in area], self.slots):
             return split
         return whole
 
@@ -156,23 +170,24 @@ class TileExchanger:
         return {"ranks": self.group.size, "bytes_sent": self.bytes_sent, "tiles_computed": self.tiles_computed, "split": self.split}
 
     def _schedule(self, units: list[Unit], costs: list[float]) -> tuple[list[list[list[Unit]]], list[tuple[int, Unit]]]:
-        """Every rank's batches, and the group-wide order of ``(owner, unit)`` broadcasts.
+        """Every slot's batches, and the group-wide order of ``(owner slot, unit)`` broadcasts.
 
-        The order interleaves ranks batch by batch (round k: rank 0's k-th batch, rank 1's, ...), so
-        every rank can issue its own k-th batch's sends soon after computing it.
+        The order interleaves slots batch by batch (round k: slot 0's k-th batch, slot 1's, ...), so
+        every slot can issue its own k-th batch's sends soon after computing it.
         """
-        owner = balance(costs, self.group.size)
-        batches = [list(unit_batches([u for u, o in zip(units, owner) if o == r], self.batch_tiles)) for r in range(self.group.size)]
+        owner = balance(costs, self.slots)
+        batches = [list(unit_batches([u for u, o in zip(units, owner) if o == r], self.batch_tiles)) for r in range(self.slots)]
         order = []
         for k in range(max(map(len, batches), default=0)):
-            for r in range(self.group.size):
+            for r in range(self.slots):
                 if k < len(batches[r]):
                     order += [(r, unit) for unit in batches[r][k]]
         return batches, order
 
     def run(self, step: int, units: list[Unit], costs: list[float], predict: Callable[[list[Unit]], dict[tuple, torch.Tensor]]) -> dict[tuple, torch.Tensor]:
         """See :meth:`supergen.refine.TileRunner.run`; every rank returns the same predictions."""
-        me, device = self.group.rank, self.group.device
+        me, device = self.group.rank // self.seq, self.group.device  # this rank's slot
+        sender = self.group.rank % self.seq == 0  # the slot's first rank sends what the slot computed
         batches, order = self._schedule(units, costs)
         buffers: dict[tuple, torch.Tensor] = {}
         works = []
@@ -184,13 +199,13 @@ class TileExchanger:
             # Start the broadcasts of order[issued:upto]; receive buffers for other ranks' tiles.
             nonlocal issued, sent
             for owner, unit in order[issued:upto]:
-                if owner != me:
+                if owner != me or not sender:
                     buffers[unit.key] = torch.empty(self._owned_shape(unit.tile), dtype=self.dtype, device=device)
                 else:
                     sent += buffers[unit.key].nbytes
                 # Bytes, not elements: every backend moves uint8, whatever the transport dtype.
                 payload = buffers[unit.key].view(torch.uint8)
-                works.append(dist.broadcast(payload, src=self.group.global_of(owner), group=self.group.pg, async_op=True))
+                works.append(dist.broadcast(payload, src=self.group.global_of(owner * self.seq), group=self.group.pg, async_op=True))
             issued = max(issued, upto)
 
         try:

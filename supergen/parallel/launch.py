@@ -76,6 +76,8 @@ class TileGroup:
             parallelism takes (:mod:`supergen.parallel.context`).
         bytes_sent: bytes this rank has sent to the group so far (collectives add to it; stages read
             the difference).
+        sub_meshes: for every proper divisor ``k`` > 1 of ``size``, the ``ring × ulysses`` (1 × k) mesh of
+            this rank's sub-group of ``k`` consecutive ranks (:meth:`sub`).
     """
 
     pg: dist.ProcessGroup
@@ -88,10 +90,25 @@ class TileGroup:
     mesh: DeviceMesh
     seq_mesh: DeviceMesh
     bytes_sent: int = field(default=0, compare=False)
+    sub_meshes: dict[int, DeviceMesh] = field(default_factory=dict, compare=False, repr=False)
+    #: The group a sub-group (:meth:`sub`) belongs to: bytes counted on the sub-group count there too.
+    parent: "TileGroup | None" = field(default=None, compare=False, repr=False)
 
     @property
     def is_leader(self) -> bool:
         return self.rank == 0
+
+    def sub(self, k: int) -> "TileGroup":
+        """This rank's sub-group of ``k`` consecutive ranks (``k`` divides ``size``): the ranks that run
+        one unit of work together with Ulysses when the ranks outnumber the units. Its ``mesh`` and
+        ``seq_mesh`` are both its ``ring × ulysses`` mesh."""
+        if k == self.size:
+            return self
+        if k not in self.sub_meshes:
+            raise ValueError(f"no sub-group of {k} ranks in a group of {self.size}; sizes: {sorted(self.sub_meshes)}")
+        mesh = self.sub_meshes[k]
+        return TileGroup(mesh.get_group("ulysses"), self.rank % k, k, self.rank // k, self.size // k, self.global_rank,
+                         self.device, mesh, mesh, parent=self)
 
     def global_of(self, group_rank: int) -> int:
         """Global rank of the group's rank ``group_rank``."""
@@ -100,6 +117,8 @@ class TileGroup:
     def count_bytes(self, nbytes: int) -> None:
         """Record ``nbytes`` sent by this rank (for the per-stage bytes of the render summary)."""
         self.bytes_sent += nbytes
+        if self.parent is not None:
+            self.parent.count_bytes(nbytes)
 
     def sum_over_ranks(self, values: list[int]) -> list[int]:
         """Element-wise sum of ``values`` over the group's ranks; every rank gets the sums."""
@@ -176,8 +195,11 @@ def init(cfg: SuperGenConfig) -> TileGroup | None:
     # Ranks g·size … (g+1)·size − 1 form group g, as the groups above: the mesh's leading dimension.
     world_mesh = init_device_mesh(device.type, (world // size, *mesh_shape(size)), mesh_dim_names=("job", *MESH_DIMS))
     seq_mesh = init_device_mesh(device.type, (world // size, 1, size), mesh_dim_names=("job", "ring", "ulysses"))
+    # Sub-groups of k consecutive ranks (k a proper divisor of the group size) lie inside one group.
+    sub_meshes = {k: init_device_mesh(device.type, (world // k, 1, k), mesh_dim_names=("unit", "ring", "ulysses"))["ring", "ulysses"]
+                  for k in range(2, size) if size % k == 0}
     _ACTIVE = TileGroup(groups[index], rank % size, size, index, world // size, rank, device, world_mesh[MESH_DIMS],
-                        seq_mesh["ring", "ulysses"])
+                        seq_mesh["ring", "ulysses"], sub_meshes=sub_meshes)
     logger.info("%d ranks (%s), %d group(s) of %d, mesh %s", world, dist.get_backend(), world // size, size,
                 " × ".join(f"{n}={s}" for n, s in zip(MESH_DIMS, mesh_shape(size))))
     return _ACTIVE

@@ -8,9 +8,10 @@ diffusers'. The tiles are divided between ranks with the exchanger's :func:`bala
 depends only on the tiles, not on who computed them, so 1, 2 or 3 ranks give identical pixels.
 
 Rows of tiles are computed, blended and handed on in order (:meth:`TiledVAE.decode_strips`): a row
-is final once it is blended with the row above, so only two rows of tile outputs are ever held, never
-the whole canvas. The input is read a band of rows at a time too (:class:`PixelRows`), so the
-upscaled sketch need not exist whole either (:class:`~supergen.upscale.UpscaledVideo`).
+is final once it is blended with the row above, so only one row of tile outputs and the overlap of
+the row above are held, never the whole canvas. Windows of the input are cut when their turn comes
+(:class:`PixelWindows`), so an input made on demand (the upscaled sketch, the image-to-video
+condition video) need not exist whole either.
 
 One difference from diffusers' ``tiled_decode``: each tile is clamped to [-1, 1] before blending
 (the plain decode clamps) rather than once after; blends of clamped tiles stay in range.
@@ -28,24 +29,14 @@ from .exchanger import balance
 from .launch import TileGroup, collective_buffer
 
 
-class PixelRows(Protocol):
-    """A video ``(1, C, F, H, W)`` that can be read a band of rows at a time."""
+class PixelWindows(Protocol):
+    """A video ``(1, C, F, H, W)`` whose windows are made when asked for: ``video[..., rows, cols]``
+    (slices) returns that window as a tensor (a tensor is one; so are
+    :class:`~supergen.adapters.FirstFrameVideo` and :class:`~supergen.upscale.UpscaledVideo`)."""
 
     shape: torch.Size
 
-    def rows(self, top: int, bottom: int) -> torch.Tensor:
-        """Rows ``[top, bottom)`` at full width: ``(1, C, F, bottom - top, W)`` (fewer at the bottom edge)."""
-
-
-class TensorRows:
-    """A video already in memory, as :class:`PixelRows`."""
-
-    def __init__(self, video: torch.Tensor):
-        self.video = video
-        self.shape = video.shape
-
-    def rows(self, top: int, bottom: int) -> torch.Tensor:
-        return self.video[..., top:bottom, :]
+    def __getitem__(self, index) -> torch.Tensor: ...
 
 
 #: ``(top, strip)``: finished output rows ``[top, top + strip.shape[-2])`` at full output width.
@@ -72,7 +63,7 @@ class TiledVAE:
         s = self.adapter.vae_scale[1]
         (th, tw), (sh, sw) = self.adapter.vae_tile
         return self._strips(
-            TensorRows(latents), lambda x: self.adapter.decode(x, num_frames),
+            latents, lambda x: self.adapter.decode(x, num_frames),
             tile=(th // s, tw // s),
             stride=(sh // s, sw // s),
             out_tile=(th, tw),
@@ -86,12 +77,12 @@ class TiledVAE:
         strips = [strip for _, strip in self.decode_strips(latents, num_frames)]
         return torch.cat(strips, dim=-2) if strips else None
 
-    def encode(self, video: torch.Tensor | PixelRows) -> torch.Tensor:
-        """Video ``(1, 3, F, H, W)`` in [-1, 1] (a tensor, or :class:`PixelRows` read a band at a time) →
-        normalised posterior-mode latent ``(1, C, f, H/s, W/s)`` float32 on every rank."""
+    def encode(self, video: torch.Tensor | PixelWindows) -> torch.Tensor:
+        """Video ``(1, 3, F, H, W)`` in [-1, 1] → normalised posterior-mode latent ``(1, C, f, H/s, W/s)``
+        float32 on every rank. ``video`` may make its windows on demand (:class:`PixelWindows`)."""
         s = self.adapter.vae_scale[1]
         (th, tw), (sh, sw) = self.adapter.vae_tile
-        source = TensorRows(video) if isinstance(video, torch.Tensor) else video
+        source = video
         out_size = (source.shape[-2] // s, source.shape[-1] // s)
         latent = None
         for top, strip in self._strips(
@@ -110,7 +101,7 @@ class TiledVAE:
 
     def _strips(
         self,
-        source: PixelRows,
+        source: torch.Tensor | PixelWindows,
         fn: Callable[[torch.Tensor], torch.Tensor],
         tile: tuple[int, int],
         stride: tuple[int, int],
@@ -139,13 +130,11 @@ class TiledVAE:
             for r, top in enumerate(tops):
                 keys = range(r * len(lefts), (r + 1) * len(lefts))
                 outputs: dict[int, torch.Tensor] | None = {}
-                if any(owner[k] == me for k in keys):
-                    band = source.rows(top, top + tile[0])
-                    for k, left in zip(keys, lefts):
-                        if owner[k] == me:
-                            outputs[k] = fn(band[..., left : left + tile[1]])
-                            progress.update()
-                    del band
+                rows = slice(top, min(top + tile[0], height))
+                for k, left in zip(keys, lefts):
+                    if owner[k] == me:  # cut when its turn comes (the source may make it on demand)
+                        outputs[k] = fn(source[..., rows, left : min(left + tile[1], width)])
+                        progress.update()
                 if size > 1:
                     outputs = self._collect(outputs, keys, owner, everywhere, out_dtype)
                     if outputs is None:
