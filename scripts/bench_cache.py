@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import time
+import warnings
 
 import cv2
 import numpy as np
@@ -175,7 +176,7 @@ def main() -> None:
     pipe = load_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
     prompts = [sample_scene(np.random.default_rng(1000 + i)).caption() for i in range(args.prompts)]
-    points: dict[str, list[list[dict]]] = {}  # policy -> per render, its sweep
+    points: dict[str, dict[tuple, list[dict]]] = {}  # policy -> per render (size, prompt, seed), its sweep
     start = time.perf_counter()
     ratios: dict[int, list[float]] = {}
     for size in args.sizes:
@@ -193,7 +194,7 @@ def main() -> None:
                 sg, out = render({"enabled": False})
                 reference = out.frames[0]
                 base_row = measure(sg, out, sketch, None)
-                points.setdefault("none", []).append([base_row])
+                points.setdefault("none", {})[(size, prompt, seed)] = [base_row]
                 record(args.rows, size, prompt, seed, "none", {}, base_row)
                 if args.magcache and size not in ratios:  # calibrated once per size, on its first render
                     ratios[size] = calibrate(render)
@@ -206,7 +207,7 @@ def main() -> None:
                     print(f"{size} {prompt[:40]!r} seed {seed} {name} {cache.get('threshold', cache.get('fraction'))}: "
                           + " ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
                 for name, rows in sweep.items():
-                    points.setdefault(name, []).append(rows)
+                    points.setdefault(name, {})[(size, prompt, seed)] = rows
         print(f"# {size}px done after {time.perf_counter() - start:.0f} s", flush=True)
 
     report(points, args, f"{time.perf_counter() - start:.0f} s")
@@ -220,39 +221,64 @@ def record(path: str | None, size: int, prompt: str, seed: int, name: str, cache
                                 "setting": cache.get("threshold", cache.get("fraction")), **row}) + "\n")
 
 
-def group_rows(rows: list[dict]) -> dict[str, list[list[dict]]]:
-    """Rows of ``--rows`` files back into per-policy sweeps of complete renders (renders without an
-    uncached reference are dropped)."""
+def group_rows(rows: list[dict]) -> dict[str, dict[tuple, list[dict]]]:
+    """Rows of ``--rows`` files back into per-policy sweeps keyed by render (size, prompt, seed);
+    renders without an uncached reference are dropped. Several files of the same renders (runs of
+    other settings) merge: the renders are deterministic, so their references are the same video."""
     renders = {(r["size"], r["prompt"], r["seed"]) for r in rows if r["policy"] == "none"}
-    points: dict[str, list[list[dict]]] = {}
+    points: dict[str, dict[tuple, list[dict]]] = {}
     for key in sorted(renders):
         mine = [r for r in rows if (r["size"], r["prompt"], r["seed"]) == key]
         for name in dict.fromkeys(r["policy"] for r in mine):
-            points.setdefault(name, []).append([r for r in mine if r["policy"] == name])
+            points.setdefault(name, {})[key] = [r for r in mine if r["policy"] == name]
     return points
 
 
-def report(points: dict[str, list[list[dict]]], args, took: str) -> None:
-    """The table over the compute grid (mean over renders) and, with ``--plot``, the PNG."""
+def report(points: dict[str, dict[tuple, list[dict]]], args, took: str) -> None:
+    """Two tables over the compute grid, and with ``--plot`` the PNG.
+
+    The first gives each policy's mean over the renders whose sweep reached the fraction (how many
+    in the last column; the plot shows these means). The second compares ``region`` with each other
+    policy on the *same* renders: the mean PSNR difference over the renders both reached, and on how
+    many of them ``region`` was on or above.
+    """
     renders = len(points["none"])
-    base = {m: float(np.mean([r[0][m] for r in points["none"]])) for m in ("seam", "obj_err", "flicker")}
-    print(f"\ntoy model, sizes {args.sizes}, {args.prompts} prompts x {args.seeds} seeds = {renders} renders per setting, "
+    base = {m: float(np.mean([r[0][m] for r in points["none"].values()])) for m in ("seam", "obj_err", "flicker")}
+    print(f"\ntoy model, sizes {args.sizes}: {renders} renders (size, prompt, seed), "
           f"20-step schedule, strength 0.6, shift/clamp; {took}")
     print(f"uncached: seam {base['seam']:.2f}, object-count error {base['obj_err']:+.2f}, flicker {base['flicker']:.4f}")
     print("| policy | compute | PSNR dB | SSIM | seam | obj err | flicker | renders reaching it |")
     print("|---|---|---|---|---|---|---|---|")
     curves: dict[str, dict[str, list[float]]] = {}
+    grids: dict[str, dict[tuple, list[float]]] = {}  # policy -> render -> PSNR on the grid
     for name, sweeps in points.items():
         if name == "none":
             continue
-        per_render = {m: np.array([on_grid(s, m) for s in sweeps]) for m in METRICS}
-        curves[name] = {m: [float(np.mean(col)) for col in per_render[m].T] for m in METRICS}
+        per_render = {m: np.array([on_grid(s, m) for s in sweeps.values()]) for m in METRICS}
+        grids[name] = dict(zip(sweeps, per_render["psnr"].tolist()))
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # mean of no render reaching a fraction: NaN
+            curves[name] = {m: np.nanmean(per_render[m], axis=0).tolist() for m in METRICS}
         reached = np.isfinite(per_render["psnr"]).sum(axis=0)
         for i, g in enumerate(GRID):
             c = {m: curves[name][m][i] for m in METRICS}
             print(f"| {name} | {g:.0%} | {c['psnr']:.2f} | {c['ssim']:.4f} | {c['seam']:.2f} | {c['obj_err']:+.2f} | {c['flicker']:.4f} | {reached[i]}/{len(sweeps)} |")
+    if "region" in grids:
+        print("\nregion against each policy, paired over the renders both reached: mean PSNR difference (dB), region on or above in k/n")
+        print("| policy | " + " | ".join(f"{g:.0%}" for g in GRID) + " |")
+        print("|---|" + "---|" * len(GRID))
+        for name, grid in grids.items():
+            if name == "region":
+                continue
+            cells = []
+            for i in range(len(GRID)):
+                pairs = [(grids["region"][k][i], v[i]) for k, v in grid.items()
+                         if k in grids["region"] and np.isfinite(v[i]) and np.isfinite(grids["region"][k][i])]
+                diffs = np.array([a - b for a, b in pairs])
+                cells.append(f"{diffs.mean():+.2f} ({int((diffs >= 0).sum())}/{len(diffs)})" if len(diffs) else "–")
+            print(f"| {name} | " + " | ".join(cells) + " |")
     if args.plot:
-        plot(args.plot, curves, f"toy model {args.sizes} px, {renders} renders per point: mean over renders (NaN where a sweep fell short)")
+        plot(args.plot, curves, f"toy model {args.sizes} px, {renders} renders: mean over the renders reaching each fraction")
         print(f"wrote {args.plot}")
 
 
