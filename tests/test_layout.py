@@ -19,7 +19,7 @@ MODULES = sorted(
 #: package → pipeline → refine → adapters/tiling/cache/parallel → geometry/config.
 LAYERS = [
     {"errors", "config", "geometry", "tiling", "upscale", "preflight", "eval"},
-    {"plan", "attention", "adapters", "cache", "parallel", "videoio", "builtin"},
+    {"plan", "attention", "adapters", "cache", "parallel", "videoio", "output", "builtin"},
     {"refine"},
     {"pipeline", "planner"},
     {"runtime", "trace"},
