@@ -15,8 +15,10 @@ CUDA op): only Ulysses is used.
 Bytes: what diffusers sends for the group is counted on it (:meth:`~supergen.parallel.TileGroup.count_bytes`,
 and so on the parent group of a sub-group): every all-to-all of its attention dispatcher (Ulysses: the
 query, key and value token shards out to head shards, the output back) and this rank's shard of every
-output its plan gathers. Not counted: the all-gather of a local attention mask, which the self-attention
-of the families with a plan does not take (their masks, if any, cover the text, not split).
+output its plan gathers. Not counted: diffusers' all-gather of an attention mask given per rank (of
+the local key length), which no family here passes (HunyuanVideo's mask already spans every key,
+:func:`~supergen.adapters.hunyuan.mask_in_rank_order`), and ``ulysses_anything``'s exchange of the
+shard lengths (one integer per rank and all-to-all).
 
 Ulysses changes the order of some sums (attention is computed per head group after an all-to-all),
 so the sketch matches one process to a tolerance, not bit for bit; each rank count is deterministic.
