@@ -14,11 +14,9 @@ CUDA op): only Ulysses is used.
 
 Bytes: what diffusers sends for the group is counted on it (:meth:`~supergen.parallel.TileGroup.count_bytes`,
 and so on the parent group of a sub-group): every all-to-all of its attention dispatcher (Ulysses: the
-query, key and value token shards out to head shards, the output back) and this rank's shard of every
-output its plan gathers. Not counted: diffusers' all-gather of an attention mask given per rank (of
-the local key length), which no family here passes (HunyuanVideo's mask already spans every key,
-:func:`~supergen.adapters.hunyuan.mask_in_rank_order`), and ``ulysses_anything``'s exchange of the
-shard lengths (one integer per rank and all-to-all).
+query, key and value token shards out to head shards, the output back), this rank's share of the
+attention masks it all-gathers (LTX's split text mask) and of every output its plan gathers. Not
+counted: ``ulysses_anything``'s exchange of the shard lengths (one integer per rank and all-to-all).
 
 Ulysses changes the order of some sums (attention is computed per head group after an all-to-all),
 so the sketch matches one process to a tolerance, not bit for bit; each rank count is deterministic.
@@ -67,29 +65,39 @@ def _one_device_per_cpu_rank(device: torch.device) -> Iterator[None]:
         torch.accelerator.device_count = count
 
 
-class _CountedCollectives:
-    """torch's functional collectives as diffusers' attention dispatcher sees them (its module's
-    ``funcol``), with every ``all_to_all_single`` counted on a group.
+class _Counted:
+    """A module of collectives as diffusers' attention dispatcher sees it (a name in its namespace),
+    passing everything through; subclasses count what one function sends on ``group``."""
 
-    All of the dispatcher's Ulysses all-to-alls go through this one function (the even path's
-    ``_all_to_all_single`` and ``ulysses_anything``'s padded, unequal ones), so this counts what is sent
-    on the wire, padding included: the send buffer minus the rows this rank keeps (as
-    :class:`~supergen.parallel.HeadExchange` counts its own).
-    """
-
-    def __init__(self, functional, group: TileGroup):
-        self._functional = functional
+    def __init__(self, module, group: TileGroup):
+        self._module = module
         self._group = group
 
     def __getattr__(self, name: str):
-        return getattr(self._functional, name)
+        return getattr(self._module, name)
+
+
+class _CountedFunctional(_Counted):
+    """The dispatcher's ``funcol``: all of its Ulysses all-to-alls go through ``all_to_all_single`` (the
+    even path's ``_all_to_all_single`` and ``ulysses_anything``'s padded, unequal ones), so this counts
+    what is sent on the wire, padding included: the send buffer minus the rows this rank keeps (as
+    :class:`~supergen.parallel.HeadExchange` counts its own)."""
 
     def all_to_all_single(self, x: torch.Tensor, output_split_sizes, input_split_sizes, group, tag: str = ""):
         # Rows along dim 0 go to the ranks in order; without split sizes, in equal parts. The
         # dispatcher's group is this group's ``ulysses`` mesh dimension, where this rank's index is its group rank.
         kept = x.shape[0] // self._group.size if input_split_sizes is None else input_split_sizes[self._group.rank]
         self._group.count_bytes(x.nbytes - kept * (x.nbytes // max(x.shape[0], 1)))
-        return self._functional.all_to_all_single(x, output_split_sizes, input_split_sizes, group, tag)
+        return self._module.all_to_all_single(x, output_split_sizes, input_split_sizes, group, tag)
+
+
+class _CountedDistributed(_Counted):
+    """The dispatcher's ``torch.distributed``: its only ``all_gather`` is of a per-rank attention mask
+    (keys split with the tokens), counted as this rank's contribution (as every all-gather here)."""
+
+    def all_gather(self, tensor_list, tensor: torch.Tensor, *args, **kwargs):
+        self._group.count_bytes(tensor.nbytes)
+        return self._module.all_gather(tensor_list, tensor, *args, **kwargs)
 
 
 def _gathered_outputs(model: nn.Module, plan: dict, group: TileGroup) -> list:
@@ -111,7 +119,7 @@ def _gathered_outputs(model: nn.Module, plan: dict, group: TileGroup) -> list:
 def ulysses(models: list[nn.Module], group: TileGroup, plans: list[dict | None] | None = None, uneven: bool = False) -> Iterator[None]:
     """Inside the block, ``models`` run with their token sequence split over the group (Ulysses, the
     degree = the group's size); the hooks, the processors' parallel config and the model's are removed on exit.
-    The bytes diffusers sends (attention all-to-alls, gathered outputs) are counted on ``group``.
+    The bytes diffusers sends (attention all-to-alls, gathered masks and outputs) are counted on ``group``.
 
     Args:
         plans: per model, the context-parallel plan to apply (None: the model's own ``_cp_plan``);
@@ -121,7 +129,7 @@ def ulysses(models: list[nn.Module], group: TileGroup, plans: list[dict | None] 
             unequal shards, padded heads), for plans written for it (:attr:`~supergen.adapters.ModelAdapter.cp_uneven`).
     """
     enabled, counters = [], []
-    functional = attention_dispatch.funcol
+    functional, distributed = attention_dispatch.funcol, attention_dispatch.dist
     try:
         for model, plan in zip(models, plans or [None] * len(models)):
             plan = plan if plan is not None else model._cp_plan
@@ -130,10 +138,11 @@ def ulysses(models: list[nn.Module], group: TileGroup, plans: list[dict | None] 
                 model.enable_parallelism(config=config, cp_plan=plan)
             enabled.append((model, plan))
             counters += _gathered_outputs(model, plan, group)
-        attention_dispatch.funcol = _CountedCollectives(functional, group)
+        attention_dispatch.funcol = _CountedFunctional(functional, group)
+        attention_dispatch.dist = _CountedDistributed(distributed, group)
         yield
     finally:
-        attention_dispatch.funcol = functional
+        attention_dispatch.funcol, attention_dispatch.dist = functional, distributed
         for handle in counters:
             handle.remove()
         for model, plan in enabled:
