@@ -325,7 +325,7 @@ def test_cfg_parallelism_gives_the_same_video_on_every_rank_count(single, ranks)
 
 def test_the_ulysses_sketch_equals_one_process_and_leaves_no_hooks(single, ranks):
     """parallel.sketch=ulysses: diffusers' context parallelism splits the sketch's tokens over the
-    ranks (2 heads split over 2 ranks); it may reorder sums, so the sketch is compared to one process
+    ranks (2 heads split over 2 ranks), and the bytes it moves are counted in the sketch stage; it may reorder sums, so the sketch is compared to one process
     within 1e-5 (it came out equal on this model), and ranks agree exactly. 3 ranks cannot split 2
     heads: the plan says why and the sketch is replicated."""
     seen = [r["ulysses"] for r in ranks]
@@ -335,6 +335,19 @@ def test_the_ulysses_sketch_equals_one_process_and_leaves_no_hooks(single, ranks
     else:
         assert plan["sketch"] == "replicated"
         assert plan["sketch_reason"] == "no Ulysses: 2 attention heads do not split over 3 ranks; 3 ranks: the cfg dimension needs an even rank count"
+    if len(ranks) == 2:
+        # The sketch's bytes: diffusers' Ulysses all-to-alls and gathered outputs, and the leader's copy.
+        config = single["pipe"].transformer.config
+        heads, dim, layers, (pt, ph, pw) = config.num_attention_heads, config.attention_head_dim, config.num_layers, config.patch_size
+        latent = (16, 2, 4, 8)  # (C, F, h, w) of the 32x56 sketch snapped to 32x64, float32
+        shard = latent[1] // pt * latent[2] // ph * latent[3] // pw // 2  # 8 of the 16 tokens per rank
+        forwards = 2 * 2  # 2 sketch steps × 2 guidance branches, each forward on both ranks
+        # Per self-attention a rank sends q, k, v (its tokens, every head) and the output (every token, its
+        # heads), each shard × heads × dim float32, all but its own half; cross-attention is not split.
+        all_to_alls = 4 * shard * heads * dim * 4 // 2
+        gathered = shard * config.out_channels * pt * ph * pw * 4  # its share of proj_out's output
+        latent_bytes = 4 * latent[0] * latent[1] * latent[2] * latent[3]
+        assert seen[0]["parallel"]["stages"]["sketch"]["bytes"] == 2 * forwards * (layers * all_to_alls + gathered) + latent_bytes
     for r in seen:
         assert r["left"] == []  # no context-parallel hook or config left for the refinement
         torch.testing.assert_close(r["sketch"], single["sketch"], atol=1e-5, rtol=0)

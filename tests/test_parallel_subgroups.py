@@ -105,9 +105,12 @@ def test_the_plan_puts_two_ranks_on_each_tile_and_the_pairs_share_the_work(four_
     # The tile forwards really were split: every rank of a pair sent its half of each gathered output
     # (15 of the tile's 30 tokens × 64 values = C·patch, float32) on top of the exchanged predictions.
     gathered = sum(sum(c) for c in computed) * 15 * 64 * 4
+    # ... and in each of the 2 self-attentions its half of q, k, v and the output to the other (Ulysses:
+    # 15 tokens × 2 heads × 12 dims float32 each, half of it sent).
+    all_to_alls = sum(sum(c) for c in computed) * 2 * 4 * 15 * 2 * 12 * 4 // 2
     # The sketch's 16 tokens (replicated: no guidance to split) and half of each tile's 30 tokens.
     assert all(seen["lengths"] == {16, 15} for seen in four_ranks)
-    assert four_ranks[0]["parallel"]["stages"]["refine"]["bytes"] == sum(map(sum, sent)) + gathered
+    assert four_ranks[0]["parallel"]["stages"]["refine"]["bytes"] == sum(map(sum, sent)) + gathered + all_to_alls
 
 
 if __name__ == "__main__":

@@ -128,25 +128,6 @@ class CanvasRunner:
 def split_tokens(models: list[nn.Module], group: TileGroup, plans: list[dict | None] | None = None) -> Iterator[None]:
     """Inside the block, ``models``' token sequence is split over the group outside attention
     (:func:`~supergen.parallel.context.ulysses`, with each model's context-parallel plan, ``plans``
-    overriding it), and the bytes of every output gathered back are counted on the group."""
+    overriding it; it counts the bytes of every output gathered back on the group)."""
     with ulysses(models, group, plans):
-        handles = []
-        for model, plan in zip(models, plans or [None] * len(models)):
-            for name, entry in (plan or model._cp_plan).items():
-                if not isinstance(entry, dict):  # an output gathered at this module
-                    handles.append(model.get_submodule(name).register_forward_hook(_count_shard(group)))
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-
-def _count_shard(group: TileGroup):
-    """A forward hook counting this rank's shard of an all-gathered output (the hook sees the gathered tensor)."""
-
-    def count(module, args, output):
-        tensor = output[0] if isinstance(output, (tuple, list)) else output
-        group.count_bytes(tensor.nbytes // group.size)
-
-    return count
+        yield

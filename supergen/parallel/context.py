@@ -12,6 +12,12 @@ while the config is resolved), and it would build a mesh over the whole world, s
 ``ring × ulysses`` mesh is passed in. Ring attention needs a backend that returns the log-sum-exp (a
 CUDA op): only Ulysses is used.
 
+Bytes: what diffusers sends for the group is counted on it (:meth:`~supergen.parallel.TileGroup.count_bytes`,
+and so on the parent group of a sub-group): every all-to-all of its attention dispatcher (Ulysses: the
+query, key and value token shards out to head shards, the output back), this rank's share of the
+attention masks it all-gathers (LTX's split text mask) and of every output its plan gathers. Not
+counted: ``ulysses_anything``'s exchange of the shard lengths (one integer per rank and all-to-all).
+
 Ulysses changes the order of some sums (attention is computed per head group after an all-to-all),
 so the sketch matches one process to a tolerance, not bit for bit; each rank count is deterministic.
 """
@@ -24,6 +30,7 @@ from typing import Iterator
 import torch
 from diffusers import ContextParallelConfig
 from diffusers.hooks.context_parallel import remove_context_parallel
+from diffusers.models import attention_dispatch
 from torch import nn
 
 from .launch import TileGroup
@@ -58,10 +65,61 @@ def _one_device_per_cpu_rank(device: torch.device) -> Iterator[None]:
         torch.accelerator.device_count = count
 
 
+class _Counted:
+    """A module of collectives as diffusers' attention dispatcher sees it (a name in its namespace),
+    passing everything through; subclasses count what one function sends on ``group``."""
+
+    def __init__(self, module, group: TileGroup):
+        self._module = module
+        self._group = group
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+
+class _CountedFunctional(_Counted):
+    """The dispatcher's ``funcol``: all of its Ulysses all-to-alls go through ``all_to_all_single`` (the
+    even path's ``_all_to_all_single`` and ``ulysses_anything``'s padded, unequal ones), so this counts
+    what is sent on the wire, padding included: the send buffer minus the rows this rank keeps (as
+    :class:`~supergen.parallel.HeadExchange` counts its own)."""
+
+    def all_to_all_single(self, x: torch.Tensor, output_split_sizes, input_split_sizes, group, tag: str = ""):
+        # Rows along dim 0 go to the ranks in order; without split sizes, in equal parts. The
+        # dispatcher's group is this group's ``ulysses`` mesh dimension, where this rank's index is its group rank.
+        kept = x.shape[0] // self._group.size if input_split_sizes is None else input_split_sizes[self._group.rank]
+        self._group.count_bytes(x.nbytes - kept * (x.nbytes // max(x.shape[0], 1)))
+        return self._module.all_to_all_single(x, output_split_sizes, input_split_sizes, group, tag)
+
+
+class _CountedDistributed(_Counted):
+    """The dispatcher's ``torch.distributed``: its only ``all_gather`` is of a per-rank attention mask
+    (keys split with the tokens), counted as this rank's contribution (as every all-gather here)."""
+
+    def all_gather(self, tensor_list, tensor: torch.Tensor, *args, **kwargs):
+        self._group.count_bytes(tensor.nbytes)
+        return self._module.all_gather(tensor_list, tensor, *args, **kwargs)
+
+
+def _gathered_outputs(model: nn.Module, plan: dict, group: TileGroup) -> list:
+    """Forward hooks counting this rank's shard of each output ``plan`` gathers at a module (the hook
+    sees the gathered tensor; the shards are diffusers' ``tensor_split``, equal when the length divides)."""
+
+    def count(entry):
+        def hook(module, args, output):
+            outputs = output if isinstance(output, (tuple, list)) else (output,)
+            for spec, tensor in zip(entry if isinstance(entry, (tuple, list)) else (entry,), outputs):
+                if spec is not None:
+                    group.count_bytes(tensor.tensor_split(group.size, dim=spec.gather_dim)[group.rank].nbytes)
+        return hook
+
+    return [model.get_submodule(name).register_forward_hook(count(entry)) for name, entry in plan.items() if not isinstance(entry, dict)]
+
+
 @contextlib.contextmanager
 def ulysses(models: list[nn.Module], group: TileGroup, plans: list[dict | None] | None = None, uneven: bool = False) -> Iterator[None]:
     """Inside the block, ``models`` run with their token sequence split over the group (Ulysses, the
     degree = the group's size); the hooks, the processors' parallel config and the model's are removed on exit.
+    The bytes diffusers sends (attention all-to-alls, gathered masks and outputs) are counted on ``group``.
 
     Args:
         plans: per model, the context-parallel plan to apply (None: the model's own ``_cp_plan``);
@@ -70,7 +128,8 @@ def ulysses(models: list[nn.Module], group: TileGroup, plans: list[dict | None] 
         uneven: split sequences that do not divide over the ranks too (diffusers' ``ulysses_anything``:
             unequal shards, padded heads), for plans written for it (:attr:`~supergen.adapters.ModelAdapter.cp_uneven`).
     """
-    enabled = []
+    enabled, counters = [], []
+    functional, distributed = attention_dispatch.funcol, attention_dispatch.dist
     try:
         for model, plan in zip(models, plans or [None] * len(models)):
             plan = plan if plan is not None else model._cp_plan
@@ -78,8 +137,14 @@ def ulysses(models: list[nn.Module], group: TileGroup, plans: list[dict | None] 
             with _one_device_per_cpu_rank(group.device):
                 model.enable_parallelism(config=config, cp_plan=plan)
             enabled.append((model, plan))
+            counters += _gathered_outputs(model, plan, group)
+        attention_dispatch.funcol = _CountedFunctional(functional, group)
+        attention_dispatch.dist = _CountedDistributed(distributed, group)
         yield
     finally:
+        attention_dispatch.funcol, attention_dispatch.dist = functional, distributed
+        for handle in counters:
+            handle.remove()
         for model, plan in enabled:
             remove_context_parallel(model, plan)
             for module in model.modules():
