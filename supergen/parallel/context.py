@@ -25,6 +25,7 @@ so the sketch matches one process to a tolerance, not bit for bit; each rank cou
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Iterator
 
 import torch
@@ -34,6 +35,8 @@ from diffusers.models import attention_dispatch
 from torch import nn
 
 from .launch import TileGroup
+
+logger = logging.getLogger("supergen")
 
 
 def ulysses_blocker(models: list[nn.Module], ranks: int, plans: list[dict | None] | None = None) -> str:
@@ -129,7 +132,9 @@ def ulysses(models: list[nn.Module], group: TileGroup, plans: list[dict | None] 
             unequal shards, padded heads), for plans written for it (:attr:`~supergen.adapters.ModelAdapter.cp_uneven`).
     """
     enabled, counters = [], []
-    functional, distributed = attention_dispatch.funcol, attention_dispatch.dist
+    # The dispatcher's module names are diffusers internals (0.36-0.42): if a release renames them,
+    # the render still runs, only these bytes go uncounted.
+    functional, distributed = getattr(attention_dispatch, "funcol", None), getattr(attention_dispatch, "dist", None)
     try:
         for model, plan in zip(models, plans or [None] * len(models)):
             plan = plan if plan is not None else model._cp_plan
@@ -138,11 +143,15 @@ def ulysses(models: list[nn.Module], group: TileGroup, plans: list[dict | None] 
                 model.enable_parallelism(config=config, cp_plan=plan)
             enabled.append((model, plan))
             counters += _gathered_outputs(model, plan, group)
-        attention_dispatch.funcol = _CountedFunctional(functional, group)
-        attention_dispatch.dist = _CountedDistributed(distributed, group)
+        if functional is not None and distributed is not None:
+            attention_dispatch.funcol = _CountedFunctional(functional, group)
+            attention_dispatch.dist = _CountedDistributed(distributed, group)
+        else:
+            logger.debug("diffusers' attention dispatcher has no funcol/dist names: its all-to-all bytes are not counted")
         yield
     finally:
-        attention_dispatch.funcol, attention_dispatch.dist = functional, distributed
+        if functional is not None and distributed is not None:
+            attention_dispatch.funcol, attention_dispatch.dist = functional, distributed
         for handle in counters:
             handle.remove()
         for model, plan in enabled:
