@@ -238,7 +238,7 @@ def report(points: dict[str, dict[tuple, list[dict]]], args, took: str) -> None:
     """Two tables over the compute grid, and with ``--plot`` the PNG.
 
     The first gives each policy's mean over the renders whose sweep reached the fraction (how many
-    in the last column; the plot shows these means). The second compares ``region`` with each other
+    in the last column; NaN when fewer than half did; the plot shows these means). The second compares ``region`` with each other
     policy on the *same* renders: the mean PSNR difference over the renders both reached, and on how
     many of them ``region`` was on or above.
     """
@@ -260,6 +260,8 @@ def report(points: dict[str, dict[tuple, list[dict]]], args, took: str) -> None:
             warnings.simplefilter("ignore", RuntimeWarning)  # mean of no render reaching a fraction: NaN
             curves[name] = {m: np.nanmean(per_render[m], axis=0).tolist() for m in METRICS}
         reached = np.isfinite(per_render["psnr"]).sum(axis=0)
+        for m in METRICS:  # a mean over fewer than half the renders is another sample: not shown
+            curves[name][m] = [v if 2 * n >= len(sweeps) else float("nan") for v, n in zip(curves[name][m], reached)]
         for i, g in enumerate(GRID):
             c = {m: curves[name][m][i] for m in METRICS}
             print(f"| {name} | {g:.0%} | {c['psnr']:.2f} | {c['ssim']:.4f} | {c['seam']:.2f} | {c['obj_err']:+.2f} | {c['flicker']:.4f} | {reached[i]}/{len(sweeps)} |")
@@ -278,7 +280,7 @@ def report(points: dict[str, dict[tuple, list[dict]]], args, took: str) -> None:
                 cells.append(f"{diffs.mean():+.2f} ({int((diffs >= 0).sum())}/{len(diffs)})" if len(diffs) else "–")
             print(f"| {name} | " + " | ".join(cells) + " |")
     if args.plot:
-        plot(args.plot, curves, f"toy model {args.sizes} px, {renders} renders: mean over the renders reaching each fraction")
+        plot(args.plot, curves, f"toy model {args.sizes} px, {renders} renders: mean over the renders reaching each fraction (at least half)")
         print(f"wrote {args.plot}")
 
 
