@@ -5,6 +5,8 @@ import torch
 
 from supergen.builtin import tiny_wan_pipeline
 
+from ranks import single_thread
+
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
@@ -12,10 +14,8 @@ torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 def one_thread():
     """One torch thread for a module of tiny matmuls: on a shared 2-core machine one thread is ~30x
     faster than two fighting for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ they skip, saying so, where it is missing. Playwright drives the system Chromium
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from supergen.config import load_config
 from supergen.demo import DemoApp, Progress
 from supergen.pipeline import SuperGenPipeline
 from supergen.planner import KNOWN, make_plan
+
+from ranks import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -57,16 +58,10 @@ def test_stage_callback_order_and_sketch_preview(wan_t2v):
     assert events_at_step == [3, 3]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _serve(launcher: list[str], log):
     """Run ``supergen demo`` on a free loopback port with the tiny model, as a user starts it; yield its URL."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
     with open(log, "wb") as out:
         server = subprocess.Popen([*launcher, "supergen", "demo", "--port", str(port), *DEMO_OVERRIDES],
@@ -186,7 +181,7 @@ def test_cache_threshold_shows_cache_map(browser, demo_url):
 
 def test_two_ranks_render_together(browser, tmp_path):
     """``torchrun --nproc_per_node=2``: rank 0 serves, both ranks render (the status says so)."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}", "-m"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", "-m"]
     with _serve(torchrun, tmp_path / "server.log") as url:
         page = browser.new_page()
         _generate(page, url, "two ranks, one video")

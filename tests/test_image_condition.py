@@ -7,8 +7,6 @@ The 2-rank case runs this file as a torchrun worker (``__main__`` below), over g
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +18,8 @@ from supergen.adapters import FirstFrameVideo, Request
 from supergen.builtin import tiny_wan_pipeline
 from supergen.config import load_config
 from supergen.pipeline import SuperGenPipeline
+
+from ranks import run_ranks, single_thread
 
 # 64×128 px canvas; the tiny VAE tiled in 32-px windows every 24 px: 3×6 windows.
 SIZE = dict(height=64, width=128, num_frames=5)
@@ -136,21 +136,12 @@ def test_an_image_to_video_render_encodes_its_condition_through_the_plans_tiling
 
 
 def test_two_ranks_each_encode_their_share_of_the_condition(tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29700 + os.getpid() % 1000),
-           __file__, str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    ranks = run_ranks(__file__, 2, tmp_path, timeout=240)
     counts = [len(r["shapes"]) for r in ranks]
     assert sum(counts) == WINDOWS and min(counts) > 0, counts  # split, not repeated on every rank
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each rank: CPU reductions split by thread count
-    try:
+    with single_thread():  # as each rank: CPU reductions split by thread count
         single = tiled_i2v()
         alone = canvas_condition(single, single._canvas_encoder(single.plan(**SIZE)))
-    finally:
-        torch.set_num_threads(threads)
     for r in ranks:
         torch.testing.assert_close(r["condition"], alone, atol=1e-6, rtol=0)
 

@@ -13,6 +13,8 @@ import pytest
 from supergen.config import load_config
 from supergen.jobs import parse_jobs, read_rows
 
+from ranks import torchrun
+
 # Small and fast: the tiny model, 48×80 px, 5 frames, 2+1 steps.
 BASE = [
     "--config", "tiny", "--quiet",
@@ -52,13 +54,10 @@ def write_jobs(folder: Path) -> tuple[Path, set[int], int]:
 
 
 def supergen(*args: str, ranks: int = 1) -> subprocess.CompletedProcess:
+    if ranks > 1:
+        return torchrun(ranks, "-m", "supergen", *args, timeout=TIMEOUT)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    if ranks == 1:
-        cmd = [sys.executable, "-m", "supergen", *args]
-    else:
-        port = str(29700 + os.getpid() % 1000)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", port, "-m", "supergen", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    return subprocess.run([sys.executable, "-m", "supergen", *args], capture_output=True, text=True, timeout=TIMEOUT, env=env)
 
 
 def results(out: Path) -> list[dict]:

@@ -28,6 +28,8 @@ from supergen.refine import SingleProcess
 from supergen.runtime import call_arguments
 from supergen.tiling import TilePlan, Unit
 
+from ranks import free_port, run_ranks, single_thread
+
 # Canvas 64×112 px = 8×14 latent; tile 48×80 px = 6×10 latent does not divide it (2×2 clamped tiles
 # whose owned segments shift every step). VAE tiles of 32 px every 24 px: 3×5 windows.
 OVERRIDES = [
@@ -149,14 +151,7 @@ def worker(out_dir: Path) -> None:
 
 def launch(ranks: int, out_dir: Path) -> list[dict]:
     """Run the worker on ``ranks`` processes under torchrun; each rank's saved results."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(29500 + ranks + os.getpid() % 1000),
-        __file__, str(out_dir),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    seen = [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(ranks)]
+    seen = run_ranks(__file__, ranks, out_dir, TIMEOUT)
     for r, results in enumerate(seen):
         death = out_dir / f"death{r}.pt"
         results["death"] = torch.load(death, weights_only=False) if death.exists() else "no report"
@@ -169,17 +164,12 @@ def single():
     pipe = tiny_wan_pipeline()
     pipe.set_progress_bar_config(disable=True)
     pipe.vae.enable_tiling(**VAE_TILES)
-    # One thread like each rank: CPU kernels split reductions by thread count (differences ~1e-6).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():  # as each rank: CPU kernels split reductions by thread count (differences ~1e-6)
         cached = render(pipe, extra=CACHE_ON)
         out = render(pipe)
         sketch = out.sketch
         assert out.stats.parallel == {}  # one process: no mesh, nothing moved
         decoded = TiledVAE(SuperGenPipeline(pipe, load_config("tiny")).adapter).decode(out.frames, 5)
-    finally:
-        torch.set_num_threads(threads)
     return {"latent": out.frames, "sketch": sketch, "computed": [s.tiles_computed for s in out.stats.steps], "decoded": decoded, "pipe": pipe,
             "cache": {"latent": cached.frames, "report": cached.cache_report}}
 
@@ -267,7 +257,7 @@ def test_a_rank_raising_ends_the_job_on_every_rank_and_the_group_goes_on(single,
 
 def test_ranks_started_with_different_configs_are_stopped_at_start_up(tmp_path):
     """Two ranks joined by hand (the environment torchrun would set), one with another seed."""
-    port = str(29650 + os.getpid() % 300)
+    port = str(free_port())
     procs = []
     for rank, seed in ((0, 1), (1, 2)):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)

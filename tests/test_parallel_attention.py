@@ -4,8 +4,6 @@ heads inside the sparse tile attention (:class:`supergen.parallel.HeadExchange`)
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +15,8 @@ from supergen.config import load_config
 from supergen.parallel import plan_parallel
 from supergen.pipeline import SuperGenPipeline
 from supergen.runtime import call_arguments
+
+from ranks import run_ranks, single_thread
 
 # Canvas 64×128 px = latent 2×8×16 = 64 tokens at patch 2 (32 per rank); the tiny Wan has 2 heads (1 per
 # rank). Windows of the 32×64 native tile, a halo of one token, shifting every step; guidance on.
@@ -71,24 +71,15 @@ def worker(out_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("attention2")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29900 + os.getpid() % 500),
-           __file__, str(out_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return run_ranks(__file__, 2, out_dir, TIMEOUT)
 
 
 @pytest.fixture(scope="module")
 def single():
     pipe = tiny_wan_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each rank: CPU kernels split reductions by thread count
-    try:
+    with single_thread():  # as each rank: CPU kernels split reductions by thread count
         return render(pipe).frames
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_attention_mode_on_two_ranks_equals_one_rank(single, two_ranks):

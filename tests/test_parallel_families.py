@@ -4,8 +4,6 @@ with the plans supergen's adapters write for CogVideoX and HunyuanVideo and the 
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +13,8 @@ import torch
 from supergen.adapters import adapter_for
 from supergen.adapters.hunyuan import mask_in_rank_order
 from supergen.pipeline import SuperGenPipeline
+
+from ranks import run_ranks, single_thread
 from test_families import SKETCH, tiny_cogvideox, tiny_hunyuan, tiny_ltx
 
 TIMEOUT = 300
@@ -78,22 +78,13 @@ def worker(out_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("families2")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(30500 + os.getpid() % 500),
-           __file__, str(out_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return run_ranks(__file__, 2, out_dir, TIMEOUT)  # the worker imports test_families: the script's folder is on its path
 
 
 @pytest.fixture(scope="module")
 def single():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each rank
-    try:
+    with single_thread():  # as each rank
         return {name: sketch_of(name, family(name))[0] for name in FRAMES}
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", list(FRAMES))

@@ -8,8 +8,6 @@ its attention runs with Ulysses, and the pair's first rank sends the prediction 
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +18,8 @@ from supergen.builtin import tiny_wan_pipeline
 from supergen.config import load_config
 from supergen.pipeline import SuperGenPipeline
 from supergen.runtime import call_arguments
+
+from ranks import run_ranks, single_thread
 
 # Canvas 48×112 px = latent 6×14; tiles 48×80 px = 6×10 latent (30 tokens with 2 latent frames at patch
 # 2): 2 clamped tiles a step. Guidance 1: one forward per tile, so 2 units a step.
@@ -59,25 +59,16 @@ def worker(out_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def four_ranks(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("subgroups4")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", "--master_port", str(31500 + os.getpid() % 400),
-           __file__, str(out_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(4)]
+    return run_ranks(__file__, 4, out_dir, TIMEOUT)
 
 
 @pytest.fixture(scope="module")
 def single():
     pipe = tiny_wan_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():  # as each rank
         out = render(pipe)
         return out.frames, [s.tiles_computed for s in out.stats.steps]
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_tiles_on_sub_groups_equal_one_process(single, four_ranks):
