@@ -37,7 +37,9 @@ BASE = {"tiling": {"mode": "shift", "boundary": "clamp", "positions": "global"},
 GRID = [0.5, 0.6, 0.7, 0.8, 0.9]
 METRICS = ("psnr", "ssim", "seam", "obj_err", "flicker")
 COLOURS = {"region": (200, 60, 30), "region-flat": (240, 160, 60), "steps": (40, 40, 40), "teacache": (60, 160, 60),
-           "fbc": (60, 90, 220), "magcache": (170, 60, 200)}  # RGB
+           "fbc": (60, 90, 220), "magcache": (170, 60, 200),
+           # rows measured before cache.region.cost existed (the rule without cost weighting)
+           "region-nocost": (230, 150, 150), "region-flat-nocost": (240, 210, 150)}  # RGB
 
 
 class MagRatios(logging.Handler):
@@ -76,10 +78,11 @@ def settings(args, ratios: list[float] | None) -> list[tuple[str, dict]]:
     out = [("region", {"policy": "region", "threshold": t}) for t in args.region]
     out += [("region-flat", {"policy": "region", "threshold": t, "region": {"strength": 0.0}}) for t in args.region_flat]
     out += [("steps", {"policy": "steps", "fraction": f}) for f in args.steps]
-    out += [("teacache", {"policy": "teacache", "threshold": t}) for t in args.teacache]
+    # The baselines' rows in docs/data were measured with cache.max_consecutive 3 (the default then).
+    out += [("teacache", {"policy": "teacache", "threshold": t, "max_consecutive": 3}) for t in args.teacache]
     out += [("fbc", {"policy": "fbc", "threshold": t}) for t in args.fbc]
     if ratios is not None:
-        out += [("magcache", {"policy": "magcache", "threshold": t, "mag_ratios": ratios}) for t in args.magcache]
+        out += [("magcache", {"policy": "magcache", "threshold": t, "mag_ratios": ratios, "max_consecutive": 3}) for t in args.magcache]
     return out
 
 
@@ -162,6 +165,9 @@ def main() -> None:
     parser.add_argument("--fbc", type=float, nargs="*", default=[0.05, 0.1, 0.2])
     parser.add_argument("--magcache", type=float, nargs="*", default=[0.05, 0.1, 0.3])
     parser.add_argument("--steps", type=float, nargs="*", default=GRID, help="compute fractions of uniform step skipping")
+    parser.add_argument("--start", type=int, default=0,
+                        help="first render to run, counting renders prompt-major then seed from 0 (resume or extend a run)")
+    parser.add_argument("--stop", type=int, help="render number to stop before (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--plot", help="write the curves as a PNG")
     parser.add_argument("--rows", help="append every measured row to this JSON-lines file as it finishes")
@@ -180,34 +186,35 @@ def main() -> None:
     start = time.perf_counter()
     ratios: dict[int, list[float]] = {}
     for size in args.sizes:
-        for prompt in prompts:
-            for seed in range(args.seeds):
-                generator = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
-                native = SuperGenPipeline.from_pipe(pipe, "toy", **BASE)
-                sketch = native(prompt=prompt, height=128, width=128, num_frames=9, generator=generator(), output_type="np").frames[0]
+        for number, (prompt, seed) in enumerate((p, s) for p in prompts for s in range(args.seeds)):
+            if number < args.start or (args.stop is not None and number >= args.stop):
+                continue
+            generator = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
+            native = SuperGenPipeline.from_pipe(pipe, "toy", **BASE)
+            sketch = native(prompt=prompt, height=128, width=128, num_frames=9, generator=generator(), output_type="np").frames[0]
 
-                def render(cache: dict):
-                    sg = SuperGenPipeline.from_pipe(pipe, "toy", **BASE, cache=cache)
-                    out = sg(prompt=prompt, sketch_video=sketch, height=size, width=size, num_frames=9, generator=generator())
-                    return sg, out
+            def render(cache: dict):
+                sg = SuperGenPipeline.from_pipe(pipe, "toy", **BASE, cache=cache)
+                out = sg(prompt=prompt, sketch_video=sketch, height=size, width=size, num_frames=9, generator=generator())
+                return sg, out
 
-                sg, out = render({"enabled": False})
-                reference = out.frames[0]
-                base_row = measure(sg, out, sketch, None)
-                points.setdefault("none", {})[(size, prompt, seed)] = [base_row]
-                record(args.rows, size, prompt, seed, "none", {}, base_row)
-                if args.magcache and size not in ratios:  # calibrated once per size, on its first render
-                    ratios[size] = calibrate(render)
-                sweep: dict[str, list[dict]] = {}
-                for name, cache in settings(args, ratios.get(size)):
-                    sg, out = render({"enabled": True, **cache})
-                    row = measure(sg, out, sketch, reference)
-                    sweep.setdefault(name, []).append(row)
-                    record(args.rows, size, prompt, seed, name, cache, row)
-                    print(f"{size} {prompt[:40]!r} seed {seed} {name} {cache.get('threshold', cache.get('fraction'))}: "
-                          + " ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
-                for name, rows in sweep.items():
-                    points.setdefault(name, {})[(size, prompt, seed)] = rows
+            sg, out = render({"enabled": False})
+            reference = out.frames[0]
+            base_row = measure(sg, out, sketch, None)
+            points.setdefault("none", {})[(size, prompt, seed)] = [base_row]
+            record(args.rows, size, prompt, seed, "none", {}, base_row)
+            if args.magcache and size not in ratios:  # calibrated once per size, on its first render
+                ratios[size] = calibrate(render)
+            sweep: dict[str, list[dict]] = {}
+            for name, cache in settings(args, ratios.get(size)):
+                sg, out = render({"enabled": True, **cache})
+                row = measure(sg, out, sketch, reference)
+                sweep.setdefault(name, []).append(row)
+                record(args.rows, size, prompt, seed, name, cache, row)
+                print(f"{size} {prompt[:40]!r} seed {seed} {name} {cache.get('threshold', cache.get('fraction'))}: "
+                      + " ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
+            for name, rows in sweep.items():
+                points.setdefault(name, {})[(size, prompt, seed)] = rows
         print(f"# {size}px done after {time.perf_counter() - start:.0f} s", flush=True)
 
     report(points, args, f"{time.perf_counter() - start:.0f} s")
@@ -218,7 +225,7 @@ def record(path: str | None, size: int, prompt: str, seed: int, name: str, cache
     if path:
         with open(path, "a") as f:
             f.write(json.dumps({"size": size, "prompt": prompt, "seed": seed, "policy": name,
-                                "setting": cache.get("threshold", cache.get("fraction")), **row}) + "\n")
+                                "setting": cache.get("threshold", cache.get("fraction")), "cache": cache, **row}) + "\n")
 
 
 def group_rows(rows: list[dict]) -> dict[str, dict[tuple, list[dict]]]:

@@ -114,6 +114,10 @@ class CacheRegionConfig:
     strength: float = bounded(1.0, 0.0)
     min_scale: float = bounded(0.5, 0.0, 1.0)
     max_scale: float = bounded(2.0, 1.0)
+    #: Cost weighting: the threshold is also multiplied by ``(window area / owned area) ** cost``, so a
+    #: tile that writes a thin strip of the canvas (clamp boundary) is recomputed only for a large
+    #: change; 0 turns it off.
+    cost: float = bounded(1.0, 0.0)
 
 
 @dataclass
@@ -139,7 +143,7 @@ class CacheConfig:
     #: The first refinement steps, always computed (two give the first gain estimate).
     warmup_steps: int = bounded(2, 0)
     #: An element of the canvas is recomputed after at most this many consecutive reuses.
-    max_consecutive: int = bounded(3, 0)
+    max_consecutive: int = bounded(2, 0)
     #: steps: target share of refinement steps computed (first ``warmup_steps`` and the last included).
     fraction: float = bounded(0.7, 0.0, 1.0)
     region: CacheRegionConfig = field(default_factory=CacheRegionConfig)

@@ -10,6 +10,7 @@ import torch
 
 from supergen.adapters import Conditioning, Request, adapter_for
 from supergen.cache import RegionCache, cache_map
+from supergen.cache.reuse import owned_span
 from supergen.config import load_config
 from supergen.errors import ConfigError
 from supergen.pipeline import SuperGenPipeline
@@ -154,6 +155,32 @@ def test_shifted_reuse_reads_the_canvas_residual_at_the_current_window():
     assert any(t.rows.wraps or t.cols.wraps for t in plan.tiles(2))
     for tile in plan.tiles(2):
         assert torch.equal(predictions[tile.index], crop(latents[2], tile) + crop(position + 1000, tile))
+
+
+def test_cost_weighting_reuses_tiles_that_write_little_of_their_window():
+    # No model; clamp boundary, so at a shifted step the edge tiles write only a strip of their window.
+    # Every element's predicted change is the same (gain 1, drift 0.01, |output| 1.01): 0.0099.
+    plan = TilePlan((8, 16), (4, 8), patch=(1, 1), boundary="clamp", shift_divisor=4)
+    shares = [(r1 - r0) * (c1 - c0) / 32 for (r0, r1), (c0, c1) in map(owned_span, plan.tiles(2))]
+    assert min(shares) <= 0.5 and max(shares) == 1.0  # strips and whole windows at the step decided
+    chosen = {}
+    for cost in (0.0, 1.0):
+        policy = RegionCache(threshold=0.006, warmup_steps=2, max_consecutive=2, region_strength=0.0, cost=cost)
+        policy.start(4)
+        for step in range(3):
+            x, tiles = torch.full((1, 2, 1, 8, 16), 1.0 + 0.01 * step), plan.tiles(step)
+            decided = policy.decide(step, torch.tensor(0.0), x, tiles)
+            predictions = policy.predictions(step, x, tiles, {t.index: crop(x, t) for t, c in zip(tiles, decided) if c})
+            blended = torch.zeros_like(x)
+            for tile in tiles:
+                accumulate(blended, tile, predictions[tile.index])
+            policy.observe(step, x, blended)
+        assert all(e.change == pytest.approx(0.01 / 1.01, rel=1e-3) for e in policy.estimates[2])
+        assert [e.threshold for e in policy.estimates[2]] == pytest.approx([0.006 / s ** cost for s in shares])
+        chosen[cost] = decided
+    assert chosen[0.0] == [True] * len(shares)  # the same change everywhere exceeds the base threshold
+    # Weighted, a tile is reused exactly when it writes less than 0.006 / 0.0099 (~61 %) of its window.
+    assert chosen[1.0] == [share > 0.61 for share in shares] and not all(chosen[1.0])
 
 
 def test_baselines_and_block_cache_run_per_tile_and_report_blocks(wan_t2v):

@@ -25,6 +25,9 @@ CASES = {
     # Windows that never move (shift_every past the 2 refinement steps): attention mode before it shifted.
     "tiny-attention-fixed": ("tiny", "tiny", {"tiling": {"mode": "attention", "halo": 16, "shift_every": 100}}, {}),
     "tiny-region-cache": ("tiny", "tiny", {"cache": {"enabled": True, "threshold": 0.5}, "refine": {"num_inference_steps": 12}}, {}),
+    # The region rule before cost weighting and the cap of 2 (issue #16): its old checksum.
+    "tiny-region-cache-nocost": ("tiny", "tiny", {"cache": {"enabled": True, "threshold": 0.5, "max_consecutive": 3, "region": {"cost": 0.0}},
+                                                  "refine": {"num_inference_steps": 12}}, {}),
     "tiny-strength-1": ("tiny", "tiny", {"refine": {"strength": 1.0, "num_inference_steps": 3}}, {}),
     "tiny-i2v": ("tiny-i2v", "tiny", {}, {"image": "image"}),
     "toy": ("toy", "toy", {}, {}),
@@ -54,7 +57,10 @@ PINNED: dict[str, str] = {
     "tiny-attention-fixed": "9eacb646552f749b",
     "tiny-i2v": "400173611c78a29e",
     "tiny-overlap-ntk": "9d49e5061765b10c",
-    "tiny-region-cache": "6a9bdded2e935241",
+    # Changed by issue #16 (cache.region.cost 1 and cache.max_consecutive 2 are the defaults now);
+    # the render with the old settings keeps the old checksum.
+    "tiny-region-cache": "8405db99b2990a58",
+    "tiny-region-cache-nocost": "6a9bdded2e935241",
     "tiny-shift-clamp": "1cadf211cfb9c814",
     "tiny-shift-wrap-local": "afb0924b5beb6bd5",
     "tiny-strength-1": "c91328c66dda2d60",

@@ -66,7 +66,7 @@ def cache_policy(cfg: CacheConfig, models: list[torch.nn.Module], canvas: tuple[
     policy: TilePolicy = ComputeAll()
     if name == "region":
         policy = apply_region_cache(RegionCacheConfig(cfg.threshold, cfg.warmup_steps, cfg.max_consecutive,
-                                                      cfg.region.strength, cfg.region.min_scale, cfg.region.max_scale))
+                                                      cfg.region.strength, cfg.region.min_scale, cfg.region.max_scale, cfg.region.cost))
     elif name == "steps":
         policy = apply_step_skip(StepSkipConfig(cfg.fraction, cfg.warmup_steps))
     elif name == "teacache":

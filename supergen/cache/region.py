@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..tiling import Tile
-from .reuse import _EPS, TileReuse
+from .reuse import _EPS, TileReuse, owned_span
 
 
 @dataclass
@@ -45,11 +45,13 @@ class RegionCacheConfig:
     #: Base threshold on the predicted relative change of a tile's output; 0 reuses nothing.
     threshold: float = 0.1
     warmup_steps: int = 2
-    max_consecutive: int = 3
+    max_consecutive: int = 2
     #: The region rule; strength 0 gives every tile ``threshold``.
     region_strength: float = 1.0
     min_scale: float = 0.5
     max_scale: float = 2.0
+    #: Cost weighting: a tile's threshold is divided by ``(owned area / window area) ** cost``; 0 turns it off.
+    cost: float = 1.0
 
 
 @dataclass
@@ -71,11 +73,12 @@ class RegionCache(TileReuse):
     the means over C and F ``drift``, ``out_mag``, ``d_out``, ``d_in``.
     """
 
-    def __init__(self, threshold: float, warmup_steps: int = 2, max_consecutive: int = 3,
-                 region_strength: float = 1.0, min_scale: float = 0.5, max_scale: float = 2.0):
+    def __init__(self, threshold: float, warmup_steps: int = 2, max_consecutive: int = 2,
+                 region_strength: float = 1.0, min_scale: float = 0.5, max_scale: float = 2.0, cost: float = 1.0):
         super().__init__(warmup_steps, max_consecutive)
         self.threshold = threshold
         self.region_strength, self.min_scale, self.max_scale = region_strength, min_scale, max_scale
+        self.cost = cost
         self.estimates: list[list[TileEstimate]] = []
 
     def start(self, num_steps: int) -> None:
@@ -107,8 +110,8 @@ class RegionCache(TileReuse):
         volatility = [v for v, *_ in values]
         reference = float(np.median([v for v, k in zip(volatility, known) if k])) if any(known) else 0.0
         decisions, estimates = [], []
-        for (v, gain, change, count_min, streak_max), is_known in zip(values, known):
-            threshold = self.threshold * self._region_scale(v, reference)
+        for tile, (v, gain, change, count_min, streak_max), is_known in zip(tiles, values, known):
+            threshold = self.threshold * self._region_scale(v, reference) * self._cost_scale(tile)
             if not is_known:
                 estimates.append(TileEstimate(None, None, threshold))
                 decisions.append(True)
@@ -124,6 +127,14 @@ class RegionCache(TileReuse):
             return 1.0
         ratio = (reference / max(volatility, _EPS)) ** self.region_strength
         return min(self.max_scale, max(self.min_scale, ratio))
+
+    def _cost_scale(self, tile: Tile) -> float:
+        # A forward costs the same whatever share of its window the tile writes, while the error of
+        # reusing it spreads only over what it writes: reuse is worth it while
+        # change × owned area < λ × (one forward), i.e. change < threshold × window / owned area.
+        (r0, r1), (c0, c1) = owned_span(tile)
+        owned_share = (r1 - r0) * (c1 - c0) / (tile.shape[0] * tile.shape[1])
+        return owned_share ** -self.cost
 
     def _observe_fresh(self, x, output, fresh):
         state = self._state
@@ -141,4 +152,4 @@ class RegionCache(TileReuse):
 def apply_region_cache(config: RegionCacheConfig) -> RegionCache:
     """The tile policy for ``config`` (a tile policy needs no hooks: the refiner calls it)."""
     return RegionCache(config.threshold, config.warmup_steps, config.max_consecutive,
-                       config.region_strength, config.min_scale, config.max_scale)
+                       config.region_strength, config.min_scale, config.max_scale, config.cost)
