@@ -68,6 +68,8 @@ def measure(sg: SuperGenPipeline, out, sketch: np.ndarray, reference: np.ndarray
         "seam": seam_score(video, (tile[1], tile[0]), (dx * scale, dy * scale)),
         "obj_err": float(np.mean(np.array([object_count(f) for f in video]) - sketch_counts)),
         "flicker": temporal_flicker(video),
+        # Per step, per tile: C computed, . reused (what the rows are read for when a rule loses).
+        "decisions": " ".join("".join("C" if t.computed else "." for t in s.tiles) for s in out.cache_report.steps),
     }
     if reference is not None:
         row |= {"psnr": min(psnr(video, reference), 99.0), "ssim": ssim(video, reference)}
@@ -77,6 +79,11 @@ def measure(sg: SuperGenPipeline, out, sketch: np.ndarray, reference: np.ndarray
 def settings(args, ratios: list[float] | None) -> list[tuple[str, dict]]:
     out = [("region", {"policy": "region", "threshold": t}) for t in args.region]
     out += [("region-flat", {"policy": "region", "threshold": t, "region": {"strength": 0.0}}) for t in args.region_flat]
+    # The rule before cost weighting and the cap of 2 (issue #16), as measured in docs/data's older rows.
+    nocost = {"max_consecutive": 3, "region": {"cost": 0.0}}
+    out += [("region-nocost", {"policy": "region", "threshold": t, **nocost}) for t in args.region_nocost]
+    out += [("region-flat-nocost", {"policy": "region", "threshold": t, **nocost, "region": {"cost": 0.0, "strength": 0.0}})
+            for t in args.region_flat_nocost]
     out += [("steps", {"policy": "steps", "fraction": f}) for f in args.steps]
     # The baselines' rows in docs/data were measured with cache.max_consecutive 3 (the default then).
     out += [("teacache", {"policy": "teacache", "threshold": t, "max_consecutive": 3}) for t in args.teacache]
@@ -159,8 +166,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 384], help="square canvases in px (native 128)")
     parser.add_argument("--prompts", type=int, default=8, help="in-grammar toy prompts (toyworld scenes 1000, 1001, …)")
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--region", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.5])
-    parser.add_argument("--region-flat", type=float, nargs="*", default=[0.1, 0.2, 0.3, 0.5], help="region rule off (strength 0)")
+    parser.add_argument("--region", type=float, nargs="*", default=[0.008, 0.03, 0.1, 0.3, 1.0])
+    parser.add_argument("--region-flat", type=float, nargs="*", default=[0.008, 0.03, 0.1, 0.3, 1.0], help="region rule off (strength 0)")
+    parser.add_argument("--region-nocost", type=float, nargs="*", default=[],
+                        help="the rule before issue #16's change: cache.region.cost 0, cache.max_consecutive 3")
+    parser.add_argument("--region-flat-nocost", type=float, nargs="*", default=[], help="the same with strength 0")
     parser.add_argument("--teacache", type=float, nargs="*", default=[0.1, 0.2, 0.4])
     parser.add_argument("--fbc", type=float, nargs="*", default=[0.05, 0.1, 0.2])
     parser.add_argument("--magcache", type=float, nargs="*", default=[0.05, 0.1, 0.3])
@@ -212,7 +222,7 @@ def main() -> None:
                 sweep.setdefault(name, []).append(row)
                 record(args.rows, size, prompt, seed, name, cache, row)
                 print(f"{size} {prompt[:40]!r} seed {seed} {name} {cache.get('threshold', cache.get('fraction'))}: "
-                      + " ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
+                      + " ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)), flush=True)
             for name, rows in sweep.items():
                 points.setdefault(name, {})[(size, prompt, seed)] = rows
         print(f"# {size}px done after {time.perf_counter() - start:.0f} s", flush=True)

@@ -139,7 +139,7 @@ class CacheConfig:
     #: MagCache hooks, one state per canvas region): the last four are baselines (docs/cache.md).
     policy: str = choice("region", "region", "none", "steps", "teacache", "fbc", "magcache")
     #: Base threshold on the predicted relative change of a tile's output; 0 reuses nothing.
-    threshold: float = bounded(0.1, 0.0)
+    threshold: float = bounded(0.03, 0.0)
     #: The first refinement steps, always computed (two give the first gain estimate).
     warmup_steps: int = bounded(2, 0)
     #: An element of the canvas is recomputed after at most this many consecutive reuses.

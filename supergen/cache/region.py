@@ -15,6 +15,16 @@ where ``v`` is the tile's volatility, the relative change of its model output be
 computations, and ``v_median`` the median over this step's tiles. Quiet regions (sky, walls) so reuse
 for longer and busy regions are recomputed sooner, at the same base threshold.
 
+Cost weighting (per tile): the threshold is also multiplied by ``(window area / owned area) ** cost``.
+Every forward costs a whole window, but a reused tile's error lands only on the part it writes; with
+the clamp boundary a shifted grid has edge tiles that write a strip of a few rows (at 4× a shifted
+step runs 9 forwards for the canvas an unshifted step covers with 4). Without the weighting the rule
+spent its budget recomputing strips and, to reach half the compute, reused whole stretches of steps;
+uniform step skipping then beat it (docs/cache.md, "What made the difference").
+
+The consecutive cap defaults to 2: at low compute the rule sits near the floor the cap sets, and runs
+of three reuses cost more than the skipping they buy (measured, docs/cache.md).
+
 Classifier-free guidance: the adapter returns the guided prediction ``uncond + s·(cond − uncond)``
 and the cache decides on that one combined residual, so both passes are computed or reused
 together: the scheduler only consumes the combination, so the threshold bounds the error of exactly
@@ -43,8 +53,9 @@ class RegionCacheConfig:
     ``cache.region.*``)."""
 
     #: Base threshold on the predicted relative change of a tile's output; 0 reuses nothing.
-    threshold: float = 0.1
+    threshold: float = 0.03
     warmup_steps: int = 2
+    #: 2, not 3: near half the compute, runs of three reuses lost to uniform step skipping.
     max_consecutive: int = 2
     #: The region rule; strength 0 gives every tile ``threshold``.
     region_strength: float = 1.0
