@@ -376,11 +376,23 @@ class ResourcePlan:
         """Weights on the device during ``stage``'s transient: all of them, less the parked encoders."""
         return self.weights - sum(self.memory.get(f"weights.{k}", 0) for k in self.parked if stage in PARKED[k])
 
+    def stage_breakdown(self, stage: str) -> tuple[int, int]:
+        """``(weights on the device, transient)`` at ``stage``'s estimated peak. Every weight is on the
+        device when the render starts: the setup's peak is all of them if its transient, after the
+        text encoder is parked, holds less than the encoder did."""
+        weights, transient = self.resident(stage), self.memory.get(f"stage.{stage}", 0)
+        if stage == "setup" and self.weights > weights + transient:
+            return self.weights, 0
+        return weights, transient
+
     def stage_peak(self, stage: str) -> int:
-        """Estimated peak of ``stage``: its resident weights plus its transient (every weight is on
-        the device when the render starts)."""
-        peak = self.resident(stage) + self.memory.get(f"stage.{stage}", 0)
-        return max(peak, self.weights) if stage == "setup" else peak
+        """Estimated peak of ``stage``: the weights on the device then plus its transient (:meth:`stage_breakdown`)."""
+        return sum(self.stage_breakdown(stage))
+
+    def group_offload_peak(self, stage: str) -> int:
+        """Estimated peak of ``stage`` under block-level group offloading (``model.offload=group``): the
+        weights on the device at once plus the stage's transient."""
+        return self.group_offload_weights + self.memory.get(f"stage.{stage}", 0)
 
     @property
     def peak(self) -> int:
@@ -424,19 +436,30 @@ class ResourcePlan:
             ("VAE decode", f"{human(self.memory['vae_decode'])} ({'tiled' if self.vae_tiling else 'untiled'})"),
             ("upscale (VAE encode)", human(self.memory["upscale"])),
             *([("block cache", human(self.memory["block_cache"]))] if self.memory["block_cache"] else []),
-            ("estimated peak", f"{human(self.peak)} in {self.peak_stage} = weights {human(self.resident(self.peak_stage))} + "
-             f"{human(self.memory.get(f'stage.{self.peak_stage}', 0))}"
-             + (f" ({', '.join(self.parked)} parked on the host once used)" if self.parked else "")),
+            ("estimated peak", self._peak_row()),
         ]
         if "stage.setup" in self.memory:
             rows.insert(-1, ("image condition (VAE encode)", human(self.memory["stage.setup"])))
-        rows.append(("with group offload", f"{human(self.group_offload_weights + self.transient)} = weights on the device "
-                     f"{human(self.group_offload_weights)} + {human(self.transient)} (model.offload=group; estimated, not traced)"))
+        offloaded = max(STAGES, key=self.group_offload_peak)
+        rows.append(("with group offload", f"{human(self.group_offload_peak(offloaded))} in {offloaded} = weights on the device "
+                     f"{human(self.group_offload_weights)} + {offloaded} transient {human(self.memory.get(f'stage.{offloaded}', 0))} "
+                     "(model.offload=group; supergen plan --trace --offload group traces it)"))
         return rows
 
     @property
     def peak_stage(self) -> str:
         return max(STAGES, key=self.stage_peak)
+
+    def _peak_row(self) -> str:
+        """The estimated peak and what is on the device when it happens."""
+        stage = self.peak_stage
+        weights, transient = self.stage_breakdown(stage)
+        parked = [k for k in self.parked if stage in PARKED[k] and (stage != "setup" or weights < self.weights)]
+        if weights == self.weights:
+            which = "all of them" + (f": {', '.join(self.parked)} not yet parked" if self.parked else "")
+        else:
+            which = f"{', '.join(parked)} parked on the host by then"
+        return f"{human(self.peak)} in {stage} = weights {human(weights)} ({which}) + {stage} transient {human(transient)}"
 
 
 def make_plan(
