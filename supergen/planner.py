@@ -61,9 +61,11 @@ stage's peak is its resident weights plus its transient, and the render's peak i
 - image condition (Wan I2V, the ``setup`` stage): the image followed by zero frames, encoded at the
   canvas size one VAE window at a time: the image, one window (float32 and the VAE's dtype), the
   encoder's working set, the windows' latents until blended, and the mask + latent kept for refinement.
-- block-level group offloading (estimated only; the trace does not model hooks): two transformer
-  blocks (the running one and the prefetched one), the transformer's layers outside its blocks and
-  the VAE on the device, plus the largest stage transient.
+- block-level group offloading (``model.offload=group``; ``supergen plan --trace --offload group``
+  traces it through diffusers' own hooks): two transformer blocks (the running one and the prefetched
+  one), the transformer's layers outside its blocks and the VAE on the device, plus the stage's
+  transient; in the setup at least the whole text encoder (UMT5 is one group: it has no block list
+  of its own).
 
 These are estimates of what the *allocator* must hold; a CPU process's RSS adds allocator slack, a GPU
 adds the CUDA context (~0.5 GiB) and caching-allocator fragmentation. ``docs/benchmarks.md``
@@ -391,8 +393,13 @@ class ResourcePlan:
 
     def group_offload_peak(self, stage: str) -> int:
         """Estimated peak of ``stage`` under block-level group offloading (``model.offload=group``): the
-        weights on the device at once plus the stage's transient."""
-        return self.group_offload_weights + self.memory.get(f"stage.{stage}", 0)
+        weights on the device at once plus the stage's transient. In the setup, also the text encoder
+        while it encodes: the hooks onload UMT5 as one group (its blocks are not a block list of the top
+        module), all of its weights at once."""
+        peak = self.group_offload_weights + self.memory.get(f"stage.{stage}", 0)
+        if stage == "setup":
+            peak = max(peak, self.memory.get("weights.text_encoder", 0))
+        return peak
 
     @property
     def peak(self) -> int:

@@ -96,13 +96,18 @@ def available_memory(device: torch.device) -> int:
 def device_need(plan, offload: str) -> tuple[int, int]:
     """``(weights, transient)`` bytes a planned render holds on its device at its peak: with
     ``model`` offload only the largest component is resident at a time, with ``group`` two
-    transformer blocks and what lies outside them (:attr:`~supergen.planner.ResourcePlan.group_offload_weights`),
+    transformer blocks and what lies outside them (:attr:`~supergen.planner.ResourcePlan.group_offload_weights`;
+    in the setup the whole text encoder, :meth:`~supergen.planner.ResourcePlan.group_offload_peak`),
     with ``sequential`` one layer's parameters (counted as nothing)."""
     if offload == "none":
         return plan.weights, plan.peak - plan.weights
+    if offload == "group":  # per stage, with the text encoder onloaded whole while it encodes
+        from .planner import STAGES
+
+        return plan.group_offload_weights, max(map(plan.group_offload_peak, STAGES)) - plan.group_offload_weights
     # Offload hooks manage the encoders (nothing is parked): the largest transient of any stage.
     largest = max(plan.memory[f"weights.{k}"] for k in plan.parameters)
-    return {"model": largest, "group": plan.group_offload_weights}.get(offload, 0), plan.transient
+    return {"model": largest}.get(offload, 0), plan.transient
 
 
 def check_memory(cfg: SuperGenConfig, device: torch.device, loaded: bool = False) -> None:

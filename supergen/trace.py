@@ -751,10 +751,10 @@ def estimated_peak_stage(result: TraceResult) -> str:
 
 def format_trace(result: TraceResult) -> str:
     """Per stage: traced peak, the planner's estimate, traced FLOPs and the largest allocation."""
-    header = ("stage", "traced peak", "estimated", "traced FLOPs", "largest allocation", "CPU s")
+    header = ("stage", "traced peak", "weights then", "estimated", "traced FLOPs", "largest allocation", "CPU s")
     rows = [header]
     for name, s in result.stages.items():
-        rows.append((name, human(s.peak), human(estimated(result, name)), human_flops(s.flops),
+        rows.append((name, human(s.peak), human(s.peak_weights), human(estimated(result, name)), human_flops(s.flops),
                      f"{human(s.largest)} {s.largest_what}", f"{s.cpu_seconds:.0f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [f"trace of {result.name} at {result.size[0]}x{result.size[1]}x{result.num_frames} (fake tensors, no weights)"]
