@@ -105,7 +105,9 @@ def strips(frames: int, height: int, width: int, dtype: torch.dtype):
     for top in range(0, height, STRIP_ROWS):
         rows = min(STRIP_ROWS, height - top)
         y = torch.linspace(top / height, (top + rows) / height, rows, dtype=dtype).view(1, 1, 1, rows, 1)
-        yield top, torch.sin(channel * (x + y) * 3 + t * 0.1)
+        strip = torch.empty((1, 3, frames, rows, width), dtype=dtype)
+        strip[:] = t * 0.1  # filled in place: no full-size temporary besides the strip itself
+        yield top, strip.add_(channel * (x + y) * 3).sin_()
 
 
 def main(argv: list[str] | None = None) -> dict:
