@@ -31,9 +31,12 @@ device once the prompts are encoded and the image encoder after the sketch (:dat
 stage's peak is its resident weights plus its transient, and the render's peak is the largest of those:
 
 - transformer (one forward of ``batch_tiles`` tiles): inference frees each block's activations before
-  the next, so the live set is one block's widest point, the FFN: the residual stream and its norm
-  (2·D) and the FFN hidden before and after GELU (2·Fd) per token → ``B·L·(2D + 2Fd)·b``. Attention
-  is assumed fused (SDPA's flash / memory-efficient kernels on GPU and CPU): no ``L²`` score matrix.
+  the next, so the live set is one block's widest point (:func:`block_bytes_per_token`), the larger of
+  the FFN — the residual stream and its norm (2·D) and the FFN hidden before and after GELU (2·Fd)
+  per token, ``(2D + 2Fd)·b`` — and the residual update after it, which Wan's blocks do in float32:
+  three float32 and five model-dtype copies of the stream, ``D·(3·4 + 5·b)`` (wider where
+  ``D`` is large against ``Fd``: Wan-14B). Times ``B·L``. Attention is assumed fused (SDPA's flash /
+  memory-efficient kernels on GPU and CPU): no ``L²`` score matrix.
 - canvas state (the refinement loop): ``6`` float32 copies of the canvas latent — the latent, the
   blended prediction, the multistep scheduler's two stored outputs, its last sample and the new
   sample — plus the image condition for I2V.
@@ -391,15 +394,20 @@ class ResourcePlan:
         """Estimated peak of ``stage``: the weights on the device then plus its transient (:meth:`stage_breakdown`)."""
         return sum(self.stage_breakdown(stage))
 
+    def group_offload_breakdown(self, stage: str) -> tuple[int, int]:
+        """``(weights on the device, transient)`` at ``stage``'s estimated peak under block-level group
+        offloading (``model.offload=group``): :attr:`group_offload_weights` and the stage's transient;
+        in the setup, the text encoder if larger: the hooks onload UMT5 as one group (its blocks are
+        not a block list of the top module), all of its weights while it encodes."""
+        weights, transient = self.group_offload_weights, self.memory.get(f"stage.{stage}", 0)
+        text = self.memory.get("weights.text_encoder", 0)
+        if stage == "setup" and text > weights + transient:
+            return text, 0
+        return weights, transient
+
     def group_offload_peak(self, stage: str) -> int:
-        """Estimated peak of ``stage`` under block-level group offloading (``model.offload=group``): the
-        weights on the device at once plus the stage's transient. In the setup, also the text encoder
-        while it encodes: the hooks onload UMT5 as one group (its blocks are not a block list of the top
-        module), all of its weights at once."""
-        peak = self.group_offload_weights + self.memory.get(f"stage.{stage}", 0)
-        if stage == "setup":
-            peak = max(peak, self.memory.get("weights.text_encoder", 0))
-        return peak
+        """Estimated peak of ``stage`` under block-level group offloading (:meth:`group_offload_breakdown`)."""
+        return sum(self.group_offload_breakdown(stage))
 
     @property
     def peak(self) -> int:
@@ -448,8 +456,10 @@ class ResourcePlan:
         if "stage.setup" in self.memory:
             rows.insert(-1, ("image condition (VAE encode)", human(self.memory["stage.setup"])))
         offloaded = max(STAGES, key=self.group_offload_peak)
-        rows.append(("with group offload", f"{human(self.group_offload_peak(offloaded))} in {offloaded} = weights on the device "
-                     f"{human(self.group_offload_weights)} + {offloaded} transient {human(self.memory.get(f'stage.{offloaded}', 0))} "
+        weights, transient = self.group_offload_breakdown(offloaded)
+        held = (f"the text encoder {human(weights)}, onloaded whole while it encodes" if weights != self.group_offload_weights
+                else f"weights on the device {human(weights)} + {offloaded} transient {human(transient)}")
+        rows.append(("with group offload", f"{human(weights + transient)} in {offloaded} = {held} "
                      "(model.offload=group; supergen plan --trace --offload group traces it)"))
         return rows
 
@@ -514,7 +524,7 @@ def make_plan(
     own = {"vae": _vae_dtype(config), "image_encoder": config.model.image_encoder_dtype or "float32"}
     mem = {f"weights.{k}": v * DTYPE_BYTES[own[k]] if k in own else v * b for k, v in parameters.items()}
     batch = min(config.tiling.batch_tiles, out.tiles_per_step)
-    mem["transformer"] = batch * out.tokens_per_tile * (2 * d + 2 * ffn) * b
+    mem["transformer"] = batch * out.tokens_per_tile * block_bytes_per_token(d, ffn, b)
     canvas_elems = math.prod(latent)
     condition = (arch.transformer["in_channels"] - latent[0]) * canvas_elems // latent[0]  # I2V mask + image latent
     mem["canvas"] = CANVAS_COPIES * canvas_elems * 4 + condition * 4
@@ -541,7 +551,7 @@ def make_plan(
     # Stage transients: what each stage holds beyond the resident weights. The sketch is the plain
     # pipeline at sketch size: a transformer forward there, then an untiled decode of the sketch.
     sketch_tokens = (latent[1] // pt) * (sketch[0] // vs // ph) * (sketch[1] // vs // pw)
-    sketch_forward = sketch_tokens * (2 * d + 2 * ffn) * b
+    sketch_forward = sketch_tokens * block_bytes_per_token(d, ffn, b)
     if out.sketch is not None:
         out.sketch_flops_per_step = (2 if render.sketch_guidance_scale > 1.0 else 1) * transformer_flops(arch, sketch_tokens)
     sketch_decode = sketch_px * vb + VAE_WORKING_COPIES * full_res_channels * vt * sketch[0] * sketch[1] * vb
@@ -576,6 +586,22 @@ def make_plan(
                               + int(canvas_elems * 4 * (1 + overlap)) + condition * 4)
     out.memory = mem
     return out
+
+
+#: Copies of the residual stream alive at a Wan block's residual update after its FFN, traced
+#: (``hidden_states.float() + ff_output.float() * gate``): float32 ones, and ones in the model dtype
+#: (the block's input, its attention and FFN outputs, the norm's output and a cast).
+RESIDUAL_F32_COPIES, RESIDUAL_MODEL_COPIES = 3, 5
+
+
+def block_bytes_per_token(d: int, ffn: int, b: int) -> int:
+    """Bytes per token at a transformer block's widest point: the FFN (``(2D + 2Fd)·b``) or, in a model
+    dtype below float32, the float32 residual update after it (``D·(3·4 + 5·b)``), whichever is larger
+    (in float32 its casts are no-ops)."""
+    ffn_point = (2 * d + 2 * ffn) * b
+    if b >= 4:
+        return ffn_point
+    return max(ffn_point, d * (RESIDUAL_F32_COPIES * 4 + RESIDUAL_MODEL_COPIES * b))
 
 
 def attended_pairs(layout) -> int:

@@ -182,12 +182,15 @@ class MemoryTrace(TorchDispatchMode):
                 self.host_copies.append(f"{func}: host tensor {tuple(host[0].shape)} used with device data")
         out = func(*args, **kwargs)
         trace = self.stages.setdefault(self.stage, StageTrace())
+        # A view (or in-place result) of an input allocates nothing: e.g. ``t()`` of a weight, which
+        # exists since before the trace (counted in ``resident``), not in ``live``.
+        existing = {_storage_key(t) for t in inputs if t.device.type != "meta"}
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor) or t.device.type == "meta":
                 continue
             storage = t.untyped_storage()
             key = storage._cdata
-            if key in self.live:
+            if key in self.live or key in existing:
                 continue
             nbytes = storage.nbytes()
             what = f"{func.__name__}{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
