@@ -208,6 +208,8 @@ def render(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     from .planner import architecture, format_plan, make_plan, with_native_sketch
 
+    if args.trace_baseline and not args.trace:
+        raise SuperGenError("--trace-baseline compares with the supergen trace: add --trace")
     cfg = config_from_args(args, default=None)
     arch = architecture(cfg.model.name)
     planned = with_native_sketch(cfg, arch)
@@ -223,8 +225,6 @@ def plan(args: argparse.Namespace) -> int:
             baseline = trace_pipeline(planned, arch, num_frames=resource.num_frames, steps=args.trace_steps,
                                       layers=args.trace_layers or None)
             print(format_pipeline_trace(baseline, traced))
-    elif args.trace_baseline:
-        raise SuperGenError("--trace-baseline compares with the supergen trace: add --trace")
     if planned is not cfg:
         print(
             f"sketch: {arch.name}'s native size; to render exactly this plan pass "

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import DataDependentOutputException
 
+from supergen import SuperGenError
 from supergen.config import load_config
 from supergen.planner import KNOWN, make_plan
 from supergen.trace import estimated, format_trace, trace_pipeline, trace_render
@@ -129,6 +130,11 @@ def test_the_plain_pipeline_trace_holds_every_weight_throughout():
     assert all(stage.peak_weights == baseline.resident for stage in baseline.stages.values())
     assert baseline.stages["decode"].largest >= 3 * 9 * 96 * 192 * 4  # the whole decoded video, float32
     assert baseline.peak_stage == "decode"
+
+
+def test_the_trace_refuses_an_offload_it_does_not_model():
+    with pytest.raises(SuperGenError, match="the trace models model.offload=none or group .* got 'model'"):
+        trace_render(load_config("tiny", ["model.offload=model"]), KNOWN["tiny"], 96, 192, 9)
 
 
 def test_group_offload_trace_counts_only_the_onloaded_groups():
