@@ -22,6 +22,11 @@ host (``.item()``, ``.tolist()``, ``nonzero``, boolean-mask indexing) raises und
 that completes has none except the declared ones (:data:`DECLARED_SYNCS`). Tensors built from host
 data (Python lists, numpy, CPU tables) are tracked too: in the refinement step, every use of such a
 tensor with more than one element next to device data is reported as a host-to-device copy.
+
+Two variants: :func:`trace_pipeline` traces diffusers' own pipeline call (no supergen) at the
+model's native size, the reference of the "≤ 1.3× the plain pipeline" target; with
+``model.offload=group``, :func:`trace_render` applies diffusers' block-level group offloading to the
+fake pipeline and counts only the weights its hooks have onloaded (:class:`GroupOffloadMeter`).
 """
 
 from __future__ import annotations
