@@ -735,7 +735,8 @@ def format_pipeline_trace(baseline: PipelineTrace, result: TraceResult | None = 
     """The plain pipeline's traced peak per stage, and ``result``'s peak as a multiple of it."""
     lines = [f"trace of the plain diffusers pipeline ({baseline.name}) at {baseline.size[0]}x{baseline.size[1]}x"
              f"{baseline.num_frames} (fake tensors, no weights)"]
-    lines += [f"  {name}: {human(s.peak)}; largest live tensors: {s.peak_what}" for name, s in baseline.stages.items()]
+    lines += [f"  {name}: {human(s.peak)}; largest live tensors: {s.peak_what}; largest allocation {human(s.largest)} {s.largest_what}"
+              for name, s in baseline.stages.items()]
     lines.append(f"peak: {human(baseline.peak)} in {baseline.peak_stage} (weights {human(baseline.resident)})")
     if result is not None:
         lines.append(f"supergen at {result.size[0]}x{result.size[1]}x{result.num_frames}: {human(result.peak)} = "
