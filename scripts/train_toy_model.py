@@ -17,8 +17,10 @@ folder's weights with ``--init-from``):
             jointly with flow matching exactly as ``WanPipeline`` samples.
 ``export``  writes the pipeline folder, a model card (with the prompt-following measure) and a
             strip of sample frames.
-``eval``    measures prompt following of an exported folder (``--out``): colour recall and shape
-            accuracy of its samples for held-out captions.
+``eval``    measures an exported folder (``--out``): prompt following of its samples for held-out
+            captions (colour recall, shape accuracy, frame 0 showing frame 1's objects) and its
+            VAE on held-out clips (PSNR, lattice texture at the token period, prompt following
+            of the reconstructions).
 ``all``     vae, then dit, then export.
 
 Native size: 128x128 pixels, 9 frames (latent 16 x 3 x 16 x 16). With patch (1, 2, 2) the
@@ -324,6 +326,20 @@ def pooled_baseline_psnr(held_out: torch.Tensor) -> float:
     return metrics.psnr(up, frames, data_range=2.0)
 
 
+def gradient_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 between the horizontal and vertical pixel steps of ``rec`` and ``x`` ``(B, C, F, H, W)``.
+
+    MSE alone tolerates a faint texture on the 16-px token lattice and soft edges (both cost
+    little squared error); matching the steps themselves penalises a step where the clip has
+    none (the lattice) and a missing one (a blurred edge).
+    """
+    def steps(v):
+        return v.diff(dim=-1), v.diff(dim=-2)
+
+    (rx, ry), (tx, ty) = steps(rec), steps(x)
+    return F.l1_loss(rx, tx) + F.l1_loss(ry, ty)
+
+
 def train_vae(args, log):
     device = torch.device(args.device)
     path = args.run_dir / "vae.pt"
@@ -398,6 +414,8 @@ def train_vae(args, log):
         # Plain MSE (PSNR is what we report) plus a tiny latent L2 that keeps the latent
         # scale bounded; a KL term collapsed the posterior in earlier trials.
         loss = F.mse_loss(rec, x) + 1e-5 * z.pow(2).mean()
+        if args.vae_edge_weight:
+            loss = loss + args.vae_edge_weight * gradient_loss(rec, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -618,45 +636,90 @@ def train_dit(args, log):
 # ----------------------------------------------------------------------------- evaluation
 
 
+def _following(frames, asked, value_range) -> dict:
+    """Colour recall, shape accuracy and extra colours of ``frames`` ``(N, H, W, 3)`` against the
+    ``asked`` ``[(colour, shape), ...]`` of each."""
+    totals = np.zeros(4)
+    for frame, want in zip(frames, asked):
+        m = metrics.match_prompt(metrics.find_objects(frame, toyworld.OBJECT_COLOURS, value_range), want)
+        totals += (m.asked, m.colours_found, m.shapes_right, m.extra_colours)
+    n_asked = totals[0]
+    return {"colour_recall": round(totals[1] / n_asked, 3), "shape_accuracy": round(totals[2] / n_asked, 3),
+            "extra_colours_per_video": round(totals[3] / len(frames), 2)}
+
+
+def _frame0_consistency(videos, value_range) -> float:
+    """Fraction of ``(N, F, H, W, 3)`` videos whose frame 0 shows the same objects as frame 1."""
+    same = [metrics.same_objects(v[0], v[1], toyworld.OBJECT_COLOURS, value_range) for v in videos]
+    return round(float(np.mean(same)), 3)
+
+
+def held_out_scenes(n: int):
+    """The first ``n`` held-out clips ``(N, 3, F, H, W)`` in [-1, 1], their captions and asked objects."""
+    drawn = [toyworld.make_clip(s, **NATIVE) for s in range(HELD_OUT_SEED, HELD_OUT_SEED + n)]
+    truth = np.stack([clip for clip, _ in drawn])
+    captions = [scene.caption() for _, scene in drawn]
+    asked = [[(o.colour, o.shape) for o in scene.objects] for _, scene in drawn]
+    return truth, captions, asked
+
+
 @torch.no_grad()
 def prompt_following(pipe, n_prompts: int, steps: int, guidance: float) -> dict:
     """Does the model draw what its prompt asks for? Held-out captions are sampled at native
     size; the middle frame's saturated blobs (``metrics.find_objects``) are compared with the
     caption's objects. The same measure on the true clips of those captions is the detector's
-    ceiling (overlapping shapes hide each other), reported beside it.
+    ceiling (overlapping shapes hide each other), reported beside it. ``frame0_consistency``:
+    the fraction of videos whose frame 0 shows the same objects as frame 1.
     """
-    drawn = [toyworld.make_clip(s, **NATIVE) for s in range(HELD_OUT_SEED, HELD_OUT_SEED + n_prompts)]
-    truth = np.stack([clip for clip, _ in drawn])  # (N, 3, F, H, W) in [-1, 1]
-    captions = [scene.caption() for _, scene in drawn]
-    asked = [[(o.colour, o.shape) for o in scene.objects] for _, scene in drawn]
+    truth, captions, asked = held_out_scenes(n_prompts)
     videos = []
     for i in range(0, n_prompts, 16):
         videos.append(pipe(prompt=captions[i : i + 16], negative_prompt=[""] * len(captions[i : i + 16]),
                            **NATIVE, num_inference_steps=steps, guidance_scale=guidance,
                            generator=torch.Generator().manual_seed(i), output_type="np").frames)
     videos = np.concatenate(videos)  # (N, F, H, W, 3) in [0, 1]
+    truth = truth.transpose(0, 2, 3, 4, 1)  # (N, F, H, W, 3) in [-1, 1]
     mid = NATIVE["num_frames"] // 2
+    samples = _following(videos[:, mid], asked, (0.0, 1.0))
+    samples["frame0_consistency"] = _frame0_consistency(videos, (0.0, 1.0))
+    true_clips = _following(truth[:, mid], asked, (-1.0, 1.0))
+    true_clips["frame0_consistency"] = _frame0_consistency(truth, (-1.0, 1.0))
+    return {"prompts": n_prompts, "frame": mid, "samples": samples, "true_clips": true_clips}
 
-    def score(frames, value_range):
-        totals = np.zeros(4)
-        for frame, want in zip(frames, asked):
-            m = metrics.match_prompt(metrics.find_objects(frame, toyworld.OBJECT_COLOURS, value_range), want)
-            totals += (m.asked, m.colours_found, m.shapes_right, m.extra_colours)
-        n_asked = totals[0]
-        return {"colour_recall": round(totals[1] / n_asked, 3), "shape_accuracy": round(totals[2] / n_asked, 3),
-                "extra_colours_per_video": round(totals[3] / len(frames), 2)}
 
-    return {"prompts": n_prompts, "frame": mid, "samples": score(videos[:, mid], (0.0, 1.0)),
-            "true_clips": score(truth[:, :, mid].transpose(0, 2, 3, 1), (-1.0, 1.0))}
+@torch.no_grad()
+def vae_checks(vae, n_clips: int) -> dict:
+    """The VAE alone on the first ``n_clips`` held-out clips: PSNR (all frames, frame 0), the
+    lattice texture at the token period (``metrics.lattice_texture``, 16 px: 8x VAE x 2x2 patch)
+    of its reconstructions and of the true clips, and prompt following of the reconstructions
+    (the most a DiT sampling in this latent space can reach)."""
+    truth, _, asked = held_out_scenes(n_clips)
+    x = torch.from_numpy(truth)
+    rec = torch.cat([vae.decode(encode_latents(vae, x[i : i + 1])).sample for i in range(n_clips)]).clamp(-1, 1)
+    period = VAE_CONFIG["scale_factor_spatial"] * DIT_CONFIG["patch_size"][-1]
+    rec_np, truth_np = rec.permute(0, 2, 3, 4, 1).numpy(), truth.transpose(0, 2, 3, 4, 1)
+    mid = NATIVE["num_frames"] // 2
+    following = _following(rec_np[:, mid], asked, (-1.0, 1.0))
+    following["frame0_consistency"] = _frame0_consistency(rec_np, (-1.0, 1.0))
+    return {
+        "clips": n_clips,
+        "psnr_db": round(metrics.psnr(rec, x, data_range=2.0), 2),
+        "psnr_frame0_db": round(metrics.psnr(rec[:, :, 0], x[:, :, 0], data_range=2.0), 2),
+        "lattice_period_px": period,
+        "lattice_texture": round(metrics.lattice_texture((rec_np + 1) / 2, period), 4),
+        "lattice_texture_true_clips": round(metrics.lattice_texture((truth_np + 1) / 2, period), 4),
+        "reconstructions": following,
+    }
 
 
 def evaluate(args, log):
-    """Prompt following of an exported folder (``--out``), printed and logged."""
+    """Prompt following and VAE checks of an exported folder (``--out``), printed and logged."""
     from diffusers import WanPipeline
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     pipe = WanPipeline.from_pretrained(args.out)
-    result = prompt_following(pipe, args.eval_prompts, args.sample_steps, args.guidance)
+    result = {"vae": vae_checks(pipe.vae, args.eval_prompts),
+              "prompt_following": prompt_following(pipe, args.eval_prompts, args.sample_steps, args.guidance)}
     log(f"eval {args.out}: {json.dumps(result)}")
     return result
 
@@ -784,6 +847,8 @@ def parse_args(argv=None):
     p.add_argument("--vae-lr-min", type=float, default=2e-4)
     p.add_argument("--vae-warmup", type=int, default=80, help="steps overfitting a fixed pool at 2x lr")
     p.add_argument("--vae-eval-clips", type=int, default=8)
+    p.add_argument("--vae-edge-weight", type=float, default=0.0,
+                   help="weight of an L1 loss on pixel steps (gradient_loss) added to the MSE")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="freeze the VAE encoder (from its EMA) and train only the decoder from now on")
     # DiT
