@@ -345,7 +345,7 @@ def train_vae(args, log):
     path = args.run_dir / "vae.pt"
     torch.manual_seed(args.seed)
     vae = new_vae().to(device)
-    ema = EMA(vae, 0.999)
+    ema = EMA(vae, args.vae_ema)
     step, start, frozen = 0, 0, False
     state = None
     if args.resume and path.exists():
@@ -358,7 +358,7 @@ def train_vae(args, log):
     elif args.init_from:
         vae.load_state_dict(exported_vae(args.init_from).state_dict())
         step = start = exported_card(args.init_from)["vae_steps"]
-        ema = EMA(vae, 0.999)
+        ema = EMA(vae, args.vae_ema)
         ema.updates = step  # full decay at once: the shipped weights are already an average
         log(f"vae: starting from {args.init_from} (step {step}); fresh optimiser")
     if args.freeze_encoder and not frozen:
@@ -712,14 +712,19 @@ def vae_checks(vae, n_clips: int) -> dict:
     }
 
 
+def measure(pipe, args) -> dict:
+    """Every target of the model on held-out data: ``{"vae": vae_checks, "prompt_following": ...}``."""
+    return {"vae": vae_checks(pipe.vae, args.eval_prompts),
+            "prompt_following": prompt_following(pipe, args.eval_prompts, args.sample_steps, args.guidance)}
+
+
 def evaluate(args, log):
     """Prompt following and VAE checks of an exported folder (``--out``), printed and logged."""
     from diffusers import WanPipeline
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     pipe = WanPipeline.from_pretrained(args.out)
-    result = {"vae": vae_checks(pipe.vae, args.eval_prompts),
-              "prompt_following": prompt_following(pipe, args.eval_prompts, args.sample_steps, args.guidance)}
+    result = measure(pipe, args)
     log(f"eval {args.out}: {json.dumps(result)}")
     return result
 
@@ -733,21 +738,47 @@ def frames_strip(videos: np.ndarray, frame_ids) -> np.ndarray:
     return (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).round().astype(np.uint8)
 
 
+def dit_for_export(args, vae, device) -> dict:
+    """The DiT to export, as the run folder's ``dit.pt`` holds it (``ema.module``, ``step``,
+    ``latents_mean``/``latents_std``): that checkpoint when the DiT stage saved one, else the
+    ``--init-from`` folder's transformer and text encoder (a run that fine-tuned only the VAE
+    decoder). Refuses a DiT trained on another VAE encoder than ``vae``'s."""
+    digest = module_digest(torch.nn.ModuleList([vae.encoder, vae.quant_conv]))
+    path = args.run_dir / "dit.pt"
+    if path.exists():
+        state = torch.load(path, map_location=device, weights_only=False)
+    elif args.init_from:
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from transformers import UMT5EncoderModel
+
+        folder = Path(args.init_from)
+        shipped_vae = exported_vae(folder)
+        config = AutoencoderKLWan.load_config(folder / "vae")
+        parts = {"transformer": WanTransformer3DModel.from_pretrained(folder / "transformer"),
+                 "text_encoder": UMT5EncoderModel.from_pretrained(folder / "text_encoder")}
+        module = {f"{name}.{k}": v for name, part in parts.items() for k, v in part.state_dict().items()}
+        state = {"ema": {"module": module}, "step": exported_card(folder)["dit_steps"],
+                 "encoder_digest": module_digest(torch.nn.ModuleList([shipped_vae.encoder, shipped_vae.quant_conv])),
+                 "latents_mean": config["latents_mean"], "latents_std": config["latents_std"]}
+    else:
+        raise SystemExit(f"no DiT: {path} does not exist; run `--stage dit` first or pass --init-from")
+    if state["encoder_digest"] != digest:
+        raise SystemExit("the VAE encoder changed since the DiT was trained: retrain the DiT or "
+                         "restore the VAE checkpoint it was trained with")
+    return state
+
+
 def export(args, log):
     from diffusers import UniPCMultistepScheduler, WanPipeline
     from PIL import Image
 
     device = torch.device("cpu")  # export and the sample strip are cheap; keep them portable
     vae, vae_steps = load_vae_for_inference(args, device)
-    dit_state = torch.load(args.run_dir / "dit.pt", map_location=device, weights_only=False)
-    digest = module_digest(torch.nn.ModuleList([vae.encoder, vae.quant_conv]))
-    if dit_state["encoder_digest"] != digest:
-        raise SystemExit("the VAE encoder changed since the DiT was trained: retrain the DiT or "
-                         "restore the VAE checkpoint it was trained with")
     tokenizer = build_tokenizer()
     transformer = new_transformer()
     text_encoder = new_text_encoder(len(tokenizer))
     models = torch.nn.ModuleDict({"transformer": transformer, "text_encoder": text_encoder})
+    dit_state = dit_for_export(args, vae, device)
     models.load_state_dict(dit_state["ema"]["module"])
     vae.register_to_config(latents_mean=dit_state["latents_mean"], latents_std=dit_state["latents_std"])
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
@@ -775,7 +806,8 @@ def export(args, log):
     mean = torch.tensor(dit_state["latents_mean"]).view(1, -1, 1, 1, 1)
     std = torch.tensor(dit_state["latents_std"]).view(1, -1, 1, 1, 1)
     dit_loss, text_gap = dit_held_out_scores(transformer, text_encoder, tokenizer, (held_lat - mean) / std, caps, device)
-    following = prompt_following(loaded, args.eval_prompts, args.sample_steps, args.guidance)
+    measured = measure(loaded, args)
+    following = measured["prompt_following"]
     card = {
         "native_size": NATIVE,
         "vae_steps": vae_steps,
@@ -786,6 +818,7 @@ def export(args, log):
         "dit_held_out_flow_loss": round(dit_loss, 4),
         "dit_text_gap": round(text_gap, 4),
         "prompt_following": following,
+        "vae_checks": measured["vae"],
         "scheduler": f"UniPCMultistepScheduler(flow_prediction, use_flow_sigmas, flow_shift={FLOW_SHIFT})",
         "sample_settings": {"num_inference_steps": args.sample_steps, "guidance_scale": args.guidance},
         "training_device": args.train_device_note,
@@ -807,7 +840,13 @@ def export(args, log):
         f"colour recall {following['samples']['colour_recall']}, shape accuracy "
         f"{following['samples']['shape_accuracy']}, {following['samples']['extra_colours_per_video']} colours per "
         f"video not asked for (the detector on the true clips: {following['true_clips']['colour_recall']}, "
-        f"{following['true_clips']['shape_accuracy']}, {following['true_clips']['extra_colours_per_video']})\n"
+        f"{following['true_clips']['shape_accuracy']}, {following['true_clips']['extra_colours_per_video']}); "
+        f"frame 0 shows frame 1's objects in {following['samples']['frame0_consistency']:.0%} of samples\n"
+        f"- VAE on {measured['vae']['clips']} held-out clips: PSNR {measured['vae']['psnr_db']} dB, lattice texture at "
+        f"{measured['vae']['lattice_period_px']} px {measured['vae']['lattice_texture']} (true clips "
+        f"{measured['vae']['lattice_texture_true_clips']}); its reconstructions' shape accuracy "
+        f"{measured['vae']['reconstructions']['shape_accuracy']}, colour recall "
+        f"{measured['vae']['reconstructions']['colour_recall']} (what a DiT sampling through it can reach)\n"
         f"- scheduler: {card['scheduler']}; samples use {args.sample_steps} steps, guidance {args.guidance}\n"
         f"- trained on: {args.train_device_note}\n\n"
         "```python\nfrom diffusers import WanPipeline\n"
@@ -847,6 +886,9 @@ def parse_args(argv=None):
     p.add_argument("--vae-lr-min", type=float, default=2e-4)
     p.add_argument("--vae-warmup", type=int, default=80, help="steps overfitting a fixed pool at 2x lr")
     p.add_argument("--vae-eval-clips", type=int, default=8)
+    p.add_argument("--vae-ema", type=float, default=0.999,
+                   help="EMA decay of the exported VAE weights (lower for a short fine-tune, so it is not "
+                        "mostly the starting weights)")
     p.add_argument("--vae-edge-weight", type=float, default=0.0,
                    help="weight of an L1 loss on pixel steps (gradient_loss) added to the MSE")
     p.add_argument("--freeze-encoder", action="store_true",
