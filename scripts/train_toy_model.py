@@ -122,6 +122,8 @@ DIT_CONFIG = dict(
     qk_norm="rms_norm_across_heads",
     rope_max_seq_len=256,
 )
+# Pixels per transformer token (VAE 8x, patch 2x2): the period of the texture a latent grid prints.
+TOKEN_PX = VAE_CONFIG["scale_factor_spatial"] * DIT_CONFIG["patch_size"][-1]
 # Sampler shipped with the model; FLOW_SHIFT > 1 spends more steps at high noise, where the
 # layout is decided.
 FLOW_SHIFT = 3.0
@@ -696,7 +698,6 @@ def vae_checks(vae, n_clips: int) -> dict:
     truth, _, asked = held_out_scenes(n_clips)
     x = torch.from_numpy(truth)
     rec = torch.cat([vae.decode(encode_latents(vae, x[i : i + 1])).sample for i in range(n_clips)]).clamp(-1, 1)
-    period = VAE_CONFIG["scale_factor_spatial"] * DIT_CONFIG["patch_size"][-1]
     rec_np, truth_np = rec.permute(0, 2, 3, 4, 1).numpy(), truth.transpose(0, 2, 3, 4, 1)
     mid = NATIVE["num_frames"] // 2
     following = _following(rec_np[:, mid], asked, (-1.0, 1.0))
@@ -705,9 +706,9 @@ def vae_checks(vae, n_clips: int) -> dict:
         "clips": n_clips,
         "psnr_db": round(metrics.psnr(rec, x, data_range=2.0), 2),
         "psnr_frame0_db": round(metrics.psnr(rec[:, :, 0], x[:, :, 0], data_range=2.0), 2),
-        "lattice_period_px": period,
-        "lattice_texture": round(metrics.lattice_texture((rec_np + 1) / 2, period), 4),
-        "lattice_texture_true_clips": round(metrics.lattice_texture((truth_np + 1) / 2, period), 4),
+        "lattice_period_px": TOKEN_PX,
+        "lattice_texture": round(metrics.lattice_texture((rec_np + 1) / 2, TOKEN_PX), 4),
+        "lattice_texture_true_clips": round(metrics.lattice_texture((truth_np + 1) / 2, TOKEN_PX), 4),
         "reconstructions": following,
     }
 
