@@ -1,4 +1,5 @@
-"""Yardsticks for tiled video generation: seams, duplicated objects, flicker, fidelity.
+"""Yardsticks for tiled video generation: seams, lattice texture, duplicated objects, frame-to-frame
+object consistency, flicker, fidelity.
 
 Every function takes numpy arrays or torch tensors (any float or integer dtype, any device)
 laid out **frames last-channel**, the layout ``diffusers`` returns with ``output_type="np"``
