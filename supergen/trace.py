@@ -26,12 +26,10 @@ tensor with more than one element next to device data is reported as a host-to-d
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -39,7 +37,8 @@ from torch.utils._pytree import tree_flatten
 
 from .config import SuperGenConfig
 from .errors import SuperGenError
-from .planner import Architecture, DTYPE_BYTES, ResourcePlan, human, flops as human_flops, make_plan, with_native_sketch
+from .planner import (Architecture, DTYPE_BYTES, ResourcePlan, _default_dtype, component_dtype, human, flops as human_flops, make_plan,
+                      with_native_sketch)
 
 logger = logging.getLogger("supergen")
 
@@ -303,17 +302,6 @@ def _is_real(t: torch.Tensor) -> bool:
 # ---- the fake model ---------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    # Modules are built in their final dtype: ``.to(dtype)`` on fake parameters fails.
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def _unfaked(fn):
     """``fn`` run on real tensors: scheduler set-up is host work (and its timestep look-ups are
     data-dependent, which fake tensors cannot run)."""
@@ -331,19 +319,21 @@ def _host_scheduler(scheduler_class: type) -> type:
     return type(scheduler_class.__name__, (scheduler_class,), {"set_timesteps": _unfaked(scheduler_class.set_timesteps)})
 
 
-def _text_stub(pipe, text_dim: int, dtype: torch.dtype):
-    """``pipe.encode_prompt`` returning zero embeddings of the text encoder's output shape (the only stub)."""
+def _text_stub(adapter, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype):
+    """``adapter.encode_text`` returning embeddings of the text encoders' output ``shapes``
+    (:meth:`~supergen.adapters.ModelAdapter.prompt_shapes`): zeros, and masks of ones (the only stub)."""
+    from .adapters import BRANCHES
 
-    def encode_prompt(prompt=None, negative_prompt=None, do_classifier_free_guidance=True, num_videos_per_prompt=1,
-                      prompt_embeds=None, negative_prompt_embeds=None, max_sequence_length=512, device=None, **_):
-        shape = (num_videos_per_prompt, max_sequence_length, text_dim)
-        if prompt_embeds is None:
-            prompt_embeds = torch.zeros(shape, dtype=dtype, device=device)
-        if do_classifier_free_guidance and negative_prompt_embeds is None:
-            negative_prompt_embeds = torch.zeros(shape, dtype=dtype, device=device)
-        return prompt_embeds, negative_prompt_embeds
+    def encode_text(request, guidance_scale):
+        embeds: dict[str, torch.Tensor | None] = {}
+        for branch, prefix in BRANCHES.items():
+            used = branch == "cond" or adapter.runs_branches(guidance_scale)
+            for key, shape in shapes.items():
+                make = torch.ones if "mask" in key else torch.zeros
+                embeds[prefix + key] = make((1, *shape), dtype=dtype, device=adapter.device) if used else None
+        return embeds
 
-    pipe.encode_prompt = encode_prompt
+    adapter.encode_text = encode_text
 
 
 def _param_bytes(module: torch.nn.Module) -> int:
@@ -353,51 +343,23 @@ def _param_bytes(module: torch.nn.Module) -> int:
     return sum(storages.values())
 
 
-#: Wan 2.2 A14B's expert switch (``boundary_ratio`` of the T2V checkpoint).
-WAN22_BOUNDARY = 0.875
+def fake_pipeline(arch: Architecture, dtypes: dict[str, torch.dtype], layers: int | None):
+    """``arch``'s real diffusers pipeline built on fake tensors (call inside a ``FakeTensorMode``):
+    the transformer(s) with at most ``layers`` of each block list, the VAE, the image encoder if any,
+    in the component ``dtypes``; its scheduler sets its timesteps on the host.
 
-
-def fake_wan_pipeline(arch: Architecture, dtype: torch.dtype, vae_dtype: torch.dtype, layers: int | None):
-    """A real diffusers Wan pipeline of ``arch`` built on fake tensors (call inside a ``FakeTensorMode``).
-
-    Returns the pipeline and the weights' bytes not built: ``text_encoder`` (stubbed) and
-    ``transformer blocks`` (when ``layers`` is below the config's).
+    Returns the pipeline and the weights' bytes not built: each text encoder (stubbed, see
+    :func:`_text_stub`) and ``transformer blocks`` (when ``layers`` is below the config's).
     """
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    from .builtin import char_tokenizer
-
-    full_layers = arch.transformer["num_layers"]
-    traced = min(layers or full_layers, full_layers)
-    t_cfg = dict(arch.transformer, num_layers=traced)
-    with _default_dtype(dtype):
-        experts = [WanTransformer3DModel.from_config(t_cfg).eval() for _ in range(arch.experts)]
-    with _default_dtype(vae_dtype):
-        vae = AutoencoderKLWan.from_config(arch.vae).eval()
-    # Never called (encode_prompt is stubbed); the pipeline needs the component.
-    with _default_dtype(torch.float32):
-        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=98, d_model=8, d_ff=8, d_kv=4, num_layers=1, num_heads=2)).eval()
-    flow_shift = 3.0 if arch.native_size and arch.native_size[0] <= 480 else 5.0
-    scheduler = _host_scheduler(UniPCMultistepScheduler)(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift)
-    components: dict[str, Any] = dict(tokenizer=char_tokenizer(), text_encoder=text_encoder, vae=vae, transformer=experts[0], scheduler=scheduler)
-    if arch.experts == 2:
-        components.update(transformer_2=experts[1], boundary_ratio=WAN22_BOUNDARY)
-    b = DTYPE_BYTES[str(dtype).removeprefix("torch.")]
+    pipe = arch.build(dtypes, layers, encoders=("image_encoder",))
+    scheduler = pipe.scheduler
+    pipe.scheduler = _host_scheduler(type(scheduler)).from_config(scheduler.config)
+    b = DTYPE_BYTES[str(dtypes["transformer"]).removeprefix("torch.")]
     counts = arch.parameters()
-    added = {"text_encoder": counts["text_encoder"] * b}
-    if traced < full_layers:
+    added = {name: counts[name] * b for name in arch.encoder_configs() if getattr(pipe, name, None) is None}
+    experts = arch.family(pipe).transformers
+    if layers is not None and layers < max(arch.transformer[key] for key in arch.family.modules.block_counts):
         added["transformer blocks"] = counts["transformer"] * b - sum(_param_bytes(e) for e in experts)
-    if arch.image_tokens:
-        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-        with _default_dtype(vae_dtype):
-            image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**arch.image_encoder)).eval()
-        size = arch.image_encoder["image_size"]
-        pipe = WanImageToVideoPipeline(**components, image_encoder=image_encoder, image_processor=CLIPImageProcessor(crop_size=size, size=size))
-    else:
-        pipe = WanPipeline(**components)
-    _text_stub(pipe, arch.transformer["text_dim"], dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe, added
 
@@ -439,14 +401,13 @@ def trace_render(
     config = with_native_sketch(config, arch)
     traced_cfg = trace_steps(config, steps)
     plan = make_plan(config, arch, height, width, num_frames)
-    dtype = getattr(torch, config.model.dtype)
-    vae_dtype = getattr(torch, config.model.vae_dtype or "float32")
+    dtypes = {name: getattr(torch, component_dtype(config, arch, name)) for name in ("transformer", "vae", "image_encoder")}
     start = time.perf_counter()
     with FakeTensorMode(allow_non_fake_inputs=True):
-        pipe, added = fake_wan_pipeline(arch, dtype, vae_dtype, layers)
-        resident = sum(_param_bytes(m) for name, m in pipe.components.items()
-                       if isinstance(m, torch.nn.Module) and name != "text_encoder") + sum(added.values())
+        pipe, added = fake_pipeline(arch, dtypes, layers)
+        resident = sum(_param_bytes(m) for m in pipe.components.values() if isinstance(m, torch.nn.Module)) + sum(added.values())
         sg = SuperGenPipeline(pipe, traced_cfg)
+        _text_stub(sg.adapter, arch.family.prompt_shapes(arch.transformer, arch.image_to_video), dtypes["transformer"])
         memory = MemoryTrace(resident)
         host_schedule = _unfaked(sg.adapter.schedule)
 
@@ -500,8 +461,8 @@ def trace_render(
                 return
             for name in names:
                 module = getattr(pipe, name, None)
-                if isinstance(module, torch.nn.Module):
-                    freed = added.get(name, _param_bytes(module))
+                if name in added or isinstance(module, torch.nn.Module):  # stubbed text encoders count
+                    freed = added[name] if name in added else _param_bytes(module)
                     memory.resident -= freed
                     parked[name] = freed
 
@@ -510,7 +471,7 @@ def trace_render(
         for name in ("sketch", "upscale", "refine", "decode"):
             setattr(sg, f"_{name}", staged(name, getattr(sg, f"_{name}")))
 
-        image = Image.new("RGB", (width, height), (128, 128, 128)) if arch.image_tokens or arch.transformer["in_channels"] > arch.latent_channels else None
+        image = Image.new("RGB", (width, height), (128, 128, 128)) if arch.image_to_video else None
         refinement_step, TileRefiner.step = TileRefiner.step, watched_step
         try:
             with flop_counter, memory:
@@ -525,9 +486,11 @@ def trace_render(
         trace.flops = stage_flops.get(name, 0) + memo.replayed_flops.get(name, 0)
     notes = [f"VAE calls: {memo.calls}, {memo.replays} of them replayed from an earlier call of the same shape, "
              f"{memo.scaled} (smaller edge windows) scaled by area from a larger traced one"]
-    notes += [f"text encoder not run (embeddings of its output shape); its {human(added['text_encoder'])} of weights added"]
+    text = [name for name in added if name != "transformer blocks"]
+    notes += [f"text encoders not run (embeddings of their output shape); their weights added: "
+              + ", ".join(f"{name} {human(added[name])}" for name in text)]
     if "transformer blocks" in added:
-        notes.append(f"{layers} of {arch.transformer['num_layers']} transformer blocks built per expert; "
+        notes.append(f"at most {layers} of the {arch.num_blocks} transformer blocks built per block list and expert; "
                      f"the other blocks' {human(added['transformer blocks'])} of weights added (FLOPs are of the traced blocks)")
     if parked:
         notes.append("parked on the host once used (encoders.park; text encoders after the prompts, image encoder after the sketch): "

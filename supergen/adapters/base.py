@@ -115,6 +115,26 @@ class Conditioning:
         return replace(self, spatial={name: value[index : index + 1] for name, value in self.spatial.items()})
 
 
+@dataclass(frozen=True)
+class FamilyModules:
+    """The classes a family's pipeline is made of, by name, so that it can be built from configs
+    alone, without weights: on PyTorch's ``meta`` device (``supergen plan``'s size rules and parameter
+    counts) or on fake tensors (``supergen plan --trace``). See :class:`~supergen.planner.Architecture`.
+    """
+
+    #: diffusers model classes of the denoiser (every expert) and of the VAE.
+    transformer: str
+    vae: str
+    #: The diffusers scheduler class and its arguments as the released checkpoints ship them (the
+    #: trace steps it on the host; its values do not change any shape).
+    scheduler: tuple[str, dict[str, Any]]
+    #: Encoders by pipeline component name → (transformers model class, its config class), built
+    #: when the architecture gives a config for that component.
+    encoders: dict[str, tuple[str, str]]
+    #: Transformer config keys that count its repeated blocks (the trace builds fewer of them).
+    block_counts: tuple[str, ...] = ("num_layers",)
+
+
 @dataclass
 class Request:
     """One video to render, as the engine hands it to the adapter."""
@@ -168,6 +188,9 @@ class ModelAdapter(SizeRules, abc.ABC):
     #: Dtypes of components that must not follow the transformer's (diffusers' own recipes for the
     #: family), applied when a model is loaded unless the config sets them (``model.vae_dtype``...).
     component_dtypes: ClassVar[dict[str, str]] = {}
+
+    #: The family's component classes, to build its pipeline without weights (:class:`FamilyModules`).
+    modules: ClassVar[FamilyModules]
 
     #: Whether the wrapped pipeline runs the sketch's guidance branches as separate transformer
     #: calls under the cache contexts ``cond`` and ``uncond`` (diffusers' convention), so that CFG
@@ -272,9 +295,26 @@ class ModelAdapter(SizeRules, abc.ABC):
         tokenizer = getattr(self.pipe, "tokenizer", None)
         return 0 if tokenizer is None else len(tokenizer(prompt).input_ids)
 
-    @abc.abstractmethod
     def encode_prompt(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
-        """Text (and image) embeddings, computed once and shared by both stages."""
+        """Text (and image) embeddings, computed once and shared by both stages: :meth:`encode_text`
+        and :meth:`image_embeds` together."""
+        return self.encode_text(request, guidance_scale) | self.image_embeds(request)
+
+    @abc.abstractmethod
+    def encode_text(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
+        """The text encoders' embeddings (of the prompt and, with guidance, the negative prompt), in
+        the shapes :meth:`prompt_shapes` gives."""
+
+    def image_embeds(self, request: Request) -> dict[str, torch.Tensor | None]:
+        """Global image embeddings of an image encoder separate from the text encoders; none by default."""
+        return {}
+
+    @classmethod
+    @abc.abstractmethod
+    def prompt_shapes(cls, transformer: dict[str, Any], image_to_video: bool) -> dict[str, tuple[int, ...]]:
+        """What :meth:`encode_text` returns for one guidance branch (keys without the ``negative_``
+        prefix of :data:`BRANCHES`), as shapes without the batch axis, for a transformer of config
+        ``transformer``: the trace feeds embeddings of these shapes instead of running the encoders."""
 
     def spatial_conditioning(
         self, request: Request, height: int, width: int, generator: torch.Generator | None = None,
