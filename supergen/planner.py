@@ -89,8 +89,6 @@ from .geometry import SizeRules
 from .plan import RenderPlan, plan_render
 from .tiling import TilePlan
 
-#: Wan pads every prompt to this many tokens (``max_sequence_length`` in the adapter).
-TEXT_TOKENS = 512
 #: float32 canvas-sized tensors alive during refinement (see the module docstring).
 CANVAS_COPIES = 6
 #: activations of ``c0`` channels alive in the VAE's full-resolution stage, per chunk of frames
@@ -100,8 +98,6 @@ VAE_WORKING_COPIES = 13
 VAE_ENCODE_COPIES = 10
 #: whole frames resized at a time (:func:`~supergen.upscale.resize_video`'s ``frames_per_chunk``).
 RESIZE_CHUNK = 8
-#: diffusers' AutoencoderKLWan tiling: tiles of 256 px, every 192 px.
-VAE_TILE, VAE_STRIDE = 256, 192
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -184,6 +180,7 @@ class Architecture(SizeRules):
         dtypes: dict[str, torch.dtype] | None = None,
         layers: int | None = None,
         encoders: tuple[str, ...] = (),
+        scheduler: Any = None,
     ):
         """The real diffusers pipeline of this architecture, built from its configs.
 
@@ -195,6 +192,7 @@ class Architecture(SizeRules):
                 (``.to(dtype)`` fails on fake parameters); float32 where not given.
             layers: at most this many of each repeated block list of the transformer (None: all).
             encoders: the encoders to build (of :meth:`encoder_configs`); the others are None.
+            scheduler: the scheduler to use; None: :meth:`scheduler`.
         """
         import diffusers
         import transformers
@@ -213,9 +211,7 @@ class Architecture(SizeRules):
         components: dict[str, Any] = {"vae": built("vae", lambda: getattr(diffusers, spec.vae).from_config(self.vae))}
         for i in range(self.experts):
             components["transformer" if i == 0 else f"transformer_{i + 1}"] = built("transformer", lambda: transformer_class.from_config(t_cfg))
-        scheduler_class, scheduler_args = spec.scheduler
-        with torch.device("cpu"):  # host tables, whatever the device the modules are built on
-            components["scheduler"] = getattr(diffusers, scheduler_class)(**scheduler_args)
+        components["scheduler"] = scheduler if scheduler is not None else self.scheduler()
         for name, config in self.encoder_configs().items():
             if name in encoders:
                 model_class, config_class = spec.encoders[name]
@@ -228,6 +224,14 @@ class Architecture(SizeRules):
         absent = {name: None for name, p in inspect.signature(pipeline_class.__init__).parameters.items()
                   if name != "self" and p.default is inspect.Parameter.empty and name not in components}
         return pipeline_class(**components, **absent, **self.pipeline_config)
+
+    def scheduler(self):
+        """The family's scheduler, as the released checkpoints configure it (its tables on the host)."""
+        import diffusers
+
+        scheduler_class, scheduler_args = self.family.modules.scheduler
+        with torch.device("cpu"):
+            return getattr(diffusers, scheduler_class)(**scheduler_args)
 
     @functools.cached_property
     def _rules(self):
@@ -274,6 +278,14 @@ class Architecture(SizeRules):
         CogVideoX's ``ff_inner_dim`` when set, else diffusers' ``FeedForward`` default of 4 × width."""
         t = self.transformer
         return t.get("ffn_dim") or t.get("ff_inner_dim") or int(t.get("mlp_ratio", 4.0) * self.width)
+
+    @property
+    def vae_channels(self) -> int:
+        """Channels per output pixel at the VAE decoder's full resolution: its last convolution's input
+        channels per pixel it writes (LTX's decoder ends at a quarter of the resolution and unpacks
+        4×4 pixels from each position: 128 channels for 48 outputs count as 8)."""
+        last = [m for m in self._rules.pipe.vae.decoder.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))][-1]
+        return last.in_channels * 3 // last.out_channels
 
     @property
     def num_blocks(self) -> int:
@@ -481,14 +493,16 @@ def transformer_flops(arch: Architecture, tokens: int, batch: int = 1, pairs: in
     None means dense, ``tokens²``.
     """
     t = arch.transformer
-    d, ffn, n = arch.width, t["ffn_dim"], t["num_layers"]
-    s, i, L = TEXT_TOKENS, arch.image_tokens, tokens
+    d, ffn, n = arch.width, arch.ffn_dim, arch.num_blocks
+    # The text the transformer reads: Wan's 512 padded umT5 tokens of 4096; other families' own lengths.
+    s, text_dim = arch.family.prompt_shapes(t, arch.image_to_video)["prompt_embeds"]
+    i, L = arch.image_tokens, tokens
     pairs = L * L if pairs is None else pairs
     block = 12 * L * d * d + 4 * pairs * d + 4 * s * d * d + 4 * L * s * d + 4 * L * d * ffn
     patch = math.prod(arch.patch)
     embed = 2 * L * t["in_channels"] * patch * d + 2 * L * d * t["out_channels"] * patch  # patch in, projection out
-    embed += 2 * s * t["text_dim"] * d + 2 * s * d * d  # text embedder (two linears)
-    embed += 2 * (t["freq_dim"] * d + d * d + d * 6 * d)  # time embedder and its 6-way modulation projection
+    embed += 2 * s * text_dim * d + 2 * s * d * d  # text embedder (two linears)
+    embed += 2 * (t.get("freq_dim", 256) * d + d * d + d * 6 * d)  # time embedder and its 6-way modulation projection
     if i:
         image_dim = t["image_dim"]
         block += 4 * i * d * d + 4 * L * i * d
@@ -642,7 +656,7 @@ def make_plan(
         pairs = max(attended_pairs(out.layout[step]) for step in range(refine_steps))
     out.flops_per_step = out.tiles_per_step * forwards * transformer_flops(arch, out.tokens_per_tile, pairs=pairs)
 
-    d, ffn = arch.width, arch.transformer["ffn_dim"]
+    d, ffn = arch.width, arch.ffn_dim
     # The VAE and image encoder in their own dtypes (Wan's recipe: float32, as the pipeline loads them).
     mem = {f"weights.{k}": v * DTYPE_BYTES[component_dtype(config, arch, k)] for k, v in parameters.items()}
     batch = min(config.tiling.batch_tiles, out.tiles_per_step)
@@ -652,17 +666,18 @@ def make_plan(
     mem["canvas"] = CANVAS_COPIES * canvas_elems * 4 + condition * 4
     vb = DTYPE_BYTES[component_dtype(config, arch, "vae")]
     video = 3 * frames * canvas[0] * canvas[1]
-    full_res_channels = arch.vae["base_dim"] * arch.vae["dim_mult"][0]
-    tile_px = _vae_tile_area(canvas) if vae_tiling else canvas[0] * canvas[1]
+    full_res_channels = arch.vae_channels
+    vae_tile, vae_stride = arch.vae_tile
+    tile_px = _vae_tile_area(canvas, vae_tile) if vae_tiling else canvas[0] * canvas[1]
     working = VAE_WORKING_COPIES * full_res_channels * vt * tile_px * vb
     encode_working = VAE_ENCODE_COPIES * full_res_channels * vt * tile_px * vb
     latent_bytes = canvas_elems * 4
     sketch_px = 3 * frames * sketch[0] * sketch[1]
     if vae_tiling:
-        tile_h = min(VAE_TILE, canvas[0])
-        row_width = sum(_vae_spans(canvas[1]))
-        rows = 3 * frames * (tile_h + min(VAE_TILE - VAE_STRIDE, tile_h)) * row_width * vb
-        strip = 3 * frames * min(VAE_STRIDE, canvas[0]) * canvas[1] * vb
+        tile_h = min(vae_tile[0], canvas[0])
+        row_width = sum(_vae_spans(canvas[1], vae_tile[1], vae_stride[1]))
+        rows = 3 * frames * (tile_h + min(vae_tile[0] - vae_stride[0], tile_h)) * row_width * vb
+        strip = 3 * frames * min(vae_stride[0], canvas[0]) * canvas[1] * vb
         mem["vae_decode"] = video + rows + strip + working
         band = 3 * frames * tile_h * canvas[1] * vb
         resize = sketch_px * 4 + 3 * min(RESIZE_CHUNK, frames) * canvas[0] * canvas[1] * 4
@@ -687,7 +702,7 @@ def make_plan(
         from .cache.block import block_cache_bytes
 
         grid = (latent[1] // pt, latent[2] // ph, latent[3] // pw)
-        blocks = arch.transformer["num_layers"] * arch.experts
+        blocks = arch.num_blocks * arch.experts
         mem["block_cache"] = block_cache_bytes(grid, d, blocks, forwards, b)
     mem["stage.refine"] = mem["transformer"] + mem["canvas"] + held + mem["block_cache"]
     mem["stage.decode"] = mem["vae_decode"] + latent_bytes + held
@@ -702,7 +717,7 @@ def make_plan(
         # latents (they overlap) until they are blended, and the condition kept for the refinement.
         # (Terms as calibrated on branch i2v, before TiledVAE held one row of windows at a time.)
         window = 3 * frames * tile_px
-        overlap = _vae_tiles_total_area(canvas) / (canvas[0] * canvas[1]) if vae_tiling else 0.0
+        overlap = _vae_tiles_total_area(canvas, vae_tile, vae_stride) / (canvas[0] * canvas[1]) if vae_tiling else 0.0
         i2v_working = 6 * full_res_channels * vt * tile_px * b
         mem["stage.setup"] = (3 * canvas[0] * canvas[1] * 4 + window * (4 + (b if b != 4 else 0)) + i2v_working
                               + int(canvas_elems * 4 * (1 + overlap)) + condition * 4)
@@ -722,19 +737,19 @@ def attended_pairs(layout) -> int:
     )
 
 
-def _vae_tile_area(canvas: tuple[int, int]) -> int:
-    """Pixel area of the largest tile diffusers' tiled VAE works on."""
-    return min(VAE_TILE, canvas[0]) * min(VAE_TILE, canvas[1])
+def _vae_tile_area(canvas: tuple[int, int], tile: tuple[int, int]) -> int:
+    """Pixel area of the largest tile the tiled VAE (tiles of ``tile`` pixels) works on."""
+    return min(tile[0], canvas[0]) * min(tile[1], canvas[1])
 
 
-def _vae_spans(length: int) -> list[int]:
-    """Lengths of diffusers' tiled-VAE tiles along one axis (they overlap): the loop bounds of ``tiled_decode``."""
-    return [min(VAE_TILE, length - start) for start in range(0, length, VAE_STRIDE)]
+def _vae_spans(length: int, tile: int, stride: int) -> list[int]:
+    """Lengths of the tiled VAE's tiles along one axis (they overlap): the loop bounds of ``tiled_decode``."""
+    return [min(tile, length - start) for start in range(0, length, stride)]
 
 
-def _vae_tiles_total_area(canvas: tuple[int, int]) -> int:
-    """Summed pixel area of diffusers' tiled-VAE tiles (they overlap)."""
-    return sum(_vae_spans(canvas[0])) * sum(_vae_spans(canvas[1]))
+def _vae_tiles_total_area(canvas: tuple[int, int], tile: tuple[int, int], stride: tuple[int, int]) -> int:
+    """Summed pixel area of the tiled VAE's tiles (they overlap)."""
+    return sum(_vae_spans(canvas[0], tile[0], stride[0])) * sum(_vae_spans(canvas[1], tile[1], stride[1]))
 
 
 def component_dtype(config: SuperGenConfig, arch: Architecture, component: str) -> str:

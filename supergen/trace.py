@@ -351,9 +351,12 @@ def fake_pipeline(arch: Architecture, dtypes: dict[str, torch.dtype], layers: in
     Returns the pipeline and the weights' bytes not built: each text encoder (stubbed, see
     :func:`_text_stub`) and ``transformer blocks`` (when ``layers`` is below the config's).
     """
-    pipe = arch.build(dtypes, layers, encoders=("image_encoder",))
-    scheduler = pipe.scheduler
-    pipe.scheduler = _host_scheduler(type(scheduler)).from_config(scheduler.config)
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily():  # host tables, as in a GPU run
+        plain = arch.scheduler()
+        scheduler = _host_scheduler(type(plain)).from_config(plain.config)
+    pipe = arch.build(dtypes, layers, encoders=("image_encoder",), scheduler=scheduler)
     b = DTYPE_BYTES[str(dtypes["transformer"]).removeprefix("torch.")]
     counts = arch.parameters()
     added = {name: counts[name] * b for name in arch.encoder_configs() if getattr(pipe, name, None) is None}
