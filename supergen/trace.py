@@ -26,6 +26,7 @@ tensor with more than one element next to device data is reported as a host-to-d
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import weakref
@@ -307,6 +308,7 @@ def _unfaked(fn):
     data-dependent, which fake tensors cannot run)."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
+    @functools.wraps(fn)  # keeps the signature: diffusers' retrieve_timesteps inspects it for sigmas=
     def call(*args, **kwargs):
         with unset_fake_temporarily():
             return fn(*args, **kwargs)
@@ -353,12 +355,12 @@ def fake_pipeline(arch: Architecture, dtypes: dict[str, torch.dtype], layers: in
     """
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    with unset_fake_temporarily():  # host tables, as in a GPU run
+    with unset_fake_temporarily():  # host tables, as in a GPU run; parameters counted on ``meta``
         plain = arch.scheduler()
         scheduler = _host_scheduler(type(plain)).from_config(plain.config)
+        counts = arch.parameters()
     pipe = arch.build(dtypes, layers, encoders=("image_encoder",), scheduler=scheduler)
     b = DTYPE_BYTES[str(dtypes["transformer"]).removeprefix("torch.")]
-    counts = arch.parameters()
     added = {name: counts[name] * b for name in arch.encoder_configs() if getattr(pipe, name, None) is None}
     experts = arch.family(pipe).transformers
     if layers is not None and layers < max(arch.transformer[key] for key in arch.family.modules.block_counts):
