@@ -189,6 +189,11 @@ class ModelAdapter(SizeRules, abc.ABC):
     #: family), applied when a model is loaded unless the config sets them (``model.vae_dtype``...).
     component_dtypes: ClassVar[dict[str, str]] = {}
 
+    #: Whether the image-to-video condition is a canvas-sized video (the image, then zero frames) that
+    #: the engine's encoder encodes (:class:`FirstFrameVideo`, Wan); else the family's pipeline encodes
+    #: the one image frame. The planner counts the first at every frame, the second at one.
+    canvas_condition: ClassVar[bool] = False
+
     #: The family's component classes, to build its pipeline without weights (:class:`FamilyModules`).
     modules: ClassVar[FamilyModules]
 

@@ -75,6 +75,8 @@ class WanAdapter(ModelAdapter):
     position_module = CanvasRotaryPosEmbed
     # diffusers' Wan examples load the VAE and the CLIP image encoder in float32 beside a bf16 transformer.
     component_dtypes = {"vae": "float32", "image_encoder": "float32"}
+    # I2V conditions on the VAE encoding of the image followed by zero frames (:class:`FirstFrameVideo`).
+    canvas_condition = True
     modules = FamilyModules(
         transformer="WanTransformer3DModel", vae="AutoencoderKLWan",
         scheduler=("UniPCMultistepScheduler", dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)),
