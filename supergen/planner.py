@@ -91,11 +91,6 @@ from .tiling import TilePlan
 
 #: float32 canvas-sized tensors alive during refinement (see the module docstring).
 CANVAS_COPIES = 6
-#: activations of ``c0`` channels alive in the VAE's full-resolution stage, per chunk of frames
-#: (see the module docstring; fitted to the traces of Wan2.1's VAE at 480p, 2K and 4K).
-VAE_WORKING_COPIES = 13
-#: the same for the encoder, whose full-resolution stage has ``c0`` channels only (no upsampling).
-VAE_ENCODE_COPIES = 10
 #: whole frames resized at a time (:func:`~supergen.upscale.resize_video`'s ``frames_per_chunk``).
 RESIZE_CHUNK = 8
 
@@ -106,7 +101,8 @@ STAGES = ("setup", "sketch", "upscale", "refine", "decode")
 #: The encoders the pipeline parks on the host (``encoders.park``), as :meth:`Architecture.parameters`
 #: names them, and the stages that run without them: the text encoder leaves once the prompts are
 #: encoded (before the image condition), the image encoder after the sketch.
-PARKED = {"text_encoder": ("setup", "sketch", "upscale", "refine", "decode"), "image_encoder": ("upscale", "refine", "decode")}
+PARKED = {"text_encoder": ("setup", "sketch", "upscale", "refine", "decode"),
+          "text_encoder_2": ("setup", "sketch", "upscale", "refine", "decode"), "image_encoder": ("upscale", "refine", "decode")}
 
 # The diffusers configs of the published checkpoints (transformer/, vae/, text_encoder/ config.json).
 _UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
@@ -660,7 +656,10 @@ def make_plan(
     # The VAE and image encoder in their own dtypes (Wan's recipe: float32, as the pipeline loads them).
     mem = {f"weights.{k}": v * DTYPE_BYTES[component_dtype(config, arch, k)] for k, v in parameters.items()}
     batch = min(config.tiling.batch_tiles, out.tiles_per_step)
-    mem["transformer"] = batch * out.tokens_per_tile * (2 * d + 2 * ffn) * b
+    family = arch.family.memory
+    # A block's widest point per token (Wan: 2·D + 2·Fd; the other families' own, fitted to their traces).
+    per_token = family.block_tokens[0] * d + family.block_tokens[1] * ffn
+    mem["transformer"] = int(batch * out.tokens_per_tile * per_token * b)
     canvas_elems = math.prod(latent)
     condition = (arch.transformer["in_channels"] - latent[0]) * canvas_elems // latent[0]  # I2V mask + image latent
     mem["canvas"] = CANVAS_COPIES * canvas_elems * 4 + condition * 4
@@ -669,8 +668,11 @@ def make_plan(
     full_res_channels = arch.vae_channels
     vae_tile, vae_stride = arch.vae_tile
     tile_px = _vae_tile_area(canvas, vae_tile) if vae_tiling else canvas[0] * canvas[1]
-    working = VAE_WORKING_COPIES * full_res_channels * vt * tile_px * vb
-    encode_working = VAE_ENCODE_COPIES * full_res_channels * vt * tile_px * vb
+    # Frames the VAE works on at once: Wan one latent frame (vt pixel frames), CogVideoX and HunyuanVideo
+    # their frame batches, LTX all frames (the families' FamilyMemory).
+    vae_frames = min(family.vae_frames or frames, frames)
+    working = int(family.vae_decode_copies * full_res_channels * vae_frames * tile_px * vb)
+    encode_working = int(family.vae_encode_copies * full_res_channels * vae_frames * tile_px * vb)
     latent_bytes = canvas_elems * 4
     sketch_px = 3 * frames * sketch[0] * sketch[1]
     if vae_tiling:
@@ -688,10 +690,10 @@ def make_plan(
     # Stage transients: what each stage holds beyond the resident weights. The sketch is the plain
     # pipeline at sketch size: a transformer forward there, then an untiled decode of the sketch.
     sketch_tokens = (latent[1] // pt) * (sketch[0] // vs // ph) * (sketch[1] // vs // pw)
-    sketch_forward = sketch_tokens * (2 * d + 2 * ffn) * b
+    sketch_forward = int(sketch_tokens * per_token * b)
     if out.sketch is not None:
         out.sketch_flops_per_step = (2 if render.sketch_guidance_scale > 1.0 else 1) * transformer_flops(arch, sketch_tokens)
-    sketch_decode = sketch_px * vb + VAE_WORKING_COPIES * full_res_channels * vt * sketch[0] * sketch[1] * vb
+    sketch_decode = sketch_px * vb + int(family.vae_decode_copies * full_res_channels * vae_frames * sketch[0] * sketch[1] * vb)
     mem["stage.sketch"] = 0 if out.sketch is None else max(sketch_forward, sketch_decode)
     # The sketch's pixels stay referenced until the render returns (the sketch output).
     held = 0 if out.sketch is None else sketch_px * vb
@@ -711,7 +713,7 @@ def make_plan(
     # the VAE, whole (small; its convolutions are not in block lists). Encoders leave the device.
     per_block, outside = arch.block_parameters()
     out.group_offload_weights = (2 * per_block + outside) * b + mem["weights.vae"]
-    if condition:
+    if condition and arch.family.canvas_condition:
         # Wan I2V's condition (image + zero frames) encoded at the canvas size, window by window: the
         # image, one window in float32 and in the VAE's dtype, the encoder's working set, the windows'
         # latents (they overlap) until they are blended, and the condition kept for the refinement.
@@ -721,6 +723,11 @@ def make_plan(
         i2v_working = 6 * full_res_channels * vt * tile_px * b
         mem["stage.setup"] = (3 * canvas[0] * canvas[1] * 4 + window * (4 + (b if b != 4 else 0)) + i2v_working
                               + int(canvas_elems * 4 * (1 + overlap)) + condition * 4)
+    elif condition:
+        # The image frame encoded by the family's pipeline (VAE-tiled as the plan says), in float32 and
+        # the VAE's dtype, one frame's encoder working set, and the condition kept for the refinement.
+        mem["stage.setup"] = (3 * canvas[0] * canvas[1] * (4 + vb)
+                              + int(family.vae_encode_copies * full_res_channels * tile_px * vb) + condition * 4)
     out.memory = mem
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from diffusers import DiffusionPipeline
 
 from ..errors import SuperGenError
-from .base import BRANCHES, FIRST_FRAME, CanvasEncoder, Conditioning, FamilyModules, FirstFrameVideo, ModelAdapter, Request, Stepper, combine_guidance
+from .base import BRANCHES, FIRST_FRAME, CanvasEncoder, Conditioning, FamilyMemory, FamilyModules, FirstFrameVideo, ModelAdapter, Request, Stepper, combine_guidance
 from .cogvideox import CogVideoXAdapter
 from .hunyuan import HunyuanVideoAdapter
 from .ltx import LTXAdapter
@@ -38,5 +38,5 @@ def adapter_for(pipe: DiffusionPipeline) -> ModelAdapter:
 
 
 __all__ = [
-    "ADAPTERS", "BRANCHES", "FIRST_FRAME", "CanvasEncoder", "Conditioning", "FamilyModules", "FirstFrameVideo", "ModelAdapter", "Request", "Stepper", "adapter_class", "adapter_for", "adapter_named", "combine_guidance", "supported_pipelines",
+    "ADAPTERS", "BRANCHES", "FIRST_FRAME", "CanvasEncoder", "Conditioning", "FamilyMemory", "FamilyModules", "FirstFrameVideo", "ModelAdapter", "Request", "Stepper", "adapter_class", "adapter_for", "adapter_named", "combine_guidance", "supported_pipelines",
 ]

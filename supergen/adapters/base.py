@@ -135,6 +135,28 @@ class FamilyModules:
     block_counts: tuple[str, ...] = ("num_layers",)
 
 
+@dataclass(frozen=True)
+class FamilyMemory:
+    """How a family's modules use memory beyond their weights, for the planner (:mod:`supergen.planner`).
+
+    The defaults are Wan's (fitted to fake-tensor traces of Wan2.1 at 480p, 2K and 4K); the other
+    families' values are fitted to traces of their released architectures at 2K and 4K
+    (``supergen plan --trace``, ``docs/benchmarks.md``) and say what they stand for.
+    """
+
+    #: Live activations per token at a transformer block's widest point, in the model dtype:
+    #: ``(a, f)`` → ``a × width + f × FFN width`` (Wan: the residual stream and its norm, the FFN
+    #: hidden before and after GELU).
+    block_tokens: tuple[float, float] = (2.0, 2.0)
+    #: Pixel frames the VAE decodes and encodes at once (Wan: one latent frame, 4 pixel frames);
+    #: None: all of them.
+    vae_frames: int | None = 4
+    #: Activations of the decoder's (encoder's) full-resolution channels
+    #: (:attr:`~supergen.planner.Architecture.vae_channels`), per frame in flight, alive at its peak.
+    vae_decode_copies: float = 13.0
+    vae_encode_copies: float = 10.0
+
+
 @dataclass
 class Request:
     """One video to render, as the engine hands it to the adapter."""
@@ -196,6 +218,8 @@ class ModelAdapter(SizeRules, abc.ABC):
 
     #: The family's component classes, to build its pipeline without weights (:class:`FamilyModules`).
     modules: ClassVar[FamilyModules]
+    #: How its modules use memory beyond their weights (:class:`FamilyMemory`), for the planner.
+    memory: ClassVar[FamilyMemory] = FamilyMemory()
 
     #: Whether the wrapped pipeline runs the sketch's guidance branches as separate transformer
     #: calls under the cache contexts ``cond`` and ``uncond`` (diffusers' convention), so that CFG

@@ -26,7 +26,7 @@ from diffusers.models.embeddings import apply_rotary_emb, get_1d_rotary_pos_embe
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..errors import SuperGenError
-from .base import FamilyModules, ModelAdapter, Request, Stepper, processors_replaced
+from .base import FamilyMemory, FamilyModules, ModelAdapter, Request, Stepper, processors_replaced
 
 
 #: Where CogVideoX's token sequence is split over the ranks of a context-parallel sketch (diffusers
@@ -96,6 +96,11 @@ class CogVideoXAdapter(ModelAdapter):
                                                   timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False)),
         encoders={"text_encoder": ("T5EncoderModel", "T5Config")},
     )
+    # Fitted to the traces of CogVideoX1.5-5B-I2V at 2K and 4K (docs/benchmarks.md): its VAE decodes
+    # 2 latent frames (8 pixel frames) and encodes 8 frames at a time; at 720p its untiled decode
+    # holds ~22 full-resolution activations per frame (the 2-D upsampling runs the frames as a batch
+    # of 256-channel images), 40 GiB: the sketch's peak.
+    memory = FamilyMemory(block_tokens=(2.0, 2.5), vae_frames=8, vae_decode_copies=22.5, vae_encode_copies=10.0)
 
     def __init__(self, pipe):
         super().__init__(pipe)

@@ -27,7 +27,7 @@ from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_timesteps
 
 from ..errors import SuperGenError
-from .base import FIRST_FRAME, FamilyModules, ModelAdapter, Request
+from .base import FIRST_FRAME, FamilyMemory, FamilyModules, ModelAdapter, Request
 from .positions import CanvasPositions
 
 #: Where HunyuanVideo's token sequence is split over the ranks of a context-parallel sketch (diffusers
@@ -102,6 +102,11 @@ class HunyuanVideoAdapter(ModelAdapter):
         encoders={"text_encoder": ("LlavaForConditionalGeneration", "LlavaConfig"), "text_encoder_2": ("CLIPTextModel", "CLIPTextConfig")},
         block_counts=("num_layers", "num_single_layers"),
     )
+    # Fitted to the traces of HunyuanVideo-I2V at 2K and 4K (docs/benchmarks.md): a single-stream
+    # block holds its attention and MLP outputs concatenated (width + FFN width) beside the MLP hidden
+    # and its activation (~20 widths a token); the VAE decodes framewise, 4 + 1 latent frames
+    # (17 pixel frames) at a time, its last up block at 256 channels.
+    memory = FamilyMemory(block_tokens=(2.0, 4.4), vae_frames=17, vae_decode_copies=9.5, vae_encode_copies=10.5)
     #: Text tokens of the LLaMA embedding (the pipelines' max_sequence_length, template cropped) and, for
     #: image-to-video, the LLaVA image tokens kept with them: 576 tokens of the image, every 2nd
     #: (latent_concat) or 4th (token_replace), less the 4 assistant-header tokens the I2V pipeline cuts.

@@ -26,7 +26,7 @@ from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, retrieve_times
 from diffusers.pipelines.ltx.pipeline_ltx_image2video import retrieve_latents
 
 from ..errors import SuperGenError
-from .base import FIRST_FRAME, FamilyModules, ModelAdapter, Request, processors_replaced
+from .base import FIRST_FRAME, FamilyMemory, FamilyModules, ModelAdapter, Request, processors_replaced
 
 
 class LTXContextParallelAttnProcessor:
@@ -70,6 +70,10 @@ class LTXAdapter(ModelAdapter):
                                                            max_image_seq_len=4096, max_shift=2.05)),
         encoders={"text_encoder": ("T5EncoderModel", "T5Config")},
     )
+    # Fitted to the traces of LTX-Video at 2K and 4K (docs/benchmarks.md): the VAE works on every frame
+    # at once (no temporal chunks), its last stage at a quarter of the resolution in float32; the
+    # blocks' rotary tables are float32 per token (~19 widths a token at the widest point).
+    memory = FamilyMemory(block_tokens=(2.0, 4.35), vae_frames=None, vae_decode_copies=6.4, vae_encode_copies=7.5)
 
     def context_parallel_extras(self, ranks: int) -> ContextManager:
         """The cross-attention of every block with its text mask broadcast over heads (:class:`LTXContextParallelAttnProcessor`)."""
