@@ -291,8 +291,11 @@ class Architecture(SizeRules):
     # ---- parameters ------------------------------------------------------------------------
     def parameters(self) -> dict[str, int]:
         """Exact parameter counts of ``transformer`` (all experts), ``vae`` and each encoder."""
-        if self.counted:
-            return dict(self.counted)
+        return dict(self.counted or self._counts)
+
+    @functools.cached_property
+    def _counts(self) -> dict[str, int]:
+        # Counted once per architecture: building the 8B text encoders on meta takes seconds.
         with torch.device("meta"):  # builds the real modules without allocating their weights
             pipe = self.build(encoders=tuple(self.encoder_configs()))
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
