@@ -5,8 +5,8 @@ its config files, no weights) and a config, and returns the render's geometry �
 grid, steps, tokens per tile — from the render plan the pipeline itself follows
 (:func:`~supergen.plan.plan_render`), plus FLOPs and memory.
 
-Architectures come from :data:`KNOWN` (Wan2.1-1.3B, Wan2.1-14B, tiny, and a mid-size random one used
-to check the estimate), from a local diffusers model folder (its ``*/config.json`` files), or from a
+Architectures come from :data:`KNOWN` (the released Wan 2.1/2.2, CogVideoX 1.5, HunyuanVideo-I2V and
+LTX-Video, tiny, and a mid-size random one used to check the estimate), from a local diffusers Wan model folder (its ``*/config.json`` files), or from a
 loaded pipeline (the demo). Parameter counts are exact: every module is built from its config on
 PyTorch's ``meta`` device, which allocates nothing, and its parameters are counted.
 
@@ -14,7 +14,8 @@ How the numbers are computed (also in ``docs/planner.md``)
 ----------------------------------------------------------
 
 FLOPs (multiply-add = 2) of one transformer forward on a tile of ``L`` tokens, with width ``D``,
-FFN width ``Fd``, ``N`` blocks, ``S`` text tokens (Wan pads prompts to 512), ``I`` image tokens (I2V)::
+FFN width ``Fd``, ``N`` blocks, ``S`` text tokens (Wan pads prompts to 512), ``I`` image tokens (I2V)
+— Wan's layout; the joint-attention families (CogVideoX, HunyuanVideo) are approximated by it::
 
     per block = 12·L·D² (self-attn q,k,v,o + cross-attn q,o) + 4·L²·D (self-attn scores and values)
               + 4·S·D² (cross-attn k,v on the text) + 4·L·S·D (cross-attn scores and values)
@@ -31,18 +32,22 @@ device once the prompts are encoded and the image encoder after the sketch (:dat
 stage's peak is its resident weights plus its transient, and the render's peak is the largest of those:
 
 - transformer (one forward of ``batch_tiles`` tiles): inference frees each block's activations before
-  the next, so the live set is one block's widest point, the FFN: the residual stream and its norm
-  (2·D) and the FFN hidden before and after GELU (2·Fd) per token → ``B·L·(2D + 2Fd)·b``. Attention
+  the next, so the live set is one block's widest point, for Wan the FFN: the residual stream and its
+  norm (2·D) and the FFN hidden before and after GELU (2·Fd) per token → ``B·L·(2D + 2Fd)·b``; the
+  other families' ``a·D + f·Fd`` per token (:class:`~supergen.adapters.FamilyMemory`). Attention
   is assumed fused (SDPA's flash / memory-efficient kernels on GPU and CPU): no ``L²`` score matrix.
 - canvas state (the refinement loop): ``6`` float32 copies of the canvas latent — the latent, the
   blended prediction, the multistep scheduler's two stored outputs, its last sample and the new
   sample — plus the image condition for I2V.
-- VAE (``v`` = the VAE dtype's size: float32 for Wan, diffusers' recipe): the decoder's working set
-  at full resolution for one tile and one chunk of ``vt`` frames, ``13 · c0 · vt · tile_h · tile_w · v``
-  (``c0`` = the first stage's channels; 13 such activations: the upsampling's doubled channels, the
-  residual blocks' input, norm, activation and convolution outputs, the causal caches — fitted to the
-  fake-tensor trace, ``supergen plan --trace``). The encoder's: 10 such activations (its
-  full-resolution stage has ``c0`` channels, no upsampling).
+- VAE (``v`` = the VAE dtype's size: float32 for Wan, diffusers' recipe; the model's dtype for the
+  others): the decoder's working set at full resolution for one tile and the ``n`` frames it works on
+  at once, ``k · c0 · n · tile_h · tile_w · v`` (``c0`` = the decoder's channels per pixel at full
+  resolution, :attr:`Architecture.vae_channels`). For Wan ``n = 4`` (one latent frame) and ``k = 13``
+  such activations: the upsampling's doubled channels, the residual blocks' input, norm, activation
+  and convolution outputs, the causal caches — fitted to the fake-tensor trace,
+  ``supergen plan --trace``; the encoder's ``k = 10`` (its full-resolution stage has ``c0``
+  channels, no upsampling). The other families' ``n`` and ``k`` are their
+  :class:`~supergen.adapters.FamilyMemory`, fitted to their traces at 2K and 4K.
 - VAE decode (tiled, :class:`~supergen.parallel.TiledVAE`, a row of tiles at a time): the output video
   as uint8 ``3·F·H·W`` (what ``supergen render`` asks for), one row of decoded tiles and the overlap
   kept of the row above (``3·F·(tile_h + overlap)·Σ tile widths·v``), one finished strip of rows
@@ -61,6 +66,8 @@ stage's peak is its resident weights plus its transient, and the render's peak i
 - image condition (Wan I2V, the ``setup`` stage): the image followed by zero frames, encoded at the
   canvas size one VAE window at a time: the image, one window (float32 and the VAE's dtype), the
   encoder's working set, the windows' latents until blended, and the mask + latent kept for refinement.
+  CogVideoX and HunyuanVideo I2V encode the one image frame with their pipeline's code: the image,
+  one frame's encoder working set and the condition kept for refinement.
 - block-level group offloading (estimated only; the trace does not model hooks): two transformer
   blocks (the running one and the prefetched one), the transformer's layers outside its blocks and
   the VAE on the device, plus the largest stage transient.
