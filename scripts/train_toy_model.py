@@ -17,8 +17,10 @@ folder's weights with ``--init-from``):
             jointly with flow matching exactly as ``WanPipeline`` samples.
 ``export``  writes the pipeline folder, a model card (with the prompt-following measure) and a
             strip of sample frames.
-``eval``    measures prompt following of an exported folder (``--out``): colour recall and shape
-            accuracy of its samples for held-out captions.
+``eval``    measures an exported folder (``--out``): prompt following of its samples for held-out
+            captions (colour recall, shape accuracy, frame 0 showing frame 1's objects) and its
+            VAE on held-out clips (PSNR, lattice texture at the token period, prompt following
+            of the reconstructions).
 ``all``     vae, then dit, then export.
 
 Native size: 128x128 pixels, 9 frames (latent 16 x 3 x 16 x 16). With patch (1, 2, 2) the
@@ -120,6 +122,8 @@ DIT_CONFIG = dict(
     qk_norm="rms_norm_across_heads",
     rope_max_seq_len=256,
 )
+# Pixels per transformer token (VAE 8x, patch 2x2): the period of the texture a latent grid prints.
+TOKEN_PX = VAE_CONFIG["scale_factor_spatial"] * DIT_CONFIG["patch_size"][-1]
 # Sampler shipped with the model; FLOW_SHIFT > 1 spends more steps at high noise, where the
 # layout is decided.
 FLOW_SHIFT = 3.0
@@ -324,12 +328,28 @@ def pooled_baseline_psnr(held_out: torch.Tensor) -> float:
     return metrics.psnr(up, frames, data_range=2.0)
 
 
+def gradient_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 between the horizontal and vertical pixel steps of ``rec`` and ``x`` ``(B, C, F, H, W)``.
+
+    MSE alone tolerates a faint texture on the 16-px token lattice and soft edges (both cost
+    little squared error); matching the steps themselves penalises a step where the clip has
+    none (the lattice) and a missing one (a blurred edge). Measured so far: 235 decoder-only steps
+    at weight 0.5 left the lattice and shape accuracy of the shipped decoder unchanged
+    (docs/benchmarks.md, "Issue #17 targets").
+    """
+    def steps(v):
+        return v.diff(dim=-1), v.diff(dim=-2)
+
+    (rx, ry), (tx, ty) = steps(rec), steps(x)
+    return F.l1_loss(rx, tx) + F.l1_loss(ry, ty)
+
+
 def train_vae(args, log):
     device = torch.device(args.device)
     path = args.run_dir / "vae.pt"
     torch.manual_seed(args.seed)
     vae = new_vae().to(device)
-    ema = EMA(vae, 0.999)
+    ema = EMA(vae, args.vae_ema)
     step, start, frozen = 0, 0, False
     state = None
     if args.resume and path.exists():
@@ -342,7 +362,7 @@ def train_vae(args, log):
     elif args.init_from:
         vae.load_state_dict(exported_vae(args.init_from).state_dict())
         step = start = exported_card(args.init_from)["vae_steps"]
-        ema = EMA(vae, 0.999)
+        ema = EMA(vae, args.vae_ema)
         ema.updates = step  # full decay at once: the shipped weights are already an average
         log(f"vae: starting from {args.init_from} (step {step}); fresh optimiser")
     if args.freeze_encoder and not frozen:
@@ -398,6 +418,8 @@ def train_vae(args, log):
         # Plain MSE (PSNR is what we report) plus a tiny latent L2 that keeps the latent
         # scale bounded; a KL term collapsed the posterior in earlier trials.
         loss = F.mse_loss(rec, x) + 1e-5 * z.pow(2).mean()
+        if args.vae_edge_weight:
+            loss = loss + args.vae_edge_weight * gradient_loss(rec, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -618,45 +640,94 @@ def train_dit(args, log):
 # ----------------------------------------------------------------------------- evaluation
 
 
+def _following(frames, asked, value_range) -> dict:
+    """Colour recall, shape accuracy and extra colours of ``frames`` ``(N, H, W, 3)`` against the
+    ``asked`` ``[(colour, shape), ...]`` of each."""
+    totals = np.zeros(4)
+    for frame, want in zip(frames, asked):
+        m = metrics.match_prompt(metrics.find_objects(frame, toyworld.OBJECT_COLOURS, value_range), want)
+        totals += (m.asked, m.colours_found, m.shapes_right, m.extra_colours)
+    n_asked = totals[0]
+    return {"colour_recall": round(totals[1] / n_asked, 3), "shape_accuracy": round(totals[2] / n_asked, 3),
+            "extra_colours_per_video": round(totals[3] / len(frames), 2)}
+
+
+def _frame0_consistency(videos, value_range) -> float:
+    """Fraction of ``(N, F, H, W, 3)`` videos whose frame 0 shows the same objects as frame 1."""
+    same = [metrics.same_objects(v[0], v[1], toyworld.OBJECT_COLOURS, value_range) for v in videos]
+    return round(float(np.mean(same)), 3)
+
+
+def held_out_scenes(n: int):
+    """The first ``n`` held-out clips ``(N, 3, F, H, W)`` in [-1, 1], their captions and asked objects."""
+    drawn = [toyworld.make_clip(s, **NATIVE) for s in range(HELD_OUT_SEED, HELD_OUT_SEED + n)]
+    truth = np.stack([clip for clip, _ in drawn])
+    captions = [scene.caption() for _, scene in drawn]
+    asked = [[(o.colour, o.shape) for o in scene.objects] for _, scene in drawn]
+    return truth, captions, asked
+
+
 @torch.no_grad()
 def prompt_following(pipe, n_prompts: int, steps: int, guidance: float) -> dict:
     """Does the model draw what its prompt asks for? Held-out captions are sampled at native
     size; the middle frame's saturated blobs (``metrics.find_objects``) are compared with the
     caption's objects. The same measure on the true clips of those captions is the detector's
-    ceiling (overlapping shapes hide each other), reported beside it.
+    ceiling (overlapping shapes hide each other), reported beside it. ``frame0_consistency``:
+    the fraction of videos whose frame 0 shows the same objects as frame 1.
     """
-    drawn = [toyworld.make_clip(s, **NATIVE) for s in range(HELD_OUT_SEED, HELD_OUT_SEED + n_prompts)]
-    truth = np.stack([clip for clip, _ in drawn])  # (N, 3, F, H, W) in [-1, 1]
-    captions = [scene.caption() for _, scene in drawn]
-    asked = [[(o.colour, o.shape) for o in scene.objects] for _, scene in drawn]
+    truth, captions, asked = held_out_scenes(n_prompts)
     videos = []
     for i in range(0, n_prompts, 16):
         videos.append(pipe(prompt=captions[i : i + 16], negative_prompt=[""] * len(captions[i : i + 16]),
                            **NATIVE, num_inference_steps=steps, guidance_scale=guidance,
                            generator=torch.Generator().manual_seed(i), output_type="np").frames)
     videos = np.concatenate(videos)  # (N, F, H, W, 3) in [0, 1]
+    truth = truth.transpose(0, 2, 3, 4, 1)  # (N, F, H, W, 3) in [-1, 1]
     mid = NATIVE["num_frames"] // 2
+    samples = _following(videos[:, mid], asked, (0.0, 1.0))
+    samples["frame0_consistency"] = _frame0_consistency(videos, (0.0, 1.0))
+    true_clips = _following(truth[:, mid], asked, (-1.0, 1.0))
+    true_clips["frame0_consistency"] = _frame0_consistency(truth, (-1.0, 1.0))
+    return {"prompts": n_prompts, "frame": mid, "samples": samples, "true_clips": true_clips}
 
-    def score(frames, value_range):
-        totals = np.zeros(4)
-        for frame, want in zip(frames, asked):
-            m = metrics.match_prompt(metrics.find_objects(frame, toyworld.OBJECT_COLOURS, value_range), want)
-            totals += (m.asked, m.colours_found, m.shapes_right, m.extra_colours)
-        n_asked = totals[0]
-        return {"colour_recall": round(totals[1] / n_asked, 3), "shape_accuracy": round(totals[2] / n_asked, 3),
-                "extra_colours_per_video": round(totals[3] / len(frames), 2)}
 
-    return {"prompts": n_prompts, "frame": mid, "samples": score(videos[:, mid], (0.0, 1.0)),
-            "true_clips": score(truth[:, :, mid].transpose(0, 2, 3, 1), (-1.0, 1.0))}
+@torch.no_grad()
+def vae_checks(vae, n_clips: int) -> dict:
+    """The VAE alone on the first ``n_clips`` held-out clips: PSNR (all frames, frame 0), the
+    lattice texture at the token period (``metrics.lattice_texture``, 16 px: 8x VAE x 2x2 patch)
+    of its reconstructions and of the true clips, and prompt following of the reconstructions
+    (the most a DiT sampling in this latent space can reach)."""
+    truth, _, asked = held_out_scenes(n_clips)
+    x = torch.from_numpy(truth)
+    rec = torch.cat([vae.decode(encode_latents(vae, x[i : i + 1])).sample for i in range(n_clips)]).clamp(-1, 1)
+    rec_np, truth_np = rec.permute(0, 2, 3, 4, 1).numpy(), truth.transpose(0, 2, 3, 4, 1)
+    mid = NATIVE["num_frames"] // 2
+    following = _following(rec_np[:, mid], asked, (-1.0, 1.0))
+    following["frame0_consistency"] = _frame0_consistency(rec_np, (-1.0, 1.0))
+    return {
+        "clips": n_clips,
+        "psnr_db": round(metrics.psnr(rec, x, data_range=2.0), 2),
+        "psnr_frame0_db": round(metrics.psnr(rec[:, :, 0], x[:, :, 0], data_range=2.0), 2),
+        "lattice_period_px": TOKEN_PX,
+        "lattice_texture": round(metrics.lattice_texture((rec_np + 1) / 2, TOKEN_PX), 4),
+        "lattice_texture_true_clips": round(metrics.lattice_texture((truth_np + 1) / 2, TOKEN_PX), 4),
+        "reconstructions": following,
+    }
+
+
+def measure(pipe, args) -> dict:
+    """Every target of the model on held-out data: ``{"vae": vae_checks, "prompt_following": ...}``."""
+    return {"vae": vae_checks(pipe.vae, args.eval_prompts),
+            "prompt_following": prompt_following(pipe, args.eval_prompts, args.sample_steps, args.guidance)}
 
 
 def evaluate(args, log):
-    """Prompt following of an exported folder (``--out``), printed and logged."""
+    """Prompt following and VAE checks of an exported folder (``--out``), printed and logged."""
     from diffusers import WanPipeline
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     pipe = WanPipeline.from_pretrained(args.out)
-    result = prompt_following(pipe, args.eval_prompts, args.sample_steps, args.guidance)
+    result = measure(pipe, args)
     log(f"eval {args.out}: {json.dumps(result)}")
     return result
 
@@ -670,21 +741,47 @@ def frames_strip(videos: np.ndarray, frame_ids) -> np.ndarray:
     return (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).round().astype(np.uint8)
 
 
+def dit_for_export(args, vae, device) -> dict:
+    """The DiT to export, as the run folder's ``dit.pt`` holds it (``ema.module``, ``step``,
+    ``latents_mean``/``latents_std``): that checkpoint when the DiT stage saved one, else the
+    ``--init-from`` folder's transformer and text encoder (a run that fine-tuned only the VAE
+    decoder). Refuses a DiT trained on another VAE encoder than ``vae``'s."""
+    digest = module_digest(torch.nn.ModuleList([vae.encoder, vae.quant_conv]))
+    path = args.run_dir / "dit.pt"
+    if path.exists():
+        state = torch.load(path, map_location=device, weights_only=False)
+    elif args.init_from:
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from transformers import UMT5EncoderModel
+
+        folder = Path(args.init_from)
+        shipped_vae = exported_vae(folder)
+        config = AutoencoderKLWan.load_config(folder / "vae")
+        parts = {"transformer": WanTransformer3DModel.from_pretrained(folder / "transformer"),
+                 "text_encoder": UMT5EncoderModel.from_pretrained(folder / "text_encoder")}
+        module = {f"{name}.{k}": v for name, part in parts.items() for k, v in part.state_dict().items()}
+        state = {"ema": {"module": module}, "step": exported_card(folder)["dit_steps"],
+                 "encoder_digest": module_digest(torch.nn.ModuleList([shipped_vae.encoder, shipped_vae.quant_conv])),
+                 "latents_mean": config["latents_mean"], "latents_std": config["latents_std"]}
+    else:
+        raise SystemExit(f"no DiT: {path} does not exist; run `--stage dit` first or pass --init-from")
+    if state["encoder_digest"] != digest:
+        raise SystemExit("the VAE encoder changed since the DiT was trained: retrain the DiT or "
+                         "restore the VAE checkpoint it was trained with")
+    return state
+
+
 def export(args, log):
     from diffusers import UniPCMultistepScheduler, WanPipeline
     from PIL import Image
 
     device = torch.device("cpu")  # export and the sample strip are cheap; keep them portable
     vae, vae_steps = load_vae_for_inference(args, device)
-    dit_state = torch.load(args.run_dir / "dit.pt", map_location=device, weights_only=False)
-    digest = module_digest(torch.nn.ModuleList([vae.encoder, vae.quant_conv]))
-    if dit_state["encoder_digest"] != digest:
-        raise SystemExit("the VAE encoder changed since the DiT was trained: retrain the DiT or "
-                         "restore the VAE checkpoint it was trained with")
     tokenizer = build_tokenizer()
     transformer = new_transformer()
     text_encoder = new_text_encoder(len(tokenizer))
     models = torch.nn.ModuleDict({"transformer": transformer, "text_encoder": text_encoder})
+    dit_state = dit_for_export(args, vae, device)
     models.load_state_dict(dit_state["ema"]["module"])
     vae.register_to_config(latents_mean=dit_state["latents_mean"], latents_std=dit_state["latents_std"])
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
@@ -712,7 +809,8 @@ def export(args, log):
     mean = torch.tensor(dit_state["latents_mean"]).view(1, -1, 1, 1, 1)
     std = torch.tensor(dit_state["latents_std"]).view(1, -1, 1, 1, 1)
     dit_loss, text_gap = dit_held_out_scores(transformer, text_encoder, tokenizer, (held_lat - mean) / std, caps, device)
-    following = prompt_following(loaded, args.eval_prompts, args.sample_steps, args.guidance)
+    measured = measure(loaded, args)
+    following = measured["prompt_following"]
     card = {
         "native_size": NATIVE,
         "vae_steps": vae_steps,
@@ -723,6 +821,7 @@ def export(args, log):
         "dit_held_out_flow_loss": round(dit_loss, 4),
         "dit_text_gap": round(text_gap, 4),
         "prompt_following": following,
+        "vae_checks": measured["vae"],
         "scheduler": f"UniPCMultistepScheduler(flow_prediction, use_flow_sigmas, flow_shift={FLOW_SHIFT})",
         "sample_settings": {"num_inference_steps": args.sample_steps, "guidance_scale": args.guidance},
         "training_device": args.train_device_note,
@@ -744,7 +843,13 @@ def export(args, log):
         f"colour recall {following['samples']['colour_recall']}, shape accuracy "
         f"{following['samples']['shape_accuracy']}, {following['samples']['extra_colours_per_video']} colours per "
         f"video not asked for (the detector on the true clips: {following['true_clips']['colour_recall']}, "
-        f"{following['true_clips']['shape_accuracy']}, {following['true_clips']['extra_colours_per_video']})\n"
+        f"{following['true_clips']['shape_accuracy']}, {following['true_clips']['extra_colours_per_video']}); "
+        f"frame 0 shows frame 1's objects in {following['samples']['frame0_consistency']:.0%} of samples\n"
+        f"- VAE on {measured['vae']['clips']} held-out clips: PSNR {measured['vae']['psnr_db']} dB, lattice texture at "
+        f"{measured['vae']['lattice_period_px']} px {measured['vae']['lattice_texture']} (true clips "
+        f"{measured['vae']['lattice_texture_true_clips']}); its reconstructions' shape accuracy "
+        f"{measured['vae']['reconstructions']['shape_accuracy']}, colour recall "
+        f"{measured['vae']['reconstructions']['colour_recall']} (what a DiT sampling through it can reach)\n"
         f"- scheduler: {card['scheduler']}; samples use {args.sample_steps} steps, guidance {args.guidance}\n"
         f"- trained on: {args.train_device_note}\n\n"
         "```python\nfrom diffusers import WanPipeline\n"
@@ -784,6 +889,11 @@ def parse_args(argv=None):
     p.add_argument("--vae-lr-min", type=float, default=2e-4)
     p.add_argument("--vae-warmup", type=int, default=80, help="steps overfitting a fixed pool at 2x lr")
     p.add_argument("--vae-eval-clips", type=int, default=8)
+    p.add_argument("--vae-ema", type=float, default=0.999,
+                   help="EMA decay of the exported VAE weights (lower for a short fine-tune, so it is not "
+                        "mostly the starting weights)")
+    p.add_argument("--vae-edge-weight", type=float, default=0.0,
+                   help="weight of an L1 loss on pixel steps (gradient_loss) added to the MSE")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="freeze the VAE encoder (from its EMA) and train only the decoder from now on")
     # DiT

@@ -54,3 +54,25 @@ def single_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def parallel_leftovers(model: torch.nn.Module) -> list[str]:
+    """What a render left on ``model`` that a plain diffusers model does not have: diffusers hooks
+    (context-parallel or cache), attention processors still holding a parallel config, supergen's
+    processors or modules swapped in, torch forward hooks, the model's own parallel config.
+    Empty when the model is as it was loaded."""
+    left = []
+    for name, module in model.named_modules():
+        left += [f"{name}: diffusers hook {h}" for h in getattr(getattr(module, "_diffusers_hook", None), "hooks", {})]
+        if type(module).__module__.startswith("supergen"):
+            left.append(f"{name}: {type(module).__name__}")
+        if module._forward_hooks or module._forward_pre_hooks:
+            left.append(f"{name}: torch forward hooks")
+        processor = getattr(module, "processor", None)
+        if processor is not None and type(processor).__module__.startswith("supergen"):
+            left.append(f"{name}: {type(processor).__name__}")
+        if getattr(processor, "_parallel_config", None) is not None:
+            left.append(f"{name}: processor parallel config")
+    if getattr(model, "_parallel_config", None) is not None:
+        left.append("model parallel config")
+    return left

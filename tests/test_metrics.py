@@ -126,3 +126,33 @@ def test_find_objects_on_random_toyworld_clips():
         right += m.shapes_right
     # Overlapping shapes merge or hide each other, so a few misses are expected.
     assert right >= 0.85 * total
+
+
+def _lattice(amplitude, phase, size=128, period=16):
+    """A faint texture on a ``period``-px lattice at ``phase`` px, (H, W, 1): the artefact a
+    latent grid of 16-px tokens prints."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    return (amplitude * np.cos(2 * np.pi * (xx - phase) / period) * np.cos(2 * np.pi * (yy - phase) / period))[..., None]
+
+
+def test_lattice_texture_finds_a_16px_texture_at_any_phase_and_not_on_clean_clips():
+    clean = np.stack([toy_video(seed, size=128) for seed in range(6)])  # (B, F, H, W, C)
+    clean_score = metrics.lattice_texture(clean, 16)
+    assert clean_score < 5e-4  # object edges fall on every phase; the median ignores them
+    for phase in (0, 5):
+        textured = np.clip(clean + _lattice(0.005, phase), 0, 1)  # 1.3 / 255: barely visible
+        assert metrics.lattice_texture(textured, 16) > 2.5 * max(clean_score, 5e-4)
+    # One frame, one clip, torch input: the same answer.
+    frame = np.clip(clean[0, 0] + _lattice(0.02, 3), 0, 1)
+    assert metrics.lattice_texture(torch.from_numpy(frame), 16) == pytest.approx(metrics.lattice_texture(frame, 16))
+    with pytest.raises(ValueError, match="period 200"):
+        metrics.lattice_texture(frame, 200)
+
+
+def test_same_objects_compares_the_colours_of_two_frames():
+    video = toy_video(seed=5, size=128)
+    assert metrics.same_objects(video[0], video[1], toyworld.OBJECT_COLOURS)
+    other = toy_video(seed=6, size=128)
+    colours = [{b.colour for b in metrics.find_objects(v[0], toyworld.OBJECT_COLOURS)} for v in (video, other)]
+    assert colours[0] != colours[1]  # the two seeds draw different objects
+    assert not metrics.same_objects(other[0], video[1], toyworld.OBJECT_COLOURS)

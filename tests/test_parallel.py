@@ -28,7 +28,7 @@ from supergen.refine import SingleProcess
 from supergen.runtime import call_arguments
 from supergen.tiling import TilePlan, Unit
 
-from ranks import free_port, run_ranks, single_thread
+from ranks import free_port, parallel_leftovers, run_ranks, single_thread
 
 # Canvas 64×112 px = 8×14 latent; tile 48×80 px = 6×10 latent does not divide it (2×2 clamped tiles
 # whose owned segments shift every step). VAE tiles of 32 px every 24 px: 3×5 windows.
@@ -90,10 +90,8 @@ def worker(out_dir: Path) -> None:
     # The sketch on diffusers' context parallelism (Ulysses over the group), then tile parallelism on
     # the same transformer: nothing of diffusers' parallel state may be left for the refinement.
     out = render(pipe, extra=["parallel.sketch=ulysses"], group=group)
-    cp_hooks = [name for m in pipe.transformer.modules() for name in getattr(getattr(m, "_diffusers_hook", None), "hooks", {})]
-    processors = [b.attn1.processor._parallel_config for b in pipe.transformer.blocks]
     seen["ulysses"] = {"latent": out.frames, "sketch": out.sketch, "parallel": out.stats.parallel,
-                       "left": cp_hooks + [c for c in processors if c is not None] + [pipe.transformer._parallel_config] * (pipe.transformer._parallel_config is not None)}
+                       "left": parallel_leftovers(pipe.transformer)}
     out = render(pipe, extra=CACHE_ON + WHOLE, group=group)
     seen["cache"] = {"latent": out.frames, "parallel": out.stats.parallel, "computed": [s.tiles_computed for s in out.stats.steps],
                      "blocks": [[t.blocks for t in s.tiles] for s in out.cache_report.steps]}

@@ -16,7 +16,7 @@ from supergen.parallel import plan_parallel
 from supergen.pipeline import SuperGenPipeline
 from supergen.runtime import call_arguments
 
-from ranks import run_ranks, single_thread
+from ranks import parallel_leftovers, run_ranks, single_thread
 
 # Canvas 64×128 px = latent 2×8×16 = 64 tokens at patch 2 (32 per rank); the tiny Wan has 2 heads (1 per
 # rank). Windows of the 32×64 native tile, a halo of one token, shifting every step; guidance on.
@@ -36,17 +36,6 @@ def render(pipe, group=None, extra=()):
     return sg(**call_arguments(cfg.job), generator=torch.Generator().manual_seed(3), output_type="latent")
 
 
-def leftovers(pipe) -> list:
-    """diffusers hooks, parallel configs and supergen processors or position modules a render left behind."""
-    model = pipe.transformer
-    hooks = [name for m in model.modules() for name in getattr(getattr(m, "_diffusers_hook", None), "hooks", {})]
-    configs = [b.attn2.processor._parallel_config for b in model.blocks if b.attn2.processor._parallel_config is not None]
-    processors = [type(b.attn1.processor).__name__ for b in model.blocks if type(b.attn1.processor).__name__ != "WanAttnProcessor"]
-    extra = [model._parallel_config] if model._parallel_config is not None else []
-    rope = [] if type(model.rope).__name__ == "WanRotaryPosEmbed" else [type(model.rope).__name__]
-    return hooks + configs + processors + extra + rope + [h for h in model.proj_out._forward_hooks]
-
-
 def worker(out_dir: Path) -> None:
     from supergen import parallel
 
@@ -57,7 +46,7 @@ def worker(out_dir: Path) -> None:
     first = render(pipe, group)
     seen["latent"], seen["parallel"] = first.frames, first.stats.parallel
     seen["again"] = render(pipe, group).frames  # deterministic for this rank count
-    seen["left"] = leftovers(pipe)
+    seen["left"] = parallel_leftovers(pipe.transformer)
     # The exchange alone: (B, n, H, D) tokens of this rank → all tokens of its heads, and back.
     exchange = parallel.HeadExchange(group)
     full = torch.arange(2 * 6 * 4 * 3, dtype=torch.float32).view(2, 6, 4, 3)  # (B, N, H, D), the same on every rank

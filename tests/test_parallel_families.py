@@ -14,7 +14,7 @@ from supergen.adapters import adapter_for
 from supergen.adapters.hunyuan import mask_in_rank_order
 from supergen.pipeline import SuperGenPipeline
 
-from ranks import run_ranks, single_thread
+from ranks import parallel_leftovers, run_ranks, single_thread
 from test_families import SKETCH, tiny_cogvideox, tiny_hunyuan, tiny_ltx
 
 TIMEOUT = 300
@@ -68,9 +68,7 @@ def worker(out_dir: Path) -> None:
         sketch, stats = sketch_of(name, pipe, group, "ulysses")
         again, _ = sketch_of(name, pipe, group, "ulysses")
         model = pipe.transformer
-        left = [h for m in model.modules() for h in getattr(getattr(m, "_diffusers_hook", None), "hooks", {})]
-        left += [m for m in model.modules() if getattr(m, "_forward_pre_hooks", None)]
-        left += [type(p).__name__ for p in model.attn_processors.values() if type(p).__module__.startswith("supergen")]
+        left = parallel_leftovers(model)
         seen[name] = {"sketch": sketch, "again": again, "plan": stats["plan"], "left": left, "bytes": stats["stages"]["sketch"]["bytes"]}
     torch.save(seen, out_dir / f"rank{group.global_rank}.pt")
 

@@ -19,7 +19,7 @@ from supergen.config import load_config
 from supergen.pipeline import SuperGenPipeline
 from supergen.runtime import call_arguments
 
-from ranks import run_ranks, single_thread
+from ranks import parallel_leftovers, run_ranks, single_thread
 
 # Canvas 48×112 px = latent 6×14; tiles 48×80 px = 6×10 latent (30 tokens with 2 latent frames at patch
 # 2): 2 clamped tiles a step. Guidance 1: one forward per tile, so 2 units a step.
@@ -50,8 +50,7 @@ def worker(out_dir: Path) -> None:
     hook = model.blocks[1].register_forward_pre_hook(lambda block, args: lengths.add(args[0].shape[1]))
     out = render(pipe, group)
     hook.remove()
-    left = [h for m in model.modules() for h in getattr(getattr(m, "_diffusers_hook", None), "hooks", {})]
-    left += [m.processor._parallel_config for m in model.modules() if getattr(getattr(m, "processor", None), "_parallel_config", None)]
+    left = parallel_leftovers(model)
     torch.save({"latent": out.frames, "parallel": out.stats.parallel, "again": render(pipe, group).frames, "left": left, "lengths": lengths,
                 "tiles": [s.tiles_computed for s in out.stats.steps]}, out_dir / f"rank{group.global_rank}.pt")
 

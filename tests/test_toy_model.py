@@ -83,14 +83,32 @@ def _trainer():
 
 def test_training_continues_from_the_shipped_folder(tmp_path):
     """A fresh clone has no run-folder checkpoints; --init-from continues from the shipped
-    weights (same step count, same latent scale, encoder frozen) instead of from scratch."""
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    weights (same step count, same latent scale, encoder frozen) instead of from scratch.
+
+    A decoder-only run (no DiT checkpoint yet) exports with the shipped transformer, text encoder
+    and latent statistics, which were trained on the encoder it kept, and the folder loads offline.
+    """
+    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
 
     trainer = _trainer()
     card = json.loads((ASSET / "training.json").read_text())
     common = ["--init-from", str(ASSET), "--run-dir", str(tmp_path), "--eval-every", "1"]
-    trainer.main(["--stage", "vae", "--freeze-encoder", "--vae-steps", str(card["vae_steps"] + 1),
-                  "--vae-batch", "1", "--vae-crop", "32", "--vae-eval-clips", "1", "--vae-lr", "1e-5", *common])
+    trainer.main(["--stage", "vae", "--freeze-encoder", "--vae-steps", str(card["vae_steps"] + 1), "--vae-batch", "1",
+                  "--vae-crop", "32", "--vae-eval-clips", "1", "--vae-lr", "1e-5", "--vae-edge-weight", "0.5", *common])
+    out = tmp_path / "out"
+    trainer.main(["--stage", "export", "--out", str(out), "--samples-png", str(tmp_path / "samples.png"),
+                  "--sample-steps", "1", "--eval-prompts", "1", "--dit-eval-clips", "2", "--vae-eval-clips", "1", *common])
+    exported, shipped = WanPipeline.from_pretrained(out), WanPipeline.from_pretrained(ASSET)
+    for a, b in zip(exported.transformer.state_dict().values(), shipped.transformer.state_dict().values()):
+        assert torch.equal(a, b)
+    assert exported.vae.config.latents_mean == shipped.vae.config.latents_mean
+    decoder = torch.load(tmp_path / "vae.pt", weights_only=False)["ema"]["module"]
+    assert all(torch.equal(v, decoder[k]) for k, v in exported.vae.state_dict().items())
+    written = json.loads((out / "training.json").read_text())
+    assert written["vae_steps"] == card["vae_steps"] + 1 and written["dit_steps"] == card["dit_steps"]
+    assert {"lattice_texture", "lattice_texture_true_clips", "reconstructions"} <= set(written["vae_checks"])
+    assert "frame0_consistency" in written["prompt_following"]["samples"]
+
     trainer.main(["--stage", "dit", "--dit-steps", str(card["dit_steps"] + 1), "--dit-batch", "2",
                   "--bank", "4", "--dit-eval-clips", "4", *common])
 
@@ -125,3 +143,4 @@ def test_prompt_words_outside_the_vocabulary_are_reported(toy_pipe, caplog):
         sg(prompt="a purple disk staying still on a vertical gray to white background", height=128, width=128,
            num_frames=5, strength=1.0, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
     assert "unknown to this model's tokenizer" in caplog.text and "purple" in caplog.text
+
