@@ -1,6 +1,7 @@
 """Full-size dry runs without weights or a GPU (``supergen plan --trace``).
 
-The real architecture is built from its config with *fake tensors*
+The real architecture — any family's: :meth:`~supergen.planner.Architecture.build` makes the
+family's diffusers pipeline from its classes and full-size configs — is built with *fake tensors*
 (:class:`torch._subclasses.fake_tensor.FakeTensorMode`: shapes and dtypes, no storage) and the real
 :class:`~supergen.pipeline.SuperGenPipeline` renders with it — sketch, upscale, encode, re-noise,
 refinement steps, decode, output conversion. A dispatch mode (:class:`MemoryTrace`) watches every
@@ -9,12 +10,14 @@ operation and records, per stage, the peak of live tensor bytes, the FLOPs
 
 What is not traced, and said so in the output:
 
-- the text encoder: its forward is replaced by embeddings of the right shape (diffusers' T5 code
-  trims padding with data-dependent slicing, which fake tensors cannot run); its weights are counted
-  exactly from the config and added to the resident bytes;
-- transformer blocks beyond ``layers``: the peak of inference does not depend on the block count
-  (each block's activations are freed before the next), so a few blocks are traced and the missing
-  blocks' parameter bytes are added exactly;
+- the text encoders: the adapter's ``encode_text`` returns embeddings of their output shapes
+  (:meth:`~supergen.adapters.ModelAdapter.prompt_shapes`; diffusers' T5 code trims padding with
+  data-dependent slicing, and HunyuanVideo-I2V's LLaVA prompt crops its template at token positions,
+  which fake tensors cannot run); their weights are counted exactly from the configs and added to
+  the resident bytes. Image encoders (Wan 2.1 I2V's CLIP) run;
+- transformer blocks beyond ``layers`` per block list (HunyuanVideo has two): the peak of inference
+  does not depend on the block count (each block's activations are freed before the next), so a few
+  blocks are traced and the missing blocks' parameter bytes are added exactly;
 - steps: a few sketch and refinement steps are traced (peaks do not depend on the step count).
 
 Fake tensors also prove what the refinement step does *not* do: any read of a device value on the
@@ -394,7 +397,7 @@ def trace_render(
     Args:
         config: the method and model config (``model.dtype``, ``model.vae_dtype`` are used).
         steps: sketch and refinement steps traced (peaks do not depend on the count).
-        layers: transformer blocks built per expert (None: all); the rest are added as parameter bytes.
+        layers: transformer blocks built per block list and expert (None: all); the rest are added as parameter bytes.
     """
     from PIL import Image
     from torch._subclasses.fake_tensor import FakeTensorMode
