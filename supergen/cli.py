@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--trace-steps", type=int, default=2, help="sketch and refinement steps traced (default 2; peaks do not depend on it)")
     plan.add_argument("--trace-layers", type=int, default=2,
                       help="transformer blocks built per block list and expert (default 2; the rest are counted from the config); 0: all")
+    plan.add_argument("--trace-baseline", action="store_true",
+                      help="with --trace: also trace the plain diffusers pipeline (WanPipeline.__call__) at the model's native size "
+                           "and the same frame count, and print supergen's traced peak as a multiple of its peak")
+    plan.add_argument("--offload", choices=choices_of("model.offload"),
+                      help="plan (and with --trace, trace) under one of diffusers' memory savers (model.offload); "
+                           "the trace models group only: block-level group offloading, counting the onloaded groups")
     plan.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     demo = sub.add_parser(
@@ -203,16 +209,23 @@ def render(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     from .planner import architecture, format_plan, make_plan, with_native_sketch
 
+    if args.trace_baseline and not args.trace:
+        raise SuperGenError("--trace-baseline compares with the supergen trace: add --trace")
     cfg = config_from_args(args, default=None)
     arch = architecture(cfg.model.name)
     planned = with_native_sketch(cfg, arch)
     print(format_plan(make_plan(planned, arch)))
     if args.trace:
-        from .trace import format_trace, trace_render
+        from .trace import format_pipeline_trace, format_trace, trace_pipeline, trace_render
 
         resource = make_plan(planned, arch)
-        print(format_trace(trace_render(planned, arch, *resource.size, resource.num_frames, steps=args.trace_steps,
-                                        layers=args.trace_layers or None)))
+        traced = trace_render(planned, arch, *resource.size, resource.num_frames, steps=args.trace_steps,
+                              layers=args.trace_layers or None)
+        print(format_trace(traced))
+        if args.trace_baseline:
+            baseline = trace_pipeline(planned, arch, num_frames=resource.num_frames, steps=args.trace_steps,
+                                      layers=args.trace_layers or None)
+            print(format_pipeline_trace(baseline, traced))
     if planned is not cfg:
         print(
             f"sketch: {arch.name}'s native size; to render exactly this plan pass "

@@ -32,10 +32,13 @@ device once the prompts are encoded and the image encoder after the sketch (:dat
 stage's peak is its resident weights plus its transient, and the render's peak is the largest of those:
 
 - transformer (one forward of ``batch_tiles`` tiles): inference frees each block's activations before
-  the next, so the live set is one block's widest point, for Wan the FFN: the residual stream and its
-  norm (2·D) and the FFN hidden before and after GELU (2·Fd) per token → ``B·L·(2D + 2Fd)·b``; the
-  other families' ``a·D + f·Fd`` per token (:class:`~supergen.adapters.FamilyMemory`). Attention
-  is assumed fused (SDPA's flash / memory-efficient kernels on GPU and CPU): no ``L²`` score matrix.
+  the next, so the live set is one block's widest point (:func:`block_bytes_per_token`): for Wan the
+  larger of the FFN — the residual stream and its norm (2·D) and the FFN hidden before and after GELU
+  (2·Fd) per token, ``(2D + 2Fd)·b`` — and the residual update after it, which Wan's blocks do in
+  float32: three float32 and five model-dtype copies of the stream, ``D·(3·4 + 5·b)`` (wider where
+  ``D`` is large against ``Fd``: Wan-14B); the other families' ``(a·D + f·Fd)·b``
+  (:class:`~supergen.adapters.FamilyMemory`, fitted to their traces). Times ``B·L``. Attention is
+  assumed fused (SDPA's flash / memory-efficient kernels on GPU and CPU): no ``L²`` score matrix.
 - canvas state (the refinement loop): ``6`` float32 copies of the canvas latent — the latent, the
   blended prediction, the multistep scheduler's two stored outputs, its last sample and the new
   sample — plus the image condition for I2V.
@@ -68,9 +71,11 @@ stage's peak is its resident weights plus its transient, and the render's peak i
   encoder's working set, the windows' latents until blended, and the mask + latent kept for refinement.
   CogVideoX and HunyuanVideo I2V encode the one image frame with their pipeline's code: the image,
   one frame's encoder working set and the condition kept for refinement.
-- block-level group offloading (estimated only; the trace does not model hooks): two transformer
-  blocks (the running one and the prefetched one), the transformer's layers outside its blocks and
-  the VAE on the device, plus the largest stage transient.
+- block-level group offloading (``model.offload=group``; ``supergen plan --trace --offload group``
+  traces it through diffusers' own hooks): two transformer blocks (the running one and the prefetched
+  one), the transformer's layers outside its blocks and the VAE on the device, plus the stage's
+  transient; in the setup at least the whole text encoder (UMT5 is one group: it has no block list
+  of its own).
 
 These are estimates of what the *allocator* must hold; a CPU process's RSS adds allocator slack, a GPU
 adds the CUDA context (~0.5 GiB) and caching-allocator fragmentation. ``docs/benchmarks.md``
@@ -94,6 +99,7 @@ from .config import SuperGenConfig
 from .errors import SuperGenError
 from .geometry import SizeRules
 from .plan import RenderPlan, plan_render
+from .adapters.base import FamilyMemory
 from .tiling import TilePlan
 
 #: float32 canvas-sized tensors alive during refinement (see the module docstring).
@@ -559,11 +565,33 @@ class ResourcePlan:
         """Weights on the device during ``stage``'s transient: all of them, less the parked encoders."""
         return self.weights - sum(self.memory.get(f"weights.{k}", 0) for k in self.parked if stage in PARKED[k])
 
+    def stage_breakdown(self, stage: str) -> tuple[int, int]:
+        """``(weights on the device, transient)`` at ``stage``'s estimated peak. Every weight is on the
+        device when the render starts: the setup's peak is all of them if its transient, after the
+        text encoder is parked, holds less than the encoder did."""
+        weights, transient = self.resident(stage), self.memory.get(f"stage.{stage}", 0)
+        if stage == "setup" and self.weights > weights + transient:
+            return self.weights, 0
+        return weights, transient
+
     def stage_peak(self, stage: str) -> int:
-        """Estimated peak of ``stage``: its resident weights plus its transient (every weight is on
-        the device when the render starts)."""
-        peak = self.resident(stage) + self.memory.get(f"stage.{stage}", 0)
-        return max(peak, self.weights) if stage == "setup" else peak
+        """Estimated peak of ``stage``: the weights on the device then plus its transient (:meth:`stage_breakdown`)."""
+        return sum(self.stage_breakdown(stage))
+
+    def group_offload_breakdown(self, stage: str) -> tuple[int, int]:
+        """``(weights on the device, transient)`` at ``stage``'s estimated peak under block-level group
+        offloading (``model.offload=group``): :attr:`group_offload_weights` and the stage's transient;
+        in the setup, the text encoder if larger: the hooks onload UMT5 as one group (its blocks are
+        not a block list of the top module), all of its weights while it encodes."""
+        weights, transient = self.group_offload_weights, self.memory.get(f"stage.{stage}", 0)
+        text = self.memory.get("weights.text_encoder", 0)
+        if stage == "setup" and text > weights + transient:
+            return text, 0
+        return weights, transient
+
+    def group_offload_peak(self, stage: str) -> int:
+        """Estimated peak of ``stage`` under block-level group offloading (:meth:`group_offload_breakdown`)."""
+        return sum(self.group_offload_breakdown(stage))
 
     @property
     def peak(self) -> int:
@@ -607,19 +635,32 @@ class ResourcePlan:
             ("VAE decode", f"{human(self.memory['vae_decode'])} ({'tiled' if self.vae_tiling else 'untiled'})"),
             ("upscale (VAE encode)", human(self.memory["upscale"])),
             *([("block cache", human(self.memory["block_cache"]))] if self.memory["block_cache"] else []),
-            ("estimated peak", f"{human(self.peak)} in {self.peak_stage} = weights {human(self.resident(self.peak_stage))} + "
-             f"{human(self.memory.get(f'stage.{self.peak_stage}', 0))}"
-             + (f" ({', '.join(self.parked)} parked on the host once used)" if self.parked else "")),
+            ("estimated peak", self._peak_row()),
         ]
         if "stage.setup" in self.memory:
             rows.insert(-1, ("image condition (VAE encode)", human(self.memory["stage.setup"])))
-        rows.append(("with group offload", f"{human(self.group_offload_weights + self.transient)} = weights on the device "
-                     f"{human(self.group_offload_weights)} + {human(self.transient)} (model.offload=group; estimated, not traced)"))
+        offloaded = max(STAGES, key=self.group_offload_peak)
+        weights, transient = self.group_offload_breakdown(offloaded)
+        held = (f"the text encoder {human(weights)}, onloaded whole while it encodes" if weights != self.group_offload_weights
+                else f"weights on the device {human(weights)} + {offloaded} transient {human(transient)}")
+        rows.append(("with group offload", f"{human(weights + transient)} in {offloaded} = {held} "
+                     "(model.offload=group; supergen plan --trace --offload group traces it)"))
         return rows
 
     @property
     def peak_stage(self) -> str:
         return max(STAGES, key=self.stage_peak)
+
+    def _peak_row(self) -> str:
+        """The estimated peak and what is on the device when it happens."""
+        stage = self.peak_stage
+        weights, transient = self.stage_breakdown(stage)
+        parked = [k for k in self.parked if stage in PARKED[k] and (stage != "setup" or weights < self.weights)]
+        if weights == self.weights:
+            which = "all of them" + (f": {', '.join(self.parked)} not yet parked" if self.parked else "")
+        else:
+            which = f"{', '.join(parked)} parked on the host by then"
+        return f"{human(self.peak)} in {stage} = weights {human(weights)} ({which}) + {stage} transient {human(transient)}"
 
 
 def make_plan(
@@ -667,9 +708,7 @@ def make_plan(
     mem = {f"weights.{k}": v * DTYPE_BYTES[component_dtype(config, arch, k)] for k, v in parameters.items()}
     batch = min(config.tiling.batch_tiles, out.tiles_per_step)
     family = arch.family.memory
-    # A block's widest point per token (Wan: 2·D + 2·Fd; the other families' own, fitted to their traces).
-    per_token = family.block_tokens[0] * d + family.block_tokens[1] * ffn
-    mem["transformer"] = int(batch * out.tokens_per_tile * per_token * b)
+    mem["transformer"] = int(batch * out.tokens_per_tile * block_bytes_per_token(d, ffn, b, family))
     canvas_elems = math.prod(latent)
     condition = (arch.transformer["in_channels"] - latent[0]) * canvas_elems // latent[0]  # I2V mask + image latent
     mem["canvas"] = CANVAS_COPIES * canvas_elems * 4 + condition * 4
@@ -700,7 +739,7 @@ def make_plan(
     # Stage transients: what each stage holds beyond the resident weights. The sketch is the plain
     # pipeline at sketch size: a transformer forward there, then an untiled decode of the sketch.
     sketch_tokens = (latent[1] // pt) * (sketch[0] // vs // ph) * (sketch[1] // vs // pw)
-    sketch_forward = int(sketch_tokens * per_token * b)
+    sketch_forward = int(sketch_tokens * block_bytes_per_token(d, ffn, b, family))
     if out.sketch is not None:
         out.sketch_flops_per_step = (2 if render.sketch_guidance_scale > 1.0 else 1) * transformer_flops(arch, sketch_tokens)
     sketch_decode = sketch_px * vb + int(family.vae_decode_copies * full_res_channels * vae_frames * sketch[0] * sketch[1] * vb)
@@ -740,6 +779,24 @@ def make_plan(
                               + int(family.vae_encode_copies * full_res_channels * tile_px * vb) + condition * 4)
     out.memory = mem
     return out
+
+
+#: Copies of the residual stream alive at a Wan block's residual update after its FFN, traced
+#: (``hidden_states.float() + ff_output.float() * gate``): float32 ones, and ones in the model dtype
+#: (the block's input, its attention and FFN outputs, the norm's output and a cast).
+RESIDUAL_F32_COPIES, RESIDUAL_MODEL_COPIES = 3, 5
+
+
+def block_bytes_per_token(d: int, ffn: int, b: int, family: FamilyMemory = FamilyMemory()) -> int:
+    """Bytes per token at a transformer block's widest point: the FFN, ``(a·D + f·Fd)·b`` with the
+    family's ``(a, f)`` (Wan: ``(2D + 2Fd)·b``), or, where the family's blocks add their residual
+    updates in float32 (Wan) in a model dtype below it, that update (``D·(3·4 + 5·b)``), whichever is
+    larger (in float32 its casts are no-ops)."""
+    a, f = family.block_tokens
+    ffn_point = (a * d + f * ffn) * b
+    if b >= 4 or not family.float32_residual:
+        return int(ffn_point)
+    return int(max(ffn_point, d * (RESIDUAL_F32_COPIES * 4 + RESIDUAL_MODEL_COPIES * b)))
 
 
 def attended_pairs(layout) -> int:

@@ -96,13 +96,18 @@ def available_memory(device: torch.device) -> int:
 def device_need(plan, offload: str) -> tuple[int, int]:
     """``(weights, transient)`` bytes a planned render holds on its device at its peak: with
     ``model`` offload only the largest component is resident at a time, with ``group`` two
-    transformer blocks and what lies outside them (:attr:`~supergen.planner.ResourcePlan.group_offload_weights`),
+    transformer blocks and what lies outside them (:attr:`~supergen.planner.ResourcePlan.group_offload_weights`;
+    in the setup the whole text encoder, :meth:`~supergen.planner.ResourcePlan.group_offload_peak`),
     with ``sequential`` one layer's parameters (counted as nothing)."""
     if offload == "none":
         return plan.weights, plan.peak - plan.weights
+    if offload == "group":  # per stage, with the text encoder onloaded whole while it encodes
+        from .planner import STAGES
+
+        return plan.group_offload_weights, max(map(plan.group_offload_peak, STAGES)) - plan.group_offload_weights
     # Offload hooks manage the encoders (nothing is parked): the largest transient of any stage.
     largest = max(plan.memory[f"weights.{k}"] for k in plan.parameters)
-    return {"model": largest, "group": plan.group_offload_weights}.get(offload, 0), plan.transient
+    return {"model": largest}.get(offload, 0), plan.transient
 
 
 def check_memory(cfg: SuperGenConfig, device: torch.device, loaded: bool = False) -> None:
@@ -258,8 +263,15 @@ class Runtime:
         return Rendered(out, seed, path)
 
 
-def uint8_chunks(video: torch.Tensor, size: int = 16) -> Iterator[np.ndarray]:
+#: Host bytes of one chunk of frames on its way to the encoder (5 frames at 4K, 16 at 720p and below).
+CHUNK_BYTES = 128 * 2**20
+
+
+def uint8_chunks(video: torch.Tensor, size: int | None = None) -> Iterator[np.ndarray]:
     """A ``uint8`` output video ``(F, H, W, 3)`` (on any device) as ``(≤size, H, W, 3)`` host numpy chunks,
-    so the host holds one chunk at a time when the frames live on a GPU."""
+    so the host holds one chunk at a time when the frames live on a GPU. ``size``: frames per chunk;
+    default as many as fit in :data:`CHUNK_BYTES` (at least one, at most 16)."""
+    if size is None:
+        size = max(1, min(16, CHUNK_BYTES // max(1, video[0].numel())))
     for start in range(0, video.shape[0], size):
         yield video[start:start + size].cpu().numpy()

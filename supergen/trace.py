@@ -25,10 +25,16 @@ host (``.item()``, ``.tolist()``, ``nonzero``, boolean-mask indexing) raises und
 that completes has none except the declared ones (:data:`DECLARED_SYNCS`). Tensors built from host
 data (Python lists, numpy, CPU tables) are tracked too: in the refinement step, every use of such a
 tensor with more than one element next to device data is reported as a host-to-device copy.
+
+Two variants: :func:`trace_pipeline` traces diffusers' own pipeline call (no supergen) at the
+model's native size, the reference of the "≤ 1.3× the plain pipeline" target; with
+``model.offload=group``, :func:`trace_render` applies diffusers' block-level group offloading to the
+fake pipeline and counts only the weights its hooks have onloaded (:class:`GroupOffloadMeter`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -66,6 +72,7 @@ class StageTrace:
     largest: int = 0  # bytes of the largest single allocation
     largest_what: str = ""
     peak_what: str = ""  # the largest live tensors at the peak
+    peak_weights: int = 0  # of ``peak``, the weights on the device then
     cpu_seconds: float = 0.0  # CPU time the trace of this stage took
 
 
@@ -83,6 +90,7 @@ class TraceResult:
     host_copies: list[str] = field(default_factory=list)  # host-to-device copies inside refinement steps
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    offload: str = "none"  # model.offload traced: none, or group (only the onloaded groups' weights are resident)
 
     @property
     def peak(self) -> int:
@@ -110,7 +118,7 @@ class MemoryTrace(TorchDispatchMode):
         self.resident = resident
         self.live: dict[int, tuple[int, str]] = {}
         self.current = 0
-        self.high = 0  # highest ``current`` since the last :meth:`ShapeMemo` mark
+        self.high = 0  # highest ``resident + current`` since the last :meth:`ShapeMemo` mark
         self.stage = "setup"
         self.stages: dict[str, StageTrace] = {}
         self.host_copies: list[str] = []
@@ -130,10 +138,10 @@ class MemoryTrace(TorchDispatchMode):
         self._note_peak(trace)
 
     def _note_peak(self, trace: StageTrace, extra: int = 0) -> None:
-        self.high = max(self.high, self.current + extra)
         total = self.resident + self.current + extra
+        self.high = max(self.high, total)
         if total > trace.peak:
-            trace.peak = total
+            trace.peak, trace.peak_weights = total, self.resident
             top = sorted(self.live.values(), reverse=True)[:3]
             trace.peak_what = ", ".join(f"{what} {human(n)}" for n, what in top)
 
@@ -183,12 +191,15 @@ class MemoryTrace(TorchDispatchMode):
                 self.host_copies.append(f"{func}: host tensor {tuple(host[0].shape)} used with device data")
         out = func(*args, **kwargs)
         trace = self.stages.setdefault(self.stage, StageTrace())
+        # A view (or in-place result) of an input allocates nothing: e.g. ``t()`` of a weight, which
+        # exists since before the trace (counted in ``resident``), not in ``live``.
+        existing = {_storage_key(t) for t in inputs if t.device.type != "meta"}
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor) or t.device.type == "meta":
                 continue
             storage = t.untyped_storage()
             key = storage._cdata
-            if key in self.live:
+            if key in self.live or key in existing:
                 continue
             nbytes = storage.nbytes()
             what = f"{func.__name__}{tuple(t.shape)} {str(t.dtype).removeprefix('torch.')}"
@@ -199,6 +210,72 @@ class MemoryTrace(TorchDispatchMode):
                 trace.largest, trace.largest_what = nbytes, what
         self._note_peak(trace)
         return out
+
+class GroupOffloadMeter:
+    """Counts diffusers' block-level group offloading on the device: the weights of the onloaded groups.
+
+    diffusers' hooks (``enable_group_offload``) are applied to the fake pipeline for real and decide
+    when which group of modules is onloaded and offloaded; in the trace host and device are the same
+    fake CPU, so the moves themselves are not run: :meth:`patched` turns each group's ``onload_`` /
+    ``offload_`` into adding / removing its parameter and buffer bytes on the :class:`MemoryTrace`'s
+    resident weights. With CUDA streams (what ``supergen render --offload group`` uses on a GPU) a
+    block's hook also prefetches the next block while it runs: ``prefetch`` counts each onloaded block
+    group twice (itself and the next one, same-shaped for transformer blocks).
+    """
+
+    def __init__(self, memory: MemoryTrace, prefetch: bool = True):
+        self.memory, self.prefetch = memory, prefetch
+        self.on_device: dict[int, int] = {}
+        self.groups: set[int] = set()
+
+    def _bytes(self, group) -> int:
+        tensors = [t for m in group.modules for t in (*m.parameters(), *m.buffers())] + [*group.parameters, *group.buffers]
+        nbytes = sum({t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in tensors}.values())
+        # A block group's hook sits on its own block; the group of a module's layers outside its block
+        # lists (led by that module, onloaded by itself) is not prefetched.
+        block = self.prefetch and any(m is group.offload_leader for m in group.modules)
+        return nbytes * (2 if block else 1)
+
+    def onload(self, group) -> None:
+        self.groups.add(id(group))
+        if id(group) not in self.on_device:
+            self.on_device[id(group)] = nbytes = self._bytes(group)
+            self.memory.resident += nbytes
+            self.memory._note_peak(self.memory.stages.setdefault(self.memory.stage, StageTrace()))
+
+    def offload(self, group) -> None:
+        self.memory.resident -= self.on_device.pop(id(group), 0)
+
+    @contextlib.contextmanager
+    def patched(self) -> Iterator[None]:
+        from diffusers.hooks.group_offloading import ModuleGroup
+
+        originals = ModuleGroup.onload_, ModuleGroup.offload_
+        ModuleGroup.onload_ = lambda group: self.onload(group)
+        ModuleGroup.offload_ = lambda group: self.offload(group)
+        try:
+            yield
+        finally:
+            ModuleGroup.onload_, ModuleGroup.offload_ = originals
+
+
+class StageMeter:
+    """Moves a :class:`MemoryTrace` from stage to stage and books each stage's FLOPs and CPU time."""
+
+    def __init__(self, memory: MemoryTrace, flop_counter, name: str):
+        self.memory, self.flop_counter, self.name = memory, flop_counter, name
+        self.stage, self.flops, self.cpu = memory.stage, 0, time.process_time()
+
+    def enter(self, stage: str) -> None:
+        """End the current stage (its FLOPs and CPU time go to its :class:`StageTrace`) and start ``stage``."""
+        now, total = time.process_time(), self.flop_counter.get_total_flops()
+        done = self.memory.stages.setdefault(self.stage, StageTrace())
+        done.cpu_seconds += now - self.cpu
+        done.flops += total - self.flops
+        logger.info("trace %s: %s done in %.1f s CPU; %s", self.name, self.stage, now - self.cpu, stage)
+        self.stage, self.flops, self.cpu = stage, total, now
+        self.memory.set_stage(stage)
+
 
 class ShapeMemo:
     """Traces a function once per input shape and replays it for the next calls of that shape.
@@ -262,7 +339,7 @@ class ShapeMemo:
                 transient, flops, out, dtype = self.seen[traced]
                 shape = torch.Size((*out[:-2], *(key[0][i] * out[i] // traced[0][i] for i in (-2, -1))))
                 return self._replay(x, int(transient * area), int(flops * area), shape, dtype)
-            start, flops = memory.current, self.flop_counter.get_total_flops()
+            start, flops = memory.resident + memory.current, self.flop_counter.get_total_flops()
             memory.high = start
             out = fn(x, *args)
             self.seen[key] = (memory.high - start, self.flop_counter.get_total_flops() - flops, out.shape, out.dtype)
@@ -324,19 +401,26 @@ def _host_scheduler(scheduler_class: type) -> type:
     return type(scheduler_class.__name__, (scheduler_class,), {"set_timesteps": _unfaked(scheduler_class.set_timesteps)})
 
 
-def _text_stub(adapter, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype):
-    """``adapter.encode_text`` returning embeddings of the text encoders' output ``shapes``
-    (:meth:`~supergen.adapters.ModelAdapter.prompt_shapes`): zeros, and masks of ones (the only stub)."""
+def _text_embeddings(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, device, guided: bool) -> dict[str, torch.Tensor | None]:
+    """Embeddings of the text encoders' output ``shapes`` for both guidance branches (the unconditional
+    one None unless ``guided``): zeros, and masks of ones. Keys are the pipelines' own argument names."""
     from .adapters import BRANCHES
 
+    embeds: dict[str, torch.Tensor | None] = {}
+    for branch, prefix in BRANCHES.items():
+        used = branch == "cond" or guided
+        for key, shape in shapes.items():
+            make = torch.ones if "mask" in key else torch.zeros
+            embeds[prefix + key] = make((1, *shape), dtype=dtype, device=device) if used else None
+    return embeds
+
+
+def _text_stub(adapter, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype):
+    """``adapter.encode_text`` returning embeddings of the text encoders' output ``shapes``
+    (:meth:`~supergen.adapters.ModelAdapter.prompt_shapes`, :func:`_text_embeddings`; the only stub)."""
+
     def encode_text(request, guidance_scale):
-        embeds: dict[str, torch.Tensor | None] = {}
-        for branch, prefix in BRANCHES.items():
-            used = branch == "cond" or adapter.runs_branches(guidance_scale)
-            for key, shape in shapes.items():
-                make = torch.ones if "mask" in key else torch.zeros
-                embeds[prefix + key] = make((1, *shape), dtype=dtype, device=adapter.device) if used else None
-        return embeds
+        return _text_embeddings(shapes, dtype, adapter.device, adapter.runs_branches(guidance_scale))
 
     adapter.encode_text = encode_text
 
@@ -407,16 +491,30 @@ def trace_render(
     from .refine import TileRefiner
 
     config = with_native_sketch(config, arch)
+    offload = config.model.offload
+    if offload not in ("none", "group"):
+        raise SuperGenError(f"the trace models model.offload=none or group (block-level group offloading); got {offload!r}")
     traced_cfg = trace_steps(config, steps)
     plan = make_plan(config, arch, height, width, num_frames)
     dtypes = {name: getattr(torch, component_dtype(config, arch, name)) for name in ("transformer", "vae", "image_encoder")}
     start = time.perf_counter()
-    with FakeTensorMode(allow_non_fake_inputs=True):
+    memory = MemoryTrace(0)
+    offloader = GroupOffloadMeter(memory) if offload == "group" else None
+    with FakeTensorMode(allow_non_fake_inputs=True), (offloader.patched() if offloader else contextlib.nullcontext()):
         pipe, added = fake_pipeline(arch, dtypes, layers)
-        resident = sum(_param_bytes(m) for m in pipe.components.values() if isinstance(m, torch.nn.Module)) + sum(added.values())
+        text_encoders = sum(v for k, v in added.items() if k != "transformer blocks")
+        if offloader is None:
+            resident = sum(_param_bytes(m) for m in pipe.components.values() if isinstance(m, torch.nn.Module)) + sum(added.values())
+        else:
+            # What supergen.runtime.place does for model.offload=group (on CUDA with streams, see the meter).
+            # Every component gets hooks: no weights are on the device until a hook onloads them.
+            pipe.enable_group_offload(onload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1)
+            resident = 0
+        memory.resident = resident
         sg = SuperGenPipeline(pipe, traced_cfg)
         _text_stub(sg.adapter, arch.family.prompt_shapes(arch.transformer, arch.image_to_video), dtypes["transformer"])
-        memory = MemoryTrace(resident)
+        if offloader is not None:
+            _onload_while_encoding(sg.adapter, memory, text_encoders)
         host_schedule = _unfaked(sg.adapter.schedule)
 
         def schedule(*args, **kwargs):
@@ -431,18 +529,10 @@ def trace_render(
         # Per VAE tile (TiledVAE calls the adapter once per window): traced once per shape; blends vectorised.
         pipe.vae.blend_v, pipe.vae.blend_h = vectorised_blend(-2), vectorised_blend(-1)
         sg.adapter.decode, sg.adapter.encode = memo.wrap(sg.adapter.decode), memo.wrap(sg.adapter.encode)
-        stage_flops: dict[str, int] = {}
-        last = {"name": "setup", "flops": 0, "cpu": time.process_time()}
+        stages = StageMeter(memory, flop_counter, arch.name)
 
         def on_stage(name: str) -> None:
-            now = time.process_time()
-            memory.stages.setdefault(last["name"], StageTrace()).cpu_seconds += now - last["cpu"]
-            logger.info("trace %s: %s done in %.1f s CPU; %s", arch.name, last["name"], now - last["cpu"], name)
-            last["cpu"] = now
-            total = flop_counter.get_total_flops()
-            stage_flops[last["name"]] = stage_flops.get(last["name"], 0) + total - last["flops"]
-            last.update(name=name, flops=total)
-            memory.set_stage(name)
+            stages.enter(name)
             memory.host_default = name == "refine"
             torch.set_default_device("meta" if name == "refine" else None)
 
@@ -469,7 +559,9 @@ def trace_render(
                 return
             for name in names:
                 module = getattr(pipe, name, None)
-                if name in added or isinstance(module, torch.nn.Module):  # stubbed text encoders count
+                # Stubbed text encoders count as resident (under group offload only while they encode).
+                stubbed = name in added and offloader is None
+                if stubbed or (isinstance(module, torch.nn.Module) and not getattr(module, "_diffusers_hook", None)):  # as the pipeline
                     freed = added[name] if name in added else _param_bytes(module)
                     memory.resident -= freed
                     parked[name] = freed
@@ -485,13 +577,13 @@ def trace_render(
             with flop_counter, memory:
                 sg(prompt="a traced render", image=image, height=height, width=width, num_frames=num_frames,
                    generator=torch.Generator().manual_seed(0), output_type="uint8")
-                on_stage("end")
+                stages.enter("end")
         finally:
             TileRefiner.step = refinement_step
             torch.set_default_device(None)
     stages = {name: memory.stages[name] for name in STAGES if name in memory.stages}
     for name, trace in stages.items():
-        trace.flops = stage_flops.get(name, 0) + memo.replayed_flops.get(name, 0)
+        trace.flops += memo.replayed_flops.get(name, 0)
     notes = [f"VAE calls: {memo.calls}, {memo.replays} of them replayed from an earlier call of the same shape, "
              f"{memo.scaled} (smaller edge windows) scaled by area from a larger traced one"]
     text = [name for name in added if name != "transformer blocks"]
@@ -505,31 +597,172 @@ def trace_render(
                      + ", ".join(f"{name} {human(n)}" for name, n in parked.items()))
     refine_steps = int(traced_cfg.refine.num_inference_steps * traced_cfg.refine.strength)
     notes.append(f"{steps} sketch and {refine_steps} refinement steps traced; output_type='uint8' (what supergen render writes)")
+    if offloader is not None:
+        notes.append(f"model.offload=group: diffusers' block-level hooks applied to the fake pipeline ({len(offloader.groups)} groups "
+                     "onloaded); only onloaded groups' weights are on the device, each block group counted twice (the stream "
+                     "prefetches the next block while one runs); the text encoder's weights while it encodes (one group: "
+                     "UMT5 has no block list of its own)")
     return TraceResult(arch.name, (height, width), plan.num_frames, stages, resident, added, plan,
-                       memory.host_copies, time.perf_counter() - start, notes)
+                       memory.host_copies, time.perf_counter() - start, notes, offload)
+
+
+def _onload_while_encoding(adapter, memory: MemoryTrace, text_encoders: int) -> None:
+    """Under group offloading, the stubbed ``adapter.encode_text`` holds the text encoders'
+    ``text_encoders`` bytes on the device while it runs: diffusers' hooks onload UMT5 as one group (its
+    blocks sit in ``encoder.block``, not in a block list of the top module), all of it while it encodes."""
+    stub = adapter.encode_text
+
+    def encode_text(*args, **kwargs):
+        memory.resident += text_encoders
+        memory._note_peak(memory.stages.setdefault(memory.stage, StageTrace()))
+        try:
+            return stub(*args, **kwargs)
+        finally:
+            memory.resident -= text_encoders
+
+    adapter.encode_text = encode_text
+
+
+#: The stages of a plain diffusers call: prompt embeddings and latents, the denoising loop, the VAE decode.
+PIPELINE_STAGES = ("setup", "denoise", "decode")
+
+
+@dataclass
+class PipelineTrace:
+    """A traced call of the plain diffusers pipeline (no supergen): the reference of the 1.3x target."""
+
+    name: str
+    size: tuple[int, int]
+    num_frames: int
+    stages: dict[str, StageTrace]
+    resident: int  # bytes of weights on the device for the whole call (all components, text encoder included)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak(self) -> int:
+        return max(s.peak for s in self.stages.values())
+
+    @property
+    def peak_stage(self) -> str:
+        return max(self.stages, key=lambda s: self.stages[s].peak)
+
+
+def trace_pipeline(
+    config: SuperGenConfig,
+    arch: Architecture,
+    height: int | None = None,
+    width: int | None = None,
+    num_frames: int = 81,
+    steps: int = 2,
+    layers: int | None = 2,
+) -> PipelineTrace:
+    """Trace diffusers' own ``WanPipeline.__call__`` (``WanImageToVideoPipeline`` for I2V), as a user
+    calls it without supergen: every component on the device, untiled VAE decode, ``output_type="pt"``.
+
+    Args:
+        config: ``model.dtype`` and ``model.vae_dtype`` are used (the same dtypes as the supergen trace).
+        height, width: the call's size; default: the architecture's native (training) size.
+        steps: denoising steps traced (the peak does not depend on the count).
+        layers: transformer blocks built per expert (None: all); the rest are added as parameter bytes.
+    """
+    from PIL import Image
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if height is None or width is None:
+        if arch.native_size is None:
+            raise SuperGenError(f"{arch.name} records no native size; pass the plain pipeline's height and width")
+        height, width = arch.native_size
+    dtypes = {name: getattr(torch, component_dtype(config, arch, name)) for name in ("transformer", "vae", "image_encoder")}
+    start = time.perf_counter()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        pipe, added = fake_pipeline(arch, dtypes, layers)
+        resident = sum(_param_bytes(m) for m in pipe.components.values() if isinstance(m, torch.nn.Module)) + sum(added.values())
+        memory = MemoryTrace(resident)
+        flop_counter = FlopCounterMode(display=False)
+        stages = StageMeter(memory, flop_counter, arch.name)
+
+        def denoising(*_) -> None:
+            if stages.stage != "denoise":
+                stages.enter("denoise")
+
+        for transformer in filter(None, (pipe.transformer, getattr(pipe, "transformer_2", None))):
+            transformer.register_forward_pre_hook(denoising)
+        vae_decode = pipe.vae.decode
+
+        def decode(*args, **kwargs):
+            stages.enter("decode")
+            return vae_decode(*args, **kwargs)
+
+        pipe.vae.decode = decode
+        image = {"image": Image.new("RGB", (width, height), (128, 128, 128))} if arch.image_tokens else {}
+        with flop_counter, memory:
+            # The text encoders' outputs given as the call's embeddings (not run, as in the supergen trace).
+            text = _text_embeddings(arch.family.prompt_shapes(arch.transformer, arch.image_to_video), dtypes["transformer"],
+                                    torch.device("cpu"), guided=True)
+            pipe(**text, **image, height=height, width=width, num_frames=num_frames,
+                 num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="pt")
+            stages.enter("end")
+    notes = [f"text encoder not run (embeddings of its output shape); its {human(added['text_encoder'])} of weights "
+             "on the device throughout, as after pipe.to(device)"]
+    if "transformer blocks" in added:
+        notes.append(f"{layers} of {arch.transformer['num_layers']} transformer blocks built per expert; "
+                     f"the other blocks' {human(added['transformer blocks'])} of weights added")
+    notes.append(f"{steps} denoising steps traced; untiled VAE decode (diffusers' default); output_type='pt' (the float "
+                 "video stays on the device; 'np' moves the same video to the host after the peak)")
+    stages_ = {name: memory.stages[name] for name in PIPELINE_STAGES if name in memory.stages}
+    return PipelineTrace(arch.name, (height, width), num_frames, stages_, resident, time.perf_counter() - start, notes)
+
+
+def format_pipeline_trace(baseline: PipelineTrace, result: TraceResult | None = None) -> str:
+    """The plain pipeline's traced peak per stage, and ``result``'s peak as a multiple of it."""
+    lines = [f"trace of the plain diffusers pipeline ({baseline.name}) at {baseline.size[0]}x{baseline.size[1]}x"
+             f"{baseline.num_frames} (fake tensors, no weights)"]
+    lines += [f"  {name}: {human(s.peak)}; largest live tensors: {s.peak_what}; largest allocation {human(s.largest)} {s.largest_what}"
+              for name, s in baseline.stages.items()]
+    lines.append(f"peak: {human(baseline.peak)} in {baseline.peak_stage} (weights {human(baseline.resident)})")
+    if result is not None:
+        lines.append(f"supergen at {result.size[0]}x{result.size[1]}x{result.num_frames}: {human(result.peak)} = "
+                     f"{result.peak / baseline.peak:.2f}x the plain pipeline's peak")
+    lines += [f"note: {n}" for n in baseline.notes]
+    return "\n".join(lines)
 
 
 def estimated(result: TraceResult, stage: str) -> int:
-    """The planner's peak for ``stage``: its resident weights plus the stage's transient."""
+    """The planner's peak for ``stage``: its resident weights (or with group offload, the weights on
+    the device at once) plus the stage's transient."""
+    if result.offload == "group":
+        return result.plan.group_offload_peak(stage)
     return result.plan.stage_peak(stage)
+
+
+def estimated_peak_stage(result: TraceResult) -> str:
+    """The stage of the planner's largest :func:`estimated` peak."""
+    return max(STAGES, key=lambda stage: estimated(result, stage))
 
 
 def format_trace(result: TraceResult) -> str:
     """Per stage: traced peak, the planner's estimate, traced FLOPs and the largest allocation."""
-    header = ("stage", "traced peak", "estimated", "traced FLOPs", "largest allocation", "CPU s")
+    header = ("stage", "traced peak", "weights then", "estimated", "traced FLOPs", "largest allocation", "CPU s")
     rows = [header]
     for name, s in result.stages.items():
-        rows.append((name, human(s.peak), human(estimated(result, name)), human_flops(s.flops),
+        rows.append((name, human(s.peak), human(s.peak_weights), human(estimated(result, name)), human_flops(s.flops),
                      f"{human(s.largest)} {s.largest_what}", f"{s.cpu_seconds:.0f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [f"trace of {result.name} at {result.size[0]}x{result.size[1]}x{result.num_frames} (fake tensors, no weights)"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     peak = result.stages[result.peak_stage]
-    plan_peak = estimated(result, result.plan.peak_stage)
-    lines.append(f"peak: {human(result.peak)} in {result.peak_stage} (estimated {human(plan_peak)} in {result.plan.peak_stage}, "
+    plan_stage = estimated_peak_stage(result)
+    plan_peak = estimated(result, plan_stage)
+    lines.append(f"peak: {human(result.peak)} in {result.peak_stage} = weights on the device {human(peak.peak_weights)} + "
+                 f"{human(result.peak - peak.peak_weights)} (estimated {human(plan_peak)} in {plan_stage}, "
                  f"{(plan_peak - result.peak) / result.peak:+.0%}); largest live tensors there: {peak.peak_what}")
-    lines.append(f"resident weights {human(result.resident)}, of which not built but counted from the config: "
-                 + ", ".join(f"{k} {human(v)}" for k, v in result.added.items()))
+    if result.offload == "group":
+        lines.append("weights: block-level group offloading, only the onloaded groups on the device")
+    else:
+        lines.append(f"resident weights {human(result.resident)}, of which not built but counted from the config: "
+                     + ", ".join(f"{k} {human(v)}" for k, v in result.added.items()))
     copies = sorted(set(result.host_copies))
     lines.append("refinement step: no host synchronisation except " + "; ".join(DECLARED_SYNCS) + "; "
                  + (f"{len(result.host_copies)} host-to-device copies: " + "; ".join(copies) if copies else "no host-to-device copy"))

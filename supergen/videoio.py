@@ -22,6 +22,11 @@ from .preflight import check_output_path
 
 #: Frames converted and sent to the encoder at a time (bounds the host memory of the uint8 copy).
 CHUNK_FRAMES = 16
+#: libx264's threads and lookahead, bounded: the encoder holds about (lookahead + threads) frames, and
+#: its automatic thread count grows with the machine's cores (1.5 per core). Measured at 1080p × 60
+#: frames, crf 10 (``docs/benchmarks.md``, host memory): 0.50 GB with 3 threads (2 cores), 1.28 GB with
+#: 48 (a 32-core server), 0.37 GB with these; 4K frames are 4× larger. Files differ by < 0.1 %.
+ENCODER_PARAMS = ["-threads", "4", "-x264-params", "rc-lookahead=16"]
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -68,13 +73,15 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
                     # macro_block_size=1: keep the exact size (ffmpeg would otherwise pad to multiples of 16).
                     writer = imageio_ffmpeg.write_frames(
                         str(tmp), (size[1], size[0]), fps=fps, codec="libx264", quality=quality,
-                        pix_fmt_out=pixel_format(*size), macro_block_size=1, ffmpeg_log_level="error")
+                        pix_fmt_out=pixel_format(*size), macro_block_size=1, ffmpeg_log_level="error",
+                        output_params=ENCODER_PARAMS)
                     writer.send(None)
                 elif part.shape[1:3] != size:
                     raise SuperGenError(f"video frames change size from {size[0]}x{size[1]} to {part.shape[1]}x{part.shape[2]} (height x width)")
                 for frame in part:
                     writer.send(np.ascontiguousarray(frame))
                 count += len(part)
+                del part  # sent: not held while the next chunk is made (a device-to-host copy)
             if writer is None or count == 0:
                 raise SuperGenError(f"no frames to write to {str(path)!r}")
             writer.close()

@@ -199,3 +199,8 @@ def test_plan_knows_the_toy_model():
     assert result.returncode == 0, result.stderr
     assert "toy (float32)" in result.stdout and "128x384 (height x width), 9 frames" in result.stdout
     assert "requires torchvision" not in result.stderr  # the known library noise is filtered
+
+
+def test_plan_trace_baseline_needs_the_trace():
+    result = supergen("plan", "--config", "tiny", "--model", "tiny", "--trace-baseline")
+    assert result.returncode == 2 and "--trace-baseline compares with the supergen trace: add --trace" in result.stderr

@@ -14,9 +14,10 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import DataDependentOutputException
 
+from supergen import SuperGenError
 from supergen.config import load_config
-from supergen.planner import KNOWN
-from supergen.trace import estimated, format_trace, trace_render
+from supergen.planner import KNOWN, make_plan
+from supergen.trace import estimated, format_trace, trace_pipeline, trace_render
 
 GiB = 2**30
 
@@ -118,3 +119,34 @@ def test_the_traces_vectorised_blend_equals_diffusers_row_by_row():
     a, b = torch.rand(1, 3, 5, 20, 24), torch.rand(1, 3, 5, 20, 24)
     for dim, theirs in ((-2, vae.blend_v), (-1, vae.blend_h)):
         assert torch.equal(vectorised_blend(dim)(a, b.clone(), 8), theirs(a, b.clone(), 8))
+
+
+def test_the_plain_pipeline_trace_holds_every_weight_throughout():
+    # diffusers' own WanPipeline.__call__ (the reference of the 1.3x target): nothing parked, untiled decode.
+    cfg = load_config("tiny")
+    baseline = trace_pipeline(cfg, KNOWN["tiny"], 96, 192, 9, steps=1)
+    assert list(baseline.stages) == ["setup", "denoise", "decode"]
+    assert baseline.resident >= make_plan(cfg, KNOWN["tiny"], 96, 192, 9).weights  # (+ the rope's buffers)
+    assert all(stage.peak_weights == baseline.resident for stage in baseline.stages.values())
+    assert baseline.stages["decode"].largest >= 3 * 9 * 96 * 192 * 4  # the whole decoded video, float32
+    assert baseline.peak_stage == "decode"
+
+
+def test_the_trace_refuses_an_offload_it_does_not_model():
+    with pytest.raises(SuperGenError, match="the trace models model.offload=none or group .* got 'model'"):
+        trace_render(load_config("tiny", ["model.offload=model"]), KNOWN["tiny"], 96, 192, 9)
+
+
+def test_group_offload_trace_counts_only_the_onloaded_groups():
+    cfg = load_config("tiny", ["model.offload=group"])
+    result = trace_render(cfg, KNOWN["tiny"], 96, 192, 9, steps=1)
+    assert result.offload == "group" and "block-level hooks" in result.notes[-1]
+    per_block, outside = KNOWN["tiny"].block_parameters()
+    # A refinement step: the running block, the one the stream prefetches, the layers outside the
+    # blocks (the rope's buffers besides: within 3 %); no encoder, no VAE.
+    two_blocks = (2 * per_block + outside) * 4  # the tiny preset is float32
+    assert two_blocks <= result.stages["refine"].peak_weights <= 1.03 * two_blocks
+    # The setup encodes the prompt: the whole text encoder is one group (UMT5 has no block list of its own).
+    assert result.stages["setup"].peak_weights == result.added["text_encoder"]
+    # Never every weight at once (the plain trace holds them all in every stage).
+    assert all(stage.peak_weights < result.plan.weights for stage in result.stages.values())

@@ -45,6 +45,10 @@ def test_uint8_chunks_move_a_uint8_video_to_the_host_in_chunks():
     parts = list(uint8_chunks(video, size=4))
     assert [len(p) for p in parts] == [4] * 5 + [1] and all(p.dtype == np.uint8 for p in parts)
     assert np.array_equal(np.concatenate(parts), video.numpy())
+    # By default a chunk holds at most 128 MiB: 5 frames at 4K (a broadcast view: no 4K video is allocated).
+    four_k = torch.zeros(1, 1, 1, 3, dtype=torch.uint8).expand(21, 2160, 3840, 3)
+    assert [len(p) for p in uint8_chunks(four_k)] == [5] * 4 + [1]
+    assert [len(p) for p in uint8_chunks(video)] == [16, 5]
 
 
 def test_a_file_that_is_not_a_video_is_one_clear_error(tmp_path):

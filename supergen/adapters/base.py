@@ -155,6 +155,8 @@ class FamilyMemory:
     #: (:attr:`~supergen.planner.Architecture.vae_channels`), per frame in flight, alive at its peak.
     vae_decode_copies: float = 13.0
     vae_encode_copies: float = 10.0
+    #: Whether the blocks add their residual updates in float32 (Wan), which can be wider than the FFN.
+    float32_residual: bool = True
 
 
 @dataclass

@@ -16,7 +16,8 @@ What differs from Wan, each handled here at the adapter's boundary:
 
 from __future__ import annotations
 
-from typing import ContextManager
+import contextlib
+from typing import ContextManager, Iterator
 
 import torch
 from diffusers import CogVideoXDPMScheduler
@@ -27,6 +28,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..errors import SuperGenError
 from .base import FamilyMemory, FamilyModules, ModelAdapter, Request, Stepper, processors_replaced
+from .positions import DeviceTables, position_key
 
 
 #: Where CogVideoX's token sequence is split over the ranks of a context-parallel sketch (diffusers
@@ -100,7 +102,8 @@ class CogVideoXAdapter(ModelAdapter):
     # 2 latent frames (8 pixel frames) and encodes 8 frames at a time; at 720p its untiled decode
     # holds ~22 full-resolution activations per frame (the 2-D upsampling runs the frames as a batch
     # of 256-channel images), 40 GiB: the sketch's peak.
-    memory = FamilyMemory(block_tokens=(2.0, 2.5), vae_frames=8, vae_decode_copies=22.5, vae_encode_copies=10.0)
+    memory = FamilyMemory(block_tokens=(2.0, 2.5), vae_frames=8, vae_decode_copies=22.5, vae_encode_copies=10.0,
+                          float32_residual=False)
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -111,6 +114,7 @@ class CogVideoXAdapter(ModelAdapter):
                 "CogVideoX 1.0 positions are tied to its training size (learned or crop-interpolated)"
             )
         self.is_i2v = type(pipe).__name__ == "CogVideoXImageToVideoPipeline"
+        self._rotary_tables: DeviceTables | None = None  # one render's, while :meth:`positions` is entered
 
     # ---- context-parallel sketch ---------------------------------------------------------------
     def context_parallel_extras(self, ranks: int) -> ContextManager:
@@ -258,6 +262,43 @@ class CogVideoXAdapter(ModelAdapter):
             tables.append(grid.reshape(frames * n_h * n_w, -1).to(self.device))
         return tables[0], tables[1]
 
+    def positions(self, mode: str) -> ContextManager[None]:
+        """For one render: the rotary tables of its windows, kept on the device (the transformer takes
+        them as an input, so no module is installed; :meth:`preload_positions` builds them). Re-entrant."""
+        return self._render_tables()
+
+    @contextlib.contextmanager
+    def _render_tables(self) -> Iterator[None]:
+        if self._rotary_tables is not None:  # inside the refinement's scope: its tables
+            yield
+            return
+        self._rotary_tables = DeviceTables()
+        try:
+            yield
+        finally:
+            self._rotary_tables = None
+
+    def preload_positions(self, tiles, canvas, mode, frames, device) -> None:
+        """Every window's rotary table on the device before the first step (in every position mode:
+        the pipeline's own table is built on the host too)."""
+        for tile in tiles:
+            self._tile_rotary([tile], canvas, mode, frames // self.patch[0])
+
+    def _tile_rotary(self, tiles, canvas: tuple[int, int], positions: str, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rotary table of a forward on ``tiles`` (one: :attr:`batched_positions` is False), from this render's tables."""
+        if positions == "local":
+            rows, cols = torch.arange(tiles[0].shape[0] // self.patch[1]), torch.arange(tiles[0].shape[1] // self.patch[2])
+        else:
+            (rows,), (cols,) = self.token_positions(tiles)
+        ntk = (1.0, 1.0)
+        if positions == "ntk":
+            head = self.pipe.transformer.config.attention_head_dim
+            ntk = self.ntk_factors(canvas, tiles[0].shape, (head // 8 * 3, head // 8 * 3))
+        build = lambda: self._rotary(rows, cols, frames, ntk)  # noqa: E731
+        if self._rotary_tables is None:
+            return build()
+        return self._rotary_tables.get((frames, position_key(rows), position_key(cols), ntk, self.device), build)
+
     def predict_batch(self, latents, timestep, cond, tiles, canvas, positions, branch=None):
         model = self.pipe.transformer
         batch = latents.shape[0]
@@ -266,15 +307,7 @@ class CogVideoXAdapter(ModelAdapter):
             hidden = torch.cat([latents, cond.spatial["image_latents"].to(latents.dtype)], dim=1)
         # (B, C, F, h, w) → the pipeline's (B, F, C, h, w). DDIM-style scale_model_input is the identity.
         hidden = hidden.transpose(1, 2).to(model.dtype)
-        if positions == "local":
-            rows, cols = torch.arange(tiles[0].shape[0] // self.patch[1]), torch.arange(tiles[0].shape[1] // self.patch[2])
-        else:
-            (rows,), (cols,) = self.token_positions(tiles)
-        ntk = (1.0, 1.0)
-        if positions == "ntk":
-            head = model.config.attention_head_dim
-            ntk = self.ntk_factors(canvas, tiles[0].shape, (head // 8 * 3, head // 8 * 3))
-        rotary = self._rotary(rows, cols, latents.shape[2] // self.patch[0], ntk)
+        rotary = self._tile_rotary(tiles, canvas, positions, latents.shape[2] // self.patch[0])
         ofs = None if model.config.ofs_embed_dim is None else hidden.new_full((1,), 2.0)  # as the pipeline
         t = timestep.expand(batch)
 

@@ -28,7 +28,7 @@ from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_ti
 
 from ..errors import SuperGenError
 from .base import FIRST_FRAME, FamilyMemory, FamilyModules, ModelAdapter, Request
-from .positions import CanvasPositions
+from .positions import CanvasPositions, position_key
 
 #: Where HunyuanVideo's token sequence is split over the ranks of a context-parallel sketch (diffusers
 #: ships no plan for it): video and text tokens at the first dual-stream block (the text after the
@@ -67,19 +67,27 @@ class HunyuanCanvasRope(CanvasPositions):
     def axis_dims(self) -> tuple[int, int]:
         return tuple(self.original.rope_dim[1:])
 
-    def canvas_table(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(1, C, F, h, w)`` → ``(cos, sin)``, each ``(F·h·w / patch, head_dim)`` (one tile per call)."""
-        rope = self.original
-        device = hidden_states.device
-        frames = torch.arange(hidden_states.shape[2] // rope.patch_size_t, device=device, dtype=torch.float32)
+    def _table(self, frames: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)`` of the tile set now over ``frames`` token frames, built once per render on ``device``."""
         (rows,), (cols,) = self.rows, self.cols
-        axes = (frames, rows.to(device, torch.float32), cols.to(device, torch.float32))
+        return self.cached((frames, position_key(rows), position_key(cols), self.ntk, device), lambda: self._build(frames, rows, cols, device))
+
+    def _build(self, frames: int, rows: torch.Tensor, cols: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        rope = self.original
+        axes = (torch.arange(frames, device=device, dtype=torch.float32), rows.to(device, torch.float32), cols.to(device, torch.float32))
         grid = torch.meshgrid(*axes, indexing="ij")
         freqs = [
             get_1d_rotary_pos_embed(rope.rope_dim[i], grid[i].reshape(-1), rope.theta, use_real=True, ntk_factor=factor)
             for i, factor in enumerate((1.0, *self.ntk))
         ]
         return torch.cat([f[0] for f in freqs], dim=1), torch.cat([f[1] for f in freqs], dim=1)
+
+    def preload(self, frames: int, device: torch.device) -> None:
+        self._table(frames // self.original.patch_size_t, device)
+
+    def canvas_table(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1, C, F, h, w)`` → ``(cos, sin)``, each ``(F·h·w / patch, head_dim)`` (one tile per call)."""
+        return self._table(hidden_states.shape[2] // self.original.patch_size_t, hidden_states.device)
 
 
 class HunyuanVideoAdapter(ModelAdapter):
@@ -106,7 +114,8 @@ class HunyuanVideoAdapter(ModelAdapter):
     # block holds its attention and MLP outputs concatenated (width + FFN width) beside the MLP hidden
     # and its activation (~20 widths a token); the VAE decodes framewise, 4 + 1 latent frames
     # (17 pixel frames) at a time, its last up block at 256 channels.
-    memory = FamilyMemory(block_tokens=(2.0, 4.4), vae_frames=17, vae_decode_copies=9.5, vae_encode_copies=10.5)
+    memory = FamilyMemory(block_tokens=(2.0, 4.4), vae_frames=17, vae_decode_copies=9.5, vae_encode_copies=10.5,
+                          float32_residual=False)
     #: Text tokens of the LLaMA embedding (the pipelines' max_sequence_length, template cropped) and, for
     #: image-to-video, the LLaVA image tokens kept with them: 576 tokens of the image, every 2nd
     #: (latent_concat) or 4th (token_replace), less the 4 assistant-header tokens the I2V pipeline cuts.

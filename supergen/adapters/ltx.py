@@ -73,7 +73,8 @@ class LTXAdapter(ModelAdapter):
     # Fitted to the traces of LTX-Video at 2K and 4K (docs/benchmarks.md): the VAE works on every frame
     # at once (no temporal chunks), its last stage at a quarter of the resolution in float32; the
     # blocks' rotary tables are float32 per token (~19 widths a token at the widest point).
-    memory = FamilyMemory(block_tokens=(2.0, 4.35), vae_frames=None, vae_decode_copies=6.4, vae_encode_copies=7.5)
+    memory = FamilyMemory(block_tokens=(2.0, 4.35), vae_frames=None, vae_decode_copies=6.4, vae_encode_copies=7.5,
+                          float32_residual=False)
 
     def context_parallel_extras(self, ranks: int) -> ContextManager:
         """The cross-attention of every block with its text mask broadcast over heads (:class:`LTXContextParallelAttnProcessor`)."""

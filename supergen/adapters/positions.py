@@ -16,6 +16,29 @@ import torch
 from torch import nn
 
 
+class DeviceTables:
+    """Position tables kept on the device for one render, by key (the positions, factors and device).
+
+    A tile grid shifts through a short cycle of offsets, so once every window's table is built (before
+    the first refinement step: the adapter's ``preload_positions``) no step builds a table on the host
+    or copies one to the device.
+    """
+
+    def __init__(self):
+        self._tables: dict[tuple, Any] = {}
+
+    def get(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """``build()`` the first time ``key`` is asked for, the same object afterwards."""
+        if key not in self._tables:
+            self._tables[key] = build()
+        return self._tables[key]
+
+
+def position_key(positions: torch.Tensor) -> tuple[int, ...]:
+    """Host ``positions`` (token rows or columns, on the CPU: no device read) as a table key."""
+    return tuple(positions.tolist())
+
+
 class CanvasPositions(nn.Module):
     """Base of a family's canvas-numbered rotary module; subclasses implement :meth:`canvas_table`.
 
@@ -28,16 +51,12 @@ class CanvasPositions(nn.Module):
         self.rows: list[torch.Tensor] | None = None
         self.cols: list[torch.Tensor] | None = None
         self.ntk: tuple[float, float] = (1.0, 1.0)
-        # Per-axis tables already on the device, by (axis, positions, factor): a tile grid shifts
-        # through a short cycle of offsets, so after the first cycle no step builds a table on the
-        # host or copies one to the device. Lives as long as the install (one render).
-        self._tables: dict[tuple, Any] = {}
+        # Tables already on the device: lives as long as the install (one render).
+        self._tables = DeviceTables()
 
     def cached(self, key: tuple, build: Callable[[], Any]) -> Any:
         """``build()`` the first time ``key`` is asked for in this render, the same object afterwards."""
-        if key not in self._tables:
-            self._tables[key] = build()
-        return self._tables[key]
+        return self._tables.get(key, build)
 
     def set_tiles(self, rows: list[torch.Tensor] | None, cols: list[torch.Tensor] | None, ntk: tuple[float, float] = (1.0, 1.0)) -> None:
         """Canvas positions (in patches) of the next forward's token rows and columns, one tensor per
