@@ -77,20 +77,14 @@ class StageTrace:
 
 
 @dataclass
-class TraceResult:
-    """A traced render: per-stage measurements next to the planner's estimate."""
+class StagedTrace:
+    """What any trace measured: one :class:`StageTrace` per stage, in the order they ran."""
 
     name: str
     size: tuple[int, int]
     num_frames: int
     stages: dict[str, StageTrace]
-    resident: int  # bytes of weights resident for the whole render (traced + added)
-    added: dict[str, int]  # weights counted from the config but not built (text encoder, missing blocks)
-    plan: ResourcePlan
-    host_copies: list[str] = field(default_factory=list)  # host-to-device copies inside refinement steps
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    offload: str = "none"  # model.offload traced: none, or group (only the onloaded groups' weights are resident)
+    resident: int  # bytes of weights on the device for the whole call (traced + added)
 
     @property
     def peak(self) -> int:
@@ -104,6 +98,18 @@ class TraceResult:
     def largest(self) -> tuple[int, str]:
         stage = max(self.stages.values(), key=lambda s: s.largest)
         return stage.largest, stage.largest_what
+
+
+@dataclass
+class TraceResult(StagedTrace):
+    """A traced render: per-stage measurements next to the planner's estimate."""
+
+    added: dict[str, int]  # weights counted from the config but not built (text encoder, missing blocks)
+    plan: ResourcePlan
+    host_copies: list[str] = field(default_factory=list)  # host-to-device copies inside refinement steps
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    offload: str = "none"  # model.offload traced: none, or group (only the onloaded groups' weights are resident)
 
 
 class MemoryTrace(TorchDispatchMode):
@@ -628,24 +634,12 @@ PIPELINE_STAGES = ("setup", "denoise", "decode")
 
 
 @dataclass
-class PipelineTrace:
-    """A traced call of the plain diffusers pipeline (no supergen): the reference of the 1.3x target."""
+class PipelineTrace(StagedTrace):
+    """A traced call of the plain diffusers pipeline (no supergen): the reference of the 1.3x target.
+    ``resident`` holds every component, the text encoder included."""
 
-    name: str
-    size: tuple[int, int]
-    num_frames: int
-    stages: dict[str, StageTrace]
-    resident: int  # bytes of weights on the device for the whole call (all components, text encoder included)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def peak(self) -> int:
-        return max(s.peak for s in self.stages.values())
-
-    @property
-    def peak_stage(self) -> str:
-        return max(self.stages, key=lambda s: self.stages[s].peak)
 
 
 def trace_pipeline(
