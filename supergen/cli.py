@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         "estimated peak memory of one render (docs/planner.md). Trailing key=value arguments override config keys.",
     )
     plan.add_argument("--config", help="preset name or YAML file; default: the library defaults (50 steps, strength 0.5)")
-    plan.add_argument("--model", help="Wan2.1-1.3B | Wan2.1-14B | Wan2.1-I2V-14B | tiny | wan-medium-random | a Hugging Face id of those | a local model folder")
+    plan.add_argument("--model", help="Wan2.1-1.3B | Wan2.1-14B | Wan2.1-I2V-14B | Wan2.2-T2V-A14B | CogVideoX1.5-5B-I2V | "
+                      "HunyuanVideo-I2V | LTX-Video | tiny | wan-medium-random | a Hugging Face id of those | a local Wan model folder")
     plan.add_argument("--dtype", help="float32 | bfloat16 | float16")
     plan.add_argument("--height", type=int, help="output height in pixels")
     plan.add_argument("--width", type=int, help="output width in pixels")
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also dry-run the real pipeline on fake tensors (no weights, no GPU) and print traced memory next to the estimate")
     plan.add_argument("--trace-steps", type=int, default=2, help="sketch and refinement steps traced (default 2; peaks do not depend on it)")
     plan.add_argument("--trace-layers", type=int, default=2,
-                      help="transformer blocks built per expert (default 2; the rest are counted from the config); 0: all")
+                      help="transformer blocks built per block list and expert (default 2; the rest are counted from the config); 0: all")
     plan.add_argument("--trace-baseline", action="store_true",
                       help="with --trace: also trace the plain diffusers pipeline (WanPipeline.__call__) at the model's native size "
                            "and the same frame count, and print supergen's traced peak as a multiple of its peak")

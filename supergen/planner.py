@@ -5,8 +5,8 @@ its config files, no weights) and a config, and returns the render's geometry �
 grid, steps, tokens per tile — from the render plan the pipeline itself follows
 (:func:`~supergen.plan.plan_render`), plus FLOPs and memory.
 
-Architectures come from :data:`KNOWN` (Wan2.1-1.3B, Wan2.1-14B, tiny, and a mid-size random one used
-to check the estimate), from a local diffusers model folder (its ``*/config.json`` files), or from a
+Architectures come from :data:`KNOWN` (the released Wan 2.1/2.2, CogVideoX 1.5, HunyuanVideo-I2V and
+LTX-Video, tiny, and a mid-size random one used to check the estimate), from a local diffusers Wan model folder (its ``*/config.json`` files), or from a
 loaded pipeline (the demo). Parameter counts are exact: every module is built from its config on
 PyTorch's ``meta`` device, which allocates nothing, and its parameters are counted.
 
@@ -14,7 +14,8 @@ How the numbers are computed (also in ``docs/planner.md``)
 ----------------------------------------------------------
 
 FLOPs (multiply-add = 2) of one transformer forward on a tile of ``L`` tokens, with width ``D``,
-FFN width ``Fd``, ``N`` blocks, ``S`` text tokens (Wan pads prompts to 512), ``I`` image tokens (I2V)::
+FFN width ``Fd``, ``N`` blocks, ``S`` text tokens (Wan pads prompts to 512), ``I`` image tokens (I2V)
+— Wan's layout; the joint-attention families (CogVideoX, HunyuanVideo) are approximated by it::
 
     per block = 12·L·D² (self-attn q,k,v,o + cross-attn q,o) + 4·L²·D (self-attn scores and values)
               + 4·S·D² (cross-attn k,v on the text) + 4·L·S·D (cross-attn scores and values)
@@ -31,21 +32,25 @@ device once the prompts are encoded and the image encoder after the sketch (:dat
 stage's peak is its resident weights plus its transient, and the render's peak is the largest of those:
 
 - transformer (one forward of ``batch_tiles`` tiles): inference frees each block's activations before
-  the next, so the live set is one block's widest point (:func:`block_bytes_per_token`), the larger of
-  the FFN — the residual stream and its norm (2·D) and the FFN hidden before and after GELU (2·Fd)
-  per token, ``(2D + 2Fd)·b`` — and the residual update after it, which Wan's blocks do in float32:
-  three float32 and five model-dtype copies of the stream, ``D·(3·4 + 5·b)`` (wider where
-  ``D`` is large against ``Fd``: Wan-14B). Times ``B·L``. Attention is assumed fused (SDPA's flash /
-  memory-efficient kernels on GPU and CPU): no ``L²`` score matrix.
+  the next, so the live set is one block's widest point (:func:`block_bytes_per_token`): for Wan the
+  larger of the FFN — the residual stream and its norm (2·D) and the FFN hidden before and after GELU
+  (2·Fd) per token, ``(2D + 2Fd)·b`` — and the residual update after it, which Wan's blocks do in
+  float32: three float32 and five model-dtype copies of the stream, ``D·(3·4 + 5·b)`` (wider where
+  ``D`` is large against ``Fd``: Wan-14B); the other families' ``(a·D + f·Fd)·b``
+  (:class:`~supergen.adapters.FamilyMemory`, fitted to their traces). Times ``B·L``. Attention is
+  assumed fused (SDPA's flash / memory-efficient kernels on GPU and CPU): no ``L²`` score matrix.
 - canvas state (the refinement loop): ``6`` float32 copies of the canvas latent — the latent, the
   blended prediction, the multistep scheduler's two stored outputs, its last sample and the new
   sample — plus the image condition for I2V.
-- VAE (``v`` = the VAE dtype's size: float32 for Wan, diffusers' recipe): the decoder's working set
-  at full resolution for one tile and one chunk of ``vt`` frames, ``13 · c0 · vt · tile_h · tile_w · v``
-  (``c0`` = the first stage's channels; 13 such activations: the upsampling's doubled channels, the
-  residual blocks' input, norm, activation and convolution outputs, the causal caches — fitted to the
-  fake-tensor trace, ``supergen plan --trace``). The encoder's: 10 such activations (its
-  full-resolution stage has ``c0`` channels, no upsampling).
+- VAE (``v`` = the VAE dtype's size: float32 for Wan, diffusers' recipe; the model's dtype for the
+  others): the decoder's working set at full resolution for one tile and the ``n`` frames it works on
+  at once, ``k · c0 · n · tile_h · tile_w · v`` (``c0`` = the decoder's channels per pixel at full
+  resolution, :attr:`Architecture.vae_channels`). For Wan ``n = 4`` (one latent frame) and ``k = 13``
+  such activations: the upsampling's doubled channels, the residual blocks' input, norm, activation
+  and convolution outputs, the causal caches — fitted to the fake-tensor trace,
+  ``supergen plan --trace``; the encoder's ``k = 10`` (its full-resolution stage has ``c0``
+  channels, no upsampling). The other families' ``n`` and ``k`` are their
+  :class:`~supergen.adapters.FamilyMemory`, fitted to their traces at 2K and 4K.
 - VAE decode (tiled, :class:`~supergen.parallel.TiledVAE`, a row of tiles at a time): the output video
   as uint8 ``3·F·H·W`` (what ``supergen render`` asks for), one row of decoded tiles and the overlap
   kept of the row above (``3·F·(tile_h + overlap)·Σ tile widths·v``), one finished strip of rows
@@ -64,6 +69,8 @@ stage's peak is its resident weights plus its transient, and the render's peak i
 - image condition (Wan I2V, the ``setup`` stage): the image followed by zero frames, encoded at the
   canvas size one VAE window at a time: the image, one window (float32 and the VAE's dtype), the
   encoder's working set, the windows' latents until blended, and the mask + latent kept for refinement.
+  CogVideoX and HunyuanVideo I2V encode the one image frame with their pipeline's code: the image,
+  one frame's encoder working set and the condition kept for refinement.
 - block-level group offloading (``model.offload=group``; ``supergen plan --trace --offload group``
   traces it through diffusers' own hooks): two transformer blocks (the running one and the prefetched
   one), the transformer's layers outside its blocks and the VAE on the device, plus the stage's
@@ -77,11 +84,14 @@ adds the CUDA context (~0.5 GiB) and caching-allocator fragmentation. ``docs/ben
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -89,21 +99,13 @@ from .config import SuperGenConfig
 from .errors import SuperGenError
 from .geometry import SizeRules
 from .plan import RenderPlan, plan_render
+from .adapters.base import FamilyMemory
 from .tiling import TilePlan
 
-#: Wan pads every prompt to this many tokens (``max_sequence_length`` in the adapter).
-TEXT_TOKENS = 512
 #: float32 canvas-sized tensors alive during refinement (see the module docstring).
 CANVAS_COPIES = 6
-#: activations of ``c0`` channels alive in the VAE's full-resolution stage, per chunk of frames
-#: (see the module docstring; fitted to the traces of Wan2.1's VAE at 480p, 2K and 4K).
-VAE_WORKING_COPIES = 13
-#: the same for the encoder, whose full-resolution stage has ``c0`` channels only (no upsampling).
-VAE_ENCODE_COPIES = 10
 #: whole frames resized at a time (:func:`~supergen.upscale.resize_video`'s ``frames_per_chunk``).
 RESIZE_CHUNK = 8
-#: diffusers' AutoencoderKLWan tiling: tiles of 256 px, every 192 px.
-VAE_TILE, VAE_STRIDE = 256, 192
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -112,22 +114,38 @@ STAGES = ("setup", "sketch", "upscale", "refine", "decode")
 #: The encoders the pipeline parks on the host (``encoders.park``), as :meth:`Architecture.parameters`
 #: names them, and the stages that run without them: the text encoder leaves once the prompts are
 #: encoded (before the image condition), the image encoder after the sketch.
-PARKED = {"text_encoder": ("setup", "sketch", "upscale", "refine", "decode"), "image_encoder": ("upscale", "refine", "decode")}
+PARKED = {"text_encoder": ("setup", "sketch", "upscale", "refine", "decode"),
+          "text_encoder_2": ("setup", "sketch", "upscale", "refine", "decode"), "image_encoder": ("upscale", "refine", "decode")}
 
 # The diffusers configs of the published checkpoints (transformer/, vae/, text_encoder/ config.json).
 _UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
                  relative_attention_num_buckets=32, feed_forward_proj="gated-gelu")
+_T5_XXL = dict(vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
+               relative_attention_num_buckets=32, feed_forward_proj="gated-gelu")
 _WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
 _WAN_T = dict(patch_size=[1, 2, 2], attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
               freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
 
 
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    # Modules are built in their final dtype: ``.to(dtype)`` on fake parameters fails.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 @dataclass(frozen=True)
 class Architecture(SizeRules):
-    """A model's numbers: the configs of its transformer(s), VAE and text encoder, and its native size.
+    """A model's numbers: the configs of its transformer(s), VAE and encoders, its pipeline class and native size.
 
-    It also answers the geometry questions the size rules ask (:class:`~supergen.geometry.SizeRules`),
-    the way diffusers' Wan pipeline derives them from the same configs.
+    Its family (the adapter of :attr:`pipeline`) names the classes these configs build
+    (:class:`~supergen.adapters.base.FamilyModules`); :meth:`build` makes the real diffusers pipeline
+    from them without weights, and the size rules (:class:`~supergen.geometry.SizeRules`) are the
+    family adapter's own on that pipeline, so the planner and a loaded model cannot disagree.
     """
 
     name: str
@@ -137,7 +155,7 @@ class Architecture(SizeRules):
     #: Training resolution (pixels); None lets the config's ``sketch.native_area`` rule decide, as the
     #: pipeline does for Wan checkpoints (they do not record it).
     native_size: tuple[int, int] | None = None
-    #: Wan 2.2 A14B has two experts of the same shape, both resident.
+    #: Wan 2.2 A14B has two experts of the same shape (``transformer``, ``transformer_2``), both resident.
     experts: int = 1
     #: Image tokens the transformer cross-attends to (Wan 2.1 I2V: the CLIP embedding's length).
     image_tokens: int = 0
@@ -146,58 +164,170 @@ class Architecture(SizeRules):
     note: str = ""
     #: Exact parameter counts when known from loaded modules (the demo); else counted on ``meta``.
     counted: dict[str, int] = field(default_factory=dict, compare=False)
+    #: The diffusers pipeline class (it names the family: :func:`~supergen.adapters.adapter_named`).
+    pipeline: str = "WanPipeline"
+    #: HunyuanVideo: the config of its second text encoder (CLIP's text model, the pooled embedding).
+    text_encoder_2: dict[str, Any] | None = None
+    #: Arguments of the pipeline's own config (Wan 2.2 A14B: ``boundary_ratio``, where the experts switch).
+    pipeline_config: dict[str, Any] = field(default_factory=dict)
+
+    # ---- the family and its modules -----------------------------------------------------------
+    @property
+    def family(self):
+        """The family's adapter class (:class:`~supergen.adapters.ModelAdapter`)."""
+        from .adapters import adapter_named
+
+        return adapter_named(self.pipeline)
+
+    def encoder_configs(self) -> dict[str, dict[str, Any]]:
+        """The configs of the encoders this architecture has, by pipeline component name."""
+        configs = {"text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2, "image_encoder": self.image_encoder}
+        return {name: configs[name] for name in self.family.modules.encoders if configs.get(name) is not None}
+
+    def build(
+        self,
+        dtypes: dict[str, torch.dtype] | None = None,
+        layers: int | None = None,
+        encoders: tuple[str, ...] = (),
+        scheduler: Any = None,
+    ):
+        """The real diffusers pipeline of this architecture, built from its configs.
+
+        Call it under ``torch.device("meta")`` (nothing allocated) or a ``FakeTensorMode`` (shapes
+        only): its modules are initialised, never loaded.
+
+        Args:
+            dtypes: per component (``transformer``, ``vae``, encoder names), the dtype to build it in
+                (``.to(dtype)`` fails on fake parameters); float32 where not given.
+            layers: at most this many of each repeated block list of the transformer (None: all).
+            encoders: the encoders to build (of :meth:`encoder_configs`); the others are None.
+            scheduler: the scheduler to use; None: :meth:`scheduler`.
+        """
+        import diffusers
+        import transformers
+
+        spec = self.family.modules
+        dtypes = dtypes or {}
+
+        def built(name: str, make):
+            with _default_dtype(dtypes.get(name, torch.float32)):
+                return make().eval()
+
+        t_cfg = dict(self.transformer)
+        if layers is not None:
+            t_cfg.update({key: min(layers, t_cfg[key]) for key in spec.block_counts})
+        transformer_class = getattr(diffusers, spec.transformer)
+        components: dict[str, Any] = {"vae": built("vae", lambda: getattr(diffusers, spec.vae).from_config(self.vae))}
+        for i in range(self.experts):
+            components["transformer" if i == 0 else f"transformer_{i + 1}"] = built("transformer", lambda: transformer_class.from_config(t_cfg))
+        components["scheduler"] = scheduler if scheduler is not None else self.scheduler()
+        for name, config in self.encoder_configs().items():
+            if name in encoders:
+                model_class, config_class = spec.encoders[name]
+                components[name] = built(name, lambda: getattr(transformers, model_class)(getattr(transformers, config_class)(**config)))
+        if "image_encoder" in components:
+            size = self.image_encoder["image_size"]
+            components["image_processor"] = transformers.CLIPImageProcessor(crop_size=size, size=size)
+        pipeline_class = getattr(diffusers, self.pipeline)
+        # Components this architecture does not build (tokenizers, unbuilt encoders) are None.
+        absent = {name: None for name, p in inspect.signature(pipeline_class.__init__).parameters.items()
+                  if name != "self" and p.default is inspect.Parameter.empty and name not in components}
+        return pipeline_class(**components, **absent, **self.pipeline_config)
+
+    def scheduler(self):
+        """The family's scheduler, as the released checkpoints configure it (its tables on the host)."""
+        import diffusers
+
+        scheduler_class, scheduler_args = self.family.modules.scheduler
+        with torch.device("cpu"):
+            return getattr(diffusers, scheduler_class)(**scheduler_args)
+
+    @functools.cached_property
+    def _rules(self):
+        """The family adapter on this architecture's pipeline built on ``meta``: the size rules."""
+        with torch.device("meta"):
+            return self.family(self.build())
 
     # ---- geometry (SizeRules) ----------------------------------------------------------------
     @property
     def vae_scale(self) -> tuple[int, int, int]:
-        down = self.vae.get("temperal_downsample", [False, True, True])
-        spatial = 2 ** len(down)
-        return (2 ** sum(down), spatial, spatial)
+        return self._rules.vae_scale
 
     @property
     def patch(self) -> tuple[int, int, int]:
-        return tuple(self.transformer.get("patch_size", (1, 2, 2)))  # type: ignore[return-value]
+        return self._rules.patch
 
     @property
     def latent_channels(self) -> int:
-        return self.transformer["out_channels"]
+        return self._rules.latent_channels
+
+    @property
+    def pixel_multiple(self) -> int:
+        return self._rules.pixel_multiple
+
+    def extra_latent_frames(self, num_frames: int) -> int:
+        return self._rules.extra_latent_frames(num_frames)
+
+    @property
+    def vae_tile(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The VAE's spatial tiling in pixels, ``((tile_h, tile_w), (stride_h, stride_w))`` (the adapter's)."""
+        return self._rules.vae_tile
+
+    @property
+    def image_to_video(self) -> bool:
+        return self._rules.requires_image
 
     @property
     def width(self) -> int:
         return self.transformer["num_attention_heads"] * self.transformer["attention_head_dim"]
 
+    @property
+    def ffn_dim(self) -> int:
+        """The transformer's feed-forward width: Wan's ``ffn_dim``, HunyuanVideo's ``mlp_ratio`` × width,
+        CogVideoX's ``ff_inner_dim`` when set, else diffusers' ``FeedForward`` default of 4 × width."""
+        t = self.transformer
+        return t.get("ffn_dim") or t.get("ff_inner_dim") or int(t.get("mlp_ratio", 4.0) * self.width)
+
+    @property
+    def vae_channels(self) -> int:
+        """Channels per output pixel at the VAE decoder's full resolution: its last convolution's input
+        channels per pixel it writes (LTX's decoder ends at a quarter of the resolution and unpacks
+        4×4 pixels from each position: 128 channels for 48 outputs count as 8)."""
+        last = [m for m in self._rules.pipe.vae.decoder.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))][-1]
+        return last.in_channels * 3 // last.out_channels
+
+    @property
+    def num_blocks(self) -> int:
+        """Repeated transformer blocks per expert (HunyuanVideo: dual- and single-stream together)."""
+        return sum(self.transformer[key] for key in self.family.modules.block_counts)
+
     # ---- parameters ------------------------------------------------------------------------
     def parameters(self) -> dict[str, int]:
-        """Exact parameter counts of ``transformer`` (all experts), ``vae`` and ``text_encoder``."""
-        if self.counted:
-            return dict(self.counted)
-        from diffusers import AutoencoderKLWan, WanTransformer3DModel
-        from transformers import UMT5Config, UMT5EncoderModel
+        """Exact parameter counts of ``transformer`` (all experts), ``vae`` and each encoder."""
+        return dict(self.counted or self._counts)
 
+    @functools.cached_property
+    def _counts(self) -> dict[str, int]:
+        # Counted once per architecture: building the 8B text encoders on meta takes seconds.
         with torch.device("meta"):  # builds the real modules without allocating their weights
-            transformer = WanTransformer3DModel.from_config(self.transformer)
-            vae = AutoencoderKLWan.from_config(self.vae)
-            text = UMT5EncoderModel(UMT5Config(**self.text_encoder))
-            image = None
-            if self.image_encoder is not None:
-                from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-                image = CLIPVisionModelWithProjection(CLIPVisionConfig(**self.image_encoder))
+            pipe = self.build(encoders=tuple(self.encoder_configs()))
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-        counts = {"transformer": count(transformer) * self.experts, "vae": count(vae), "text_encoder": count(text)}
-        if image is not None:
-            counts["image_encoder"] = count(image)
+        counts = {"transformer": sum(count(m) for m in self.family(pipe).transformers), "vae": count(pipe.vae)}
+        counts |= {name: count(getattr(pipe, name)) for name in self.encoder_configs()}
         return counts
 
     def block_parameters(self) -> tuple[int, int]:
         """``(per block, outside the blocks)`` parameters of one transformer expert, counted on ``meta``:
-        what block-level group offloading moves at a time, and what it keeps together besides."""
-        from diffusers import WanTransformer3DModel
+        what block-level group offloading moves at a time, and what it keeps together besides
+        (HunyuanVideo's dual- and single-stream blocks averaged)."""
+        import diffusers
 
+        spec = self.family.modules
         with torch.device("meta"):
-            outside = sum(p.numel() for p in WanTransformer3DModel.from_config(dict(self.transformer, num_layers=0)).parameters())
+            empty = getattr(diffusers, spec.transformer).from_config(dict(self.transformer, **{k: 0 for k in spec.block_counts}))
+            outside = sum(p.numel() for p in empty.parameters())
         whole = self.parameters()["transformer"] // self.experts
-        return (whole - outside) // self.transformer["num_layers"], outside
+        return (whole - outside) // self.num_blocks, outside
 
     # ---- constructors -----------------------------------------------------------------------
     @classmethod
@@ -226,7 +356,12 @@ class Architecture(SizeRules):
         experts = 2 if transformer and transformer_2 else 1
         image = read("image_encoder")
         image_tokens = (image["image_size"] // image["patch_size"]) ** 2 + 1 if image and main.get("image_dim") else 0
-        return cls(root.name, main, vae, text, experts=experts, image_tokens=image_tokens, image_encoder=image if image_tokens else None)
+        index_file = root / "model_index.json"
+        index = json.loads(index_file.read_text()) if index_file.is_file() else {}
+        pipeline = index.get("_class_name") or ("WanImageToVideoPipeline" if main["in_channels"] > vae["z_dim"] else "WanPipeline")
+        boundary = {"boundary_ratio": index["boundary_ratio"]} if index.get("boundary_ratio") is not None else {}
+        return cls(root.name, main, vae, text, experts=experts, image_tokens=image_tokens, image_encoder=image if image_tokens else None,
+                   pipeline=pipeline, pipeline_config=boundary)
 
     @classmethod
     def from_pipeline(cls, pipe, name: str = "loaded") -> "Architecture":
@@ -247,6 +382,8 @@ class Architecture(SizeRules):
         return cls(
             name, dict(transformers[0].config), dict(pipe.vae.config), pipe.text_encoder.config.to_dict(),
             experts=len(transformers), image_tokens=image_tokens, image_encoder=image_encoder, counted=counted,
+            pipeline=type(pipe).__name__,
+            pipeline_config={"boundary_ratio": pipe.config.boundary_ratio} if getattr(pipe.config, "boundary_ratio", None) is not None else {},
         )
 
 
@@ -263,11 +400,52 @@ KNOWN: dict[str, Architecture] = {
     "Wan2.1-I2V-14B": Architecture(
         "Wan2.1-I2V-14B",
         dict(_WAN_T, num_attention_heads=40, ffn_dim=13824, num_layers=40, in_channels=36, image_dim=1280, added_kv_proj_dim=5120),
-        _WAN_VAE, _UMT5_XXL, native_size=(720, 1280), image_tokens=257,
+        _WAN_VAE, _UMT5_XXL, native_size=(720, 1280), image_tokens=257, pipeline="WanImageToVideoPipeline",
         # open-clip ViT-H/14 at 224 px: 16x16 patches + the class token.
         image_encoder=dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16,
                            image_size=224, patch_size=14, projection_dim=1024, hidden_act="gelu"),
         note="Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
+    ),
+    "Wan2.2-T2V-A14B": Architecture(
+        "Wan2.2-T2V-A14B", dict(_WAN_T, num_attention_heads=40, ffn_dim=13824, num_layers=40), _WAN_VAE, _UMT5_XXL,
+        native_size=(720, 1280), experts=2, pipeline_config={"boundary_ratio": 0.875},
+        note="Wan-AI/Wan2.2-T2V-A14B-Diffusers (high- and low-noise experts)",
+    ),
+    "CogVideoX1.5-5B-I2V": Architecture(
+        "CogVideoX1.5-5B-I2V",
+        dict(num_attention_heads=48, attention_head_dim=64, in_channels=32, out_channels=16, time_embed_dim=512, ofs_embed_dim=512,
+             text_embed_dim=4096, num_layers=42, attention_bias=True, sample_width=300, sample_height=300, sample_frames=81,
+             patch_size=2, patch_size_t=2, temporal_compression_ratio=4, max_text_seq_length=226, patch_bias=False,
+             use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False),
+        dict(block_out_channels=[128, 256, 256, 512], latent_channels=16, layers_per_block=3, norm_num_groups=32,
+             temporal_compression_ratio=4, sample_height=480, sample_width=720, scaling_factor=0.7, invert_scale_latents=True),
+        _T5_XXL, native_size=(768, 1360), pipeline="CogVideoXImageToVideoPipeline", note="THUDM/CogVideoX1.5-5B-I2V",
+    ),
+    "HunyuanVideo-I2V": Architecture(
+        "HunyuanVideo-I2V",
+        dict(in_channels=33, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20, num_single_layers=40,
+             num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm", guidance_embeds=False,
+             text_embed_dim=4096, pooled_projection_dim=768, rope_theta=256.0, rope_axes_dim=[16, 56, 56],
+             image_condition_type="latent_concat"),
+        dict(latent_channels=16, block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32,
+             scaling_factor=0.476986, spatial_compression_ratio=8, temporal_compression_ratio=4),
+        # llava-llama-3-8b: LLaMA-3 8B with a CLIP ViT-L/14 at 336 px.
+        dict(text_config=dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                              num_key_value_heads=8, vocab_size=128320, max_position_embeddings=8192),
+             vision_config=dict(model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768),
+             image_token_index=128257),
+        native_size=(720, 1280), pipeline="HunyuanVideoImageToVideoPipeline",
+        text_encoder_2=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                            max_position_embeddings=77, projection_dim=768),
+        note="hunyuanvideo-community/HunyuanVideo-I2V",
+    ),
+    "LTX-Video": Architecture(
+        "LTX-Video",
+        dict(in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32, attention_head_dim=64,
+             cross_attention_dim=2048, num_layers=28, caption_channels=4096),
+        dict(latent_channels=128, block_out_channels=[128, 256, 512, 512], patch_size=4, patch_size_t=1),
+        _T5_XXL, native_size=(512, 704), pipeline="LTXPipeline", note="Lightricks/LTX-Video (0.9.0)",
     ),
     # The built-in random model (supergen.builtin.tiny_wan_pipeline); native size = the tiny preset's sketch.
     "tiny": Architecture(
@@ -292,6 +470,10 @@ ALIASES = {
     "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "Wan2.1-1.3B",
     "Wan-AI/Wan2.1-T2V-14B-Diffusers": "Wan2.1-14B",
     "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers": "Wan2.1-I2V-14B",
+    "Wan-AI/Wan2.2-T2V-A14B-Diffusers": "Wan2.2-T2V-A14B",
+    "THUDM/CogVideoX1.5-5B-I2V": "CogVideoX1.5-5B-I2V",
+    "hunyuanvideo-community/HunyuanVideo-I2V": "HunyuanVideo-I2V",
+    "Lightricks/LTX-Video": "LTX-Video",
     "tiny-i2v": "tiny",
 }
 
@@ -323,14 +505,16 @@ def transformer_flops(arch: Architecture, tokens: int, batch: int = 1, pairs: in
     None means dense, ``tokens²``.
     """
     t = arch.transformer
-    d, ffn, n = arch.width, t["ffn_dim"], t["num_layers"]
-    s, i, L = TEXT_TOKENS, arch.image_tokens, tokens
+    d, ffn, n = arch.width, arch.ffn_dim, arch.num_blocks
+    # The text the transformer reads: Wan's 512 padded umT5 tokens of 4096; other families' own lengths.
+    s, text_dim = arch.family.prompt_shapes(t, arch.image_to_video)["prompt_embeds"]
+    i, L = arch.image_tokens, tokens
     pairs = L * L if pairs is None else pairs
     block = 12 * L * d * d + 4 * pairs * d + 4 * s * d * d + 4 * L * s * d + 4 * L * d * ffn
     patch = math.prod(arch.patch)
     embed = 2 * L * t["in_channels"] * patch * d + 2 * L * d * t["out_channels"] * patch  # patch in, projection out
-    embed += 2 * s * t["text_dim"] * d + 2 * s * d * d  # text embedder (two linears)
-    embed += 2 * (t["freq_dim"] * d + d * d + d * 6 * d)  # time embedder and its 6-way modulation projection
+    embed += 2 * s * text_dim * d + 2 * s * d * d  # text embedder (two linears)
+    embed += 2 * (t.get("freq_dim", 256) * d + d * d + d * 6 * d)  # time embedder and its 6-way modulation projection
     if i:
         image_dim = t["image_dim"]
         block += 4 * i * d * d + 4 * L * i * d
@@ -519,28 +703,32 @@ def make_plan(
         pairs = max(attended_pairs(out.layout[step]) for step in range(refine_steps))
     out.flops_per_step = out.tiles_per_step * forwards * transformer_flops(arch, out.tokens_per_tile, pairs=pairs)
 
-    d, ffn = arch.width, arch.transformer["ffn_dim"]
+    d, ffn = arch.width, arch.ffn_dim
     # The VAE and image encoder in their own dtypes (Wan's recipe: float32, as the pipeline loads them).
-    own = {"vae": _vae_dtype(config), "image_encoder": config.model.image_encoder_dtype or "float32"}
-    mem = {f"weights.{k}": v * DTYPE_BYTES[own[k]] if k in own else v * b for k, v in parameters.items()}
+    mem = {f"weights.{k}": v * DTYPE_BYTES[component_dtype(config, arch, k)] for k, v in parameters.items()}
     batch = min(config.tiling.batch_tiles, out.tiles_per_step)
-    mem["transformer"] = batch * out.tokens_per_tile * block_bytes_per_token(d, ffn, b)
+    family = arch.family.memory
+    mem["transformer"] = int(batch * out.tokens_per_tile * block_bytes_per_token(d, ffn, b, family))
     canvas_elems = math.prod(latent)
     condition = (arch.transformer["in_channels"] - latent[0]) * canvas_elems // latent[0]  # I2V mask + image latent
     mem["canvas"] = CANVAS_COPIES * canvas_elems * 4 + condition * 4
-    vb = DTYPE_BYTES[_vae_dtype(config)]
+    vb = DTYPE_BYTES[component_dtype(config, arch, "vae")]
     video = 3 * frames * canvas[0] * canvas[1]
-    full_res_channels = arch.vae["base_dim"] * arch.vae["dim_mult"][0]
-    tile_px = _vae_tile_area(canvas) if vae_tiling else canvas[0] * canvas[1]
-    working = VAE_WORKING_COPIES * full_res_channels * vt * tile_px * vb
-    encode_working = VAE_ENCODE_COPIES * full_res_channels * vt * tile_px * vb
+    full_res_channels = arch.vae_channels
+    vae_tile, vae_stride = arch.vae_tile
+    tile_px = _vae_tile_area(canvas, vae_tile) if vae_tiling else canvas[0] * canvas[1]
+    # Frames the VAE works on at once: Wan one latent frame (vt pixel frames), CogVideoX and HunyuanVideo
+    # their frame batches, LTX all frames (the families' FamilyMemory).
+    vae_frames = min(family.vae_frames or frames, frames)
+    working = int(family.vae_decode_copies * full_res_channels * vae_frames * tile_px * vb)
+    encode_working = int(family.vae_encode_copies * full_res_channels * vae_frames * tile_px * vb)
     latent_bytes = canvas_elems * 4
     sketch_px = 3 * frames * sketch[0] * sketch[1]
     if vae_tiling:
-        tile_h = min(VAE_TILE, canvas[0])
-        row_width = sum(_vae_spans(canvas[1]))
-        rows = 3 * frames * (tile_h + min(VAE_TILE - VAE_STRIDE, tile_h)) * row_width * vb
-        strip = 3 * frames * min(VAE_STRIDE, canvas[0]) * canvas[1] * vb
+        tile_h = min(vae_tile[0], canvas[0])
+        row_width = sum(_vae_spans(canvas[1], vae_tile[1], vae_stride[1]))
+        rows = 3 * frames * (tile_h + min(vae_tile[0] - vae_stride[0], tile_h)) * row_width * vb
+        strip = 3 * frames * min(vae_stride[0], canvas[0]) * canvas[1] * vb
         mem["vae_decode"] = video + rows + strip + working
         band = 3 * frames * tile_h * canvas[1] * vb
         resize = sketch_px * 4 + 3 * min(RESIZE_CHUNK, frames) * canvas[0] * canvas[1] * 4
@@ -551,10 +739,10 @@ def make_plan(
     # Stage transients: what each stage holds beyond the resident weights. The sketch is the plain
     # pipeline at sketch size: a transformer forward there, then an untiled decode of the sketch.
     sketch_tokens = (latent[1] // pt) * (sketch[0] // vs // ph) * (sketch[1] // vs // pw)
-    sketch_forward = sketch_tokens * block_bytes_per_token(d, ffn, b)
+    sketch_forward = int(sketch_tokens * block_bytes_per_token(d, ffn, b, family))
     if out.sketch is not None:
         out.sketch_flops_per_step = (2 if render.sketch_guidance_scale > 1.0 else 1) * transformer_flops(arch, sketch_tokens)
-    sketch_decode = sketch_px * vb + VAE_WORKING_COPIES * full_res_channels * vt * sketch[0] * sketch[1] * vb
+    sketch_decode = sketch_px * vb + int(family.vae_decode_copies * full_res_channels * vae_frames * sketch[0] * sketch[1] * vb)
     mem["stage.sketch"] = 0 if out.sketch is None else max(sketch_forward, sketch_decode)
     # The sketch's pixels stay referenced until the render returns (the sketch output).
     held = 0 if out.sketch is None else sketch_px * vb
@@ -565,7 +753,7 @@ def make_plan(
         from .cache.block import block_cache_bytes
 
         grid = (latent[1] // pt, latent[2] // ph, latent[3] // pw)
-        blocks = arch.transformer["num_layers"] * arch.experts
+        blocks = arch.num_blocks * arch.experts
         mem["block_cache"] = block_cache_bytes(grid, d, blocks, forwards, b)
     mem["stage.refine"] = mem["transformer"] + mem["canvas"] + held + mem["block_cache"]
     mem["stage.decode"] = mem["vae_decode"] + latent_bytes + held
@@ -574,16 +762,21 @@ def make_plan(
     # the VAE, whole (small; its convolutions are not in block lists). Encoders leave the device.
     per_block, outside = arch.block_parameters()
     out.group_offload_weights = (2 * per_block + outside) * b + mem["weights.vae"]
-    if condition:
+    if condition and arch.family.canvas_condition:
         # Wan I2V's condition (image + zero frames) encoded at the canvas size, window by window: the
         # image, one window in float32 and in the VAE's dtype, the encoder's working set, the windows'
         # latents (they overlap) until they are blended, and the condition kept for the refinement.
         # (Terms as calibrated on branch i2v, before TiledVAE held one row of windows at a time.)
         window = 3 * frames * tile_px
-        overlap = _vae_tiles_total_area(canvas) / (canvas[0] * canvas[1]) if vae_tiling else 0.0
+        overlap = _vae_tiles_total_area(canvas, vae_tile, vae_stride) / (canvas[0] * canvas[1]) if vae_tiling else 0.0
         i2v_working = 6 * full_res_channels * vt * tile_px * b
         mem["stage.setup"] = (3 * canvas[0] * canvas[1] * 4 + window * (4 + (b if b != 4 else 0)) + i2v_working
                               + int(canvas_elems * 4 * (1 + overlap)) + condition * 4)
+    elif condition:
+        # The image frame encoded by the family's pipeline (VAE-tiled as the plan says), in float32 and
+        # the VAE's dtype, one frame's encoder working set, and the condition kept for the refinement.
+        mem["stage.setup"] = (3 * canvas[0] * canvas[1] * (4 + vb)
+                              + int(family.vae_encode_copies * full_res_channels * tile_px * vb) + condition * 4)
     out.memory = mem
     return out
 
@@ -594,14 +787,16 @@ def make_plan(
 RESIDUAL_F32_COPIES, RESIDUAL_MODEL_COPIES = 3, 5
 
 
-def block_bytes_per_token(d: int, ffn: int, b: int) -> int:
-    """Bytes per token at a transformer block's widest point: the FFN (``(2D + 2Fd)·b``) or, in a model
-    dtype below float32, the float32 residual update after it (``D·(3·4 + 5·b)``), whichever is larger
-    (in float32 its casts are no-ops)."""
-    ffn_point = (2 * d + 2 * ffn) * b
-    if b >= 4:
-        return ffn_point
-    return max(ffn_point, d * (RESIDUAL_F32_COPIES * 4 + RESIDUAL_MODEL_COPIES * b))
+def block_bytes_per_token(d: int, ffn: int, b: int, family: FamilyMemory = FamilyMemory()) -> int:
+    """Bytes per token at a transformer block's widest point: the FFN, ``(a·D + f·Fd)·b`` with the
+    family's ``(a, f)`` (Wan: ``(2D + 2Fd)·b``), or, where the family's blocks add their residual
+    updates in float32 (Wan) in a model dtype below it, that update (``D·(3·4 + 5·b)``), whichever is
+    larger (in float32 its casts are no-ops)."""
+    a, f = family.block_tokens
+    ffn_point = (a * d + f * ffn) * b
+    if b >= 4 or not family.float32_residual:
+        return int(ffn_point)
+    return int(max(ffn_point, d * (RESIDUAL_F32_COPIES * 4 + RESIDUAL_MODEL_COPIES * b)))
 
 
 def attended_pairs(layout) -> int:
@@ -616,26 +811,27 @@ def attended_pairs(layout) -> int:
     )
 
 
-def _vae_tile_area(canvas: tuple[int, int]) -> int:
-    """Pixel area of the largest tile diffusers' tiled VAE works on."""
-    return min(VAE_TILE, canvas[0]) * min(VAE_TILE, canvas[1])
+def _vae_tile_area(canvas: tuple[int, int], tile: tuple[int, int]) -> int:
+    """Pixel area of the largest tile the tiled VAE (tiles of ``tile`` pixels) works on."""
+    return min(tile[0], canvas[0]) * min(tile[1], canvas[1])
 
 
-def _vae_spans(length: int) -> list[int]:
-    """Lengths of diffusers' tiled-VAE tiles along one axis (they overlap): the loop bounds of ``tiled_decode``."""
-    return [min(VAE_TILE, length - start) for start in range(0, length, VAE_STRIDE)]
+def _vae_spans(length: int, tile: int, stride: int) -> list[int]:
+    """Lengths of the tiled VAE's tiles along one axis (they overlap): the loop bounds of ``tiled_decode``."""
+    return [min(tile, length - start) for start in range(0, length, stride)]
 
 
-def _vae_tiles_total_area(canvas: tuple[int, int]) -> int:
-    """Summed pixel area of diffusers' tiled-VAE tiles (they overlap)."""
-    return sum(_vae_spans(canvas[0])) * sum(_vae_spans(canvas[1]))
+def _vae_tiles_total_area(canvas: tuple[int, int], tile: tuple[int, int], stride: tuple[int, int]) -> int:
+    """Summed pixel area of the tiled VAE's tiles (they overlap)."""
+    return sum(_vae_spans(canvas[0], tile[0], stride[0])) * sum(_vae_spans(canvas[1], tile[1], stride[1]))
 
 
-def _vae_dtype(config: SuperGenConfig) -> str:
-    """The VAE's dtype: ``model.vae_dtype``, else the Wan family's recipe (float32, as diffusers' examples)."""
-    from .adapters.wan import WanAdapter
-
-    return config.model.vae_dtype or WanAdapter.component_dtypes["vae"]
+def component_dtype(config: SuperGenConfig, arch: Architecture, component: str) -> str:
+    """The dtype ``component`` runs in: ``model.vae_dtype`` / ``model.image_encoder_dtype`` when set,
+    else the family's recipe (:attr:`~supergen.adapters.ModelAdapter.component_dtypes`: Wan's VAE and
+    image encoder in float32, as diffusers' examples), else the model's ``model.dtype``."""
+    override = {"vae": config.model.vae_dtype, "image_encoder": config.model.image_encoder_dtype}.get(component)
+    return override or arch.family.component_dtypes.get(component, config.model.dtype)
 
 
 def human(n: float) -> str:

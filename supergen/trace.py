@@ -1,6 +1,7 @@
 """Full-size dry runs without weights or a GPU (``supergen plan --trace``).
 
-The real architecture is built from its config with *fake tensors*
+The real architecture — any family's: :meth:`~supergen.planner.Architecture.build` makes the
+family's diffusers pipeline from its classes and full-size configs — is built with *fake tensors*
 (:class:`torch._subclasses.fake_tensor.FakeTensorMode`: shapes and dtypes, no storage) and the real
 :class:`~supergen.pipeline.SuperGenPipeline` renders with it — sketch, upscale, encode, re-noise,
 refinement steps, decode, output conversion. A dispatch mode (:class:`MemoryTrace`) watches every
@@ -9,12 +10,14 @@ operation and records, per stage, the peak of live tensor bytes, the FLOPs
 
 What is not traced, and said so in the output:
 
-- the text encoder: its forward is replaced by embeddings of the right shape (diffusers' T5 code
-  trims padding with data-dependent slicing, which fake tensors cannot run); its weights are counted
-  exactly from the config and added to the resident bytes;
-- transformer blocks beyond ``layers``: the peak of inference does not depend on the block count
-  (each block's activations are freed before the next), so a few blocks are traced and the missing
-  blocks' parameter bytes are added exactly;
+- the text encoders: the adapter's ``encode_text`` returns embeddings of their output shapes
+  (:meth:`~supergen.adapters.ModelAdapter.prompt_shapes`; diffusers' T5 code trims padding with
+  data-dependent slicing, and HunyuanVideo-I2V's LLaVA prompt crops its template at token positions,
+  which fake tensors cannot run); their weights are counted exactly from the configs and added to
+  the resident bytes. Image encoders (Wan 2.1 I2V's CLIP) run;
+- transformer blocks beyond ``layers`` per block list (HunyuanVideo has two): the peak of inference
+  does not depend on the block count (each block's activations are freed before the next), so a few
+  blocks are traced and the missing blocks' parameter bytes are added exactly;
 - steps: a few sketch and refinement steps are traced (peaks do not depend on the step count).
 
 Fake tensors also prove what the refinement step does *not* do: any read of a device value on the
@@ -32,11 +35,11 @@ fake pipeline and counts only the weights its hooks have onloaded (:class:`Group
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -44,7 +47,8 @@ from torch.utils._pytree import tree_flatten
 
 from .config import SuperGenConfig
 from .errors import SuperGenError
-from .planner import Architecture, DTYPE_BYTES, ResourcePlan, human, flops as human_flops, make_plan, with_native_sketch
+from .planner import (Architecture, DTYPE_BYTES, ResourcePlan, _default_dtype, component_dtype, human, flops as human_flops, make_plan,
+                      with_native_sketch)
 
 logger = logging.getLogger("supergen")
 
@@ -73,20 +77,14 @@ class StageTrace:
 
 
 @dataclass
-class TraceResult:
-    """A traced render: per-stage measurements next to the planner's estimate."""
+class StagedTrace:
+    """What any trace measured: one :class:`StageTrace` per stage, in the order they ran."""
 
     name: str
     size: tuple[int, int]
     num_frames: int
     stages: dict[str, StageTrace]
-    resident: int  # bytes of weights resident for the whole render (traced + added)
-    added: dict[str, int]  # weights counted from the config but not built (text encoder, missing blocks)
-    plan: ResourcePlan
-    host_copies: list[str] = field(default_factory=list)  # host-to-device copies inside refinement steps
-    seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-    offload: str = "none"  # model.offload traced: none, or group (only the onloaded groups' weights are resident)
+    resident: int  # bytes of weights on the device for the whole call (traced + added)
 
     @property
     def peak(self) -> int:
@@ -100,6 +98,18 @@ class TraceResult:
     def largest(self) -> tuple[int, str]:
         stage = max(self.stages.values(), key=lambda s: s.largest)
         return stage.largest, stage.largest_what
+
+
+@dataclass
+class TraceResult(StagedTrace):
+    """A traced render: per-stage measurements next to the planner's estimate."""
+
+    added: dict[str, int]  # weights counted from the config but not built (text encoder, missing blocks)
+    plan: ResourcePlan
+    host_copies: list[str] = field(default_factory=list)  # host-to-device copies inside refinement steps
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    offload: str = "none"  # model.offload traced: none, or group (only the onloaded groups' weights are resident)
 
 
 class MemoryTrace(TorchDispatchMode):
@@ -379,22 +389,12 @@ def _is_real(t: torch.Tensor) -> bool:
 # ---- the fake model ---------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    # Modules are built in their final dtype: ``.to(dtype)`` on fake parameters fails.
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def _unfaked(fn):
     """``fn`` run on real tensors: scheduler set-up is host work (and its timestep look-ups are
     data-dependent, which fake tensors cannot run)."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
+    @functools.wraps(fn)  # keeps the signature: diffusers' retrieve_timesteps inspects it for sigmas=
     def call(*args, **kwargs):
         with unset_fake_temporarily():
             return fn(*args, **kwargs)
@@ -407,19 +407,28 @@ def _host_scheduler(scheduler_class: type) -> type:
     return type(scheduler_class.__name__, (scheduler_class,), {"set_timesteps": _unfaked(scheduler_class.set_timesteps)})
 
 
-def _text_stub(pipe, text_dim: int, dtype: torch.dtype):
-    """``pipe.encode_prompt`` returning zero embeddings of the text encoder's output shape (the only stub)."""
+def _text_embeddings(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, device, guided: bool) -> dict[str, torch.Tensor | None]:
+    """Embeddings of the text encoders' output ``shapes`` for both guidance branches (the unconditional
+    one None unless ``guided``): zeros, and masks of ones. Keys are the pipelines' own argument names."""
+    from .adapters import BRANCHES
 
-    def encode_prompt(prompt=None, negative_prompt=None, do_classifier_free_guidance=True, num_videos_per_prompt=1,
-                      prompt_embeds=None, negative_prompt_embeds=None, max_sequence_length=512, device=None, **_):
-        shape = (num_videos_per_prompt, max_sequence_length, text_dim)
-        if prompt_embeds is None:
-            prompt_embeds = torch.zeros(shape, dtype=dtype, device=device)
-        if do_classifier_free_guidance and negative_prompt_embeds is None:
-            negative_prompt_embeds = torch.zeros(shape, dtype=dtype, device=device)
-        return prompt_embeds, negative_prompt_embeds
+    embeds: dict[str, torch.Tensor | None] = {}
+    for branch, prefix in BRANCHES.items():
+        used = branch == "cond" or guided
+        for key, shape in shapes.items():
+            make = torch.ones if "mask" in key else torch.zeros
+            embeds[prefix + key] = make((1, *shape), dtype=dtype, device=device) if used else None
+    return embeds
 
-    pipe.encode_prompt = encode_prompt
+
+def _text_stub(adapter, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype):
+    """``adapter.encode_text`` returning embeddings of the text encoders' output ``shapes``
+    (:meth:`~supergen.adapters.ModelAdapter.prompt_shapes`, :func:`_text_embeddings`; the only stub)."""
+
+    def encode_text(request, guidance_scale):
+        return _text_embeddings(shapes, dtype, adapter.device, adapter.runs_branches(guidance_scale))
+
+    adapter.encode_text = encode_text
 
 
 def _param_bytes(module: torch.nn.Module) -> int:
@@ -429,51 +438,26 @@ def _param_bytes(module: torch.nn.Module) -> int:
     return sum(storages.values())
 
 
-#: Wan 2.2 A14B's expert switch (``boundary_ratio`` of the T2V checkpoint).
-WAN22_BOUNDARY = 0.875
+def fake_pipeline(arch: Architecture, dtypes: dict[str, torch.dtype], layers: int | None):
+    """``arch``'s real diffusers pipeline built on fake tensors (call inside a ``FakeTensorMode``):
+    the transformer(s) with at most ``layers`` of each block list, the VAE, the image encoder if any,
+    in the component ``dtypes``; its scheduler sets its timesteps on the host.
 
-
-def fake_wan_pipeline(arch: Architecture, dtype: torch.dtype, vae_dtype: torch.dtype, layers: int | None):
-    """A real diffusers Wan pipeline of ``arch`` built on fake tensors (call inside a ``FakeTensorMode``).
-
-    Returns the pipeline and the weights' bytes not built: ``text_encoder`` (stubbed) and
-    ``transformer blocks`` (when ``layers`` is below the config's).
+    Returns the pipeline and the weights' bytes not built: each text encoder (stubbed, see
+    :func:`_text_stub`) and ``transformer blocks`` (when ``layers`` is below the config's).
     """
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    from .builtin import char_tokenizer
-
-    full_layers = arch.transformer["num_layers"]
-    traced = min(layers or full_layers, full_layers)
-    t_cfg = dict(arch.transformer, num_layers=traced)
-    with _default_dtype(dtype):
-        experts = [WanTransformer3DModel.from_config(t_cfg).eval() for _ in range(arch.experts)]
-    with _default_dtype(vae_dtype):
-        vae = AutoencoderKLWan.from_config(arch.vae).eval()
-    # Never called (encode_prompt is stubbed); the pipeline needs the component.
-    with _default_dtype(torch.float32):
-        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=98, d_model=8, d_ff=8, d_kv=4, num_layers=1, num_heads=2)).eval()
-    flow_shift = 3.0 if arch.native_size and arch.native_size[0] <= 480 else 5.0
-    scheduler = _host_scheduler(UniPCMultistepScheduler)(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift)
-    components: dict[str, Any] = dict(tokenizer=char_tokenizer(), text_encoder=text_encoder, vae=vae, transformer=experts[0], scheduler=scheduler)
-    if arch.experts == 2:
-        components.update(transformer_2=experts[1], boundary_ratio=WAN22_BOUNDARY)
-    b = DTYPE_BYTES[str(dtype).removeprefix("torch.")]
-    counts = arch.parameters()
-    added = {"text_encoder": counts["text_encoder"] * b}
-    if traced < full_layers:
+    with unset_fake_temporarily():  # host tables, as in a GPU run; parameters counted on ``meta``
+        plain = arch.scheduler()
+        scheduler = _host_scheduler(type(plain)).from_config(plain.config)
+        counts = arch.parameters()
+    pipe = arch.build(dtypes, layers, encoders=("image_encoder",), scheduler=scheduler)
+    b = DTYPE_BYTES[str(dtypes["transformer"]).removeprefix("torch.")]
+    added = {name: counts[name] * b for name in arch.encoder_configs() if getattr(pipe, name, None) is None}
+    experts = arch.family(pipe).transformers
+    if layers is not None and layers < max(arch.transformer[key] for key in arch.family.modules.block_counts):
         added["transformer blocks"] = counts["transformer"] * b - sum(_param_bytes(e) for e in experts)
-    if arch.image_tokens:
-        from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-        with _default_dtype(vae_dtype):
-            image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**arch.image_encoder)).eval()
-        size = arch.image_encoder["image_size"]
-        pipe = WanImageToVideoPipeline(**components, image_encoder=image_encoder, image_processor=CLIPImageProcessor(crop_size=size, size=size))
-    else:
-        pipe = WanPipeline(**components)
-    _text_stub(pipe, arch.transformer["text_dim"], dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe, added
 
@@ -503,7 +487,7 @@ def trace_render(
     Args:
         config: the method and model config (``model.dtype``, ``model.vae_dtype`` are used).
         steps: sketch and refinement steps traced (peaks do not depend on the count).
-        layers: transformer blocks built per expert (None: all); the rest are added as parameter bytes.
+        layers: transformer blocks built per block list and expert (None: all); the rest are added as parameter bytes.
     """
     from PIL import Image
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -518,24 +502,25 @@ def trace_render(
         raise SuperGenError(f"the trace models model.offload=none or group (block-level group offloading); got {offload!r}")
     traced_cfg = trace_steps(config, steps)
     plan = make_plan(config, arch, height, width, num_frames)
-    dtype = getattr(torch, config.model.dtype)
-    vae_dtype = getattr(torch, config.model.vae_dtype or "float32")
+    dtypes = {name: getattr(torch, component_dtype(config, arch, name)) for name in ("transformer", "vae", "image_encoder")}
     start = time.perf_counter()
     memory = MemoryTrace(0)
     offloader = GroupOffloadMeter(memory) if offload == "group" else None
     with FakeTensorMode(allow_non_fake_inputs=True), (offloader.patched() if offloader else contextlib.nullcontext()):
-        pipe, added = fake_wan_pipeline(arch, dtype, vae_dtype, layers)
+        pipe, added = fake_pipeline(arch, dtypes, layers)
+        text_encoders = sum(v for k, v in added.items() if k != "transformer blocks")
         if offloader is None:
-            resident = sum(_param_bytes(m) for name, m in pipe.components.items()
-                           if isinstance(m, torch.nn.Module) and name != "text_encoder") + sum(added.values())
+            resident = sum(_param_bytes(m) for m in pipe.components.values() if isinstance(m, torch.nn.Module)) + sum(added.values())
         else:
             # What supergen.runtime.place does for model.offload=group (on CUDA with streams, see the meter).
             # Every component gets hooks: no weights are on the device until a hook onloads them.
             pipe.enable_group_offload(onload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1)
             resident = 0
-            _onload_while_encoding(pipe, memory, added["text_encoder"])
         memory.resident = resident
         sg = SuperGenPipeline(pipe, traced_cfg)
+        _text_stub(sg.adapter, arch.family.prompt_shapes(arch.transformer, arch.image_to_video), dtypes["transformer"])
+        if offloader is not None:
+            _onload_while_encoding(sg.adapter, memory, text_encoders)
         host_schedule = _unfaked(sg.adapter.schedule)
 
         def schedule(*args, **kwargs):
@@ -580,8 +565,10 @@ def trace_render(
                 return
             for name in names:
                 module = getattr(pipe, name, None)
-                if isinstance(module, torch.nn.Module) and not getattr(module, "_diffusers_hook", None):  # as the pipeline
-                    freed = added.get(name, _param_bytes(module))
+                # Stubbed text encoders count as resident (under group offload only while they encode).
+                stubbed = name in added and offloader is None
+                if stubbed or (isinstance(module, torch.nn.Module) and not getattr(module, "_diffusers_hook", None)):  # as the pipeline
+                    freed = added[name] if name in added else _param_bytes(module)
                     memory.resident -= freed
                     parked[name] = freed
 
@@ -590,7 +577,7 @@ def trace_render(
         for name in ("sketch", "upscale", "refine", "decode"):
             setattr(sg, f"_{name}", staged(name, getattr(sg, f"_{name}")))
 
-        image = Image.new("RGB", (width, height), (128, 128, 128)) if arch.image_tokens or arch.transformer["in_channels"] > arch.latent_channels else None
+        image = Image.new("RGB", (width, height), (128, 128, 128)) if arch.image_to_video else None
         refinement_step, TileRefiner.step = TileRefiner.step, watched_step
         try:
             with flop_counter, memory:
@@ -605,9 +592,11 @@ def trace_render(
         trace.flops += memo.replayed_flops.get(name, 0)
     notes = [f"VAE calls: {memo.calls}, {memo.replays} of them replayed from an earlier call of the same shape, "
              f"{memo.scaled} (smaller edge windows) scaled by area from a larger traced one"]
-    notes += [f"text encoder not run (embeddings of its output shape); its {human(added['text_encoder'])} of weights added"]
+    text = [name for name in added if name != "transformer blocks"]
+    notes += [f"text encoders not run (embeddings of their output shape); their weights added: "
+              + ", ".join(f"{name} {human(added[name])}" for name in text)]
     if "transformer blocks" in added:
-        notes.append(f"{layers} of {arch.transformer['num_layers']} transformer blocks built per expert; "
+        notes.append(f"at most {layers} of the {arch.num_blocks} transformer blocks built per block list and expert; "
                      f"the other blocks' {human(added['transformer blocks'])} of weights added (FLOPs are of the traced blocks)")
     if parked:
         notes.append("parked on the host once used (encoders.park; text encoders after the prompts, image encoder after the sketch): "
@@ -623,21 +612,21 @@ def trace_render(
                        memory.host_copies, time.perf_counter() - start, notes, offload)
 
 
-def _onload_while_encoding(pipe, memory: MemoryTrace, text_encoder: int) -> None:
-    """Under group offloading, the stubbed ``encode_prompt`` holds the text encoder's ``text_encoder``
-    bytes on the device while it runs: diffusers' hooks onload UMT5 as one group (its blocks sit in
-    ``encoder.block``, not in a block list of the top module), all of it while it encodes."""
-    stub = pipe.encode_prompt
+def _onload_while_encoding(adapter, memory: MemoryTrace, text_encoders: int) -> None:
+    """Under group offloading, the stubbed ``adapter.encode_text`` holds the text encoders'
+    ``text_encoders`` bytes on the device while it runs: diffusers' hooks onload UMT5 as one group (its
+    blocks sit in ``encoder.block``, not in a block list of the top module), all of it while it encodes."""
+    stub = adapter.encode_text
 
-    def encode_prompt(*args, **kwargs):
-        memory.resident += text_encoder
+    def encode_text(*args, **kwargs):
+        memory.resident += text_encoders
         memory._note_peak(memory.stages.setdefault(memory.stage, StageTrace()))
         try:
             return stub(*args, **kwargs)
         finally:
-            memory.resident -= text_encoder
+            memory.resident -= text_encoders
 
-    pipe.encode_prompt = encode_prompt
+    adapter.encode_text = encode_text
 
 
 #: The stages of a plain diffusers call: prompt embeddings and latents, the denoising loop, the VAE decode.
@@ -645,24 +634,12 @@ PIPELINE_STAGES = ("setup", "denoise", "decode")
 
 
 @dataclass
-class PipelineTrace:
-    """A traced call of the plain diffusers pipeline (no supergen): the reference of the 1.3x target."""
+class PipelineTrace(StagedTrace):
+    """A traced call of the plain diffusers pipeline (no supergen): the reference of the 1.3x target.
+    ``resident`` holds every component, the text encoder included."""
 
-    name: str
-    size: tuple[int, int]
-    num_frames: int
-    stages: dict[str, StageTrace]
-    resident: int  # bytes of weights on the device for the whole call (all components, text encoder included)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def peak(self) -> int:
-        return max(s.peak for s in self.stages.values())
-
-    @property
-    def peak_stage(self) -> str:
-        return max(self.stages, key=lambda s: self.stages[s].peak)
 
 
 def trace_pipeline(
@@ -691,13 +668,11 @@ def trace_pipeline(
         if arch.native_size is None:
             raise SuperGenError(f"{arch.name} records no native size; pass the plain pipeline's height and width")
         height, width = arch.native_size
-    dtype = getattr(torch, config.model.dtype)
-    vae_dtype = getattr(torch, config.model.vae_dtype or "float32")
+    dtypes = {name: getattr(torch, component_dtype(config, arch, name)) for name in ("transformer", "vae", "image_encoder")}
     start = time.perf_counter()
     with FakeTensorMode(allow_non_fake_inputs=True):
-        pipe, added = fake_wan_pipeline(arch, dtype, vae_dtype, layers)
-        resident = sum(_param_bytes(m) for name, m in pipe.components.items()
-                       if isinstance(m, torch.nn.Module) and name != "text_encoder") + sum(added.values())
+        pipe, added = fake_pipeline(arch, dtypes, layers)
+        resident = sum(_param_bytes(m) for m in pipe.components.values() if isinstance(m, torch.nn.Module)) + sum(added.values())
         memory = MemoryTrace(resident)
         flop_counter = FlopCounterMode(display=False)
         stages = StageMeter(memory, flop_counter, arch.name)
@@ -717,7 +692,10 @@ def trace_pipeline(
         pipe.vae.decode = decode
         image = {"image": Image.new("RGB", (width, height), (128, 128, 128))} if arch.image_tokens else {}
         with flop_counter, memory:
-            pipe(prompt="a traced render", **image, height=height, width=width, num_frames=num_frames,
+            # The text encoders' outputs given as the call's embeddings (not run, as in the supergen trace).
+            text = _text_embeddings(arch.family.prompt_shapes(arch.transformer, arch.image_to_video), dtypes["transformer"],
+                                    torch.device("cpu"), guided=True)
+            pipe(**text, **image, height=height, width=width, num_frames=num_frames,
                  num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="pt")
             stages.enter("end")
     notes = [f"text encoder not run (embeddings of its output shape); its {human(added['text_encoder'])} of weights "

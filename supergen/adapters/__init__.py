@@ -5,7 +5,7 @@ from __future__ import annotations
 from diffusers import DiffusionPipeline
 
 from ..errors import SuperGenError
-from .base import BRANCHES, FIRST_FRAME, CanvasEncoder, Conditioning, FirstFrameVideo, ModelAdapter, Request, Stepper, combine_guidance
+from .base import BRANCHES, FIRST_FRAME, CanvasEncoder, Conditioning, FamilyMemory, FamilyModules, FirstFrameVideo, ModelAdapter, Request, Stepper, combine_guidance
 from .cogvideox import CogVideoXAdapter
 from .hunyuan import HunyuanVideoAdapter
 from .ltx import LTXAdapter
@@ -21,7 +21,11 @@ def supported_pipelines() -> list[str]:
 
 def adapter_class(pipe: DiffusionPipeline) -> type[ModelAdapter]:
     """The adapter class for ``pipe``'s class, or a :class:`SuperGenError` naming the supported classes."""
-    name = type(pipe).__name__
+    return adapter_named(type(pipe).__name__)
+
+
+def adapter_named(name: str) -> type[ModelAdapter]:
+    """The adapter class for the diffusers pipeline class ``name`` (see :func:`adapter_class`)."""
     for adapter in ADAPTERS:
         if name in adapter.pipeline_classes:
             return adapter
@@ -34,5 +38,5 @@ def adapter_for(pipe: DiffusionPipeline) -> ModelAdapter:
 
 
 __all__ = [
-    "ADAPTERS", "BRANCHES", "FIRST_FRAME", "CanvasEncoder", "Conditioning", "FirstFrameVideo", "ModelAdapter", "Request", "Stepper", "adapter_class", "adapter_for", "combine_guidance", "supported_pipelines",
+    "ADAPTERS", "BRANCHES", "FIRST_FRAME", "CanvasEncoder", "Conditioning", "FamilyMemory", "FamilyModules", "FirstFrameVideo", "ModelAdapter", "Request", "Stepper", "adapter_class", "adapter_for", "adapter_named", "combine_guidance", "supported_pipelines",
 ]

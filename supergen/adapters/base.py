@@ -115,6 +115,50 @@ class Conditioning:
         return replace(self, spatial={name: value[index : index + 1] for name, value in self.spatial.items()})
 
 
+@dataclass(frozen=True)
+class FamilyModules:
+    """The classes a family's pipeline is made of, by name, so that it can be built from configs
+    alone, without weights: on PyTorch's ``meta`` device (``supergen plan``'s size rules and parameter
+    counts) or on fake tensors (``supergen plan --trace``). See :class:`~supergen.planner.Architecture`.
+    """
+
+    #: diffusers model classes of the denoiser (every expert) and of the VAE.
+    transformer: str
+    vae: str
+    #: The diffusers scheduler class and its arguments as the released checkpoints ship them (the
+    #: trace steps it on the host; its values do not change any shape).
+    scheduler: tuple[str, dict[str, Any]]
+    #: Encoders by pipeline component name → (transformers model class, its config class), built
+    #: when the architecture gives a config for that component.
+    encoders: dict[str, tuple[str, str]]
+    #: Transformer config keys that count its repeated blocks (the trace builds fewer of them).
+    block_counts: tuple[str, ...] = ("num_layers",)
+
+
+@dataclass(frozen=True)
+class FamilyMemory:
+    """How a family's modules use memory beyond their weights, for the planner (:mod:`supergen.planner`).
+
+    The defaults are Wan's (fitted to fake-tensor traces of Wan2.1 at 480p, 2K and 4K); the other
+    families' values are fitted to traces of their released architectures at 2K and 4K
+    (``supergen plan --trace``, ``docs/benchmarks.md``) and say what they stand for.
+    """
+
+    #: Live activations per token at a transformer block's widest point, in the model dtype:
+    #: ``(a, f)`` → ``a × width + f × FFN width`` (Wan: the residual stream and its norm, the FFN
+    #: hidden before and after GELU).
+    block_tokens: tuple[float, float] = (2.0, 2.0)
+    #: Pixel frames the VAE decodes and encodes at once (Wan: one latent frame, 4 pixel frames);
+    #: None: all of them.
+    vae_frames: int | None = 4
+    #: Activations of the decoder's (encoder's) full-resolution channels
+    #: (:attr:`~supergen.planner.Architecture.vae_channels`), per frame in flight, alive at its peak.
+    vae_decode_copies: float = 13.0
+    vae_encode_copies: float = 10.0
+    #: Whether the blocks add their residual updates in float32 (Wan), which can be wider than the FFN.
+    float32_residual: bool = True
+
+
 @dataclass
 class Request:
     """One video to render, as the engine hands it to the adapter."""
@@ -168,6 +212,16 @@ class ModelAdapter(SizeRules, abc.ABC):
     #: Dtypes of components that must not follow the transformer's (diffusers' own recipes for the
     #: family), applied when a model is loaded unless the config sets them (``model.vae_dtype``...).
     component_dtypes: ClassVar[dict[str, str]] = {}
+
+    #: Whether the image-to-video condition is a canvas-sized video (the image, then zero frames) that
+    #: the engine's encoder encodes (:class:`FirstFrameVideo`, Wan); else the family's pipeline encodes
+    #: the one image frame. The planner counts the first at every frame, the second at one.
+    canvas_condition: ClassVar[bool] = False
+
+    #: The family's component classes, to build its pipeline without weights (:class:`FamilyModules`).
+    modules: ClassVar[FamilyModules]
+    #: How its modules use memory beyond their weights (:class:`FamilyMemory`), for the planner.
+    memory: ClassVar[FamilyMemory] = FamilyMemory()
 
     #: Whether the wrapped pipeline runs the sketch's guidance branches as separate transformer
     #: calls under the cache contexts ``cond`` and ``uncond`` (diffusers' convention), so that CFG
@@ -272,9 +326,26 @@ class ModelAdapter(SizeRules, abc.ABC):
         tokenizer = getattr(self.pipe, "tokenizer", None)
         return 0 if tokenizer is None else len(tokenizer(prompt).input_ids)
 
-    @abc.abstractmethod
     def encode_prompt(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
-        """Text (and image) embeddings, computed once and shared by both stages."""
+        """Text (and image) embeddings, computed once and shared by both stages: :meth:`encode_text`
+        and :meth:`image_embeds` together."""
+        return self.encode_text(request, guidance_scale) | self.image_embeds(request)
+
+    @abc.abstractmethod
+    def encode_text(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
+        """The text encoders' embeddings (of the prompt and, with guidance, the negative prompt), in
+        the shapes :meth:`prompt_shapes` gives."""
+
+    def image_embeds(self, request: Request) -> dict[str, torch.Tensor | None]:
+        """Global image embeddings of an image encoder separate from the text encoders; none by default."""
+        return {}
+
+    @classmethod
+    @abc.abstractmethod
+    def prompt_shapes(cls, transformer: dict[str, Any], image_to_video: bool) -> dict[str, tuple[int, ...]]:
+        """What :meth:`encode_text` returns for one guidance branch (keys without the ``negative_``
+        prefix of :data:`BRANCHES`), as shapes without the batch axis, for a transformer of config
+        ``transformer``: the trace feeds embeddings of these shapes instead of running the encoders."""
 
     def spatial_conditioning(
         self, request: Request, height: int, width: int, generator: torch.Generator | None = None,

@@ -27,7 +27,7 @@ from diffusers.models.embeddings import apply_rotary_emb, get_1d_rotary_pos_embe
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..errors import SuperGenError
-from .base import ModelAdapter, Request, Stepper, processors_replaced
+from .base import FamilyMemory, FamilyModules, ModelAdapter, Request, Stepper, processors_replaced
 from .positions import DeviceTables, position_key
 
 
@@ -91,6 +91,19 @@ class CogVideoXAdapter(ModelAdapter):
     # padded text tokens (no mask) divide over 2 ranks, not 4 or 8: unequal shards are split too.
     cp_plan = COGVIDEOX_CP_PLAN
     cp_uneven = True
+    # THUDM/CogVideoX1.5-5B(-I2V): T5-XXL text encoder, v-prediction DDIM with zero terminal SNR.
+    modules = FamilyModules(
+        transformer="CogVideoXTransformer3DModel", vae="AutoencoderKLCogVideoX",
+        scheduler=("CogVideoXDDIMScheduler", dict(prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                                                  timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False)),
+        encoders={"text_encoder": ("T5EncoderModel", "T5Config")},
+    )
+    # Fitted to the traces of CogVideoX1.5-5B-I2V at 2K and 4K (docs/benchmarks.md): its VAE decodes
+    # 2 latent frames (8 pixel frames) and encodes 8 frames at a time; at 720p its untiled decode
+    # holds ~22 full-resolution activations per frame (the 2-D upsampling runs the frames as a batch
+    # of 256-channel images), 40 GiB: the sketch's peak.
+    memory = FamilyMemory(block_tokens=(2.0, 2.5), vae_frames=8, vae_decode_copies=22.5, vae_encode_copies=10.0,
+                          float32_residual=False)
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -134,7 +147,7 @@ class CogVideoXAdapter(ModelAdapter):
         return self.is_i2v
 
     # ---- conditioning -----------------------------------------------------------------------
-    def encode_prompt(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
+    def encode_text(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
         prompt_embeds, negative_embeds = self.pipe.encode_prompt(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
@@ -146,6 +159,11 @@ class CogVideoXAdapter(ModelAdapter):
             device=self.device,
         )
         return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
+
+    @classmethod
+    def prompt_shapes(cls, transformer, image_to_video):
+        # T5's last hidden state, padded to max_sequence_length tokens.
+        return {"prompt_embeds": (cls.max_sequence_length, transformer["text_embed_dim"])}
 
     def spatial_conditioning(self, request, height, width, generator=None, encode=None):
         # The condition here is one image frame (small at any size): the pipeline's own code encodes it.

@@ -27,7 +27,7 @@ from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_timesteps
 
 from ..errors import SuperGenError
-from .base import FIRST_FRAME, ModelAdapter, Request
+from .base import FIRST_FRAME, FamilyMemory, FamilyModules, ModelAdapter, Request
 from .positions import CanvasPositions, position_key
 
 #: Where HunyuanVideo's token sequence is split over the ranks of a context-parallel sketch (diffusers
@@ -102,6 +102,24 @@ class HunyuanVideoAdapter(ModelAdapter):
 
     # Context-parallel sketch (parallel.sketch=ulysses): diffusers ships no plan for HunyuanVideo.
     cp_plan = HUNYUAN_CP_PLAN
+    # hunyuanvideo-community/HunyuanVideo(-I2V): a LLaVA (I2V) or LLaMA text encoder and CLIP's text
+    # model (the pooled embedding), flow matching on explicit sigmas; dual- then single-stream blocks.
+    modules = FamilyModules(
+        transformer="HunyuanVideoTransformer3DModel", vae="AutoencoderKLHunyuanVideo",
+        scheduler=("FlowMatchEulerDiscreteScheduler", dict(shift=7.0)),
+        encoders={"text_encoder": ("LlavaForConditionalGeneration", "LlavaConfig"), "text_encoder_2": ("CLIPTextModel", "CLIPTextConfig")},
+        block_counts=("num_layers", "num_single_layers"),
+    )
+    # Fitted to the traces of HunyuanVideo-I2V at 2K and 4K (docs/benchmarks.md): a single-stream
+    # block holds its attention and MLP outputs concatenated (width + FFN width) beside the MLP hidden
+    # and its activation (~20 widths a token); the VAE decodes framewise, 4 + 1 latent frames
+    # (17 pixel frames) at a time, its last up block at 256 channels.
+    memory = FamilyMemory(block_tokens=(2.0, 4.4), vae_frames=17, vae_decode_copies=9.5, vae_encode_copies=10.5,
+                          float32_residual=False)
+    #: Text tokens of the LLaMA embedding (the pipelines' max_sequence_length, template cropped) and, for
+    #: image-to-video, the LLaVA image tokens kept with them: 576 tokens of the image, every 2nd
+    #: (latent_concat) or 4th (token_replace), less the 4 assistant-header tokens the I2V pipeline cuts.
+    text_tokens, image_tokens, assistant_tokens = 256, 576, 4
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -167,7 +185,7 @@ class HunyuanVideoAdapter(ModelAdapter):
         return self.pipe.transformer.config.guidance_embeds
 
     # ---- conditioning -----------------------------------------------------------------------
-    def encode_prompt(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
+    def encode_text(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
         pipe = self.pipe
         kwargs = {}
         if self.is_i2v:
@@ -187,6 +205,15 @@ class HunyuanVideoAdapter(ModelAdapter):
                 f"{prefix}prompt_attention_mask": mask.to(dtype),
             }
         return embeds
+
+    @classmethod
+    def prompt_shapes(cls, transformer, image_to_video):
+        n = cls.text_tokens
+        if image_to_video:
+            interleave = 2 if transformer.get("image_condition_type") == "latent_concat" else 4
+            n += cls.image_tokens // interleave - cls.assistant_tokens
+        return {"prompt_embeds": (n, transformer["text_embed_dim"]), "pooled_prompt_embeds": (transformer["pooled_projection_dim"],),
+                "prompt_attention_mask": (n,)}
 
     def spatial_conditioning(self, request, height, width, generator=None, encode=None):
         # The condition here is one image frame (small at any size): the pipeline's own code encodes it.

@@ -26,7 +26,7 @@ from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, retrieve_times
 from diffusers.pipelines.ltx.pipeline_ltx_image2video import retrieve_latents
 
 from ..errors import SuperGenError
-from .base import FIRST_FRAME, ModelAdapter, Request, processors_replaced
+from .base import FIRST_FRAME, FamilyMemory, FamilyModules, ModelAdapter, Request, processors_replaced
 
 
 class LTXContextParallelAttnProcessor:
@@ -63,6 +63,18 @@ class LTXAdapter(ModelAdapter):
     max_sequence_length = 128
     #: The pipelines' default ``frame_rate``; it scales the temporal coordinate of the rotary embedding.
     frame_rate = 25
+    # Lightricks/LTX-Video: T5-XXL text encoder, flow matching shifted by the token count.
+    modules = FamilyModules(
+        transformer="LTXVideoTransformer3DModel", vae="AutoencoderKLLTXVideo",
+        scheduler=("FlowMatchEulerDiscreteScheduler", dict(use_dynamic_shifting=True, base_image_seq_len=1024, base_shift=0.95,
+                                                           max_image_seq_len=4096, max_shift=2.05)),
+        encoders={"text_encoder": ("T5EncoderModel", "T5Config")},
+    )
+    # Fitted to the traces of LTX-Video at 2K and 4K (docs/benchmarks.md): the VAE works on every frame
+    # at once (no temporal chunks), its last stage at a quarter of the resolution in float32; the
+    # blocks' rotary tables are float32 per token (~19 widths a token at the widest point).
+    memory = FamilyMemory(block_tokens=(2.0, 4.35), vae_frames=None, vae_decode_copies=6.4, vae_encode_copies=7.5,
+                          float32_residual=False)
 
     def context_parallel_extras(self, ranks: int) -> ContextManager:
         """The cross-attention of every block with its text mask broadcast over heads (:class:`LTXContextParallelAttnProcessor`)."""
@@ -102,7 +114,7 @@ class LTXAdapter(ModelAdapter):
         return (t / self.frame_rate, s, s)
 
     # ---- conditioning -----------------------------------------------------------------------
-    def encode_prompt(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
+    def encode_text(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
         embeds, mask, negative, negative_mask = self.pipe.encode_prompt(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
@@ -115,6 +127,12 @@ class LTXAdapter(ModelAdapter):
             "prompt_embeds": embeds, "prompt_attention_mask": mask,
             "negative_prompt_embeds": negative, "negative_prompt_attention_mask": negative_mask,
         }
+
+    @classmethod
+    def prompt_shapes(cls, transformer, image_to_video):
+        # T5's last hidden state padded to max_sequence_length tokens, and its padding mask.
+        n = cls.max_sequence_length
+        return {"prompt_embeds": (n, transformer["caption_channels"]), "prompt_attention_mask": (n,)}
 
     def spatial_conditioning(self, request, height, width, generator=None, encode=None):
         # The condition here is one image frame (small at any size): the pipeline's own code encodes it.

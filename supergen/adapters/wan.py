@@ -9,7 +9,7 @@ import torch
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from ..attention import SPARSE_KERNELS, StepLayouts
 from ..errors import SuperGenError
-from .base import FirstFrameVideo, ModelAdapter, Request, processors_replaced
+from .base import FamilyModules, FirstFrameVideo, ModelAdapter, Request, processors_replaced
 from .positions import CanvasPositions, position_key
 
 
@@ -75,6 +75,14 @@ class WanAdapter(ModelAdapter):
     position_module = CanvasRotaryPosEmbed
     # diffusers' Wan examples load the VAE and the CLIP image encoder in float32 beside a bf16 transformer.
     component_dtypes = {"vae": "float32", "image_encoder": "float32"}
+    # I2V conditions on the VAE encoding of the image followed by zero frames (:class:`FirstFrameVideo`).
+    canvas_condition = True
+    modules = FamilyModules(
+        transformer="WanTransformer3DModel", vae="AutoencoderKLWan",
+        scheduler=("UniPCMultistepScheduler", dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)),
+        encoders={"text_encoder": ("UMT5EncoderModel", "UMT5Config"),
+                  "image_encoder": ("CLIPVisionModelWithProjection", "CLIPVisionConfig")},
+    )
     # WanPipeline / WanImageToVideoPipeline call the transformer once per branch, in cache_context("cond"/"uncond").
     sketch_branches_separate = True
     # Tiles on sub-groups of ranks with Ulysses (diffusers' Wan plan; tests/test_parallel_attention.py).
@@ -113,7 +121,7 @@ class WanAdapter(ModelAdapter):
         return self._any_transformer.dtype
 
     # ---- conditioning -----------------------------------------------------------------------
-    def encode_prompt(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
+    def encode_text(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
         pipe = self.pipe
         prompt_embeds, negative_embeds = pipe.encode_prompt(
             prompt=request.prompt,
@@ -126,15 +134,22 @@ class WanAdapter(ModelAdapter):
             device=self.device,
         )
         dtype = self._dtype()
-        embeds = {
+        return {
             "prompt_embeds": prompt_embeds.to(self.device, dtype),
             "negative_prompt_embeds": None if negative_embeds is None else negative_embeds.to(self.device, dtype),
-            "image_embeds": None,
         }
+
+    @classmethod
+    def prompt_shapes(cls, transformer, image_to_video):
+        # umT5's last hidden state, padded to max_sequence_length tokens.
+        return {"prompt_embeds": (cls.max_sequence_length, transformer["text_dim"])}
+
+    def image_embeds(self, request: Request) -> dict[str, torch.Tensor | None]:
+        pipe = self.pipe
         if self.is_i2v and pipe.transformer is not None and pipe.transformer.config.image_dim is not None:
             # Wan 2.1 I2V: the CLIP embedding of the whole image, global to every tile.
-            embeds["image_embeds"] = pipe.encode_image(request.image, self.device).to(dtype)
-        return embeds
+            return {"image_embeds": pipe.encode_image(request.image, self.device).to(self._dtype())}
+        return {"image_embeds": None}
 
     def spatial_conditioning(self, request, height, width, generator=None, encode=None):
         """Wan 2.1/2.2 I2V: ``{"condition": (1, 4 + C, f, h, w)}``, the first-frame mask and the latent of
