@@ -6,7 +6,6 @@ adapter calls ``encode_prompt`` like the pipeline does, and the embeddings are n
 """
 
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -369,21 +368,24 @@ def test_block_level_caches_refuse_what_they_cannot_cache_with_a_clear_error():
         fbc(height=64, width=128, num_frames=5, generator=gen(0), output_type="latent")
 
 
-@pytest.mark.parametrize("name", ["cogvideox-t2v", "hunyuan-t2v"])
-@pytest.mark.parametrize("positions", ["global", "ntk"])
-def test_refinement_steps_build_no_rotary_table(name, positions, monkeypatch):
-    """Issue 14 defect 9: the rotary table of every window of the grid's shift cycle is built on the
-    device before the first refinement step, so no step builds one (on the host, then copied)."""
+@pytest.mark.parametrize("name,positions", [("cogvideox-t2v", "global"), ("cogvideox-t2v", "ntk"), ("hunyuan-t2v", "global"),
+                                            ("hunyuan-t2v", "ntk"), ("ltx-t2v", "global")])
+def test_refinement_steps_build_no_position_table(name, positions, monkeypatch):
+    """Issue 14 defect 9: the position table of every window of the grid's shift cycle (rotary tables,
+    LTX's ``video_coords``) is built on the device before the first refinement step, so no step builds
+    one (on the host, then copied). Every family keeps its tables in a render's ``DeviceTables``."""
+    from supergen.adapters.positions import DeviceTables
     from supergen.refine import TileRefiner
 
     sg = supergen_for(name, tiling={"boundary": "wrap", "shift_divisor": 2, "positions": positions}, sketch={"num_inference_steps": 1})
-    family = sys.modules[type(sg.adapter).__module__]
     built, in_step = [], [False]
-    table, step = family.get_1d_rotary_pos_embed, TileRefiner.step
+    get, step = DeviceTables.get, TileRefiner.step
 
-    def counted_table(*args, **kwargs):
-        built.append(in_step[0])
-        return table(*args, **kwargs)
+    def counted_get(tables, key, build):
+        def counted_build():
+            built.append(in_step[0])
+            return build()
+        return get(tables, key, counted_build)
 
     def flagged_step(*args, **kwargs):
         in_step[0] = True
@@ -392,7 +394,7 @@ def test_refinement_steps_build_no_rotary_table(name, positions, monkeypatch):
         finally:
             in_step[0] = False
 
-    monkeypatch.setattr(family, "get_1d_rotary_pos_embed", counted_table)
+    monkeypatch.setattr(DeviceTables, "get", counted_get)
     monkeypatch.setattr(TileRefiner, "step", flagged_step)
     out = sg(prompt="a red block", height=ODD[0], width=ODD[1], num_frames=FAMILIES[name][1], generator=gen(0), output_type="latent")
     assert out.stats.tiling.startswith("shift 2x2") and len(out.stats.steps) == 2

@@ -16,8 +16,7 @@ What differs from Wan, each handled here at the adapter's boundary:
 
 from __future__ import annotations
 
-import contextlib
-from typing import ContextManager, Iterator
+from typing import ContextManager
 
 import torch
 from diffusers import CogVideoXDPMScheduler
@@ -28,7 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..errors import SuperGenError
 from .base import FamilyMemory, FamilyModules, ModelAdapter, Request, Stepper, processors_replaced
-from .positions import DeviceTables, position_key
+from .positions import InputTables, position_key
 
 
 #: Where CogVideoX's token sequence is split over the ranks of a context-parallel sketch (diffusers
@@ -114,7 +113,7 @@ class CogVideoXAdapter(ModelAdapter):
                 "CogVideoX 1.0 positions are tied to its training size (learned or crop-interpolated)"
             )
         self.is_i2v = type(pipe).__name__ == "CogVideoXImageToVideoPipeline"
-        self._rotary_tables: DeviceTables | None = None  # one render's, while :meth:`positions` is entered
+        self._rotary_tables = InputTables()  # one render's, while :meth:`positions` is entered
 
     # ---- context-parallel sketch ---------------------------------------------------------------
     def context_parallel_extras(self, ranks: int) -> ContextManager:
@@ -265,18 +264,7 @@ class CogVideoXAdapter(ModelAdapter):
     def positions(self, mode: str) -> ContextManager[None]:
         """For one render: the rotary tables of its windows, kept on the device (the transformer takes
         them as an input, so no module is installed; :meth:`preload_positions` builds them). Re-entrant."""
-        return self._render_tables()
-
-    @contextlib.contextmanager
-    def _render_tables(self) -> Iterator[None]:
-        if self._rotary_tables is not None:  # inside the refinement's scope: its tables
-            yield
-            return
-        self._rotary_tables = DeviceTables()
-        try:
-            yield
-        finally:
-            self._rotary_tables = None
+        return self._rotary_tables.render()
 
     def preload_positions(self, tiles, canvas, mode, frames, device) -> None:
         """Every window's rotary table on the device before the first step (in every position mode:
@@ -295,8 +283,6 @@ class CogVideoXAdapter(ModelAdapter):
             head = self.pipe.transformer.config.attention_head_dim
             ntk = self.ntk_factors(canvas, tiles[0].shape, (head // 8 * 3, head // 8 * 3))
         build = lambda: self._rotary(rows, cols, frames, ntk)  # noqa: E731
-        if self._rotary_tables is None:
-            return build()
         return self._rotary_tables.get((frames, position_key(rows), position_key(cols), ntk, self.device), build)
 
     def predict_batch(self, latents, timestep, cond, tiles, canvas, positions, branch=None):

@@ -27,6 +27,7 @@ from diffusers.pipelines.ltx.pipeline_ltx_image2video import retrieve_latents
 
 from ..errors import SuperGenError
 from .base import FIRST_FRAME, FamilyMemory, FamilyModules, ModelAdapter, Request, processors_replaced
+from .positions import InputTables, on_device, position_key
 
 
 class LTXContextParallelAttnProcessor:
@@ -83,6 +84,7 @@ class LTXAdapter(ModelAdapter):
     def __init__(self, pipe):
         super().__init__(pipe)
         self.is_i2v = type(pipe).__name__ == "LTXImageToVideoPipeline"
+        self._coords = InputTables()  # each window's video_coords, on the device while :meth:`positions` is entered
 
     # ---- geometry -------------------------------------------------------------------------
     @property
@@ -193,18 +195,36 @@ class LTXAdapter(ModelAdapter):
         retrieve_timesteps(scheduler, num_inference_steps, self.device, sigmas=sigmas, mu=mu)
 
     # ---- stage 2 ----------------------------------------------------------------------------
-    def _video_coords(self, latents: torch.Tensor, tiles) -> torch.Tensor:
-        """``(B, 3, tokens)`` canvas coordinates of every token, scaled as the transformer's own grid
-        (``position × rope_interpolation_scale × patch``; it divides by its base size)."""
-        p_t, p, _ = self.patch
-        scale_t, scale_h, scale_w = self._rope_scale()
-        frames = torch.arange(latents.shape[2] // p_t, dtype=torch.float32)
-        coords = []
-        for rows, cols in zip(*self.token_positions(tiles)):
-            grid = torch.stack(torch.meshgrid(frames, rows.float(), cols.float(), indexing="ij"))
+    def positions(self, mode: str) -> ContextManager[None]:
+        """For one render: each window's ``video_coords`` kept on the device (the transformer takes them
+        as an input, so no module is installed; :meth:`preload_positions` builds them). Re-entrant."""
+        return self._coords.render()
+
+    def preload_positions(self, tiles, canvas, mode, frames, device) -> None:
+        """Every window's ``video_coords`` on the device before the first refinement step."""
+        if mode == "global":
+            for tile in tiles:
+                self._tile_coords(tile, frames // self.patch[0], device)
+
+    def _tile_coords(self, tile, frames: int, device: torch.device) -> torch.Tensor:
+        """``(3, tokens)`` canvas coordinates of ``tile``'s tokens, scaled as the transformer's own grid
+        (``position × rope_interpolation_scale × patch``; it divides by its base size), from this
+        render's tables."""
+        (rows,), (cols,) = self.token_positions([tile])
+
+        def build() -> torch.Tensor:
+            p_t, p, _ = self.patch
+            scale_t, scale_h, scale_w = self._rope_scale()
+            grid = torch.stack(torch.meshgrid(torch.arange(frames, dtype=torch.float32), rows.float(), cols.float(), indexing="ij"))
             grid = grid.flatten(1)
-            coords.append(torch.stack([grid[0] * scale_t * p_t, grid[1] * scale_h * p, grid[2] * scale_w * p]))
-        return torch.stack(coords).to(latents.device)
+            return on_device(torch.stack([grid[0] * scale_t * p_t, grid[1] * scale_h * p, grid[2] * scale_w * p]), device)
+
+        return self._coords.get((frames, position_key(rows), position_key(cols), device), build)
+
+    def _video_coords(self, latents: torch.Tensor, tiles) -> torch.Tensor:
+        """``(B, 3, tokens)``: each tile's coordinates (:meth:`_tile_coords`), stacked on the device."""
+        frames = latents.shape[2] // self.patch[0]
+        return torch.stack([self._tile_coords(tile, frames, latents.device) for tile in tiles])
 
     def predict_batch(self, latents, timestep, cond, tiles, canvas, positions, branch=None):
         if positions == "ntk":

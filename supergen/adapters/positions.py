@@ -34,6 +34,37 @@ class DeviceTables:
         return self._tables[key]
 
 
+class InputTables:
+    """Position tables a family's transformer takes as a call *input* (CogVideoX's rotary table, LTX's
+    ``video_coords``), kept on the device for one render: :meth:`render` opens the render's
+    :class:`DeviceTables`; outside it :meth:`get` builds every time (the sketch, a plain call)."""
+
+    def __init__(self):
+        self._tables: DeviceTables | None = None
+
+    @contextlib.contextmanager
+    def render(self) -> Iterator[None]:
+        """One render's tables; re-entrant (an inner ``with`` keeps the outer render's tables)."""
+        if self._tables is not None:
+            yield
+            return
+        self._tables = DeviceTables()
+        try:
+            yield
+        finally:
+            self._tables = None
+
+    def get(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """The render's table for ``key`` (built once), or ``build()`` outside a render."""
+        return build() if self._tables is None else self._tables.get(key, build)
+
+
+def on_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A copy of ``host`` on ``device``, a copy even where the device is the CPU: a cached table never
+    aliases host data (and a trace sees device data, not a host tensor used in the step)."""
+    return torch.empty(host.shape, dtype=host.dtype, device=device).copy_(host)
+
+
 def position_key(positions: torch.Tensor) -> tuple[int, ...]:
     """Host ``positions`` (token rows or columns, on the CPU: no device read) as a table key."""
     return tuple(positions.tolist())

@@ -10,7 +10,7 @@ from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from ..attention import SPARSE_KERNELS, StepLayouts
 from ..errors import SuperGenError
 from .base import FamilyModules, FirstFrameVideo, ModelAdapter, Request, processors_replaced
-from .positions import CanvasPositions, position_key
+from .positions import CanvasPositions, on_device, position_key
 
 
 class CanvasRotaryPosEmbed(CanvasPositions):
@@ -23,9 +23,8 @@ class CanvasRotaryPosEmbed(CanvasPositions):
 
     def _table(self, dim: int, positions: torch.Tensor, ntk_factor: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cos, sin)`` of one axis at host ``positions``, built once per render on ``device``."""
-        # A copy of the positions even where the device is the CPU: the cached tables never alias host data.
         return self.cached((dim, position_key(positions), ntk_factor, device), lambda: get_1d_rotary_pos_embed(
-            dim, torch.empty(positions.shape, dtype=positions.dtype, device=device).copy_(positions), getattr(self.original, "theta", 10000.0), use_real=True, repeat_interleave_real=True,
+            dim, on_device(positions, device), getattr(self.original, "theta", 10000.0), use_real=True, repeat_interleave_real=True,
             ntk_factor=ntk_factor, freqs_dtype=torch.float64,
         ))
 
