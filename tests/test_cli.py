@@ -160,7 +160,10 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_no_file(tmp_path):
 
     proc = subprocess.Popen([sys.executable, "-m", "supergen", "render", "--height", "64", "--width", "128",
                              "--num-frames", "9", "sketch.num_inference_steps=50", "-o", str(tmp_path / "out.mp4")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # Ctrl-C's default action, as in a terminal: a shell starts background jobs
+                            # (``pytest &``, CI under nohup) with SIGINT ignored, and children inherit that.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     while "%|" not in seen:  # a progress bar moves: the render is under way
         char = proc.stderr.read(1)
