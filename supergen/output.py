@@ -18,7 +18,7 @@ import torch
 #: Pixel output types (``latent`` skips the decode).
 PIXEL_TYPES = ("np", "pil", "pt", "uint8")
 #: Frames converted at a time (the float temporaries of a 4K strip of 192 rows: 8 frames, 68 MiB each).
-CHUNK_FRAMES = 8
+CONVERT_CHUNK_FRAMES = 8
 
 
 class VideoOutput:
@@ -46,12 +46,12 @@ class VideoOutput:
     def write(self, top: int, pixels: torch.Tensor) -> None:
         """Rows ``[top, top + h)`` of the video from ``pixels`` ``(1, 3, F, h, w)`` in [-1, 1] (cropped to the size).
 
-        Converted :data:`CHUNK_FRAMES` frames at a time, so the float temporaries stay small.
+        Converted :data:`CONVERT_CHUNK_FRAMES` frames at a time, so the float temporaries stay small.
         """
         height, width = self.size
         rows = min(pixels.shape[-2], height - top)
-        for start in range(0, pixels.shape[2] if rows > 0 else 0, CHUNK_FRAMES):
-            self._write(top, start, pixels[:, :, start : start + CHUNK_FRAMES, :rows, :width])
+        for start in range(0, pixels.shape[2] if rows > 0 else 0, CONVERT_CHUNK_FRAMES):
+            self._write(top, start, pixels[:, :, start : start + CONVERT_CHUNK_FRAMES, :rows, :width])
 
     def _write(self, top: int, start: int, pixels: torch.Tensor) -> None:
         """Frames ``[start, start + f)`` of rows ``[top, top + h)`` from ``pixels`` ``(1, 3, f, h, W)``."""

@@ -221,10 +221,9 @@ class Architecture(SizeRules):
         for i in range(self.experts):
             components["transformer" if i == 0 else f"transformer_{i + 1}"] = built("transformer", lambda: transformer_class.from_config(t_cfg))
         components["scheduler"] = scheduler if scheduler is not None else self.scheduler()
-        for name, config in self.encoder_configs().items():
+        for name in self.encoder_configs():
             if name in encoders:
-                model_class, config_class = spec.encoders[name]
-                components[name] = built(name, lambda: getattr(transformers, model_class)(getattr(transformers, config_class)(**config)))
+                components[name] = built(name, lambda: self._encoder(name))
         if "image_encoder" in components:
             size = self.image_encoder["image_size"]
             components["image_processor"] = transformers.CLIPImageProcessor(crop_size=size, size=size)
@@ -233,6 +232,13 @@ class Architecture(SizeRules):
         absent = {name: None for name, p in inspect.signature(pipeline_class.__init__).parameters.items()
                   if name != "self" and p.default is inspect.Parameter.empty and name not in components}
         return pipeline_class(**components, **absent, **self.pipeline_config)
+
+    def _encoder(self, name: str):
+        """The encoder ``name`` of :meth:`encoder_configs`, built from its config (initialised, not loaded)."""
+        import transformers
+
+        model_class, config_class = self.family.modules.encoders[name]
+        return getattr(transformers, model_class)(getattr(transformers, config_class)(**self.encoder_configs()[name]))
 
     def scheduler(self):
         """The family's scheduler, as the released checkpoints configure it (its tables on the host)."""
@@ -308,12 +314,12 @@ class Architecture(SizeRules):
 
     @functools.cached_property
     def _counts(self) -> dict[str, int]:
-        # Counted once per architecture: building the 8B text encoders on meta takes seconds.
-        with torch.device("meta"):  # builds the real modules without allocating their weights
-            pipe = self.build(encoders=tuple(self.encoder_configs()))
+        # Counted once per architecture: building the 8B text encoders on meta takes seconds. The
+        # transformer and the VAE are those of the size rules' pipeline, so nothing is built twice.
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-        counts = {"transformer": sum(count(m) for m in self.family(pipe).transformers), "vae": count(pipe.vae)}
-        counts |= {name: count(getattr(pipe, name)) for name in self.encoder_configs()}
+        counts = {"transformer": sum(count(m) for m in self._rules.transformers), "vae": count(self._rules.pipe.vae)}
+        with torch.device("meta"):  # builds the real modules without allocating their weights
+            counts |= {name: count(self._encoder(name)) for name in self.encoder_configs()}
         return counts
 
     def block_parameters(self) -> tuple[int, int]:

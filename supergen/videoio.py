@@ -21,7 +21,7 @@ from .errors import SuperGenError
 from .preflight import check_output_path
 
 #: Frames converted and sent to the encoder at a time (bounds the host memory of the uint8 copy).
-CHUNK_FRAMES = 16
+ENCODER_CHUNK_FRAMES = 16
 #: libx264's threads and lookahead, bounded: the encoder holds about (lookahead + threads) frames, and
 #: its automatic thread count grows with the machine's cores (1.5 per core). Measured at 1080p × 60
 #: frames, crf 10 (``docs/benchmarks.md``, host memory): 0.50 GB with 3 threads (2 cores), 1.28 GB with
@@ -39,7 +39,7 @@ def pixel_format(height: int, width: int) -> str:
     return "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
 
 
-def chunks(frames: np.ndarray, size: int = CHUNK_FRAMES) -> Iterator[np.ndarray]:
+def chunks(frames: np.ndarray, size: int = ENCODER_CHUNK_FRAMES) -> Iterator[np.ndarray]:
     """``frames`` ``(F, H, W, 3)`` as consecutive ``(≤size, H, W, 3)`` views."""
     for start in range(0, len(frames), size):
         yield frames[start:start + size]
