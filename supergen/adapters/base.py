@@ -336,6 +336,21 @@ class ModelAdapter(SizeRules, abc.ABC):
         """The text encoders' embeddings (of the prompt and, with guidance, the negative prompt), in
         the shapes :meth:`prompt_shapes` gives."""
 
+    def _pipeline_text_embeds(self, request: Request, guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(prompt_embeds, negative_prompt_embeds)`` from the wrapped pipeline's own ``encode_prompt``,
+        for the families whose pipelines share diffusers' Wan/CogVideoX signature; embeddings the
+        caller precomputed pass through it."""
+        return self.pipe.encode_prompt(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            do_classifier_free_guidance=guidance_scale > 1.0,
+            num_videos_per_prompt=1,
+            prompt_embeds=request.prompt_embeds,
+            negative_prompt_embeds=request.negative_prompt_embeds,
+            max_sequence_length=request.max_sequence_length or self.max_sequence_length,
+            device=self.device,
+        )
+
     def image_embeds(self, request: Request) -> dict[str, torch.Tensor | None]:
         """Global image embeddings of an image encoder separate from the text encoders; none by default."""
         return {}

@@ -121,17 +121,7 @@ class WanAdapter(ModelAdapter):
 
     # ---- conditioning -----------------------------------------------------------------------
     def encode_text(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
-        pipe = self.pipe
-        prompt_embeds, negative_embeds = pipe.encode_prompt(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            do_classifier_free_guidance=guidance_scale > 1.0,
-            num_videos_per_prompt=1,
-            prompt_embeds=request.prompt_embeds,
-            negative_prompt_embeds=request.negative_prompt_embeds,
-            max_sequence_length=request.max_sequence_length or self.max_sequence_length,
-            device=self.device,
-        )
+        prompt_embeds, negative_embeds = self._pipeline_text_embeds(request, guidance_scale)
         dtype = self._dtype()
         return {
             "prompt_embeds": prompt_embeds.to(self.device, dtype),
