@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from supergen.adapters import Conditioning, Request, adapter_for
-from supergen.cache import RegionCache, cache_map
+from supergen.cache import RegionCache, RegionCacheConfig, cache_map
 from supergen.cache.reuse import owned_span
 from supergen.config import load_config
 from supergen.errors import ConfigError
@@ -116,7 +116,7 @@ def refine_directly(pipe, policy, plan, steps=STEPS, seed=0):
 def test_gain_comes_from_the_last_two_computed_steps(wan_t2v):
     # One tile covering the canvas, a threshold nothing exceeds: computed 0, 1, 5, 7; reused 2-4, 6.
     plan = TilePlan((4, 8), (4, 8), patch=(2, 2))
-    policy = Spy(threshold=1e9, warmup_steps=2, max_consecutive=3)
+    policy = Spy(RegionCacheConfig(threshold=1e9, warmup_steps=2, max_consecutive=3))
     refine_directly(wan_t2v, policy, plan)
     assert policy.computed == [True, True, False, False, False, True, False, True]
     for step in range(2, STEPS):
@@ -135,7 +135,7 @@ def test_shifted_reuse_reads_the_canvas_residual_at_the_current_window():
     plan = TilePlan((8, 16), (4, 8), patch=(2, 2), boundary="wrap", shift_divisor=4)
     h, w = torch.meshgrid(torch.arange(8.0), torch.arange(16.0), indexing="ij")
     position = (100 * h + w).expand(1, 2, 1, 8, 16)
-    policy = RegionCache(threshold=1e9, warmup_steps=2, max_consecutive=5)
+    policy = RegionCache(RegionCacheConfig(threshold=1e9, warmup_steps=2, max_consecutive=5))
     policy.start(4)
     latents = [torch.full((1, 2, 1, 8, 16), 1.0 + 0.01 * s) for s in range(3)]
     for step in range(3):
@@ -165,7 +165,7 @@ def test_cost_weighting_reuses_tiles_that_write_little_of_their_window():
     assert min(shares) <= 0.5 and max(shares) == 1.0  # strips and whole windows at the step decided
     chosen = {}
     for cost in (0.0, 1.0):
-        policy = RegionCache(threshold=0.006, warmup_steps=2, max_consecutive=2, region_strength=0.0, cost=cost)
+        policy = RegionCache(RegionCacheConfig(threshold=0.006, warmup_steps=2, max_consecutive=2, region_strength=0.0, cost=cost))
         policy.start(4)
         for step in range(3):
             x, tiles = torch.full((1, 2, 1, 8, 16), 1.0 + 0.01 * step), plan.tiles(step)

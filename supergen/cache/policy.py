@@ -65,8 +65,10 @@ def cache_policy(cfg: CacheConfig, models: list[torch.nn.Module], canvas: tuple[
         diffusers_config = _baseline_config(cfg, name, num_steps, models)
     policy: TilePolicy = ComputeAll()
     if name == "region":
-        policy = apply_region_cache(RegionCacheConfig(cfg.threshold, cfg.warmup_steps, cfg.max_consecutive,
-                                                      cfg.region.strength, cfg.region.min_scale, cfg.region.max_scale, cfg.region.cost))
+        policy = apply_region_cache(RegionCacheConfig(
+            threshold=cfg.threshold, warmup_steps=cfg.warmup_steps, max_consecutive=cfg.max_consecutive,
+            region_strength=cfg.region.strength, min_scale=cfg.region.min_scale, max_scale=cfg.region.max_scale,
+            cost=cfg.region.cost))
     elif name == "steps":
         policy = apply_step_skip(StepSkipConfig(cfg.fraction, cfg.warmup_steps))
     elif name == "teacache":

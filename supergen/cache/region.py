@@ -84,12 +84,9 @@ class RegionCache(TileReuse):
     the means over C and F ``drift``, ``out_mag``, ``d_out``, ``d_in``.
     """
 
-    def __init__(self, threshold: float, warmup_steps: int = 2, max_consecutive: int = 2,
-                 region_strength: float = 1.0, min_scale: float = 0.5, max_scale: float = 2.0, cost: float = 1.0):
-        super().__init__(warmup_steps, max_consecutive)
-        self.threshold = threshold
-        self.region_strength, self.min_scale, self.max_scale = region_strength, min_scale, max_scale
-        self.cost = cost
+    def __init__(self, config: RegionCacheConfig):
+        super().__init__(config.warmup_steps, config.max_consecutive)
+        self.config = config
         self.estimates: list[list[TileEstimate]] = []
 
     def start(self, num_steps: int) -> None:
@@ -122,7 +119,7 @@ class RegionCache(TileReuse):
         reference = float(np.median([v for v, k in zip(volatility, known) if k])) if any(known) else 0.0
         decisions, estimates = [], []
         for tile, (v, gain, change, count_min, streak_max), is_known in zip(tiles, values, known):
-            threshold = self.threshold * self._region_scale(v, reference) * self._cost_scale(tile)
+            threshold = self.config.threshold * self._region_scale(v, reference) * self._cost_scale(tile)
             if not is_known:
                 estimates.append(TileEstimate(None, None, threshold))
                 decisions.append(True)
@@ -134,10 +131,11 @@ class RegionCache(TileReuse):
         return decisions
 
     def _region_scale(self, volatility: float, reference: float) -> float:
-        if self.region_strength == 0 or reference <= 0:
+        strength = self.config.region_strength
+        if strength == 0 or reference <= 0:
             return 1.0
-        ratio = (reference / max(volatility, _EPS)) ** self.region_strength
-        return min(self.max_scale, max(self.min_scale, ratio))
+        ratio = (reference / max(volatility, _EPS)) ** strength
+        return min(self.config.max_scale, max(self.config.min_scale, ratio))
 
     def _cost_scale(self, tile: Tile) -> float:
         # A forward costs the same whatever share of its window the tile writes, while the error of
@@ -145,7 +143,7 @@ class RegionCache(TileReuse):
         # change × owned area < λ × (one forward), i.e. change < threshold × window / owned area.
         (r0, r1), (c0, c1) = owned_span(tile)
         owned_share = (r1 - r0) * (c1 - c0) / (tile.shape[0] * tile.shape[1])
-        return owned_share ** -self.cost
+        return owned_share ** -self.config.cost
 
     def _observe_fresh(self, x, output, fresh):
         state = self._state
@@ -162,5 +160,4 @@ class RegionCache(TileReuse):
 
 def apply_region_cache(config: RegionCacheConfig) -> RegionCache:
     """The tile policy for ``config`` (a tile policy needs no hooks: the refiner calls it)."""
-    return RegionCache(config.threshold, config.warmup_steps, config.max_consecutive,
-                       config.region_strength, config.min_scale, config.max_scale, config.cost)
+    return RegionCache(config)
