@@ -120,8 +120,7 @@ PARKED = {"text_encoder": ("setup", "sketch", "upscale", "refine", "decode"),
 # The diffusers configs of the published checkpoints (transformer/, vae/, text_encoder/ config.json).
 _UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
                  relative_attention_num_buckets=32, feed_forward_proj="gated-gelu")
-_T5_XXL = dict(vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
-               relative_attention_num_buckets=32, feed_forward_proj="gated-gelu")
+_T5_XXL = dict(_UMT5_XXL, vocab_size=32128)  # CogVideoX's and LTX's T5-XXL: umT5-XXL's shape, English vocabulary
 _WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
 _WAN_T = dict(patch_size=[1, 2, 2], attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
               freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=1024)
