@@ -196,6 +196,11 @@ def module_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()[:12]
 
 
+def encoder_digest(vae) -> str:
+    """:func:`module_digest` of the part of a VAE that defines its latent space."""
+    return module_digest(torch.nn.ModuleList([vae.encoder, vae.quant_conv]))
+
+
 def training_seeds(base_seed: int, step: int, n: int) -> np.ndarray:
     """Clip seeds for one step: a pure function of (base seed, step), so resuming continues
     the same data stream without saving generator state."""
@@ -484,7 +489,7 @@ def latent_bank(args, vae, device, log):
     Returns latents ``(N, 16, 3, 16, 16)`` float32, their captions, and the held-out set
     (:func:`held_out_latents`). Cached in the run folder, keyed by the encoder's digest.
     """
-    digest = module_digest(torch.nn.ModuleList([vae.encoder, vae.quant_conv]))
+    digest = encoder_digest(vae)
     path = args.run_dir / f"latents_{digest}_{args.bank}.pt"
     if path.exists():
         return torch.load(path, weights_only=False), digest
@@ -546,15 +551,13 @@ def train_dit(args, log):
     lat = bank["latents"]
     state = torch.load(path, map_location=device, weights_only=False) if args.resume and path.exists() else None
     # Per-channel statistics over the bank; the pipeline un-normalises with exactly these. A run
-    # continuing a checkpoint or an exported model keeps its statistics: the transformer learned
-    # in that scale.
+    # continuing a checkpoint, or an exported model whose encoder this is, keeps its statistics:
+    # the transformer learned in that scale. A new encoder gets its own (the DiT then adapts).
+    shipped_vae = exported_vae(args.init_from) if args.init_from and state is None else None
     if state is not None:
         mean, std = torch.tensor(state["latents_mean"]), torch.tensor(state["latents_std"])
-    elif args.init_from:
-        from diffusers import AutoencoderKLWan
-
-        shipped = AutoencoderKLWan.load_config(Path(args.init_from) / "vae")
-        mean, std = torch.tensor(shipped["latents_mean"]), torch.tensor(shipped["latents_std"])
+    elif shipped_vae is not None and encoder_digest(shipped_vae) == digest:
+        mean, std = torch.tensor(shipped_vae.config.latents_mean), torch.tensor(shipped_vae.config.latents_std)
     else:
         mean = lat.mean(dim=(0, 2, 3, 4))
         std = lat.std(dim=(0, 2, 3, 4))
@@ -746,7 +749,7 @@ def dit_for_export(args, vae, device) -> dict:
     ``latents_mean``/``latents_std``): that checkpoint when the DiT stage saved one, else the
     ``--init-from`` folder's transformer and text encoder (a run that fine-tuned only the VAE
     decoder). Refuses a DiT trained on another VAE encoder than ``vae``'s."""
-    digest = module_digest(torch.nn.ModuleList([vae.encoder, vae.quant_conv]))
+    digest = encoder_digest(vae)
     path = args.run_dir / "dit.pt"
     if path.exists():
         state = torch.load(path, map_location=device, weights_only=False)
@@ -761,7 +764,7 @@ def dit_for_export(args, vae, device) -> dict:
                  "text_encoder": UMT5EncoderModel.from_pretrained(folder / "text_encoder")}
         module = {f"{name}.{k}": v for name, part in parts.items() for k, v in part.state_dict().items()}
         state = {"ema": {"module": module}, "step": exported_card(folder)["dit_steps"],
-                 "encoder_digest": module_digest(torch.nn.ModuleList([shipped_vae.encoder, shipped_vae.quant_conv])),
+                 "encoder_digest": encoder_digest(shipped_vae),
                  "latents_mean": config["latents_mean"], "latents_std": config["latents_std"]}
     else:
         raise SystemExit(f"no DiT: {path} does not exist; run `--stage dit` first or pass --init-from")

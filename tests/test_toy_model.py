@@ -132,6 +132,29 @@ def test_training_continues_from_the_shipped_folder(tmp_path):
     assert 0 < dit_change < 1e-3
 
 
+def test_a_retrained_encoder_gives_the_dit_its_own_latent_statistics(tmp_path):
+    """When the encoder trained too, its latents have another scale: continuing the shipped DiT
+    with the shipped statistics would feed it mis-scaled inputs, so the DiT stage measures the new
+    encoder's statistics on its bank (and still starts from the shipped transformer)."""
+    trainer = _trainer()
+    card = json.loads((ASSET / "training.json").read_text())
+    common = ["--init-from", str(ASSET), "--run-dir", str(tmp_path), "--eval-every", "1"]
+    trainer.main(["--stage", "vae", "--vae-steps", str(card["vae_steps"] + 1), "--vae-batch", "1",
+                  "--vae-crop", "32", "--vae-eval-clips", "1", "--vae-lr", "1e-3", *common])
+    trainer.main(["--stage", "dit", "--dit-steps", str(card["dit_steps"] + 1), "--dit-batch", "2",
+                  "--bank", "4", "--dit-eval-clips", "4", *common])
+
+    dit_state = torch.load(tmp_path / "dit.pt", weights_only=False)
+    (bank_path,) = tmp_path.glob("latents_*_4.pt")
+    assert bank_path.name == f"latents_{dit_state['encoder_digest']}_4.pt"
+    bank = torch.load(bank_path, weights_only=False)["latents"]
+    assert dit_state["latents_mean"] == pytest.approx(bank.mean(dim=(0, 2, 3, 4)).tolist(), abs=1e-6)
+    assert dit_state["latents_std"] == pytest.approx(bank.std(dim=(0, 2, 3, 4)).tolist(), rel=1e-5)
+    shipped_mean = json.loads((ASSET / "vae" / "config.json").read_text())["latents_mean"]
+    assert dit_state["latents_mean"] != pytest.approx(shipped_mean, abs=1e-6)
+    assert dit_state["step"] == card["dit_steps"] + 1  # continued from the shipped transformer
+
+
 def test_prompt_words_outside_the_vocabulary_are_reported(toy_pipe, caplog):
     """The toy model knows only its world's words: others become <unk> and the user is told."""
     from supergen import SuperGenPipeline
