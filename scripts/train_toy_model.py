@@ -46,7 +46,9 @@ so a fresh clone continues from the exported weights instead::
 
 Step counts continue from the folder's ``training.json``, the EMA starts at the shipped weights,
 the optimisers start fresh, and the latent normalisation is kept, so the DiT continues in the same
-latent space as long as the encoder stays frozen.
+latent space as long as the encoder stays frozen. Without ``--freeze-encoder`` the encoder trains
+too; the DiT stage then measures the new encoder's latent statistics on its bank and continues the
+shipped transformer in that space (how the issue #17 model was made: docs/benchmarks.md).
 
 CPU: keep it polite on shared machines (``nice -n 19``; ``--threads 1`` is the default).
 GPU: ``--device cuda`` runs the same code.
