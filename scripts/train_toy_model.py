@@ -297,6 +297,13 @@ def exported_vae(folder: Path):
     return vae
 
 
+def shipped_latent_space(folder: Path) -> tuple[str, list[float], list[float]]:
+    """The latent space an exported folder's DiT was trained in: its VAE's :func:`encoder_digest`
+    and the per-channel ``latents_mean``/``latents_std`` stored in that VAE's config."""
+    vae = exported_vae(folder)
+    return encoder_digest(vae), list(vae.config.latents_mean), list(vae.config.latents_std)
+
+
 def encode_latents(vae, x: torch.Tensor) -> torch.Tensor:
     """Posterior mean ``(B, 16, F', H/8, W/8)``: the deterministic latent the pipeline's own
     ``retrieve_latents(..., sample_mode="argmax")`` convention uses."""
@@ -555,11 +562,11 @@ def train_dit(args, log):
     # Per-channel statistics over the bank; the pipeline un-normalises with exactly these. A run
     # continuing a checkpoint, or an exported model whose encoder this is, keeps its statistics:
     # the transformer learned in that scale. A new encoder gets its own (the DiT then adapts).
-    shipped_vae = exported_vae(args.init_from) if args.init_from and state is None else None
+    shipped = shipped_latent_space(args.init_from) if args.init_from and state is None else None
     if state is not None:
         mean, std = torch.tensor(state["latents_mean"]), torch.tensor(state["latents_std"])
-    elif shipped_vae is not None and encoder_digest(shipped_vae) == digest:
-        mean, std = torch.tensor(shipped_vae.config.latents_mean), torch.tensor(shipped_vae.config.latents_std)
+    elif shipped is not None and shipped[0] == digest:
+        mean, std = torch.tensor(shipped[1]), torch.tensor(shipped[2])
     else:
         mean = lat.mean(dim=(0, 2, 3, 4))
         std = lat.std(dim=(0, 2, 3, 4))
@@ -756,18 +763,16 @@ def dit_for_export(args, vae, device) -> dict:
     if path.exists():
         state = torch.load(path, map_location=device, weights_only=False)
     elif args.init_from:
-        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from diffusers import WanTransformer3DModel
         from transformers import UMT5EncoderModel
 
         folder = Path(args.init_from)
-        shipped_vae = exported_vae(folder)
-        config = AutoencoderKLWan.load_config(folder / "vae")
+        shipped_digest, shipped_mean, shipped_std = shipped_latent_space(folder)
         parts = {"transformer": WanTransformer3DModel.from_pretrained(folder / "transformer"),
                  "text_encoder": UMT5EncoderModel.from_pretrained(folder / "text_encoder")}
         module = {f"{name}.{k}": v for name, part in parts.items() for k, v in part.state_dict().items()}
         state = {"ema": {"module": module}, "step": exported_card(folder)["dit_steps"],
-                 "encoder_digest": encoder_digest(shipped_vae),
-                 "latents_mean": config["latents_mean"], "latents_std": config["latents_std"]}
+                 "encoder_digest": shipped_digest, "latents_mean": shipped_mean, "latents_std": shipped_std}
     else:
         raise SystemExit(f"no DiT: {path} does not exist; run `--stage dit` first or pass --init-from")
     if state["encoder_digest"] != digest:
