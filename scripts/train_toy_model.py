@@ -486,6 +486,20 @@ def encode_clips(vae, seeds, device, desc: str) -> tuple[torch.Tensor, list[str]
     return torch.cat(lat), caps
 
 
+def latent_object_masks(seeds) -> torch.Tensor:
+    """Where each clip's objects are, on the latent grid: float32 ``(N, 1, F', H/8, W/8)``, 1 on
+    every latent cell an object's bounding square touches (``toyworld.object_boxes``). Frames map
+    to latent frames the way Wan's causal VAE groups them: frame 0 alone, then groups of four."""
+    masks = []
+    for seed in seeds:
+        _, scene = toyworld.make_clip(int(seed), **NATIVE)
+        boxes = torch.from_numpy(toyworld.object_boxes(scene))  # (F, H, W)
+        groups = [boxes[:1]] + list(boxes[1:].split(VAE_CONFIG["scale_factor_temporal"]))
+        per_latent_frame = torch.stack([g.amax(0) for g in groups])  # (F', H, W)
+        masks.append(F.max_pool2d(per_latent_frame[None], VAE_CONFIG["scale_factor_spatial"])[0])
+    return (torch.stack(masks)[:, None] > 0).float()
+
+
 def held_out_latents(args, vae, device) -> tuple[torch.Tensor, list[str]]:
     """The DiT's held-out set: the first ``--dit-eval-clips`` held-out seeds, encoded."""
     return encode_clips(vae, np.arange(HELD_OUT_SEED, HELD_OUT_SEED + args.dit_eval_clips), device, "encode held-out")
@@ -500,12 +514,17 @@ def latent_bank(args, vae, device, log):
     """
     digest = encoder_digest(vae)
     path = args.run_dir / f"latents_{digest}_{args.bank}.pt"
-    if path.exists():
-        return torch.load(path, weights_only=False), digest
     seeds = np.random.default_rng([args.seed, 2]).integers(0, HELD_OUT_SEED, size=args.bank)
+    if path.exists():
+        bank = torch.load(path, weights_only=False)
+        if "object_masks" not in bank:  # a bank cached before the masks were kept
+            bank["object_masks"] = latent_object_masks(seeds)
+            save_checkpoint(path, bank)
+        return bank, digest
     lat, caps = encode_clips(vae, seeds, device, "encode bank")
     held_lat, held_caps = held_out_latents(args, vae, device)
-    bank = {"latents": lat, "captions": caps, "held_latents": held_lat, "held_captions": held_caps}
+    bank = {"latents": lat, "captions": caps, "held_latents": held_lat, "held_captions": held_caps,
+            "object_masks": latent_object_masks(seeds)}
     save_checkpoint(path, bank)
     log(f"dit: encoded a bank of {len(caps)} clips + {len(held_caps)} held-out with encoder {digest}")
     return bank, digest
@@ -520,12 +539,16 @@ def sample_sigmas(n: int, generator: torch.Generator) -> torch.Tensor:
     return s.clamp(1e-4, 1 - 1e-4)
 
 
-def flow_loss(transformer, x0, emb, sigma, noise):
-    """Flow-matching MSE in WanPipeline's convention (see module docstring)."""
+def flow_loss(transformer, x0, emb, sigma, noise, weight=None):
+    """Flow-matching MSE in WanPipeline's convention (see module docstring). ``weight``
+    ``(B, 1, F', H', W')``, if given, weights each latent cell (a weighted mean)."""
     s = sigma.view(-1, 1, 1, 1, 1)
     xs = (1 - s) * x0 + s * noise
     pred = transformer(xs, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
-    return F.mse_loss(pred, noise - x0)
+    if weight is None:
+        return F.mse_loss(pred, noise - x0)
+    weight = weight.expand_as(pred)
+    return (weight * (pred - noise + x0) ** 2).sum() / weight.sum()
 
 
 @torch.no_grad()
@@ -543,12 +566,22 @@ def dit_held_out_loss(transformer, text_encoder, tokenizer, x0, captions, device
     return total / len(x0)
 
 
-def dit_held_out_scores(transformer, text_encoder, tokenizer, x0, captions, device) -> tuple[float, float]:
-    """(held-out loss, text gap): the gap is the loss with each clip given the next clip's caption
-    minus the loss with its own, i.e. how much the model uses the prompt (0 = it ignores it)."""
+def rotate_shape_words(caption: str) -> str:
+    """``caption`` with every shape word replaced by the next one in ``toyworld.SHAPES``
+    (disk -> square -> triangle -> disk): the same scene but for the shapes."""
+    nxt = dict(zip(toyworld.SHAPES, toyworld.SHAPES[1:] + toyworld.SHAPES[:1]))
+    return " ".join(nxt.get(word, word) for word in caption.split(" "))
+
+
+def dit_held_out_scores(transformer, text_encoder, tokenizer, x0, captions, device) -> dict:
+    """Held-out flow loss and how much the model uses its prompt: ``text_gap`` is the loss with
+    each clip given the next clip's caption minus the loss with its own (0 = it ignores the
+    prompt); ``shape_gap`` the same with only the shape words changed (0 = it ignores them)."""
     right = dit_held_out_loss(transformer, text_encoder, tokenizer, x0, captions, device)
     wrong = dit_held_out_loss(transformer, text_encoder, tokenizer, x0, captions[1:] + captions[:1], device)
-    return right, wrong - right
+    shapes = dit_held_out_loss(transformer, text_encoder, tokenizer, x0, [rotate_shape_words(c) for c in captions],
+                               device)
+    return {"loss": right, "text_gap": wrong - right, "shape_gap": shapes - right}
 
 
 def train_dit(args, log):
@@ -574,6 +607,7 @@ def train_dit(args, log):
     lat = ((lat - mean.view(view)) / std.view(view)).to(device)
     held = ((bank["held_latents"] - mean.view(view)) / std.view(view)).to(device)
     captions = bank["captions"]
+    masks = bank["object_masks"].to(device)
 
     torch.manual_seed(args.seed)
     transformer = new_transformer().to(device)
@@ -624,7 +658,10 @@ def train_dit(args, log):
         sigma = sample_sigmas(args.dit_batch, gen).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         emb = encode_prompts(tokenizer, text_encoder, batch_caps, device)
-        loss = flow_loss(transformer, x0, emb, sigma, noise)
+        # Objects cover a tenth of a clip, and their shape is the one thing only the caption
+        # decides: without extra weight there, the background's loss drowns the shape words.
+        weight = 1.0 + args.dit_object_weight * masks[idx.to(device)]
+        loss = flow_loss(transformer, x0, emb, sigma, noise, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
@@ -636,10 +673,11 @@ def train_dit(args, log):
         done = step == args.dit_steps
         if step % args.eval_every == 0 or done:
             e = ema.module
-            held_loss, gap = dit_held_out_scores(e["transformer"], e["text_encoder"], tokenizer, held,
-                                                 bank["held_captions"], device)
-            log(f"dit step {step} lr {lr_at(step - 1):.2e} train_loss {loss.item():.4f} held_out_loss {held_loss:.4f} "
-                f"text_gap {gap:.4f}")
+            held_out = dit_held_out_scores(e["transformer"], e["text_encoder"], tokenizer, held,
+                                           bank["held_captions"], device)
+            log(f"dit step {step} lr {lr_at(step - 1):.2e} train_loss {loss.item():.4f} "
+                f"held_out_loss {held_out['loss']:.4f} text_gap {held_out['text_gap']:.4f} "
+                f"shape_gap {held_out['shape_gap']:.5f}")
         if done or time.time() - last_save > args.save_every_s:
             save_checkpoint(path, {"model": models.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                                    "step": step, "schedule_start": start, "encoder_digest": digest,
@@ -818,7 +856,7 @@ def export(args, log):
     held_lat, caps = held_out_latents(args, vae, device)
     mean = torch.tensor(dit_state["latents_mean"]).view(1, -1, 1, 1, 1)
     std = torch.tensor(dit_state["latents_std"]).view(1, -1, 1, 1, 1)
-    dit_loss, text_gap = dit_held_out_scores(transformer, text_encoder, tokenizer, (held_lat - mean) / std, caps, device)
+    dit_scores = dit_held_out_scores(transformer, text_encoder, tokenizer, (held_lat - mean) / std, caps, device)
     measured = measure(loaded, args)
     following = measured["prompt_following"]
     card = {
@@ -828,8 +866,9 @@ def export(args, log):
         "vae_held_out_psnr_frame0_db": round(p_first, 2),
         "pooled_baseline_psnr_db": round(pooled_baseline_psnr(held_out), 2),
         "dit_steps": dit_state["step"],
-        "dit_held_out_flow_loss": round(dit_loss, 4),
-        "dit_text_gap": round(text_gap, 4),
+        "dit_held_out_flow_loss": round(dit_scores["loss"], 4),
+        "dit_text_gap": round(dit_scores["text_gap"], 4),
+        "dit_shape_gap": round(dit_scores["shape_gap"], 5),
         "prompt_following": following,
         "vae_checks": measured["vae"],
         "scheduler": f"UniPCMultistepScheduler(flow_prediction, use_flow_sigmas, flow_shift={FLOW_SHIFT})",
@@ -912,6 +951,8 @@ def parse_args(argv=None):
     p.add_argument("--dit-lr", type=float, default=4e-4)
     p.add_argument("--dit-warmup", type=int, default=200)
     p.add_argument("--dit-ema", type=float, default=0.998)
+    p.add_argument("--dit-object-weight", type=float, default=0.0,
+                   help="extra loss weight on latent cells under an object (0: plain MSE)")
     p.add_argument("--bank", type=int, default=1024, help="training clips encoded once for the DiT")
     p.add_argument("--dit-eval-clips", type=int, default=64)
     # export

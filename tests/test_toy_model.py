@@ -110,7 +110,7 @@ def test_training_continues_from_the_shipped_folder(tmp_path):
     assert "frame0_consistency" in written["prompt_following"]["samples"]
 
     trainer.main(["--stage", "dit", "--dit-steps", str(card["dit_steps"] + 1), "--dit-batch", "2",
-                  "--bank", "4", "--dit-eval-clips", "4", *common])
+                  "--bank", "4", "--dit-eval-clips", "4", "--dit-object-weight", "4", *common])
 
     vae_state = torch.load(tmp_path / "vae.pt", weights_only=False)
     dit_state = torch.load(tmp_path / "dit.pt", weights_only=False)
@@ -153,6 +153,49 @@ def test_a_retrained_encoder_gives_the_dit_its_own_latent_statistics(tmp_path):
     shipped_mean = json.loads((ASSET / "vae" / "config.json").read_text())["latents_mean"]
     assert dit_state["latents_mean"] != pytest.approx(shipped_mean, abs=1e-6)
     assert dit_state["step"] == card["dit_steps"] + 1  # continued from the shipped transformer
+
+
+def test_object_weights_sit_on_the_latent_cells_of_the_objects():
+    """The DiT's object-weighted loss: masks on the latent grid mark the cells whose pixels an
+    object changes (frame 0 alone, then groups of four frames, 8x8 pixels per cell), and the
+    weighted loss is the mean over the weighted cells."""
+    from supergen.eval import toyworld
+
+    trainer = _trainer()
+    seeds = [3, 11, 29]
+    masks = trainer.latent_object_masks(seeds)
+    assert masks.shape == (3, 1, 3, 16, 16)
+    for seed, mask in zip(seeds, masks[:, 0]):
+        video, scene = toyworld.make_clip(seed, **trainer.NATIVE)
+        plain = toyworld.Scene(scene.height, scene.width, scene.num_frames, scene.background, scene.orientation, ())
+        changed = torch.from_numpy(np.abs(video - toyworld.render(plain)).max(axis=0) > 1e-6).float()  # (F, H, W)
+        per_latent_frame = torch.stack([changed[0], changed[1:5].amax(0), changed[5:9].amax(0)])
+        cells = torch.nn.functional.max_pool2d(per_latent_frame[None], 8)[0]
+        assert torch.equal(mask * cells, cells)  # every changed cell is weighted
+        assert 0.02 < mask.mean() < 0.6  # and the background mostly is not
+
+    torch.manual_seed(0)
+    transformer = trainer.new_transformer().eval()
+    x0, noise = torch.randn(2, 16, 3, 16, 16), torch.randn(2, 16, 3, 16, 16)
+    emb, sigma = torch.randn(2, 512, trainer.TEXT_CONFIG["d_model"]), torch.tensor([0.3, 0.7])
+    with torch.no_grad():
+        plain = trainer.flow_loss(transformer, x0, emb, sigma, noise)
+        ones = trainer.flow_loss(transformer, x0, emb, sigma, noise, torch.ones(2, 1, 3, 16, 16))
+        only = torch.zeros(2, 1, 3, 16, 16)
+        only[:, :, :, :8] = 1.0
+        top = trainer.flow_loss(transformer, x0, emb, sigma, noise, only)
+        pred = transformer(((1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * noise),
+                           timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
+    assert ones.item() == pytest.approx(plain.item(), rel=1e-5)
+    expected = ((pred - noise + x0)[:, :, :, :8] ** 2).mean()
+    assert top.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_shape_words_rotate_and_nothing_else_changes():
+    trainer = _trainer()
+    caption = "a red disk moving right and a blue triangle staying still on a vertical sky to sand background"
+    assert trainer.rotate_shape_words(caption) == (
+        "a red square moving right and a blue disk staying still on a vertical sky to sand background")
 
 
 def test_prompt_words_outside_the_vocabulary_are_reported(toy_pipe, caplog):

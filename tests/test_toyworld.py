@@ -106,3 +106,18 @@ def test_object_colours_are_saturated_and_backgrounds_muted():
     chroma = lambda c: max(c) - min(c)  # noqa: E731
     assert min(chroma(c) for c in toyworld.OBJECT_COLOURS.values()) >= 0.75
     assert max(chroma(c) for c in toyworld.BACKGROUND_COLOURS.values()) <= 0.3
+
+
+def test_object_boxes_hold_every_drawn_object_pixel_and_little_else():
+    """Every pixel an object changes lies in ``object_boxes``; the boxes are the objects'
+    bounding squares one pixel wider, so they cover at most (2r + 4)^2 pixels per object and
+    frame."""
+    for seed in range(20):
+        video, scene = toyworld.make_clip(seed, SIZE, SIZE, FRAMES)
+        background = toyworld.render(toyworld.Scene(SIZE, SIZE, FRAMES, scene.background, scene.orientation, ()))
+        drawn = np.abs(video - background).max(axis=0) > 1e-6  # (F, H, W)
+        boxes = toyworld.object_boxes(scene)
+        assert boxes.shape == drawn.shape
+        assert (boxes[drawn] > 0).all()
+        bound = sum((2 * o.radius + 4) ** 2 for o in scene.objects) * FRAMES
+        assert 0 < (boxes > 0).sum() <= bound

@@ -200,6 +200,21 @@ def render(scene: Scene) -> np.ndarray:
     return (video * 2.0 - 1.0).astype(np.float32)
 
 
+def object_boxes(scene: Scene) -> np.ndarray:
+    """Where the scene's objects are, shape aside: float32 ``(F, H, W)`` in ``[0, 1]``, the
+    anti-aliased union of each object's bounding square, one pixel wider (which holds its disk,
+    square or triangle alike, and the anti-aliased fringe of a triangle's apex). A trainer uses
+    it to weight the pixels whose shape a caption decides."""
+    h, w, f = scene.height, scene.width, scene.num_frames
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    boxes = np.zeros((f, h, w), np.float32)
+    for obj in scene.objects:
+        for t in range(f):
+            cx, cy = obj.centre(t)
+            boxes[t] = np.maximum(boxes[t], _coverage("square", xs, ys, cx, cy, obj.radius + 1.0))
+    return boxes
+
+
 def make_clip(seed: int, height: int = 128, width: int = 128, num_frames: int = 9):
     """Sample and draw the clip for ``seed``.
 
