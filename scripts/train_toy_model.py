@@ -539,31 +539,38 @@ def sample_sigmas(n: int, generator: torch.Generator) -> torch.Tensor:
     return s.clamp(1e-4, 1 - 1e-4)
 
 
-def flow_loss(transformer, x0, emb, sigma, noise, weight=None):
-    """Flow-matching MSE in WanPipeline's convention (see module docstring). ``weight``
-    ``(B, 1, F', H', W')``, if given, weights each latent cell (a weighted mean)."""
+def flow_errors(transformer, x0, emb, sigma, noise) -> torch.Tensor:
+    """Squared flow-matching errors ``(B, C, F', H', W')`` in WanPipeline's convention (see
+    module docstring): the noisy latent at ``sigma``, the target ``noise - x0``."""
     s = sigma.view(-1, 1, 1, 1, 1)
     xs = (1 - s) * x0 + s * noise
     pred = transformer(xs, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
+    return (pred - noise + x0) ** 2
+
+
+def flow_loss(transformer, x0, emb, sigma, noise, weight=None):
+    """Flow-matching MSE. ``weight`` ``(B, 1, F', H', W')``, if given, weights each latent cell
+    (a weighted mean)."""
+    errors = flow_errors(transformer, x0, emb, sigma, noise)
     if weight is None:
-        return F.mse_loss(pred, noise - x0)
-    weight = weight.expand_as(pred)
-    return (weight * (pred - noise + x0) ** 2).sum() / weight.sum()
+        return errors.mean()
+    weight = weight.expand_as(errors)
+    return (weight * errors).sum() / weight.sum()
 
 
 @torch.no_grad()
-def dit_held_out_loss(transformer, text_encoder, tokenizer, x0, captions, device) -> float:
-    """Flow loss on held-out clips with fixed noise and an even sigma grid (comparable
-    across steps and runs)."""
+def dit_held_out_losses(transformer, text_encoder, tokenizer, x0, captions, device) -> torch.Tensor:
+    """Flow loss ``(N,)`` of each held-out clip, with fixed noise and an even sigma grid
+    (comparable across steps and runs)."""
     g = torch.Generator().manual_seed(1234)
     noise = torch.randn(x0.shape, generator=g).to(device)
     sigma = torch.linspace(0.05, 0.95, len(x0)).to(device)
-    total = 0.0
+    losses = []
     for i in range(0, len(x0), 16):
         emb = encode_prompts(tokenizer, text_encoder, captions[i : i + 16], device)
-        n = len(emb)
-        total += flow_loss(transformer, x0[i : i + 16], emb, sigma[i : i + 16], noise[i : i + 16]).item() * n
-    return total / len(x0)
+        errors = flow_errors(transformer, x0[i : i + 16], emb, sigma[i : i + 16], noise[i : i + 16])
+        losses.append(errors.mean(dim=(1, 2, 3, 4)).cpu())
+    return torch.cat(losses)
 
 
 def rotate_shape_words(caption: str) -> str:
@@ -576,12 +583,18 @@ def rotate_shape_words(caption: str) -> str:
 def dit_held_out_scores(transformer, text_encoder, tokenizer, x0, captions, device) -> dict:
     """Held-out flow loss and how much the model uses its prompt: ``text_gap`` is the loss with
     each clip given the next clip's caption minus the loss with its own (0 = it ignores the
-    prompt); ``shape_gap`` the same with only the shape words changed (0 = it ignores them)."""
-    right = dit_held_out_loss(transformer, text_encoder, tokenizer, x0, captions, device)
-    wrong = dit_held_out_loss(transformer, text_encoder, tokenizer, x0, captions[1:] + captions[:1], device)
-    shapes = dit_held_out_loss(transformer, text_encoder, tokenizer, x0, [rotate_shape_words(c) for c in captions],
-                               device)
-    return {"loss": right, "text_gap": wrong - right, "shape_gap": shapes - right}
+    prompt); ``shape_gap`` the same with only the shape words changed (0 = it ignores them).
+    Each gap comes with its standard error over the clips (``*_se``): the shape gap is small."""
+    def losses(caps):
+        return dit_held_out_losses(transformer, text_encoder, tokenizer, x0, caps, device)
+
+    right = losses(captions)
+    scores = {"loss": right.mean().item()}
+    for name, caps in (("text_gap", captions[1:] + captions[:1]),
+                       ("shape_gap", [rotate_shape_words(c) for c in captions])):
+        gap = losses(caps) - right
+        scores[name], scores[f"{name}_se"] = gap.mean().item(), (gap.std() / len(gap) ** 0.5).item()
+    return scores
 
 
 def train_dit(args, log):
@@ -677,7 +690,7 @@ def train_dit(args, log):
                                            bank["held_captions"], device)
             log(f"dit step {step} lr {lr_at(step - 1):.2e} train_loss {loss.item():.4f} "
                 f"held_out_loss {held_out['loss']:.4f} text_gap {held_out['text_gap']:.4f} "
-                f"shape_gap {held_out['shape_gap']:.5f}")
+                f"shape_gap {held_out['shape_gap']:.5f} ± {held_out['shape_gap_se']:.5f}")
         if done or time.time() - last_save > args.save_every_s:
             save_checkpoint(path, {"model": models.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                                    "step": step, "schedule_start": start, "encoder_digest": digest,
@@ -868,7 +881,7 @@ def export(args, log):
         "dit_steps": dit_state["step"],
         "dit_held_out_flow_loss": round(dit_scores["loss"], 4),
         "dit_text_gap": round(dit_scores["text_gap"], 4),
-        "dit_shape_gap": round(dit_scores["shape_gap"], 5),
+        "dit_shape_gap": [round(dit_scores["shape_gap"], 5), round(dit_scores["shape_gap_se"], 5)],
         "prompt_following": following,
         "vae_checks": measured["vae"],
         "scheduler": f"UniPCMultistepScheduler(flow_prediction, use_flow_sigmas, flow_shift={FLOW_SHIFT})",

@@ -108,6 +108,8 @@ def test_training_continues_from_the_shipped_folder(tmp_path):
     assert written["vae_steps"] == card["vae_steps"] + 1 and written["dit_steps"] == card["dit_steps"]
     assert {"lattice_texture", "lattice_texture_true_clips", "reconstructions"} <= set(written["vae_checks"])
     assert "frame0_consistency" in written["prompt_following"]["samples"]
+    shape_gap, shape_gap_se = written["dit_shape_gap"]
+    assert shape_gap_se > 0
 
     trainer.main(["--stage", "dit", "--dit-steps", str(card["dit_steps"] + 1), "--dit-batch", "2",
                   "--bank", "4", "--dit-eval-clips", "4", "--dit-object-weight", "4", *common])
