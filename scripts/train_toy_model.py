@@ -79,6 +79,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 NATIVE = dict(height=128, width=128, num_frames=9)
 HELD_OUT_SEED = 10**9  # training seeds are drawn below this, held-out clips use seeds above it
+VALIDATION_SEED = 2 * 10**9  # clips for choosing sampler settings and diagnosing, never the held-out ones
 MAX_SEQUENCE_LENGTH = 512  # WanPipeline's default; prompt embeddings are zero-padded to it
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 (T5 conventions)
 
@@ -302,6 +303,13 @@ def shipped_latent_space(folder: Path) -> tuple[str, list[float], list[float]]:
     and the per-channel ``latents_mean``/``latents_std`` stored in that VAE's config."""
     vae = exported_vae(folder)
     return encoder_digest(vae), list(vae.config.latents_mean), list(vae.config.latents_std)
+
+
+def latent_scale(vae) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel ``(mean, std)`` ``(1, 16, 1, 1, 1)`` the DiT's latents are normalised
+    with, as stored in the VAE's config (the pipeline un-normalises with exactly these)."""
+    view = (1, -1, 1, 1, 1)
+    return torch.tensor(vae.config.latents_mean).view(view), torch.tensor(vae.config.latents_std).view(view)
 
 
 def encode_latents(vae, x: torch.Tensor) -> torch.Tensor:
@@ -721,9 +729,10 @@ def _frame0_consistency(videos, value_range) -> float:
     return round(float(np.mean(same)), 3)
 
 
-def held_out_scenes(n: int):
-    """The first ``n`` held-out clips ``(N, 3, F, H, W)`` in [-1, 1], their captions and asked objects."""
-    drawn = [toyworld.make_clip(s, **NATIVE) for s in range(HELD_OUT_SEED, HELD_OUT_SEED + n)]
+def held_out_scenes(n: int, first_seed: int = HELD_OUT_SEED):
+    """The first ``n`` held-out clips ``(N, 3, F, H, W)`` in [-1, 1], their captions and asked
+    objects (``first_seed=VALIDATION_SEED``: the validation clips instead)."""
+    drawn = [toyworld.make_clip(s, **NATIVE) for s in range(first_seed, first_seed + n)]
     truth = np.stack([clip for clip, _ in drawn])
     captions = [scene.caption() for _, scene in drawn]
     asked = [[(o.colour, o.shape) for o in scene.objects] for _, scene in drawn]
@@ -731,14 +740,14 @@ def held_out_scenes(n: int):
 
 
 @torch.no_grad()
-def prompt_following(pipe, n_prompts: int, steps: int, guidance: float) -> dict:
+def prompt_following(pipe, n_prompts: int, steps: int, guidance: float, first_seed: int = HELD_OUT_SEED) -> dict:
     """Does the model draw what its prompt asks for? Held-out captions are sampled at native
     size; the middle frame's saturated blobs (``metrics.find_objects``) are compared with the
     caption's objects. The same measure on the true clips of those captions is the detector's
     ceiling (overlapping shapes hide each other), reported beside it. ``frame0_consistency``:
     the fraction of videos whose frame 0 shows the same objects as frame 1.
     """
-    truth, captions, asked = held_out_scenes(n_prompts)
+    truth, captions, asked = held_out_scenes(n_prompts, first_seed)
     videos = []
     for i in range(0, n_prompts, 16):
         videos.append(pipe(prompt=captions[i : i + 16], negative_prompt=[""] * len(captions[i : i + 16]),
@@ -867,8 +876,7 @@ def export(args, log):
     held_out = clips(range(HELD_OUT_SEED, HELD_OUT_SEED + args.vae_eval_clips), device)
     p_all, p_first = vae_held_out_psnr(vae, held_out)
     held_lat, caps = held_out_latents(args, vae, device)
-    mean = torch.tensor(dit_state["latents_mean"]).view(1, -1, 1, 1, 1)
-    std = torch.tensor(dit_state["latents_std"]).view(1, -1, 1, 1, 1)
+    mean, std = latent_scale(vae)
     dit_scores = dit_held_out_scores(transformer, text_encoder, tokenizer, (held_lat - mean) / std, caps, device)
     measured = measure(loaded, args)
     following = measured["prompt_following"]

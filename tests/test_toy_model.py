@@ -200,6 +200,34 @@ def test_shape_words_rotate_and_nothing_else_changes():
         "a red square moving right and a blue disk staying still on a vertical sky to sand background")
 
 
+def _diagnostics():
+    import importlib.util
+
+    path = ASSET.parents[1] / "scripts" / "toy_diagnostics.py"
+    spec = importlib.util.spec_from_file_location("toy_diagnostics", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shape_word_diagnostic_keeps_the_clips_shapes_when_barely_noised(capsys):
+    """``toy_diagnostics.py shape-words``: from sigma0 near 0 there is nothing left to decide, so
+    both captions give back the validation clips' own shapes (the VAE's reconstructions)."""
+    _diagnostics().main(["shape-words", "--folder", str(ASSET), "--sigma0", "0.02", "--clips", "8", "--steps", "1"])
+    (result,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert result["sigma0"] == 0.02 and result["clips"] == 8
+    assert result["own_caption"] == result["rotated_caption_vs_clip"] > 0.3
+    assert result["rotated_caption_vs_rotated"] < result["own_caption"]
+
+
+def test_sampler_diagnostic_reports_each_setting(capsys):
+    _diagnostics().main(["sampler", "--folder", str(ASSET), "--guidance", "1", "4", "--flow-shift", "3",
+                         "--prompts", "2", "--steps", "2"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["flow_shift"], r["guidance"]) for r in rows] == [(3.0, 1.0), (3.0, 4.0)]
+    assert all(0.0 <= r["samples"]["colour_recall"] <= 1.0 for r in rows)
+
+
 def test_prompt_words_outside_the_vocabulary_are_reported(toy_pipe, caplog):
     """The toy model knows only its world's words: others become <unk> and the user is told."""
     from supergen import SuperGenPipeline
