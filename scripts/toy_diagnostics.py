@@ -78,17 +78,16 @@ def shape_words(args) -> None:
     with torch.no_grad():
         x0 = (toy.encode_latents(pipe.vae, torch.from_numpy(truth)) - mean) / std
     rotated = [toy.rotate_shape_words(c) for c in captions]
-    nxt = dict(zip(toy.toyworld.SHAPES, toy.toyworld.SHAPES[1:] + toy.toyworld.SHAPES[:1]))
-    asked_rotated = [[(colour, nxt[shape]) for colour, shape in objects] for objects in asked]
+    asked_rotated = [[(colour, toy.NEXT_SHAPE[shape]) for colour, shape in objects] for objects in asked]
     mid = toy.NATIVE["num_frames"] // 2
     for sigma0 in args.sigma0:
         own = denoise_from(pipe, x0, captions, sigma0, args.steps, args.guidance, args.seed)
         swapped = denoise_from(pipe, x0, rotated, sigma0, args.steps, args.guidance, args.seed)
         print(json.dumps({
             "sigma0": sigma0, "clips": args.clips,
-            "own_caption": toy._following(own[:, mid], asked, (-1.0, 1.0))["shape_accuracy"],
-            "rotated_caption_vs_rotated": toy._following(swapped[:, mid], asked_rotated, (-1.0, 1.0))["shape_accuracy"],
-            "rotated_caption_vs_clip": toy._following(swapped[:, mid], asked, (-1.0, 1.0))["shape_accuracy"],
+            "own_caption": toy.following_scores(own[:, mid], asked, (-1.0, 1.0))["shape_accuracy"],
+            "rotated_caption_vs_rotated": toy.following_scores(swapped[:, mid], asked_rotated, (-1.0, 1.0))["shape_accuracy"],
+            "rotated_caption_vs_clip": toy.following_scores(swapped[:, mid], asked, (-1.0, 1.0))["shape_accuracy"],
         }), flush=True)
 
 

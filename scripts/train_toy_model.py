@@ -137,6 +137,8 @@ SAMPLE_PROMPTS = [
     "a magenta disk moving up and a cyan square moving left and a green disk staying still on a horizontal rose to moss background",
 ]
 
+# Each shape word's replacement when a caption's shapes are rotated (disk -> square -> triangle -> disk).
+NEXT_SHAPE = dict(zip(toyworld.SHAPES, toyworld.SHAPES[1:] + toyworld.SHAPES[:1]))
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -582,10 +584,9 @@ def dit_held_out_losses(transformer, text_encoder, tokenizer, x0, captions, devi
 
 
 def rotate_shape_words(caption: str) -> str:
-    """``caption`` with every shape word replaced by the next one in ``toyworld.SHAPES``
-    (disk -> square -> triangle -> disk): the same scene but for the shapes."""
-    nxt = dict(zip(toyworld.SHAPES, toyworld.SHAPES[1:] + toyworld.SHAPES[:1]))
-    return " ".join(nxt.get(word, word) for word in caption.split(" "))
+    """``caption`` with every shape word replaced by its :data:`NEXT_SHAPE`: the same scene but
+    for the shapes."""
+    return " ".join(NEXT_SHAPE.get(word, word) for word in caption.split(" "))
 
 
 def dit_held_out_scores(transformer, text_encoder, tokenizer, x0, captions, device) -> dict:
@@ -711,7 +712,7 @@ def train_dit(args, log):
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _following(frames, asked, value_range) -> dict:
+def following_scores(frames, asked, value_range) -> dict:
     """Colour recall, shape accuracy and extra colours of ``frames`` ``(N, H, W, 3)`` against the
     ``asked`` ``[(colour, shape), ...]`` of each."""
     totals = np.zeros(4)
@@ -756,9 +757,9 @@ def prompt_following(pipe, n_prompts: int, steps: int, guidance: float, first_se
     videos = np.concatenate(videos)  # (N, F, H, W, 3) in [0, 1]
     truth = truth.transpose(0, 2, 3, 4, 1)  # (N, F, H, W, 3) in [-1, 1]
     mid = NATIVE["num_frames"] // 2
-    samples = _following(videos[:, mid], asked, (0.0, 1.0))
+    samples = following_scores(videos[:, mid], asked, (0.0, 1.0))
     samples["frame0_consistency"] = _frame0_consistency(videos, (0.0, 1.0))
-    true_clips = _following(truth[:, mid], asked, (-1.0, 1.0))
+    true_clips = following_scores(truth[:, mid], asked, (-1.0, 1.0))
     true_clips["frame0_consistency"] = _frame0_consistency(truth, (-1.0, 1.0))
     return {"prompts": n_prompts, "frame": mid, "samples": samples, "true_clips": true_clips}
 
@@ -774,7 +775,7 @@ def vae_checks(vae, n_clips: int) -> dict:
     rec = torch.cat([vae.decode(encode_latents(vae, x[i : i + 1])).sample for i in range(n_clips)]).clamp(-1, 1)
     rec_np, truth_np = rec.permute(0, 2, 3, 4, 1).numpy(), truth.transpose(0, 2, 3, 4, 1)
     mid = NATIVE["num_frames"] // 2
-    following = _following(rec_np[:, mid], asked, (-1.0, 1.0))
+    following = following_scores(rec_np[:, mid], asked, (-1.0, 1.0))
     following["frame0_consistency"] = _frame0_consistency(rec_np, (-1.0, 1.0))
     return {
         "clips": n_clips,

@@ -70,15 +70,18 @@ def test_renders_smooth_frames_at_native_size(toy_pipe, native_size):
     assert roughness(frames) < 0.25 * roughness(random_frames)
 
 
-def _trainer():
-    """scripts/train_toy_model.py as a module (it is a script, not part of the package)."""
+def _script(name: str):
+    """``scripts/<name>.py`` as a module (the scripts are not part of the package)."""
     import importlib.util
 
-    path = ASSET.parents[1] / "scripts" / "train_toy_model.py"
-    spec = importlib.util.spec_from_file_location("train_toy_model", path)
+    spec = importlib.util.spec_from_file_location(name, ASSET.parents[1] / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _trainer():
+    return _script("train_toy_model")
 
 
 def test_training_continues_from_the_shipped_folder(tmp_path):
@@ -200,20 +203,10 @@ def test_shape_words_rotate_and_nothing_else_changes():
         "a red square moving right and a blue disk staying still on a vertical sky to sand background")
 
 
-def _diagnostics():
-    import importlib.util
-
-    path = ASSET.parents[1] / "scripts" / "toy_diagnostics.py"
-    spec = importlib.util.spec_from_file_location("toy_diagnostics", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_shape_word_diagnostic_keeps_the_clips_shapes_when_barely_noised(capsys):
     """``toy_diagnostics.py shape-words``: from sigma0 near 0 there is nothing left to decide, so
     both captions give back the validation clips' own shapes (the VAE's reconstructions)."""
-    _diagnostics().main(["shape-words", "--folder", str(ASSET), "--sigma0", "0.02", "--clips", "8", "--steps", "1"])
+    _script("toy_diagnostics").main(["shape-words", "--folder", str(ASSET), "--sigma0", "0.02", "--clips", "8", "--steps", "1"])
     (result,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert result["sigma0"] == 0.02 and result["clips"] == 8
     assert result["own_caption"] == result["rotated_caption_vs_clip"] > 0.3
@@ -221,7 +214,7 @@ def test_shape_word_diagnostic_keeps_the_clips_shapes_when_barely_noised(capsys)
 
 
 def test_sampler_diagnostic_reports_each_setting(capsys):
-    _diagnostics().main(["sampler", "--folder", str(ASSET), "--guidance", "1", "4", "--flow-shift", "3",
+    _script("toy_diagnostics").main(["sampler", "--folder", str(ASSET), "--guidance", "1", "4", "--flow-shift", "3",
                          "--prompts", "2", "--steps", "2"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["flow_shift"], r["guidance"]) for r in rows] == [(3.0, 1.0), (3.0, 4.0)]
