@@ -665,7 +665,7 @@ def train_dit(args, log):
         return args.dit_lr * min(1.0, (s - start + 1) / args.dit_warmup)
 
     models.train()
-    last_save = time.time()
+    began = last_save = time.time()
     bar = tqdm(total=args.dit_steps, initial=step, desc="dit", dynamic_ncols=True)
     while step < args.dit_steps:
         for g in opt.param_groups:
@@ -692,7 +692,9 @@ def train_dit(args, log):
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        done = step == args.dit_steps
+        # A lease-bound run (a GPU for a few minutes) stops on time, evaluated and saved.
+        out_of_time = args.dit_time_limit_s is not None and time.time() - began > args.dit_time_limit_s
+        done = step == args.dit_steps or out_of_time
         if step % args.eval_every == 0 or done:
             e = ema.module
             held_out = dit_held_out_scores(e["transformer"], e["text_encoder"], tokenizer, held,
@@ -701,11 +703,15 @@ def train_dit(args, log):
                 f"held_out_loss {held_out['loss']:.4f} text_gap {held_out['text_gap']:.4f} "
                 f"shape_gap {held_out['shape_gap']:.5f} ± {held_out['shape_gap_se']:.5f}")
         if done or time.time() - last_save > args.save_every_s:
-            save_checkpoint(path, {"model": models.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                                   "step": step, "schedule_start": start, "encoder_digest": digest,
-                                   "latents_mean": mean.tolist(),
-                                   "latents_std": std.tolist()})
+            exported = {"ema": ema.state_dict(), "step": step, "encoder_digest": digest,
+                        "latents_mean": mean.tolist(), "latents_std": std.tolist()}
+            save_checkpoint(path, {**exported, "model": models.state_dict(), "opt": opt.state_dict(),
+                                   "schedule_start": start})
+            if args.dit_export_weights:
+                save_checkpoint(Path(args.dit_export_weights), exported)
             last_save = time.time()
+        if out_of_time:
+            break
     bar.close()
 
 
@@ -973,6 +979,11 @@ def parse_args(argv=None):
     p.add_argument("--dit-lr", type=float, default=4e-4)
     p.add_argument("--dit-warmup", type=int, default=200)
     p.add_argument("--dit-ema", type=float, default=0.998)
+    p.add_argument("--dit-time-limit-s", type=float, default=None,
+                   help="stop the DiT stage (evaluated and saved) after this many seconds of training")
+    p.add_argument("--dit-export-weights", default=None,
+                   help="also save the DiT's EMA weights and latent statistics alone (about 5 MB, what "
+                        "--stage export reads as the run folder's dit.pt) to this file")
     p.add_argument("--dit-object-weight", type=float, default=0.0,
                    help="extra loss weight on latent cells under an object (0: plain MSE)")
     p.add_argument("--bank", type=int, default=1024, help="training clips encoded once for the DiT")

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-GPU_STEPS = ["pytest-gpu", "kernel-bench", "refine-2k", "refine-4k"]
+GPU_STEPS = ["pytest-gpu", "kernel-bench", "refine-2k", "refine-4k", "toy-dit"]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,7 @@ def test_dry_run_writes_a_report_saying_what_was_skipped(dry_run):
     assert "tests/test_gpu.py::test_triton_matches_reference_at_wan_head_dim" in steps["pytest-gpu"]["output_tail"]
     assert "--canvas 2160x3840 --frames 5" in steps["refine-4k"]["command"]
     assert "--arch wan2.1-1.3b" in steps["refine-2k"]["command"]
+    assert "--device cuda" in steps["toy-dit"]["command"] and "toy-dit-weights.pt" in steps["toy-dit"]["command"]
     # The versions step runs anywhere and reports this interpreter's torch.
     assert steps["versions"]["status"] == "ok"
     assert report["versions"]["torch"] == torch.__version__

@@ -114,13 +114,19 @@ def test_training_continues_from_the_shipped_folder(tmp_path):
     shape_gap, shape_gap_se = written["dit_shape_gap"]
     assert shape_gap_se > 0
 
-    trainer.main(["--stage", "dit", "--dit-steps", str(card["dit_steps"] + 1), "--dit-batch", "2",
-                  "--bank", "4", "--dit-eval-clips", "4", "--dit-object-weight", "4", *common])
+    # A lease-bound run: out of time after its first step, it stops there, evaluated and saved,
+    # with the small weights-only file beside the checkpoint.
+    trainer.main(["--stage", "dit", "--dit-steps", str(card["dit_steps"] + 50), "--dit-batch", "2",
+                  "--bank", "4", "--dit-eval-clips", "4", "--dit-object-weight", "4", "--dit-time-limit-s", "0",
+                  "--dit-export-weights", str(tmp_path / "dit-weights.pt"), *common])
 
     vae_state = torch.load(tmp_path / "vae.pt", weights_only=False)
     dit_state = torch.load(tmp_path / "dit.pt", weights_only=False)
     assert vae_state["step"] == card["vae_steps"] + 1 and vae_state["encoder_frozen"]
     assert dit_state["step"] == card["dit_steps"] + 1
+    weights = torch.load(tmp_path / "dit-weights.pt", weights_only=False)
+    assert {"model", "opt"}.isdisjoint(weights) and weights["step"] == dit_state["step"]
+    assert all(torch.equal(v, dit_state["ema"]["module"][k]) for k, v in weights["ema"]["module"].items())
 
     shipped_vae = AutoencoderKLWan.from_pretrained(ASSET / "vae").state_dict()
     ema_vae = vae_state["ema"]["module"]
