@@ -14,7 +14,9 @@ folder's weights with ``--init-from``):
             training only the decoder: the latent space the DiT learns stays fixed, so both can
             train at the same time.
 ``dit``     ``WanTransformer3DModel`` (patch (1, 2, 2)) and a tiny ``UMT5EncoderModel``, trained
-            jointly with flow matching exactly as ``WanPipeline`` samples.
+            jointly with flow matching exactly as ``WanPipeline`` samples. ``--dit-object-weight``
+            weights the latent cells under objects more; ``--dit-time-limit-s`` and
+            ``--dit-export-weights`` fit a run to a short GPU lease (``scripts/gpu_check.sh``).
 ``export``  writes the pipeline folder, a model card (with the prompt-following measure) and a
             strip of sample frames.
 ``eval``    measures an exported folder (``--out``): prompt following of its samples for held-out
@@ -52,6 +54,8 @@ shipped transformer in that space (how the issue #17 model was made: docs/benchm
 
 CPU: keep it polite on shared machines (``nice -n 19``; ``--threads 1`` is the default).
 GPU: ``--device cuda`` runs the same code.
+
+Why the samples are blobs: ``scripts/toy_diagnostics.py``, on validation clips (``VALIDATION_SEED``).
 """
 
 from __future__ import annotations
