@@ -506,8 +506,7 @@ def latent_object_masks(seeds) -> torch.Tensor:
     to latent frames the way Wan's causal VAE groups them: frame 0 alone, then groups of four."""
     masks = []
     for seed in seeds:
-        _, scene = toyworld.make_clip(int(seed), **NATIVE)
-        boxes = torch.from_numpy(toyworld.object_boxes(scene))  # (F, H, W)
+        boxes = torch.from_numpy(toyworld.object_boxes(toyworld.make_scene(int(seed), **NATIVE)))  # (F, H, W)
         groups = [boxes[:1]] + list(boxes[1:].split(VAE_CONFIG["scale_factor_temporal"]))
         per_latent_frame = torch.stack([g.amax(0) for g in groups])  # (F', H, W)
         masks.append(F.max_pool2d(per_latent_frame[None], VAE_CONFIG["scale_factor_spatial"])[0])
@@ -676,17 +675,18 @@ def train_dit(args, log):
             g["lr"] = lr_at(step)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         idx = torch.randint(len(lat), (args.dit_batch,), generator=gen)
+        rows = idx.to(device)
         # 10 % empty prompts teach the unconditional branch classifier-free guidance needs
         # (WanPipeline's default negative prompt is "").
         drop = torch.rand(args.dit_batch, generator=gen) < 0.1
         batch_caps = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
-        x0 = lat[idx.to(device)]
+        x0 = lat[rows]
         sigma = sample_sigmas(args.dit_batch, gen).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
         emb = encode_prompts(tokenizer, text_encoder, batch_caps, device)
         # Objects cover a tenth of a clip, and their shape is the one thing only the caption
         # decides: without extra weight there, the background's loss drowns the shape words.
-        weight = 1.0 + args.dit_object_weight * masks[idx.to(device)]
+        weight = 1.0 + args.dit_object_weight * masks[rows] if args.dit_object_weight else None
         loss = flow_loss(transformer, x0, emb, sigma, noise, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()

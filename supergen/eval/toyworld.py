@@ -215,13 +215,18 @@ def object_boxes(scene: Scene) -> np.ndarray:
     return boxes
 
 
+def make_scene(seed: int, height: int = 128, width: int = 128, num_frames: int = 9) -> Scene:
+    """The :class:`Scene` of ``seed`` (what :func:`make_clip` draws), without drawing it."""
+    return sample_scene(np.random.default_rng(seed), height, width, num_frames)
+
+
 def make_clip(seed: int, height: int = 128, width: int = 128, num_frames: int = 9):
     """Sample and draw the clip for ``seed``.
 
     Returns ``(video, scene)``: ``video`` float32 ``(3, F, H, W)`` in ``[-1, 1]`` and the
     :class:`Scene` it was drawn from (``scene.caption()`` is its caption).
     """
-    scene = sample_scene(np.random.default_rng(seed), height, width, num_frames)
+    scene = make_scene(seed, height, width, num_frames)
     return render(scene), scene
 
 
