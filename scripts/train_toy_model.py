@@ -518,6 +518,11 @@ def held_out_latents(args, vae, device) -> tuple[torch.Tensor, list[str]]:
     return encode_clips(vae, np.arange(HELD_OUT_SEED, HELD_OUT_SEED + args.dit_eval_clips), device, "encode held-out")
 
 
+def bank_seeds(args) -> np.ndarray:
+    """The seeds of the ``--bank`` training clips, in bank order."""
+    return np.random.default_rng([args.seed, 2]).integers(0, HELD_OUT_SEED, size=args.bank)
+
+
 @torch.no_grad()
 def latent_bank(args, vae, device, log):
     """Encode ``--bank`` training clips once (the encoder is frozen while the DiT trains).
@@ -527,7 +532,7 @@ def latent_bank(args, vae, device, log):
     """
     digest = encoder_digest(vae)
     path = args.run_dir / f"latents_{digest}_{args.bank}.pt"
-    seeds = np.random.default_rng([args.seed, 2]).integers(0, HELD_OUT_SEED, size=args.bank)
+    seeds = bank_seeds(args)
     if path.exists():
         bank = torch.load(path, weights_only=False)
         if "object_masks" not in bank:  # a bank cached before the masks were kept
@@ -541,6 +546,30 @@ def latent_bank(args, vae, device, log):
     save_checkpoint(path, bank)
     log(f"dit: encoded a bank of {len(caps)} clips + {len(held_caps)} held-out with encoder {digest}")
     return bank, digest
+
+
+@torch.no_grad()
+def shape_twin_bank(args, vae, device, digest: str, log) -> dict:
+    """The first ``--dit-shape-twins`` bank scenes redrawn with their shapes turned once and twice
+    (``toyworld.rotate_shapes``), encoded: latents ``(K, 2, 16, 3, 16, 16)`` float32 and captions
+    ``[[turned once, turned twice], ...]``. With the bank's own clip each scene is a triplet that
+    differs only in its shapes. Cached in the run folder beside the bank."""
+    seeds = bank_seeds(args)[: args.dit_shape_twins]
+    path = args.run_dir / f"twins_{digest}_{len(seeds)}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    lat, caps = [], []
+    for i in tqdm(range(0, len(seeds), 8), desc="encode shape twins", dynamic_ncols=True):
+        scenes = [toyworld.make_scene(int(seed), **NATIVE) for seed in seeds[i : i + 8]]
+        turned = [[toyworld.rotate_shapes(scene, turns) for turns in (1, 2)] for scene in scenes]
+        videos = np.stack([toyworld.render(t) for pair in turned for t in pair])  # (2n, 3, F, H, W)
+        latents = encode_latents(vae, torch.from_numpy(videos).to(device)).float().cpu()
+        lat.append(latents.unflatten(0, (len(scenes), 2)))
+        caps += [[t.caption() for t in pair] for pair in turned]
+    twins = {"latents": torch.cat(lat), "captions": caps}
+    save_checkpoint(path, twins)
+    log(f"dit: encoded shape twins of {len(seeds)} bank scenes with encoder {digest}")
+    return twins
 
 
 def sample_sigmas(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -610,6 +639,10 @@ def dit_held_out_scores(transformer, text_encoder, tokenizer, x0, captions, devi
 
 
 def train_dit(args, log):
+    if args.dit_shape_twins and (args.dit_batch % 3 or args.dit_shape_twins > args.bank):
+        raise SystemExit(f"--dit-shape-twins {args.dit_shape_twins} with --dit-batch {args.dit_batch} and --bank "
+                         f"{args.bank}: the batch is made of shape triplets, so it must be a multiple of 3 "
+                         f"(e.g. 15 or 18), and the twins are of bank scenes, so at most --bank of them")
     device = torch.device(args.device)
     path = args.run_dir / "dit.pt"
     vae, _ = load_vae_for_inference(args, device)
@@ -633,6 +666,9 @@ def train_dit(args, log):
     held = ((bank["held_latents"] - mean.view(view)) / std.view(view)).to(device)
     captions = bank["captions"]
     masks = bank["object_masks"].to(device)
+    twins = shape_twin_bank(args, vae, device, digest, log) if args.dit_shape_twins else None
+    if twins is not None:
+        twin_lat = ((twins["latents"] - mean.view(1, 1, -1, 1, 1, 1)) / std.view(1, 1, -1, 1, 1, 1)).to(device)
 
     torch.manual_seed(args.seed)
     transformer = new_transformer().to(device)
@@ -674,18 +710,30 @@ def train_dit(args, log):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        idx = torch.randint(len(lat), (args.dit_batch,), generator=gen)
-        rows = idx.to(device)
+        if twins is None:
+            idx = torch.randint(len(lat), (args.dit_batch,), generator=gen)
+            rows = idx.to(device)
+            x0, batch_caps = lat[rows], [captions[i] for i in idx.tolist()]
+            sigma = sample_sigmas(args.dit_batch, gen).to(device)
+            noise = torch.randn(x0.shape, generator=gen).to(device)
+        else:
+            # Shape triplets: a scene and its two shape twins under one noise and one sigma, so
+            # that at high noise the three inputs are nearly the same and only the shape words
+            # tell the three targets apart.
+            idx = torch.randint(len(twin_lat), (args.dit_batch // 3,), generator=gen)
+            rows = idx.to(device).repeat_interleave(3)
+            x0 = torch.cat([lat[idx.to(device), None], twin_lat[idx.to(device)]], dim=1).flatten(0, 1)
+            batch_caps = [c for i in idx.tolist() for c in [captions[i], *twins["captions"][i]]]
+            sigma = sample_sigmas(len(idx), gen).repeat_interleave(3).to(device)
+            noise = torch.randn((len(idx), *x0.shape[1:]), generator=gen).repeat_interleave(3, dim=0).to(device)
         # 10 % empty prompts teach the unconditional branch classifier-free guidance needs
         # (WanPipeline's default negative prompt is "").
-        drop = torch.rand(args.dit_batch, generator=gen) < 0.1
-        batch_caps = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
-        x0 = lat[rows]
-        sigma = sample_sigmas(args.dit_batch, gen).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
+        drop = torch.rand(len(batch_caps), generator=gen) < 0.1
+        batch_caps = ["" if d else c for c, d in zip(batch_caps, drop.tolist())]
         emb = encode_prompts(tokenizer, text_encoder, batch_caps, device)
         # Objects cover a tenth of a clip, and their shape is the one thing only the caption
         # decides: without extra weight there, the background's loss drowns the shape words.
+        # (A scene's twins share its mask: the boxes do not depend on the shapes.)
         weight = 1.0 + args.dit_object_weight * masks[rows] if args.dit_object_weight else None
         loss = flow_loss(transformer, x0, emb, sigma, noise, weight)
         opt.zero_grad(set_to_none=True)
@@ -990,6 +1038,9 @@ def parse_args(argv=None):
                         "--stage export reads as the run folder's dit.pt) to this file")
     p.add_argument("--dit-object-weight", type=float, default=0.0,
                    help="extra loss weight on latent cells under an object (0: plain MSE)")
+    p.add_argument("--dit-shape-twins", type=int, default=0,
+                   help="train on shape triplets: the first N bank scenes, each with two twins whose shapes "
+                        "are turned (toyworld.rotate_shapes), under shared noise (0: plain random batches)")
     p.add_argument("--bank", type=int, default=1024, help="training clips encoded once for the DiT")
     p.add_argument("--dit-eval-clips", type=int, default=64)
     # export

@@ -239,3 +239,30 @@ def test_prompt_words_outside_the_vocabulary_are_reported(toy_pipe, caplog):
            num_frames=5, strength=1.0, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
     assert "unknown to this model's tokenizer" in caplog.text and "purple" in caplog.text
 
+
+
+def test_shape_twins_are_the_bank_scenes_with_only_their_shapes_turned(tmp_path):
+    """``--dit-shape-twins``: each twin's caption is its bank scene's with the shape words turned
+    once and twice, its latent differs from the scene's mostly under the objects, and a DiT step
+    trains on those triplets. A batch that is not whole triplets is refused, naming the value."""
+    trainer = _trainer()
+    card = json.loads((ASSET / "training.json").read_text())
+    common = ["--init-from", str(ASSET), "--run-dir", str(tmp_path), "--bank", "4", "--dit-eval-clips", "4"]
+    with pytest.raises(SystemExit, match="--dit-batch 4 .* multiple of 3"):
+        trainer.main(["--stage", "dit", "--dit-shape-twins", "2", "--dit-batch", "4", *common])
+    trainer.main(["--stage", "dit", "--dit-steps", str(card["dit_steps"] + 50), "--dit-batch", "3",
+                  "--dit-shape-twins", "2", "--dit-time-limit-s", "0", *common])
+
+    assert torch.load(tmp_path / "dit.pt", weights_only=False)["step"] == card["dit_steps"] + 1
+    (bank_path,), (twins_path,) = tmp_path.glob("latents_*_4.pt"), tmp_path.glob("twins_*_2.pt")
+    bank, twins = torch.load(bank_path, weights_only=False), torch.load(twins_path, weights_only=False)
+    assert twins["latents"].shape == (2, 2, *bank["latents"].shape[1:])
+    for caption, (once, twice) in zip(bank["captions"], twins["captions"]):
+        assert once == trainer.rotate_shape_words(caption)
+        assert twice == trainer.rotate_shape_words(once)
+    objects = bank["object_masks"][:2]  # (2, 1, F', H', W'): where the shapes are
+    for turn in range(2):
+        change = (twins["latents"][:, turn] - bank["latents"][:2]).abs().mean(dim=1, keepdim=True)
+        inside = (change * objects).sum() / objects.sum()
+        outside = (change * (1 - objects)).sum() / (1 - objects).sum()
+        assert inside > 5 * outside

@@ -121,3 +121,19 @@ def test_object_boxes_hold_every_drawn_object_pixel_and_little_else():
         assert (boxes[drawn] > 0).all()
         bound = sum((2 * o.radius + 4) ** 2 for o in scene.objects) * FRAMES
         assert 0 < (boxes > 0).sum() <= bound
+
+
+def test_rotated_shapes_change_the_shapes_and_nothing_else():
+    """``rotate_shapes`` turns each shape word ``turns`` places (three turns: back where it was)
+    and keeps colours, sizes, paths and background, so the drawing changes only where objects are."""
+    for seed in range(10):
+        video, scene = toyworld.make_clip(seed, SIZE, SIZE, FRAMES)
+        once, thrice = toyworld.rotate_shapes(scene), toyworld.rotate_shapes(scene, 3)
+        assert thrice == scene
+        for a, b in zip(scene.objects, once.objects):
+            assert b.shape == toyworld.SHAPES[(toyworld.SHAPES.index(a.shape) + 1) % 3]
+            assert (a.colour, a.motion, a.x, a.y, a.radius, a.speed) == (b.colour, b.motion, b.x, b.y, b.radius, b.speed)
+        assert parse(once.caption())[:2] == parse(scene.caption())[:2]
+        changed = np.abs(toyworld.render(once) - video).max(axis=0) > 1e-6  # (F, H, W)
+        assert changed.any()
+        assert (toyworld.object_boxes(scene)[changed] > 0).all()

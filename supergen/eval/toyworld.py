@@ -30,7 +30,7 @@ This module depends only on numpy so tests and scripts can import it cheaply.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -213,6 +213,16 @@ def object_boxes(scene: Scene) -> np.ndarray:
             cx, cy = obj.centre(t)
             boxes[t] = np.maximum(boxes[t], _coverage("square", xs, ys, cx, cy, obj.radius + 1.0))
     return boxes
+
+
+def rotate_shapes(scene: Scene, turns: int = 1) -> Scene:
+    """``scene`` with every object's shape advanced ``turns`` places in :data:`SHAPES` (disk ->
+    square -> triangle -> disk) and everything else kept: the same colours, sizes, paths and
+    background. A minimal pair for teaching a model that shape words matter."""
+    def turned(shape: str) -> str:
+        return SHAPES[(SHAPES.index(shape) + turns) % len(SHAPES)]
+
+    return replace(scene, objects=tuple(replace(o, shape=turned(o.shape)) for o in scene.objects))
 
 
 def make_scene(seed: int, height: int = 128, width: int = 128, num_frames: int = 9) -> Scene:
