@@ -581,13 +581,18 @@ def sample_sigmas(n: int, generator: torch.Generator) -> torch.Tensor:
     return s.clamp(1e-4, 1 - 1e-4)
 
 
-def flow_errors(transformer, x0, emb, sigma, noise) -> torch.Tensor:
-    """Squared flow-matching errors ``(B, C, F', H', W')`` in WanPipeline's convention (see
-    module docstring): the noisy latent at ``sigma``, the target ``noise - x0``."""
+def flow_residuals(transformer, x0, emb, sigma, noise) -> torch.Tensor:
+    """Flow-matching residuals ``(B, C, F', H', W')`` in WanPipeline's convention (see module
+    docstring): the prediction at the noisy latent at ``sigma`` minus the target ``noise - x0``."""
     s = sigma.view(-1, 1, 1, 1, 1)
     xs = (1 - s) * x0 + s * noise
     pred = transformer(xs, timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
-    return (pred - noise + x0) ** 2
+    return pred - noise + x0
+
+
+def flow_errors(transformer, x0, emb, sigma, noise) -> torch.Tensor:
+    """Squared flow-matching errors ``(B, C, F', H', W')`` (:func:`flow_residuals` squared)."""
+    return flow_residuals(transformer, x0, emb, sigma, noise) ** 2
 
 
 def flow_loss(transformer, x0, emb, sigma, noise, weight=None):
@@ -598,6 +603,20 @@ def flow_loss(transformer, x0, emb, sigma, noise, weight=None):
         return errors.mean()
     weight = weight.expand_as(errors)
     return (weight * errors).sum() / weight.sum()
+
+
+def triplet_flow_loss(transformer, x0, emb, sigma, noise, shape_weight: float) -> torch.Tensor:
+    """Flow-matching MSE of a batch of shape triplets (rows ``3k, 3k+1, 3k+2`` one scene under one
+    noise and sigma), its part that depends on the shapes weighted by ``shape_weight``.
+
+    Per triplet the squared residuals split exactly into the triplet's mean residual (what the
+    three share: background, colours, paths) and each row's deviation from it (what the shape
+    words alone decide): ``mean(r**2) = mean(shared**2) + mean((r - shared)**2)``. Weight 1 is
+    the plain MSE; a larger weight raises the signal that is otherwise a few thousandths of it.
+    """
+    r = flow_residuals(transformer, x0, emb, sigma, noise).unflatten(0, (-1, 3))  # (n, 3, C, F', H', W')
+    shared = r.mean(dim=1, keepdim=True)
+    return (shared ** 2).mean() + shape_weight * ((r - shared) ** 2).mean()
 
 
 @torch.no_grad()
@@ -639,6 +658,9 @@ def dit_held_out_scores(transformer, text_encoder, tokenizer, x0, captions, devi
 
 
 def train_dit(args, log):
+    if args.dit_shape_twins and args.dit_object_weight:
+        raise SystemExit(f"--dit-object-weight {args.dit_object_weight} with --dit-shape-twins: choose one way "
+                         f"to weight the shapes (--dit-twin-weight weights the shape triplets' differences)")
     if args.dit_shape_twins and (args.dit_batch % 3 or args.dit_shape_twins > args.bank):
         raise SystemExit(f"--dit-shape-twins {args.dit_shape_twins} with --dit-batch {args.dit_batch} and --bank "
                          f"{args.bank}: the batch is made of shape triplets, so it must be a multiple of 3 "
@@ -716,26 +738,30 @@ def train_dit(args, log):
             x0, batch_caps = lat[rows], [captions[i] for i in idx.tolist()]
             sigma = sample_sigmas(args.dit_batch, gen).to(device)
             noise = torch.randn(x0.shape, generator=gen).to(device)
+            # Objects cover a tenth of a clip, and their shape is the one thing only the caption
+            # decides: without extra weight there, the background's loss drowns the shape words.
+            weight = 1.0 + args.dit_object_weight * masks[rows] if args.dit_object_weight else None
         else:
             # Shape triplets: a scene and its two shape twins under one noise and one sigma, so
             # that at high noise the three inputs are nearly the same and only the shape words
             # tell the three targets apart.
             idx = torch.randint(len(twin_lat), (args.dit_batch // 3,), generator=gen)
-            rows = idx.to(device).repeat_interleave(3)
             x0 = torch.cat([lat[idx.to(device), None], twin_lat[idx.to(device)]], dim=1).flatten(0, 1)
             batch_caps = [c for i in idx.tolist() for c in [captions[i], *twins["captions"][i]]]
             sigma = sample_sigmas(len(idx), gen).repeat_interleave(3).to(device)
             noise = torch.randn((len(idx), *x0.shape[1:]), generator=gen).repeat_interleave(3, dim=0).to(device)
         # 10 % empty prompts teach the unconditional branch classifier-free guidance needs
         # (WanPipeline's default negative prompt is "").
-        drop = torch.rand(len(batch_caps), generator=gen) < 0.1
+        # (A triplet drops its prompts together: its rows share one input but for their shapes.)
+        drop = torch.rand(len(batch_caps) // (1 if twins is None else 3), generator=gen) < 0.1
+        if twins is not None:
+            drop = drop.repeat_interleave(3)
         batch_caps = ["" if d else c for c, d in zip(batch_caps, drop.tolist())]
         emb = encode_prompts(tokenizer, text_encoder, batch_caps, device)
-        # Objects cover a tenth of a clip, and their shape is the one thing only the caption
-        # decides: without extra weight there, the background's loss drowns the shape words.
-        # (A scene's twins share its mask: the boxes do not depend on the shapes.)
-        weight = 1.0 + args.dit_object_weight * masks[rows] if args.dit_object_weight else None
-        loss = flow_loss(transformer, x0, emb, sigma, noise, weight)
+        if twins is None:
+            loss = flow_loss(transformer, x0, emb, sigma, noise, weight)
+        else:
+            loss = triplet_flow_loss(transformer, x0, emb, sigma, noise, args.dit_twin_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
@@ -1041,6 +1067,9 @@ def parse_args(argv=None):
     p.add_argument("--dit-shape-twins", type=int, default=0,
                    help="train on shape triplets: the first N bank scenes, each with two twins whose shapes "
                         "are turned (toyworld.rotate_shapes), under shared noise (0: plain random batches)")
+    p.add_argument("--dit-twin-weight", type=float, default=1.0,
+                   help="with --dit-shape-twins: loss weight of what tells a triplet's rows apart "
+                        "(triplet_flow_loss; 1: the plain MSE)")
     p.add_argument("--bank", type=int, default=1024, help="training clips encoded once for the DiT")
     p.add_argument("--dit-eval-clips", type=int, default=64)
     # export

@@ -202,6 +202,25 @@ def test_object_weights_sit_on_the_latent_cells_of_the_objects():
     assert top.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_triplet_loss_is_the_plain_loss_with_the_shape_part_weighted():
+    """``triplet_flow_loss`` at weight 1 is the plain MSE; above 1 it adds exactly the extra
+    weight times the mean squared deviation of each row's residual from its triplet's mean."""
+    trainer = _trainer()
+    torch.manual_seed(0)
+    transformer = trainer.new_transformer().eval()
+    x0, noise = torch.randn(6, 16, 3, 16, 16), torch.randn(2, 16, 3, 16, 16).repeat_interleave(3, dim=0)
+    emb, sigma = torch.randn(6, 512, trainer.TEXT_CONFIG["d_model"]), torch.tensor([0.4, 0.8]).repeat_interleave(3)
+    with torch.no_grad():
+        plain = trainer.flow_loss(transformer, x0, emb, sigma, noise)
+        one = trainer.triplet_flow_loss(transformer, x0, emb, sigma, noise, 1.0)
+        five = trainer.triplet_flow_loss(transformer, x0, emb, sigma, noise, 5.0)
+        r = trainer.flow_residuals(transformer, x0, emb, sigma, noise).unflatten(0, (2, 3))
+    assert one.item() == pytest.approx(plain.item(), rel=1e-5)
+    apart = ((r - r.mean(dim=1, keepdim=True)) ** 2).mean()
+    assert apart > 0
+    assert five.item() == pytest.approx(plain.item() + 4 * apart.item(), rel=1e-5)
+
+
 def test_shape_words_rotate_and_nothing_else_changes():
     trainer = _trainer()
     caption = "a red disk moving right and a blue triangle staying still on a vertical sky to sand background"
@@ -244,14 +263,17 @@ def test_prompt_words_outside_the_vocabulary_are_reported(toy_pipe, caplog):
 def test_shape_twins_are_the_bank_scenes_with_only_their_shapes_turned(tmp_path):
     """``--dit-shape-twins``: each twin's caption is its bank scene's with the shape words turned
     once and twice, its latent differs from the scene's mostly under the objects, and a DiT step
-    trains on those triplets. A batch that is not whole triplets is refused, naming the value."""
+    trains on those triplets. A batch that is not whole triplets, or twins with object weights,
+    is refused, naming the value."""
     trainer = _trainer()
     card = json.loads((ASSET / "training.json").read_text())
     common = ["--init-from", str(ASSET), "--run-dir", str(tmp_path), "--bank", "4", "--dit-eval-clips", "4"]
     with pytest.raises(SystemExit, match="--dit-batch 4 .* multiple of 3"):
         trainer.main(["--stage", "dit", "--dit-shape-twins", "2", "--dit-batch", "4", *common])
+    with pytest.raises(SystemExit, match="--dit-object-weight 4.0 with --dit-shape-twins"):
+        trainer.main(["--stage", "dit", "--dit-shape-twins", "2", "--dit-object-weight", "4", *common])
     trainer.main(["--stage", "dit", "--dit-steps", str(card["dit_steps"] + 50), "--dit-batch", "3",
-                  "--dit-shape-twins", "2", "--dit-time-limit-s", "0", *common])
+                  "--dit-shape-twins", "2", "--dit-twin-weight", "8", "--dit-time-limit-s", "0", *common])
 
     assert torch.load(tmp_path / "dit.pt", weights_only=False)["step"] == card["dit_steps"] + 1
     (bank_path,), (twins_path,) = tmp_path.glob("latents_*_4.pt"), tmp_path.glob("twins_*_2.pt")
