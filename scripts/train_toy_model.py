@@ -572,6 +572,24 @@ def shape_twin_bank(args, vae, device, digest: str, log) -> dict:
     return twins
 
 
+def shape_triplets(twin_lat, lat, captions, twin_captions, n: int, sigma_min: float, generator):
+    """``n`` shape triplets drawn from the twin bank: latents ``(3n, C, F', H', W')`` (a bank scene,
+    then its two twins), their captions (a triplet drops its prompts together, 10 % of the time),
+    and one sigma, uniform on ``(sigma_min, 1)``, and one noise per triplet.
+
+    High sigma because that is where only the prompt can decide a shape: below about 0.9 the
+    noisy latent itself still shows it, and the model reads it from there
+    (docs/benchmarks.md, "Issue #17: shape triplets")."""
+    idx = torch.randint(len(twin_lat), (n,), generator=generator)
+    x0 = torch.cat([lat[idx.to(lat.device), None], twin_lat[idx.to(twin_lat.device)]], dim=1).flatten(0, 1)
+    drop = (torch.rand(n, generator=generator) < 0.1).repeat_interleave(3).tolist()
+    caps = [c for i in idx.tolist() for c in [captions[i], *twin_captions[i]]]
+    caps = ["" if d else c for c, d in zip(caps, drop)]
+    sigma = (sigma_min + (1 - sigma_min) * torch.rand(n, generator=generator)).clamp(max=1 - 1e-4)
+    noise = torch.randn((n, *x0.shape[1:]), generator=generator)
+    return x0, caps, sigma.repeat_interleave(3), noise.repeat_interleave(3, dim=0)
+
+
 def sample_sigmas(n: int, generator: torch.Generator) -> torch.Tensor:
     """Half uniform on (0, 1), half logit-normal (more weight mid-schedule, where most of
     the sampler's steps land after the flow shift)."""
@@ -595,26 +613,27 @@ def flow_errors(transformer, x0, emb, sigma, noise) -> torch.Tensor:
     return flow_residuals(transformer, x0, emb, sigma, noise) ** 2
 
 
-def flow_loss(transformer, x0, emb, sigma, noise, weight=None):
-    """Flow-matching MSE. ``weight`` ``(B, 1, F', H', W')``, if given, weights each latent cell
-    (a weighted mean)."""
-    errors = flow_errors(transformer, x0, emb, sigma, noise)
+def weighted_mse(residuals: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared ``residuals`` ``(B, C, F', H', W')``; ``weight`` ``(B, 1, F', H', W')``, if
+    given, weights each latent cell (a weighted mean)."""
+    errors = residuals ** 2
     if weight is None:
         return errors.mean()
     weight = weight.expand_as(errors)
     return (weight * errors).sum() / weight.sum()
 
 
-def triplet_flow_loss(transformer, x0, emb, sigma, noise, shape_weight: float) -> torch.Tensor:
-    """Flow-matching MSE of a batch of shape triplets (rows ``3k, 3k+1, 3k+2`` one scene under one
-    noise and sigma), its part that depends on the shapes weighted by ``shape_weight``.
+def triplet_loss(residuals: torch.Tensor, shape_weight: float) -> torch.Tensor:
+    """Flow-matching MSE of shape triplets from their residuals ``(3n, C, F', H', W')`` (rows
+    ``3k, 3k+1, 3k+2``: one scene and its two shape twins under one noise and sigma), with the
+    part that depends on the shapes weighted by ``shape_weight``.
 
     Per triplet the squared residuals split exactly into the triplet's mean residual (what the
-    three share: background, colours, paths) and each row's deviation from it (what the shape
-    words alone decide): ``mean(r**2) = mean(shared**2) + mean((r - shared)**2)``. Weight 1 is
-    the plain MSE; a larger weight raises the signal that is otherwise a few thousandths of it.
+    three share: background, colours, paths) and each row's deviation from it (what the shapes
+    alone decide): ``mean(r**2) = mean(shared**2) + mean((r - shared)**2)``. Weight 1 is the
+    plain MSE; a larger weight raises a signal that is otherwise a few thousandths of the loss.
     """
-    r = flow_residuals(transformer, x0, emb, sigma, noise).unflatten(0, (-1, 3))  # (n, 3, C, F', H', W')
+    r = residuals.unflatten(0, (-1, 3))  # (n, 3, C, F', H', W')
     shared = r.mean(dim=1, keepdim=True)
     return (shared ** 2).mean() + shape_weight * ((r - shared) ** 2).mean()
 
@@ -658,13 +677,12 @@ def dit_held_out_scores(transformer, text_encoder, tokenizer, x0, captions, devi
 
 
 def train_dit(args, log):
-    if args.dit_shape_twins and args.dit_object_weight:
-        raise SystemExit(f"--dit-object-weight {args.dit_object_weight} with --dit-shape-twins: choose one way "
-                         f"to weight the shapes (--dit-twin-weight weights the shape triplets' differences)")
-    if args.dit_shape_twins and (args.dit_batch % 3 or args.dit_shape_twins > args.bank):
-        raise SystemExit(f"--dit-shape-twins {args.dit_shape_twins} with --dit-batch {args.dit_batch} and --bank "
-                         f"{args.bank}: the batch is made of shape triplets, so it must be a multiple of 3 "
-                         f"(e.g. 15 or 18), and the twins are of bank scenes, so at most --bank of them")
+    if args.dit_shape_twins and not (0 < args.dit_triplets and args.dit_shape_twins <= args.bank
+                                     and 0 <= args.dit_twin_sigma_min < 1):
+        raise SystemExit(f"--dit-shape-twins {args.dit_shape_twins} with --dit-triplets {args.dit_triplets}, "
+                         f"--dit-twin-sigma-min {args.dit_twin_sigma_min} and --bank {args.bank}: the twins are "
+                         f"of bank scenes (at most --bank of them), a batch needs at least one triplet, and "
+                         f"triplet sigmas are drawn from [--dit-twin-sigma-min, 1)")
     device = torch.device(args.device)
     path = args.run_dir / "dit.pt"
     vae, _ = load_vae_for_inference(args, device)
@@ -732,36 +750,29 @@ def train_dit(args, log):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        if twins is None:
-            idx = torch.randint(len(lat), (args.dit_batch,), generator=gen)
-            rows = idx.to(device)
-            x0, batch_caps = lat[rows], [captions[i] for i in idx.tolist()]
-            sigma = sample_sigmas(args.dit_batch, gen).to(device)
-            noise = torch.randn(x0.shape, generator=gen).to(device)
-            # Objects cover a tenth of a clip, and their shape is the one thing only the caption
-            # decides: without extra weight there, the background's loss drowns the shape words.
-            weight = 1.0 + args.dit_object_weight * masks[rows] if args.dit_object_weight else None
-        else:
-            # Shape triplets: a scene and its two shape twins under one noise and one sigma, so
-            # that at high noise the three inputs are nearly the same and only the shape words
-            # tell the three targets apart.
-            idx = torch.randint(len(twin_lat), (args.dit_batch // 3,), generator=gen)
-            x0 = torch.cat([lat[idx.to(device), None], twin_lat[idx.to(device)]], dim=1).flatten(0, 1)
-            batch_caps = [c for i in idx.tolist() for c in [captions[i], *twins["captions"][i]]]
-            sigma = sample_sigmas(len(idx), gen).repeat_interleave(3).to(device)
-            noise = torch.randn((len(idx), *x0.shape[1:]), generator=gen).repeat_interleave(3, dim=0).to(device)
+        idx = torch.randint(len(lat), (args.dit_batch,), generator=gen)
+        rows = idx.to(device)
         # 10 % empty prompts teach the unconditional branch classifier-free guidance needs
         # (WanPipeline's default negative prompt is "").
-        # (A triplet drops its prompts together: its rows share one input but for their shapes.)
-        drop = torch.rand(len(batch_caps) // (1 if twins is None else 3), generator=gen) < 0.1
+        drop = torch.rand(args.dit_batch, generator=gen) < 0.1
+        batch_caps = ["" if d else captions[i] for i, d in zip(idx.tolist(), drop.tolist())]
+        x0 = lat[rows]
+        sigma = sample_sigmas(args.dit_batch, gen).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
         if twins is not None:
-            drop = drop.repeat_interleave(3)
-        batch_caps = ["" if d else c for c, d in zip(batch_caps, drop.tolist())]
+            t_x0, t_caps, t_sigma, t_noise = shape_triplets(twin_lat, lat, captions, twins["captions"],
+                                                            args.dit_triplets, args.dit_twin_sigma_min, gen)
+            x0, batch_caps = torch.cat([x0, t_x0.to(device)]), batch_caps + t_caps
+            sigma, noise = torch.cat([sigma, t_sigma.to(device)]), torch.cat([noise, t_noise.to(device)])
         emb = encode_prompts(tokenizer, text_encoder, batch_caps, device)
-        if twins is None:
-            loss = flow_loss(transformer, x0, emb, sigma, noise, weight)
-        else:
-            loss = triplet_flow_loss(transformer, x0, emb, sigma, noise, args.dit_twin_weight)
+        residuals = flow_residuals(transformer, x0, emb, sigma, noise)
+        # Objects cover a tenth of a clip, and their shape is the one thing only the caption
+        # decides: without extra weight there, the background's loss drowns the shape words.
+        weight = 1.0 + args.dit_object_weight * masks[rows] if args.dit_object_weight else None
+        loss = weighted_mse(residuals[: args.dit_batch], weight)
+        if twins is not None:  # each row counts once, as in a plain batch of all the rows
+            n_twin_rows = len(x0) - args.dit_batch
+            loss = (args.dit_batch * loss + n_twin_rows * triplet_loss(residuals[args.dit_batch :], args.dit_twin_weight)) / len(x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
@@ -1065,11 +1076,15 @@ def parse_args(argv=None):
     p.add_argument("--dit-object-weight", type=float, default=0.0,
                    help="extra loss weight on latent cells under an object (0: plain MSE)")
     p.add_argument("--dit-shape-twins", type=int, default=0,
-                   help="train on shape triplets: the first N bank scenes, each with two twins whose shapes "
-                        "are turned (toyworld.rotate_shapes), under shared noise (0: plain random batches)")
+                   help="add shape triplets to each batch: the first N bank scenes, each with two twins whose "
+                        "shapes are turned (toyworld.rotate_shapes), under one noise (0: plain batches)")
+    p.add_argument("--dit-triplets", type=int, default=2,
+                   help="with --dit-shape-twins: shape triplets added to each batch of --dit-batch rows")
+    p.add_argument("--dit-twin-sigma-min", type=float, default=0.8,
+                   help="with --dit-shape-twins: the triplets' sigma is uniform on [this, 1)")
     p.add_argument("--dit-twin-weight", type=float, default=1.0,
                    help="with --dit-shape-twins: loss weight of what tells a triplet's rows apart "
-                        "(triplet_flow_loss; 1: the plain MSE)")
+                        "(triplet_loss; 1: the plain MSE)")
     p.add_argument("--bank", type=int, default=1024, help="training clips encoded once for the DiT")
     p.add_argument("--dit-eval-clips", type=int, default=64)
     # export

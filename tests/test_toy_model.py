@@ -190,35 +190,28 @@ def test_object_weights_sit_on_the_latent_cells_of_the_objects():
     x0, noise = torch.randn(2, 16, 3, 16, 16), torch.randn(2, 16, 3, 16, 16)
     emb, sigma = torch.randn(2, 512, trainer.TEXT_CONFIG["d_model"]), torch.tensor([0.3, 0.7])
     with torch.no_grad():
-        plain = trainer.flow_loss(transformer, x0, emb, sigma, noise)
-        ones = trainer.flow_loss(transformer, x0, emb, sigma, noise, torch.ones(2, 1, 3, 16, 16))
-        only = torch.zeros(2, 1, 3, 16, 16)
-        only[:, :, :, :8] = 1.0
-        top = trainer.flow_loss(transformer, x0, emb, sigma, noise, only)
+        residuals = trainer.flow_residuals(transformer, x0, emb, sigma, noise)
         pred = transformer(((1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * noise),
                            timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
-    assert ones.item() == pytest.approx(plain.item(), rel=1e-5)
-    expected = ((pred - noise + x0)[:, :, :, :8] ** 2).mean()
-    assert top.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(residuals, pred - (noise - x0), atol=1e-5)  # WanPipeline's target: noise - x0
+    only = torch.zeros(2, 1, 3, 16, 16)
+    only[:, :, :, :8] = 1.0
+    plain = trainer.weighted_mse(residuals)
+    assert trainer.weighted_mse(residuals, torch.ones(2, 1, 3, 16, 16)).item() == pytest.approx(plain.item(), rel=1e-5)
+    expected = (residuals[:, :, :, :8] ** 2).mean()
+    assert trainer.weighted_mse(residuals, only).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_triplet_loss_is_the_plain_loss_with_the_shape_part_weighted():
-    """``triplet_flow_loss`` at weight 1 is the plain MSE; above 1 it adds exactly the extra
-    weight times the mean squared deviation of each row's residual from its triplet's mean."""
+    """``triplet_loss`` at weight 1 is the plain MSE; above 1 it adds exactly the extra weight
+    times the mean squared deviation of each row's residual from its triplet's mean."""
     trainer = _trainer()
-    torch.manual_seed(0)
-    transformer = trainer.new_transformer().eval()
-    x0, noise = torch.randn(6, 16, 3, 16, 16), torch.randn(2, 16, 3, 16, 16).repeat_interleave(3, dim=0)
-    emb, sigma = torch.randn(6, 512, trainer.TEXT_CONFIG["d_model"]), torch.tensor([0.4, 0.8]).repeat_interleave(3)
-    with torch.no_grad():
-        plain = trainer.flow_loss(transformer, x0, emb, sigma, noise)
-        one = trainer.triplet_flow_loss(transformer, x0, emb, sigma, noise, 1.0)
-        five = trainer.triplet_flow_loss(transformer, x0, emb, sigma, noise, 5.0)
-        r = trainer.flow_residuals(transformer, x0, emb, sigma, noise).unflatten(0, (2, 3))
-    assert one.item() == pytest.approx(plain.item(), rel=1e-5)
-    apart = ((r - r.mean(dim=1, keepdim=True)) ** 2).mean()
-    assert apart > 0
-    assert five.item() == pytest.approx(plain.item() + 4 * apart.item(), rel=1e-5)
+    residuals = torch.randn(6, 16, 3, 16, 16)
+    plain = trainer.weighted_mse(residuals)
+    by_triplet = residuals.unflatten(0, (2, 3))
+    apart = ((by_triplet - by_triplet.mean(dim=1, keepdim=True)) ** 2).mean()
+    assert trainer.triplet_loss(residuals, 1.0).item() == pytest.approx(plain.item(), rel=1e-5)
+    assert trainer.triplet_loss(residuals, 5.0).item() == pytest.approx(plain.item() + 4 * apart.item(), rel=1e-5)
 
 
 def test_shape_words_rotate_and_nothing_else_changes():
@@ -263,17 +256,18 @@ def test_prompt_words_outside_the_vocabulary_are_reported(toy_pipe, caplog):
 def test_shape_twins_are_the_bank_scenes_with_only_their_shapes_turned(tmp_path):
     """``--dit-shape-twins``: each twin's caption is its bank scene's with the shape words turned
     once and twice, its latent differs from the scene's mostly under the objects, and a DiT step
-    trains on those triplets. A batch that is not whole triplets, or twins with object weights,
-    is refused, naming the value."""
+    trains with those triplets beside its plain rows. Twins that are not of bank scenes, or a
+    sigma range outside [0, 1), are refused, naming the value."""
     trainer = _trainer()
     card = json.loads((ASSET / "training.json").read_text())
     common = ["--init-from", str(ASSET), "--run-dir", str(tmp_path), "--bank", "4", "--dit-eval-clips", "4"]
-    with pytest.raises(SystemExit, match="--dit-batch 4 .* multiple of 3"):
-        trainer.main(["--stage", "dit", "--dit-shape-twins", "2", "--dit-batch", "4", *common])
-    with pytest.raises(SystemExit, match="--dit-object-weight 4.0 with --dit-shape-twins"):
-        trainer.main(["--stage", "dit", "--dit-shape-twins", "2", "--dit-object-weight", "4", *common])
-    trainer.main(["--stage", "dit", "--dit-steps", str(card["dit_steps"] + 50), "--dit-batch", "3",
-                  "--dit-shape-twins", "2", "--dit-twin-weight", "8", "--dit-time-limit-s", "0", *common])
+    with pytest.raises(SystemExit, match="--dit-shape-twins 5 .* --bank 4: the twins are of bank scenes"):
+        trainer.main(["--stage", "dit", "--dit-shape-twins", "5", *common])
+    with pytest.raises(SystemExit, match="--dit-twin-sigma-min 1.0 .* triplet sigmas are drawn"):
+        trainer.main(["--stage", "dit", "--dit-shape-twins", "2", "--dit-twin-sigma-min", "1", *common])
+    trainer.main(["--stage", "dit", "--dit-steps", str(card["dit_steps"] + 50), "--dit-batch", "2",
+                  "--dit-shape-twins", "2", "--dit-triplets", "1", "--dit-twin-weight", "4",
+                  "--dit-time-limit-s", "0", *common])
 
     assert torch.load(tmp_path / "dit.pt", weights_only=False)["step"] == card["dit_steps"] + 1
     (bank_path,), (twins_path,) = tmp_path.glob("latents_*_4.pt"), tmp_path.glob("twins_*_2.pt")
