@@ -1,4 +1,4 @@
-"""Why does the toy model draw blobs? Two diagnostics of an exported toy-model folder, on the
+"""Why does the toy model draw blobs? Three diagnostics of an exported toy-model folder, on the
 validation clips (``train_toy_model.VALIDATION_SEED``), never the held-out ones the targets use.
 
 ``sampler``: prompt following (the trainer's own measure) for each sampler setting asked for,
@@ -13,6 +13,14 @@ follows shape words scores high against the caption it was given in both; one th
 keeps the clip's own shapes (low sigma0) or draws the same blob either way (high sigma0)::
 
     python scripts/toy_diagnostics.py shape-words --folder assets/toy-wan --sigma0 0.4 0.6 0.8
+
+``triplets``: at which noise level does the caption, rather than the noisy latent, decide a shape?
+Each validation scene is drawn three times, its shapes turned 0, 1 and 2 places
+(``toyworld.rotate_shapes``), and the three are noised with one noise to one sigma. What tells
+their flow targets apart is their shapes alone; the command reports how much of that the model
+predicts with the true captions and with the captions swapped within the triplet::
+
+    python scripts/toy_diagnostics.py triplets --folder assets/toy-wan --sigma 0.5 0.8 0.9 0.95 0.98
 """
 
 from __future__ import annotations
@@ -91,6 +99,41 @@ def shape_words(args) -> None:
         }), flush=True)
 
 
+def apart(v: torch.Tensor) -> float:
+    """Mean squared deviation of each row of ``v`` ``(3n, ...)`` from its triplet's mean."""
+    by_triplet = v.unflatten(0, (-1, 3))
+    return ((by_triplet - by_triplet.mean(dim=1, keepdim=True)) ** 2).mean().item()
+
+
+@torch.no_grad()
+def triplets(args) -> None:
+    from supergen.eval import toyworld
+
+    pipe = load(args.folder)
+    scenes = [toyworld.make_scene(toy.VALIDATION_SEED + i, **toy.NATIVE) for i in range(args.clips)]
+    turned = [toyworld.rotate_shapes(scene, turns) for scene in scenes for turns in range(3)]
+    videos = torch.from_numpy(np.stack([toyworld.render(t) for t in turned]))  # (3n, 3, F, H, W)
+    mean, std = toy.latent_scale(pipe.vae)
+    x0 = torch.cat([toy.encode_latents(pipe.vae, v) for v in videos.split(12)])
+    x0 = (x0 - mean) / std
+    captions = [t.caption() for t in turned]
+    swapped = [captions[i - i % 3 + (i + 1) % 3] for i in range(len(captions))]  # a twin's caption
+    embeddings = [toy.encode_prompts(pipe.tokenizer, pipe.text_encoder, c, "cpu") for c in (captions, swapped)]
+    noise = torch.randn((args.clips, *x0.shape[1:]), generator=torch.Generator().manual_seed(args.seed))
+    noise = noise.repeat_interleave(3, dim=0)
+    targets_apart = apart(noise - x0)  # what a model that tells the rows apart not at all leaves
+    for sigma in args.sigma:
+        sigmas = torch.full((len(x0),), sigma)
+        left = [apart(torch.cat([toy.flow_residuals(pipe.transformer, x0[i : i + 12], emb[i : i + 12],
+                                                    sigmas[i : i + 12], noise[i : i + 12])
+                                 for i in range(0, len(x0), 12)])) for emb in embeddings]
+        print(json.dumps({
+            "sigma": sigma, "scenes": args.clips,
+            "predicted": round(1 - left[0] / targets_apart, 3),  # of the shape difference, with true captions
+            "by_the_caption": round((left[1] - left[0]) / targets_apart, 3),  # lost when captions are swapped
+        }), flush=True)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1)
@@ -108,6 +151,11 @@ def parse_args(argv=None):
     w.add_argument("--steps", type=int, default=12)
     w.add_argument("--guidance", type=float, default=4.0)
     w.add_argument("--seed", type=int, default=7)
+    t = sub.add_parser("triplets", help="how much of a shape difference the caption decides, per sigma")
+    t.add_argument("--folder", default=str(toy.REPO / "assets" / "toy-wan"))
+    t.add_argument("--sigma", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95, 0.98])
+    t.add_argument("--clips", type=int, default=32, help="validation scenes (each drawn three times)")
+    t.add_argument("--seed", type=int, default=7)
     return p.parse_args(argv)
 
 
@@ -115,7 +163,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     os.environ["HF_HUB_OFFLINE"] = "1"
     torch.set_num_threads(args.threads)
-    {"sampler": sampler, "shape-words": shape_words}[args.command](args)
+    {"sampler": sampler, "shape-words": shape_words, "triplets": triplets}[args.command](args)
 
 
 if __name__ == "__main__":

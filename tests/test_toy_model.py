@@ -239,6 +239,17 @@ def test_sampler_diagnostic_reports_each_setting(capsys):
     assert all(0.0 <= r["samples"]["colour_recall"] <= 1.0 for r in rows)
 
 
+def test_triplet_diagnostic_finds_the_shapes_in_a_barely_noised_latent(capsys):
+    """``toy_diagnostics.py triplets``: at sigma 0.3 the noisy latent shows each row's shapes, so
+    the model predicts most of what tells a triplet apart, and the caption adds nothing; at sigma
+    near 1 the latent shows nothing, so whatever it predicts comes from the caption."""
+    _script("toy_diagnostics").main(["triplets", "--folder", str(ASSET), "--sigma", "0.3", "0.98", "--clips", "4"])
+    low, high = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (low["sigma"], high["sigma"], low["scenes"]) == (0.3, 0.98, 4)
+    assert low["predicted"] > 0.7 and abs(low["by_the_caption"]) < 0.02
+    assert high["predicted"] < low["predicted"] and high["by_the_caption"] > 0
+
+
 def test_prompt_words_outside_the_vocabulary_are_reported(toy_pipe, caplog):
     """The toy model knows only its world's words: others become <unk> and the user is told."""
     from supergen import SuperGenPipeline
