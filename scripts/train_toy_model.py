@@ -518,11 +518,6 @@ def held_out_latents(args, vae, device) -> tuple[torch.Tensor, list[str]]:
     return encode_clips(vae, np.arange(HELD_OUT_SEED, HELD_OUT_SEED + args.dit_eval_clips), device, "encode held-out")
 
 
-def bank_seeds(args) -> np.ndarray:
-    """The seeds of the ``--bank`` training clips, in bank order."""
-    return np.random.default_rng([args.seed, 2]).integers(0, HELD_OUT_SEED, size=args.bank)
-
-
 @torch.no_grad()
 def latent_bank(args, vae, device, log):
     """Encode ``--bank`` training clips once (the encoder is frozen while the DiT trains).
@@ -532,7 +527,7 @@ def latent_bank(args, vae, device, log):
     """
     digest = encoder_digest(vae)
     path = args.run_dir / f"latents_{digest}_{args.bank}.pt"
-    seeds = bank_seeds(args)
+    seeds = np.random.default_rng([args.seed, 2]).integers(0, HELD_OUT_SEED, size=args.bank)
     if path.exists():
         bank = torch.load(path, weights_only=False)
         if "object_masks" not in bank:  # a bank cached before the masks were kept
@@ -546,48 +541,6 @@ def latent_bank(args, vae, device, log):
     save_checkpoint(path, bank)
     log(f"dit: encoded a bank of {len(caps)} clips + {len(held_caps)} held-out with encoder {digest}")
     return bank, digest
-
-
-@torch.no_grad()
-def shape_twin_bank(args, vae, device, digest: str, log) -> dict:
-    """The first ``--dit-shape-twins`` bank scenes redrawn with their shapes turned once and twice
-    (``toyworld.rotate_shapes``), encoded: latents ``(K, 2, 16, 3, 16, 16)`` float32 and captions
-    ``[[turned once, turned twice], ...]``. With the bank's own clip each scene is a triplet that
-    differs only in its shapes. Cached in the run folder beside the bank."""
-    seeds = bank_seeds(args)[: args.dit_shape_twins]
-    path = args.run_dir / f"twins_{digest}_{len(seeds)}.pt"
-    if path.exists():
-        return torch.load(path, weights_only=False)
-    lat, caps = [], []
-    for i in tqdm(range(0, len(seeds), 8), desc="encode shape twins", dynamic_ncols=True):
-        scenes = [toyworld.make_scene(int(seed), **NATIVE) for seed in seeds[i : i + 8]]
-        turned = [[toyworld.rotate_shapes(scene, turns) for turns in (1, 2)] for scene in scenes]
-        videos = np.stack([toyworld.render(t) for pair in turned for t in pair])  # (2n, 3, F, H, W)
-        latents = encode_latents(vae, torch.from_numpy(videos).to(device)).float().cpu()
-        lat.append(latents.unflatten(0, (len(scenes), 2)))
-        caps += [[t.caption() for t in pair] for pair in turned]
-    twins = {"latents": torch.cat(lat), "captions": caps}
-    save_checkpoint(path, twins)
-    log(f"dit: encoded shape twins of {len(seeds)} bank scenes with encoder {digest}")
-    return twins
-
-
-def shape_triplets(twin_lat, lat, captions, twin_captions, n: int, sigma_min: float, generator):
-    """``n`` shape triplets drawn from the twin bank: latents ``(3n, C, F', H', W')`` (a bank scene,
-    then its two twins), their captions (a triplet drops its prompts together, 10 % of the time),
-    and one sigma, uniform on ``(sigma_min, 1)``, and one noise per triplet.
-
-    High sigma because that is where only the prompt can decide a shape: below about 0.9 the
-    noisy latent itself still shows it, and the model reads it from there
-    (docs/benchmarks.md, "Issue #17: shape triplets")."""
-    idx = torch.randint(len(twin_lat), (n,), generator=generator)
-    x0 = torch.cat([lat[idx.to(lat.device), None], twin_lat[idx.to(twin_lat.device)]], dim=1).flatten(0, 1)
-    drop = (torch.rand(n, generator=generator) < 0.1).repeat_interleave(3).tolist()
-    caps = [c for i in idx.tolist() for c in [captions[i], *twin_captions[i]]]
-    caps = ["" if d else c for c, d in zip(caps, drop)]
-    sigma = (sigma_min + (1 - sigma_min) * torch.rand(n, generator=generator)).clamp(max=1 - 1e-4)
-    noise = torch.randn((n, *x0.shape[1:]), generator=generator)
-    return x0, caps, sigma.repeat_interleave(3), noise.repeat_interleave(3, dim=0)
 
 
 def sample_sigmas(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -613,29 +566,14 @@ def flow_errors(transformer, x0, emb, sigma, noise) -> torch.Tensor:
     return flow_residuals(transformer, x0, emb, sigma, noise) ** 2
 
 
-def weighted_mse(residuals: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean squared ``residuals`` ``(B, C, F', H', W')``; ``weight`` ``(B, 1, F', H', W')``, if
-    given, weights each latent cell (a weighted mean)."""
-    errors = residuals ** 2
+def flow_loss(transformer, x0, emb, sigma, noise, weight=None):
+    """Flow-matching MSE. ``weight`` ``(B, 1, F', H', W')``, if given, weights each latent cell
+    (a weighted mean)."""
+    errors = flow_errors(transformer, x0, emb, sigma, noise)
     if weight is None:
         return errors.mean()
     weight = weight.expand_as(errors)
     return (weight * errors).sum() / weight.sum()
-
-
-def triplet_loss(residuals: torch.Tensor, shape_weight: float) -> torch.Tensor:
-    """Flow-matching MSE of shape triplets from their residuals ``(3n, C, F', H', W')`` (rows
-    ``3k, 3k+1, 3k+2``: one scene and its two shape twins under one noise and sigma), with the
-    part that depends on the shapes weighted by ``shape_weight``.
-
-    Per triplet the squared residuals split exactly into the triplet's mean residual (what the
-    three share: background, colours, paths) and each row's deviation from it (what the shapes
-    alone decide): ``mean(r**2) = mean(shared**2) + mean((r - shared)**2)``. Weight 1 is the
-    plain MSE; a larger weight raises a signal that is otherwise a few thousandths of the loss.
-    """
-    r = residuals.unflatten(0, (-1, 3))  # (n, 3, C, F', H', W')
-    shared = r.mean(dim=1, keepdim=True)
-    return (shared ** 2).mean() + shape_weight * ((r - shared) ** 2).mean()
 
 
 @torch.no_grad()
@@ -677,12 +615,6 @@ def dit_held_out_scores(transformer, text_encoder, tokenizer, x0, captions, devi
 
 
 def train_dit(args, log):
-    if args.dit_shape_twins and not (0 < args.dit_triplets and args.dit_shape_twins <= args.bank
-                                     and 0 <= args.dit_twin_sigma_min < 1):
-        raise SystemExit(f"--dit-shape-twins {args.dit_shape_twins} with --dit-triplets {args.dit_triplets}, "
-                         f"--dit-twin-sigma-min {args.dit_twin_sigma_min} and --bank {args.bank}: the twins are "
-                         f"of bank scenes (at most --bank of them), a batch needs at least one triplet, and "
-                         f"triplet sigmas are drawn from [--dit-twin-sigma-min, 1)")
     device = torch.device(args.device)
     path = args.run_dir / "dit.pt"
     vae, _ = load_vae_for_inference(args, device)
@@ -706,9 +638,6 @@ def train_dit(args, log):
     held = ((bank["held_latents"] - mean.view(view)) / std.view(view)).to(device)
     captions = bank["captions"]
     masks = bank["object_masks"].to(device)
-    twins = shape_twin_bank(args, vae, device, digest, log) if args.dit_shape_twins else None
-    if twins is not None:
-        twin_lat = ((twins["latents"] - mean.view(1, 1, -1, 1, 1, 1)) / std.view(1, 1, -1, 1, 1, 1)).to(device)
 
     torch.manual_seed(args.seed)
     transformer = new_transformer().to(device)
@@ -759,20 +688,11 @@ def train_dit(args, log):
         x0 = lat[rows]
         sigma = sample_sigmas(args.dit_batch, gen).to(device)
         noise = torch.randn(x0.shape, generator=gen).to(device)
-        if twins is not None:
-            t_x0, t_caps, t_sigma, t_noise = shape_triplets(twin_lat, lat, captions, twins["captions"],
-                                                            args.dit_triplets, args.dit_twin_sigma_min, gen)
-            x0, batch_caps = torch.cat([x0, t_x0.to(device)]), batch_caps + t_caps
-            sigma, noise = torch.cat([sigma, t_sigma.to(device)]), torch.cat([noise, t_noise.to(device)])
         emb = encode_prompts(tokenizer, text_encoder, batch_caps, device)
-        residuals = flow_residuals(transformer, x0, emb, sigma, noise)
         # Objects cover a tenth of a clip, and their shape is the one thing only the caption
         # decides: without extra weight there, the background's loss drowns the shape words.
         weight = 1.0 + args.dit_object_weight * masks[rows] if args.dit_object_weight else None
-        loss = weighted_mse(residuals[: args.dit_batch], weight)
-        if twins is not None:  # each row counts once, as in a plain batch of all the rows
-            n_twin_rows = len(x0) - args.dit_batch
-            loss = (args.dit_batch * loss + n_twin_rows * triplet_loss(residuals[args.dit_batch :], args.dit_twin_weight)) / len(x0)
+        loss = flow_loss(transformer, x0, emb, sigma, noise, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
@@ -1075,16 +995,6 @@ def parse_args(argv=None):
                         "--stage export reads as the run folder's dit.pt) to this file")
     p.add_argument("--dit-object-weight", type=float, default=0.0,
                    help="extra loss weight on latent cells under an object (0: plain MSE)")
-    p.add_argument("--dit-shape-twins", type=int, default=0,
-                   help="add shape triplets to each batch: the first N bank scenes, each with two twins whose "
-                        "shapes are turned (toyworld.rotate_shapes), under one noise (0: plain batches)")
-    p.add_argument("--dit-triplets", type=int, default=2,
-                   help="with --dit-shape-twins: shape triplets added to each batch of --dit-batch rows")
-    p.add_argument("--dit-twin-sigma-min", type=float, default=0.8,
-                   help="with --dit-shape-twins: the triplets' sigma is uniform on [this, 1)")
-    p.add_argument("--dit-twin-weight", type=float, default=1.0,
-                   help="with --dit-shape-twins: loss weight of what tells a triplet's rows apart "
-                        "(triplet_loss; 1: the plain MSE)")
     p.add_argument("--bank", type=int, default=1024, help="training clips encoded once for the DiT")
     p.add_argument("--dit-eval-clips", type=int, default=64)
     # export

@@ -190,28 +190,16 @@ def test_object_weights_sit_on_the_latent_cells_of_the_objects():
     x0, noise = torch.randn(2, 16, 3, 16, 16), torch.randn(2, 16, 3, 16, 16)
     emb, sigma = torch.randn(2, 512, trainer.TEXT_CONFIG["d_model"]), torch.tensor([0.3, 0.7])
     with torch.no_grad():
-        residuals = trainer.flow_residuals(transformer, x0, emb, sigma, noise)
+        plain = trainer.flow_loss(transformer, x0, emb, sigma, noise)
+        ones = trainer.flow_loss(transformer, x0, emb, sigma, noise, torch.ones(2, 1, 3, 16, 16))
+        only = torch.zeros(2, 1, 3, 16, 16)
+        only[:, :, :, :8] = 1.0
+        top = trainer.flow_loss(transformer, x0, emb, sigma, noise, only)
         pred = transformer(((1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * noise),
                            timestep=sigma * 1000, encoder_hidden_states=emb, return_dict=False)[0]
-    assert torch.allclose(residuals, pred - (noise - x0), atol=1e-5)  # WanPipeline's target: noise - x0
-    only = torch.zeros(2, 1, 3, 16, 16)
-    only[:, :, :, :8] = 1.0
-    plain = trainer.weighted_mse(residuals)
-    assert trainer.weighted_mse(residuals, torch.ones(2, 1, 3, 16, 16)).item() == pytest.approx(plain.item(), rel=1e-5)
-    expected = (residuals[:, :, :, :8] ** 2).mean()
-    assert trainer.weighted_mse(residuals, only).item() == pytest.approx(expected.item(), rel=1e-5)
-
-
-def test_triplet_loss_is_the_plain_loss_with_the_shape_part_weighted():
-    """``triplet_loss`` at weight 1 is the plain MSE; above 1 it adds exactly the extra weight
-    times the mean squared deviation of each row's residual from its triplet's mean."""
-    trainer = _trainer()
-    residuals = torch.randn(6, 16, 3, 16, 16)
-    plain = trainer.weighted_mse(residuals)
-    by_triplet = residuals.unflatten(0, (2, 3))
-    apart = ((by_triplet - by_triplet.mean(dim=1, keepdim=True)) ** 2).mean()
-    assert trainer.triplet_loss(residuals, 1.0).item() == pytest.approx(plain.item(), rel=1e-5)
-    assert trainer.triplet_loss(residuals, 5.0).item() == pytest.approx(plain.item() + 4 * apart.item(), rel=1e-5)
+    assert ones.item() == pytest.approx(plain.item(), rel=1e-5)
+    expected = ((pred - noise + x0)[:, :, :, :8] ** 2).mean()
+    assert top.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_shape_words_rotate_and_nothing_else_changes():
@@ -219,6 +207,11 @@ def test_shape_words_rotate_and_nothing_else_changes():
     caption = "a red disk moving right and a blue triangle staying still on a vertical sky to sand background"
     assert trainer.rotate_shape_words(caption) == (
         "a red square moving right and a blue disk staying still on a vertical sky to sand background")
+    from supergen.eval import toyworld
+
+    for seed in range(5):  # the caption-level rotation is the scene-level one's caption
+        scene = toyworld.make_scene(seed, **trainer.NATIVE)
+        assert toyworld.rotate_shapes(scene).caption() == trainer.rotate_shape_words(scene.caption())
 
 
 def test_shape_word_diagnostic_keeps_the_clips_shapes_when_barely_noised(capsys):
@@ -262,34 +255,3 @@ def test_prompt_words_outside_the_vocabulary_are_reported(toy_pipe, caplog):
            num_frames=5, strength=1.0, num_inference_steps=1, generator=torch.Generator().manual_seed(0))
     assert "unknown to this model's tokenizer" in caplog.text and "purple" in caplog.text
 
-
-
-def test_shape_twins_are_the_bank_scenes_with_only_their_shapes_turned(tmp_path):
-    """``--dit-shape-twins``: each twin's caption is its bank scene's with the shape words turned
-    once and twice, its latent differs from the scene's mostly under the objects, and a DiT step
-    trains with those triplets beside its plain rows. Twins that are not of bank scenes, or a
-    sigma range outside [0, 1), are refused, naming the value."""
-    trainer = _trainer()
-    card = json.loads((ASSET / "training.json").read_text())
-    common = ["--init-from", str(ASSET), "--run-dir", str(tmp_path), "--bank", "4", "--dit-eval-clips", "4"]
-    with pytest.raises(SystemExit, match="--dit-shape-twins 5 .* --bank 4: the twins are of bank scenes"):
-        trainer.main(["--stage", "dit", "--dit-shape-twins", "5", *common])
-    with pytest.raises(SystemExit, match="--dit-twin-sigma-min 1.0 .* triplet sigmas are drawn"):
-        trainer.main(["--stage", "dit", "--dit-shape-twins", "2", "--dit-twin-sigma-min", "1", *common])
-    trainer.main(["--stage", "dit", "--dit-steps", str(card["dit_steps"] + 50), "--dit-batch", "2",
-                  "--dit-shape-twins", "2", "--dit-triplets", "1", "--dit-twin-weight", "4",
-                  "--dit-time-limit-s", "0", *common])
-
-    assert torch.load(tmp_path / "dit.pt", weights_only=False)["step"] == card["dit_steps"] + 1
-    (bank_path,), (twins_path,) = tmp_path.glob("latents_*_4.pt"), tmp_path.glob("twins_*_2.pt")
-    bank, twins = torch.load(bank_path, weights_only=False), torch.load(twins_path, weights_only=False)
-    assert twins["latents"].shape == (2, 2, *bank["latents"].shape[1:])
-    for caption, (once, twice) in zip(bank["captions"], twins["captions"]):
-        assert once == trainer.rotate_shape_words(caption)
-        assert twice == trainer.rotate_shape_words(once)
-    objects = bank["object_masks"][:2]  # (2, 1, F', H', W'): where the shapes are
-    for turn in range(2):
-        change = (twins["latents"][:, turn] - bank["latents"][:2]).abs().mean(dim=1, keepdim=True)
-        inside = (change * objects).sum() / objects.sum()
-        outside = (change * (1 - objects)).sum() / (1 - objects).sum()
-        assert inside > 5 * outside

@@ -218,7 +218,7 @@ def object_boxes(scene: Scene) -> np.ndarray:
 def rotate_shapes(scene: Scene, turns: int = 1) -> Scene:
     """``scene`` with every object's shape advanced ``turns`` places in :data:`SHAPES` (disk ->
     square -> triangle -> disk) and everything else kept: the same colours, sizes, paths and
-    background. A minimal pair for teaching a model that shape words matter."""
+    background: a minimal pair, whose clips differ where the objects are and only there."""
     def turned(shape: str) -> str:
         return SHAPES[(SHAPES.index(shape) + turns) % len(SHAPES)]
 
