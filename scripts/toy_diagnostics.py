@@ -99,8 +99,9 @@ def shape_words(args) -> None:
         }), flush=True)
 
 
-def apart(v: torch.Tensor) -> float:
-    """Mean squared deviation of each row of ``v`` ``(3n, ...)`` from its triplet's mean."""
+def spread_within_triplets(v: torch.Tensor) -> float:
+    """Mean squared deviation of each row of ``v`` ``(3n, ...)`` from the mean of its triplet
+    (rows ``3k, 3k+1, 3k+2``)."""
     by_triplet = v.unflatten(0, (-1, 3))
     return ((by_triplet - by_triplet.mean(dim=1, keepdim=True)) ** 2).mean().item()
 
@@ -114,23 +115,26 @@ def triplets(args) -> None:
     turned = [toyworld.rotate_shapes(scene, turns) for scene in scenes for turns in range(3)]
     videos = torch.from_numpy(np.stack([toyworld.render(t) for t in turned]))  # (3n, 3, F, H, W)
     mean, std = toy.latent_scale(pipe.vae)
-    x0 = torch.cat([toy.encode_latents(pipe.vae, v) for v in videos.split(12)])
-    x0 = (x0 - mean) / std
+    x0 = (torch.cat([toy.encode_latents(pipe.vae, v) for v in videos.split(12)]) - mean) / std
+    noise = torch.randn((args.clips, *x0.shape[1:]), generator=torch.Generator().manual_seed(args.seed))
+    noise = noise.repeat_interleave(3, dim=0)  # one noise per triplet
     captions = [t.caption() for t in turned]
     swapped = [captions[i - i % 3 + (i + 1) % 3] for i in range(len(captions))]  # a twin's caption
     embeddings = [toy.encode_prompts(pipe.tokenizer, pipe.text_encoder, c, "cpu") for c in (captions, swapped)]
-    noise = torch.randn((args.clips, *x0.shape[1:]), generator=torch.Generator().manual_seed(args.seed))
-    noise = noise.repeat_interleave(3, dim=0)
-    targets_apart = apart(noise - x0)  # what a model that tells the rows apart not at all leaves
-    for sigma in args.sigma:
+    # The targets' own spread is what a model that cannot tell the rows apart leaves unexplained.
+    target_spread = spread_within_triplets(noise - x0)
+
+    def residuals(emb: torch.Tensor, sigma: float) -> torch.Tensor:
         sigmas = torch.full((len(x0),), sigma)
-        left = [apart(torch.cat([toy.flow_residuals(pipe.transformer, x0[i : i + 12], emb[i : i + 12],
-                                                    sigmas[i : i + 12], noise[i : i + 12])
-                                 for i in range(0, len(x0), 12)])) for emb in embeddings]
+        return torch.cat([toy.flow_residuals(pipe.transformer, x0[i : i + 12], emb[i : i + 12], sigmas[i : i + 12],
+                                             noise[i : i + 12]) for i in range(0, len(x0), 12)])
+
+    for sigma in args.sigma:
+        left, left_swapped = (spread_within_triplets(residuals(emb, sigma)) for emb in embeddings)
         print(json.dumps({
             "sigma": sigma, "scenes": args.clips,
-            "predicted": round(1 - left[0] / targets_apart, 3),  # of the shape difference, with true captions
-            "by_the_caption": round((left[1] - left[0]) / targets_apart, 3),  # lost when captions are swapped
+            "predicted": round(1 - left / target_spread, 3),
+            "by_the_caption": round((left_swapped - left) / target_spread, 3),
         }), flush=True)
 
 
