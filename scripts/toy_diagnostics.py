@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from supergen.eval import toyworld
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_toy_model as toy  # noqa: E402  (a sibling script, not part of the package)
 
@@ -86,7 +88,7 @@ def shape_words(args) -> None:
     with torch.no_grad():
         x0 = (toy.encode_latents(pipe.vae, torch.from_numpy(truth)) - mean) / std
     rotated = [toy.rotate_shape_words(c) for c in captions]
-    asked_rotated = [[(colour, toy.NEXT_SHAPE[shape]) for colour, shape in objects] for objects in asked]
+    asked_rotated = [[(colour, toyworld.next_shape(shape)) for colour, shape in objects] for objects in asked]
     mid = toy.NATIVE["num_frames"] // 2
     for sigma0 in args.sigma0:
         own = denoise_from(pipe, x0, captions, sigma0, args.steps, args.guidance, args.seed)
@@ -108,8 +110,6 @@ def spread_within_triplets(v: torch.Tensor) -> float:
 
 @torch.no_grad()
 def triplets(args) -> None:
-    from supergen.eval import toyworld
-
     pipe = load(args.folder)
     scenes = [toyworld.make_scene(toy.VALIDATION_SEED + i, **toy.NATIVE) for i in range(args.clips)]
     turned = [toyworld.rotate_shapes(scene, turns) for scene in scenes for turns in range(3)]
@@ -119,7 +119,7 @@ def triplets(args) -> None:
     noise = torch.randn((args.clips, *x0.shape[1:]), generator=torch.Generator().manual_seed(args.seed))
     noise = noise.repeat_interleave(3, dim=0)  # one noise per triplet
     captions = [t.caption() for t in turned]
-    swapped = [captions[i - i % 3 + (i + 1) % 3] for i in range(len(captions))]  # a twin's caption
+    swapped = [toy.rotate_shape_words(c) for c in captions]  # each row's next twin's caption
     embeddings = [toy.encode_prompts(pipe.tokenizer, pipe.text_encoder, c, "cpu") for c in (captions, swapped)]
     # The targets' own spread is what a model that cannot tell the rows apart leaves unexplained.
     target_spread = spread_within_triplets(noise - x0)

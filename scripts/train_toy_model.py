@@ -141,8 +141,6 @@ SAMPLE_PROMPTS = [
     "a magenta disk moving up and a cyan square moving left and a green disk staying still on a horizontal rose to moss background",
 ]
 
-# Each shape word's replacement when a caption's shapes are rotated (disk -> square -> triangle -> disk).
-NEXT_SHAPE = dict(zip(toyworld.SHAPES, toyworld.SHAPES[1:] + toyworld.SHAPES[:1]))
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -592,9 +590,9 @@ def dit_held_out_losses(transformer, text_encoder, tokenizer, x0, captions, devi
 
 
 def rotate_shape_words(caption: str) -> str:
-    """``caption`` with every shape word replaced by its :data:`NEXT_SHAPE`: the same scene but
-    for the shapes."""
-    return " ".join(NEXT_SHAPE.get(word, word) for word in caption.split(" "))
+    """``caption`` with every shape word turned once (``toyworld.next_shape``): the caption of
+    ``toyworld.rotate_shapes`` of its scene."""
+    return " ".join(toyworld.next_shape(w) if w in toyworld.SHAPES else w for w in caption.split(" "))
 
 
 def dit_held_out_scores(transformer, text_encoder, tokenizer, x0, captions, device) -> dict:

@@ -215,14 +215,17 @@ def object_boxes(scene: Scene) -> np.ndarray:
     return boxes
 
 
-def rotate_shapes(scene: Scene, turns: int = 1) -> Scene:
-    """``scene`` with every object's shape advanced ``turns`` places in :data:`SHAPES` (disk ->
-    square -> triangle -> disk) and everything else kept: the same colours, sizes, paths and
-    background: a minimal pair, whose clips differ where the objects are and only there."""
-    def turned(shape: str) -> str:
-        return SHAPES[(SHAPES.index(shape) + turns) % len(SHAPES)]
+def next_shape(shape: str, turns: int = 1) -> str:
+    """The shape ``turns`` places after ``shape`` in :data:`SHAPES`, round the cycle
+    (disk -> square -> triangle -> disk)."""
+    return SHAPES[(SHAPES.index(shape) + turns) % len(SHAPES)]
 
-    return replace(scene, objects=tuple(replace(o, shape=turned(o.shape)) for o in scene.objects))
+
+def rotate_shapes(scene: Scene, turns: int = 1) -> Scene:
+    """``scene`` with every object's shape turned ``turns`` places (:func:`next_shape`) and
+    everything else kept: the same colours, sizes, paths and background. A minimal pair, whose
+    clips differ where the objects are and only there."""
+    return replace(scene, objects=tuple(replace(o, shape=next_shape(o.shape, turns)) for o in scene.objects))
 
 
 def make_scene(seed: int, height: int = 128, width: int = 128, num_frames: int = 9) -> Scene:
