@@ -97,7 +97,7 @@ def test_training_continues_from_the_shipped_folder(tmp_path):
     card = json.loads((ASSET / "training.json").read_text())
     common = ["--init-from", str(ASSET), "--run-dir", str(tmp_path), "--eval-every", "1"]
     trainer.main(["--stage", "vae", "--freeze-encoder", "--vae-steps", str(card["vae_steps"] + 1), "--vae-batch", "1",
-                  "--vae-crop", "32", "--vae-eval-clips", "1", "--vae-lr", "1e-5", "--vae-edge-weight", "0.5", *common])
+                  "--vae-crop", "32", "--vae-eval-clips", "1", "--vae-lr", "1e-5", "--vae-texture-weight", "1.0", *common])
     out = tmp_path / "out"
     trainer.main(["--stage", "export", "--out", str(out), "--samples-png", str(tmp_path / "samples.png"),
                   "--sample-steps", "1", "--eval-prompts", "1", "--dit-eval-clips", "2", "--vae-eval-clips", "1", *common])
@@ -164,6 +164,26 @@ def test_a_retrained_encoder_gives_the_dit_its_own_latent_statistics(tmp_path):
     shipped_mean = json.loads((ASSET / "vae" / "config.json").read_text())["latents_mean"]
     assert dit_state["latents_mean"] != pytest.approx(shipped_mean, abs=1e-6)
     assert dit_state["step"] == card["dit_steps"] + 1  # continued from the shipped transformer
+
+
+def test_texture_loss_counts_texture_on_smooth_ground_and_not_edges():
+    """The decoder's texture loss: a 2-px blockiness on a clip (gradient backgrounds included)
+    costs its amplitude; getting an object's edge wrong costs nothing."""
+    from supergen.eval import toyworld
+
+    trainer = _trainer()
+    video, _ = toyworld.make_clip(7, **trainer.NATIVE)
+    x = torch.from_numpy(video)[None]  # (1, C, F, H, W) in [-1, 1]
+    assert trainer.texture_loss(x, x).item() < 1e-6
+
+    ys, xs = torch.meshgrid(torch.arange(x.shape[-2]), torch.arange(x.shape[-1]), indexing="ij")
+    blocks = 0.01 * ((ys // 2 + xs // 2) % 2 * 2 - 1).float()  # +-0.01 on 2x2 pixel blocks
+    textured = trainer.texture_loss(x + blocks, x).item()
+    assert textured == pytest.approx(0.01, rel=0.05)  # a 0.02 step on every other line
+
+    square = torch.zeros(1, 3, 2, 32, 32)
+    square[..., 8:24, 8:24] = 1.0
+    assert trainer.texture_loss(1.5 * square, square).item() == 0.0  # every edge wrong, nothing else
 
 
 def test_object_weights_sit_on_the_latent_cells_of_the_objects():
