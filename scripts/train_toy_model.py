@@ -367,8 +367,9 @@ def texture_loss(rec: torch.Tensor, x: torch.Tensor, smooth: float = 0.02) -> to
     are flat or gentle gradients and objects are flat inside, so wherever every channel of ``x``
     steps by less than ``smooth`` (98 % of steps; an object's edge steps by far more), ``rec``
     must step as ``x`` does, and any other step is texture or ringing. Measured: 2440
-    decoder-only steps at weight 1 (0.5 for the first 781) lowered the held-out lattice texture
-    from 0.0037 to 0.0032, slowly (docs/benchmarks.md, "Issue #17: a texture loss").
+    decoder-only steps at weight 1 (the first 781 in an earlier, flat-only form) lowered the
+    held-out lattice texture from 0.0037 to 0.0032, slowly (docs/benchmarks.md, "Issue #17: a
+    texture loss").
     """
     total, count = rec.new_zeros(()), 0
     for dim in (-1, -2):
