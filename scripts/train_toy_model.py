@@ -335,15 +335,26 @@ def encode_prompts(tokenizer, text_encoder, captions, device) -> torch.Tensor:
 
 
 @torch.no_grad()
+def reconstruct(vae, videos: torch.Tensor) -> torch.Tensor:
+    """The VAE's reconstructions of ``(N, 3, F, H, W)`` clips in [-1, 1], one clip at a time (not clamped)."""
+    return torch.cat([vae.decode(encode_latents(vae, x[None])).sample for x in videos])
+
+
+def token_lattice(videos) -> float:
+    """``metrics.lattice_texture`` at the token period (16 px: 8x VAE x 2x2 patch) of
+    ``(N, 3, F, H, W)`` videos in [-1, 1] (tensor or array)."""
+    frames = np.asarray(videos).transpose(0, 2, 3, 4, 1)
+    return metrics.lattice_texture((frames + 1) / 2, TOKEN_PX)
+
+
 def vae_held_out_psnr(vae, held_out: torch.Tensor) -> tuple[float, float, float]:
     """(PSNR over all frames, PSNR of frame 0) in dB on full native-size held-out clips, and the
-    lattice texture of the reconstructions at the token period (``metrics.lattice_texture``)."""
-    rec = torch.cat([vae.decode(encode_latents(vae, x[None])).sample for x in held_out])
-    frames = (rec.clamp(-1, 1).permute(0, 2, 3, 4, 1).cpu().numpy() + 1) / 2
+    lattice texture of the reconstructions (:func:`token_lattice`)."""
+    rec = reconstruct(vae, held_out)
     return (
         metrics.psnr(rec, held_out, data_range=2.0),
         metrics.psnr(rec[:, :, 0], held_out[:, :, 0], data_range=2.0),
-        metrics.lattice_texture(frames, TOKEN_PX),
+        token_lattice(rec.clamp(-1, 1).cpu()),
     )
 
 
@@ -795,8 +806,8 @@ def vae_checks(vae, n_clips: int) -> dict:
     (the most a DiT sampling in this latent space can reach)."""
     truth, _, asked = held_out_scenes(n_clips)
     x = torch.from_numpy(truth)
-    rec = torch.cat([vae.decode(encode_latents(vae, x[i : i + 1])).sample for i in range(n_clips)]).clamp(-1, 1)
-    rec_np, truth_np = rec.permute(0, 2, 3, 4, 1).numpy(), truth.transpose(0, 2, 3, 4, 1)
+    rec = reconstruct(vae, x).clamp(-1, 1)
+    rec_np = rec.permute(0, 2, 3, 4, 1).numpy()
     mid = NATIVE["num_frames"] // 2
     following = following_scores(rec_np[:, mid], asked, (-1.0, 1.0))
     following["frame0_consistency"] = _frame0_consistency(rec_np, (-1.0, 1.0))
@@ -805,8 +816,8 @@ def vae_checks(vae, n_clips: int) -> dict:
         "psnr_db": round(metrics.psnr(rec, x, data_range=2.0), 2),
         "psnr_frame0_db": round(metrics.psnr(rec[:, :, 0], x[:, :, 0], data_range=2.0), 2),
         "lattice_period_px": TOKEN_PX,
-        "lattice_texture": round(metrics.lattice_texture((rec_np + 1) / 2, TOKEN_PX), 4),
-        "lattice_texture_true_clips": round(metrics.lattice_texture((truth_np + 1) / 2, TOKEN_PX), 4),
+        "lattice_texture": round(token_lattice(rec), 4),
+        "lattice_texture_true_clips": round(token_lattice(truth), 4),
         "reconstructions": following,
     }
 
