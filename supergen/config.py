@@ -10,6 +10,7 @@ Sizes are in pixels; the library converts to latent units with the model's VAE a
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -45,8 +46,8 @@ class SketchConfig:
 
     #: Sketch size in pixels; null picks the model's native size (or, when unknown, the target's
     #: aspect at ``native_area`` pixels).
-    height: int | None = None
-    width: int | None = None
+    height: int | None = bounded(None, 0, low_open=True)
+    width: int | None = bounded(None, 0, low_open=True)
     #: follow: a sketch size whose aspect differs from the requested video's is replaced by its
     #: orientation-swapped size, or the video's aspect at the same area (never a stretched sketch) |
     #: fixed: exactly ``height × width``.
@@ -82,8 +83,8 @@ class TilingConfig:
     #: attention (the whole canvas in one forward, each token attending to its tile grown by ``halo``).
     mode: str = choice("shift", "shift", "overlap", "attention")
     #: Tile size in pixels; null means the sketch size (the sequence length the model was trained on).
-    tile_height: int | None = None
-    tile_width: int | None = None
+    tile_height: int | None = bounded(None, 0, low_open=True)
+    tile_width: int | None = bounded(None, 0, low_open=True)
     #: shift and attention modes: the grid (attention: the tile windows) moves by tile/shift_divisor
     #: (rounded to the patch) on each axis ...
     shift_divisor: int = bounded(16, 1)
@@ -260,7 +261,9 @@ class JobConfig:
 @dataclass
 class OutputConfig:
     path: str = "out.mp4"
-    fps: int = bounded(16, 1)
+    #: At most 240: no display shows more (and from 1000 on ffmpeg reports the rate as "1k", which
+    #: imageio reads back as 0 fps).
+    fps: int = bounded(16, 1, 240)
     #: Also write the sketch video beside the output (``<name>.sketch.mp4``).
     save_sketch: bool = False
     #: H.264 quality for imageio-ffmpeg (0-10).
@@ -320,7 +323,7 @@ def load_config(
     if isinstance(config, MethodConfig):
         layers.append(OmegaConf.structured(config))
     elif isinstance(config, Mapping):
-        layers.append(OmegaConf.create(_renamed_nested(dict(config))))
+        layers.append(_layer(_renamed_nested(dict(config))))
     elif config is not None:
         layers.append(_load_yaml(preset_path(str(config))))
     if overrides:
@@ -333,23 +336,24 @@ def load_config(
                 for section in sections:
                     node = node.setdefault(section, {})
                 node[leaf] = value
-            layers.append(OmegaConf.create(nested))
+            layers.append(_layer(nested))
         else:
             for item in overrides:
                 if "=" not in item:
                     raise ConfigError(f"override {item!r} is not of the form key=value (e.g. tiling.mode=overlap)")
             renamed = [_dotlist_item(RENAMED.get(key, key), value) for key, _, value in (item.partition("=") for item in overrides)]
             try:
-                layers.append(OmegaConf.from_dotlist(renamed))
+                dotlist = OmegaConf.from_dotlist(renamed)
             except OmegaConfBaseException as exc:
                 raise ConfigError(f"invalid override: {' '.join(str(exc).split())}") from None
+            layers.append(_layer(OmegaConf.to_container(dotlist)))
     try:
         merged = OmegaConf.merge(schema, *layers)
     except (ConfigKeyError, ConfigAttributeError) as exc:
         raise ConfigError(_unknown_key_message(exc)) from None
     except ValidationError as exc:
         key = exc.full_key or "?"
-        raise ConfigError(f"config key {key!r}: {exc.msg.splitlines()[0]}") from None
+        raise ConfigError(f"config key {key!r}: {(exc.msg or str(exc)).splitlines()[0]}") from None
     except OmegaConfBaseException as exc:
         raise ConfigError(f"invalid config: {exc}") from None
     cfg: SuperGenConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
@@ -368,16 +372,23 @@ def validate(cfg: Any, prefix: str = "") -> None:
         if choices is not None and value not in choices:
             raise ConfigError(f"config key {key!r} is {value!r}; valid choices: {', '.join(choices)}")
         bounds = f.metadata.get("range")
+        # NaN passes every range comparison (a cache threshold of nan turned the cache off without a word).
+        if any(isinstance(n, float) and not math.isfinite(n) for n in (value if isinstance(value, list) else [value])):
+            raise ConfigError(f"config key {key!r} is {value!r}; it must be a finite number" + (f" in {_interval(*bounds)}" if bounds else ""))
         if bounds is not None and value is not None:
             low, high, low_open = bounds
             if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
-                text = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
-                raise ConfigError(f"config key {key!r} is {value!r}; it must lie in {text}")
+                raise ConfigError(f"config key {key!r} is {value!r}; it must lie in {_interval(*bounds)}")
     if isinstance(cfg, MethodConfig):
         if (cfg.sketch.height is None) != (cfg.sketch.width is None):
             raise ConfigError("sketch.height and sketch.width must be given together (or both null for the native size)")
         if (cfg.tiling.tile_height is None) != (cfg.tiling.tile_width is None):
             raise ConfigError("tiling.tile_height and tiling.tile_width must be given together (or both null)")
+
+
+def _interval(low: float | None, high: float | None, low_open: bool) -> str:
+    """``(0.0, 1.0]``, ``[16, inf)``: a :func:`bounded` range as an interval."""
+    return f"{'(' if low_open or low is None else '['}{'-inf' if low is None else low}, {'inf)' if high is None else f'{high}]'}"
 
 
 def choices_of(key: str) -> tuple[str, ...]:
@@ -426,7 +437,35 @@ def _load_yaml(path: Path) -> DictConfig:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, DictConfig):
         raise ConfigError(f"config file {str(path)!r} must be a mapping of sections (e.g. 'tiling: {{mode: shift}}'), not a list or a value")
-    return OmegaConf.create(_renamed_nested(OmegaConf.to_container(data)))
+    return _layer(_renamed_nested(OmegaConf.to_container(data)))
+
+
+def _layer(data: Mapping[str, Any]) -> DictConfig:
+    """A config layer (nested plain values) checked against the schema's shape, see :func:`_shaped`."""
+    return OmegaConf.create(_shaped(data, SuperGenConfig))
+
+
+def _shaped(data: Mapping[str, Any], node: type, prefix: str = "") -> dict[str, Any]:
+    """``data`` with a mapping checked for wherever the schema has a section (omegaconf's merge fails
+    on ``tiling: [1, 2]`` without naming the key; an empty section changes nothing) and YAML 1.1's
+    booleans turned back into the ``on`` / ``off`` a choice was written as (``vae: {tiling: off}``
+    reads as False). Unknown keys pass through: the merge names them with the valid ones."""
+    known = {f.name: f for f in dataclasses.fields(node)}
+    shaped = dict(data)
+    for key, value in data.items():
+        found = known.get(key)
+        if found is None:
+            continue
+        section = found.default_factory
+        if isinstance(section, type) and dataclasses.is_dataclass(section):
+            value = {} if value is None else value  # a YAML section whose keys are all commented out
+            if not isinstance(value, Mapping):
+                keys = ", ".join(f.name for f in dataclasses.fields(section))
+                raise ConfigError(f"config key {prefix + key!r} is {value!r}; it is a section: give it keys ({keys})")
+            shaped[key] = _shaped(value, section, f"{prefix}{key}.")
+        elif isinstance(value, bool) and {"on", "off"} <= set(found.metadata.get("choices", ())):
+            shaped[key] = "on" if value else "off"
+    return shaped
 
 
 def _renamed_nested(data: dict[str, Any]) -> dict[str, Any]:

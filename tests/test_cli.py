@@ -35,7 +35,7 @@ def test_render_writes_an_mp4_of_the_requested_size(tmp_path):
         (["job.height=tall"], "config key 'job.height'"),
         (["--config", "nope"], "unknown preset 'nope'; available presets: "),
         (["--model", "tiny-i2v"], "is image-to-video: pass image="),
-        (["--height", "8"], "config key 'job.height' is 8; it must lie in [16, inf]"),
+        (["--height", "8"], "config key 'job.height' is 8; it must lie in [16, inf)"),
     ],
 )
 def test_user_errors_are_one_clear_line_and_leave_no_file(tmp_path, args, message):

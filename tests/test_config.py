@@ -49,3 +49,35 @@ def test_python_overrides_keep_their_types():
     assert load_config({"output": {"vae_tiling": "off"}}).vae.tiling == "off"
     with pytest.raises(ConfigError, match="unknown config key 'tiling.nope'"):
         load_config("tiny", {"tiling.nope": 1})
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        # NaN passes every range comparison: these were accepted and turned the cache or guidance off.
+        (["cache.threshold=nan"], r"'cache.threshold' is nan; it must be a finite number in \[0.0, inf\)"),
+        (["sketch.guidance_scale=nan"], "'sketch.guidance_scale' is nan; it must be a finite number"),
+        (["refine.strength=nan"], r"'refine.strength' is nan; it must be a finite number in \(0.0, 1.0\]"),
+        (["output.fps=1000"], r"'output.fps' is 1000; it must lie in \[1, 240\]"),
+        (["tiling.tile_height=-16", "tiling.tile_width=64"], r"'tiling.tile_height' is -16; it must lie in \(0, inf\)"),
+        (["tiling=[1,2]"], r"config key 'tiling' is \[1, 2\]; it is a section: give it keys \(mode, tile_height"),
+    ],
+)
+def test_values_outside_their_range_are_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("tiny", overrides)
+
+
+def test_yaml_sections_and_yaml_booleans(tmp_path):
+    """``tiling: [1, 2]`` is one line naming the key (it was an AttributeError inside config.py);
+    ``vae: {tiling: off}`` means "off" (YAML 1.1 reads it as false, which was refused as 'False')."""
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("tiling: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"config key 'tiling' is \[1, 2\]; it is a section: give it keys"):
+        load_config(str(listed))
+    switched = tmp_path / "switched.yaml"
+    switched.write_text("vae: {tiling: off}\ncache:\n  region:\n")
+    assert load_config(str(switched)).vae.tiling == "off"
+    switched.write_text("vae:\n  tiling: on\n")
+    assert load_config(str(switched)).vae.tiling == "on"
+    assert load_config({"vae": {"tiling": False}}).vae.tiling == "off"
