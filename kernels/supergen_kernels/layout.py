@@ -40,6 +40,10 @@ from typing import Callable, Literal, Protocol
 
 import torch
 
+# The shift schedule has one owner, supergen.tiling: the attention layouts take their cut lines,
+# periods, strides and offsets from it, so attention windows and TilePlan tiles cannot drift apart.
+from supergen.tiling import AxisSchedule, shift_stride
+
 
 @dataclass(frozen=True)
 class TokenRule:
@@ -68,6 +72,28 @@ def in_window(pos: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, period: int
     are in no window.
     """
     return ((pos >= lo) & (pos < hi)) | ((pos >= 0) & (pos + period < hi))
+
+
+def _window_mask_mod(row_lo, row_hi, col_lo, col_hi, key_row, key_col, height: int, width: int) -> Callable:
+    """The token rule as a FlexAttention ``mask_mod`` over padded per-token tensors (each
+    int32 ``(length,)``): query windows and key positions."""
+
+    # One 1-D tensor per coordinate, indexed once each: the compiled FlexAttention kernel
+    # lowers plain 1-D gathers (indexing a row and then a column fails to lower).
+    def mask_mod(b, head, q_idx, kv_idx):
+        r, c = key_row[kv_idx], key_col[kv_idx]
+        return in_window(r, row_lo[q_idx], row_hi[q_idx], height) & in_window(c, col_lo[q_idx], col_hi[q_idx], width)
+
+    return mask_mod
+
+
+def _block_list_mask_mod(blocks: torch.Tensor, size: int, seq_len: int) -> Callable:
+    """A :class:`BlockListLayout`'s ``mask_mod``: the block lookup in bool ``blocks`` (padded)."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return blocks[q_idx // size, kv_idx // size] & (kv_idx < seq_len)
+
+    return mask_mod
 
 
 def _pack_rows(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,6 +203,8 @@ class SparseLayout(Protocol):
 
     def mask_mod(self, length: int, device: torch.device | str = "cpu") -> Callable: ...
 
+    def mask_mod_parts(self, length: int, device: torch.device | str = "cpu") -> tuple[Callable, tuple]: ...
+
     def memo(self, key: tuple, build): ...
 
 
@@ -216,24 +244,11 @@ def _axis_tiles(length: int, tile: int, offset: int, halo: int, boundary: str) -
 
     The tile owns (its queries are) ``[own_lo, own_hi)``; it attends to ``[win_lo, win_hi)``.
     Both may end past ``length`` with ``wrap`` (positions taken modulo ``length``). The cut
-    lines are those of ``supergen.tiling.AxisSchedule`` at patch 1, so attention tiles and
-    ``TilePlan`` tiles coincide at the same offset.
+    lines are ``supergen.tiling.AxisSchedule``'s at patch 1, so attention tiles and ``TilePlan``
+    tiles coincide at the same offset.
     """
     tile = min(tile, length)
-    if tile == length:  # one tile spans the axis: nothing to cut or shift
-        cuts = [0]
-    elif boundary == "wrap":
-        # n near-equal segments (each <= tile) that sum to the axis, cut from `offset` on.
-        n = math.ceil(length / tile)
-        base, extra = divmod(length, n)
-        starts, pos = [], offset
-        for i in range(n):
-            starts.append(pos % length)
-            pos += base + (i < extra)
-        cuts = sorted(starts)
-    else:
-        # Full tiles from `offset % tile`, and whatever is left before the first cut.
-        cuts = sorted({0} | set(range(offset % tile, length, tile)))
+    cuts = _schedule(length, tile, 1, boundary).cuts(offset)
     if boundary == "wrap":
         ends = cuts[1:] + [cuts[0] + length]  # the last segment wraps past the edge
     else:
@@ -255,17 +270,15 @@ def _axis_tiles(length: int, tile: int, offset: int, halo: int, boundary: str) -
     return tiles
 
 
+def _schedule(length: int, tile: int, stride: int, boundary: str) -> AxisSchedule:
+    """``supergen.tiling``'s shift schedule of one axis in tokens (``clip`` cuts as ``clamp`` does)."""
+    return AxisSchedule(length, min(tile, length), 1, "shift", "wrap" if boundary == "wrap" else "clamp", stride, 0)
+
+
 def axis_period(length: int, tile: int, boundary: str) -> int:
     """Smallest grid offset (tokens) after which one axis's tiles repeat; 0 when the tile spans
-    the axis (nothing moves). ``clamp``/``clip``: the tile; ``wrap``: the smallest rotation that
-    maps the cut lines onto themselves (the tile when it divides the axis)."""
-    tile = min(tile, length)
-    if tile == length:
-        return 0
-    if boundary != "wrap":
-        return tile
-    base = {t[0] for t in _axis_tiles(length, tile, 0, 0, "wrap")}
-    return next(s for s in range(1, length + 1) if {(c + s) % length for c in base} == base)
+    the axis (nothing moves): ``supergen.tiling.AxisSchedule.period``."""
+    return _schedule(length, tile, 1, boundary).period
 
 
 @dataclass(frozen=True)
@@ -476,21 +489,20 @@ class TileLayout(_Memo):
         (pytorch/pytorch#137801), so the per-token tensors are padded to ``length``: padded
         keys sit at position -1, outside every window.
         """
+        make, args = self.mask_mod_parts(length, device)
+        return make(*args)
+
+    def mask_mod_parts(self, length: int, device: torch.device | str = "cpu") -> tuple[Callable, tuple]:
+        """``(make, args)`` with ``make(*args)`` equal to :meth:`mask_mod`: ``make`` is one
+        module-level function for every TileLayout and ``args`` are the layout's per-token
+        tensors and the canvas size, so a compiled caller can take the layout as data (a new
+        grid offset is then new inputs, not a new graph)."""
         rule = self.token_rule(device)
-        n, (h, w) = self.seq_len, rule.period
+        n = self.seq_len
         q_window = torch.zeros(4, length, dtype=torch.int32, device=device)
         k_pos = torch.full((2, length), -1, dtype=torch.int32, device=device)
         q_window[:, :n], k_pos[:, :n] = rule.q_window.T, rule.k_pos.T
-        # One 1-D tensor per coordinate, indexed once each: the compiled FlexAttention kernel
-        # lowers plain 1-D gathers (indexing a row and then a column fails to lower).
-        row_lo, row_hi, col_lo, col_hi = q_window.unbind(0)
-        key_row, key_col = k_pos.unbind(0)
-
-        def mask_mod(b, head, q_idx, kv_idx):
-            r, c = key_row[kv_idx], key_col[kv_idx]
-            return in_window(r, row_lo[q_idx], row_hi[q_idx], h) & in_window(c, col_lo[q_idx], col_hi[q_idx], w)
-
-        return mask_mod
+        return _window_mask_mod, (*q_window.unbind(0), *k_pos.unbind(0), *rule.period)
 
     def token_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """bool ``(seq, seq)`` in tile-major order. Quadratic memory: tests and reference only."""
@@ -583,16 +595,17 @@ class BlockListLayout(_Memo):
 
     def mask_mod(self, length: int, device: torch.device | str = "cpu") -> Callable:
         """FlexAttention ``mask_mod``: the block lookup, safe for indices below ``length``."""
+        make, args = self.mask_mod_parts(length, device)
+        return make(*args)
+
+    def mask_mod_parts(self, length: int, device: torch.device | str = "cpu") -> tuple[Callable, tuple]:
+        """``(make, args)`` with ``make(*args)`` equal to :meth:`mask_mod` (see
+        :meth:`TileLayout.mask_mod_parts`)."""
         nb = math.ceil(length / self.block_size)
         blocks = torch.zeros(nb, nb, dtype=torch.bool, device=device)
         listed = self.blocks.shape[0]
         blocks[:listed, :listed] = self.blocks.to(device)
-        size, n = self.block_size, self.seq_len
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            return blocks[q_idx // size, kv_idx // size] & (kv_idx < n)
-
-        return mask_mod
+        return _block_list_mask_mod, (blocks, self.block_size, self.seq_len)
 
     def token_rule(self, device: torch.device | str = "cpu") -> TokenRule:
         # For the Triton kernel, which takes block sizes dividing block_size. Inside a listed
@@ -619,11 +632,11 @@ class LayoutCycle:
     """The :class:`TileLayout` of every refinement step of a shift schedule, built once per offset.
 
     The tile grid moves by ``stride = max(1, round(tile / shift_divisor))`` tokens per axis every
-    ``shift_every`` steps, each axis on its own cycle (offset ``k * stride`` modulo the axis's
-    :func:`axis_period` after ``k`` moves): the schedule of ``supergen.tiling.TilePlan`` in shift
-    mode, in tokens instead of latent units (``TilePlan``'s stride, rounded to the patch, is this
-    stride times the patch). So attention windows move the way shift-mode tiles do, and a window
-    border at one step is interior at a later one.
+    ``shift_every`` steps, each axis on its own cycle: the schedule is ``supergen.tiling``'s own
+    (one :class:`~supergen.tiling.AxisSchedule` per axis, in tokens instead of latent units;
+    ``TilePlan``'s stride, rounded to the patch, is this stride times the patch). So attention
+    windows move the way shift-mode tiles do, and a window border at one step is interior at a
+    later one.
 
     Args:
         canvas: ``(frames, height, width)`` in tokens.
@@ -659,9 +672,11 @@ class LayoutCycle:
         first = TileLayout(canvas, tile, halo, cell, (0, 0), boundary)
         self.canvas, self.tile, self.halo, self.cell = first.canvas, first.tile, first.halo, cell
         self.boundary, self.shift_every = boundary, shift_every
-        tiles = [min(t, n) for t, n in zip(first.tile, first.canvas[1:])]
-        self.strides = tuple(max(1, round(t / shift_divisor)) for t in tiles)
-        self.periods = tuple(axis_period(n, t, boundary) for n, t in zip(first.canvas[1:], tiles))
+        self.axes = tuple(
+            _schedule(n, t, shift_stride(min(t, n), 1, shift_divisor), boundary) for n, t in zip(first.canvas[1:], first.tile)
+        )
+        self.strides = tuple(axis.stride for axis in self.axes)
+        self.periods = tuple(axis.period for axis in self.axes)
         self._layouts = {(0, 0): first}
 
     def offset(self, step: int) -> tuple[int, int]:
@@ -669,14 +684,13 @@ class LayoutCycle:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         moves = step // self.shift_every
-        return tuple(0 if p == 0 else moves * s % p for s, p in zip(self.strides, self.periods))
+        return tuple(axis.offset(moves) for axis in self.axes)
 
     @property
     def num_offsets(self) -> int:
         """Distinct offsets the schedule visits (the per-axis cycle lengths' least common
         multiple); the layouts repeat every ``num_offsets * shift_every`` steps."""
-        lengths = [1 if p == 0 else p // math.gcd(s, p) for s, p in zip(self.strides, self.periods)]
-        return math.lcm(*lengths)
+        return math.lcm(*(len(axis.cycle()) for axis in self.axes))
 
     def layout(self, step: int) -> TileLayout:
         """The layout of refinement step ``step``, built on first use of its offset."""
