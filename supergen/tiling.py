@@ -1,9 +1,17 @@
 """Tile geometry: which windows of the canvas latent the model sees at each refinement step.
 
-Everything here is in latent units on the two spatial axes (tiles always span all frames) and knows
-nothing about models or ranks. A :class:`TilePlan` is computed, never looked up, so any canvas size
-works: at every step every latent element is covered and the blend weights of the tiles covering it
-sum to one (``tests/test_tiling.py`` checks this over many shapes).
+Everything here is in latent units and knows nothing about models or ranks. A tile is a window in
+(frames, height, width): on the two spatial axes always, and along time when the canvas has more
+latent frames than the model's native length (``TilePlan(frames=...)``); a clip at or under that
+length has one window in time, and its tiles span all frames (``Tile.frames`` is None). A
+:class:`TilePlan` is computed, never looked up, so any canvas size works: at every step every latent
+element is covered and the blend weights of the tiles covering it sum to one
+(``tests/test_tiling.py`` and ``tests/test_tiling_temporal.py`` check this over many shapes).
+
+The time axis follows the same schedule as the spatial ones (its own cycle, ``shift_divisor``,
+``shift_every``) but always with the ``clamp`` boundary: wrapping would put a clip's last frames
+before its first ones in one window. In ``overlap`` mode neighbouring time windows overlap by a
+quarter of the window and are feathered like the spatial tiles.
 
 Two modes:
 
@@ -25,8 +33,9 @@ Two modes:
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Iterable
 
@@ -66,9 +75,11 @@ class Window:
 class Tile:
     """One transformer call's window on the canvas, and how its prediction is blended back.
 
-    ``weight`` has shape ``(rows.size, cols.size)`` (float32) or is ``None`` when it is all ones;
-    ``owned`` is the part of the window where it is non-zero, ``(rows, cols)`` slices of the window,
-    known from the plan's arithmetic (so no one needs to read the weights back on the host).
+    ``weight`` has shape ``(rows.size, cols.size)``, or ``(frames.size, rows.size, cols.size)`` when
+    the tile has a time window (float32), or is ``None`` when it is all ones; ``owned`` is the part
+    of the window where it is non-zero, ``(rows, cols)`` slices of the window (``owned_frames`` along
+    time), known from the plan's arithmetic (so no one needs to read the weights back on the host).
+    ``frames`` is the window in latent frames, or ``None`` when the tile spans every frame.
     """
 
     index: int
@@ -76,14 +87,26 @@ class Tile:
     cols: Window
     weight: torch.Tensor | None = None
     owned: tuple[slice, slice] = (slice(None), slice(None))
+    frames: Window | None = None
+    owned_frames: slice = field(default_factory=lambda: slice(None))
 
     @property
     def shape(self) -> tuple[int, int]:
+        """Spatial ``(h, w)`` of the window (every tile of a plan has the same number of frames)."""
         return (self.rows.size, self.cols.size)
 
     @property
     def origin(self) -> tuple[int, int]:
         return (self.rows.start, self.cols.start)
+
+    def axes(self) -> list[tuple[int, Window]]:
+        """``(dim, window)`` of each windowed axis of a canvas-shaped tensor ``(..., F, H, W)``."""
+        spatial = [(-2, self.rows), (-1, self.cols)]
+        return spatial if self.frames is None else [(-3, self.frames), *spatial]
+
+    def region(self) -> tuple[Window, ...]:
+        """The canvas region the window covers: ``(rows, cols)``, with ``frames`` first when it has one."""
+        return tuple(window for _, window in self.axes())
 
 
 @dataclass(frozen=True)
@@ -131,8 +154,10 @@ class AxisSchedule:
         base, extra = divmod(units, n)
         return [(base + (i < extra)) * self.patch for i in range(n)]
 
-    def _cuts(self, offset: int) -> list[int]:
-        """Positions in [0, length) where a segment starts."""
+    def cuts(self, offset: int) -> list[int]:
+        """Positions in [0, length) where a segment starts (shift mode); ``[0]`` when the tile spans the axis."""
+        if self.single:
+            return [0]
         if self.boundary == "wrap":
             starts, pos = [], offset
             for size in self._wrap_sizes():
@@ -148,7 +173,7 @@ class AxisSchedule:
             return 0
         if self.boundary == "clamp":
             return self.tile
-        base = set(self._cuts(0))
+        base = set(self.cuts(0))
         for shift in range(self.patch, self.length + 1, self.patch):
             if {(c + shift) % self.length for c in base} == base:
                 return shift
@@ -169,7 +194,7 @@ class AxisSchedule:
             return [_AxisSegment(Window(0, self.length, self.length), None)]
         if self.mode == "overlap":
             return self._overlap_segments
-        cuts = self._cuts(offset)
+        cuts = self.cuts(offset)
         if self.boundary == "wrap":
             ends = cuts[1:] + [cuts[0] + self.length]
             return [_AxisSegment(Window(a, b - a, self.length), None) for a, b in zip(cuts, ends)]
@@ -203,6 +228,12 @@ class AxisSchedule:
         return segments
 
 
+def shift_stride(tile: int, patch: int, shift_divisor: int) -> int:
+    """How far the cut lines of an axis move per shift: ``tile / shift_divisor`` rounded to the patch,
+    at least one patch (the one rule, shared by :class:`TilePlan` and the sparse-attention layouts)."""
+    return max(patch, round(tile / shift_divisor / patch) * patch)
+
+
 class TilePlan:
     """Tiles of the canvas latent at every refinement step.
 
@@ -211,10 +242,13 @@ class TilePlan:
         tile: ``(height, width)`` of a tile in latent units (typically the sketch's latent size).
         patch: the transformer's spatial patch ``(ph, pw)``; all window edges lie on it.
         mode: ``shift`` or ``overlap``.
-        boundary: ``wrap`` or ``clamp`` (shift mode).
+        boundary: ``wrap`` or ``clamp`` (shift mode, spatial axes; time always clamps).
         shift_divisor: the grid moves by ``tile / shift_divisor`` (rounded to the patch, at least one).
         shift_every: refinement steps between two moves.
         overlap: minimum overlap in latent units (overlap mode).
+        frames: ``(canvas frames, window frames)`` in latent frames: windows along time too when the
+            canvas is longer than the window; None (or a window at least the canvas) spans all frames.
+        frame_patch: the transformer's temporal patch; time window edges lie on it.
     """
 
     def __init__(
@@ -227,6 +261,8 @@ class TilePlan:
         shift_divisor: int = 16,
         shift_every: int = 1,
         overlap: int = 0,
+        frames: tuple[int, int] | None = None,
+        frame_patch: int = 1,
     ):
         if mode not in ("shift", "overlap"):
             raise SuperGenError(f"tiling mode {mode!r} is not one of: shift, overlap")
@@ -237,71 +273,123 @@ class TilePlan:
         self.axes = []
         for length, size, p in zip(canvas, tile, patch):
             size = min(size, length)
-            stride = max(p, round(size / shift_divisor / p) * p)
-            self.axes.append(AxisSchedule(length, size, p, mode, boundary, stride, overlap))
+            self.axes.append(AxisSchedule(length, size, p, mode, boundary, shift_stride(size, p, shift_divisor), overlap))
         self.tile = tuple(axis.tile for axis in self.axes)
+        #: The time axis when the canvas has more latent frames than a window, else None (tiles span all frames).
+        self.time: AxisSchedule | None = None
+        if frames is not None and frames[1] < frames[0]:
+            length, size = frames
+            # Time always clamps (see the module docstring); overlap mode feathers a quarter window.
+            self.time = AxisSchedule(length, size, frame_patch, mode, "clamp", shift_stride(size, frame_patch, shift_divisor), size // 4)
         self._normaliser: torch.Tensor | None = None
         if mode == "overlap":
             self._normaliser = self._weight_sum(self.tiles_unnormalised(0))
+
+    @property
+    def frames(self) -> int | None:
+        """Latent frames of a time window, or None when every tile spans all frames."""
+        return None if self.time is None else self.time.tile
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of the canvas the weights cover: ``(H, W)``, or ``(F, H, W)`` with time windows."""
+        return self.canvas if self.time is None else (self.time.length, *self.canvas)
 
     def offsets(self, step: int) -> tuple[int, int]:
         """Grid offset ``(dy, dx)`` at refinement step ``step``."""
         shift_index = step // self.shift_every
         return (self.axes[0].offset(shift_index), self.axes[1].offset(shift_index))
 
+    def frame_offset(self, step: int) -> int:
+        """Offset of the time windows' cut lines at refinement step ``step`` (0 without time windows)."""
+        return 0 if self.time is None else self.time.offset(step // self.shift_every)
+
     def tiles_unnormalised(self, step: int) -> list[Tile]:
         dy, dx = self.offsets(step)
+        times = [None] if self.time is None else self.time.segments(self.frame_offset(step))
         tiles = []
-        for row in self.axes[0].segments(dy):
-            for col in self.axes[1].segments(dx):
-                weight = None
-                if row.weight is not None or col.weight is not None:
-                    wr = row.weight if row.weight is not None else torch.ones(row.window.size)
-                    wc = col.weight if col.weight is not None else torch.ones(col.window.size)
-                    weight = torch.outer(wr, wc)
-                tiles.append(Tile(len(tiles), row.window, col.window, weight, (row.owned, col.owned)))
+        for time in times:
+            for row in self.axes[0].segments(dy):
+                for col in self.axes[1].segments(dx):
+                    tiles.append(self._tile(len(tiles), time, row, col))
         return tiles
 
+    @staticmethod
+    def _tile(index: int, time: _AxisSegment | None, row: _AxisSegment, col: _AxisSegment) -> Tile:
+        if time is None:
+            weight = None
+            if row.weight is not None or col.weight is not None:
+                wr = row.weight if row.weight is not None else torch.ones(row.window.size)
+                wc = col.weight if col.weight is not None else torch.ones(col.window.size)
+                weight = torch.outer(wr, wc)
+            return Tile(index, row.window, col.window, weight, (row.owned, col.owned))
+        segments = (time, row, col)
+        weight = None
+        if any(seg.weight is not None for seg in segments):
+            wt, wr, wc = (seg.weight if seg.weight is not None else torch.ones(seg.window.size) for seg in segments)
+            weight = wt[:, None, None] * torch.outer(wr, wc)
+        return Tile(index, row.window, col.window, weight, (row.owned, col.owned), time.window, time.owned)
+
     def tiles(self, step: int) -> list[Tile]:
-        """The tiles of step ``step`` in row-major order; their weights sum to one everywhere."""
+        """The tiles of step ``step``, time-major then row-major; their weights sum to one everywhere."""
         tiles = self.tiles_unnormalised(step)
         if self._normaliser is None:
             return tiles
-        return [t if t.weight is None else Tile(t.index, t.rows, t.cols, t.weight / crop(self._normaliser, t), t.owned) for t in tiles]
+        return [t if t.weight is None else replace(t, weight=t.weight / crop(self._normaliser, t)) for t in tiles]
 
     def _weight_sum(self, tiles: list[Tile]) -> torch.Tensor:
-        total = torch.zeros(self.canvas)
+        total = torch.zeros(self.shape)
         for t in tiles:
-            accumulate(total, t, torch.ones(t.shape), weighted=True)
+            accumulate(total, t, torch.ones(window_shape(t)), weighted=True)
         return total
+
+    def windows(self) -> int:
+        """Time windows per step at offset 0 (1 when tiles span all frames)."""
+        return 1 if self.time is None else len(self.time.segments(0))
 
     def describe(self) -> str:
         grid = "x".join(str(len(axis.segments(0))) for axis in self.axes)
-        return f"{self.mode} {grid} tiles of {self.tile[0]}x{self.tile[1]} latent on {self.canvas[0]}x{self.canvas[1]}"
+        text = f"{self.mode} {grid} tiles of {self.tile[0]}x{self.tile[1]} latent on {self.canvas[0]}x{self.canvas[1]}"
+        if self.time is not None:
+            text += f", {self.windows()} windows of {self.time.tile} latent frames on {self.time.length}"
+        return text
+
+
+def window_shape(tile: Tile) -> tuple[int, ...]:
+    """``(h, w)`` of the tile's window, or ``(f, h, w)`` when it has a time window (its weight's shape)."""
+    return tuple(window.size for window in tile.region())
+
+
+def _cut(x: torch.Tensor, dim: int, window: Window) -> torch.Tensor:
+    parts = [x[(Ellipsis, cs) + (slice(None),) * (-dim - 1)] for cs, _ in window.pieces()]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
 def crop(x: torch.Tensor, tile: Tile) -> torch.Tensor:
-    """The tile's window of ``x`` (shape ``(..., H, W)`` on the canvas) → ``(..., h, w)``."""
-    rows = [x[..., cs, :] for cs, _ in tile.rows.pieces()]
-    x = rows[0] if len(rows) == 1 else torch.cat(rows, dim=-2)
-    cols = [x[..., cs] for cs, _ in tile.cols.pieces()]
-    return cols[0] if len(cols) == 1 else torch.cat(cols, dim=-1)
+    """The tile's window of ``x`` (shape ``(..., H, W)`` on the canvas, ``(..., F, H, W)`` when the
+    tile has a time window) → ``(..., h, w)`` (``(..., f, h, w)``)."""
+    for dim, window in tile.axes():
+        x = _cut(x, dim, window)
+    return x
 
 
 def accumulate(out: torch.Tensor, tile: Tile, value: torch.Tensor, weighted: bool = True) -> None:
-    """``out[window] += weight * value`` in place; ``out`` is ``(..., H, W)``, ``value`` ``(..., h, w)``."""
+    """``out[window] += weight * value`` in place; ``out`` is ``(..., H, W)``, ``value`` ``(..., h, w)``
+    (with a time window: ``(..., F, H, W)`` and ``(..., f, h, w)``)."""
     weight = tile.weight.to(value.device, value.dtype) if (weighted and tile.weight is not None) else None
-    for rc, rt in tile.rows.pieces():
-        for cc, ct in tile.cols.pieces():
-            part = value[..., rt, ct]
-            out[..., rc, cc] += part if weight is None else weight[rt, ct] * part
+    pieces = [window.pieces() for _, window in tile.axes()]
+    for parts in itertools.product(*pieces):
+        canvas_index = (Ellipsis, *(c for c, _ in parts))
+        window_index = tuple(w for _, w in parts)
+        part = value[(Ellipsis, *window_index)]
+        out[canvas_index] += part if weight is None else weight[window_index] * part
 
 
 def tile_batches(tiles: list[Tile], batch_size: int) -> Iterable[list[Tile]]:
     """Group tiles of equal shape into batches of at most ``batch_size``, keeping plan order within a shape."""
-    by_shape: dict[tuple[int, int], list[Tile]] = {}
+    by_shape: dict[tuple[int, ...], list[Tile]] = {}
     for tile in tiles:
-        by_shape.setdefault(tile.shape, []).append(tile)
+        by_shape.setdefault(window_shape(tile), []).append(tile)
     for group in by_shape.values():
         for i in range(0, len(group), batch_size):
             yield group[i : i + batch_size]

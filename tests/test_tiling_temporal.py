@@ -1,0 +1,93 @@
+"""Tiles that are windows in time too: coverage and weights over many lengths, windows that shift
+along time, and the one-window case unchanged."""
+
+import random
+
+import pytest
+import torch
+
+from supergen.tiling import TilePlan, accumulate, crop, window_shape
+
+
+def weight_sum(plan: TilePlan, step: int) -> torch.Tensor:
+    total = torch.zeros(plan.shape, dtype=torch.float64)
+    for tile in plan.tiles(step):
+        accumulate(total, tile, torch.ones(window_shape(tile), dtype=torch.float64))
+    return total
+
+
+def random_cases(n: int, seed: int = 0):
+    rng = random.Random(seed)
+    for _ in range(n):
+        window = rng.randint(1, 8)
+        yield (rng.randint(window + 1, 6 * window + 3), window, rng.choice([(6, 10), (4, 4)]),
+               rng.choice([("shift", "clamp"), ("shift", "wrap"), ("overlap", "clamp")]), rng.choice([1, 2, 4, 16]))
+
+
+@pytest.mark.parametrize("frames,window,canvas,mode_boundary,divisor", list(random_cases(40)))
+def test_every_element_covered_with_weights_summing_to_one(frames, window, canvas, mode_boundary, divisor):
+    mode, boundary = mode_boundary
+    plan = TilePlan(canvas, (4, 4), patch=(2, 2), mode=mode, boundary=boundary, shift_divisor=divisor, overlap=2,
+                    frames=(frames, window))
+    assert plan.frames == window and plan.shape == (frames, *canvas)
+    for step in range(12):
+        total = weight_sum(plan, step)
+        assert torch.allclose(total, torch.ones_like(total), atol=1e-6), (step, total.min(), total.max())
+        for tile in plan.tiles(step):
+            # Every window is a full native-length window inside the clip (time clamps).
+            assert tile.frames.size == window and 0 <= tile.frames.start <= frames - window
+
+
+def test_temporal_patch_keeps_window_edges_on_the_patch():
+    plan = TilePlan((4, 4), (4, 4), patch=(2, 2), frames=(22, 6), frame_patch=2, shift_divisor=4)
+    for step in range(10):
+        for tile in plan.tiles(step):
+            assert tile.frames.start % 2 == 0 and tile.frames.size == 6
+        total = weight_sum(plan, step)
+        assert torch.equal(total, torch.ones_like(total))
+
+
+def test_time_windows_shift_every_step_and_every_frame_is_interior_sometime():
+    # The toy's case: 33 frames (9 latent), native 9 frames (3 latent).
+    plan = TilePlan((16, 16), (16, 16), patch=(2, 2), shift_divisor=4, frames=(9, 3))
+    starts = []
+    borders = set()
+    for step in range(6):
+        tiles = plan.tiles(step)
+        owned = sorted((t.frames.start + t.owned_frames.indices(t.frames.size)[0]) for t in tiles)
+        starts.append(tuple(owned))
+        borders |= set(owned) - {0}
+    assert starts[0] != starts[1] != starts[2], "the cut lines move along time every step"
+    assert starts[0] == starts[3], "with a stride of one latent frame the time cycle is the window (3)"
+    assert borders == set(range(1, 9)), "over a cycle a border passes every frame"
+
+
+def test_shift_every_holds_the_time_windows():
+    plan = TilePlan((8, 8), (8, 8), frames=(12, 4), shift_every=3, shift_divisor=4)
+    assert plan.frame_offset(0) == plan.frame_offset(2) != plan.frame_offset(3)
+
+
+def test_crop_and_accumulate_round_trip_in_time():
+    canvas = torch.arange(2 * 9 * 6 * 8, dtype=torch.float32).view(1, 2, 9, 6, 8)
+    plan = TilePlan((6, 8), (4, 4), patch=(2, 2), mode="shift", boundary="wrap", shift_divisor=2, frames=(9, 4))
+    for step in range(5):
+        out = torch.zeros_like(canvas)
+        for tile in plan.tiles(step):
+            window = crop(canvas, tile)
+            assert window.shape == (1, 2, 4, *tile.shape)
+            accumulate(out, tile, window)
+        assert torch.equal(out, canvas)
+
+
+@pytest.mark.parametrize("mode,boundary", [("shift", "clamp"), ("shift", "wrap"), ("overlap", "clamp")])
+def test_one_window_in_time_is_todays_plan(mode, boundary):
+    """A clip at or under the window length: the same tiles (spanning all frames) as a plan without time."""
+    kwargs = dict(patch=(2, 2), mode=mode, boundary=boundary, shift_divisor=4, overlap=4)
+    today = TilePlan((32, 56), (16, 28), **kwargs)
+    for frames in [(5, 5), (5, 9), None]:
+        plan = TilePlan((32, 56), (16, 28), frames=frames, **kwargs)
+        assert plan.time is None and plan.shape == (32, 56)
+        for step in range(6):
+            for a, b in zip(today.tiles(step), plan.tiles(step)):
+                assert (a.rows, a.cols, a.owned, b.frames) == (b.rows, b.cols, b.owned, None)
+                assert (a.weight is None and b.weight is None) or torch.equal(a.weight, b.weight)
