@@ -14,6 +14,7 @@ from diffusers import AutoencoderKLWan, DiffusionPipeline, UniPCMultistepSchedul
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
+from . import compat
 from .errors import SuperGenError
 
 #: The small trained model (assets/toy-wan in the checkout), installed with the package as
@@ -62,14 +63,6 @@ def tiny_wan_pipeline(image_to_video: bool = False, seed: int = 0) -> DiffusionP
         return WanImageToVideoPipeline(**components, image_encoder=image_encoder.eval(), image_processor=image_processor)
 
 
-def _dtype_keyword() -> str:
-    """diffusers renamed ``from_pretrained``'s ``torch_dtype`` to ``dtype`` (the old name warns): the
-    name this diffusers takes, found by the helper that resolves the two."""
-    from diffusers.utils import deprecation_utils
-
-    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
-
-
 def load_pipeline(name: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu", **options) -> DiffusionPipeline:
     """``tiny`` | ``tiny-i2v`` | ``toy`` | a diffusers folder or Hugging Face id → a pipeline on ``device``.
 
@@ -82,7 +75,7 @@ def load_pipeline(name: str, dtype: torch.dtype = torch.float32, device: str | t
             raise SuperGenError(f"the toy model folder {TOY_MODEL_DIR} is missing: reinstall supergen "
                                 "(it ships in the package), or use --model tiny")
         try:
-            pipe = DiffusionPipeline.from_pretrained(source, **{_dtype_keyword(): dtype}, **options)
+            pipe = DiffusionPipeline.from_pretrained(source, **{compat.dtype_keyword(): dtype}, **options)
         except (OSError, ValueError) as exc:
             raise SuperGenError(
                 f"could not load model {name!r}: {exc}. Valid: tiny, tiny-i2v, toy, a diffusers model folder, or a Hugging Face id"

@@ -28,6 +28,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from . import compat
 from .adapters import CanvasEncoder, Conditioning, ModelAdapter, Request, adapter_for
 from .attention import check_backend, dense_backend
 from .builtin import load_pipeline
@@ -386,19 +387,11 @@ class SuperGenPipeline:
                         split.sketch_reason)
         parallel = {"cfg": split_guidance, "ulysses": self._context_parallel}.get(split.sketch)
         pipe = self.adapter.pipe
-        # The wrapped pipeline draws its own step bar: label it for this stage, then restore its settings
-        # (diffusers keeps them in _progress_bar_config; set_progress_bar_config replaces them all).
-        settings = getattr(pipe, "_progress_bar_config", None)
-        pipe._progress_bar_config = {**(settings or {}), "desc": "sketch"}
-        try:
+        # The wrapped pipeline draws its own step bar: label it for this stage.
+        with compat.progress_bar_label(pipe, "sketch"):
             with parallel(self.adapter.transformers, self.group) if parallel else contextlib.nullcontext():
                 latents = self.adapter.sketch(request, embeds, *plan.sketch, plan.sketch_steps, plan.sketch_guidance_scale,
                                               plan.sketch_guidance_scale_2, generator, callback)
-        finally:
-            if settings is None:
-                del pipe._progress_bar_config
-            else:
-                pipe._progress_bar_config = settings
         if self.group is not None:
             # Every rank ran the same sketch loop (so every rank's generator is in the same state for the
             # re-noise); the leader's copy makes them bit-identical where GPU kernels are not deterministic.
@@ -508,7 +501,7 @@ class SuperGenPipeline:
             return
         for name in names:
             module = getattr(self.pipe, name, None)
-            if not isinstance(module, torch.nn.Module) or hasattr(module, "_hf_hook") or getattr(module, "_diffusers_hook", None):
+            if not isinstance(module, torch.nn.Module) or compat.accelerate_hooked(module) or compat.diffusers_hooked(module):
                 continue
             weights = next(module.parameters(), None)
             if weights is None or weights.device.type in ("cpu", "meta"):

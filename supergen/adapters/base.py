@@ -26,6 +26,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from .. import compat
 from ..cache.windows import context_name
 from ..errors import SuperGenError
 from ..geometry import SizeRules
@@ -119,7 +120,7 @@ class Conditioning:
 class FamilyModules:
     """The classes a family's pipeline is made of, by name, so that it can be built from configs
     alone, without weights: on PyTorch's ``meta`` device (``supergen plan``'s size rules and parameter
-    counts) or on fake tensors (``supergen plan --trace``). See :class:`~supergen.planner.Architecture`.
+    counts) or on fake tensors (``supergen plan --trace``). See :class:`~supergen.cost.Architecture`.
     """
 
     #: diffusers model classes of the denoiser (every expert) and of the VAE.
@@ -137,7 +138,7 @@ class FamilyModules:
 
 @dataclass(frozen=True)
 class FamilyMemory:
-    """How a family's modules use memory beyond their weights, for the planner (:mod:`supergen.planner`).
+    """How a family's modules use memory beyond their weights, for the planner (:mod:`supergen.cost`).
 
     The defaults are Wan's (fitted to fake-tensor traces of Wan2.1 at 480p, 2K and 4K); the other
     families' values are fitted to traces of their released architectures at 2K and 4K
@@ -152,7 +153,7 @@ class FamilyMemory:
     #: None: all of them.
     vae_frames: int | None = 4
     #: Activations of the decoder's (encoder's) full-resolution channels
-    #: (:attr:`~supergen.planner.Architecture.vae_channels`), per frame in flight, alive at its peak.
+    #: (:attr:`~supergen.cost.Architecture.vae_channels`), per frame in flight, alive at its peak.
     vae_decode_copies: float = 13.0
     vae_encode_copies: float = 10.0
     #: Whether the blocks add their residual updates in float32 (Wan), which can be wider than the FFN.
@@ -302,7 +303,7 @@ class ModelAdapter(SizeRules, abc.ABC):
 
     @property
     def device(self) -> torch.device:
-        return self.pipe._execution_device
+        return compat.execution_device(self.pipe)
 
     @property
     def scheduler(self):

@@ -20,11 +20,10 @@ from typing import ContextManager
 
 import torch
 from diffusers import CogVideoXDPMScheduler
-from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb, get_1d_rotary_pos_embed
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..compat import ContextParallelInput, ContextParallelOutput, dispatch_attention_fn
 from ..errors import SuperGenError
 from .base import FamilyMemory, FamilyModules, ModelAdapter, Request, Stepper, processors_replaced
 from .positions import InputTables, position_key

@@ -22,10 +22,10 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_timesteps
 
+from ..compat import ContextParallelInput, ContextParallelOutput
 from ..errors import SuperGenError
 from .base import FIRST_FRAME, FamilyMemory, FamilyModules, ModelAdapter, Request
 from .positions import CanvasPositions, position_key

@@ -20,11 +20,12 @@ from typing import ContextManager
 
 import numpy as np
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
 from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, retrieve_timesteps
 from diffusers.pipelines.ltx.pipeline_ltx_image2video import retrieve_latents
 
+from .. import compat
+from ..compat import dispatch_attention_fn
 from ..errors import SuperGenError
 from .base import FIRST_FRAME, FamilyMemory, FamilyModules, ModelAdapter, Request, processors_replaced
 from .positions import InputTables, on_device, position_key
@@ -146,7 +147,7 @@ class LTXAdapter(ModelAdapter):
         # As the pipeline's prepare_latents: a posterior *sample* (the generator's first draw), normalised
         # without scaling_factor.
         latent = retrieve_latents(pipe.vae.encode(image), generator).float()
-        return {FIRST_FRAME: pipe._normalize_latents(latent, pipe.vae.latents_mean, pipe.vae.latents_std)}
+        return {FIRST_FRAME: compat.ltx_normalize_latents(latent, pipe.vae.latents_mean, pipe.vae.latents_std)}
 
     # ---- stage 1 ----------------------------------------------------------------------------
     def pipeline_kwargs(self, request, embeds, guidance_scale, guidance_scale_2):
@@ -157,11 +158,11 @@ class LTXAdapter(ModelAdapter):
 
     def _pack(self, latents: torch.Tensor) -> torch.Tensor:
         p_t, p, _ = self.patch
-        return self.pipe._pack_latents(latents, p, p_t)
+        return compat.ltx_pack_latents(latents, p, p_t)
 
     def _unpack(self, tokens: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         p_t, p, _ = self.patch
-        return self.pipe._unpack_latents(tokens, shape[2] // p_t, shape[3] // p, shape[4] // p, p, p_t)
+        return compat.ltx_unpack_latents(tokens, shape[2] // p_t, shape[3] // p, shape[4] // p, p, p_t)
 
     def from_pipeline_latents(self, latents, shape):
         return self._unpack(latents, shape).float()
@@ -169,11 +170,11 @@ class LTXAdapter(ModelAdapter):
     # ---- VAE --------------------------------------------------------------------------------
     def to_vae(self, latents):
         vae = self.pipe.vae
-        return self.pipe._denormalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+        return compat.ltx_denormalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
 
     def from_vae(self, latents):
         vae = self.pipe.vae
-        return self.pipe._normalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
+        return compat.ltx_normalize_latents(latents, vae.latents_mean, vae.latents_std, vae.config.scaling_factor)
 
     def vae_decode(self, latents):
         vae = self.pipe.vae

@@ -24,10 +24,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from diffusers.hooks import HookRegistry
-from diffusers.hooks.hooks import StateManager
 from diffusers.models.embeddings import get_timestep_embedding
 
+from .. import compat
 from .reuse import _EPS, TileReuse
 from .windows import KeyedStates, region_name
 
@@ -156,19 +155,17 @@ def apply_diffusers_cache(model: torch.nn.Module, config) -> None:
     state a hook reads is that of the region under the tile in progress; hooks the user installed
     before are left as they are. Undo with ``model.disable_cache()``.
     """
-    before = {(id(registry), name) for registry in _registries(model) for name in registry.hooks}
+    before = {(id(registry), name) for registry in compat.hook_registries(model) for name in registry.hooks}
     model.enable_cache(config)
     replaced: dict[int, KeyedStates] = {}
-    for registry in _registries(model):
+    for registry in compat.hook_registries(model):
         for name, hook in registry.hooks.items():
             if (id(registry), name) in before:
                 continue
             for attr, value in list(vars(hook).items()):
-                if isinstance(value, StateManager) and not isinstance(value, KeyedStates):
+                if isinstance(value, compat.StateManager) and not isinstance(value, KeyedStates):
                     if id(value) not in replaced:
-                        replaced[id(value)] = KeyedStates(value._state_cls, region_name, value._init_args, value._init_kwargs)
+                        state_cls, init_args, init_kwargs = compat.state_manager_args(value)
+                        replaced[id(value)] = KeyedStates(state_cls, region_name, init_args, init_kwargs)
                     setattr(hook, attr, replaced[id(value)])
 
-
-def _registries(model: torch.nn.Module) -> list[HookRegistry]:
-    return [m._diffusers_hook for m in model.modules() if hasattr(m, "_diffusers_hook")]

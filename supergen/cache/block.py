@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks._helpers import TransformerBlockRegistry
-from diffusers.hooks.hooks import BaseState
 
+from .. import compat
+from ..compat import BaseState
 from ..errors import SuperGenError
 from .reuse import _EPS
 from .report import transformer_blocks
@@ -88,7 +88,7 @@ class BlockCacheHook(ModelHook):
         self._metadata = None
 
     def initialize_hook(self, module):
-        self._metadata = TransformerBlockRegistry.get(type(module))
+        self._metadata = compat.TransformerBlockRegistry.get(type(module))
         return module
 
     def reset_state(self, module):
@@ -116,7 +116,7 @@ class BlockCacheHook(ModelHook):
         return float(change) < self.config.threshold
 
     def new_forward(self, module, *args, **kwargs):
-        hidden = self._metadata._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
+        hidden = compat.block_argument(self._metadata, "hidden_states", args, kwargs)
         state: BlockState = self.state_manager.get_state()
         tokens = self._tokens()
         x = hidden.float()

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
-from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
 
+from .. import compat
 from ..tiling import Tile, Window
 from .windows import Batch, WindowKeys, active_batch, current_batch
 
@@ -86,7 +86,7 @@ def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's transformer blocks, found by the same names diffusers' own cache hooks use."""
     blocks = []
     for name, child in model.named_children():
-        if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, torch.nn.ModuleList):
+        if name in compat.TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, torch.nn.ModuleList):
             blocks.extend(child)
     return blocks
 

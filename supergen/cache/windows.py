@@ -24,8 +24,8 @@ import dataclasses
 from contextvars import ContextVar
 from typing import Callable, Iterator
 
-from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
 
+from ..compat import BaseState, CacheContext, StateManager
 from ..tiling import Tile, Window
 
 

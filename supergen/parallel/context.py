@@ -30,10 +30,9 @@ from typing import Iterator
 
 import torch
 from diffusers import ContextParallelConfig
-from diffusers.hooks.context_parallel import remove_context_parallel
-from diffusers.models import attention_dispatch
 from torch import nn
 
+from .. import compat
 from .launch import TileGroup
 
 logger = logging.getLogger("supergen")
@@ -46,7 +45,7 @@ def ulysses_blocker(models: list[nn.Module], ranks: int, plans: list[dict | None
         plans: per model, a context-parallel plan supplied by its adapter (None: diffusers' own ``_cp_plan``).
     """
     for model, plan in zip(models, plans or [None] * len(models)):
-        if plan is None and getattr(model, "_cp_plan", None) is None:
+        if plan is None and compat.context_parallel_plan(model) is None:
             return f"{type(model).__name__} has no context-parallel plan in diffusers"
         heads = model.config.num_attention_heads
         if heads % ranks:
@@ -132,31 +131,27 @@ def ulysses(models: list[nn.Module], group: TileGroup, plans: list[dict | None] 
             unequal shards, padded heads), for plans written for it (:attr:`~supergen.adapters.ModelAdapter.cp_uneven`).
     """
     enabled, counters = [], []
-    # The dispatcher's module names are diffusers internals (0.36-0.42): if a release renames them,
-    # the render still runs, only these bytes go uncounted.
-    functional, distributed = getattr(attention_dispatch, "funcol", None), getattr(attention_dispatch, "dist", None)
+    # If a release renames the dispatcher's collectives, the render still runs, only these bytes go uncounted.
+    collectives = compat.dispatcher_collectives()
     try:
         for model, plan in zip(models, plans or [None] * len(models)):
-            plan = plan if plan is not None else model._cp_plan
+            plan = plan if plan is not None else compat.context_parallel_plan(model)
             config = ContextParallelConfig(ulysses_degree=group.size, mesh=group.seq_mesh, ulysses_anything=uneven)
             with _one_device_per_cpu_rank(group.device):
                 model.enable_parallelism(config=config, cp_plan=plan)
             enabled.append((model, plan))
             counters += _gathered_outputs(model, plan, group)
-        if functional is not None and distributed is not None:
-            attention_dispatch.funcol = _CountedFunctional(functional, group)
-            attention_dispatch.dist = _CountedDistributed(distributed, group)
+        if collectives is not None:
+            functional, distributed = collectives
+            compat.set_dispatcher_collectives(_CountedFunctional(functional, group), _CountedDistributed(distributed, group))
         else:
             logger.debug("diffusers' attention dispatcher has no funcol/dist names: its all-to-all bytes are not counted")
         yield
     finally:
-        if functional is not None and distributed is not None:
-            attention_dispatch.funcol, attention_dispatch.dist = functional, distributed
+        if collectives is not None:
+            compat.set_dispatcher_collectives(*collectives)
         for handle in counters:
             handle.remove()
         for model, plan in enabled:
-            remove_context_parallel(model, plan)
-            for module in model.modules():
-                if hasattr(getattr(module, "processor", None), "_parallel_config"):
-                    module.processor._parallel_config = None
-            model._parallel_config = None
+            compat.remove_context_parallel(model, plan)
+            compat.forget_parallel_config(model)

@@ -23,9 +23,10 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import BaseState, StateManager
 from torch import nn
 
+from .. import compat
+from ..compat import BaseState, StateManager
 from .launch import TileGroup
 
 #: The ``cfg`` mesh coordinate that computes each branch, by the pipelines' cache-context names.
@@ -49,7 +50,7 @@ class GuidanceSplitHook(ModelHook):
         self.cond: torch.Tensor | None = None  # the conditional output returned, until the exchange fills it
 
     def new_forward(self, module: nn.Module, *args, **kwargs):
-        context = self.context._context
+        context = compat.current_context(self.context)
         branch = context.name if context is not None else None
         if branch not in BRANCH_OWNER or kwargs.get("return_dict", True) or args:
             return self.fn_ref.original_forward(*args, **kwargs)
