@@ -3,6 +3,11 @@ vs a loop of per-tile SDPA calls, at 2K and 4K canvases with Wan2.1 head shapes.
 
     python kernels/bench.py                      # GPU: the full table
     python kernels/bench.py --smoke              # CPU: tiny shapes, checks the code path only
+    python kernels/bench.py --jsonl rows.jsonl   # also append each row to a file as it is measured
+
+Per case, the methods run in order of value (dense flash, Triton, FlexAttention, then the
+per-tile loop), and with ``--jsonl`` each row is appended (one JSON object per line, flushed) the
+moment it is measured, so a run cut short by a time limit keeps every finished row.
 
 Geometry (Wan2.1: VAE stride 8, patch 2, so 16 pixels per token side): the tile is the
 native 720x1280 frame, 45x80 tokens; 2K (1440x2560) is 90x160 tokens = 2x2 tiles, 4K
@@ -20,18 +25,22 @@ the speed-of-light reference for TFLOP/s. Columns:
   method, so it compares them on equal work;
 * ``% flash`` — computed TFLOP/s as a share of dense flash SDPA's;
 * ``max |err|`` — against the per-tile SDPA loop (the sparse methods only).
+
+FlexAttention compiles once per sequence shape (the layout is data to the compiled function), so
+the halo 0 and halo 8 cases of one canvas share a compile.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +64,11 @@ class Row:
     computed_pairs: int
     useful_pairs: int
     err: float | None
+    heads: int
+    head_dim: int
+
+    def tflops(self, pairs: int) -> float:
+        return 4 * self.heads * self.head_dim * pairs / (self.ms * 1e-3) / 1e12
 
 
 def _time(fn: Callable[[], torch.Tensor], iters: int, warmup: int) -> tuple[float, torch.Tensor]:
@@ -84,14 +98,18 @@ def _window_keys(layout: TileLayout, device) -> list[torch.Tensor]:
 
 
 def bench_case(
-    name: str, layout: TileLayout, heads: int, head_dim: int, dtype, device, iters: int, warmup: int
-) -> list[Row]:
+    name: str, layout: TileLayout, heads: int, head_dim: int, dtype, device, iters: int, warmup: int,
+    emit: Callable[[Row], None],
+) -> None:
+    """Time every method on one case, calling ``emit`` with each row as soon as it is measured."""
     n = layout.seq_len
     q, k, v = (torch.randn(1, heads, n, head_dim, dtype=dtype, device=device) for _ in range(3))
     offsets = layout.tile_offsets()
     windows = _window_keys(layout, device)
     useful = sum((b - a) * keys.numel() for a, b, keys in zip(offsets, offsets[1:], windows))
-    rows = []
+
+    def row(method: str, ms: float, computed: int, err: float | None = None) -> None:
+        emit(Row(name, method, ms, computed, useful, err, heads, head_dim))
 
     def per_tile_loop() -> torch.Tensor:
         out = torch.empty_like(q)
@@ -103,8 +121,7 @@ def bench_case(
             out[:, :, a:b] = F.scaled_dot_product_attention(q[:, :, a:b], k_t, v_t)
         return out
 
-    ms, expected = _time(per_tile_loop, iters, warmup)
-    rows.append(Row(name, "per-tile SDPA loop", ms, useful, useful, None))
+    expected = per_tile_loop()  # the sparse methods' yardstick; timed last, it matters least
 
     def dense() -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v)
@@ -114,47 +131,46 @@ def bench_case(
 
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             ms, _ = _time(dense, iters, warmup)
-        rows.append(Row(name, "dense SDPA (flash)", ms, n * n, useful, None))
+        row("dense SDPA (flash)", ms, n * n)
     else:
         ms, _ = _time(dense, iters, warmup)
-        rows.append(Row(name, "dense SDPA", ms, n * n, useful, None))
+        row("dense SDPA", ms, n * n)
+
+    def max_err(out: torch.Tensor) -> float:
+        return float((out.float() - expected.float()).abs().max())
 
     backends = available_backends(device)
-    if "flex" in backends:
-        flex_pairs = layout.block_index(FLEX_BLOCK_SIZE, FLEX_BLOCK_SIZE, device).computed_pairs()
-        ms, out = _time(lambda: tile_attention(q, k, v, layout, "flex"), iters, warmup)
-        err = float((out.float() - expected.float()).abs().max())
-        rows.append(Row(name, "FlexAttention", ms, flex_pairs, useful, err))
     if "triton" in backends:
         from supergen_kernels.triton_tile_attention import default_blocks
 
         block_m, block_n, _, _ = default_blocks(head_dim)
-        triton_pairs = layout.block_index(block_m, block_n, device).computed_pairs()
         ms, out = _time(lambda: tile_attention(q, k, v, layout, "triton"), iters, warmup)
-        err = float((out.float() - expected.float()).abs().max())
-        rows.append(Row(name, f"Triton ({block_m}x{block_n})", ms, triton_pairs, useful, err))
+        row(f"Triton ({block_m}x{block_n})", ms, layout.block_index(block_m, block_n, device).computed_pairs(), max_err(out))
     else:
         print(f"[{name}] triton skipped: not available for {device.type} tensors here")
-    return rows
+    if "flex" in backends:
+        ms, out = _time(lambda: tile_attention(q, k, v, layout, "flex"), iters, warmup)
+        row("FlexAttention", ms, layout.block_index(FLEX_BLOCK_SIZE, FLEX_BLOCK_SIZE, device).computed_pairs(), max_err(out))
+    ms, _ = _time(per_tile_loop, iters, warmup)
+    row("per-tile SDPA loop", ms, useful)
 
 
-def print_table(rows: list[Row], heads_dim: dict[str, tuple[int, int]]) -> None:
+def row_record(r: Row, flash_tflops: float | None) -> dict:
+    """One row as a JSON-ready dict, TFLOP/s included (``pct_flash`` once the case's dense row exists)."""
+    tflops = r.tflops(r.computed_pairs)
+    return dict(case=r.case, method=r.method, ms=r.ms, tflops_computed=tflops, tflops_useful=r.tflops(r.useful_pairs),
+                pct_flash=None if flash_tflops is None else 100 * tflops / flash_tflops, max_abs_err=r.err,
+                computed_pairs=r.computed_pairs, useful_pairs=r.useful_pairs, heads=r.heads, head_dim=r.head_dim)
+
+
+def print_table(records: list[dict]) -> None:
     print("| case | method | ms | TFLOP/s computed | TFLOP/s useful | % flash | max abs err |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    flash = {}
-    for r in rows:
-        heads, d = heads_dim[r.case]
-        r.tflops = 4 * heads * d * r.computed_pairs / (r.ms * 1e-3) / 1e12
-        r.useful_tflops = 4 * heads * d * r.useful_pairs / (r.ms * 1e-3) / 1e12
-        if r.method.startswith("dense"):
-            flash[r.case] = r.tflops
-    for r in rows:
-        share = f"{100 * r.tflops / flash[r.case]:.0f}%" if r.case in flash else "-"
-        err = "-" if r.err is None else f"{r.err:.1e}"
-        print(
-            f"| {r.case} | {r.method} | {r.ms:.2f} | {r.tflops:.1f} | {r.useful_tflops:.1f} "
-            f"| {share} | {err} |"
-        )
+    for r in records:
+        share = "-" if r["pct_flash"] is None else f"{r['pct_flash']:.0f}%"
+        err = "-" if r["max_abs_err"] is None else f"{r['max_abs_err']:.1e}"
+        print(f"| {r['case']} | {r['method']} | {r['ms']:.2f} | {r['tflops_computed']:.1f} | {r['tflops_useful']:.1f} "
+              f"| {share} | {err} |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the case list this many times (the spread between rounds is the timing noise)")
+    parser.add_argument("--jsonl", type=Path, default=None,
+                        help="append each row to this file as a JSON line the moment it is measured")
     args = parser.parse_args(argv)
 
     cuda = torch.cuda.is_available()
@@ -177,9 +197,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     device = torch.device("cuda" if cuda else "cpu")
-    # Each layout brings its own mask_mod closure, so compiled FlexAttention recompiles per case;
-    # past dynamo's default limit (8) it would silently fall back to the dense eager path.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     import importlib.util
 
     triton_version = "not installed"
@@ -206,19 +223,31 @@ def main(argv: list[str] | None = None) -> int:
                     cases.append((f"{canvas} {head_name}", (args.frames, h, w), tuple(args.tile),
                                   halo, HEAD_SHAPES[head_name]))
 
-    rows, heads_dim = [], {}
-    for label, canvas, tile, halo, (heads, head_dim) in cases:
-        layout = TileLayout(canvas=canvas, tile=tile, halo=halo)
-        name = f"{label} halo {halo}"
-        heads_dim[name] = (heads, head_dim)
-        tiles = math.prod(layout.grid)
-        print(f"[{name}] canvas {canvas} tokens = {layout.seq_len}, {tiles} tiles, "
-              f"{heads} heads x {head_dim}", flush=True)
-        rows += bench_case(name, layout, heads, head_dim, dtype, device, args.iters, args.warmup)
-        if cuda:
-            torch.cuda.empty_cache()
+    records: list[dict] = []
+    sink: IO[str] | None = None if args.jsonl is None else args.jsonl.open("a")
+    flash: dict[str, float] = {}
+
+    def emit(r: Row) -> None:
+        if r.method.startswith("dense"):
+            flash[r.case] = r.tflops(r.computed_pairs)
+        record = dict(round=round_, **row_record(r, flash.get(r.case)))
+        records.append(record)
+        print(f"[{r.case}] {r.method}: {r.ms:.2f} ms", flush=True)
+        if sink is not None:
+            sink.write(json.dumps(record) + "\n")
+            sink.flush()  # a time limit may end this process at any moment: every row is on disk
+
+    for round_ in range(args.rounds):
+        for label, canvas, tile, halo, (heads, head_dim) in cases:
+            layout = TileLayout(canvas=canvas, tile=tile, halo=halo)
+            name = f"{label} halo {halo}"
+            print(f"[{name}] canvas {canvas} tokens = {layout.seq_len}, {math.prod(layout.grid)} tiles, "
+                  f"{heads} heads x {head_dim}", flush=True)
+            bench_case(name, layout, heads, head_dim, dtype, device, args.iters, args.warmup, emit)
+            if cuda:
+                torch.cuda.empty_cache()
     print()
-    print_table(rows, heads_dim)
+    print_table(records)
     return 0
 
 

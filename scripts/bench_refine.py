@@ -2,7 +2,8 @@
 
 Each variant runs in its own fresh process so its peak memory is its own (CPU: peak RSS above the
 process' baseline after building the model; GPU: ``torch.cuda.max_memory_allocated``). Random weights
-time the same as trained ones. Prints wall time and peak memory per variant and their ratios.
+time the same as trained ones. Prints wall time and peak memory per variant and their ratios; with
+``--jsonl`` each variant's row is appended to the file as soon as that variant has finished.
 
     python scripts/bench_refine.py                          # medium random Wan on CPU, 4x native area
     python scripts/bench_refine.py --arch wan2.1-1.3b --canvas 1440x2560 --frames 81 --dtype bfloat16   # on a GPU
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 makes CPU time comparable under load)")
     parser.add_argument("--json", default=None, help="also write both variants' results to this JSON file")
+    parser.add_argument("--jsonl", default=None, help="append each variant's row to this file as a JSON line when it finishes")
     parser.add_argument("--variant", choices=["tiled", "full"], help=argparse.SUPPRESS)  # child mode
     args = parser.parse_args()
     if args.canvas is None:
@@ -112,6 +114,7 @@ def main() -> None:
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     results = {}
     for variant in ("tiled", "full"):
         cmd = [sys.executable, __file__, *sys.argv[1:], "--canvas", args.canvas, "--variant", variant]
@@ -119,7 +122,10 @@ def main() -> None:
         if out.returncode != 0:
             sys.exit(f"{variant} variant failed:\n{out.stderr}")
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
+        if args.jsonl:  # now, not after both: a time limit may end this run during the next variant
+            with open(args.jsonl, "a") as fh:
+                fh.write(json.dumps(dict(arch=args.arch, canvas=args.canvas, frames=args.frames, dtype=args.dtype,
+                                         device=device, **results[variant])) + "\n")
     print(f"one refinement step (cond + uncond), {args.arch}, canvas {args.canvas}x{args.frames} frames, {args.dtype}, {device}")
     print(f"{'variant':<8}{'tiles':>6}{'tokens/forward':>16}{'wall s':>10}{'CPU s':>10}{'peak MiB':>10}")
     for r in results.values():

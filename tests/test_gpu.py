@@ -2,8 +2,10 @@
 
 Skipped, with the reason "needs a CUDA GPU", everywhere else. What CPU tests cannot see: the
 Triton kernel compiled for the GPU at the real Wan head dim in bf16/fp16 (CPU tests run it in
-Triton's interpreter on tiny shapes), offsets past 2**31 elements on real tensors, and the
-whole pipeline on CUDA.
+Triton's interpreter on tiny shapes), FlexAttention compiled by inductor for the GPU, offsets
+past 2**31 elements on real tensors, and the whole pipeline on CUDA.
+
+The GPU kit runs the kernel tests first (scripts/gpu_check.sh, ``KERNEL_TESTS``), the rest later.
 """
 
 from __future__ import annotations
@@ -48,6 +50,41 @@ def test_triton_matches_reference_at_wan_head_dim(name, dtype):
     err = (out.float() - truth).abs().max()
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert err <= 2 * yardstick + 1e-3, f"{name} {dtype}: triton error {err:.2e}, SDPA's {yardstick:.2e}"
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_flex_matches_reference_at_wan_head_dim(name):
+    """Compiled FlexAttention (inductor's GPU kernel, which trusts the BlockMask's full-block lists)
+    in bf16 against an fp32 reference: within twice what SDPA in bf16 makes. Every layout here has
+    one shape, so all of them run on one compiled kernel."""
+    layout = LAYOUTS[name]
+    gen = torch.Generator("cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 4, layout.seq_len, 128, device="cuda", generator=gen) for _ in range(3))
+    truth = tile_attention(q, k, v, layout, backend="reference")
+    low = [t.to(torch.bfloat16) for t in (q, k, v)]
+    out = tile_attention(*low, layout, backend="flex")
+    yardstick = (tile_attention(*low, layout, backend="reference").float() - truth).abs().max()
+    err = (out.float() - truth).abs().max()
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+    assert err <= 2 * yardstick + 1e-3, f"{name}: flex error {err:.2e}, SDPA's {yardstick:.2e}"
+
+
+def test_flex_compiles_once_per_shape_on_cuda():
+    """A whole shift cycle of a 2K-wide canvas (one latent frame, 240 grid offsets) on compiled
+    FlexAttention adds one graph. A recompile per offset would add graphs up to dynamo's limit (8)
+    and run the rest eagerly, densely; the outputs checked are their own offsets' layouts'."""
+    from supergen.compat import dynamo_counters
+
+    cycle = LayoutCycle((1, 90, 150), TILE, HALO)  # a shape no other test compiles
+    gen = torch.Generator("cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 4, cycle[0].seq_len, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+               for _ in range(3))
+    before = dynamo_counters["stats"]["unique_graphs"]
+    outs = [tile_attention(q, k, v, cycle[step], backend="flex") for step in range(cycle.num_offsets)]
+    assert cycle.num_offsets > 8 and dynamo_counters["stats"]["unique_graphs"] - before == 1
+    for step in (1, cycle.num_offsets - 1):
+        ref = tile_attention(q.float(), k.float(), v.float(), cycle[step], backend="reference")
+        assert (outs[step].float() - ref).abs().max() < 2e-2, f"offset {cycle.offset(step)}"
 
 
 def test_triton_addresses_past_2_31_elements():
@@ -113,10 +150,11 @@ def test_traced_transformer_peak_matches_cuda_within_10_percent():
     """A random-weight Wan2.1-1.3B forward on one 480x832x81 tile (a refinement tile of the 2K
     preset): the live-memory peak the fake-tensor trace reports vs ``torch.cuda.max_memory_allocated``."""
     from diffusers import WanTransformer3DModel
-    from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from supergen.planner import KNOWN
-    from supergen.trace import MemoryTrace, _default_dtype
+    from supergen.compat import FakeTensorMode
+    from supergen.cost import KNOWN
+    from supergen.cost.architectures import default_dtype
+    from supergen.trace import MemoryTrace
 
     config = KNOWN["Wan2.1-1.3B"].transformer
     shape, text = (1, 16, 21, 60, 104), (1, 512, 4096)
@@ -127,7 +165,7 @@ def test_traced_transformer_peak_matches_cuda_within_10_percent():
                      encoder_hidden_states=torch.zeros(text, dtype=torch.bfloat16, device=device), return_dict=False)[0]
 
     with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
-        with _default_dtype(torch.bfloat16):
+        with default_dtype(torch.bfloat16):
             fake = WanTransformer3DModel.from_config(config).eval()
         with MemoryTrace(resident=0) as memory:
             forward(fake, "cpu")

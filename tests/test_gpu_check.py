@@ -15,7 +15,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-GPU_STEPS = ["pytest-gpu", "kernel-bench", "refine-2k", "refine-4k", "toy-dit"]
+GPU_STEPS = ["kernels", "kernel-bench", "refine-2k", "refine-4k", "trace-memory", "gpu-tests", "toy-dit"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,8 @@ def test_dry_run_writes_a_report_saying_what_was_skipped(dry_run):
         assert f"[skipped] {name} — dry run" in result.stdout
     assert set(GPU_STEPS) <= set(report["skipped"]) and report["failed"] == []
     # Validation really ran: pytest collected the gpu tests; the benchmark commands are recorded.
-    assert "tests/test_gpu.py::test_triton_matches_reference_at_wan_head_dim" in steps["pytest-gpu"]["output_tail"]
+    assert "tests/test_gpu.py::test_triton_matches_reference_at_wan_head_dim" in steps["kernels"]["output_tail"]
+    assert "test_traced_transformer_peak_matches_cuda_within_10_percent" in steps["trace-memory"]["output_tail"]
     assert "--canvas 2160x3840 --frames 5" in steps["refine-4k"]["command"]
     assert "--arch wan2.1-1.3b" in steps["refine-2k"]["command"]
     assert "--device cuda" in steps["toy-dit"]["command"] and "toy-dit-weights.pt" in steps["toy-dit"]["command"]
