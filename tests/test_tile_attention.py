@@ -341,21 +341,41 @@ def test_flex_matches_reference(name, head_dim):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit internals, during compile
 @pytest.mark.parametrize("offset,boundary", [((0, 0), "clip"), ((5, 7), "wrap")], ids=["fixed", "wrap-shifted"])
 def test_compiled_flex_matches_reference(offset, boundary):
-    """Compiled FlexAttention (what runs on GPUs) trusts the BlockMask's full-block lists and
-    lowers mask_mod into its kernel; eager FlexAttention does neither. One compiled CPU run
-    (~20 s) per layout with both full and partial blocks at FlexAttention's block size; the
-    wrapped one lowers the wrap term of the token rule too."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    from supergen_kernels.flex import FLEX_BLOCK_SIZE, flex_block_mask
+    """Compiled FlexAttention (what runs on GPUs: the same compiled function, inductor's CPU
+    code here) trusts the BlockMask's full-block lists and lowers mask_mod into its kernel;
+    eager FlexAttention does neither. Layouts with both full and partial blocks at FlexAttention's
+    block size; the wrapped one lowers the wrap term of the token rule too. Both have one shape:
+    one compile (~20 s), which the second layout reuses."""
+    from supergen_kernels.flex import FLEX_BLOCK_SIZE, flex_tile_attention
 
     layout = TileLayout(canvas=(2, 16, 24), tile=(8, 12), halo=2, offset=offset, boundary=boundary)  # N = 768
     visited, full = layout.block_index(FLEX_BLOCK_SIZE, FLEX_BLOCK_SIZE).to_dense()
     assert full.any() and (visited & ~full).any()
     q, k, v = _qkv(layout, 64)
-    compiled = torch.compile(flex_attention, dynamic=False)
-    out = compiled(q, k, v, block_mask=flex_block_mask(layout, "cpu"))
+    out = flex_tile_attention(q, k, v, layout, compiler="inductor")
     assert _rel_err(out, tile_attention(q, k, v, layout, backend="reference")) <= 1e-5
+
+
+def test_one_compiled_flex_graph_serves_a_whole_shift_cycle():
+    """Attention mode moves the windows every step, so FlexAttention gets a new BlockMask each
+    time. Compiled, the layout is data (inputs of the graph, not constants of it): a full shift
+    cycle compiles once per distinct shape, and each step's output is that step's layout's (a
+    graph with the first offset baked in would fail the comparison). dynamo counts the compiles;
+    its CompileCounter backend runs the captured graph without inductor, so this takes seconds."""
+    from supergen.compat import CompileCounter
+    from supergen_kernels.flex import flex_tile_attention
+
+    counter = CompileCounter()
+    # One step per token (shift_divisor 8 on 4x6 tiles): a cycle of 12 offsets, more than
+    # dynamo's default recompile limit (8), then a second shape with a short cycle.
+    cycles = [LayoutCycle((1, 8, 12), (4, 6), halo=1, shift_divisor=8), LayoutCycle((2, 8, 12), (4, 6), halo=1, shift_divisor=2)]
+    assert [c.num_offsets for c in cycles] == [12, 2]
+    for cycle in cycles:
+        q, k, v = _qkv(cycle[0], 16, heads=1)
+        for step in range(cycle.num_offsets):
+            out = flex_tile_attention(q, k, v, cycle[step], compiler=counter)
+            assert _rel_err(out, tile_attention(q, k, v, cycle[step], backend="reference")) <= 1e-5
+    assert counter.frame_count == len(cycles)
 
 
 def test_canvas_order_equals_tile_major_order():
