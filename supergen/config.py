@@ -179,6 +179,10 @@ class ParallelConfig:
     #: Seconds a rank waits for its peers in any one collective before the job fails (a dead or
     #: hung rank is reported instead of hanging forever). Must exceed the slowest single tile.
     timeout_s: float = bounded(300.0, 1.0)
+    #: Ray farm (``--ray``): how many times a job is started on a render group whose death takes it
+    #: down (a rank killed, a node lost) before it is recorded failed; a job whose render raises an
+    #: error is recorded failed at once, as without Ray (the error would come back on every group).
+    attempts: int = bounded(3, 1)
 
 
 @dataclass

@@ -9,7 +9,9 @@ size, played by ffmpeg-based players (VLC, mpv) but not by most browsers or Quic
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -129,6 +131,14 @@ def atomic_file(path: Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def temporaries(path: Path) -> list[Path]:
+    """Temporary files :func:`atomic_file` made for ``path`` and never renamed: left by a process killed
+    while writing (``kill -9`` runs no cleanup). Only :func:`atomic_file`'s pattern matches
+    (``.<stem>.`` + ``mkstemp``'s 8 random characters + the suffix), so another file's never does."""
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.[a-z0-9_]{{8}}{re.escape(path.suffix)}")
+    return [p for p in path.parent.glob(f".{glob.escape(path.stem)}.*") if pattern.fullmatch(p.name)]
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:
