@@ -86,6 +86,30 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--cache-map", metavar="PNG", help="write a picture of the tiles computed/reused at every step")
     render.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
+    upscale = sub.add_parser(
+        "upscale",
+        help="upscale an existing video (any length and frame rate) to 2K/4K",
+        description="Upscale a video: its frames are the sketch, refined in shifted tiles (and time windows of the "
+        "model's native length). Same frame count and fps out, audio copied. Trailing key=value arguments override "
+        "config keys (e.g. refine.strength=0.4).",
+    )
+    upscale.add_argument("input", help="the video to upscale (mp4, webm, mov, gif, ...)")
+    # Filled in main(): argparse cannot take positionals both before and after the options.
+    upscale.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    upscale.add_argument("--output", "-o", required=True, help="output video path (.mp4)")
+    upscale.add_argument("--scale", type=int, choices=(2, 3, 4), help="output size as a multiple of the input's (aspect kept)")
+    upscale.add_argument("--height", type=int, help="output height in pixels (with --width, or alone: aspect kept)")
+    upscale.add_argument("--width", type=int, help="output width in pixels (with --height, or alone: aspect kept)")
+    upscale.add_argument("--prompt", help="what the video shows (default empty: the refinement follows the video alone)")
+    upscale.add_argument("--config", help=f"preset name or YAML file; presets: {', '.join(presets())}; default: tiny "
+                         "(or, with --model, the preset of that model)")
+    add_model_arguments(upscale)
+    upscale.add_argument("--seed", type=int, help="random seed (job.seed)")
+    upscale.add_argument("--steps", type=int, help="refinement schedule length (refine.num_inference_steps)")
+    upscale.add_argument("--strength", type=float, help="fraction of the schedule re-run on the upscaled input")
+    upscale.add_argument("--overwrite", action="store_true", help="replace an existing output file (default: refuse)")
+    upscale.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
     plan = sub.add_parser(
         "plan",
         help="print what a render costs (tiles, FLOPs, memory) without loading weights",
@@ -206,6 +230,20 @@ def render(args: argparse.Namespace) -> int:
     return 0
 
 
+def upscale(args: argparse.Namespace) -> int:
+    from .upscale_video import upscale as upscale_video
+
+    # The target size, frame count, fps and prompt come from the input (supergen.upscale_video), not the preset's job.
+    size, args.height, args.width = (args.height, args.width), None, None
+    prompt, args.prompt = args.prompt, None
+    start = time.perf_counter()
+    path, source, out = upscale_video(config_from_args(args), args.input, args.output, scale=args.scale, height=size[0],
+                                      width=size[1], prompt=prompt, overwrite=args.overwrite, quiet=args.quiet)
+    print(f"supergen: {source.size[0]}x{source.size[1]} -> {out[0]}x{out[1]} (height x width), {source.frames} frames at "
+          f"{source.fps:g} fps{', audio copied' if source.has_audio else ''}, {time.perf_counter() - start:.1f} s -> {path}")
+    return 0
+
+
 def plan(args: argparse.Namespace) -> int:
     from .planner import architecture, format_plan, make_plan, with_native_sketch
 
@@ -258,12 +296,19 @@ def quiet_known_noise() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "upscale" and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides += extra  # key=value pairs after the options (``supergen upscale IN -o OUT key=value``)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(name)s: %(message)s")
     quiet_known_noise()
     try:
         if args.command == "render":
             return render(args)
+        if args.command == "upscale":
+            return upscale(args)
         if args.command == "plan":
             return plan(args)
         if args.command == "demo":

@@ -106,6 +106,10 @@ class TilingConfig:
     positions: str = choice("global", "local", "global", "ntk")
     #: How many tiles of equal shape go through the transformer in one batch.
     batch_tiles: int = bounded(1, 1)
+    #: Length in video frames of a tile's window in time: a longer clip is refined in windows of
+    #: this many frames whose borders shift along time as the spatial grid does. null: the model
+    #: family's native length (Wan: 81); a clip at or under it is one window (tiles span all frames).
+    frames: int | None = bounded(None, 1)
 
 
 @dataclass

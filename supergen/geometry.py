@@ -2,7 +2,7 @@
 
 Everything here is arithmetic on sizes (no weights, no tensors), shared by a loaded model
 (:class:`~supergen.adapters.ModelAdapter`) and the planner's weight-free
-:class:`~supergen.planner.Architecture`, so the pipeline and ``supergen plan`` cannot disagree.
+:class:`~supergen.cost.Architecture`, so the pipeline and ``supergen plan`` cannot disagree.
 Pixel sizes are ``(height, width)``; latent sizes are in latent units.
 """
 
@@ -23,6 +23,8 @@ class SizeRules:
     latent_channels: int
     #: The resolution the model was trained at, in pixels, when known.
     native_size: tuple[int, int] | None = None
+    #: The clip length the model was trained at, in video frames, when known (the default time window).
+    native_frames: int | None = None
 
     @property
     def pixel_multiple(self) -> int:
@@ -105,3 +107,18 @@ def overlap_pixels(cfg: TilingConfig, rules: SizeRules, tile: tuple[int, int]) -
             f"neighbouring tiles would recompute most of the canvas every step; use at most {largest}"
         )
     return cfg.overlap
+
+
+def frame_window(cfg: TilingConfig, rules: SizeRules, num_frames: int) -> int | None:
+    """Latent frames of a tile's time window for a clip of ``num_frames`` video frames (snapped), or
+    None when one window spans the clip: ``tiling.frames``, else the model's native length, snapped
+    to a frame count the VAE takes; no known length means no time windows."""
+    frames = cfg.frames if cfg.frames is not None else rules.native_frames
+    if frames is None:
+        return None
+    multiple = rules.pixel_multiple
+    window = rules.latent_shape(rules.snap_frames(frames), multiple, multiple)[2]
+    canvas = rules.latent_shape(rules.snap_frames(num_frames), multiple, multiple)[2]
+    if window % rules.patch[0]:
+        raise SuperGenError(f"tiling.frames={frames} gives {window} latent frames; this model needs a multiple of {rules.patch[0]}")
+    return window if window < canvas else None

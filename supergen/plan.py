@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import MethodConfig, TilingConfig
 from .errors import SuperGenError
-from .geometry import SizeRules, overlap_pixels, sketch_size, snap_size, tile_pixels
+from .geometry import SizeRules, frame_window, overlap_pixels, sketch_size, snap_size, tile_pixels
 from .tiling import TilePlan
 
 
@@ -100,7 +100,20 @@ def plan_render(
     from_sketch = sketch_video_size is not None or k < total
     tile = tile_pixels(config.tiling, rules, native)
     latent_shape = rules.latent_shape(frames, *canvas)
-    tiles = tile_plan(config.tiling, rules, latent_shape[-2:], tile)
+    window = frame_window(config.tiling, rules, frames)
+    if window is not None and config.tiling.mode == "attention":
+        raise SuperGenError(
+            f"tiling.mode=attention runs all {frames} frames in one forward, longer than a time window "
+            f"({window} latent frames); use tiling.mode=shift or overlap, or tiling.frames={frames}"
+        )
+    if window is not None and config.cache.enabled and config.cache.policy != "none":
+        # The caches keep per-element maps of the canvas's height and width; time windows would need them per frame too.
+        raise SuperGenError(
+            f"cache.policy={config.cache.policy} does not take time windows yet ({frames} frames is longer than one "
+            f"window of {window} latent frames); set cache.enabled=false, or tiling.frames={frames} for one window"
+        )
+    tiles = tile_plan(config.tiling, rules, latent_shape[-2:], tile, (latent_shape[2], window) if window else None)
+    one_tile = rules.latent_shape(frames, min(tile[0], canvas[0]), min(tile[1], canvas[1]))
     layout = attention_layouts(config.tiling, rules, latent_shape[2:], tile) if config.tiling.mode == "attention" else None
     refine, sketch_cfg = config.refine, config.sketch
     vae = config.vae.tiling
@@ -112,7 +125,7 @@ def plan_render(
         run_sketch=from_sketch and sketch_video_size is None,
         from_sketch=from_sketch,
         latent_shape=latent_shape,
-        tile_latent_shape=rules.latent_shape(frames, min(tile[0], canvas[0]), min(tile[1], canvas[1])),
+        tile_latent_shape=(*one_tile[:2], tiles.frames or one_tile[2], *one_tile[3:]),
         sketch_steps=sketch_cfg.num_inference_steps,
         sketch_guidance_scale=sketch_cfg.guidance_scale,
         sketch_guidance_scale_2=sketch_cfg.guidance_scale_2,
@@ -128,8 +141,11 @@ def plan_render(
     )
 
 
-def tile_plan(cfg: TilingConfig, rules: SizeRules, canvas: tuple[int, int], tile: tuple[int, int]) -> TilePlan:
-    """The tile plan in latent units on a canvas latent ``(H, W)`` for a tile of ``tile`` pixels."""
+def tile_plan(
+    cfg: TilingConfig, rules: SizeRules, canvas: tuple[int, int], tile: tuple[int, int], frames: tuple[int, int] | None = None,
+) -> TilePlan:
+    """The tile plan in latent units on a canvas latent ``(H, W)`` for a tile of ``tile`` pixels;
+    ``frames``: ``(canvas, window)`` latent frames when the clip is refined in time windows."""
     if cfg.mode == "attention":
         # One forward over the whole canvas; the tiles live in the attention layout instead.
         return TilePlan(canvas=canvas, tile=canvas, patch=rules.patch[1:])
@@ -144,6 +160,8 @@ def tile_plan(cfg: TilingConfig, rules: SizeRules, canvas: tuple[int, int], tile
         shift_divisor=cfg.shift_divisor,
         shift_every=cfg.shift_every,
         overlap=overlap // scale,
+        frames=frames,
+        frame_patch=rules.patch[0],
     )
 
 

@@ -119,7 +119,7 @@ class SingleProcess:
 
 
 def tile_cost(tile: Tile) -> float:
-    """Relative cost of one forward of ``tile``: its token count (all tiles of a plan span the same frames)."""
+    """Relative cost of one forward of ``tile``: its token count (all tiles of a plan have windows of the same frames)."""
     return float(tile.shape[0] * tile.shape[1])
 
 
@@ -155,7 +155,7 @@ class TileRefiner:
         if tile.weight is None:
             return tile
         # Two clamped tiles can share a window and own different parts of it: key on the weight too.
-        key = (tile.rows, tile.cols, tile.weight.numpy().tobytes())
+        key = (tile.region(), tile.weight.numpy().tobytes())
         if key not in self._device_weights:
             # A copy even where the device is the CPU: the device tables never alias the plan's host data.
             self._device_weights[key] = torch.empty(tile.weight.shape, dtype=like.dtype, device=like.device).copy_(tile.weight)
@@ -169,7 +169,7 @@ class TileRefiner:
         for step in range(num_steps):
             for tile in self.plan.tiles(step):
                 self._on_device(tile, like)
-                windows.setdefault((tile.rows, tile.cols), tile)
+                windows.setdefault(tile.region(), tile)
         self.adapter.preload_positions(list(windows.values()), self.plan.canvas, self.positions, like.shape[2], like.device)
 
     def predict_units(self, step: int, latents: torch.Tensor, timestep: torch.Tensor, units: list[Unit]) -> dict[tuple, torch.Tensor]:

@@ -230,6 +230,7 @@ class Runtime:
         output: str | Path | None = None,
         sketch_output: str | Path | None = None,
         image: Any | None = None,
+        sketch_video: np.ndarray | None = None,
         callback_on_stage: Callable[[str, dict], None] | None = None,
         callback_on_step_end: Callable | None = None,
     ) -> Rendered:
@@ -237,6 +238,8 @@ class Runtime:
 
         Args:
             image: overrides ``cfg.job.image`` (an image already in memory, e.g. an upload).
+            sketch_video: overrides ``cfg.job.sketch_video``: frames ``(F, h, w, 3)`` uint8 already read
+                (``supergen upscale`` reads and pads them).
             sketch_output: also write the sketch there (when the render has one).
         """
         from .pipeline import SuperGenPipeline
@@ -244,7 +247,8 @@ class Runtime:
 
         if cfg is not self.checked:
             check_memory(cfg, self.device, loaded=self.pipe is not None)
-        sketch_video = read_video(cfg.job.sketch_video) if cfg.job.sketch_video is not None else None
+        if sketch_video is None and cfg.job.sketch_video is not None:
+            sketch_video = read_video(cfg.job.sketch_video)
         generator, seed = seeded_generator(cfg.job.seed)
         arguments = call_arguments(cfg.job)
         if image is not None:

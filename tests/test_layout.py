@@ -22,7 +22,7 @@ LAYERS = [
     {"plan", "attention", "adapters", "cache", "parallel", "videoio", "output", "builtin"},
     {"refine"},
     {"pipeline", "planner"},
-    {"runtime", "trace"},
+    {"runtime", "trace", "upscale_video"},
     {"jobs", "demo", "cli", "__init__"},
 ]
 

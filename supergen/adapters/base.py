@@ -642,7 +642,10 @@ class ModelAdapter(SizeRules, abc.ABC):
         """
         rows, cols = self.token_positions(tiles)
         ntk = self.ntk_factors(canvas, tiles[0].shape, dims) if mode == "ntk" else (1.0, 1.0)
-        model.rope.set_tiles(rows, cols, ntk)
+        # Time windows: canvas frame numbers (in temporal patches); tiles spanning all frames count from 0.
+        p_t = self.patch[0]
+        frames = None if tiles[0].frames is None else [t.frames.positions()[::p_t] // p_t for t in tiles]
+        model.rope.set_tiles(rows, cols, ntk, frames)
 
     def preload_positions(self, tiles: list[Tile], canvas: tuple[int, int], mode: str, frames: int, device: torch.device) -> None:
         """Build on ``device``, before the first refinement step, the position tables of forwards on

@@ -81,6 +81,7 @@ class CogVideoXAdapter(ModelAdapter):
     """``CogVideoXPipeline`` / ``CogVideoXImageToVideoPipeline`` with a 1.5-style transformer (3-D RoPE, temporal patch)."""
 
     pipeline_classes = ("CogVideoXPipeline", "CogVideoXImageToVideoPipeline")
+    native_frames = 81  # CogVideoX 1.5's clip length (the 1.5-style transformer this adapter runs)
     prompt_options = frozenset({"prompt_embeds", "negative_prompt_embeds", "max_sequence_length"})
     max_sequence_length = 226
     # The rotary table is 2-D (tokens × dim): one table per transformer call.

@@ -94,6 +94,7 @@ class HunyuanVideoAdapter(ModelAdapter):
     """``HunyuanVideoPipeline`` / ``HunyuanVideoImageToVideoPipeline`` (``latent_concat`` and ``token_replace``)."""
 
     pipeline_classes = ("HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline")
+    native_frames = 129  # diffusers' default clip length for HunyuanVideo
     position_module = HunyuanCanvasRope
     # The rotary table is 2-D (tokens × dim): one table per transformer call.
     batched_positions = False

@@ -81,6 +81,8 @@ class CanvasPositions(nn.Module):
         self.original = original
         self.rows: list[torch.Tensor] | None = None
         self.cols: list[torch.Tensor] | None = None
+        #: Canvas positions (in patches) of each tile's latent frames; None numbers them from 0.
+        self.frames: list[torch.Tensor] | None = None
         self.ntk: tuple[float, float] = (1.0, 1.0)
         # Tables already on the device: lives as long as the install (one render).
         self._tables = DeviceTables()
@@ -89,10 +91,13 @@ class CanvasPositions(nn.Module):
         """``build()`` the first time ``key`` is asked for in this render, the same object afterwards."""
         return self._tables.get(key, build)
 
-    def set_tiles(self, rows: list[torch.Tensor] | None, cols: list[torch.Tensor] | None, ntk: tuple[float, float] = (1.0, 1.0)) -> None:
-        """Canvas positions (in patches) of the next forward's token rows and columns, one tensor per
-        tile of the batch; None returns to the model's own numbering."""
-        self.rows, self.cols, self.ntk = rows, cols, ntk
+    def set_tiles(
+        self, rows: list[torch.Tensor] | None, cols: list[torch.Tensor] | None, ntk: tuple[float, float] = (1.0, 1.0),
+        frames: list[torch.Tensor] | None = None,
+    ) -> None:
+        """Canvas positions (in patches) of the next forward's token rows and columns (and frames, for
+        tiles with a time window), one tensor per tile of the batch; None returns to the model's own numbering."""
+        self.rows, self.cols, self.ntk, self.frames = rows, cols, ntk, frames
 
     def forward(self, hidden_states: torch.Tensor):
         if self.rows is None:

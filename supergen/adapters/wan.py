@@ -31,9 +31,14 @@ class CanvasRotaryPosEmbed(CanvasPositions):
     def axis_dims(self) -> tuple[int, int]:
         return self.original.h_dim, self.original.w_dim
 
+    def _frame_positions(self, count: int) -> list[torch.Tensor]:
+        """Per tile, its frames' positions: the canvas frames of a time window, else ``0..count-1``."""
+        return self.frames if self.frames is not None else [torch.arange(count)] * len(self.rows)
+
     def preload(self, frames: int, device: torch.device) -> None:
         rope = self.original
-        self._table(rope.t_dim, torch.arange(frames // rope.patch_size[0]), 1.0, device)
+        for positions in self._frame_positions(frames // rope.patch_size[0]):
+            self._table(rope.t_dim, positions, 1.0, device)
         for rows, cols in zip(self.rows, self.cols):
             self._table(rope.h_dim, rows, self.ntk[0], device)
             self._table(rope.w_dim, cols, self.ntk[1], device)
@@ -46,9 +51,9 @@ class CanvasRotaryPosEmbed(CanvasPositions):
         ppf, pph, ppw = frames // p_t, height // p_h, width // p_w
         device = hidden_states.device
         ntk_h, ntk_w = self.ntk
-        cos_t, sin_t = self._table(rope.t_dim, torch.arange(ppf), 1.0, device)
         outputs_cos, outputs_sin = [], []
-        for rows, cols in zip(self.rows, self.cols):
+        for times, rows, cols in zip(self._frame_positions(ppf), self.rows, self.cols):
+            cos_t, sin_t = self._table(rope.t_dim, times, 1.0, device)
             cos_h, sin_h = self._table(rope.h_dim, rows, ntk_h, device)
             cos_w, sin_w = self._table(rope.w_dim, cols, ntk_w, device)
             for parts, out in (((cos_t, cos_h, cos_w), outputs_cos), ((sin_t, sin_h, sin_w), outputs_sin)):
@@ -69,6 +74,7 @@ class WanAdapter(ModelAdapter):
     """``WanPipeline`` / ``WanImageToVideoPipeline``, Wan 2.1 and 2.2 (two experts split at ``boundary_ratio``)."""
 
     pipeline_classes = ("WanPipeline", "WanImageToVideoPipeline")
+    native_frames = 81  # Wan 2.1/2.2 are trained and sampled on 81-frame clips (diffusers' default)
     prompt_options = frozenset({"prompt_embeds", "negative_prompt_embeds", "max_sequence_length"})
     max_sequence_length = 512
     position_module = CanvasRotaryPosEmbed

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import SuperGenError
-from ..tiling import Tile, Unit, unit_batches
+from ..tiling import Tile, Unit, unit_batches, window_shape
 from .launch import TileGroup, mark_broken
 
 #: ``parallel.exchange_dtype`` → torch dtype.
@@ -61,9 +61,10 @@ def refuse_per_rank_caches(cache) -> None:
         )
 
 
-def owned(tile: Tile) -> tuple[slice, slice]:
-    """Rows and columns of ``tile``'s window where its blend weight is non-zero (all of it when unweighted)."""
-    return tile.owned
+def owned(tile: Tile) -> tuple[slice, ...]:
+    """Rows and columns (frames first, for a tile with a time window) of ``tile``'s window where its
+    blend weight is non-zero (all of it when unweighted)."""
+    return tile.owned if tile.frames is None else (tile.owned_frames, *tile.owned)
 
 
 def busiest(costs: list[float], ranks: int) -> float:
@@ -217,8 +218,7 @@ class TileExchanger:
                         error = f"rank {self.group.global_rank} failed at step {step}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}"
                 for unit in batch:
                     if error is None:
-                        rows, cols = owned(unit.tile)
-                        buffers[unit.key] = predictions[unit.key][..., rows, cols].to(self.dtype).contiguous()
+                        buffers[unit.key] = predictions[unit.key][(..., *owned(unit.tile))].to(self.dtype).contiguous()
                     else:  # keep the group's collectives in step: placeholders for the remaining units
                         buffers[unit.key] = torch.zeros(self._owned_shape(unit.tile), dtype=self.dtype, device=device)
                 last = batch[-1].key
@@ -249,15 +249,20 @@ class TileExchanger:
         self.wait_seconds.append(time.perf_counter() - waited)
         return {unit.key: self._full(unit.tile, buffers[unit.key]) for unit in units}
 
+    def _window_shape(self, tile: Tile) -> tuple[int, ...]:
+        """``(1, C, F, h, w)`` of the tile's prediction (``F``: its time window's frames when it has one)."""
+        return (1, *self.latent_dims[: 1 if tile.frames is not None else 2], *window_shape(tile))
+
     def _owned_shape(self, tile: Tile) -> tuple[int, ...]:
-        rows, cols = owned(tile)
-        return (1, *self.latent_dims, len(range(*rows.indices(tile.shape[0]))), len(range(*cols.indices(tile.shape[1]))))
+        full = self._window_shape(tile)
+        axes = len(owned(tile))
+        return (*full[:-axes], *(len(range(*s.indices(n))) for s, n in zip(owned(tile), full[-axes:])))
 
     def _full(self, tile: Tile, part: torch.Tensor) -> torch.Tensor:
         """The tile's prediction ``(1, C, F, h, w)`` float32 from its owned part; zero where the blend weight is."""
-        rows, cols = owned(tile)
-        if part.shape[-2:] == tile.shape:
+        shape = self._window_shape(tile)
+        if part.shape == shape:
             return part.float()
-        full = torch.zeros((1, *self.latent_dims, *tile.shape), dtype=torch.float32, device=part.device)
-        full[..., rows, cols] = part.float()
+        full = torch.zeros(shape, dtype=torch.float32, device=part.device)
+        full[(..., *owned(tile))] = part.float()
         return full
