@@ -134,7 +134,7 @@ def child_end_to_end(args) -> None:
     from supergen import parallel
     from supergen.config import load_config
     from supergen.pipeline import SuperGenPipeline
-    from supergen.planner import KNOWN
+    from supergen.cost import KNOWN
     from supergen.runtime import call_arguments
 
     arch = KNOWN["wan-medium-random"]
@@ -201,11 +201,11 @@ def project_end_to_end(ranks: int) -> None:
     transformer FLOPs and the bytes each stage moves (sketch: Ulysses all-to-alls; refinement: one
     bf16 canvas of branch predictions per step; decode: the VAE tiles' pixels to the leader)."""
     from supergen.config import load_config
-    from supergen.planner import KNOWN, make_plan
+    from supergen.cost import KNOWN, estimate
 
     cfg = load_config("wan2.1-t2v-1.3b-4k", ["model.name=Wan2.1-14B"])
     arch = KNOWN["Wan2.1-14B"]
-    plan = make_plan(cfg, arch)
+    plan = estimate(cfg, arch)
     f, h, w = plan.latent[1:]
     sketch_tokens = f * (plan.sketch[0] // 8 // 2) * (plan.sketch[1] // 8 // 2)  # latent frames × patches (VAE 8×, patch 2×2)
     hidden = arch.transformer["num_attention_heads"] * arch.transformer["attention_head_dim"]

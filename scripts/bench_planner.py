@@ -31,7 +31,7 @@ from transformers import UMT5Config, UMT5EncoderModel
 from supergen.builtin import char_tokenizer
 from supergen.config import load_config
 from supergen.pipeline import SuperGenPipeline
-from supergen.planner import KNOWN, Architecture, human, make_plan
+from supergen.cost import KNOWN, Architecture, human, estimate
 
 #: Render sizes per architecture: 2x the native size on each axis, a few frames and steps.
 SETTINGS = {
@@ -88,7 +88,7 @@ def measure(name: str, height: int, width: int, frames: int) -> None:
         "sketch.height": native[0], "sketch.width": native[1], "sketch.num_inference_steps": 4,
         "refine.num_inference_steps": 8, "refine.strength": 0.5,
     })
-    plan = make_plan(cfg, arch)
+    plan = estimate(cfg, arch)
     pipe = random_pipeline(arch)
     pipe.set_progress_bar_config(disable=True)
     sg = SuperGenPipeline.from_pipe(pipe, cfg)

@@ -1,7 +1,7 @@
 """The Gradio preview app (``supergen demo``): one page to render one video at a time.
 
 The page shows, before anything runs, the plan of the render (tiles, steps, estimated peak memory, from
-:mod:`supergen.planner`); while it runs, a progress bar with the stage and the time left; the sketch
+:mod:`supergen.cost`); while it runs, a progress bar with the stage and the time left; the sketch
 video as soon as stage 1 ends (the preview), then the final video. User errors (a bad size, a missing
 image for an image-to-video model) become a message in the status box, never a traceback.
 
@@ -35,7 +35,7 @@ from typing import Any, Iterator
 
 from .config import SuperGenConfig, load_config
 from .errors import SuperGenError, install_hint
-from .planner import Architecture, ResourcePlan, make_plan
+from .cost import Architecture, ResourcePlan, estimate, rows
 
 logger = logging.getLogger("supergen")
 
@@ -165,7 +165,7 @@ class DemoApp:
     def plan(self, cfg: SuperGenConfig) -> ResourcePlan:
         if self.arch is None:
             raise SuperGenError(self.no_plan)
-        return make_plan(cfg, self.arch)
+        return estimate(cfg, self.arch)
 
     def plan_markdown(self, *fields: Any) -> str:
         """The plan table for the page's current fields, or the reason there is none."""
@@ -305,7 +305,7 @@ STAGE_LABELS = {
 def plan_table(plan: ResourcePlan) -> str:
     """The plan as a Markdown table (the same rows ``supergen plan`` prints)."""
     lines = ["| plan | estimate |", "|---|---|"]
-    lines += [f"| {name} | {value.replace('|', '/')} |" for name, value in plan.rows()]
+    lines += [f"| {name} | {value.replace('|', '/')} |" for name, value in rows(plan)]
     return "\n".join(lines)
 
 

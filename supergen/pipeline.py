@@ -28,7 +28,6 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from . import compat
 from .adapters import CanvasEncoder, Conditioning, ModelAdapter, Request, adapter_for
 from .attention import check_backend, dense_backend
 from .builtin import load_pipeline
@@ -215,6 +214,7 @@ class SuperGenPipeline:
         negative_prompt_embeds: torch.Tensor | None = None,
         max_sequence_length: int | None = None,
         attention_kwargs: dict[str, Any] | None = None,
+        plan: RenderPlan | None = None,
     ) -> SuperGenPipelineOutput | tuple:
         """Render one video.
 
@@ -249,6 +249,9 @@ class SuperGenPipeline:
                 sketch as ``(F, h, w, 3)`` float numpy in [0, 1] (so a preview can show it before
                 refinement); ``"refine"`` ``{"steps", "tiles"}`` (tiles at the first step); ``"decode"`` ``{}``.
                 ``"sketch"`` and ``"upscale"`` are skipped when ``strength=1`` skips the sketch.
+            plan: this call's :class:`~supergen.plan.RenderPlan`, already made (:meth:`plan`; the runtime
+                plans once, checks it against the device and hands it down); None: planned here. It
+                must be the plan of this call's size and frame count.
         """
         if output_type not in OUTPUT_TYPES:
             raise SuperGenError(f"output_type {output_type!r}; valid: {', '.join(OUTPUT_TYPES)}")
@@ -268,7 +271,7 @@ class SuperGenPipeline:
         text = {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds, "max_sequence_length": max_sequence_length}
         request, plan = self._prepare(prompt, negative_prompt, image, height, width, num_frames, strength,
                                       num_inference_steps, None if sketch_pixels is None else tuple(sketch_pixels.shape[-2:]),
-                                      guidance_scale, {k: v for k, v in text.items() if v is not None})
+                                      guidance_scale, {k: v for k, v in text.items() if v is not None}, plan)
         stage = callback_on_stage or (lambda name, info: None)
         clock = StageClock(self.adapter.device, self.group)
         with self._borrowed_pipeline() as borrowed:
@@ -314,8 +317,10 @@ class SuperGenPipeline:
 
     # ---- validation and plan ----------------------------------------------------------------
     def _prepare(self, prompt, negative_prompt, image, height, width, num_frames, strength, num_inference_steps,
-                 sketch_size, guidance_scale=None, text: dict[str, Any] | None = None) -> tuple[Request, RenderPlan]:
-        """Check the call's arguments and plan the render; every error here is raised before any compute.
+                 sketch_size, guidance_scale=None, text: dict[str, Any] | None = None,
+                 plan: RenderPlan | None = None) -> tuple[Request, RenderPlan]:
+        """Check the call's arguments and plan the render (unless ``plan`` is given); every error here is
+        raised before any compute.
 
         Args:
             text: the optional :class:`~supergen.adapters.Request` text fields the call gives.
@@ -340,9 +345,15 @@ class SuperGenPipeline:
 
             image = load_image(image)
         config = self.config
-        if guidance_scale is not None:  # this call's guidance, for both stages
-            config = load_config(config, {"sketch.guidance_scale": guidance_scale, "refine.guidance_scale": guidance_scale})
-        plan = plan_render(config, adapter, height, width, frames, strength, num_inference_steps, sketch_size)
+        if plan is None:
+            if guidance_scale is not None:  # this call's guidance, for both stages
+                config = load_config(config, {"sketch.guidance_scale": guidance_scale, "refine.guidance_scale": guidance_scale})
+            plan = plan_render(config, adapter, height, width, frames, strength, num_inference_steps, sketch_size)
+        elif (plan.size, plan.num_frames, plan.sketch if sketch_size else None) != ((height, width), frames, sketch_size) \
+                or guidance_scale is not None or strength is not None or num_inference_steps is not None:
+            raise SuperGenError(f"plan= is of a {plan.size[0]}x{plan.size[1]}x{plan.num_frames} render (height x width x frames); "
+                                f"this call asks for {height}x{width}x{frames}: pass the plan of these arguments (pipe.plan(...)), "
+                                "and set strength, steps and guidance in it, not beside it")
         check_backend(config.attention.backend, adapter.device, plan.layout is not None,
                       None if plan.layout is None else plan.layout[0].seq_len)
         if plan.canvas != plan.size:
@@ -387,11 +398,19 @@ class SuperGenPipeline:
                         split.sketch_reason)
         parallel = {"cfg": split_guidance, "ulysses": self._context_parallel}.get(split.sketch)
         pipe = self.adapter.pipe
-        # The wrapped pipeline draws its own step bar: label it for this stage.
-        with compat.progress_bar_label(pipe, "sketch"):
+        # The wrapped pipeline draws its own step bar: label it for this stage, then restore its settings
+        # (diffusers keeps them in _progress_bar_config; set_progress_bar_config replaces them all).
+        settings = getattr(pipe, "_progress_bar_config", None)
+        pipe._progress_bar_config = {**(settings or {}), "desc": "sketch"}
+        try:
             with parallel(self.adapter.transformers, self.group) if parallel else contextlib.nullcontext():
                 latents = self.adapter.sketch(request, embeds, *plan.sketch, plan.sketch_steps, plan.sketch_guidance_scale,
                                               plan.sketch_guidance_scale_2, generator, callback)
+        finally:
+            if settings is None:
+                del pipe._progress_bar_config
+            else:
+                pipe._progress_bar_config = settings
         if self.group is not None:
             # Every rank ran the same sketch loop (so every rank's generator is in the same state for the
             # re-noise); the leader's copy makes them bit-identical where GPU kernels are not deterministic.
@@ -501,7 +520,7 @@ class SuperGenPipeline:
             return
         for name in names:
             module = getattr(self.pipe, name, None)
-            if not isinstance(module, torch.nn.Module) or compat.accelerate_hooked(module) or compat.diffusers_hooked(module):
+            if not isinstance(module, torch.nn.Module) or hasattr(module, "_hf_hook") or getattr(module, "_diffusers_hook", None):
                 continue
             weights = next(module.parameters(), None)
             if weights is None or weights.device.type in ("cpu", "meta"):

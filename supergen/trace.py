@@ -1,6 +1,6 @@
 """Full-size dry runs without weights or a GPU (``supergen plan --trace``).
 
-The real architecture — any family's: :meth:`~supergen.planner.Architecture.build` makes the
+The real architecture — any family's: :meth:`~supergen.cost.Architecture.build` makes the
 family's diffusers pipeline from its classes and full-size configs — is built with *fake tensors*
 (:class:`torch._subclasses.fake_tensor.FakeTensorMode`: shapes and dtypes, no storage) and the real
 :class:`~supergen.pipeline.SuperGenPipeline` renders with it — sketch, upscale, encode, re-noise,
@@ -42,13 +42,13 @@ import weakref
 from dataclasses import dataclass, field, replace
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
-from . import compat
-from .compat import TorchDispatchMode, tree_flatten
 from .config import SuperGenConfig
 from .errors import SuperGenError
-from .planner import (Architecture, DTYPE_BYTES, ResourcePlan, _default_dtype, component_dtype, human, flops as human_flops, make_plan,
-                      with_native_sketch)
+from .cost import Architecture, DTYPE_BYTES, ResourcePlan, component_dtype, estimate, human, flops as human_flops, with_native_sketch
+from .cost.architectures import default_dtype
 
 logger = logging.getLogger("supergen")
 
@@ -163,7 +163,7 @@ class MemoryTrace(TorchDispatchMode):
         self.current -= nbytes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        from .compat import DataDependentOutputException, DynamicOutputShapeException, unset_fake_temporarily
+        from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, unset_fake_temporarily
 
         kwargs = kwargs or {}
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
@@ -172,7 +172,7 @@ class MemoryTrace(TorchDispatchMode):
             # on a GPU run, so the host may read its values; it is not device memory. Unless its
             # output is large (a video made from the image): then it is traced as device memory.
             try:
-                shapes = [] if func is compat.LOCAL_SCALAR_DENSE else func(*args, **kwargs)
+                shapes = [] if func is torch.ops.aten._local_scalar_dense.default else func(*args, **kwargs)
             except (DataDependentOutputException, DynamicOutputShapeException):
                 # Its output's size depends on the values (nonzero: diffusers' schedulers look their
                 # step index up that way): host work on host tables, bounded by its inputs.
@@ -204,7 +204,7 @@ class MemoryTrace(TorchDispatchMode):
             if not isinstance(t, torch.Tensor) or t.device.type == "meta":
                 continue
             storage = t.untyped_storage()
-            key = compat.storage_key(storage)
+            key = storage._cdata
             if key in self.live or key in existing:
                 continue
             nbytes = storage.nbytes()
@@ -236,7 +236,7 @@ class GroupOffloadMeter:
 
     def _bytes(self, group) -> int:
         tensors = [t for m in group.modules for t in (*m.parameters(), *m.buffers())] + [*group.parameters, *group.buffers]
-        nbytes = sum({compat.storage_key(t.untyped_storage()): t.untyped_storage().nbytes() for t in tensors}.values())
+        nbytes = sum({t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in tensors}.values())
         # A block group's hook sits on its own block; the group of a module's layers outside its block
         # lists (led by that module, onloaded by itself) is not prefetched.
         block = self.prefetch and any(m is group.offload_leader for m in group.modules)
@@ -254,7 +254,7 @@ class GroupOffloadMeter:
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[None]:
-        from .compat import ModuleGroup
+        from diffusers.hooks.group_offloading import ModuleGroup
 
         originals = ModuleGroup.onload_, ModuleGroup.offload_
         ModuleGroup.onload_ = lambda group: self.onload(group)
@@ -355,7 +355,7 @@ class ShapeMemo:
 
 
 def _storage_key(t: torch.Tensor) -> int:
-    return compat.storage_key(t.untyped_storage())
+    return t.untyped_storage()._cdata
 
 
 def vectorised_blend(dim: int):
@@ -381,7 +381,7 @@ def vectorised_blend(dim: int):
 
 
 def _is_real(t: torch.Tensor) -> bool:
-    from .compat import FakeTensor
+    from torch._subclasses.fake_tensor import FakeTensor
 
     return not isinstance(t, FakeTensor) and t.device.type != "meta"
 
@@ -392,7 +392,7 @@ def _is_real(t: torch.Tensor) -> bool:
 def _unfaked(fn):
     """``fn`` run on real tensors: scheduler set-up is host work (and its timestep look-ups are
     data-dependent, which fake tensors cannot run)."""
-    from .compat import unset_fake_temporarily
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     @functools.wraps(fn)  # keeps the signature: diffusers' retrieve_timesteps inspects it for sigmas=
     def call(*args, **kwargs):
@@ -434,7 +434,7 @@ def _text_stub(adapter, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype):
 def _param_bytes(module: torch.nn.Module) -> int:
     storages = {}
     for t in [*module.parameters(), *module.buffers()]:
-        storages[compat.storage_key(t.untyped_storage())] = t.untyped_storage().nbytes()
+        storages[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
     return sum(storages.values())
 
 
@@ -446,7 +446,7 @@ def fake_pipeline(arch: Architecture, dtypes: dict[str, torch.dtype], layers: in
     Returns the pipeline and the weights' bytes not built: each text encoder (stubbed, see
     :func:`_text_stub`) and ``transformer blocks`` (when ``layers`` is below the config's).
     """
-    from .compat import unset_fake_temporarily
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     with unset_fake_temporarily():  # host tables, as in a GPU run; parameters counted on ``meta``
         plain = arch.scheduler()
@@ -490,7 +490,7 @@ def trace_render(
         layers: transformer blocks built per block list and expert (None: all); the rest are added as parameter bytes.
     """
     from PIL import Image
-    from .compat import FakeTensorMode
+    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
     from .pipeline import SuperGenPipeline
@@ -501,7 +501,7 @@ def trace_render(
     if offload not in ("none", "group"):
         raise SuperGenError(f"the trace models model.offload=none or group (block-level group offloading); got {offload!r}")
     traced_cfg = trace_steps(config, steps)
-    plan = make_plan(config, arch, height, width, num_frames)
+    plan = estimate(config, arch, height=height, width=width, num_frames=num_frames)
     dtypes = {name: getattr(torch, component_dtype(config, arch, name)) for name in ("transformer", "vae", "image_encoder")}
     start = time.perf_counter()
     memory = MemoryTrace(0)
@@ -567,7 +567,7 @@ def trace_render(
                 module = getattr(pipe, name, None)
                 # Stubbed text encoders count as resident (under group offload only while they encode).
                 stubbed = name in added and offloader is None
-                if stubbed or (isinstance(module, torch.nn.Module) and not compat.diffusers_hooked(module)):  # as the pipeline
+                if stubbed or (isinstance(module, torch.nn.Module) and not getattr(module, "_diffusers_hook", None)):  # as the pipeline
                     freed = added[name] if name in added else _param_bytes(module)
                     memory.resident -= freed
                     parked[name] = freed
@@ -661,7 +661,7 @@ def trace_pipeline(
         layers: transformer blocks built per expert (None: all); the rest are added as parameter bytes.
     """
     from PIL import Image
-    from .compat import FakeTensorMode
+    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
     if height is None or width is None:

@@ -19,7 +19,7 @@ import torch
 from supergen.config import load_config
 from supergen.demo import DemoApp, Progress
 from supergen.pipeline import SuperGenPipeline
-from supergen.planner import KNOWN, make_plan
+from supergen.cost import KNOWN, estimate
 
 from ranks import free_port
 
@@ -211,7 +211,7 @@ def test_image_to_video_job_renders(wan_i2v, image, tmp_path):
 
 
 def test_eta_from_planned_flops_and_measured_rate():
-    plan = make_plan(load_config("tiny"), KNOWN["tiny"])
+    plan = estimate(load_config("tiny"), KNOWN["tiny"])
     track = Progress(plan, previous_rate=None)
     assert track.eta() == "estimating time left" and track.fraction == 0.0
     sketch = plan.sketch_steps * plan.sketch_flops_per_step

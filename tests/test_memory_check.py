@@ -9,14 +9,14 @@ import torch
 from supergen import runtime
 from supergen.config import load_config
 from supergen.errors import SuperGenError
-from supergen.planner import architecture, make_plan
+from supergen.cost import architecture, estimate, fit
 
 CPU = torch.device("cpu")
 
 
 def cpu_plan(cfg):
     """The plan the check makes on the CPU: the encoders cannot be parked off a device that is the host."""
-    return make_plan(load_config(cfg, ["encoders.park=false"]), architecture(cfg.model.name))
+    return estimate(load_config(cfg, ["encoders.park=false"]), architecture(cfg.model.name))
 
 
 def need(cfg):
@@ -26,7 +26,7 @@ def need(cfg):
 def test_a_render_that_does_not_fit_is_refused_with_what_would_fit(monkeypatch):
     cfg = load_config("tiny", ["job.height=512", "job.width=512", "job.num_frames=81"])
     smaller = load_config("tiny", ["job.height=512", "job.width=512", "job.num_frames=41"])
-    monkeypatch.setattr(runtime, "available_memory", lambda device: need(smaller))
+    monkeypatch.setattr(fit, "available_memory", lambda device: need(smaller))
     with pytest.raises(SuperGenError) as err:
         runtime.check_memory(cfg, CPU)
     message = str(err.value)
@@ -42,20 +42,20 @@ def test_a_render_that_does_not_fit_is_refused_with_what_would_fit(monkeypatch):
 def test_resident_weights_count_as_available_once_loaded(monkeypatch):
     cfg = load_config("tiny", ["job.height=256", "job.width=256", "job.num_frames=9"])
     plan = cpu_plan(cfg)
-    monkeypatch.setattr(runtime, "available_memory", lambda device: plan.peak - plan.weights)
+    monkeypatch.setattr(fit, "available_memory", lambda device: plan.peak - plan.weights)
     with pytest.raises(SuperGenError):
         runtime.check_memory(cfg, CPU)
     runtime.check_memory(cfg, CPU, loaded=True)
 
 
 def test_offloading_counts_only_the_largest_component():
-    plan = make_plan(load_config("tiny"), architecture("tiny"))
+    plan = estimate(load_config("tiny"), architecture("tiny"))
     weights = [plan.memory[f"weights.{k}"] for k in plan.parameters]
-    assert runtime.device_need(plan, "none")[0] == sum(weights)
-    assert runtime.device_need(plan, "model")[0] == max(weights)
-    assert runtime.device_need(plan, "sequential")[0] == 0
+    assert fit.device_need(plan, "none")[0] == sum(weights)
+    assert fit.device_need(plan, "model")[0] == max(weights)
+    assert fit.device_need(plan, "sequential")[0] == 0
     # Under offload hooks nothing is parked: the largest transient of any stage stays on the device.
-    assert runtime.device_need(plan, "group")[1] == max(plan.memory[f"stage.{s}"] for s in ("sketch", "upscale", "refine", "decode"))
+    assert fit.device_need(plan, "group")[1] == max(plan.memory[f"stage.{s}"] for s in ("sketch", "upscale", "refine", "decode"))
 
 
 def test_a_model_the_planner_does_not_know_is_not_checked(caplog, tmp_path):
@@ -66,18 +66,18 @@ def test_a_model_the_planner_does_not_know_is_not_checked(caplog, tmp_path):
 
 
 def test_available_memory_on_cpu_is_the_hosts():
-    assert 0 < runtime.available_memory(CPU) <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < fit.available_memory(CPU) <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def test_a_block_cache_that_cannot_fit_is_refused_with_its_estimate(monkeypatch):
     from supergen.cache.block import block_cache_bytes
 
     cfg = load_config("wan2.1-t2v-1.3b-4k", ["cache.enabled=true", "cache.block.enabled=true"])
-    plan = make_plan(cfg, architecture(cfg.model.name))
+    plan = estimate(cfg, architecture(cfg.model.name))
     # 30 blocks x 2 branches x (inputs, residuals) of 21 x 135 x 240 tokens of width 1536, in bf16.
     assert plan.memory["block_cache"] == block_cache_bytes((21, 135, 240), 1536, 30, 2, 2) == 250_840_152_000
     assert plan.memory["stage.refine"] > plan.memory["block_cache"]
-    monkeypatch.setattr(runtime, "available_memory", lambda device: 80 * 2**30)
+    monkeypatch.setattr(fit, "available_memory", lambda device: 80 * 2**30)
     with pytest.raises(SuperGenError) as err:
         runtime.check_memory(cfg, torch.device("cuda"))
     assert "for the refine stage" in str(err.value)

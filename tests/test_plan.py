@@ -9,7 +9,7 @@ import torch
 from supergen import SuperGenError, SuperGenPipeline
 from supergen.config import load_config
 from supergen.plan import plan_render
-from supergen.planner import KNOWN, make_plan
+from supergen.cost import KNOWN, estimate
 
 FAST = dict(sketch={"height": 48, "width": 96, "num_inference_steps": 2}, refine={"num_inference_steps": 4, "strength": 0.5})
 
@@ -67,7 +67,7 @@ def test_strength_one_decodes_tiled_as_the_planner_says(wan_t2v):
     sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny", sketch={"height": 48, "width": 96}, refine={"num_inference_steps": 2, "strength": 1.0})
     plan = sg.plan(96, 192, 5)
     assert plan.vae_tiling and not plan.from_sketch
-    resource = make_plan(load_config("tiny", ["sketch.height=48", "sketch.width=96", "refine.strength=1.0"]), KNOWN["tiny"], 96, 192, 5)
+    resource = estimate(load_config("tiny", ["sketch.height=48", "sketch.width=96", "refine.strength=1.0"]), KNOWN["tiny"], height=96, width=192, num_frames=5)
     assert resource.vae_tiling == plan.vae_tiling
     with DecodeSpy(wan_t2v.vae) as spy:
         out = sg(height=96, width=192, num_frames=5, generator=torch.Generator().manual_seed(0))
@@ -79,7 +79,7 @@ def test_strength_one_decodes_tiled_as_the_planner_says(wan_t2v):
 def test_the_planner_reports_the_render_plan_of_every_preset(preset):
     cfg = load_config(preset)
     arch = KNOWN[{"tiny": "tiny", "toy": "tiny"}.get(preset, "Wan2.1-I2V-14B" if "i2v" in preset else "Wan2.1-1.3B")]
-    resource = make_plan(cfg, arch)
+    resource = estimate(cfg, arch)
     render = plan_render(cfg, arch, cfg.job.height, cfg.job.width, cfg.job.num_frames)
     assert dataclasses.replace(resource.render, tiles=None, layout=None) == dataclasses.replace(render, tiles=None, layout=None)
     assert resource.render.tiles.describe() == render.tiles.describe()

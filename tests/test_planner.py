@@ -13,14 +13,14 @@ from supergen.config import load_config
 from supergen.runtime import call_arguments
 from supergen.errors import SuperGenError
 from supergen.pipeline import SuperGenPipeline
-from supergen.planner import KNOWN, Architecture, architecture, attended_pairs, make_plan, transformer_flops, with_native_sketch
+from supergen.cost import KNOWN, Architecture, architecture, attended_pairs, estimate, transformer_flops, with_native_sketch
 
 
 def test_wan_1_3b_720p_matches_hand_calculation():
     """Wan2.1-1.3B, 1280x720, 81 frames, bfloat16, library defaults (50 steps, strength 0.5), native sketch."""
     arch = KNOWN["Wan2.1-1.3B"]
     cfg = with_native_sketch(load_config(None, {"model.dtype": "bfloat16"}), arch)
-    plan = make_plan(cfg, arch, height=720, width=1280, num_frames=81)
+    plan = estimate(cfg, arch, height=720, width=1280, num_frames=81)
 
     # Geometry: VAE 4x8x8, patch 1x2x2. Latent 16 x (80/4+1) x 90 x 160; tile = native 480x832 -> 60x104.
     assert plan.latent == (16, 21, 90, 160)
@@ -63,7 +63,7 @@ def test_wan_1_3b_720p_matches_hand_calculation():
     # sketch decode at 480x832 outweighs everything at 720p.
     assert plan.resident("upscale") == plan.resident("sketch") == plan.weights - 2 * counts["text_encoder"]
     assert plan.peak_stage == "setup" and plan.peak == plan.weights
-    kept = make_plan(load_config(cfg, ["encoders.park=false"]), arch, height=720, width=1280, num_frames=81)
+    kept = estimate(load_config(cfg, ["encoders.park=false"]), arch, height=720, width=1280, num_frames=81)
     assert kept.peak_stage == "sketch" and kept.peak == kept.weights + kept.memory["stage.sketch"]
 
 
@@ -107,7 +107,7 @@ def test_model_folder_config_json(tmp_path):
     assert folder.parameters() == Architecture.from_pipeline(i2v).parameters()
     assert folder.image_tokens == 32 * 32 + 1 and "image_encoder" in folder.parameters()
     cfg = load_config("tiny")
-    assert make_plan(cfg, arch).flops_per_step == make_plan(cfg, KNOWN["tiny"]).flops_per_step
+    assert estimate(cfg, arch).flops_per_step == estimate(cfg, KNOWN["tiny"]).flops_per_step
     (tmp_path / "not-a-model").mkdir()
     with pytest.raises(SuperGenError, match="not a diffusers Wan model folder"):
         architecture(str(tmp_path / "not-a-model"))
@@ -117,7 +117,7 @@ def test_plan_matches_what_the_pipeline_renders(wan_t2v):
     """Canvas, sketch, tile grid and tiles per step of the plan are those of an actual render."""
     cfg = load_config("tiny", ["job.height=72", "job.width=120", "job.num_frames=5", "sketch.height=48", "sketch.width=64",
                                "sketch.num_inference_steps=2", "refine.num_inference_steps=4"])
-    plan = make_plan(cfg, Architecture.from_pipeline(wan_t2v))
+    plan = estimate(cfg, Architecture.from_pipeline(wan_t2v))
     out = SuperGenPipeline.from_pipe(wan_t2v, cfg)(**call_arguments(cfg.job), generator=torch.Generator().manual_seed(0), output_type="latent")
     stats = out.stats
     assert plan.canvas == stats.canvas == (80, 128)  # 72x120 rounded up to multiples of 16
@@ -142,13 +142,13 @@ def test_plan_cli_prints_one_table(capsys):
 
 def test_size_errors_are_the_pipelines():
     with pytest.raises(SuperGenError, match="at least 16"):
-        make_plan(load_config("tiny"), KNOWN["tiny"], height=8, width=64)
+        estimate(load_config("tiny"), KNOWN["tiny"], height=8, width=64)
 
 
 def test_attention_mode_counts_tile_plus_halo_pairs():
     """tiling.mode=attention: one forward over the canvas, self-attention only within tile + halo windows."""
     cfg = load_config("tiny", ["tiling.mode=attention"])  # 256x448x9, tiles 128x224, halo 64 px
-    plan = make_plan(cfg, KNOWN["tiny"])
+    plan = estimate(cfg, KNOWN["tiny"])
     # Tokens: 3 latent frames x 16 x 28 patches, all in one forward.
     assert plan.tokens_per_tile == 3 * 16 * 28 and plan.tiles_per_step == 1
     # Step 0: 2x2 tiles of 8x14 tokens; the 4-token halo, clipped at the canvas, gives 12x18 windows.

@@ -16,7 +16,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException
 
 from supergen import SuperGenError
 from supergen.config import load_config
-from supergen.planner import KNOWN, make_plan
+from supergen.cost import KNOWN, estimate
 from supergen.trace import estimated, format_trace, trace_pipeline, trace_render
 
 GiB = 2**30
@@ -126,7 +126,7 @@ def test_the_plain_pipeline_trace_holds_every_weight_throughout():
     cfg = load_config("tiny")
     baseline = trace_pipeline(cfg, KNOWN["tiny"], 96, 192, 9, steps=1)
     assert list(baseline.stages) == ["setup", "denoise", "decode"]
-    assert baseline.resident >= make_plan(cfg, KNOWN["tiny"], 96, 192, 9).weights  # (+ the rope's buffers)
+    assert baseline.resident >= estimate(cfg, KNOWN["tiny"], height=96, width=192, num_frames=9).weights  # (+ the rope's buffers)
     assert all(stage.peak_weights == baseline.resident for stage in baseline.stages.values())
     assert baseline.stages["decode"].largest >= 3 * 9 * 96 * 192 * 4  # the whole decoded video, float32
     assert baseline.peak_stage == "decode"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 
 from supergen.config import load_config
-from supergen.planner import KNOWN
+from supergen.cost import KNOWN
 from supergen.trace import STAGES, format_trace, trace_render
 
 MiB = 2**20
