@@ -245,18 +245,18 @@ def upscale(args: argparse.Namespace) -> int:
 
 
 def plan(args: argparse.Namespace) -> int:
-    from .planner import architecture, format_plan, make_plan, with_native_sketch
+    from .cost import architecture, estimate, format_plan, with_native_sketch
 
     if args.trace_baseline and not args.trace:
         raise SuperGenError("--trace-baseline compares with the supergen trace: add --trace")
     cfg = config_from_args(args, default=None)
     arch = architecture(cfg.model.name)
     planned = with_native_sketch(cfg, arch)
-    print(format_plan(make_plan(planned, arch)))
+    resource = estimate(planned, arch)
+    print(format_plan(resource))
     if args.trace:
         from .trace import format_pipeline_trace, format_trace, trace_pipeline, trace_render
 
-        resource = make_plan(planned, arch)
         traced = trace_render(planned, arch, *resource.size, resource.num_frames, steps=args.trace_steps,
                               layers=args.trace_layers or None)
         print(format_trace(traced))

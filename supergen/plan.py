@@ -16,6 +16,26 @@ from .errors import SuperGenError
 from .geometry import SizeRules, frame_window, overlap_pixels, sketch_size, snap_size, tile_pixels
 from .tiling import TilePlan
 
+#: The stages of a render, in order (``setup``: the prompt embeddings and the image condition).
+STAGES = ("setup", "sketch", "upscale", "refine", "decode")
+
+#: ``encoders.park``: per encoder (pipeline component name), the first stage that runs without it on
+#: the device. The text encoders leave once the prompts are encoded, within the setup (the sketch and
+#: the tiles take the embeddings; the image condition gets the room); the image encoder after the
+#: sketch (the wrapped pipeline encodes the image itself there). The pipeline parks them and the
+#: cost estimate counts them by this one table.
+PARKED_FROM = {"text_encoder": "setup", "text_encoder_2": "setup", "image_encoder": "upscale"}
+
+
+def parked_in(stage: str) -> tuple[str, ...]:
+    """The encoders parked when ``stage`` begins (the text encoders: once the setup has encoded the prompts)."""
+    return tuple(name for name, first in PARKED_FROM.items() if first == stage)
+
+
+def parked_during(stage: str) -> tuple[str, ...]:
+    """The encoders off the device for ``stage``'s transient (parked in it or an earlier stage)."""
+    return tuple(name for name, first in PARKED_FROM.items() if STAGES.index(first) <= STAGES.index(stage))
+
 
 @dataclass(frozen=True)
 class RenderPlan:

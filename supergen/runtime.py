@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -21,6 +21,7 @@ import torch
 
 from .config import JobConfig, ModelConfig, SuperGenConfig
 from .errors import SuperGenError
+from .plan import RenderPlan, plan_render
 from .preflight import resolve_device
 
 logger = logging.getLogger("supergen")
@@ -79,90 +80,33 @@ def place(pipe, offload: str, device: torch.device):
     return pipe
 
 
-def available_memory(device: torch.device) -> int:
-    """Bytes a render can still allocate on ``device``: free CUDA memory, or the host's available memory."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:  # MemAvailable counts reclaimable page cache, unlike the free-pages count below
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+def plan_job(cfg: SuperGenConfig, rules, sketch_video_size: tuple[int, int] | None = None) -> RenderPlan:
+    """The render plan of the job ``cfg.job`` with the method ``cfg`` on a model's size rules: what the
+    runtime checks against the device and hands to the pipeline."""
+    job = cfg.job
+    return plan_render(cfg, rules, job.height, job.width, job.num_frames, sketch_video_size=sketch_video_size)
 
 
-def device_need(plan, offload: str) -> tuple[int, int]:
-    """``(weights, transient)`` bytes a planned render holds on its device at its peak: with
-    ``model`` offload only the largest component is resident at a time, with ``group`` two
-    transformer blocks and what lies outside them (:attr:`~supergen.planner.ResourcePlan.group_offload_weights`;
-    in the setup the whole text encoder, :meth:`~supergen.planner.ResourcePlan.group_offload_peak`),
-    with ``sequential`` one layer's parameters (counted as nothing)."""
-    if offload == "none":
-        return plan.weights, plan.peak - plan.weights
-    if offload == "group":  # per stage, with the text encoder onloaded whole while it encodes
-        from .planner import STAGES
-
-        return plan.group_offload_weights, max(map(plan.group_offload_peak, STAGES)) - plan.group_offload_weights
-    # Offload hooks manage the encoders (nothing is parked): the largest transient of any stage.
-    largest = max(plan.memory[f"weights.{k}"] for k in plan.parameters)
-    return {"model": largest}.get(offload, 0), plan.transient
-
-
-def check_memory(cfg: SuperGenConfig, device: torch.device, loaded: bool = False) -> None:
-    """Refuse a render the planner's estimate says cannot fit on ``device``, with what would make it fit.
+def check_memory(cfg: SuperGenConfig, device: torch.device, render: RenderPlan | None = None, loaded: bool = False) -> RenderPlan | None:
+    """Refuse a render the cost estimate says cannot fit on ``device`` (:func:`~supergen.cost.check_fits`);
+    returns the render's plan (``render``, or planned here on the model's architecture), or None when
+    the check is off or the model's architecture is not known (an info line says so).
 
     Args:
         loaded: the model's weights are already resident (they count as available then).
-
-    Models the planner does not know (it reads Wan architectures) are not checked (an info line says so).
-    ``model.memory_check=false`` turns the check off.
     """
     if not cfg.model.memory_check:
-        return
-    from .planner import architecture, human, make_plan
+        return render
+    from .cost import architecture, check_fits
 
     try:
         arch = architecture(cfg.model.name)
     except SuperGenError as exc:
         logger.info("memory check skipped: %s", exc)
-        return
-    arch = replace(arch, counted=arch.parameters())  # counted once, reused by the searches below
-    if device.type == "cpu":  # the encoders are parked on the host, which is this device
-        cfg = replace(cfg, encoders=replace(cfg.encoders, park=False))
-    plan = make_plan(cfg, arch)
-    weights, transient = device_need(plan, cfg.model.offload)
-    available = available_memory(device) + (weights if loaded else 0)
-    if weights + transient <= available:
-        return
-
-    def need(candidate: SuperGenConfig, frames: int | None = None) -> int:
-        return sum(device_need(make_plan(candidate, arch, num_frames=frames), candidate.model.offload))
-
-    hints = []
-    # Every stage's memory is a maximum of terms affine in the latent frame count, so the need is
-    # convex in it and the chord from 1 frame to this render's count never underestimates it: the
-    # frame count the chord allows is sure to fit (two plans instead of a search).
-    step, one = arch.vae_scale[0], need(cfg, 1)
-    if one <= available and plan.num_frames > step:
-        per_step = (weights + transient - one) / ((plan.num_frames - 1) // step)
-        hints.append(f"--num-frames {1 + step * int((available - one) // per_step)}")
-    if plan.memory["block_cache"] and need(replace(cfg, cache=replace(cfg.cache, block=replace(cfg.cache.block, enabled=False)))) <= available:
-        hints.append(f"cache.block.enabled=false (its state is {human(plan.memory['block_cache'])})")
-    if device.type == "cuda":
-        for offload in ("model", "sequential"):
-            if cfg.model.offload == "none" and need(replace(cfg, model=replace(cfg.model, offload=offload))) <= available:
-                hints.append(f"model.offload={offload}")
-                break
-        hints.append("more ranks (torchrun: tiles and VAE tiles are split across GPUs)")
-    raise SuperGenError(
-        f"{plan.size[0]}x{plan.size[1]}x{plan.num_frames} (height x width x frames) needs about "
-        f"{human(weights + transient)} on {device} (planner estimate: {human(weights)} weights + "
-        f"{human(transient)} for the {plan.peak_stage} stage); {human(available)} is available. "
-        f"It fits with {' or '.join(hints) if hints else 'a smaller size'}; --no-memory-check "
-        f"(model.memory_check=false) tries anyway"
-    )
+        return render
+    render = render or plan_job(cfg, arch.rules)
+    check_fits(cfg, arch, render, device, loaded)
+    return render
 
 
 def call_arguments(job: JobConfig) -> dict[str, Any]:
@@ -194,8 +138,10 @@ class Runtime:
     pipe: Any
     group: Any
     device: torch.device
-    #: The config whose memory check already passed (before the load): not checked again.
+    #: The config whose memory check already passed (before the load) and the plan it checked: that
+    #: render is not planned again.
     checked: SuperGenConfig | None = None
+    checked_plan: RenderPlan | None = None
 
     @classmethod
     def start(cls, config: SuperGenConfig, quiet: bool = False, load: bool = True) -> "Runtime":
@@ -209,8 +155,8 @@ class Runtime:
             logging.getLogger("supergen").setLevel(logging.ERROR)
         runtime = cls(config, None, group, device)
         if load:
-            check_memory(config, device)  # before the (multi-GB) load
-            runtime.checked = config
+            # Before the (multi-GB) load: planned on the architecture's size rules, the same as the loaded model's.
+            runtime.checked, runtime.checked_plan = config, check_memory(config, device)
             runtime.load(quiet)
         return runtime
 
@@ -245,18 +191,23 @@ class Runtime:
         from .pipeline import SuperGenPipeline
         from .videoio import read_video, write_video
 
-        if cfg is not self.checked:
-            check_memory(cfg, self.device, loaded=self.pipe is not None)
         if sketch_video is None and cfg.job.sketch_video is not None:
             sketch_video = read_video(cfg.job.sketch_video)
+        pipeline = SuperGenPipeline(self.pipe, cfg, self.group)
+        # One plan per render, made here and handed down: the pre-load check's when this is its job
+        # (without a sketch video, whose size it did not know), else planned on the loaded model and checked.
+        plan = self.checked_plan if cfg is self.checked and sketch_video is None else None
+        if plan is None:
+            sketch_size = None if sketch_video is None else tuple(sketch_video.shape[1:3])
+            plan = check_memory(cfg, self.device, plan_job(cfg, pipeline.adapter, sketch_size), loaded=self.pipe is not None)
         generator, seed = seeded_generator(cfg.job.seed)
         arguments = call_arguments(cfg.job)
         if image is not None:
             arguments["image"] = image
         # "uint8": the decode converts each finished strip of rows to uint8 at once, and the frames go to
         # the host and the encoder a chunk at a time: never a float copy of the whole video, on either side.
-        out = SuperGenPipeline(self.pipe, cfg, self.group)(
-            **arguments, sketch_video=sketch_video, generator=generator, output_type="uint8",
+        out = pipeline(
+            **arguments, plan=plan, sketch_video=sketch_video, generator=generator, output_type="uint8",
             callback_on_stage=callback_on_stage, callback_on_step_end=callback_on_step_end,
         )
         path = None

@@ -2,6 +2,7 @@
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,21 +16,42 @@ MODULES = sorted(
     if p.name != "__main__.py"
 )
 
-#: Layers from the bottom; a module may import only from its own layer or lower ones.
-#: package → pipeline → refine → adapters/tiling/cache/parallel → geometry/config.
-LAYERS = [
-    {"errors", "config", "geometry", "tiling", "upscale", "preflight", "eval"},
-    {"plan", "attention", "adapters", "cache", "parallel", "videoio", "output", "builtin"},
-    {"refine"},
-    {"pipeline", "planner"},
-    {"runtime", "trace", "upscale_video"},
-    {"jobs", "demo", "cli", "__init__"},
-]
+DOCS = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def _documented_layers() -> list[set[str]]:
+    """The layers of ``docs/architecture.md``'s "Layers" block, from the bottom: one set of top-level
+    names (``cost``, ``adapters``, ...) per layer, a line ending in ``·`` continuing on the next."""
+    block = DOCS.read_text().split("## Layers", 1)[1].split("```", 2)[1]
+    layers, names = [], ""
+    for line in block.strip().splitlines():
+        names += re.split(r"\s{2,}", line.strip())[0]
+        if not names.rstrip().endswith("·"):
+            layers.append({n.strip().removeprefix("supergen.").rstrip("/") for n in names.split("·")})
+            names = ""
+        else:
+            names += " "
+    return layers[::-1]
+
+
+#: Layers from the bottom, as the architecture document states them; a module may import only from
+#: its own layer or lower ones. The package's lazy exports (``supergen/__init__.py``) sit on top.
+LAYERS = [*_documented_layers(), {"__init__"}]
 
 
 def _layer(module: str) -> int:
     top = module.split(".")[1] if module.count(".") else "__init__"
-    return next(i for i, names in enumerate(LAYERS) if top in names)
+    found = [i for i, names in enumerate(LAYERS) if top in names]
+    assert len(found) == 1, f"{module}: in {len(found)} layers of docs/architecture.md (## Layers); put it in exactly one"
+    return found[0]
+
+
+def test_every_module_is_in_one_documented_layer():
+    tops = {m.split(".")[1] for m in MODULES if m.count(".")}
+    missing = sorted(tops - set().union(*LAYERS))
+    assert not missing, f"in no layer of docs/architecture.md (## Layers): {missing}"
+    for top in tops:
+        _layer(f"supergen.{top}")
 
 
 def _imports(path: Path, module: str) -> set[str]:
