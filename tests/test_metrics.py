@@ -156,3 +156,17 @@ def test_same_objects_compares_the_colours_of_two_frames():
     colours = [{b.colour for b in metrics.find_objects(v[0], toyworld.OBJECT_COLOURS)} for v in (video, other)]
     assert colours[0] != colours[1]  # the two seeds draw different objects
     assert not metrics.same_objects(other[0], video[1], toyworld.OBJECT_COLOURS)
+
+
+def test_temporal_seam_score_sees_a_pulse_at_window_borders():
+    rng = np.random.default_rng(0)
+    # Smooth motion: a gradient drifting one pixel a frame, plus a little noise.
+    x = np.linspace(0, 1, 64)
+    video = np.stack([np.tile(np.roll(x, t), (32, 1)) for t in range(33)])[..., None] + rng.normal(0, 0.01, (33, 32, 64, 1))
+    clean = metrics.temporal_seam_score(video, [9, 21])
+    pulsed = video.copy()
+    pulsed[9:21] += 0.1  # a brightness jump where a window begins, and back where the next one does
+    assert 0.8 < clean < 1.25
+    assert metrics.temporal_seam_score(pulsed, [9, 21]) > 2.0 * clean
+    with pytest.raises(ValueError):
+        metrics.temporal_seam_score(video, [0])

@@ -222,6 +222,30 @@ def temporal_flicker(video) -> float:
     return float(np.abs(v[2:] - 2.0 * v[1:-1] + v[:-2]).mean())
 
 
+def temporal_seam_score(video, borders) -> float:
+    """How much more the picture changes across time-window borders than elsewhere (1 = no pulse).
+
+    The mean absolute frame-to-frame change ``|x[t] - x[t-1]|`` at the frames ``t`` in ``borders``
+    (where a window of the last refinement step begins), divided by the same mean over every other
+    ``t``. Windows refined apart that disagree print a jump at their border, once per border: a
+    "pulse" every window length when the borders never move (fixed chunks).
+
+    Args:
+        video: ``(F, H, W, C)``.
+        borders: frame indices ``1 <= t < F`` (the first frame of a window other than the clip's first).
+    """
+    v = _as_array(video)
+    change = np.abs(np.diff(v, axis=0)).reshape(v.shape[0] - 1, -1).mean(axis=1)  # change[t - 1]: frame t - 1 -> t
+    at = sorted({int(t) for t in borders})
+    if not at or at[0] < 1 or at[-1] >= v.shape[0]:
+        raise ValueError(f"borders must be frame indices in [1, {v.shape[0]}); got {list(borders)}")
+    inside = np.ones(len(change), dtype=bool)
+    inside[[t - 1 for t in at]] = False
+    if not inside.any():
+        raise ValueError("every frame is a border: nothing to compare with")
+    return float(change[~inside].mean() / max(change[inside].mean(), 1e-12))
+
+
 def psnr(a, b, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB between two arrays of the same shape.
 
