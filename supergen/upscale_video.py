@@ -180,28 +180,38 @@ def upscale(
     Returns:
         The output path, the probed input and the output ``(height, width)``.
     """
-    from .pipeline import SuperGenPipeline
-    from .runtime import Runtime, uint8_chunks
-    from .videoio import write_video
+    from .runtime import Runtime
 
     output = check_output_path(output, overwrite=overwrite)
     source = probe(input)
     size = target_size(source.size, height, width, scale)
+    job = upscale_config(cfg, source, size, source.frames, prompt)
     # Checked (memory) before the load at the input's length; planned again on the loaded model.
-    runtime = Runtime.start(upscale_config(cfg, source, size, source.frames, prompt), quiet=quiet)
-    count = padded_frames(source.frames, SuperGenPipeline(runtime.pipe, cfg, runtime.group).adapter.vae_scale[0])
-    job = upscale_config(cfg, source, size, count, prompt)
+    runtime = Runtime.start(job, quiet=quiet)
+    render_upscale(runtime, job, source, output)
+    return output, source, size
+
+
+def render_upscale(runtime, job: SuperGenConfig, source: SourceVideo, output: Path) -> None:
+    """Render the upscale ``job`` (:func:`upscale_config`) of ``source`` on a loaded
+    :class:`~supergen.runtime.Runtime` and, on the leader, write it to ``output`` with the source's
+    fps and audio (batch rows with an input video run this too)."""
+    from .pipeline import SuperGenPipeline
+    from .runtime import uint8_chunks
+    from .videoio import write_video
+
+    count = padded_frames(source.frames, SuperGenPipeline(runtime.pipe, job, runtime.group).adapter.vae_scale[0])
+    job = replace(job, job=replace(job.job, num_frames=count))
     done = runtime.render(job, sketch_video=read_frames(source, count))
     if not runtime.leader:
-        return output, source, size
+        return
     frames = uint8_chunks(done.output.frames[0][: source.frames])  # the padding cut back
     if not source.has_audio:
         write_video(output, frames, fps=source.fps, quality=job.output.quality)
-        return output, source, size
+        return
     silent = output.with_name(f".{output.stem}.silent{output.suffix}")
     try:
         write_video(silent, frames, fps=source.fps, quality=job.output.quality)
         mux_audio(silent, source.path, output)
     finally:
         silent.unlink(missing_ok=True)
-    return output, source, size
