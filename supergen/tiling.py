@@ -173,11 +173,11 @@ class AxisSchedule:
             return 0
         if self.boundary == "clamp":
             return self.tile
-        base = set(self.cuts(0))
-        for shift in range(self.patch, self.length + 1, self.patch):
-            if {(c + shift) % self.length for c in base} == base:
-                return shift
-        return self.length  # unreachable: a shift by the full length is the identity
+        # The wrap sizes are a run of (base + 1)-patch segments, then one of base-patch segments
+        # (_wrap_sizes): only a full turn maps that pattern onto itself, unless all are equal.
+        # Arithmetic, not a search over shifts: planning costs the same at any canvas size.
+        base, extra = divmod(self.length // self.patch, self.count(0))
+        return base * self.patch if extra == 0 else self.length
 
     def offset(self, shift_index: int) -> int:
         """Offset of the cut pattern after ``shift_index`` shifts: its own cycle on this axis."""
@@ -188,6 +188,17 @@ class AxisSchedule:
         if self.period == 0:
             return [0]
         return [self.offset(k) for k in range(self.period // math.gcd(self.stride, self.period))]
+
+    def count(self, offset: int) -> int:
+        """``len(self.segments(offset))``, by arithmetic: no window is built (planning any size costs the same)."""
+        if self.single:
+            return 1
+        if self.mode == "overlap":
+            return max(2, math.ceil((self.length - self.overlap) / (self.tile - self.overlap)))
+        if self.boundary == "wrap":
+            return math.ceil(self.length / self.tile)
+        first = offset % self.tile
+        return len(range(first, self.length, self.tile)) + (first != 0)
 
     def segments(self, offset: int) -> list[_AxisSegment]:
         if self.single:
@@ -281,9 +292,6 @@ class TilePlan:
             length, size = frames
             # Time always clamps (see the module docstring); overlap mode feathers a quarter window.
             self.time = AxisSchedule(length, size, frame_patch, mode, "clamp", shift_stride(size, frame_patch, shift_divisor), size // 4)
-        self._normaliser: torch.Tensor | None = None
-        if mode == "overlap":
-            self._normaliser = self._weight_sum(self.tiles_unnormalised(0))
 
     @property
     def frames(self) -> int | None:
@@ -330,6 +338,17 @@ class TilePlan:
             weight = wt[:, None, None] * torch.outer(wr, wc)
         return Tile(index, row.window, col.window, weight, (row.owned, col.owned), time.window, time.owned)
 
+    def count(self, step: int) -> int:
+        """``len(self.tiles(step))``, by arithmetic: no tile or weight is built."""
+        dy, dx = self.offsets(step)
+        windows = 1 if self.time is None else self.time.count(self.frame_offset(step))
+        return windows * self.axes[0].count(dy) * self.axes[1].count(dx)
+
+    @cached_property
+    def _normaliser(self) -> torch.Tensor | None:
+        # Overlap mode's canvas-sized weight sum: made by the first render that asks for tiles, never by planning.
+        return self._weight_sum(self.tiles_unnormalised(0)) if self.mode == "overlap" else None
+
     def tiles(self, step: int) -> list[Tile]:
         """The tiles of step ``step``, time-major then row-major; their weights sum to one everywhere."""
         tiles = self.tiles_unnormalised(step)
@@ -345,10 +364,10 @@ class TilePlan:
 
     def windows(self) -> int:
         """Time windows per step at offset 0 (1 when tiles span all frames)."""
-        return 1 if self.time is None else len(self.time.segments(0))
+        return 1 if self.time is None else self.time.count(0)
 
     def describe(self) -> str:
-        grid = "x".join(str(len(axis.segments(0))) for axis in self.axes)
+        grid = "x".join(str(axis.count(0)) for axis in self.axes)
         text = f"{self.mode} {grid} tiles of {self.tile[0]}x{self.tile[1]} latent on {self.canvas[0]}x{self.canvas[1]}"
         if self.time is not None:
             text += f", {self.windows()} windows of {self.time.tile} latent frames on {self.time.length}"

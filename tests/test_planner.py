@@ -161,3 +161,47 @@ def test_attention_mode_counts_tile_plus_halo_pairs():
     assert pairs == 1_128_960 < (3 * 16 * 28) ** 2
     assert plan.flops_per_step == 2 * transformer_flops(KNOWN["tiny"], 1344, pairs=pairs)
     assert plan.memory["transformer"] == 1344 * (2 * 24 + 2 * 32) * 4
+
+
+def _no_tables(monkeypatch):
+    """Make building any tile, window list or canvas-sized weight fail: what an estimate must not need."""
+    from supergen import tiling
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the estimate built per-tile or per-pixel tables")
+
+    for owner, name in ((tiling.TilePlan, "tiles"), (tiling.TilePlan, "tiles_unnormalised"), (tiling.TilePlan, "_weight_sum"),
+                        (tiling.AxisSchedule, "segments")):
+        monkeypatch.setattr(owner, name, refuse)
+
+
+@pytest.mark.parametrize("mode", ["tiling.mode=shift", "tiling.boundary=wrap", "tiling.mode=overlap", "tiling.mode=attention"])
+def test_an_absurd_size_is_priced_by_arithmetic_and_refused_before_anything_loads(monkeypatch, mode):
+    """Issue 28: 999999x999999 was OOM-killed after minutes (a tile list with a weight per tile, a canvas-sized
+    normaliser, a search over wrap shifts). The estimate counts tiles instead of building them, so it costs
+    what a 720p one does, and the memory check refuses the size before any load."""
+    from supergen import runtime
+
+    _no_tables(monkeypatch)
+    cfg = load_config("tiny", [mode, "job.height=999999", "job.width=999999", "job.num_frames=9"])
+    plan = estimate(cfg, KNOWN["tiny"])
+    assert plan.canvas == (1000000, 1000000)
+    # Wan1.3B-like numbers: the canvas latent alone is 6 float32 copies of 16 x 3 x 125000²
+    assert plan.memory["canvas"] == 6 * 16 * 3 * 125000 * 125000 * 4
+    if "attention" not in mode:  # tens of millions of tiles a step, none of them built
+        assert plan.tiles_per_step > 10**7
+    with pytest.raises(SuperGenError, match=r"^999999x999999x9 \(height x width x frames\) needs about "):
+        runtime.check_memory(cfg, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("mode, boundary, canvas, tile", [
+    ("shift", "clamp", (30, 44), (8, 12)), ("shift", "wrap", (30, 44), (8, 12)), ("shift", "wrap", (32, 48), (8, 12)),
+    ("overlap", "clamp", (30, 44), (8, 12)), ("shift", "clamp", (8, 12), (8, 12)), ("shift", "wrap", (26, 10), (6, 4)),
+])
+def test_tile_counts_are_the_tiles_a_render_cuts(mode, boundary, canvas, tile):
+    """TilePlan.count (arithmetic, what the estimate reads) is len(tiles(step)) at every step of a cycle."""
+    from supergen.tiling import TilePlan
+
+    plan = TilePlan(canvas, tile, (2, 2), mode, boundary, shift_divisor=4, overlap=2)
+    for step in range(12):
+        assert plan.count(step) == len(plan.tiles(step))

@@ -247,9 +247,11 @@ def estimate(
         parameters=parameters, render=render, parked=tuple(k for k in PARKED_FROM if k in parameters) if config.encoders.park else (),
     )
     # Tiles per step vary with the shift (clamp adds a segment when the grid is offset): plan for the most.
-    out.tiles_per_step = max(len(plan.tiles(step)) for step in range(refine_steps))
+    # Counted, not built (TilePlan.count): the estimate costs the same at any size.
+    out.tiles_per_step = max(plan.count(step) for step in range(refine_steps))
     pt, ph, pw = arch.patch
-    out.tokens_per_tile = (latent[1] // pt) * (plan.tile[0] // ph) * (plan.tile[1] // pw)
+    # A tile spans its time window's frames (all of them when the clip is one window).
+    out.tokens_per_tile = ((plan.frames or latent[1]) // pt) * (plan.tile[0] // ph) * (plan.tile[1] // pw)
     forwards = 2 if render.do_guidance else 1
     pairs = None
     if render.layout is not None:
@@ -281,7 +283,7 @@ def estimate(
     sketch_px = 3 * frames * sketch[0] * sketch[1]
     if vae_tiling:
         tile_h = min(vae_tile[0], canvas[0])
-        row_width = sum(_vae_spans(canvas[1], vae_tile[1], vae_stride[1]))
+        row_width = _vae_spans(canvas[1], vae_tile[1], vae_stride[1])
         rows = 3 * frames * (tile_h + min(vae_tile[0] - vae_stride[0], tile_h)) * row_width * vb
         strip = 3 * frames * min(vae_stride[0], canvas[0]) * canvas[1] * vb
         mem["vae_decode"] = video + rows + strip + working
@@ -357,13 +359,14 @@ def block_bytes_per_token(d: int, ffn: int, b: int, family: FamilyMemory = Famil
 def attended_pairs(layout) -> int:
     """Useful (query, key) pairs of tile(+halo) attention: each tile's tokens × its window's tokens.
 
-    The block-sparse kernels compute a little more (partly filled blocks); see kernels/README.md.
+    The tiles are the product of a row and a column split (each tile's window too), so the sum over
+    tiles factors into one sum per axis: no per-tile list, whatever the canvas size. The
+    block-sparse kernels compute a little more (partly filled blocks); see kernels/README.md.
     """
     frames = layout.canvas[0]
-    return sum(
-        frames * (r1 - r0) * (c1 - c0) * frames * (wr1 - wr0) * (wc1 - wc0)
-        for (r0, r1, c0, c1), (wr0, wr1, wc0, wc1) in zip(layout.tile_rects(), layout.tile_windows())
-    )
+    rows, cols = layout._axes()  # per axis (own_lo, own_hi, win_lo, win_hi): supergen_kernels' own split
+    per_axis = [sum((hi - lo) * (whi - wlo) for lo, hi, wlo, whi in axis) for axis in (rows, cols)]
+    return frames * frames * per_axis[0] * per_axis[1]
 
 
 def _vae_tile_area(canvas: tuple[int, int], tile: tuple[int, int]) -> int:
@@ -371,14 +374,19 @@ def _vae_tile_area(canvas: tuple[int, int], tile: tuple[int, int]) -> int:
     return min(tile[0], canvas[0]) * min(tile[1], canvas[1])
 
 
-def _vae_spans(length: int, tile: int, stride: int) -> list[int]:
-    """Lengths of the tiled VAE's tiles along one axis (they overlap): the loop bounds of ``tiled_decode``."""
-    return [min(tile, length - start) for start in range(0, length, stride)]
+def _vae_spans(length: int, tile: int, stride: int) -> int:
+    """Summed length of the tiled VAE's tiles along one axis (they overlap), for the loop bounds of
+    ``tiled_decode`` (tiles start every ``stride``, each ``min(tile, length - start)`` long), in closed form."""
+    n = -(-length // stride)  # tiles: starts 0, stride, ... below length
+    full = min(n, max(0, (length - tile) // stride + 1))  # those with a whole tile before the end
+    # The rest end at the canvas edge: sum of (length - start) over their starts.
+    rest = n - full
+    return full * tile + rest * length - stride * (full + n - 1) * rest // 2
 
 
 def _vae_tiles_total_area(canvas: tuple[int, int], tile: tuple[int, int], stride: tuple[int, int]) -> int:
     """Summed pixel area of the tiled VAE's tiles (they overlap)."""
-    return sum(_vae_spans(canvas[0], tile[0], stride[0])) * sum(_vae_spans(canvas[1], tile[1], stride[1]))
+    return _vae_spans(canvas[0], tile[0], stride[0]) * _vae_spans(canvas[1], tile[1], stride[1])
 
 
 def component_dtype(config: SuperGenConfig, arch: Architecture, component: str) -> str:

@@ -42,9 +42,11 @@ def format_plan(plan: ResourcePlan) -> str:
 def rows(plan: ResourcePlan) -> list[tuple[str, str]]:
     """The table :func:`format_plan` prints and the demo shows, as ``(quantity, value)`` pairs."""
     f, lh, lw = plan.latent[1:]
-    grid = "x".join(str(len(axis.segments(0))) for axis in plan.plan.axes)
+    grid = "x".join(str(axis.count(0)) for axis in plan.plan.axes)
     tile_px = tuple(s * plan.arch.vae_scale[1] for s in plan.plan.tile)
     tiling = f"{plan.plan.mode}/{plan.plan.boundary} {grid} tiles of {tile_px[0]}x{tile_px[1]} px ({plan.plan.tile[0]}x{plan.plan.tile[1]} latent)"
+    if plan.plan.time is not None:
+        tiling += f" x {plan.plan.windows()} time windows of {plan.plan.frames} latent frames, shifting"
     if plan.layout is not None:
         rows_, cols_ = plan.layout[0].grid
         halo = plan.layout.halo * plan.arch.pixel_multiple
