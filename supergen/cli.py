@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--height", type=int, help="output height in pixels")
     plan.add_argument("--width", type=int, help="output width in pixels")
     plan.add_argument("--num-frames", type=int, help="frames")
+    plan.add_argument("--input", metavar="VIDEO", help="plan the upscale of this video: its frame count, and with --scale its size")
+    plan.add_argument("--scale", type=int, choices=(2, 3, 4), help="with --input: the output size as a multiple of the input's")
     plan.add_argument("--steps", type=int, help="refinement schedule length (refine.num_inference_steps)")
     plan.add_argument("--strength", type=float)
     plan.add_argument("--trace", action="store_true",
@@ -249,6 +251,13 @@ def plan(args: argparse.Namespace) -> int:
 
     if args.trace_baseline and not args.trace:
         raise SuperGenError("--trace-baseline compares with the supergen trace: add --trace")
+    if args.input is not None:  # the upscale of a video: its length (and with --scale its size) from the file
+        from .upscale_video import probe, target_size
+
+        source = probe(args.input)
+        args.num_frames = source.frames
+        if args.scale is not None:
+            args.height, args.width = target_size(source.size, None, None, args.scale)
     cfg = config_from_args(args, default=None)
     arch = architecture(cfg.model.name)
     planned = with_native_sketch(cfg, arch)
