@@ -3,7 +3,8 @@
 The page shows, before anything runs, the plan of the render (tiles, steps, estimated peak memory, from
 :mod:`supergen.cost`); while it runs, a progress bar with the stage and the time left; the sketch
 video as soon as stage 1 ends (the preview), then the final video. User errors (a bad size, a missing
-image for an image-to-video model) become a message in the status box, never a traceback.
+image for an image-to-video model, a size the memory check of ``supergen render`` refuses) become a
+message in the status box, never a traceback. The image upload shows only for image-to-video models.
 
 Jobs run one at a time (Gradio queue concurrency 1): the model is loaded once and shared. The pipeline
 runs in a worker thread so that the page can be updated from its stage callbacks while it runs.
@@ -26,6 +27,7 @@ import logging
 import os
 import queue
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -35,6 +37,7 @@ from typing import Any, Iterator
 
 from .config import SuperGenConfig, load_config
 from .errors import SuperGenError, install_hint
+from .cache.picture import COLOURS as CACHE_COLOURS
 from .cost import Architecture, ResourcePlan, estimate, rows
 
 logger = logging.getLogger("supergen")
@@ -136,19 +139,23 @@ class DemoApp:
         dispatch: with several ranks, the process group jobs are broadcast over (see :func:`serve`).
     """
 
-    def __init__(self, pipe, config: SuperGenConfig, output_dir: str | os.PathLike | None = None, dispatch=None, group=None):
+    def __init__(self, pipe, config: SuperGenConfig, output_dir: str | os.PathLike | None = None, dispatch=None, group=None,
+                 device=None):
         from .pipeline import SuperGenPipeline
+        from .preflight import resolve_device
 
         self.pipe = pipe
         self.config = config
         self.group = group
+        #: Where the model runs (the memory check's device): the runtime's, else the config's.
+        self.device = device if device is not None else resolve_device(config.model.device)
         try:
             self.arch: Architecture | None = Architecture.from_pipeline(pipe, name=config.model.name)
             self.no_plan = ""
         except SuperGenError as exc:  # a family the planner does not know: render without a plan
             self.arch, self.no_plan = None, str(exc)
         # Check that the adapter accepts this pipeline now, not on the first job.
-        SuperGenPipeline(pipe, config)
+        self.takes_image = SuperGenPipeline(pipe, config).adapter.requires_image
         #: A folder of our own (removed by :meth:`cleanup`) unless the caller gave one.
         self.temporary = output_dir is None
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="supergen-demo-"))
@@ -180,10 +187,9 @@ class DemoApp:
 
         from .runtime import call_arguments, seeded_generator
 
-        # Uploads may carry alpha or a palette; the image encoders take RGB.
-        image = job.image.convert("RGB") if job.image is not None else None
+        # An upload (alpha, a palette, 16 bits) is made 8-bit RGB by the pipeline (supergen.videoio.load_image).
         return SuperGenPipeline(self.pipe, cfg, self.group)(
-            **call_arguments(cfg.job) | {"prompt": job.prompt, "negative_prompt": job.negative_prompt, "image": image},
+            **call_arguments(cfg.job) | {"prompt": job.prompt, "negative_prompt": job.negative_prompt, "image": job.image},
             generator=seeded_generator(cfg.job.seed)[0], output_type="uint8",
             callback_on_stage=on_stage, callback_on_step_end=on_step,
         )
@@ -213,6 +219,8 @@ class DemoApp:
         from .runtime import uint8_chunks
         from .videoio import write_video
 
+        from .runtime import check_memory
+
         try:
             job = Job(*fields)
             cfg = job.config(self.config)
@@ -224,6 +232,11 @@ class DemoApp:
             table = plan_table(plan)
         except SuperGenError as exc:  # the pipeline raises the same size errors, or renders without a plan
             plan, table = None, f"**No plan:** {exc}"
+        try:
+            check_memory(cfg, self.device, loaded=True)  # as supergen render does, before anything is sent to the ranks
+        except SuperGenError as exc:
+            yield f"**Error:** {exc}", table, None, None, None
+            return
         stem = f"job-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{threading.get_ident() % 10000}"
         yield "Starting…", table, None, None, None
         if self.dispatch is not None:
@@ -294,6 +307,22 @@ class DemoApp:
                 return
 
 
+STRENGTH_INFO = ("How much of the refinement schedule is re-run on the upscaled sketch: low keeps the sketch's "
+                 "layout and only adds detail, 1 renders from noise (no sketch).")
+CACHE_INFO = ("A tile is reused from the previous step when its output is predicted to change by less than this "
+              "(relative); higher reuses more tiles (faster, less exact), 0 computes every tile.")
+
+
+def _swatch(rgb) -> str:
+    red, green, blue = (int(v) for v in rgb)
+    return f'<span style="display:inline-block;width:1em;height:1em;background:rgb({red},{green},{blue});vertical-align:middle"></span>'
+
+
+#: Under the cache map: what its colours mean (the colours are the picture's own, supergen.cache.picture).
+CACHE_LEGEND = (f"{_swatch(CACHE_COLOURS['computed'])} computed &nbsp; {_swatch(CACHE_COLOURS['reused'])} reused from the "
+                "previous step &nbsp; in between: computed, with that share of its blocks skipped (block cache); "
+                "one panel per step, left to right, the step's computed/total tiles above it")
+
 STAGE_LABELS = {
     "sketch": "Stage 1/4: sketch at native size",
     "upscale": "Stage 2/4: upscale and re-noise",
@@ -319,8 +348,11 @@ def build_app(app: DemoApp):
         with gr.Row():
             with gr.Column():
                 prompt = gr.Textbox(label="Prompt", value=job.prompt, lines=2, elem_id="prompt")
+                # Right under the prompt: on the first screen of a laptop (1000 px high) with every field below it.
+                generate = gr.Button("Generate", variant="primary", elem_id="generate")
                 negative = gr.Textbox(label="Negative prompt", value=job.negative_prompt, elem_id="negative-prompt")
-                image = gr.Image(label="Image (image-to-video models)", type="pil", elem_id="image")
+                # Text-to-video models take no image (the pipeline refuses one): no upload box for them.
+                image = gr.Image(label="Image (first frame)", type="pil", elem_id="image", visible=app.takes_image)
                 preset = gr.Dropdown(list(SIZE_PRESETS), value="custom", label="Size", elem_id="preset")
                 with gr.Row():
                     height = gr.Number(label="Height", value=job.height, precision=0, elem_id="height")
@@ -329,19 +361,21 @@ def build_app(app: DemoApp):
                     frames = gr.Number(label="Frames", value=job.num_frames, precision=0, elem_id="frames")
                     seed = gr.Number(label="Seed", value=job.seed, precision=0, elem_id="seed")
                     steps = gr.Number(label="Steps (refinement schedule)", value=app.config.refine.num_inference_steps, precision=0, elem_id="steps")
-                strength = gr.Slider(0.05, 1.0, value=app.config.refine.strength, step=0.05, label="Strength", elem_id="strength")
+                strength = gr.Slider(0.05, 1.0, value=app.config.refine.strength, step=0.05, label="Strength", elem_id="strength",
+                                     info=STRENGTH_INFO)
                 tiling = gr.Dropdown(list(TILING_MODES), value=_tiling_choice(app.config), label="Tiling", elem_id="tiling")
                 cache = []
                 if app.has_cache:
                     start = app.config.cache.threshold if app.config.cache.enabled else 0.0
-                    cache = [gr.Slider(0.0, 1.0, value=start, step=0.01, label="Cache threshold (0 = off)", elem_id="cache-threshold")]
-                generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                    cache = [gr.Slider(0.0, 1.0, value=start, step=0.01, label="Cache threshold (0 = off)", elem_id="cache-threshold",
+                                       info=CACHE_INFO)]
             with gr.Column():
                 status = gr.Markdown("Ready.", elem_id="status")
                 sketch = gr.Video(label="Sketch (stage 1)", elem_id="sketch", interactive=False)
                 final = gr.Video(label="Final video", elem_id="final", interactive=False)
-                cache_picture = gr.Image(label="Cache map: computed (green) and reused (red) tiles per step", elem_id="cache-map",
+                cache_picture = gr.Image(label="Cache map: the canvas's tiles at each refinement step", elem_id="cache-map",
                                          interactive=False, visible=app.has_cache)
+                gr.HTML(CACHE_LEGEND, elem_id="cache-legend", visible=app.has_cache)
                 plan = gr.Markdown(elem_id="plan")
         fields = [prompt, negative, image, preset, height, width, frames, seed, steps, strength, tiling, *cache]
 
@@ -380,6 +414,8 @@ def serve(config: SuperGenConfig, host: str = "127.0.0.1", port: int = 7860) -> 
 
     runtime = Runtime.start(config, quiet=True, load=False)
     group = runtime.group  # None without a launcher
+    if group is None or group.global_rank == 0:
+        check_port(host, port)  # before the model load
     dispatch = None
     if group is not None:
         import torch.distributed as dist
@@ -390,12 +426,24 @@ def serve(config: SuperGenConfig, host: str = "127.0.0.1", port: int = 7860) -> 
         # wait here for the next job for as long as the page is idle.
         dispatch = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=365))
     runtime.load(quiet=True)
-    app = DemoApp(runtime.pipe, config, dispatch=dispatch, group=group)
+    app = DemoApp(runtime.pipe, config, dispatch=dispatch, group=group, device=runtime.device)
     if group is not None and group.global_rank != 0:
         app.follow()
         return
     try:
         build_app(app).launch(server_name=host, server_port=port, show_error=False, footer_links=[])
+    except OSError as exc:  # the port was taken since check_port; Gradio's message names its environment variable
+        raise SuperGenError(f"cannot serve on {host}:{port}: {str(exc).splitlines()[0]}; pick another port with --port") from None
     finally:
         app.stop_followers()
         app.cleanup()
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a ``--port`` that cannot be served on ``host`` (in use, or not allowed) before the model loads."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server (uvicorn) binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SuperGenError(f"cannot serve on {host}:{port} ({exc.strerror}); pick another port with --port") from None

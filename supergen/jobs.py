@@ -8,10 +8,16 @@ reorderings of the file.
 
 The model loads once. Each finished job leaves ``DIR/<name>.mp4`` and ``DIR/<name>.json`` (sidecar:
 resolved config, seed, per-stage seconds, tiles, cache and parallel statistics, package versions),
-both written atomically. A job is finished when its sidecar exists and records the same row, model
-and effective config (:func:`fingerprint`): a rerun resumes and skips those, and renders again a
-job whose model or config changed since. Every job's
+both written atomically, and with ``output.save_sketch`` (``--save-sketch``, or per job) the sketch as
+``DIR/<name>.sketch.mp4``. A job is finished when its sidecar exists and records the same row, model
+and effective config (:attr:`Job.fingerprint`): a rerun resumes and skips those. A job whose outputs
+exist but were made from another row, model or config is refused, as a single render refuses an
+existing output, unless ``--overwrite`` (then it is rendered again and replaces them). Every job's
 outcome is appended to ``DIR/results.jsonl``; a failing job is recorded there and the others go on.
+
+A job being rendered is claimed (:func:`claim`: an exclusive ``flock`` on ``DIR/.<name>.lock``, which
+the kernel releases when its process ends, however it ends): a second batch on the same folder skips
+it instead of rendering it again.
 
 With several ranks the world is split into groups of ``parallel.group_size`` ranks; job ``i`` (of
 those still to do) goes to group ``i mod groups``, and the ranks of a group share its tiles.
@@ -19,7 +25,10 @@ those still to do) goes to group ``i mod groups``, and the ranks of a group shar
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -29,16 +38,17 @@ import platform
 import re
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from .config import SuperGenConfig, load_config, to_dict, to_yaml
 from .errors import SuperGenError
-from .preflight import check_image, check_writable_folder
+from .preflight import check_image, check_image_use, check_writable_folder
 from .runtime import Runtime
 from .videoio import atomic_file
 
@@ -74,6 +84,11 @@ class Job:
         """What makes this job's video: its row and the effective config (model included)."""
         return hashlib.sha256((json.dumps(self.row, sort_keys=True) + to_yaml(self.config)).encode()).hexdigest()[:16]
 
+    def outputs(self, out: Path) -> list[Path]:
+        """The files this job writes in ``out``: the video, the sidecar, and the sketch when it saves one."""
+        names = [f"{self.name}.mp4", f"{self.name}.json"] + ([f"{self.name}.sketch.mp4"] if self.config.output.save_sketch else [])
+        return [out / n for n in names]
+
     def finished_in(self, out: Path) -> bool:
         """Whether ``out`` holds this job's video: a sidecar with the same fingerprint, and the video."""
         sidecar_path = out / f"{self.name}.json"
@@ -83,6 +98,13 @@ class Job:
             return json.loads(sidecar_path.read_text()).get("fingerprint") == self.fingerprint
         except (json.JSONDecodeError, OSError):
             return False
+
+    def blocked_in(self, out: Path) -> Path | None:
+        """An existing output in ``out`` that is not this job's (another row, model or config made it), if any.
+
+        Call it on a job that is not :meth:`finished_in` ``out``: then any of its outputs there is someone else's.
+        """
+        return next((path for path in self.outputs(out) if path.exists()), None)
 
 
 @dataclass
@@ -166,6 +188,7 @@ def _job(line: int, row: dict[str, Any], base: SuperGenConfig, folder: Path) -> 
             values[config_key] = value
     # Field values go in as a mapping (typed by omegaconf); CLI-style overrides come last and win.
     cfg = load_config(load_config(base, values), overrides)
+    check_image_use(cfg)
     name = row.get("name") or _default_name(row)
     if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
         raise SuperGenError(f"name {name!r} must be letters, digits, '.', '_' or '-'")
@@ -182,8 +205,13 @@ def format_bad_rows(path: str | os.PathLike, bad: list[BadRow]) -> str:
     return "\n".join(f"{path}:{b.line}: {b.error}" for b in bad)
 
 
-def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dry_run: bool = False, quiet: bool = False) -> int:
-    """The ``--jobs`` command. Exit status 0 when every job is done, 1 when some failed, 2 on bad rows in a dry run."""
+def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dry_run: bool = False, quiet: bool = False,
+                overwrite: bool = False) -> int:
+    """The ``--jobs`` command. Exit status 0 when every job is done, 1 when some failed, 2 on bad rows in a dry run.
+
+    Args:
+        overwrite: render again a job whose outputs exist from another row, model or config (else it is refused).
+    """
     from . import parallel
 
     parsed = parse_jobs(jobs_path, base)
@@ -199,7 +227,10 @@ def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dr
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise SuperGenError(f"--output-dir {str(out)!r} is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # under a file, or in a folder we may not write
+        raise SuperGenError(f"--output-dir {str(out)!r} cannot be created: {exc.strerror} ({exc.filename})") from None
     check_writable_folder(out, "--output-dir")
     runtime = Runtime.start(base, quiet=quiet, load=False)
     group = runtime.group
@@ -207,7 +238,10 @@ def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dr
     speaker = group is None or group.global_rank == 0
     # Rank 0 picks the run id (the summary selects this run's lines of results.jsonl by it) and the
     # jobs left to do; every rank follows, so the groups agree on how the jobs are split.
-    decided = [f"{time.time():.0f}-{os.getpid()}", [job.name for job in parsed.jobs if not job.finished_in(out)]]
+    refused = {} if overwrite else {job.name: path for job in parsed.jobs if not job.finished_in(out) and (path := job.blocked_in(out))}
+    # (Time and pid alone repeat for two runs within a second of one process, e.g. through the API.)
+    decided = [f"{time.time():.0f}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+               [job.name for job in parsed.jobs if job.name not in refused and not job.finished_in(out)]]
     if group is not None:
         torch.distributed.broadcast_object_list(decided, src=0)
     run_id, left = decided[0], set(decided[1])
@@ -218,14 +252,31 @@ def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dr
         if parsed.bad:
             logger.warning("%s", format_bad_rows(jobs_path, parsed.bad))
         for job in parsed.jobs:
-            if job.name not in left:
+            if job.name in refused:
+                error = (f"{refused[job.name]} exists from another row, model or config (a single render refuses an existing "
+                         f"output too); pass --overwrite to replace it")
+                logger.warning("job at line %d: %s", job.line, error)
+                _record(out, {"run": run_id, "line": job.line, "name": job.name, "status": "failed", "error": error})
+            elif job.name not in left:
                 _record(out, {"run": run_id, "line": job.line, "name": job.name, "status": "skipped", "output": str(out / f"{job.name}.mp4")})
     mine = [job for i, job in enumerate(todo) if group is None or i % group.count == group.index]
 
     if mine:
         runtime.load(quiet)
     for job in mine:
-        record = _render_one(runtime, job, out)
+        with claim(out, job.name) if leader else contextlib.nullcontext(True) as claimed:
+            if group is not None and group.size > 1:  # the leader's claim decides for its whole group
+                box = [claimed and (not leader or not job.finished_in(out))]
+                torch.distributed.broadcast_object_list(box, src=group.global_of(0), group=group.pg)
+                claimed = box[0]
+            elif claimed and job.finished_in(out):  # another batch finished it since the plan above
+                claimed = False
+            if not claimed:
+                if leader:
+                    _record(out, {"run": run_id, "line": job.line, "name": job.name, "status": "skipped",
+                                  "output": str(out / f"{job.name}.mp4"), "note": "rendered by another batch"})
+                continue
+            record = _render_one(runtime, job, out)
         if leader:
             _record(out, {"run": run_id, **record})
     if group is not None:
@@ -237,17 +288,58 @@ def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dr
     return 1 if failed else 0
 
 
+@contextlib.contextmanager
+def claim(out: Path, name: str) -> Iterator[bool]:
+    """Claim the job ``name`` in ``out`` for the ``with`` block; yields False when another process holds it.
+
+    The claim is an exclusive ``flock`` on ``out/.<name>.lock``: the kernel drops it when the holding
+    process ends, even when it is killed, so a dead batch never keeps a job. The file is removed on
+    release, while still locked; a process that opened it before the removal finds, once it holds the
+    lock, that the path names another file (or none) and tries again.
+    """
+    path = out / f".{name}.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            yield False
+            return
+        try:
+            held, named = os.fstat(fd), os.stat(path)
+            if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder removed it after we opened it: lock the file that is there now
+    try:
+        yield True
+    finally:
+        Path(path).unlink(missing_ok=True)
+        os.close(fd)
+
+
 def _render_one(runtime: Runtime, job: Job, out: Path) -> dict[str, Any]:
     """Render one job; return its results record. Errors every rank agrees on are recorded, not raised."""
     from .parallel import RankFailure
 
     output = out / f"{job.name}.mp4"
+    sketch_output = out / f"{job.name}.sketch.mp4" if job.config.output.save_sketch else None
     start = time.perf_counter()
     record: dict[str, Any] = {"line": job.line, "name": job.name}
     try:
-        done = runtime.render(job.config, output)
+        done = runtime.render(job.config, output, sketch_output)
         if runtime.leader:
-            _write_json(out / f"{job.name}.json", sidecar(job, done, time.perf_counter() - start, runtime.group))
+            try:
+                _write_json(out / f"{job.name}.json", sidecar(job, done, time.perf_counter() - start, runtime.group))
+            except BaseException:
+                # A video without its sidecar would not count as finished, and would block a rerun as someone else's.
+                for path in job.outputs(out):
+                    path.unlink(missing_ok=True)
+                raise
     except RankFailure as exc:
         if not exc.recoverable:
             raise  # the group's communication is broken: nothing more can run here
@@ -283,6 +375,8 @@ def sidecar(job: Job, done, seconds: float, group=None) -> dict[str, Any]:
         "size": list(stats.size),
         "canvas": list(stats.canvas),
         "sketch": list(stats.sketch) if stats.sketch else None,
+        # output.save_sketch asks for it; a render from noise (strength 1) has none to save.
+        "sketch_video": f"{job.name}.sketch.mp4" if job.config.output.save_sketch and result.sketch is not None else None,
         "tiles": {
             "tiling": stats.tiling,
             "steps": [{"tiles": s.tiles, "computed": s.tiles_computed, "seconds": s.seconds} for s in stats.steps],
@@ -322,8 +416,12 @@ def summary(out: Path, run_id: str) -> str:
 
 def _record(out: Path, record: dict[str, Any]) -> None:
     # One short line per write in append mode: whole lines even with several group leaders appending.
-    with open(out / RESULTS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(out / RESULTS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as exc:  # e.g. a full disk: stop, with what is kept
+        raise SuperGenError(f"cannot append to {str(out / RESULTS)!r} ({exc.strerror}); the videos and sidecars written so far "
+                            f"are kept and a rerun skips them") from None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

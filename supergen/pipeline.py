@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import numbers
+import os
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterator
@@ -340,10 +341,17 @@ class SuperGenPipeline:
             logger.warning("num_frames=%d: this VAE takes %dk+1; rendering %d frames", num_frames, adapter.vae_scale[0], frames)
         if adapter.requires_image and image is None:
             raise SuperGenError(f"{type(self.pipe).__name__} is image-to-video: pass image= (or job.image / --image)")
-        if isinstance(image, str):
-            from diffusers.utils import load_image
+        if image is not None:
+            if not adapter.requires_image:  # it would be ignored: the video is the same without it
+                from .preflight import image_refused
 
-            image = load_image(image)
+                raise image_refused(type(self.pipe).__name__)
+            from PIL import Image
+
+            from .videoio import load_image
+
+            if isinstance(image, (str, os.PathLike, Image.Image)):  # arrays and tensors go to diffusers as given
+                image = load_image(image)  # 8-bit RGB by its bit depth
         config = self.config
         if plan is None:
             if guidance_scale is not None:  # this call's guidance, for both stages

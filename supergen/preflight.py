@@ -77,10 +77,42 @@ def check_video(path: str, what: str = "sketch video") -> None:
         raise SuperGenError(f"{what} {path!r} is not a video ffmpeg can read ({type(exc).__name__})") from None
 
 
+def image_to_video_models() -> list[str]:
+    """The model names that take ``--image``: the built-in one and the planner's known image-to-video models."""
+    from .cost import KNOWN
+
+    # By the pipeline class name the planner records (building each architecture to ask would take seconds).
+    return ["tiny-i2v", *(name for name, arch in KNOWN.items() if "ImageToVideo" in arch.pipeline)]
+
+
+def image_refused(model: str) -> SuperGenError:
+    """The error for an image given to the text-to-video model ``model`` (it would be ignored)."""
+    return SuperGenError(f"{model} is a text-to-video model and takes no image (--image / job.image); image-to-video models: "
+                         f"{', '.join(image_to_video_models())}, or a diffusers image-to-video model folder")
+
+
+def check_image_use(cfg: SuperGenConfig) -> None:
+    """Refuse ``job.image`` for a model known, without loading it, to be text-to-video (the pipeline
+    refuses it again after the load for models only the load can tell)."""
+    if cfg.job.image is None:
+        return
+    from .cost import architecture
+
+    if cfg.model.name == "tiny-i2v":  # the planner plans it as "tiny" (same sizes), a text-to-video pipeline
+        return
+    try:
+        arch = architecture(cfg.model.name)
+    except SuperGenError:
+        return  # a Hugging Face id the planner does not know: the pipeline decides after the load
+    if "ImageToVideo" not in arch.pipeline:
+        raise image_refused(cfg.model.name)
+
+
 def check_job(cfg: SuperGenConfig) -> None:
     """Every input a job names, and the device it asks for."""
     if cfg.job.image is not None:
         check_image(cfg.job.image)
+        check_image_use(cfg)
     if cfg.job.sketch_video is not None:
         check_video(cfg.job.sketch_video)
     resolve_device(cfg.model.device)

@@ -1,4 +1,5 @@
-"""Video files: atomic, verified mp4 writing and reading, through imageio-ffmpeg (bundled ffmpeg, works offline).
+"""Video files: atomic, verified mp4 writing and reading, through imageio-ffmpeg (bundled ffmpeg, works offline);
+and conditioning images read as 8-bit RGB whatever their bit depth (:func:`load_image`).
 
 Sizes: H.264 in 4:2:0 (``yuv420p``, what every player plays) cannot hold an odd width or height, so
 videos with an odd side are written in 4:4:4 (``yuv444p``, High 4:4:4 profile): exactly the requested
@@ -89,6 +90,14 @@ def write_video(path: str | os.PathLike, frames: np.ndarray | Iterable[np.ndarra
             writer.close()
         except (OSError, RuntimeError) as exc:  # ffmpeg exited (broken pipe) or reported an error
             raise SuperGenError(f"writing {str(path)!r} failed in the video encoder: {str(exc).splitlines()[0]}") from exc
+        except BaseException as exc:
+            if writer is not None and not isinstance(exc, Exception):
+                # Interrupted (Ctrl-C, or SIGTERM through supergen.cli): imageio-ffmpeg kills the encoder when
+                # the interrupt reaches it; a plain close() would wait for it to finish a file that is removed.
+                stopping, writer = writer, None
+                with contextlib.suppress(BaseException):
+                    stopping.throw(exc)
+            raise
         finally:
             if writer is not None:
                 writer.close()
@@ -150,3 +159,31 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(iio.imread(path))
     except Exception as exc:  # imageio raises many types for a file that is not a video
         raise SuperGenError(f"{str(path)!r} is not a readable video: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+
+
+#: Pillow modes of integer images deeper than 8 bits (a 16-bit grayscale PNG opens as ``I;16``).
+#: Pillow's own ``convert("RGB")`` clips these at 255 instead of scaling them: a mid-grey 16-bit
+#: image (32768) would become white.
+_DEEP_MODES = {"I;16": 16, "I;16L": 16, "I;16B": 16, "I;16N": 16, "I": 16}
+
+
+def load_image(image) -> "PIL.Image.Image":
+    """A conditioning image (a path or a PIL image) as 8-bit RGB, scaled by its bit depth.
+
+    16-bit grayscale (``I;16``, and ``I``, which Pillow uses for 16-bit PNGs too) is scaled by
+    255/65535; Pillow already reads 16-bit RGB(A) PNGs as 8-bit. Alpha is dropped, palettes are
+    expanded (the image encoders take RGB); a file's EXIF rotation is applied.
+    """
+    from PIL import Image, ImageOps
+
+    if not isinstance(image, Image.Image):
+        from .preflight import check_image
+
+        check_image(str(image))
+        with Image.open(image) as opened:
+            image = ImageOps.exif_transpose(opened)  # as diffusers' load_image: a camera's rotation applied
+    bits = _DEEP_MODES.get(image.mode)
+    if bits is not None:
+        values = np.asarray(image, dtype=np.float64) * (255.0 / (2**bits - 1))
+        image = Image.fromarray(np.clip(values.round(), 0, 255).astype(np.uint8), mode="L")
+    return image if image.mode == "RGB" else image.convert("RGB")

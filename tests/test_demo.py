@@ -59,10 +59,12 @@ def test_stage_callback_order_and_sketch_preview(wan_t2v):
 
 
 @contextlib.contextmanager
-def _serve(launcher: list[str], log):
-    """Run ``supergen demo`` on a free loopback port with the tiny model, as a user starts it; yield its URL."""
+def _serve(launcher: list[str], log, **env_extra: str):
+    """Run ``supergen demo`` on a free loopback port with the tiny model, as a user starts it; yield its URL.
+
+    Leaving the block sends SIGTERM, as ``kill`` and job schedulers do, and waits for the exit."""
     port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", **env_extra)
     with open(log, "wb") as out:
         server = subprocess.Popen([*launcher, "supergen", "demo", "--port", str(port), *DEMO_OVERRIDES],
                                   stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -219,3 +221,54 @@ def test_eta_from_planned_flops_and_measured_rate():
     remaining = plan.refine_steps * plan.flops_per_step
     assert track.eta() == f"about {remaining / (sketch / 2.0):.0f} s left"
     assert track.fraction == pytest.approx(sketch / (sketch + remaining))
+
+
+def test_memory_check_refuses_a_size_that_cannot_fit(wan_t2v, tmp_path):
+    """The check ``supergen render`` makes before the load: its message, not an internal error from an allocation."""
+    app = DemoApp(wan_t2v, load_config("tiny"), output_dir=tmp_path)
+    updates = list(app.run("a cat", "", None, "custom", 30000, 30000, 81, 0, 4, 0.5, "shift, clamp at edges"))
+    status, plan, sketch, final, _ = updates[-1]
+    # About 238 GiB (the planner's estimate): more than any machine running the tests has.
+    assert status.startswith("**Error:** 30000x30000x81 (height x width x frames) needs about"), status
+    assert "--no-memory-check" in status and "tile grid" in plan and sketch is None and final is None
+    assert not list(tmp_path.iterdir())
+
+
+def test_image_for_text_to_video_model_is_a_message(wan_t2v, image, tmp_path):
+    app = DemoApp(wan_t2v, load_config("tiny"), output_dir=tmp_path)
+    assert not app.takes_image  # the page shows no upload box
+    status = list(app.run("a cat", "", image, "custom", 64, 112, 5, 0, 4, 0.5, "shift, clamp at edges"))[-1][0]
+    assert status.startswith("**Error:** WanPipeline is a text-to-video model") and "tiny-i2v" in status
+
+
+def test_first_screen_has_generate_and_explains_its_controls(browser, demo_url):
+    """At a laptop's 1000 px height: Generate visible without scrolling, no image box for a text-to-video
+    model, Strength and Cache threshold explained, and the cache map's colours named."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(demo_url)
+    page.wait_for_selector("#generate")
+    box = page.locator("#generate").bounding_box()
+    assert box is not None and box["y"] + box["height"] <= 1000, box
+    assert not page.locator("#image").is_visible()
+    assert "refinement schedule" in page.locator("#strength").inner_text()
+    if page.locator("#cache-threshold").count():
+        assert "reused from the previous step" in page.locator("#cache-threshold").inner_text()
+        legend = page.locator("#cache-legend").inner_text()
+        assert "computed" in legend and "reused" in legend
+    page.close()
+
+
+def test_sigterm_removes_the_demo_folder_and_a_taken_port_names_the_flag(tmp_path):
+    """SIGTERM (what ``kill`` sends) ends the demo as Ctrl-C does: its temporary folder is removed. A second
+    demo on the same port stops before loading the model with one line naming --port."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    with _serve([sys.executable, "-m"], tmp_path / "server.log", TMPDIR=str(temp)) as url:
+        assert len(list(temp.glob("supergen-demo-*"))) == 1
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        second = subprocess.run([sys.executable, "-m", "supergen", "demo", "--port", port], capture_output=True, text=True,
+                                timeout=120, env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1"))
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert second.stderr.strip().splitlines()[-1].startswith(f"error: cannot serve on 127.0.0.1:{port}")
+        assert "--port" in second.stderr and "Traceback" not in second.stderr
+    assert not list(temp.glob("supergen-demo-*")), (tmp_path / "server.log").read_text()[-2000:]

@@ -11,6 +11,8 @@ from .report import CacheReport
 
 _COMPUTED = np.array([60, 200, 60], dtype=np.float32)  # green, RGB
 _REUSED = np.array([220, 60, 60], dtype=np.float32)  # red
+#: The tile colours by meaning (the demo's legend shows them).
+COLOURS = {"computed": _COMPUTED, "reused": _REUSED}
 
 
 def cache_map(report: CacheReport, thumbnail: np.ndarray | None = None, panel_width: int = 160) -> np.ndarray:
