@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -189,11 +191,14 @@ def render(args: argparse.Namespace) -> int:
                 raise SuperGenError(f"{flag} is for batch rendering: use it with --jobs FILE")
     elif args.output is not None:
         raise SuperGenError("-o/--output names one video; with --jobs the videos go to --output-dir")
+    elif args.cache_map is not None:
+        raise SuperGenError("--cache-map draws one render; with --jobs each job's cache statistics are in its sidecar "
+                            "(<output-dir>/<name>.json, \"cache\")")
     cfg = config_from_args(args)
     if args.jobs is not None:
         from .jobs import render_jobs
 
-        return render_jobs(cfg, args.jobs, args.output_dir, dry_run=args.dry_run, quiet=args.quiet)
+        return render_jobs(cfg, args.jobs, args.output_dir, dry_run=args.dry_run, quiet=args.quiet, overwrite=args.overwrite)
     # Everything a typo could break is checked before the (multi-GB) model load.
     output = preflight.check_output_path(cfg.output.path, overwrite=args.overwrite)
     sketch_output = output.with_suffix(".sketch" + output.suffix) if cfg.output.save_sketch else None
@@ -304,7 +309,16 @@ def quiet_known_noise() -> None:
         logging.getLogger(name).addFilter(lambda record, text=text: text not in record.getMessage())
 
 
+def interrupt_on_sigterm() -> None:
+    """Handle SIGTERM (what ``kill`` and job schedulers send) as Ctrl-C: a ``KeyboardInterrupt`` in the
+    main thread, so the same cleanup runs (temporary files removed, the video encoder killed, the demo's
+    folder removed) and one line is printed. Without it, Python dies at once and leaves them behind."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    interrupt_on_sigterm()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "upscale" and all("=" in item and not item.startswith("-") for item in extra):
