@@ -195,6 +195,10 @@ def render(args: argparse.Namespace) -> int:
         raise SuperGenError("--cache-map draws one render; with --jobs each job's cache statistics are in its sidecar "
                             "(<output-dir>/<name>.json, \"cache\")")
     cfg = config_from_args(args)
+    if not args.dry_run:  # a model will load
+        if args.quiet:
+            hide_loading_bars()
+        cpu_float16_note(cfg)
     if args.jobs is not None:
         from .jobs import render_jobs
 
@@ -251,9 +255,29 @@ def upscale(args: argparse.Namespace) -> int:
     return 0
 
 
-def plan(args: argparse.Namespace) -> int:
-    from .cost import architecture, estimate, format_plan, with_native_sketch
+def hide_loading_bars() -> None:
+    """``-q``: the progress bars diffusers, transformers and the Hub draw while loading (pipeline
+    components, checkpoint shards, downloads), which no log level hides."""
+    import diffusers.utils.logging
+    import huggingface_hub.utils
+    import transformers.utils.logging
 
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
+def cpu_float16_note(cfg: SuperGenConfig) -> None:
+    """One line in place of diffusers' warning, five times over, that float16 on the CPU will fail
+    (:data:`KNOWN_NOISE`): torch runs it."""
+    from .preflight import resolve_device
+
+    if cfg.model.dtype == "float16" and resolve_device(cfg.model.device).type == "cpu":
+        logger.info("model.dtype=float16 on the CPU: it runs (diffusers' warning that it cannot is out of date), "
+                    "though float32 is the usual precision there")
+
+
+def plan(args: argparse.Namespace) -> int:
     if args.trace_baseline and not args.trace:
         raise SuperGenError("--trace-baseline compares with the supergen trace: add --trace")
     if args.input is not None:  # the upscale of a video: its length (and with --scale its size) from the file
@@ -263,7 +287,9 @@ def plan(args: argparse.Namespace) -> int:
         args.num_frames = source.frames
         if args.scale is not None:
             args.height, args.width = target_size(source.size, None, None, args.scale)
-    cfg = config_from_args(args, default=None)
+    cfg = config_from_args(args, default=None)  # before the imports below (torch, diffusers): a typo costs no wait
+    from .cost import architecture, estimate, format_plan, with_native_sketch
+
     arch = architecture(cfg.model.name)
     planned = with_native_sketch(cfg, arch)
     resource = estimate(planned, arch)
@@ -300,6 +326,9 @@ KNOWN_NOISE = {
     "transformers.utils.import_utils": "requires torchvision (not installed); falling back to",
     # diffusers on any dtype cast of a model with no float32-pinned modules (the list is empty).
     "diffusers.models.modeling_utils": "that should be kept in float32: []",
+    # diffusers on every component moved to the CPU in float16 (five times for Wan): "running them will
+    # fail". They run (torch has the CPU kernels); render says so in one line (cpu_float16_note).
+    "diffusers.pipelines.pipeline_utils": "cannot run with `cpu` device",
 }
 
 
@@ -317,14 +346,21 @@ def interrupt_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    interrupt_on_sigterm()
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``key=value`` overrides anywhere among the flags: argparse takes only the
+    first run of positionals as ``overrides`` and calls a later run (``key=val --output x key2=val2``) unrecognised."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "upscale" and all("=" in item and not item.startswith("-") for item in extra):
-        args.overrides += extra  # key=value pairs after the options (``supergen upscale IN -o OUT key=value``)
+    if extra and all("=" in item and not item.startswith("-") for item in extra):
+        args.overrides += extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    interrupt_on_sigterm()
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO, format="%(name)s: %(message)s")
     quiet_known_noise()
     try:
