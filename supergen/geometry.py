@@ -32,9 +32,15 @@ class SizeRules:
         return self.vae_scale[1] * self.patch[1]
 
     def snap_frames(self, num_frames: int) -> int:
-        """The nearest frame count a causal VAE accepts, rounded down: ``k·t + 1`` (Wan: ``4k + 1``)."""
+        """The nearest frame count a causal VAE accepts, rounded down: ``k·t + 1`` (Wan: ``4k + 1``).
+
+        Raises:
+            SuperGenError: fewer than one frame (not rounded up to one: 0 or -3 is a mistake).
+        """
         t = self.vae_scale[0]
-        return max(1, (num_frames - 1) // t * t + 1)
+        if num_frames < 1:
+            raise SuperGenError(f"num_frames={num_frames}: must be at least 1 (this VAE takes {t}k+1 frames: 1, {t + 1}, {2 * t + 1}, ...)")
+        return (num_frames - 1) // t * t + 1
 
     def extra_latent_frames(self, num_frames: int) -> int:
         """Leading latent frames the transformer denoises beyond the ``(num_frames - 1) / t + 1`` the video needs."""

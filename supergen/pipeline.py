@@ -609,5 +609,12 @@ def _video_to_tensor(video: np.ndarray | torch.Tensor, frames: int) -> torch.Ten
         raise SuperGenError(f"sketch_video must have shape (frames, height, width, 3); got {tuple(array.shape)}")
     if array.shape[0] != frames:
         raise SuperGenError(f"sketch_video has {array.shape[0]} frames; this render needs {frames}")
-    array = array.float() / 255.0 if array.dtype == torch.uint8 else array.float()
+    if array.dtype == torch.uint8:
+        array = array.float() / 255.0
+    else:  # a float video in 0-255 would be read as white (and NaN fails both comparisons)
+        array = array.float()
+        low, high = array.min().item(), array.max().item()
+        if not (0.0 <= low and high <= 1.0):
+            raise SuperGenError(f"sketch_video ({str(video.dtype).removeprefix('torch.')}) has values from {low:g} to {high:g}: "
+                                "pass uint8 in [0, 255] or floats in [0, 1]")
     return (array * 2.0 - 1.0).permute(3, 0, 1, 2).unsqueeze(0)

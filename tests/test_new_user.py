@@ -5,6 +5,7 @@ import logging
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from supergen import cli
@@ -59,3 +60,24 @@ def test_float16_on_the_cpu_is_one_supergen_line(caplog):
         cli.cpu_float16_note(load_config("tiny", ["model.dtype=float16", "model.device=cpu"]))
         cli.cpu_float16_note(load_config("tiny", ["model.device=cpu"]))
     assert [r.getMessage()[:38] for r in caplog.records] == ["model.dtype=float16 on the CPU: it run"]
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        # Rendered one frame, rendered without guidance, rendered from a white sketch.
+        (dict(num_frames=0), r"num_frames=0: must be at least 1 \(this VAE takes 4k\+1 frames: 1, 5, 9, ...\)"),
+        (dict(num_frames=-3), "num_frames=-3: must be at least 1"),
+        (dict(guidance_scale=float("nan")), "config key 'sketch.guidance_scale' is nan; it must be a finite number"),
+        (dict(sketch_video=np.full((5, 32, 64, 3), 200.0, np.float32)),
+         r"sketch_video \(float32\) has values from 200 to 200: pass uint8 in \[0, 255\] or floats in \[0, 1\]"),
+    ],
+)
+def test_call_arguments_outside_their_range_are_refused(wan_t2v, kwargs, message):
+    from supergen import SuperGenPipeline
+    from supergen.errors import SuperGenError
+
+    sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny", sketch={"height": 32, "width": 64, "num_inference_steps": 1},
+                                    refine={"num_inference_steps": 2})
+    with pytest.raises(SuperGenError, match=message):
+        sg(prompt="a red car", height=64, width=128, **{"num_frames": 5, **kwargs})
