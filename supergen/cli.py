@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--jobs", help="batch: a .jsonl or .csv file of jobs, one video a row (see supergen.jobs)")
     render.add_argument("--output-dir", help="batch: folder for the videos, their sidecar JSON and results.jsonl")
     render.add_argument("--dry-run", action="store_true", help="batch: validate every row of --jobs, render nothing")
+    render.add_argument("--ray", nargs="?", const="", metavar="auto|ADDRESS",
+                        help="batch: render on a Ray cluster, groups of parallel.group_size actors pulling jobs (docs/farm.md); "
+                             "alone: RAY_ADDRESS or a local Ray; auto: the cluster this machine is in; or the head's address")
     render.add_argument("--cache-map", metavar="PNG", help="write a picture of the tiles computed/reused at every step")
     render.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
@@ -186,7 +189,7 @@ def render(args: argparse.Namespace) -> int:
     from . import preflight
 
     if args.jobs is None:
-        for flag, given in (("--dry-run", args.dry_run), ("--output-dir", args.output_dir is not None)):
+        for flag, given in (("--dry-run", args.dry_run), ("--output-dir", args.output_dir is not None), ("--ray", args.ray is not None)):
             if given:
                 raise SuperGenError(f"{flag} is for batch rendering: use it with --jobs FILE")
     elif args.output is not None:
@@ -202,7 +205,8 @@ def render(args: argparse.Namespace) -> int:
     if args.jobs is not None:
         from .jobs import render_jobs
 
-        return render_jobs(cfg, args.jobs, args.output_dir, dry_run=args.dry_run, quiet=args.quiet, overwrite=args.overwrite)
+        return render_jobs(cfg, args.jobs, args.output_dir, dry_run=args.dry_run, quiet=args.quiet, overwrite=args.overwrite,
+                           ray=args.ray)
     # Everything a typo could break is checked before the (multi-GB) model load.
     output = preflight.check_output_path(cfg.output.path, overwrite=args.overwrite)
     sketch_output = output.with_suffix(".sketch" + output.suffix) if cfg.output.save_sketch else None

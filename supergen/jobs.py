@@ -21,6 +21,8 @@ it instead of rendering it again.
 
 With several ranks the world is split into groups of ``parallel.group_size`` ranks; job ``i`` (of
 those still to do) goes to group ``i mod groups``, and the ranks of a group share its tiles.
+With ``--ray`` the jobs go to render groups on a Ray cluster instead, each taking the next job when
+idle (:mod:`supergen.farm`); the folder is the same either way.
 """
 
 from __future__ import annotations
@@ -206,11 +208,12 @@ def format_bad_rows(path: str | os.PathLike, bad: list[BadRow]) -> str:
 
 
 def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dry_run: bool = False, quiet: bool = False,
-                overwrite: bool = False) -> int:
+                overwrite: bool = False, ray: str | None = None) -> int:
     """The ``--jobs`` command. Exit status 0 when every job is done, 1 when some failed, 2 on bad rows in a dry run.
 
     Args:
         overwrite: render again a job whose outputs exist from another row, model or config (else it is refused).
+        ray: render on a Ray cluster (:mod:`supergen.farm`): ``""`` Ray's default, ``auto``, or its address.
     """
     from . import parallel
 
@@ -232,9 +235,10 @@ def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dr
     except OSError as exc:  # under a file, or in a folder we may not write
         raise SuperGenError(f"--output-dir {str(out)!r} cannot be created: {exc.strerror} ({exc.filename})") from None
     check_writable_folder(out, "--output-dir")
-    runtime = Runtime.start(base, quiet=quiet, load=False)
-    group = runtime.group
-    leader = runtime.leader
+    # The Ray farm's driver renders nothing itself (its render groups are Ray actors): no device, no ranks here.
+    runtime = Runtime.start(base, quiet=quiet, load=False) if ray is None else None
+    group = runtime.group if runtime is not None else None
+    leader = runtime is None or runtime.leader
     speaker = group is None or group.global_rank == 0
     # Rank 0 picks the run id (the summary selects this run's lines of results.jsonl by it) and the
     # jobs left to do; every rank follows, so the groups agree on how the jobs are split.
@@ -259,7 +263,11 @@ def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dr
                 _record(out, {"run": run_id, "line": job.line, "name": job.name, "status": "failed", "error": error})
             elif job.name not in left:
                 _record(out, {"run": run_id, "line": job.line, "name": job.name, "status": "skipped", "output": str(out / f"{job.name}.mp4")})
-    mine = [job for i, job in enumerate(todo) if group is None or i % group.count == group.index]
+    if ray is not None:
+        from .farm import render_farm
+
+        render_farm(base, todo, out, run_id, ray, quiet=quiet)
+    mine = [job for i, job in enumerate(todo) if group is None or i % group.count == group.index] if ray is None else []
 
     if mine:
         runtime.load(quiet)
@@ -322,8 +330,13 @@ def claim(out: Path, name: str) -> Iterator[bool]:
         os.close(fd)
 
 
-def _render_one(runtime: Runtime, job: Job, out: Path) -> dict[str, Any]:
-    """Render one job; return its results record. Errors every rank agrees on are recorded, not raised."""
+def _render_one(runtime: Runtime, job: Job, out: Path, record_fatal: bool = True) -> dict[str, Any]:
+    """Render one job; return its results record. Errors every rank agrees on are recorded, not raised.
+
+    Args:
+        record_fatal: a rank that fails alone appends its own record before it raises (under torchrun no
+            one else can); the Ray farm's driver records it instead (:mod:`supergen.farm`).
+    """
     from .parallel import RankFailure
 
     output = out / f"{job.name}.mp4"
@@ -347,7 +360,8 @@ def _render_one(runtime: Runtime, job: Job, out: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - a job's failure is recorded; the batch goes on
         if not isinstance(exc, SuperGenError) and runtime.group is not None and runtime.group.size > 1:
             # Only this rank failed, outside the tile exchange: its peers cannot know; end the process.
-            _record(out, record | {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "fatal": True})
+            if record_fatal:
+                _record(out, record | {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "fatal": True})
             raise
         logger.warning("job at line %d failed: %s", job.line, exc)
         return record | {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
