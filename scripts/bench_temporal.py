@@ -1,6 +1,6 @@
 """Temporal windows on the toy model: fixed chunks vs shifted windows vs whole-clip tiles.
 
-A clip longer than the model's native length (toy: 9 frames) is upscaled 2x (128 -> 256 px) three
+A clip longer than the model's native length (toy: 9 frames) is upscaled 2x (default 128 -> 256 px) three
 ways, everything else equal (one spatial tile covering the canvas, so only time is tiled):
 
 - ``fixed``: windows of 9 frames that never move (the chunked baseline of video upscalers);
@@ -13,6 +13,7 @@ begin; ``whole`` has no borders and is scored at the fixed chunks' borders) and 
 
     nice python scripts/bench_temporal.py                  # 4 scenes x 2 seeds, 33 frames
     python scripts/bench_temporal.py --scenes 1 --seeds 0  # one row, a quick look
+    nice python scripts/bench_temporal.py --size 64        # 64 -> 128 px: the canvas is one native tile, 4x cheaper
 """
 
 from __future__ import annotations
@@ -28,33 +29,32 @@ from supergen.builtin import load_pipeline
 from supergen.eval.metrics import temporal_flicker, temporal_seam_score
 from supergen.eval.toyworld import make_clip, make_scene
 
-#: toy's native clip (9 frames) as the window; tiles 256 px = the canvas, so only time is tiled.
-SPATIAL = {"tile_height": 256, "tile_width": 256}
+#: toy's native clip (9 frames) as the window; the spatial tile is set to the canvas (main()), so only time is tiled.
 SETTINGS = {
-    "fixed": {"tiling": {**SPATIAL, "frames": 9, "shift_every": 1000}},
-    "shifted": {"tiling": {**SPATIAL, "frames": 9}},
-    "whole": {"tiling": {**SPATIAL, "frames": 10_000}},
+    "fixed": {"frames": 9, "shift_every": 1000},
+    "shifted": {"frames": 9},
+    "whole": {"frames": 10_000},
 }
 
 
-def window_borders(sg: SuperGenPipeline, frames: int) -> list[int]:
+def window_borders(sg: SuperGenPipeline, frames: int, size: int) -> list[int]:
     """Video frames where a time window of the last refinement step begins (other than frame 0).
 
     A causal VAE's latent frame ``k >= 1`` holds video frames ``t·(k-1)+1 .. t·k``, so a window that
     begins at latent frame ``k`` begins at video frame ``t·(k-1)+1``."""
-    plan = sg.plan(256, 256, frames, sketch_video_size=(128, 128))
+    plan = sg.plan(2 * size, 2 * size, frames, sketch_video_size=(size, size))
     t = sg.adapter.vae_scale[0]
     starts = {tile.frames.start + tile.owned_frames.indices(tile.frames.size)[0] for tile in plan.tiles.tiles(plan.refine_steps - 1)}
     return sorted(t * (k - 1) + 1 for k in starts if k > 0)
 
 
-def fitting_scenes(count: int, frames: int) -> list[int]:
+def fitting_scenes(count: int, frames: int, size: int) -> list[int]:
     """The first ``count`` toyworld scene seeds whose objects stay in the frame for ``frames`` frames (a
-    fast object leaves a 128-px frame within 33 frames: toyworld refuses to sample it)."""
+    fast object leaves the frame within 33 frames: toyworld refuses to sample it)."""
     seeds, seed = [], 0
     while len(seeds) < count:
         try:
-            make_scene(seed, 128, 128, frames)
+            make_scene(seed, size, size, frames)
             seeds.append(seed)
         except ValueError:
             pass
@@ -69,26 +69,30 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps", type=int, default=20, help="refine.num_inference_steps")
     parser.add_argument("--strength", type=float, default=0.6)
+    parser.add_argument("--size", type=int, default=128, help="input side in pixels (a multiple of 16); the output is twice it")
     args = parser.parse_args()
 
     pipe = load_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
-    pipelines = {name: SuperGenPipeline.from_pipe(pipe, "toy", refine={"num_inference_steps": args.steps, "strength": args.strength}, **cfg)
+    out_size = 2 * args.size
+    refine = {"num_inference_steps": args.steps, "strength": args.strength}
+    pipelines = {name: SuperGenPipeline.from_pipe(pipe, "toy", refine=refine, tiling={"tile_height": out_size, "tile_width": out_size, **cfg})
                  for name, cfg in SETTINGS.items()}
-    fixed_borders = window_borders(pipelines["fixed"], args.frames)
-    print(f"toy, {args.frames} frames 128 -> 256 px, {args.steps} steps, strength {args.strength}; fixed chunk borders at frames {fixed_borders}")
+    fixed_borders = window_borders(pipelines["fixed"], args.frames, args.size)
+    print(f"toy, {args.frames} frames {args.size} -> {out_size} px, {args.steps} steps, strength {args.strength}; "
+          f"fixed chunk borders at frames {fixed_borders}")
     print(f"{'scene':>5} {'seed':>4} | " + " | ".join(f"{n:>7} seam  flicker" for n in SETTINGS) + " | shifted < fixed")
     wins, rows = 0, []
-    for scene in fitting_scenes(args.scenes, args.frames):
-        video, meta = make_clip(scene, 128, 128, args.frames)
+    for scene in fitting_scenes(args.scenes, args.frames, args.size):
+        video, meta = make_clip(scene, args.size, args.size, args.frames)
         sketch = ((video.transpose(1, 2, 3, 0) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
         for seed in args.seeds:
             row = {}
             for name, sg in pipelines.items():
                 start = time.perf_counter()
-                out = sg(prompt=meta.caption(), height=256, width=256, num_frames=args.frames, sketch_video=sketch,
+                out = sg(prompt=meta.caption(), height=out_size, width=out_size, num_frames=args.frames, sketch_video=sketch,
                          generator=torch.Generator().manual_seed(seed), output_type="np").frames[0]
-                borders = fixed_borders if name == "whole" else window_borders(sg, args.frames)
+                borders = fixed_borders if name == "whole" else window_borders(sg, args.frames, args.size)
                 row[name] = (temporal_seam_score(out, borders), temporal_flicker(out), time.perf_counter() - start)
             win = row["shifted"][0] < row["fixed"][0]
             wins += win

@@ -91,3 +91,45 @@ def test_one_window_in_time_is_todays_plan(mode, boundary):
             for a, b in zip(today.tiles(step), plan.tiles(step)):
                 assert (a.rows, a.cols, a.owned, b.frames) == (b.rows, b.cols, b.owned, None)
                 assert (a.weight is None and b.weight is None) or torch.equal(a.weight, b.weight)
+
+
+def test_wan_canvas_positions_number_a_time_window_by_its_canvas_frames():
+    """positions=global: a window of latent frames 2..3 gets exactly rows 2..3 of the whole clip's
+    temporal table (spatial tables unchanged)."""
+    from supergen.adapters.wan import CanvasRotaryPosEmbed
+    from supergen.builtin import tiny_wan_pipeline
+    from supergen.tiling import Tile, Window
+
+    rope = tiny_wan_pipeline().transformer.rope
+    rows, cols = torch.arange(4), torch.arange(7)
+    whole = CanvasRotaryPosEmbed(rope)
+    whole.set_tiles([rows], [cols])
+    full = whole(torch.zeros(1, 16, 5, 8, 14))
+    window = Tile(0, Window(0, 8, 8), Window(0, 14, 14), frames=Window(2, 2, 5))
+    windowed = CanvasRotaryPosEmbed(rope)
+    windowed.set_tiles([rows], [cols], frames=[window.frames.positions()])
+    part = windowed(torch.zeros(1, 16, 2, 8, 14))
+    tokens = 4 * 7  # per latent frame
+    for ours, theirs in zip(part, full):
+        assert torch.equal(ours, theirs[:, 2 * tokens : 4 * tokens])
+
+
+def test_a_clip_longer_than_a_window_renders_in_shifting_time_windows():
+    """tiny, 9 frames (3 latent) in windows of 5 frames (2 latent): every step two or three windows,
+    the render finishes with the clip's shape; the cache refuses time windows in one line."""
+    from supergen import SuperGenPipeline
+    from supergen.builtin import tiny_wan_pipeline
+    from supergen.errors import SuperGenError
+
+    pipe = tiny_wan_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    small = {"sketch": {"num_inference_steps": 2, "height": 32, "width": 64}, "refine": {"num_inference_steps": 4}}
+    sg = SuperGenPipeline.from_pipe(pipe, "tiny", **small, tiling={"frames": 5})
+    plan = sg.plan(32, 64, 9)
+    assert plan.tiles.frames == 2 and plan.tile_latent_shape[2] == 2 and "windows of 2 latent frames" in plan.tiles.describe()
+    out = sg(height=32, width=64, num_frames=9, generator=torch.Generator().manual_seed(0), output_type="latent")
+    assert out.frames.shape == (1, 16, 3, 4, 8) and torch.isfinite(out.frames).all()
+    assert [s.tiles for s in out.stats.steps] == [len(plan.tiles.tiles(i)) for i in range(plan.refine_steps)]
+    cached = SuperGenPipeline.from_pipe(pipe, "tiny", **small, tiling={"frames": 5}, cache={"enabled": True})
+    with pytest.raises(SuperGenError, match="does not take time windows"):
+        cached.plan(32, 64, 9)
