@@ -41,14 +41,14 @@ import re
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from .config import SuperGenConfig, load_config, to_dict, to_yaml
+from .config import ParallelConfig, SuperGenConfig, load_config, to_dict, to_yaml
 from .errors import SuperGenError
 from .preflight import check_image, check_image_use, check_writable_folder
 from .runtime import Runtime
@@ -70,6 +70,9 @@ EXTRA_FIELDS = ("name", "overrides")
 #: Config sections a row may not change: the model is loaded once and the ranks are grouped once.
 FIXED_SECTIONS = ("model.", "parallel.")
 RESULTS = "results.jsonl"
+#: ``parallel`` keys left out of a job's fingerprint (taken at their defaults): a rerun with another
+#: timeout or retry count (``--ray``'s ``parallel.attempts``) resumes the folder instead of refusing it.
+RUN_ONLY = ("timeout_s", "attempts")
 
 
 @dataclass
@@ -83,8 +86,12 @@ class Job:
 
     @property
     def fingerprint(self) -> str:
-        """What makes this job's video: its row and the effective config (model included)."""
-        return hashlib.sha256((json.dumps(self.row, sort_keys=True) + to_yaml(self.config)).encode()).hexdigest()[:16]
+        """What makes this job's video: its row and the effective config (model included), less the keys
+        that say how long to wait for ranks and how often to retry (:data:`RUN_ONLY`), which change no pixel."""
+        defaults = ParallelConfig()
+        parallel = replace(self.config.parallel, **{key: getattr(defaults, key) for key in RUN_ONLY})
+        config = replace(self.config, parallel=parallel)
+        return hashlib.sha256((json.dumps(self.row, sort_keys=True) + to_yaml(config)).encode()).hexdigest()[:16]
 
     def outputs(self, out: Path) -> list[Path]:
         """The files this job writes in ``out``: the video, the sidecar, and the sketch when it saves one."""

@@ -189,3 +189,13 @@ def test_ray_is_refused_without_jobs(capsys):
 
     assert main(["render", "--ray", "auto"]) == 2
     assert "--ray is for batch rendering: use it with --jobs FILE" in capsys.readouterr().err
+
+
+def test_retry_count_and_timeout_leave_the_fingerprint_a_rerun_resumes_by(tmp_path):
+    jobs = write_rows(tmp_path / "jobs.jsonl", GOOD)
+
+    def fingerprints(*more: str) -> list[str]:
+        return [job.fingerprint for job in parse_jobs(jobs, config(1, *more)).jobs]
+
+    assert fingerprints("parallel.attempts=5", "parallel.timeout_s=60") == fingerprints()
+    assert fingerprints("refine.strength=0.6") != fingerprints()  # a setting that changes the video still counts
