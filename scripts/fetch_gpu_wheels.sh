@@ -11,6 +11,11 @@
 # what the second resolution adds is what the image lacks. A package both resolutions have at
 # different versions is reported: the image keeps its own, so supergen runs with that one.
 # Resolving downloads package metadata only (about two minutes each), not torch's wheels.
+#
+# WITHOUT="NAME ..." leaves those distributions out and lists them in DEST/LEFT_OUT, which
+# gpu_check.sh then accepts as missing. The folder is about 74 MB, 68 MB of it imageio-ffmpeg (its
+# wheel holds an ffmpeg binary), over the GPU lease's 64 MiB for carried files; only writing video
+# needs it and no step of the kit writes video, so there: WITHOUT=imageio-ffmpeg (about 6 MB left).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-python3}
@@ -63,7 +68,11 @@ if ((LIST)); then
     cat "$WORK/lacking.txt"
     exit 0
 fi
-mapfile -t LACKING <"$WORK/lacking.txt"
 mkdir -p "$DEST"
+: >"$DEST/LEFT_OUT"
+LACKING=()
+while read -r pinned; do
+    if [[ " ${WITHOUT:-} " == *" ${pinned%%==*} "* ]]; then echo "${pinned%%==*}" >>"$DEST/LEFT_OUT"; else LACKING+=("$pinned"); fi
+done <"$WORK/lacking.txt"
 "$PYTHON" -m pip download -q --no-deps "${PLATFORM[@]}" -d "$DEST" "${LACKING[@]}"
 ls -l "$DEST"

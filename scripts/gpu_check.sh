@@ -140,8 +140,8 @@ step() {
 # --------------------------------------------------------------------------- install
 # What the image lacks, from what is installed (distributions, by importlib.metadata): with WHEELS,
 # every wheel there whose distribution is not installed (scripts/fetch_gpu_wheels.sh derives that
-# folder from pyproject.toml and the image's packages); without, the dependencies pyproject.toml
-# declares that are not installed. No list by hand.
+# folder from pyproject.toml and the image's packages; what its WHEELS/LEFT_OUT names may stay
+# missing); without, the dependencies pyproject.toml declares that are not installed. No list by hand.
 cat >"$LOGS/missing.py" <<'PY'
 import importlib.metadata as md, pathlib, re, sys, tomllib
 
@@ -157,6 +157,8 @@ declared = [re.match(r"[A-Za-z0-9._-]+", d).group() for d in tomllib.loads((repo
 found = sorted(pathlib.Path(wheels).glob("*.whl")) if wheels else []
 norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()
 provided = {norm(w.name.split("-")[0]) for w in found}
+left_out = pathlib.Path(wheels, "LEFT_OUT") if wheels else None  # fetch_gpu_wheels.sh WITHOUT=...
+provided |= {norm(n) for n in left_out.read_text().split()} if left_out and left_out.exists() else set()
 print(" ".join(str(w) for w in found if not installed(w.name.split("-")[0])))  # wheels to install
 print(" ".join(d for d in declared if not installed(d) and norm(d) not in provided))  # missing even so
 PY
