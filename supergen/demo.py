@@ -352,7 +352,9 @@ def build_app(app: DemoApp):
                 generate = gr.Button("Generate", variant="primary", elem_id="generate")
                 negative = gr.Textbox(label="Negative prompt", value=job.negative_prompt, elem_id="negative-prompt")
                 # Text-to-video models take no image (the pipeline refuses one): no upload box for them.
-                image = gr.Image(label="Image (first frame)", type="pil", elem_id="image", visible=app.takes_image)
+                # image_mode=None: the upload as it is (Gradio's default "RGB" clips a 16-bit image to white);
+                # the pipeline converts it by bit depth (supergen.videoio.load_image).
+                image = gr.Image(label="Image (first frame)", type="pil", image_mode=None, elem_id="image", visible=app.takes_image)
                 preset = gr.Dropdown(list(SIZE_PRESETS), value="custom", label="Size", elem_id="preset")
                 with gr.Row():
                     height = gr.Number(label="Height", value=job.height, precision=0, elem_id="height")

@@ -272,3 +272,21 @@ def test_sigterm_removes_the_demo_folder_and_a_taken_port_names_the_flag(tmp_pat
         assert second.stderr.strip().splitlines()[-1].startswith(f"error: cannot serve on 127.0.0.1:{port}")
         assert "--port" in second.stderr and "Traceback" not in second.stderr
     assert not list(temp.glob("supergen-demo-*")), (tmp_path / "server.log").read_text()[-2000:]
+
+
+def test_sixteen_bit_upload_reaches_the_pipeline_by_its_bit_depth(wan_i2v, tmp_path):
+    """The page's image box hands a 16-bit grey PNG over as it is (Gradio's default RGB mode would clip
+    it to white), and the pipeline's loader scales it: the 8-bit ramp it stands for."""
+    from PIL import Image
+
+    from supergen.demo import build_app
+    from supergen.videoio import load_image
+
+    gr_image = pytest.importorskip("gradio.components.image")
+    ramp = np.tile(np.linspace(0, 65535, 112).round().astype(np.uint16), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    page = build_app(DemoApp(wan_i2v, load_config("tiny"), output_dir=tmp_path))
+    box = next(block for block in page.blocks.values() if getattr(block, "elem_id", None) == "image")
+    upload = box.preprocess(gr_image.ImageData(path=str(tmp_path / "deep.png"), orig_name="deep.png"))
+    expected = np.linspace(0, 255, 112).round().astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(load_image(upload))[0, :, 0], expected)
