@@ -2,7 +2,9 @@
 
 A jobs file is JSONL (one JSON object a line) or CSV (a header row), one video a row, with the fields
 of :data:`FIELDS`; a missing field takes the config's value. ``overrides`` is a list of ``key=value``
-config overrides (in CSV: separated by ``;``). An optional ``name`` sets the output file's stem;
+config overrides (in CSV: separated by ``;``). An ``input`` video makes the row an upscale of it
+(``supergen upscale``: its frame count, fps and audio; the size from ``height``/``width`` or ``scale``
+2, 3 or 4). An optional ``name`` sets the output file's stem;
 otherwise it is derived from the prompt and a hash of the row, so it is stable across reruns and
 reorderings of the file.
 
@@ -66,7 +68,7 @@ FIELDS = {
     "width": "job.width",
     "num_frames": "job.num_frames",
 }
-EXTRA_FIELDS = ("name", "overrides")
+EXTRA_FIELDS = ("name", "overrides", "input", "scale")
 #: Config sections a row may not change: the model is loaded once and the ranks are grouped once.
 FIXED_SECTIONS = ("model.", "parallel.")
 RESULTS = "results.jsonl"
@@ -83,6 +85,8 @@ class Job:
     row: dict[str, Any]
     config: SuperGenConfig
     name: str
+    #: The probed ``input`` video of an upscale row (:mod:`supergen.upscale_video`), else None.
+    source: Any = None
 
     @property
     def fingerprint(self) -> str:
@@ -201,7 +205,15 @@ def _job(line: int, row: dict[str, Any], base: SuperGenConfig, folder: Path) -> 
     name = row.get("name") or _default_name(row)
     if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
         raise SuperGenError(f"name {name!r} must be letters, digits, '.', '_' or '-'")
-    return Job(line, row, cfg, name)
+    if "input" not in row:
+        if "scale" in row:
+            raise SuperGenError("scale sizes an upscale: give it with an input video")
+        return Job(line, row, cfg, name)
+    from .upscale_video import probe, target_size, upscale_config
+
+    source = probe(row["input"] if os.path.isabs(row["input"]) else folder / row["input"])
+    size = target_size(source.size, row.get("height"), row.get("width"), row.get("scale"))
+    return Job(line, row, upscale_config(cfg, source, size, source.frames, row.get("prompt")), name, source)
 
 
 def _default_name(row: dict[str, Any]) -> str:
@@ -351,7 +363,12 @@ def _render_one(runtime: Runtime, job: Job, out: Path, record_fatal: bool = True
     start = time.perf_counter()
     record: dict[str, Any] = {"line": job.line, "name": job.name}
     try:
-        done = runtime.render(job.config, output, sketch_output)
+        if job.source is not None:
+            from .upscale_video import render_upscale
+
+            done = render_upscale(runtime, job.config, job.source, output)
+        else:
+            done = runtime.render(job.config, output, sketch_output)
         if runtime.leader:
             try:
                 _write_json(out / f"{job.name}.json", sidecar(job, done, time.perf_counter() - start, runtime.group))

@@ -155,9 +155,10 @@ def mux_audio(video: Path, source: Path, output: Path) -> None:
 
 def upscale_config(cfg: SuperGenConfig, source: SourceVideo, size: tuple[int, int], frames: int, prompt: str | None) -> SuperGenConfig:
     """The render job of an upscale: the target size, the padded frame count, the prompt (empty unless
-    given) and the input's frame rate."""
+    given) and the input's frame rate (``output.fps`` is an integer: the video is written at the
+    input's exact rate, e.g. 29.97, by :func:`render_upscale`)."""
     job = replace(cfg.job, height=size[0], width=size[1], num_frames=frames, prompt=prompt or "", sketch_video=None, image=None)
-    return replace(cfg, job=job, output=replace(cfg.output, fps=source.fps))
+    return replace(cfg, job=job, output=replace(cfg.output, fps=max(1, round(source.fps))))
 
 
 def upscale(
@@ -192,10 +193,11 @@ def upscale(
     return output, source, size
 
 
-def render_upscale(runtime, job: SuperGenConfig, source: SourceVideo, output: Path) -> None:
+def render_upscale(runtime, job: SuperGenConfig, source: SourceVideo, output: Path):
     """Render the upscale ``job`` (:func:`upscale_config`) of ``source`` on a loaded
     :class:`~supergen.runtime.Runtime` and, on the leader, write it to ``output`` with the source's
-    fps and audio (batch rows with an input video run this too)."""
+    fps and audio (batch rows with an input video run this too). Returns the runtime's
+    :class:`~supergen.runtime.Rendered` (its ``path`` None: the file is written here)."""
     from .pipeline import SuperGenPipeline
     from .runtime import uint8_chunks
     from .videoio import write_video
@@ -204,14 +206,15 @@ def render_upscale(runtime, job: SuperGenConfig, source: SourceVideo, output: Pa
     job = replace(job, job=replace(job.job, num_frames=count))
     done = runtime.render(job, sketch_video=read_frames(source, count))
     if not runtime.leader:
-        return
+        return done
     frames = uint8_chunks(done.output.frames[0][: source.frames])  # the padding cut back
     if not source.has_audio:
         write_video(output, frames, fps=source.fps, quality=job.output.quality)
-        return
+        return done
     silent = output.with_name(f".{output.stem}.silent{output.suffix}")
     try:
         write_video(silent, frames, fps=source.fps, quality=job.output.quality)
         mux_audio(silent, source.path, output)
     finally:
         silent.unlink(missing_ok=True)
+    return done

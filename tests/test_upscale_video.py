@@ -81,3 +81,24 @@ def test_bad_targets(tmp_path, capsys, args, expected):
         assert code == 2
     assert expected in capsys.readouterr().err
 
+
+
+def test_batch_rows_take_an_input_video(tmp_path):
+    """A jobs row with ``input`` is an upscale: its frame count and fps from the file, its size from
+    ``scale``; a bad input is that row's one-line error."""
+    import json
+
+    from supergen.config import load_config
+    from supergen.jobs import parse_jobs
+
+    make_clip(tmp_path / "clip.mp4", 10, fps=12)
+    (tmp_path / "notes.mp4").write_text("not a video")
+    rows = [{"input": "clip.mp4", "scale": 2, "name": "up"}, {"input": "notes.mp4", "scale": 2}, {"prompt": "x", "scale": 2}]
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    parsed = parse_jobs(path, load_config("tiny"))
+    (job,) = parsed.jobs
+    assert job.source.frames == 10 and (job.config.job.height, job.config.job.width, job.config.output.fps) == (96, 192, 12.0)
+    assert job.config.job.prompt == ""
+    assert [b.line for b in parsed.bad] == [2, 3]
+    assert "not a video ffmpeg can decode" in parsed.bad[0].error and "give it with an input video" in parsed.bad[1].error
