@@ -43,14 +43,15 @@ import re
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+import dataclasses
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from .config import ParallelConfig, SuperGenConfig, load_config, to_dict, to_yaml
+from .config import SuperGenConfig, load_config, to_dict
 from .errors import SuperGenError
 from .preflight import check_image, check_image_use, check_writable_folder
 from .runtime import Runtime
@@ -77,6 +78,19 @@ RESULTS = "results.jsonl"
 RUN_ONLY = ("timeout_s", "attempts")
 
 
+def settings(config: SuperGenConfig) -> dict[str, Any]:
+    """The values of ``config`` that differ from its class's defaults, by dotted key
+    (``{"tiling.mode": "overlap", ...}``)."""
+
+    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+        if dataclasses.is_dataclass(node):
+            return {k: v for f in dataclasses.fields(node) for k, v in flat(getattr(node, f.name), f"{prefix}{f.name}.").items()}
+        return {prefix[:-1]: node}
+
+    defaults = flat(type(config)())
+    return {key: value for key, value in flat(config).items() if key not in defaults or defaults[key] != value}
+
+
 @dataclass
 class Job:
     """One valid row: where it came from, its resolved config, and its output stem."""
@@ -90,12 +104,17 @@ class Job:
 
     @property
     def fingerprint(self) -> str:
-        """What makes this job's video: its row and the effective config (model included), less the keys
-        that say how long to wait for ranks and how often to retry (:data:`RUN_ONLY`), which change no pixel."""
-        defaults = ParallelConfig()
-        parallel = replace(self.config.parallel, **{key: getattr(defaults, key) for key in RUN_ONLY})
-        config = replace(self.config, parallel=parallel)
-        return hashlib.sha256((json.dumps(self.row, sort_keys=True) + to_yaml(config)).encode()).hexdigest()[:16]
+        """What makes this job's video: its row and the settings of its effective config (model included)
+        that differ from the defaults (:func:`settings`), less the keys that say how long to wait for
+        ranks and how often to retry (:data:`RUN_ONLY`), which change no pixel.
+
+        Only non-default values count, so a release that adds a config key (at a default that keeps
+        today's behaviour) does not change the fingerprint of every finished job: a rerun after an
+        upgrade resumes the folder instead of refusing or re-rendering it.
+        """
+        changed = {key: value for key, value in settings(self.config).items()
+                   if key.removeprefix("parallel.") not in RUN_ONLY}
+        return hashlib.sha256(json.dumps([self.row, changed], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def outputs(self, out: Path) -> list[Path]:
         """The files this job writes in ``out``: the video, the sidecar, and the sketch when it saves one."""

@@ -113,3 +113,33 @@ def test_csv_rows_take_the_same_fields(tmp_path):
     assert (job.config.job.seed, job.config.job.height, job.config.tiling.boundary, job.config.refine.strength) == (5, 64, "wrap", 0.6)
     assert job.config.job.width == 448  # a missing field takes the config's value
     assert [b.line for b in parsed.bad] == [3] and "job.seed" in parsed.bad[0].error
+
+
+def test_fingerprint_counts_only_settings_that_differ_from_the_defaults(tmp_path):
+    """A rerun after an upgrade that adds a config key (at a default keeping today's behaviour) resumes the
+    folder: the fingerprint is the row plus the non-default settings, so the new key changes nothing."""
+    import dataclasses
+
+    from supergen.config import SuperGenConfig, TilingConfig
+    from supergen.jobs import Job, settings
+
+    @dataclasses.dataclass
+    class NewTiling(TilingConfig):
+        new_knob: int = 0  # a key a later release adds
+
+    @dataclasses.dataclass
+    class NewConfig(SuperGenConfig):
+        tiling: NewTiling = dataclasses.field(default_factory=NewTiling)
+
+    row = {"prompt": "a red car", "seed": 1}
+    today = load_config("tiny", ["tiling.mode=overlap"])
+    upgraded = NewConfig(**{f.name: getattr(today, f.name) for f in dataclasses.fields(SuperGenConfig)})
+    upgraded.tiling = NewTiling(**dataclasses.asdict(today.tiling))
+
+    assert settings(today)["tiling.mode"] == "overlap"
+    assert "tiling.new_knob" not in settings(upgraded)
+    same = Job(1, row, today, "a").fingerprint
+    assert Job(1, row, upgraded, "a").fingerprint == same
+    upgraded.tiling.new_knob = 1  # set away from its default, it makes another video
+    assert Job(1, row, upgraded, "a").fingerprint != same
+    assert Job(1, row | {"seed": 2}, today, "a").fingerprint != same
