@@ -73,6 +73,7 @@ class StageTrace:
     largest_what: str = ""
     peak_what: str = ""  # the largest live tensors at the peak
     peak_weights: int = 0  # of ``peak``, the weights on the device then
+    transient: int = 0  # the most live bytes beyond the weights at any moment of the stage
     cpu_seconds: float = 0.0  # CPU time the trace of this stage took
 
 
@@ -116,12 +117,13 @@ class MemoryTrace(TorchDispatchMode):
     """Live bytes of the tensors created under it (by storage), per stage.
 
     Enter it *inside* a ``FakeTensorMode`` so it sees every operation first, with host (real)
-    tensors still recognisable as such.
+    tensors still recognisable as such. With ``real=True`` (no fake mode: :func:`measure_render`)
+    every tensor is device data and counted: the same bookkeeping on a real execution.
     """
 
-    def __init__(self, resident: int):
+    def __init__(self, resident: int, real: bool = False):
         super().__init__()
-        self.resident = resident
+        self.resident, self.real = resident, real
         self.live: dict[int, tuple[int, str]] = {}
         self.current = 0
         self.high = 0  # highest ``resident + current`` since the last :meth:`ShapeMemo` mark
@@ -146,6 +148,7 @@ class MemoryTrace(TorchDispatchMode):
     def _note_peak(self, trace: StageTrace, extra: int = 0) -> None:
         total = self.resident + self.current + extra
         self.high = max(self.high, total)
+        trace.transient = max(trace.transient, self.current + extra)
         if total > trace.peak:
             trace.peak, trace.peak_weights = total, self.resident
             top = sorted(self.live.values(), reverse=True)[:3]
@@ -167,7 +170,7 @@ class MemoryTrace(TorchDispatchMode):
 
         kwargs = kwargs or {}
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        if inputs and all(_is_real(t) for t in inputs):
+        if not self.real and inputs and all(_is_real(t) for t in inputs):
             # Host work on real tensors (scheduler tables, timesteps, the input image) stays real, as
             # on a GPU run, so the host may read its values; it is not device memory. Unless its
             # output is large (a video made from the image): then it is traced as device memory.
