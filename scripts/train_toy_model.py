@@ -50,7 +50,7 @@ Step counts continue from the folder's ``training.json``, the EMA starts at the 
 the optimisers start fresh, and the latent normalisation is kept, so the DiT continues in the same
 latent space as long as the encoder stays frozen. Without ``--freeze-encoder`` the encoder trains
 too; the DiT stage then measures the new encoder's latent statistics on its bank and continues the
-shipped transformer in that space (how the issue #17 model was made: docs/benchmarks.md).
+shipped transformer in that space (how the issue #17 model was made: docs/toy-model.md).
 
 CPU: keep it polite on shared machines (``nice -n 19``; ``--threads 1`` is the default).
 GPU: ``--device cuda`` runs the same code.
@@ -379,7 +379,7 @@ def texture_loss(rec: torch.Tensor, x: torch.Tensor, smooth: float = 0.02) -> to
     steps by less than ``smooth`` (98 % of steps; an object's edge steps by far more), ``rec``
     must step as ``x`` does, and any other step is texture or ringing. Measured: 2440
     decoder-only steps at weight 1 (the first 781 in an earlier, flat-only form) lowered the
-    held-out lattice texture from 0.0037 to 0.0032, slowly (docs/benchmarks.md, "Issue #17: a
+    held-out lattice texture from 0.0037 to 0.0032, slowly (docs/toy-model.md, "Issue #17: a
     texture loss").
     """
     total, count = rec.new_zeros(()), 0
@@ -956,7 +956,9 @@ def export(args, log):
         f"{measured['vae']['reconstructions']['shape_accuracy']}, colour recall "
         f"{measured['vae']['reconstructions']['colour_recall']} (what a DiT sampling through it can reach)\n"
         f"- scheduler: {card['scheduler']}; samples use {args.sample_steps} steps, guidance {args.guidance}\n"
-        f"- trained on: {args.train_device_note}\n\n"
+        f"- trained on: {args.train_device_note}\n"
+        "- training notes (every session, its commands, the runs that did not ship): `docs/toy-model.md` "
+        "in the supergen repository\n\n"
         "```python\nfrom diffusers import WanPipeline\n"
         "pipe = WanPipeline.from_pretrained(\"assets/toy-wan\")\n"
         f"video = pipe(\"{SAMPLE_PROMPTS[0]}\", height={NATIVE['height']}, width={NATIVE['width']}, "
