@@ -6,12 +6,16 @@ PSNR and SSIM, plus the quality yardsticks of ``scripts/bench_quality.py`` (seam
 error against the sketch, temporal flicker). Compute is the share of transformer block forwards
 that ran (for tile policies the share of tile-forwards: every block of a computed tile runs).
 
-Thresholds do not fix the compute, so each policy is swept, and per render (size, prompt, seed) each
-metric is interpolated linearly in compute onto the grid 50%, 60%, …, 90%; a policy gets no value
-where its sweep did not reach a fraction on some render. The table and the PNG show the mean over
-renders. ``steps`` is run at the grid's fractions exactly.
+Renders are a set of ``supergen.eval.sets`` (``--set test``, the default, for reported numbers;
+``--set tuning`` to choose thresholds or rules). Every policy runs at the same reuse cap
+(``--max-consecutive``, the shipped ``cache.max_consecutive`` unless given); MagCache's per-step
+ratios are calibrated on the tuning set's first render. Thresholds do not fix the compute, so region
+is swept and compared with each baseline setting at the compute that setting reached on the same
+render (region's sweep interpolated linearly in compute), as paired differences with a 95 %
+interval (``supergen.eval.stats``); the swept policies are also shown on the grid 50 %, 60 %, … 90 %.
 
-    python scripts/bench_cache.py --sizes 256 --prompts 4 --seeds 1 --plot docs/cache-curves.png
+    python scripts/bench_cache.py --sizes 256 --rows rows.jsonl          # the test set, 16 renders
+    python scripts/bench_cache.py --from-rows rows.jsonl --plot docs/cache-curves.png
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import io
 import json
 import logging
 import time
-import warnings
 
 import cv2
 import numpy as np
@@ -30,16 +33,16 @@ import torch
 
 from supergen import SuperGenPipeline
 from supergen.builtin import load_pipeline
+from supergen.config import CacheConfig
 from supergen.eval.metrics import object_count, psnr, seam_score, ssim, temporal_flicker
-from supergen.eval.toyworld import sample_scene
+from supergen.eval.sets import SETS, eval_set
+from supergen.eval.stats import mean_interval, paired_difference
 
 BASE = {"tiling": {"mode": "shift", "boundary": "clamp", "positions": "global"}, "refine": {"strength": 0.6}}
 GRID = [0.5, 0.6, 0.7, 0.8, 0.9]
 METRICS = ("psnr", "ssim", "seam", "obj_err", "flicker")
 COLOURS = {"region": (200, 60, 30), "region-flat": (240, 160, 60), "steps": (40, 40, 40), "teacache": (60, 160, 60),
-           "fbc": (60, 90, 220), "magcache": (170, 60, 200),
-           # rows measured before cache.region.cost existed (the rule without cost weighting)
-           "region-nocost": (230, 150, 150), "region-flat-nocost": (240, 210, 150)}  # RGB
+           "fbc": (60, 90, 220), "magcache": (170, 60, 200)}  # RGB
 
 
 class MagRatios(logging.Handler):
@@ -77,19 +80,16 @@ def measure(sg: SuperGenPipeline, out, sketch: np.ndarray, reference: np.ndarray
 
 
 def settings(args, ratios: list[float] | None) -> list[tuple[str, dict]]:
-    out = [("region", {"policy": "region", "threshold": t}) for t in args.region]
-    out += [("region-flat", {"policy": "region", "threshold": t, "region": {"strength": 0.0}}) for t in args.region_flat]
-    # The rule before cost weighting and the cap of 2 (issue #16), as measured in docs/data's older rows.
-    nocost = {"max_consecutive": 3, "region": {"cost": 0.0}}
-    out += [("region-nocost", {"policy": "region", "threshold": t, **nocost}) for t in args.region_nocost]
-    out += [("region-flat-nocost", {"policy": "region", "threshold": t, **nocost, "region": {"cost": 0.0, "strength": 0.0}})
-            for t in args.region_flat_nocost]
-    out += [("steps", {"policy": "steps", "fraction": f}) for f in args.steps]
-    # The baselines' rows in docs/data were measured with cache.max_consecutive 3 (the default then).
-    out += [("teacache", {"policy": "teacache", "threshold": t, "max_consecutive": 3}) for t in args.teacache]
-    out += [("fbc", {"policy": "fbc", "threshold": t}) for t in args.fbc]
+    """Every cache setting to render; all of them share one reuse cap (``--max-consecutive``), so no
+    policy is compared at a looser cap than another."""
+    cap = {"max_consecutive": args.max_consecutive}
+    out = [("region", {"policy": "region", "threshold": t, **cap}) for t in args.region]
+    out += [("region-flat", {"policy": "region", "threshold": t, "region": {"strength": 0.0}, **cap}) for t in args.region_flat]
+    out += [("steps", {"policy": "steps", "fraction": f, **cap}) for f in args.steps]
+    out += [("teacache", {"policy": "teacache", "threshold": t, **cap}) for t in args.teacache]
+    out += [("fbc", {"policy": "fbc", "threshold": t, **cap}) for t in args.fbc]
     if ratios is not None:
-        out += [("magcache", {"policy": "magcache", "threshold": t, "mag_ratios": ratios, "max_consecutive": 3}) for t in args.magcache]
+        out += [("magcache", {"policy": "magcache", "threshold": t, "mag_ratios": ratios, **cap}) for t in args.magcache]
     return out
 
 
@@ -143,7 +143,7 @@ def plot(path: str, curves: dict[str, dict[str, list[float]]], title: str) -> No
         cv2.putText(panel, f"{lo:.3g}", (2, pad + h), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
         cv2.putText(panel, f"{metric} vs compute", (pad, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
         for name, curve in curves.items():
-            colour = COLOURS[name][::-1]
+            colour = COLOURS.get(name, (120, 120, 120))[::-1]
             pts = [to_px(g, v) for g, v in zip(GRID, curve[metric]) if np.isfinite(v)]
             for a, b in zip(pts, pts[1:]):
                 cv2.line(panel, a, b, colour, 2, cv2.LINE_AA)
@@ -152,7 +152,7 @@ def plot(path: str, curves: dict[str, dict[str, list[float]]], title: str) -> No
         panels.append(panel)
     legend = np.full((panels[0].shape[0], 160, 3), 255, np.uint8)
     for i, name in enumerate(curves):
-        cv2.line(legend, (10, 60 + 22 * i), (40, 60 + 22 * i), COLOURS[name][::-1], 3)
+        cv2.line(legend, (10, 60 + 22 * i), (40, 60 + 22 * i), COLOURS.get(name, (120, 120, 120))[::-1], 3)
         cv2.putText(legend, name, (48, 64 + 22 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
     top = np.concatenate(panels[:3], axis=1)
     bottom = np.concatenate(panels[3:] + [legend, np.full((legend.shape[0], top.shape[1] - 2 * panels[0].shape[1] - 160, 3), 255, np.uint8)], axis=1)
@@ -164,19 +164,18 @@ def plot(path: str, curves: dict[str, dict[str, list[float]]], title: str) -> No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 384], help="square canvases in px (native 128)")
-    parser.add_argument("--prompts", type=int, default=8, help="in-grammar toy prompts (toyworld scenes 1000, 1001, …)")
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--region", type=float, nargs="*", default=[0.008, 0.03, 0.1, 0.3, 1.0])
-    parser.add_argument("--region-flat", type=float, nargs="*", default=[0.008, 0.03, 0.1, 0.3, 1.0], help="region rule off (strength 0)")
-    parser.add_argument("--region-nocost", type=float, nargs="*", default=[],
-                        help="the rule before issue #16's change: cache.region.cost 0, cache.max_consecutive 3")
-    parser.add_argument("--region-flat-nocost", type=float, nargs="*", default=[], help="the same with strength 0")
-    parser.add_argument("--teacache", type=float, nargs="*", default=[0.1, 0.2, 0.4])
-    parser.add_argument("--fbc", type=float, nargs="*", default=[0.05, 0.1, 0.2])
-    parser.add_argument("--magcache", type=float, nargs="*", default=[0.05, 0.1, 0.3])
-    parser.add_argument("--steps", type=float, nargs="*", default=GRID, help="compute fractions of uniform step skipping")
+    parser.add_argument("--set", default="test", choices=list(SETS),
+                        help="renders (prompt, seed) of supergen.eval.sets: choose settings on tuning, report on test")
+    parser.add_argument("--max-consecutive", type=int, default=CacheConfig().max_consecutive,
+                        help="cache.max_consecutive of every policy (default: the shipped default); fbc has no cap in diffusers")
+    parser.add_argument("--region", type=float, nargs="*", default=[0.03, 0.1, 1.0])
+    parser.add_argument("--region-flat", type=float, nargs="*", default=[], help="region rule off (strength 0)")
+    parser.add_argument("--teacache", type=float, nargs="*", default=[0.1, 0.2])
+    parser.add_argument("--fbc", type=float, nargs="*", default=[0.3])
+    parser.add_argument("--magcache", type=float, nargs="*", default=[0.1])
+    parser.add_argument("--steps", type=float, nargs="*", default=[0.5, 0.8], help="compute fractions of uniform step skipping")
     parser.add_argument("--start", type=int, default=0,
-                        help="first render to run, counting renders prompt-major then seed from 0 (resume or extend a run)")
+                        help="first render of the set to run, prompt-major then seed, from 0 (split or resume a run)")
     parser.add_argument("--stop", type=int, help="render number to stop before (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--plot", help="write the curves as a PNG")
@@ -186,41 +185,33 @@ def main() -> None:
     args = parser.parse_args()
     if args.from_rows:
         rows = [json.loads(line) for path in args.from_rows for line in open(path) if line.strip()]
+        args.set = ",".join(sorted({r.get("set", "unnamed") for r in rows}))  # rows from before the sets have none
         report(group_rows(rows), args, f"from {len(rows)} rows of {' '.join(args.from_rows)}")
         return
     torch.set_num_threads(args.threads)
     pipe = load_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
-    prompts = [sample_scene(np.random.default_rng(1000 + i)).caption() for i in range(args.prompts)]
     points: dict[str, dict[tuple, list[dict]]] = {}  # policy -> per render (size, prompt, seed), its sweep
     start = time.perf_counter()
     ratios: dict[int, list[float]] = {}
     for size in args.sizes:
-        for number, (prompt, seed) in enumerate((p, s) for p in prompts for s in range(args.seeds)):
+        if args.magcache:  # calibrated once per size on the tuning set's first render, never on the renders reported
+            ratios[size] = calibrate(renderer(pipe, *SETS["tuning"].renders()[0], size)[0])
+        for number, (prompt, seed) in enumerate(eval_set(args.set).renders()):
             if number < args.start or (args.stop is not None and number >= args.stop):
                 continue
-            generator = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
-            native = SuperGenPipeline.from_pipe(pipe, "toy", **BASE)
-            sketch = native(prompt=prompt, height=128, width=128, num_frames=9, generator=generator(), output_type="np").frames[0]
-
-            def render(cache: dict):
-                sg = SuperGenPipeline.from_pipe(pipe, "toy", **BASE, cache=cache)
-                out = sg(prompt=prompt, sketch_video=sketch, height=size, width=size, num_frames=9, generator=generator())
-                return sg, out
-
+            render, sketch = renderer(pipe, prompt, seed, size)
             sg, out = render({"enabled": False})
             reference = out.frames[0]
             base_row = measure(sg, out, sketch, None)
             points.setdefault("none", {})[(size, prompt, seed)] = [base_row]
-            record(args.rows, size, prompt, seed, "none", {}, base_row)
-            if args.magcache and size not in ratios:  # calibrated once per size, on its first render
-                ratios[size] = calibrate(render)
+            record(args.rows, args.set, size, prompt, seed, "none", {}, base_row)
             sweep: dict[str, list[dict]] = {}
             for name, cache in settings(args, ratios.get(size)):
                 sg, out = render({"enabled": True, **cache})
                 row = measure(sg, out, sketch, reference)
                 sweep.setdefault(name, []).append(row)
-                record(args.rows, size, prompt, seed, name, cache, row)
+                record(args.rows, args.set, size, prompt, seed, name, cache, row)
                 print(f"{size} {prompt[:40]!r} seed {seed} {name} {cache.get('threshold', cache.get('fraction'))}: "
                       + " ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)), flush=True)
             for name, rows in sweep.items():
@@ -230,11 +221,25 @@ def main() -> None:
     report(points, args, f"{time.perf_counter() - start:.0f} s")
 
 
-def record(path: str | None, size: int, prompt: str, seed: int, name: str, cache: dict, row: dict) -> None:
+def renderer(pipe, prompt: str, seed: int, size: int):
+    """``(render, sketch)``: the sketch of (prompt, seed) at the native 128 px, and a function that
+    refines it at ``size`` px with a given cache section and returns ``(pipeline, output)``."""
+    generator = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
+    native = SuperGenPipeline.from_pipe(pipe, "toy", **BASE)
+    sketch = native(prompt=prompt, height=128, width=128, num_frames=9, generator=generator(), output_type="np").frames[0]
+
+    def render(cache: dict):
+        sg = SuperGenPipeline.from_pipe(pipe, "toy", **BASE, cache=cache)
+        return sg, sg(prompt=prompt, sketch_video=sketch, height=size, width=size, num_frames=9, generator=generator())
+
+    return render, sketch
+
+
+def record(path: str | None, set_name: str, size: int, prompt: str, seed: int, name: str, cache: dict, row: dict) -> None:
     """One measured row as a JSON line, so a run stopped early still leaves its table behind."""
     if path:
         with open(path, "a") as f:
-            f.write(json.dumps({"size": size, "prompt": prompt, "seed": seed, "policy": name,
+            f.write(json.dumps({"set": set_name, "size": size, "prompt": prompt, "seed": seed, "policy": name,
                                 "setting": cache.get("threshold", cache.get("fraction")), "cache": cache, **row}) + "\n")
 
 
@@ -252,50 +257,81 @@ def group_rows(rows: list[dict]) -> dict[str, dict[tuple, list[dict]]]:
 
 
 def report(points: dict[str, dict[tuple, list[dict]]], args, took: str) -> None:
-    """Two tables over the compute grid, and with ``--plot`` the PNG.
+    """Three tables (and with ``--plot`` the PNG), each cell a mean over renders with its 95 % interval.
 
-    The first gives each policy's mean over the renders whose sweep reached the fraction (how many
-    in the last column; NaN when fewer than half did; the plot shows these means). The second compares ``region`` with each other
-    policy on the *same* renders: the mean PSNR difference over the renders both reached, and on how
-    many of them ``region`` was on or above.
+    1. Every setting on its own: mean compute, PSNR [interval], SSIM, seam, object-count error,
+       flicker over the renders it ran on.
+    2. ``region`` against every other setting at that setting's compute, render by render: region's
+       sweep interpolated to the compute the other setting reached on the same render (renders
+       outside region's sweep are left out, so n may be below the set's size), as the paired
+       difference region minus the other in PSNR (higher better) and seam (lower better), with how
+       many renders region was no worse on, and "tie" where the interval contains zero.
+    3. Each swept policy on the grid 50 % … 90 % (a fraction that fewer than half the renders
+       reached is left blank): mean PSNR [interval]; these means are the PNG's curves.
     """
     renders = len(points["none"])
     base = {m: float(np.mean([r[0][m] for r in points["none"].values()])) for m in ("seam", "obj_err", "flicker")}
-    print(f"\ntoy model, sizes {args.sizes}: {renders} renders (size, prompt, seed), "
+    print(f"\ntoy model, sizes {args.sizes}, set {args.set}: {renders} renders (size, prompt, seed), "
           f"20-step schedule, strength 0.6, shift/clamp; {took}")
     print(f"uncached: seam {base['seam']:.2f}, object-count error {base['obj_err']:+.2f}, flicker {base['flicker']:.4f}")
-    print("| policy | compute | PSNR dB | SSIM | seam | obj err | flicker | renders reaching it |")
-    print("|---|---|---|---|---|---|---|---|")
-    curves: dict[str, dict[str, list[float]]] = {}
-    grids: dict[str, dict[tuple, list[float]]] = {}  # policy -> render -> PSNR on the grid
+    print("\n| policy | setting | compute | PSNR dB [95 %] | SSIM | seam | obj err | flicker | n |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, sweeps in points.items():
         if name == "none":
             continue
-        per_render = {m: np.array([on_grid(s, m) for s in sweeps.values()]) for m in METRICS}
-        grids[name] = dict(zip(sweeps, per_render["psnr"].tolist()))
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # mean of no render reaching a fraction: NaN
-            curves[name] = {m: np.nanmean(per_render[m], axis=0).tolist() for m in METRICS}
-        reached = np.isfinite(per_render["psnr"]).sum(axis=0)
-        for m in METRICS:  # a mean over fewer than half the renders is another sample: not shown
-            curves[name][m] = [v if 2 * n >= len(sweeps) else float("nan") for v, n in zip(curves[name][m], reached)]
-        for i, g in enumerate(GRID):
-            c = {m: curves[name][m][i] for m in METRICS}
-            print(f"| {name} | {g:.0%} | {c['psnr']:.2f} | {c['ssim']:.4f} | {c['seam']:.2f} | {c['obj_err']:+.2f} | {c['flicker']:.4f} | {reached[i]}/{len(sweeps)} |")
-    if "region" in grids:
-        print("\nregion against each policy, paired over the renders both reached: mean PSNR difference (dB), region on or above in k/n")
-        print("| policy | " + " | ".join(f"{g:.0%}" for g in GRID) + " |")
-        print("|---|" + "---|" * len(GRID))
-        for name, grid in grids.items():
-            if name == "region":
+        for setting in dict.fromkeys(r["setting"] for rows in sweeps.values() for r in rows):
+            rows = [r for rs in sweeps.values() for r in rs if r["setting"] == setting]
+            mean = {m: float(np.mean([r[m] for r in rows])) for m in ("compute", *METRICS)}
+            psnr_ = str(mean_interval([r["psnr"] for r in rows])) if len(rows) > 1 else f"{mean['psnr']:.3g}"
+            print(f"| {name} | {setting} | {mean['compute']:.0%} | {psnr_} | {mean['ssim']:.4f} | {mean['seam']:.2f} | "
+                  f"{mean['obj_err']:+.2f} | {mean['flicker']:.4f} | {len(rows)} |")
+    if "region" in points:
+        print("\nregion minus each setting at that setting's compute, paired by render: mean [95 %], region no worse on k/n, verdict")
+        print("| policy | setting | compute | PSNR dB | seam |")
+        print("|---|---|---|---|---|")
+        for name, sweeps in points.items():
+            if name in ("none", "region"):
                 continue
-            cells = []
-            for i in range(len(GRID)):
-                pairs = [(grids["region"][k][i], v[i]) for k, v in grid.items()
-                         if k in grids["region"] and np.isfinite(v[i]) and np.isfinite(grids["region"][k][i])]
-                diffs = np.array([a - b for a, b in pairs])
-                cells.append(f"{diffs.mean():+.2f} ({int((diffs >= 0).sum())}/{len(diffs)})" if len(diffs) else "–")
-            print(f"| {name} | " + " | ".join(cells) + " |")
+            for setting in dict.fromkeys(r["setting"] for rows in sweeps.values() for r in rows):
+                pairs = {m: ([], []) for m in ("psnr", "seam")}
+                computes = []
+                for key, rows in sweeps.items():
+                    other = next((r for r in rows if r["setting"] == setting), None)
+                    region = [p for p in points["region"].get(key, []) if p["compute"] < 1.0 - 1e-6]
+                    if other is None or not region:
+                        continue
+                    xs = np.array([p["compute"] for p in region])
+                    if not xs.min() - 1e-6 <= other["compute"] <= xs.max() + 1e-6:
+                        continue
+                    order = np.argsort(xs)
+                    computes.append(other["compute"])
+                    for m, (mine, theirs) in pairs.items():
+                        mine.append(float(np.interp(other["compute"], xs[order], np.array([p[m] for p in region])[order])))
+                        theirs.append(other[m])
+                if len(computes) < 2:
+                    print(f"| {name} | {setting} | – | outside region's sweep on {len(sweeps) - len(computes)} of {len(sweeps)} renders | |")
+                    continue
+                cells = [str(paired_difference(*pairs["psnr"])), str(paired_difference(*pairs["seam"], higher_is_better=False))]
+                print(f"| {name} | {setting} | {np.mean(computes):.0%} | " + " | ".join(cells) + " |")
+    curves: dict[str, dict[str, list[float]]] = {}
+    print("\nswept policies on the compute grid: mean PSNR dB [95 %] over the renders reaching the fraction (k/n)")
+    print("| policy | " + " | ".join(f"{g:.0%}" for g in GRID) + " |")
+    print("|---|" + "---|" * len(GRID))
+    for name, sweeps in points.items():
+        if name == "none" or max(len(s) for s in sweeps.values()) < 2:
+            continue
+        per_render = {m: np.array([on_grid(s, m) for s in sweeps.values()]) for m in METRICS}
+        reached = np.isfinite(per_render["psnr"]).sum(axis=0)
+        cells = []
+        curves[name] = {m: [] for m in METRICS}
+        for i, n in enumerate(reached):
+            enough = 2 * n >= len(sweeps) and n >= 2  # a mean over fewer than half the renders is another sample
+            for m in METRICS:
+                values = per_render[m][:, i]
+                curves[name][m].append(float(np.mean(values[np.isfinite(values)])) if enough else float("nan"))
+            column = per_render["psnr"][:, i]
+            cells.append(f"{mean_interval(column[np.isfinite(column)])} ({n}/{len(sweeps)})" if enough else f"– ({n}/{len(sweeps)})")
+        print(f"| {name} | " + " | ".join(cells) + " |")
     if args.plot:
         plot(args.plot, curves, f"toy model {args.sizes} px, {renders} renders: mean over the renders reaching each fraction (at least half)")
         print(f"wrote {args.plot}")
