@@ -1,10 +1,19 @@
-"""Pinned checksums of small renders: a refactor must not change a single bit of these videos.
+"""Pinned references of small renders: a refactor must not change these videos.
 
-Each case renders a preset on the tiny (or toy) model at a small size and hashes the uint8 video.
-If a change is *meant* to alter the output, update the checksum in the same commit and say why.
+Each case renders a preset on the tiny (or toy) model at a small size and compares the uint8 video
+with a stored reference, ``tests/data/pinned.npz``: every 8th pixel of every 8th row, all frames and
+channels (4,320 values of a tiny case). Not a checksum: float32 kernels differ in their last bits
+between CPUs (vector width, MKL's and oneDNN's code path per vendor), and a checksum pinned on one x86
+CPU failed on another (issue #28). The tolerance below is 3× what those differences measured and
+far under what a real change costs (:func:`test_the_tolerance_catches_a_real_change`).
+
+If a change is *meant* to alter the output, re-record the references in the same commit and say why:
+``python tests/test_pinned.py`` (it renders every case and rewrites ``tests/data/pinned.npz``).
 """
 
-import hashlib
+from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +34,7 @@ CASES = {
     # Windows that never move (shift_every past the 2 refinement steps): attention mode before it shifted.
     "tiny-attention-fixed": ("tiny", "tiny", {"tiling": {"mode": "attention", "halo": 16, "shift_every": 100}}, {}),
     "tiny-region-cache": ("tiny", "tiny", {"cache": {"enabled": True, "threshold": 0.5}, "refine": {"num_inference_steps": 12}}, {}),
-    # The region rule before cost weighting and the cap of 2 (issue #16): its old checksum.
+    # The region rule before cost weighting and the cap of 2 (issue #16).
     "tiny-region-cache-nocost": ("tiny", "tiny", {"cache": {"enabled": True, "threshold": 0.5, "max_consecutive": 3, "region": {"cost": 0.0}},
                                                   "refine": {"num_inference_steps": 12}}, {}),
     "tiny-strength-1": ("tiny", "tiny", {"refine": {"strength": 1.0, "num_inference_steps": 3}}, {}),
@@ -33,56 +42,85 @@ CASES = {
     "toy": ("toy", "toy", {}, {}),
 }
 
+REFERENCE = Path(__file__).parent / "data" / "pinned.npz"
+#: The reference keeps every STRIDE-th row and column.
+STRIDE = 8
+#: Allowed difference of any kept value from the reference, in uint8 levels. Measured between CPU code
+#: paths on one machine (torch 2.13, 2 threads; ATEN_CPU_CAPABILITY=avx512 / avx2 / default, and default
+#: with MKL_ENABLE_INSTRUCTIONS=SSE4_2 DNNL_MAX_CPU_ISA=SSE41): a few pixels per video moved by 1 level,
+#: none by more. A real change moves kept values by 5 to 18 levels (the test below).
+TOLERANCE = 3
 
-def _render(request, model, preset, overrides, call):
+
+def _render(model: str, preset: str, overrides: dict, call: dict, seed: int = 7, **changes) -> np.ndarray:
+    """The case's video, uint8 ``(F, H, W, 3)``; ``changes`` (``section={key: value}``) alter the case."""
     pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
     sections = {k: dict(v) for k, v in SMALL.items()}
     if preset == "tiny":
         sections["sketch"].update(TINY_SKETCH)
-    for section, values in overrides.items():
+    for section, values in [*overrides.items(), *changes.items()]:
         sections.setdefault(section, {}).update(values)
     sg = SuperGenPipeline.from_pipe(pipe, preset, **sections)
-    kwargs = {k: request.getfixturevalue(v) for k, v in call.items()}
     size = dict(height=96, width=192) if preset == "tiny" else dict(height=192, width=192)
-    out = sg(prompt="a red disk moving right", **size, num_frames=5, generator=torch.Generator().manual_seed(7), output_type="np", **kwargs)
+    out = sg(prompt="a red disk moving right", **size, num_frames=5, generator=torch.Generator().manual_seed(seed), output_type="np", **call)
     return (np.clip(out.frames[0], 0, 1) * 255).round().astype(np.uint8)
 
 
-#: Measured on the code before the wave-2 restructuring (torch 2.13 CPU, 2 threads).
-PINNED: dict[str, str] = {
-    # Changed by issue #16 (attention windows now move every step); the fixed-window render keeps
-    # the old checksum.
-    "tiny-attention": "3b59c63f4fd5252a",
-    "tiny-attention-fixed": "9eacb646552f749b",
-    "tiny-i2v": "400173611c78a29e",
-    "tiny-overlap-ntk": "9d49e5061765b10c",
-    # Changed by issue #16 (cache.region.cost 1 and cache.max_consecutive 2 are the defaults now);
-    # the render with the old settings keeps the old checksum.
-    "tiny-region-cache": "8405db99b2990a58",
-    "tiny-region-cache-nocost": "6a9bdded2e935241",
-    "tiny-shift-clamp": "1cadf211cfb9c814",
-    "tiny-shift-wrap-local": "afb0924b5beb6bd5",
-    "tiny-strength-1": "c91328c66dda2d60",
-    # Changed by issue #17: the toy model was retrained (new VAE encoder and decoder, DiT continued;
-    # on 2026-12-01 the DiT continued again and the decoder got a texture loss).
-    "toy": "7475f9f0131cb81a",
-}
+def sample(video: np.ndarray) -> np.ndarray:
+    """The part of ``video`` ``(F, H, W, C)`` uint8 the reference keeps: ``(F, H/STRIDE, W/STRIDE, C)``."""
+    return video[:, ::STRIDE, ::STRIDE]
+
+
+def distance(video: np.ndarray, reference: np.ndarray) -> int:
+    """The largest difference of a kept value of ``video`` from ``reference``, in uint8 levels."""
+    return int(np.abs(sample(video).astype(np.int16) - reference).max())
 
 
 @pytest.fixture
 def two_threads():
-    """The pins were measured with 2 torch threads; CPU kernels split reductions by thread count, so
-    any other count (a machine with more cores) changes low bits. The CPU's vector width can too: the
-    pins hold for x86-64 CPUs like CI's, not across architectures."""
+    """Renders with 2 torch threads, as the references were: CPU kernels split reductions by thread
+    count, and a small difference in the low bits may flip a region-cache decision."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def references() -> dict[str, np.ndarray]:
+    with np.load(REFERENCE) as data:
+        return dict(data)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_render_is_bit_identical_to_the_pinned_checksum(request, case, two_threads):
-    video = _render(request, *CASES[case])
-    digest = hashlib.sha256(video.tobytes()).hexdigest()[:16]
-    assert digest == PINNED[case], f"{case}: {digest}"
+def test_render_matches_the_pinned_reference(request, case, two_threads, references):
+    model, preset, overrides, call = CASES[case]
+    video = _render(model, preset, overrides, {k: request.getfixturevalue(v) for k, v in call.items()})
+    assert distance(video, references[case]) <= TOLERANCE, f"{case}: a pixel is {distance(video, references[case])} levels off"
+
+
+@pytest.mark.parametrize("case,change", [
+    ("tiny-shift-clamp", {"seed": 8}),
+    ("tiny-shift-clamp", {"refine": {"strength": 0.45}}),  # the preset's 0.5
+    ("tiny-shift-clamp", {"tiling": {"shift_divisor": 2}}),  # the preset's 4
+    ("tiny-region-cache", {"cache": {"threshold": 0.2}}),  # reuses fewer tiles than 0.5
+])
+def test_the_tolerance_catches_a_real_change(case, change, two_threads, references):
+    assert distance(_render(*CASES[case], **change), references[case]) > TOLERANCE
+
+
+if __name__ == "__main__":  # re-record the references (see the module docstring)
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import image  # the i2v case's conditioning image
+
+    fixtures = {"image": image.__wrapped__}
+    torch.set_num_threads(2)
+    REFERENCE.parent.mkdir(exist_ok=True)
+    kept = {}
+    for case, (model, preset, overrides, call) in sorted(CASES.items()):
+        kept[case] = sample(_render(model, preset, overrides, {k: fixtures[v]() for k, v in call.items()}))
+        print(case, kept[case].shape)
+    np.savez_compressed(REFERENCE, **kept)
