@@ -7,6 +7,7 @@ machine, so tests can compare videos. It generates noise-like video — it prove
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from . import compat
+from .config import CONFIG_DIR, load_config
 from .errors import SuperGenError
 
 #: The small trained model (assets/toy-wan in the checkout), installed with the package as
@@ -88,3 +90,66 @@ def load_pipeline(name: str, dtype: torch.dtype = torch.float32, device: str | t
             pipe = pipe.to(dtype=dtype)
     pipe.set_progress_bar_config(leave=False)
     return pipe.to(device)
+
+
+#: Transformer config keys that tell the sizes of one family apart.
+_SIZE_KEYS = ("num_layers", "num_single_layers", "num_attention_heads", "attention_head_dim", "in_channels", "ffn_dim")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _presets_by_model() -> dict[str, list[str]]:
+    """Preset names (sorted: the 2K one before the 4K one) by the ``model.name`` they are made for."""
+    by_model: dict[str, list[str]] = {}
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        by_model.setdefault(load_config(path.stem).model.name, []).append(path.stem)
+    return by_model
+
+
+def _folder_preset(folder: Path) -> tuple[str | None, str]:
+    """:func:`model_preset` for a local diffusers folder: its pipeline class (``model_index.json``) is the
+    family, its transformer's config (``transformer/config.json``) the size."""
+    from .architectures import ALIASES, KNOWN  # the released models' configs; imports this module
+
+    pipeline = _read_json(folder / "model_index.json").get("_class_name")
+    transformer = _read_json(folder / "transformer" / "config.json") or _read_json(folder / "transformer_2" / "config.json")
+    if pipeline is None or not transformer:
+        raise SuperGenError(f"--model {str(folder)!r} is a folder without model_index.json and transformer/config.json: "
+                            "not a diffusers model folder")
+    ids = {name: [name, *(alias for alias, known in ALIASES.items() if known == name)] for name in KNOWN}
+    candidates = {name: (arch.pipeline, arch.transformer, ids[name]) for name, arch in KNOWN.items()}
+    candidates["toy"] = (_read_json(TOY_MODEL_DIR / "model_index.json").get("_class_name"), _read_json(TOY_MODEL_DIR / "transformer" / "config.json"),
+                         ["toy"])
+    by_model = _presets_by_model()
+    family = []
+    for name, (klass, config, model_ids) in candidates.items():
+        if klass != pipeline:
+            continue
+        presets = [preset for model_id in model_ids for preset in by_model.get(model_id, [])]
+        family += presets
+        if presets and all(transformer.get(key) == config[key] for key in _SIZE_KEYS if key in config):
+            return presets[0], f"{folder} is {name} ({pipeline}, its transformer's config): preset {presets[0]}"
+    if family:
+        return family[0], f"{folder}: {pipeline} of a size no preset is made for: the family's preset {family[0]}"
+    return None, f"{folder}: {pipeline}, for which no preset is made: supergen's default settings"
+
+
+def model_preset(model: str) -> tuple[str | None, str]:
+    """The preset made for ``model`` and a line saying how it was chosen.
+
+    ``model`` is a built-in model (``tiny``, ``tiny-i2v``, ``toy``: their presets), a local diffusers
+    folder (recognised by its pipeline class and transformer config: the preset of the released model
+    it matches, else the first preset of its family, else None: the default settings), or a Hugging
+    Face id (the presets made for it; None when there is none).
+    """
+    if model in ("tiny", "tiny-i2v", "toy"):
+        preset = "toy" if model == "toy" else "tiny"
+        return preset, f"{model} is built in: preset {preset}"
+    if Path(model).is_dir():
+        return _folder_preset(Path(model))
+    presets = _presets_by_model().get(model, [])
+    if not presets:
+        return None, f"no preset is made for {model!r}"
+    return presets[0], f"{model}: preset {presets[0]}"

@@ -162,16 +162,19 @@ def presets() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
-def default_preset(model: str | None) -> str:
-    """``tiny`` without ``--model``; else the preset made for that model, or a clear error."""
-    if model is None or model in ("tiny", "tiny-i2v"):
+def default_preset(model: str | None) -> str | None:
+    """``tiny`` without ``--model``; else the preset made for that model (a local folder: recognised
+    from its configs, said on stderr; None: the default settings), or a clear error."""
+    if model is None:
         return "tiny"
-    matches = [name for name in presets() if load_config(name).model.name == model]
-    if model == "toy" or "toy" in matches:
-        return "toy"
-    if not matches:
+    from .builtin import model_preset
+
+    preset, how = model_preset(model)
+    if Path(model).is_dir():
+        print(f"supergen: {how}", file=sys.stderr)
+    elif preset is None:
         raise SuperGenError(f"no preset is made for --model {model!r}; pass --config with a preset ({', '.join(presets())}) or a YAML file")
-    return matches[0]  # sorted: the 2K preset before the 4K one
+    return preset
 
 
 def config_from_args(args: argparse.Namespace, default: str | None = "tiny") -> SuperGenConfig:

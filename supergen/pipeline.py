@@ -31,7 +31,7 @@ from diffusers.utils import BaseOutput
 
 from .adapters import CanvasEncoder, Conditioning, ModelAdapter, Request, adapter_for
 from .attention import check_backend, dense_backend
-from .builtin import load_pipeline
+from .builtin import load_pipeline, model_preset
 from .cache import CacheReport, cache_policy
 from .config import MethodConfig, load_config
 from .errors import SuperGenError
@@ -158,7 +158,9 @@ class SuperGenPipeline:
             path_or_id: a diffusers model folder, a Hugging Face id, or a built-in model: ``tiny``,
                 ``tiny-i2v`` (random, built in code) or ``toy`` (the small trained model shipped with supergen).
             torch_dtype: the weights' dtype (default float32).
-            config, group: see :meth:`from_pipe`.
+            config, group: see :meth:`from_pipe`; without ``config``, the preset made for the model
+                (:func:`~supergen.builtin.model_preset`: ``tiny``'s, ``toy``'s, the one a local folder's
+                configs match), else the default settings.
             kwargs: a method config section as a dict (``tiling={"mode": "overlap"}``) overrides the config;
                 every other keyword (``variant``, ``revision``, ``local_files_only``, ``cache_dir``,
                 ``token``, ...) goes to ``DiffusionPipeline.from_pretrained``.
@@ -167,6 +169,8 @@ class SuperGenPipeline:
         overrides = {key: kwargs.pop(key) for key in list(kwargs) if key in sections}
         dtype = torch_dtype or kwargs.pop("dtype", None) or torch.float32  # diffusers' newer name for torch_dtype
         pipe = load_pipeline(path_or_id, dtype, "cpu", **kwargs)
+        if config is None:  # the preset made for the model (a built-in one brings its own), else the defaults
+            config = model_preset(path_or_id)[0]
         return cls.from_pipe(pipe, config, group, **overrides)
 
     # ---- the wrapped pipeline's placement and helpers -------------------------------------------
