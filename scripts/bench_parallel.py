@@ -219,7 +219,7 @@ def project_end_to_end(ranks: int) -> None:
     # Ulysses: 4 all-to-alls (q, k, v, out) of bf16 activations per layer and branch; each rank sends (n-1)/n of its shard.
     ulysses_bytes = plan.sketch_steps * branches * layers * 4 * sketch_tokens * hidden * 2 * (ranks - 1) / ranks / ranks
     refine_bytes = plan.refine_steps * branches * 16 * f * h * w * 2  # every branch prediction once, bf16
-    print(f"\nprojection: Wan2.1-14B, {plan.size[0]}x{plan.size[1]}x{plan.num_frames}, {plan.sketch_steps} sketch + {plan.refine_steps} "
+    print(f"\nprojection, transformer only (not measured; every stage: scripts/project_gpus.py): Wan2.1-14B, {plan.size[0]}x{plan.size[1]}x{plan.num_frames}, {plan.sketch_steps} sketch + {plan.refine_steps} "
           f"refinement steps, {tiles} tiles x {branches} branches per step, {GPU_FLOPS / 1e12:.0f} TFLOP/s per GPU sustained")
     for link, bandwidth in LINKS.items():
         sketch_n = sketch_1 / ranks + ulysses_bytes / bandwidth
