@@ -1,18 +1,22 @@
-"""Means and paired differences over a set of renders, with a 95 % bootstrap interval.
+"""Means and paired differences over a set of renders, with a 95 % Student-t interval.
 
 Every quality row in ``docs/`` rests on n >= 16 renders (:mod:`supergen.eval.sets`) and is read
 through these two functions: a row's mean with its interval, and a setting against a named baseline
 as the mean of the per-render differences, its interval, how many renders came out no worse, and a
 verdict that is "tie" whenever the interval contains zero.
 
-The interval is the percentile bootstrap over renders (10 000 resamples from a fixed seed, so the
-same numbers give the same interval). It is written here with numpy rather than taken from scipy,
-which the project does not depend on; at n = 16 it runs slightly narrower than Student's t.
+The interval is Student's t: mean ± t(n-1) · s / √n. The percentile bootstrap was tried first and
+covered a normal mean in only about 91 % of samples at n = 16; t covers 95 % there by construction
+and is deterministic. The t quantile is computed here because the project does not depend on scipy:
+for an integer number of degrees of freedom the two-sided t probability is a finite series
+(Abramowitz & Stegun 26.7.3-4), inverted by bisection.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import math
 
 import numpy as np
 
@@ -58,19 +62,47 @@ class Paired:
         return f"{d.mean:+.2f} [{d.low:+.2f}, {d.high:+.2f}] {self.no_worse}/{d.n} {self.verdict}"
 
 
-def mean_interval(values, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0) -> Interval:
-    """Mean of ``values`` (1-D, finite, at least 2) with its percentile-bootstrap interval."""
+def t_quantile(confidence: float, dof: int) -> float:
+    """The ``t`` with P(|T| <= t) = ``confidence`` for Student's T with ``dof`` (>= 1) degrees of freedom."""
+    low, high = 0.0, 1.0
+    while _t_two_sided(high, dof) < confidence:
+        high *= 2.0
+    for _ in range(100):  # bisection to float precision; the probability rises monotonically in t
+        mid = (low + high) / 2
+        low, high = (mid, high) if _t_two_sided(mid, dof) < confidence else (low, mid)
+    return (low + high) / 2
+
+
+def _t_two_sided(t: float, dof: int) -> float:
+    """P(|T| <= t), Abramowitz & Stegun 26.7.3 (odd ``dof``) and 26.7.4 (even)."""
+    theta = math.atan(t / math.sqrt(dof))
+    c2 = math.cos(theta) ** 2
+    if dof % 2 == 0:  # sin θ (1 + 1/2 cos²θ + 1·3/(2·4) cos⁴θ + … up to cos^(dof-2) θ)
+        term = total = 1.0
+        for k in range(1, dof // 2):
+            term *= c2 * (2 * k - 1) / (2 * k)
+            total += term
+        return math.sin(theta) * total
+    if dof == 1:
+        return 2 * theta / math.pi
+    term = total = math.cos(theta)  # 2/π (θ + sin θ (cos θ + 2/3 cos³θ + … up to cos^(dof-2) θ))
+    for k in range(1, (dof - 1) // 2):
+        term *= c2 * (2 * k) / (2 * k + 1)
+        total += term
+    return 2 / math.pi * (theta + math.sin(theta) * total)
+
+
+def mean_interval(values, confidence: float = 0.95) -> Interval:
+    """Mean of ``values`` (1-D, finite, at least 2) with its Student-t ``confidence`` interval."""
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or len(x) < 2 or not np.isfinite(x).all():
         raise SuperGenError(f"an interval needs at least 2 finite values in one dimension; got shape {x.shape}"
                             f" with {int(np.isfinite(x).sum())} finite")
     if not 0.0 < confidence < 1.0:
         raise SuperGenError(f"confidence {confidence} is not in (0, 1)")
-    picks = np.random.default_rng(seed).integers(0, len(x), size=(resamples, len(x)))
-    means = x[picks].mean(axis=1)
-    tail = (1.0 - confidence) / 2
-    low, high = np.quantile(means, [tail, 1.0 - tail])
-    return Interval(float(x.mean()), float(low), float(high), len(x))
+    half = t_quantile(confidence, len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    mean = float(x.mean())
+    return Interval(mean, mean - half, mean + half, len(x))
 
 
 def paired_difference(candidate, baseline, higher_is_better: bool = True, confidence: float = 0.95) -> Paired:
