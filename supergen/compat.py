@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # annotations only: importing torch here would make the modul
 CHECKED = {
     "diffusers": "0.41.0, 0.42.1",
     "torch": "2.11.0, 2.13.0, 2.14.1",
-    "accelerate": "1.15.0, 1.16.0",
+    "accelerate": "1.0.1, 1.15.0, 1.16.0",
 }
 
 #: diffusers modules without a leading underscore that its packages do not export and that change
