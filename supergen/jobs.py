@@ -155,7 +155,8 @@ def read_rows(path: Path) -> list[tuple[int, dict[str, Any] | str]]:
     """``(line number, row)`` for each job in the file; ``row`` is an error message when it cannot be parsed."""
     if not path.is_file():
         raise SuperGenError(f"jobs file {str(path)!r} does not exist")
-    text = path.read_text()
+    # utf-8-sig: a byte-order mark (spreadsheets' "CSV UTF-8") is not part of the first column's name.
+    text = path.read_text(encoding="utf-8-sig")
     rows: list[tuple[int, dict[str, Any] | str]] = []
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text))

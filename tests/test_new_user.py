@@ -81,3 +81,64 @@ def test_call_arguments_outside_their_range_are_refused(wan_t2v, kwargs, message
                                     refine={"num_inference_steps": 2})
     with pytest.raises(SuperGenError, match=message):
         sg(prompt="a red car", height=64, width=128, **{"num_frames": 5, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        # A RoPE shape error inside diffusers after the model load, while supergen plan saw no problem.
+        (["render", "--model", "tiny", "--num-frames", "129"],
+         "num_frames=129: the sketch would number 33 latent frames and this model's rotary position table holds 32 per axis "
+         "(rope_max_seq_len); use at most 125 frames"),
+        (["plan", "--config", "toy", "--num-frames", "1029"], "num_frames=1029: the sketch would number 258 latent frames"),
+        (["plan", "--model", "tiny", "--height", "1024", "--width", "256", "sketch.height=256", "sketch.width=64",
+          "tiling.positions=local", "tiling.tile_height=1024", "tiling.tile_width=256"],
+         "a tile (tiling.positions=local) is 1024 px in height (64 positions) and this model's rotary position table holds 32 "
+         "per axis (rope_max_seq_len); use tiling.tile_height of at most 512 px"),
+    ],
+)
+def test_the_position_table_length_is_checked_before_the_load_and_in_plan(tmp_path, capsys, argv, message):
+    rc = cli.main([*argv, *(["-q", "-o", str(tmp_path / "out.mp4")] if argv[0] == "render" else [])])
+    assert rc == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
+    """A spreadsheet's "CSV UTF-8" starts with a byte-order mark: it was read as part of the first
+    column's name ("unknown field(s) \\ufeffprompt; valid: prompt, ...")."""
+    from supergen.jobs import parse_jobs
+
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text("prompt,seed\na red car,3\n", encoding="utf-8-sig")
+    parsed = parse_jobs(jobs, load_config("tiny"))
+    assert parsed.bad == [] and [(j.config.job.prompt, j.config.job.seed) for j in parsed.jobs] == [("a red car", 3)]
+
+
+def test_the_tiling_is_summarised_as_it_runs():
+    """Attention mode was summarised as "shift 1x1 tiles" (its tile plan is the canvas); supergen plan
+    printed "2x2 tiles" beside "9 tiles/step" without saying that the shifted grid cuts the extra tiles."""
+    from supergen.cost import KNOWN, estimate, format_plan
+    from supergen.plan import plan_render
+
+    attention = plan_render(load_config("tiny", ["tiling.mode=attention", "tiling.halo=16"]), KNOWN["tiny"], 256, 448, 9)
+    assert attention.describe_tiling() == "attention 2x2 tiles of 8x14 tokens + 1 halo in one forward on 16x28 tokens"
+    table = format_plan(estimate(load_config("tiny"), KNOWN["tiny"]))
+    assert "shift/clamp 2x2 tiles of 128x224 px" in table and "(4 unshifted, up to 9 tiles/step, 2 forwards/tile)" in table
+
+
+def test_inputs_are_checked_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """A missing image for an image-to-video model and a sketch video of the wrong length were found
+    by the pipeline, after the (multi-GB) load."""
+    from supergen.runtime import Runtime
+    from supergen.videoio import write_video
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Runtime, "start", no_load)
+    out = str(tmp_path / "out.mp4")
+    assert cli.main(["render", "--model", "tiny-i2v", "-q", "-o", out]) == 2
+    assert "tiny-i2v is image-to-video: pass image= (or job.image / --image)" in capsys.readouterr().err
+    sketch = write_video(tmp_path / "sketch.mp4", np.zeros((9, 32, 64, 3), np.uint8))
+    assert cli.main(["render", "--model", "tiny", "--sketch-video", str(sketch), "--num-frames", "5", "-q", "-o", out]) == 2
+    assert f"sketch video {str(sketch)!r} has 9 frames; this render needs 5 (job.num_frames=5); pass --num-frames 9" in capsys.readouterr().err
