@@ -313,7 +313,7 @@ class SuperGenPipeline:
                 clock.lap("decode")
         stats = RenderStats(
             size=plan.size, canvas=plan.canvas, sketch=plan.sketch if plan.from_sketch else None, num_frames=plan.num_frames,
-            tile=tuple(s * self.adapter.vae_scale[1] for s in plan.tiles.tile), tiling=plan.tiles.describe(),
+            tile=tuple(s * self.adapter.vae_scale[1] for s in plan.tiles.tile), tiling=plan.describe_tiling(),
             strength=plan.strength, seconds=clock.seconds, steps=step_stats, parallel=parallel | clock.traffic(),
         )
         if not return_dict:

@@ -82,6 +82,15 @@ class RenderPlan:
     def do_guidance(self) -> bool:
         return self.guidance_scale > 1.0
 
+    def describe_tiling(self) -> str:
+        """The tiling in a phrase (the render summary's): the tile plan's, in latent units, or attention
+        mode's one canvas forward and its tiles, in tokens (its tile plan is one tile: the canvas)."""
+        if self.layout is None:
+            return self.tiles.describe()
+        (rows, cols), (tile_h, tile_w), (_, canvas_h, canvas_w) = self.layout[0].grid, self.layout.tile, self.layout.canvas
+        return (f"attention {rows}x{cols} tiles of {tile_h}x{tile_w} tokens + {self.layout.halo} halo "
+                f"in one forward on {canvas_h}x{canvas_w} tokens")
+
     @property
     def text_guidance_scale(self) -> float:
         """The larger of the two stages' scales: whether negative embeddings are needed at all."""

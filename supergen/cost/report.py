@@ -47,6 +47,8 @@ def rows(plan: ResourcePlan) -> list[tuple[str, str]]:
     tiling = f"{plan.plan.mode}/{plan.plan.boundary} {grid} tiles of {tile_px[0]}x{tile_px[1]} px ({plan.plan.tile[0]}x{plan.plan.tile[1]} latent)"
     if plan.plan.time is not None:
         tiling += f" x {plan.plan.windows()} time windows of {plan.plan.frames} latent frames, shifting"
+    # The grid above is the unshifted one; a shifted clamp grid cuts partial tiles at the edges.
+    shifted = f"{plan.plan.count(0)} unshifted, up to " if plan.tiles_per_step != plan.plan.count(0) else ""
     if plan.layout is not None:
         rows_, cols_ = plan.layout[0].grid
         halo = plan.layout.halo * plan.arch.pixel_multiple
@@ -62,7 +64,7 @@ def rows(plan: ResourcePlan) -> list[tuple[str, str]]:
         ("sketch", f"{plan.sketch[0]}x{plan.sketch[1]}, {plan.sketch_steps} steps" if plan.sketch else "none (strength 1: from noise)"),
         ("canvas latent", f"{plan.latent[0]}x{f}x{lh}x{lw} (channels x frames x height x width)"),
         ("tile grid", tiling),
-        ("refinement steps", f"{plan.refine_steps} ({plan.tiles_per_step} tiles/step, {'2' if plan.guidance else '1'} forwards/tile)"
+        ("refinement steps", f"{plan.refine_steps} ({shifted}{plan.tiles_per_step} tiles/step, {'2' if plan.guidance else '1'} forwards/tile)"
          if plan.layout is None else f"{plan.refine_steps} ({'2' if plan.guidance else '1'} canvas-wide forwards/step)"),
         ("tokens per tile", f"{plan.tokens_per_tile:,}"),
         ("transformer FLOPs/step", flops(plan.flops_per_step)),
