@@ -25,6 +25,9 @@ class SizeRules:
     native_size: tuple[int, int] | None = None
     #: The clip length the model was trained at, in video frames, when known (the default time window).
     native_frames: int | None = None
+    #: Positions per axis (in patches) of the rotary table the model numbers its own forwards with
+    #: (Wan: ``rope_max_seq_len``); None: tables computed for any length (CogVideoX, HunyuanVideo, LTX).
+    position_limit: int | None = None
 
     @property
     def pixel_multiple(self) -> int:
@@ -128,3 +131,32 @@ def frame_window(cfg: TilingConfig, rules: SizeRules, num_frames: int) -> int | 
     if window % rules.patch[0]:
         raise SuperGenError(f"tiling.frames={frames} gives {window} latent frames; this model needs a multiple of {rules.patch[0]}")
     return window if window < canvas else None
+
+
+def check_positions(cfg: TilingConfig, rules: SizeRules, num_frames: int, sketch: tuple[int, int] | None,
+                    tile: tuple[int, int, int]) -> None:
+    """Refuse a forward that the model numbers with its own rotary table (:attr:`SizeRules.position_limit`)
+    when it is longer than the table on some axis: diffusers would fail inside the transformer, after
+    the model load, with a shape error. Those forwards are the sketch (``sketch``: its pixel size, None
+    when no sketch runs) and, with ``tiling.positions=local``, every tile (``tile``: its latent
+    ``(F, H, W)``); canvas positions (global, ntk) are computed for any length.
+    """
+    limit = rules.position_limit
+    if limit is None:
+        return
+    # (what, the config keys of its size, its latent (F, H, W))
+    forwards = [("the sketch", "sketch.", rules.latent_shape(num_frames, *sketch)[2:])] if sketch is not None else []
+    if cfg.positions == "local":
+        forwards.append(("a tile (tiling.positions=local)", "tiling.tile_", tile))
+    table = f"this model's rotary position table holds {limit} per axis (rope_max_seq_len)"
+    for what, keys, latent in forwards:
+        frames, height, width = (n // p for n, p in zip(latent, rules.patch))
+        if frames > limit:
+            most = (limit * rules.patch[0] - 1) * rules.vae_scale[0] + 1
+            also = ", or tiling.positions=global (positions computed for any length)" if keys == "tiling.tile_" else ""
+            raise SuperGenError(f"num_frames={num_frames}: {what} would number {frames} latent frames and {table}; "
+                                f"use at most {most} frames{also}")
+        for name, positions in (("height", height), ("width", width)):
+            if positions > limit:
+                raise SuperGenError(f"{what} is {positions * rules.pixel_multiple} px in {name} ({positions} positions) and {table}; "
+                                    f"use {keys}{name} of at most {limit * rules.pixel_multiple} px")

@@ -13,7 +13,7 @@ from typing import Any
 
 from .config import MethodConfig, TilingConfig
 from .errors import SuperGenError
-from .geometry import SizeRules, frame_window, overlap_pixels, sketch_size, snap_size, tile_pixels
+from .geometry import SizeRules, check_positions, frame_window, overlap_pixels, sketch_size, snap_size, tile_pixels
 from .tiling import TilePlan
 
 #: The stages of a render, in order (``setup``: the prompt embeddings and the image condition).
@@ -143,6 +143,9 @@ def plan_render(
         )
     tiles = tile_plan(config.tiling, rules, latent_shape[-2:], tile, (latent_shape[2], window) if window else None)
     one_tile = rules.latent_shape(frames, min(tile[0], canvas[0]), min(tile[1], canvas[1]))
+    # Before any load: the forwards the model numbers with its own position table must fit it.
+    check_positions(config.tiling, rules, frames, sketch if from_sketch and sketch_video_size is None else None,
+                    (tiles.frames or latent_shape[2], *(min(t, c) for t, c in zip(tiles.tile, latent_shape[-2:]))))
     layout = attention_layouts(config.tiling, rules, latent_shape[2:], tile) if config.tiling.mode == "attention" else None
     refine, sketch_cfg = config.refine, config.sketch
     vae = config.vae.tiling

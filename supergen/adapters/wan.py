@@ -119,6 +119,10 @@ class WanAdapter(ModelAdapter):
         return None  # Wan checkpoints do not record it; presets set sketch.height/width.
 
     @property
+    def position_limit(self) -> int:
+        return self._any_transformer.config.rope_max_seq_len
+
+    @property
     def requires_image(self) -> bool:
         return self.is_i2v
 

@@ -189,6 +189,10 @@ class Architecture(SizeRules):
         return self.rules.extra_latent_frames(num_frames)
 
     @property
+    def position_limit(self) -> int | None:
+        return self.rules.position_limit
+
+    @property
     def vae_tile(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """The VAE's spatial tiling in pixels, ``((tile_h, tile_w), (stride_h, stride_w))`` (the adapter's)."""
         return self.rules.vae_tile
