@@ -65,15 +65,18 @@ def check_image(path: str) -> None:
         raise SuperGenError(f"image {path!r} is not an image PIL can read ({type(exc).__name__})") from None
 
 
-def check_video(path: str, what: str = "sketch video") -> None:
-    """``path`` exists and ffmpeg can read a frame of it."""
-    import imageio.v3 as iio
+def check_video(path: str, what: str = "sketch video") -> int:
+    """``path`` exists and ffmpeg can decode it; returns its frame count (decoded: containers' counts
+    are estimates, and a sketch video is small)."""
+    import imageio_ffmpeg
 
     if not os.path.isfile(path):
         raise SuperGenError(f"{what} {path!r} does not exist")
     try:
-        iio.improps(path)
-    except Exception as exc:  # imageio raises OSError, ValueError or its own errors for non-videos
+        reader = imageio_ffmpeg.read_frames(path)
+        next(reader)  # the metadata
+        return sum(1 for _ in reader)
+    except (OSError, RuntimeError, StopIteration) as exc:
         raise SuperGenError(f"{what} {path!r} is not a video ffmpeg can read ({type(exc).__name__})") from None
 
 
@@ -92,29 +95,51 @@ def image_refused(model: str) -> SuperGenError:
 
 
 def check_image_use(cfg: SuperGenConfig) -> None:
-    """Refuse ``job.image`` for a model known, without loading it, to be text-to-video (the pipeline
-    refuses it again after the load for models only the load can tell)."""
-    if cfg.job.image is None:
-        return
+    """``job.image`` given exactly when the model, known without loading it, is image-to-video: refused
+    for a text-to-video model (it would be ignored), required by an image-to-video one (the pipeline
+    checks both again after the load, for the models only the load can tell)."""
+    arch = known_architecture(cfg.model.name)
+    if arch is None:
+        return  # a Hugging Face id the planner does not know: the pipeline decides after the load
+    # By the pipeline class the planner records (building the architecture to ask would take seconds);
+    # the planner plans tiny-i2v as tiny (the same sizes), a text-to-video pipeline.
+    image_to_video = "ImageToVideo" in arch.pipeline or cfg.model.name == "tiny-i2v"
+    if cfg.job.image is not None and not image_to_video:
+        raise image_refused(cfg.model.name)
+    if cfg.job.image is None and image_to_video:
+        raise SuperGenError(f"{cfg.model.name} is image-to-video: pass image= (or job.image / --image)")
+
+
+def known_architecture(model: str):
+    """The planner's architecture of ``model`` (its configs, no weights), or None for a model it does not know."""
     from .cost import architecture
 
-    if cfg.model.name == "tiny-i2v":  # the planner plans it as "tiny" (same sizes), a text-to-video pipeline
-        return
     try:
-        arch = architecture(cfg.model.name)
+        return architecture(model)
     except SuperGenError:
-        return  # a Hugging Face id the planner does not know: the pipeline decides after the load
-    if "ImageToVideo" not in arch.pipeline:
-        raise image_refused(cfg.model.name)
+        return None
+
+
+def check_sketch_video_frames(cfg: SuperGenConfig, frames: int) -> None:
+    """The sketch video has the frame count the render needs (``job.num_frames`` as the model's VAE
+    takes it), known before the load for the planner's models."""
+    arch = known_architecture(cfg.model.name)
+    if arch is None:
+        return
+    needed = arch.snap_frames(cfg.job.num_frames)
+    if frames != needed:
+        fits = f"; pass --num-frames {frames}" if arch.snap_frames(frames) == frames else ""
+        raise SuperGenError(f"sketch video {cfg.job.sketch_video!r} has {frames} frames; this render needs {needed} "
+                            f"(job.num_frames={cfg.job.num_frames}){fits}")
 
 
 def check_job(cfg: SuperGenConfig) -> None:
     """Every input a job names, and the device it asks for."""
     if cfg.job.image is not None:
         check_image(cfg.job.image)
-        check_image_use(cfg)
+    check_image_use(cfg)
     if cfg.job.sketch_video is not None:
-        check_video(cfg.job.sketch_video)
+        check_sketch_video_frames(cfg, check_video(cfg.job.sketch_video))
     resolve_device(cfg.model.device)
 
 
