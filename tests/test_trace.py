@@ -17,7 +17,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException
 from supergen import SuperGenError
 from supergen.config import load_config
 from supergen.cost import KNOWN, estimate
-from supergen.trace import estimated, format_trace, trace_pipeline, trace_render
+from supergen.trace import format_trace, trace_pipeline, trace_render
 
 GiB = 2**30
 
@@ -51,9 +51,14 @@ def test_refinement_steps_copy_nothing_from_the_host(i2v_4k):
     assert i2v_4k.host_copies == [], format_trace(i2v_4k)
 
 
-def test_the_planner_is_within_15_percent_of_the_traced_peak(i2v_4k):
-    planned = estimated(i2v_4k, i2v_4k.plan.peak_stage)
-    assert abs(planned - i2v_4k.peak) <= 0.15 * i2v_4k.peak, format_trace(i2v_4k)
+def test_the_planner_is_within_15_percent_of_the_traced_peak_transient(i2v_4k):
+    # The peak stage's transient (the sketch's untiled 720p decode, ~18 GiB), not the total: 33 GiB of
+    # weights would make a 15 % bound on the total hide a 30 % error in the transient. (A fitted case:
+    # the Wan VAE's k was fitted to this trace; docs/planner.md names the fitted and held-out cases.)
+    stage = i2v_4k.plan.peak_stage
+    assert stage == i2v_4k.peak_stage, format_trace(i2v_4k)
+    planned, traced = i2v_4k.plan.memory[f"stage.{stage}"], i2v_4k.stages[stage].transient
+    assert abs(planned - traced) <= 0.15 * traced, format_trace(i2v_4k)
 
 
 def test_the_weights_not_built_are_added_exactly(i2v_4k):
@@ -85,14 +90,28 @@ def t2v_small():
 
 
 def test_the_planner_follows_the_trace_stage_by_stage(t2v_small):
-    # What the VAE stages hold beyond the weights, traced and estimated, within 15 % (the weights alone
-    # would make any estimate look close); the weights themselves exactly. (The refinement's transient
-    # is a few hundred MiB here, below the fixed overheads the planner leaves out; it is checked at 4K.)
+    # What each stage holds beyond the weights (its transient), traced and estimated, within 15 % (the
+    # weights alone would make any estimate look close); the weights themselves exactly.
     assert t2v_small.plan.weights == t2v_small.resident
-    for stage in ("sketch", "upscale", "decode"):
-        traced = t2v_small.stages[stage].peak - t2v_small.plan.resident(stage)  # the text encoder is parked
+    for stage in ("sketch", "upscale", "refine", "decode"):
+        traced = t2v_small.stages[stage].transient  # the most live bytes beyond the weights
         planned = t2v_small.plan.memory[f"stage.{stage}"]
         assert abs(planned - traced) <= 0.15 * traced, f"{stage}: planned {planned}, traced {traced}\n{format_trace(t2v_small)}"
+
+
+@pytest.fixture(scope="module")
+def held_out_14b_t2v():
+    """A render no memory term was fitted to (docs/planner.md, "Out of sample"): Wan2.1-14B text-to-video
+    (the fits used its I2V sibling and one of its blocks), portrait, 17 frames; ~6 s CPU."""
+    cfg = load_config("wan2.1-i2v-14b-2k", ["sketch.height=384", "sketch.width=224"])
+    return trace_render(cfg, KNOWN["Wan2.1-14B"], 768, 448, 17, steps=1, layers=1)
+
+
+def test_the_planner_transients_hold_out_of_sample(held_out_14b_t2v):
+    result = held_out_14b_t2v
+    for stage in ("sketch", "upscale", "refine", "decode"):
+        traced, planned = result.stages[stage].transient, result.plan.memory[f"stage.{stage}"]
+        assert abs(planned - traced) <= 0.15 * traced, f"{stage}: planned {planned}, traced {traced}\n{format_trace(result)}"
 
 
 def test_a_host_read_in_the_refinement_step_fails_the_trace():

@@ -334,6 +334,14 @@ def estimate(
         # the VAE's dtype, one frame's encoder working set, and the condition kept for the refinement.
         mem["stage.setup"] = (3 * canvas[0] * canvas[1] * (4 + vb)
                               + int(family.vae_encode_copies * full_res_channels * tile_px * vb) + condition * 4)
+    # The prompt embeddings (both guidance branches, in the model dtype) stay referenced for the whole
+    # call: every stage carries them (8 MiB for Wan's 512 x 4096; a visible share of small renders only).
+    branches = 2 if render.do_guidance or render.sketch_guidance_scale > 1.0 else 1
+    shapes = arch.family.prompt_shapes(arch.transformer, arch.image_to_video)
+    mem["prompt_embeds"] = branches * sum(math.prod(shape) for shape in shapes.values()) * b
+    for stage in STAGES:
+        if f"stage.{stage}" in mem:
+            mem[f"stage.{stage}"] += mem["prompt_embeds"]
     out.memory = mem
     return out
 
