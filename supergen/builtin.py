@@ -17,11 +17,11 @@ from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
 from . import compat
 from .config import CONFIG_DIR, load_config
+from .architectures import TOY_MODEL_DIR
 from .errors import SuperGenError
 
 #: The small trained model (assets/toy-wan in the checkout), installed with the package as
 #: ``supergen/toy-wan`` (a link to it in the checkout).
-TOY_MODEL_DIR = Path(__file__).parent / "toy-wan"
 
 _CHARS = [chr(c) for c in range(32, 127)]
 
@@ -111,7 +111,7 @@ def _presets_by_model() -> dict[str, list[str]]:
 def _folder_preset(folder: Path) -> tuple[str | None, str]:
     """:func:`model_preset` for a local diffusers folder: its pipeline class (``model_index.json``) is the
     family, its transformer's config (``transformer/config.json``) the size."""
-    from .architectures import ALIASES, KNOWN  # the released models' configs; imports this module
+    from .architectures import ALIASES, KNOWN  # the released models' configs
 
     pipeline = _read_json(folder / "model_index.json").get("_class_name")
     transformer = _read_json(folder / "transformer" / "config.json") or _read_json(folder / "transformer_2" / "config.json")

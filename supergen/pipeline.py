@@ -17,41 +17,34 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import numbers
 import os
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from . import compat
 from .adapters import CanvasEncoder, Conditioning, ModelAdapter, Request, adapter_for
 from .attention import check_backend, dense_backend
 from .builtin import load_pipeline, model_preset
 from .cache import CacheReport, cache_policy
 from .config import MethodConfig, load_config
 from .errors import SuperGenError
-from .parallel import (CanvasRunner, HeadExchange, ParallelPlan, TiledVAE, TileExchanger, TileGroup, canvas_blocker, plan_parallel,
-                       sequence_split, split_tokens, split_guidance, ulysses, ulysses_blocker)
-from .parallel.exchanger import refuse_per_rank_caches
+from .parallel import HeadExchange, TiledVAE, TileGroup
+from .parallel.recipe import Parallelism, parallelize
 from .output import PIXEL_TYPES, VideoOutput
-from .plan import RenderPlan, plan_render
+from .plan import RenderPlan, parked_in, plan_render
 from .refine import SingleProcess, StepStats, TileRefiner
 from .upscale import UpscaledVideo
 
 logger = logging.getLogger("supergen")
 
 OUTPUT_TYPES = (*PIXEL_TYPES, "latent")
-
-#: Encoders parked on the host (``encoders.park``) once a call no longer needs them: the text
-#: encoders after the prompts are encoded (the sketch gets the embeddings), the image encoder after
-#: the sketch (the wrapped pipeline encodes the image itself there).
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
-IMAGE_ENCODERS = ("image_encoder",)
 
 #: Attributes and methods of the wrapped diffusers pipeline that :class:`SuperGenPipeline` forwards
 #: (placement, memory savers, progress bars, LoRA), so code written for diffusers keeps working.
@@ -220,6 +213,7 @@ class SuperGenPipeline:
         max_sequence_length: int | None = None,
         attention_kwargs: dict[str, Any] | None = None,
         plan: RenderPlan | None = None,
+        observers: list[StageObserver] = (),
     ) -> SuperGenPipelineOutput | tuple:
         """Render one video.
 
@@ -254,6 +248,8 @@ class SuperGenPipeline:
                 sketch as ``(F, h, w, 3)`` float numpy in [0, 1] (so a preview can show it before
                 refinement); ``"refine"`` ``{"steps", "tiles"}`` (tiles at the first step); ``"decode"`` ``{}``.
                 ``"sketch"`` and ``"upscale"`` are skipped when ``strength=1`` skips the sketch.
+            observers: :class:`StageObserver` s told when each stage starts and ends (with its seconds and
+                bytes sent) and when encoders are parked; ``callback_on_stage`` is one.
             plan: this call's :class:`~supergen.plan.RenderPlan`, already made (:meth:`plan`; the runtime
                 plans once, checks it against the device and hands it down); None: planned here. It
                 must be the plan of this call's size and frame count.
@@ -277,44 +273,43 @@ class SuperGenPipeline:
         request, plan = self._prepare(prompt, negative_prompt, image, height, width, num_frames, strength,
                                       num_inference_steps, None if sketch_pixels is None else tuple(sketch_pixels.shape[-2:]),
                                       guidance_scale, {k: v for k, v in text.items() if v is not None}, plan)
-        stage = callback_on_stage or (lambda name, info: None)
-        clock = StageClock(self.adapter.device, self.group)
+        clock = StageClock(self.group, skip=("decode",) if output_type == "latent" else ())  # a latent output decodes nothing
+        stages = Stages(self.adapter.device, self.group, [clock, *observers] + ([CallbackObserver(callback_on_stage)] if callback_on_stage else []))
         with self._borrowed_pipeline() as borrowed:
-            embeds = self.adapter.encode_prompt(request, plan.text_guidance_scale)
-            self._park_encoders(borrowed, TEXT_ENCODERS)  # the sketch and the tiles take the embeddings
-            scheduler = type(self.adapter.scheduler).from_config(self.adapter.scheduler.config)
-            timesteps = self.adapter.schedule(scheduler, plan.num_inference_steps, plan.start_index, plan.tile_latent_shape)
-            # Image conditioning before any noise: the pipelines encode (and may sample) the image first.
-            # A canvas-sized condition video (an image followed by zero frames) goes through the same encoder as the upscaled
-            # sketch (tiled and split across ranks when planned); families that encode one image frame
-            # with the pipeline's own code get the plan's VAE tiling.
-            self.adapter.set_vae_tiling(plan.vae_tiling)
-            spatial = self.adapter.spatial_conditioning(request, *plan.canvas, generator, encode=self._canvas_encoder(plan))
-            cond = Conditioning(embeds, spatial, plan.guidance_scale, plan.guidance_scale_2)
+            parallel = parallelize(self.adapter, self.group, self.config, plan)  # every parallel choice, from one plan
+            with stages.run("setup"):
+                embeds = self.adapter.encode_prompt(request, plan.text_guidance_scale)
+                self._park_encoders(borrowed, stages, parked_in("setup"))  # the sketch and the tiles take the embeddings
+                scheduler = type(self.adapter.scheduler).from_config(self.adapter.scheduler.config)
+                timesteps = self.adapter.schedule(scheduler, plan.num_inference_steps, plan.start_index, plan.tile_latent_shape)
+                # Image conditioning before any noise: the pipelines encode (and may sample) the image first.
+                # A canvas-sized condition video (an image followed by zero frames) goes through the same encoder as the upscaled
+                # sketch (tiled and split across ranks when planned); families that encode one image frame
+                # with the pipeline's own code get the plan's VAE tiling.
+                self.adapter.set_vae_tiling(plan.vae_tiling)
+                spatial = self.adapter.spatial_conditioning(request, *plan.canvas, generator, encode=self._canvas_encoder(plan, parallel.vae()))
+                cond = Conditioning(embeds, spatial, plan.guidance_scale, plan.guidance_scale_2)
             if plan.run_sketch:
-                stage("sketch", {"steps": plan.sketch_steps})
-                sketch_pixels = self._sketch(request, embeds, plan, generator, callback_on_sketch_step_end)
-                clock.lap("sketch")
-            self._park_encoders(borrowed, IMAGE_ENCODERS)  # the canvas stages need the room
+                with stages.run("sketch", {"steps": plan.sketch_steps}):
+                    sketch_pixels = self._sketch(request, embeds, plan, parallel, generator, callback_on_sketch_step_end)
+            self._park_encoders(borrowed, stages, parked_in("upscale"))  # the canvas stages need the room
             if plan.from_sketch:
-                if callback_on_stage is not None:  # the preview is a device-to-host copy of the sketch: only when asked
-                    stage("upscale", {"sketch": self.adapter.pipe.video_processor.postprocess_video(sketch_pixels, output_type="np")[0]})
-                latents = self._upscale(sketch_pixels.to(self.adapter.device), plan, scheduler, timesteps, spatial, generator)
-                clock.lap("upscale")
+                # The preview is a device-to-host copy of the sketch: only when an observer asks for it.
+                preview = (lambda: self.adapter.pipe.video_processor.postprocess_video(sketch_pixels, output_type="np")[0])
+                with stages.run("upscale", {"sketch": preview}):
+                    latents = self._upscale(sketch_pixels.to(self.adapter.device), plan, parallel, scheduler, timesteps, spatial, generator)
             else:  # strength 1: the plain pipeline's start from noise (the exactness test)
                 latents = self.adapter.initial_latents(plan.latent_shape, spatial, generator)
-            stage("refine", {"steps": len(timesteps), "tiles": len(plan.tiles.tiles(0))})
-            latents, step_stats, report, parallel = self._refine(latents, plan, cond, scheduler, timesteps, generator,
-                                                                 _step_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs))
-            clock.lap("refine")
-            stage("decode", {})
-            video, sketch_out = self._decode(latents, sketch_pixels, plan, output_type)
-            if output_type != "latent":
-                clock.lap("decode")
+            with stages.run("refine", {"steps": len(timesteps), "tiles": plan.tiles.count(0)}):
+                latents, step_stats, report, parallel_stats = self._refine(
+                    latents, plan, parallel, cond, scheduler, timesteps, generator,
+                    _step_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs), stages.refinement_step)
+            with stages.run("decode"):
+                video, sketch_out = self._decode(latents, sketch_pixels, plan, parallel, output_type)
         stats = RenderStats(
             size=plan.size, canvas=plan.canvas, sketch=plan.sketch if plan.from_sketch else None, num_frames=plan.num_frames,
             tile=tuple(s * self.adapter.vae_scale[1] for s in plan.tiles.tile), tiling=plan.describe_tiling(),
-            strength=plan.strength, seconds=clock.seconds, steps=step_stats, parallel=parallel | clock.traffic(),
+            strength=plan.strength, seconds=clock.seconds, steps=step_stats, parallel=parallel_stats | clock.traffic(),
         )
         if not return_dict:
             return (video,)
@@ -383,46 +378,15 @@ class SuperGenPipeline:
         return Request(prompt=prompt, negative_prompt=negative_prompt, num_frames=frames, image=image, **text), plan
 
     # ---- stages -----------------------------------------------------------------------------
-    def parallel_plan(self, plan: RenderPlan) -> ParallelPlan:
-        """What each stage of a render with ``plan`` does on this pipeline's group of ranks."""
-        adapter, ranks, parallel = self.adapter, 1 if self.group is None else self.group.size, self.config.parallel
-        canvas, guidance = plan.layout is not None, adapter.runs_branches(plan.guidance_scale)
-        # Units of the first step if (tile, branch) units are allowed: the most the refinement can spread.
-        units = len(plan.tiles.tiles(0)) * (2 if guidance and parallel.cfg != "off" else 1)
-        tokens = math.prod(n // p for n, p in zip(plan.tile_latent_shape[2:], adapter.patch))
-        heads = adapter.transformers[0].config.num_attention_heads
-        seq = sequence_split(ranks, units, heads, tokens) if adapter.tile_context_parallel else 1
-        if seq > 1 and ulysses_blocker(adapter.transformers, seq, adapter.cp_plans):
-            seq = 1
-        return plan_parallel(ranks, guidance, adapter.runs_branches(plan.sketch_guidance_scale),
-                             adapter.sketch_branches_separate, parallel.cfg, parallel.sketch,
-                             ulysses_blocker(adapter.transformers, ranks, adapter.cp_plans) or adapter.context_parallel_blocker(ranks), canvas,
-                             canvas_blocker(adapter.transformers, ranks, plan.layout[0].seq_len, adapter.cp_plans) if canvas else "",
-                             units, seq)
-
-    def _sketch(self, request: Request, embeds: dict, plan: RenderPlan, generator: torch.Generator | None,
+    def _sketch(self, request: Request, embeds: dict, plan: RenderPlan, parallel: Parallelism, generator: torch.Generator | None,
                 callback: Callable | None = None) -> torch.Tensor:
         """Stage 1: the wrapped pipeline at sketch size; returns pixels ``(1, 3, F, h, w)`` in [-1, 1]."""
         self.adapter.set_vae_tiling(False)  # sketch-size VAE work is never tiled
-        split = self.parallel_plan(plan)
-        if split.sketch_reason:
-            logger.info("sketch %s: %s", "computed whole on every rank" if split.sketch == "replicated" else "split by guidance branch",
-                        split.sketch_reason)
-        parallel = {"cfg": split_guidance, "ulysses": self._context_parallel}.get(split.sketch)
         pipe = self.adapter.pipe
-        # The wrapped pipeline draws its own step bar: label it for this stage, then restore its settings
-        # (diffusers keeps them in _progress_bar_config; set_progress_bar_config replaces them all).
-        settings = getattr(pipe, "_progress_bar_config", None)
-        pipe._progress_bar_config = {**(settings or {}), "desc": "sketch"}
-        try:
-            with parallel(self.adapter.transformers, self.group) if parallel else contextlib.nullcontext():
-                latents = self.adapter.sketch(request, embeds, *plan.sketch, plan.sketch_steps, plan.sketch_guidance_scale,
-                                              plan.sketch_guidance_scale_2, generator, callback)
-        finally:
-            if settings is None:
-                del pipe._progress_bar_config
-            else:
-                pipe._progress_bar_config = settings
+        # The wrapped pipeline draws its own step bar: label it for this stage.
+        with compat.progress_bar_label(pipe, "sketch"), parallel.sketch():
+            latents = self.adapter.sketch(request, embeds, *plan.sketch, plan.sketch_steps, plan.sketch_guidance_scale,
+                                          plan.sketch_guidance_scale_2, generator, callback)
         if self.group is not None:
             # Every rank ran the same sketch loop (so every rank's generator is in the same state for the
             # re-noise); the leader's copy makes them bit-identical where GPU kernels are not deterministic.
@@ -431,64 +395,42 @@ class SuperGenPipeline:
         self.adapter.set_vae_tiling(plan.vae_tiling)
         return pixels
 
-    @contextlib.contextmanager
-    def _context_parallel(self, models: list, group: TileGroup) -> Iterator[None]:
-        """The sketch on diffusers' context parallelism: the family's plan, its attention through the dispatcher."""
-        with self.adapter.context_parallel_extras(group.size), ulysses(models, group, self.adapter.cp_plans, self.adapter.cp_uneven):
-            yield
-
-    def _upscale(self, sketch: torch.Tensor, plan: RenderPlan, scheduler, timesteps: torch.Tensor, spatial: dict,
+    def _upscale(self, sketch: torch.Tensor, plan: RenderPlan, parallel: Parallelism, scheduler, timesteps: torch.Tensor, spatial: dict,
                  generator: torch.Generator | None) -> torch.Tensor:
         """Resize the sketch to the canvas in pixel space, encode it, re-noise it to the first refinement step."""
         upscaled = UpscaledVideo(sketch, *plan.canvas, self.config.sketch.upscale)
         if not self.config.sketch.sample_posterior:
             # Tiled, it is resized a band of rows at a time: the whole upscaled video (4K × 81) is never made.
-            x0 = self._canvas_encoder(plan)(upscaled)
+            x0 = self._canvas_encoder(plan, parallel.vae())(upscaled)
         else:  # a posterior sample is drawn over the whole latent, identically on every rank
             x0 = self.adapter.encode(upscaled[...], generator)
         return self.adapter.renoise(scheduler, x0.to(self.adapter.device), timesteps[:1], spatial, generator)
 
-    def _canvas_encoder(self, plan: RenderPlan) -> CanvasEncoder:
+    def _canvas_encoder(self, plan: RenderPlan, vae: TiledVAE | None = None) -> CanvasEncoder:
         """Posterior-mode encoder of canvas-sized videos: :class:`TiledVAE` when the plan tiles the VAE
         (windows split across ranks; the same tiles and blend in one process, so any rank count gives
         the same latent), else the adapter's untiled encode (on every rank)."""
         if plan.vae_tiling:
-            return TiledVAE(self.adapter, self.group).encode
+            return (vae or TiledVAE(self.adapter, self.group)).encode
         return lambda video: self.adapter.encode(video if isinstance(video, torch.Tensor) else video[...], None)
 
-    def _refine(self, latents, plan: RenderPlan, cond: Conditioning, scheduler, timesteps, generator, callback):
+    def _refine(self, latents, plan: RenderPlan, parallel: Parallelism, cond: Conditioning, scheduler, timesteps, generator, callback,
+                step_scope=None):
         """Stage 2: the tiled refinement; returns the latent, per-step stats, the cache report and parallel stats."""
         cfg, adapter = self.config, self.adapter
-        split = None if self.group is None else self.parallel_plan(plan)
-        if split is not None and split.refine_reason:
-            logger.info("attention mode not split over the ranks: %s", split.refine_reason)
-        if split is not None and split.seq > 1:
-            logger.info("%d units of work for %d ranks: each unit on a sub-group of %d ranks with Ulysses (tile=%d × seq=%d)",
-                        split.units, split.ranks, split.seq, split.ranks // split.seq, split.seq)
-        canvas_split = split is not None and split.refine == "ulysses"
-        tokens_over = None  # the ranks that split each forward's tokens: the group (attention mode), a sub-group (seq > 1)
-        if canvas_split:
-            refuse_per_rank_caches(cfg.cache)
-            runner, tokens_over = CanvasRunner(self.group), self.group
-        elif split is None or split.ranks == 1:
-            runner = SingleProcess()
-        else:
-            runner = TileExchanger.for_render(self.group, cfg, plan.latent_shape[1:3], split.seq)
-            tokens_over = self.group.sub(split.seq) if split.seq > 1 else None
+        runner, heads = parallel.tiles()
+        runner = runner or SingleProcess()
         # The token split goes innermost: its hooks attach to the canvas position modules installed just before.
-        with self._attention(plan, HeadExchange(self.group) if canvas_split else None) as attention, \
-                adapter.positions(cfg.tiling.positions), \
-                split_tokens(adapter.transformers, tokens_over, adapter.cp_plans) if tokens_over else contextlib.nullcontext(), \
+        with self._attention(plan, heads) as attention, adapter.positions(cfg.tiling.positions), parallel.tokens(), \
                 cache_policy(cfg.cache, adapter.transformers, plan.latent_shape[2:], adapter.patch, len(timesteps), plan.do_guidance) as policy:
             refiner = TileRefiner(plan.tiles, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner,
-                                  on_step=attention)
+                                  on_step=attention, step_scope=step_scope)
             with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
                 progress.set_description("refine")
                 latents, steps = refiner.run(latents, adapter.stepper(scheduler, cond.spatial, generator), timesteps, progress, callback)
-        parallel = {} if split is None else {"plan": split.as_dict()}
-        return latents, steps, runner.finish(policy.report), parallel | runner.stats()
+        return latents, steps, runner.finish(policy.report), parallel.stats() | runner.stats()
 
-    def _decode(self, latents: torch.Tensor, sketch: torch.Tensor | None, plan: RenderPlan, output_type: str):
+    def _decode(self, latents: torch.Tensor, sketch: torch.Tensor | None, plan: RenderPlan, parallel: Parallelism, output_type: str):
         """Decode the canvas (tiled and split across ranks when planned) into ``output_type``, cropped to
         the requested size; returns ``(video, sketch)``. Tiled, each finished strip of rows is converted
         as it comes (:class:`~supergen.output.VideoOutput`): no whole float video at the canvas size."""
@@ -498,7 +440,7 @@ class SuperGenPipeline:
         processor = adapter.pipe.video_processor
         video = VideoOutput(processor, output_type, plan.num_frames, plan.size)
         if plan.vae_tiling:
-            for top, strip in TiledVAE(adapter, group).decode_strips(latents, plan.num_frames):
+            for top, strip in parallel.vae().decode_strips(latents, plan.num_frames):
                 video.write(top, strip)
                 del strip  # converted: not held while the next row of tiles is decoded
         elif group is None or group.is_leader:  # only the leader writes the video, so only it decodes
@@ -524,15 +466,16 @@ class SuperGenPipeline:
             self.adapter.set_vae_tiling(tiling)
             self.adapter.pipe.maybe_free_model_hooks()
 
-    def _park_encoders(self, borrowed: contextlib.ExitStack, names: tuple[str, ...]) -> None:
+    def _park_encoders(self, borrowed: contextlib.ExitStack, stages: "Stages", names: tuple[str, ...]) -> None:
         """``encoders.park``: move the pipeline's components ``names`` to the host for the rest of this
-        call (they go back on ``borrowed``'s exit). Only those whose weights sit on a GPU and that no
-        offload hook of diffusers or accelerate manages (those leave the device by themselves)."""
-        if not self.config.encoders.park:
+        call (they go back on ``borrowed``'s exit), and tell the observers. Only those whose weights sit
+        on a GPU and that no offload hook of diffusers or accelerate manages (those leave the device by
+        themselves) are moved."""
+        if not self.config.encoders.park or not names:
             return
         for name in names:
             module = getattr(self.pipe, name, None)
-            if not isinstance(module, torch.nn.Module) or hasattr(module, "_hf_hook") or getattr(module, "_diffusers_hook", None):
+            if not isinstance(module, torch.nn.Module) or compat.accelerate_hooked(module) or compat.diffusers_hooked(module):
                 continue
             weights = next(module.parameters(), None)
             if weights is None or weights.device.type in ("cpu", "meta"):
@@ -540,6 +483,7 @@ class SuperGenPipeline:
             logger.debug("parking %s on the host for the rest of the call", name)
             borrowed.callback(module.to, weights.device)
             module.to("cpu")
+        stages.parked(names)
 
     def _attention(self, plan: RenderPlan, heads: HeadExchange | None = None):
         """The attention backend for the refinement; in ``attention`` mode, tile(+halo) attention on the canvas
@@ -550,30 +494,87 @@ class SuperGenPipeline:
         return self.adapter.tile_attention(plan.layout, backend, heads)
 
 
-class StageClock:
-    """Seconds (and with a group, bytes this rank sent) per stage. On CUDA the device is synchronised
-    at each lap, so a lap measures the work, not just its launch (one sync per stage, never per step)."""
+class StageObserver:
+    """Told what a render's stages do, from the one place they run (:class:`Stages`). Subclass and
+    override what you need; every method does nothing by default."""
 
-    def __init__(self, device: torch.device, group: TileGroup | None = None):
-        self.device = device
-        self.group = group
-        self.seconds: dict[str, float] = {}
-        self.bytes: dict[str, int] = {}
-        self._last = self._now()
-        self._sent = 0 if group is None else group.bytes_sent
+    def started(self, stage: str, info: dict[str, Any]) -> None:
+        """``stage`` (one of :data:`~supergen.plan.STAGES`) begins; ``info`` as ``callback_on_stage`` documents
+        (values that are callables are computed on request: the upscale's sketch preview)."""
+
+    def ended(self, stage: str, seconds: float, sent: int) -> None:
+        """``stage`` is done after ``seconds`` (the device synchronised on CUDA), this rank having sent ``sent`` bytes."""
+
+    def parked(self, names: tuple[str, ...]) -> None:
+        """``encoders.park`` moved the encoders ``names`` off the device for the rest of the call (those it
+        manages: see :meth:`SuperGenPipeline._park_encoders`)."""
+
+    def refinement_step(self, step: int) -> ContextManager[None]:
+        """Entered around refinement step ``step``'s tile predictions and blend (not the scheduler's step)."""
+        return contextlib.nullcontext()
+
+
+class Stages:
+    """Runs a render's stages through one place: ``with stages.run(name, info):`` tells every observer
+    that the stage starts and, when it ends, its seconds and the bytes this rank sent. On CUDA the
+    device is synchronised at each boundary, so a stage's time is its work, not its launch (one sync
+    per stage, never per step)."""
+
+    def __init__(self, device: torch.device, group: TileGroup | None, observers: list[StageObserver]):
+        self.device, self.group, self.observers = device, group, observers
 
     def _now(self) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def lap(self, name: str) -> None:
-        now = self._now()
-        self.seconds[name] = now - self._last
-        self._last = now
+    @contextlib.contextmanager
+    def run(self, stage: str, info: dict[str, Any] | None = None) -> Iterator[None]:
+        for observer in self.observers:
+            observer.started(stage, info or {})
+        start, sent = self._now(), 0 if self.group is None else self.group.bytes_sent
+        yield
+        seconds, sent = self._now() - start, 0 if self.group is None else self.group.bytes_sent - sent
+        for observer in self.observers:
+            observer.ended(stage, seconds, sent)
+
+    def parked(self, names: tuple[str, ...]) -> None:
+        for observer in self.observers:
+            observer.parked(names)
+
+    @contextlib.contextmanager
+    def refinement_step(self, step: int) -> Iterator[None]:
+        with contextlib.ExitStack() as scopes:
+            for observer in self.observers:
+                scopes.enter_context(observer.refinement_step(step))
+            yield
+
+
+class CallbackObserver(StageObserver):
+    """``callback_on_stage(stage, info)`` as an observer: called when each stage begins, except the setup."""
+
+    def __init__(self, callback: Callable[[str, dict], None]):
+        self.callback = callback
+
+    def started(self, stage: str, info: dict[str, Any]) -> None:
+        if stage != "setup":
+            self.callback(stage, {k: v() if callable(v) else v for k, v in info.items()})
+
+
+class StageClock(StageObserver):
+    """Seconds (and with a group, bytes this rank sent) per stage, for ``out.stats``."""
+
+    def __init__(self, group: TileGroup | None = None, skip: tuple[str, ...] = ()):
+        self.group, self.skip = group, skip
+        self.seconds: dict[str, float] = {}
+        self.bytes: dict[str, int] = {}
+
+    def ended(self, stage: str, seconds: float, sent: int) -> None:
+        if stage in self.skip:
+            return
+        self.seconds[stage] = seconds
         if self.group is not None:
-            self.bytes[name] = self.group.bytes_sent - self._sent
-            self._sent = self.group.bytes_sent
+            self.bytes[stage] = sent
 
     def traffic(self) -> dict[str, Any]:
         """``{"stages": {name: {"seconds", "bytes"}}}`` with the bytes every rank of the group sent

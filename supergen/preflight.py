@@ -82,7 +82,7 @@ def check_video(path: str, what: str = "sketch video") -> int:
 
 def image_to_video_models() -> list[str]:
     """The model names that take ``--image``: the built-in one and the planner's known image-to-video models."""
-    from .cost import KNOWN
+    from .architectures import KNOWN
 
     # By the pipeline class name the planner records (building each architecture to ask would take seconds).
     return ["tiny-i2v", *(name for name, arch in KNOWN.items() if "ImageToVideo" in arch.pipeline)]
@@ -112,7 +112,7 @@ def check_image_use(cfg: SuperGenConfig) -> None:
 
 def known_architecture(model: str):
     """The planner's architecture of ``model`` (its configs, no weights), or None for a model it does not know."""
-    from .cost import architecture
+    from .architectures import architecture
 
     try:
         return architecture(model)

@@ -28,7 +28,7 @@ from typing import Callable, ContextManager, Protocol
 import torch
 
 from .adapters import BRANCHES, Conditioning, ModelAdapter, Stepper, combine_guidance
-from .cache import ComputeAll
+from .cache import ComputeAll, TilePolicy
 from .tiling import Tile, TilePlan, Unit, accumulate, crop, unit_batches
 
 
@@ -43,31 +43,6 @@ class StepStats:
     #: Tiles that went through the transformer (with guidance each is two forwards).
     tiles_computed: int
     seconds: float
-
-
-class TilePolicy(Protocol):
-    """Decides which tiles are computed and supplies the prediction of those that are not.
-
-    Call order per run: :meth:`start` once, then per step :meth:`decide`, :meth:`scope` around every
-    transformer call of a computed batch, :meth:`predictions`, and :meth:`observe` with the blended result.
-    """
-
-    def start(self, num_steps: int) -> None:
-        """A run of ``num_steps`` refinement steps begins: forget the previous run (a cache needs the last step)."""
-
-    def scope(self, step: int, tiles: list[Tile]) -> ContextManager[None]:
-        """Entered around the adapter call that computes ``tiles`` (block-level caches key their state on it)."""
-
-    def decide(self, step: int, timestep: torch.Tensor, latents: torch.Tensor, tiles: list[Tile]) -> list[bool]:
-        """``True`` for each tile that must go through the transformer at this step."""
-
-    def predictions(
-        self, step: int, latents: torch.Tensor, tiles: list[Tile], computed: dict[int, torch.Tensor]
-    ) -> dict[int, torch.Tensor]:
-        """Every tile's prediction ``(1, C, F, h, w)`` by tile index, given the computed ones."""
-
-    def observe(self, step: int, latents: torch.Tensor, prediction: torch.Tensor) -> None:
-        """The blended canvas prediction ``(1, C, F, H, W)`` of this step, for ``latents`` of the same shape."""
 
 
 class TileRunner(Protocol):
@@ -137,6 +112,8 @@ class TileRefiner:
         batch_tiles: tiles of equal shape per transformer call.
         on_step: called with each step's index before its tiles are predicted (attention mode's
             :class:`~supergen.attention.StepLayouts`: per-step state the adapter's processors read).
+        step_scope: entered around each step's predictions and blend, not the scheduler's step
+            (the pipeline's stage observers, e.g. the trace watching host copies).
     """
 
     plan: TilePlan
@@ -147,6 +124,7 @@ class TileRefiner:
     policy: TilePolicy = field(default_factory=ComputeAll)
     runner: TileRunner = field(default_factory=SingleProcess)
     on_step: Callable[[int], None] | None = None
+    step_scope: Callable[[int], ContextManager[None]] | None = None
     _device_weights: dict = field(default_factory=dict, init=False, repr=False)
 
     def _on_device(self, tile: Tile, like: torch.Tensor) -> Tile:
@@ -239,7 +217,8 @@ class TileRefiner:
         self.preload(len(timesteps), latents)
         self.policy.start(len(timesteps))
         for i, t in enumerate(timesteps):
-            prediction, step_stats = self.step(i, t, latents)
+            with self.step_scope(i) if self.step_scope is not None else contextlib.nullcontext():
+                prediction, step_stats = self.step(i, t, latents)
             latents = stepper(prediction, t, latents)
             if callback is not None:
                 latents = callback(i, t, latents)

@@ -40,15 +40,17 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
+from . import compat
+from .compat import TorchDispatchMode, tree_flatten
 from .config import SuperGenConfig
 from .errors import SuperGenError
 from .cost import Architecture, DTYPE_BYTES, ResourcePlan, component_dtype, estimate, human, flops as human_flops, with_native_sketch
-from .cost.architectures import default_dtype
+from .pipeline import StageObserver
+from .plan import STAGES
 
 logger = logging.getLogger("supergen")
 
@@ -60,7 +62,6 @@ DECLARED_SYNCS = ("timestep value per step (StepStats.timestep, Wan 2.2 expert c
 #: Host work on real tensors is computed for real up to this many output elements (an image).
 HOST_NUMEL = 1 << 26
 
-STAGES = ("setup", "sketch", "upscale", "refine", "decode")
 
 
 @dataclass
@@ -166,7 +167,7 @@ class MemoryTrace(TorchDispatchMode):
         self.current -= nbytes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, unset_fake_temporarily
+        from .compat import DataDependentOutputException, DynamicOutputShapeException, unset_fake_temporarily
 
         kwargs = kwargs or {}
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
@@ -175,7 +176,7 @@ class MemoryTrace(TorchDispatchMode):
             # on a GPU run, so the host may read its values; it is not device memory. Unless its
             # output is large (a video made from the image): then it is traced as device memory.
             try:
-                shapes = [] if func is torch.ops.aten._local_scalar_dense.default else func(*args, **kwargs)
+                shapes = [] if func is compat.LOCAL_SCALAR_DENSE else func(*args, **kwargs)
             except (DataDependentOutputException, DynamicOutputShapeException):
                 # Its output's size depends on the values (nonzero: diffusers' schedulers look their
                 # step index up that way): host work on host tables, bounded by its inputs.
@@ -207,7 +208,7 @@ class MemoryTrace(TorchDispatchMode):
             if not isinstance(t, torch.Tensor) or t.device.type == "meta":
                 continue
             storage = t.untyped_storage()
-            key = storage._cdata
+            key = compat.storage_key(storage)
             if key in self.live or key in existing:
                 continue
             nbytes = storage.nbytes()
@@ -239,7 +240,7 @@ class GroupOffloadMeter:
 
     def _bytes(self, group) -> int:
         tensors = [t for m in group.modules for t in (*m.parameters(), *m.buffers())] + [*group.parameters, *group.buffers]
-        nbytes = sum({t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in tensors}.values())
+        nbytes = sum({compat.storage_key(t.untyped_storage()): t.untyped_storage().nbytes() for t in tensors}.values())
         # A block group's hook sits on its own block; the group of a module's layers outside its block
         # lists (led by that module, onloaded by itself) is not prefetched.
         block = self.prefetch and any(m is group.offload_leader for m in group.modules)
@@ -257,7 +258,7 @@ class GroupOffloadMeter:
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[None]:
-        from diffusers.hooks.group_offloading import ModuleGroup
+        from .compat import ModuleGroup
 
         originals = ModuleGroup.onload_, ModuleGroup.offload_
         ModuleGroup.onload_ = lambda group: self.onload(group)
@@ -358,7 +359,7 @@ class ShapeMemo:
 
 
 def _storage_key(t: torch.Tensor) -> int:
-    return t.untyped_storage()._cdata
+    return compat.storage_key(t.untyped_storage())
 
 
 def vectorised_blend(dim: int):
@@ -384,7 +385,7 @@ def vectorised_blend(dim: int):
 
 
 def _is_real(t: torch.Tensor) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
+    from .compat import FakeTensor
 
     return not isinstance(t, FakeTensor) and t.device.type != "meta"
 
@@ -395,7 +396,7 @@ def _is_real(t: torch.Tensor) -> bool:
 def _unfaked(fn):
     """``fn`` run on real tensors: scheduler set-up is host work (and its timestep look-ups are
     data-dependent, which fake tensors cannot run)."""
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from .compat import unset_fake_temporarily
 
     @functools.wraps(fn)  # keeps the signature: diffusers' retrieve_timesteps inspects it for sigmas=
     def call(*args, **kwargs):
@@ -437,7 +438,7 @@ def _text_stub(adapter, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype):
 def _param_bytes(module: torch.nn.Module) -> int:
     storages = {}
     for t in [*module.parameters(), *module.buffers()]:
-        storages[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+        storages[compat.storage_key(t.untyped_storage())] = t.untyped_storage().nbytes()
     return sum(storages.values())
 
 
@@ -449,7 +450,7 @@ def fake_pipeline(arch: Architecture, dtypes: dict[str, torch.dtype], layers: in
     Returns the pipeline and the weights' bytes not built: each text encoder (stubbed, see
     :func:`_text_stub`) and ``transformer blocks`` (when ``layers`` is below the config's).
     """
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from .compat import unset_fake_temporarily
 
     with unset_fake_temporarily():  # host tables, as in a GPU run; parameters counted on ``meta``
         plain = arch.scheduler()
@@ -493,11 +494,10 @@ def trace_render(
         layers: transformer blocks built per block list and expert (None: all); the rest are added as parameter bytes.
     """
     from PIL import Image
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    from .compat import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
     from .pipeline import SuperGenPipeline
-    from .refine import TileRefiner
 
     config = with_native_sketch(config, arch)
     offload = config.model.offload
@@ -539,56 +539,15 @@ def trace_render(
         pipe.vae.blend_v, pipe.vae.blend_h = vectorised_blend(-2), vectorised_blend(-1)
         sg.adapter.decode, sg.adapter.encode = memo.wrap(sg.adapter.decode), memo.wrap(sg.adapter.encode)
         stages = StageMeter(memory, flop_counter, arch.name)
-
-        def on_stage(name: str) -> None:
-            stages.enter(name)
-            memory.host_default = name == "refine"
-            torch.set_default_device("meta" if name == "refine" else None)
-
-        def staged(name: str, method):
-            def run(*args, **kwargs):
-                on_stage(name)
-                return method(*args, **kwargs)
-            return run
-
-        def watched_step(refiner, *args, **kwargs):
-            # Copies are reported inside refinement steps only: the preload before the first step
-            # puts the tables on the device, and the scheduler's step runs outside (its tables are
-            # device tensors in a real run; here real host tensors set up outside the fake mode).
-            memory.watch_copies = True
-            try:
-                return refinement_step(refiner, *args, **kwargs)
-            finally:
-                memory.watch_copies = False
-
-        def park_encoders(borrowed, names):
-            # What the pipeline does on a GPU (here every fake tensor sits on the CPU, which it skips):
-            # the encoders' weights, built or counted from the config, leave the device.
-            if not traced_cfg.encoders.park:
-                return
-            for name in names:
-                module = getattr(pipe, name, None)
-                # Stubbed text encoders count as resident (under group offload only while they encode).
-                stubbed = name in added and offloader is None
-                if stubbed or (isinstance(module, torch.nn.Module) and not getattr(module, "_diffusers_hook", None)):  # as the pipeline
-                    freed = added[name] if name in added else _param_bytes(module)
-                    memory.resident -= freed
-                    parked[name] = freed
-
         parked: dict[str, int] = {}
-        sg._park_encoders = park_encoders
-        for name in ("sketch", "upscale", "refine", "decode"):
-            setattr(sg, f"_{name}", staged(name, getattr(sg, f"_{name}")))
-
+        observer = _TraceObserver(stages, memory, pipe, added if offloader is None else {}, added, parked)
         image = Image.new("RGB", (width, height), (128, 128, 128)) if arch.image_to_video else None
-        refinement_step, TileRefiner.step = TileRefiner.step, watched_step
         try:
             with flop_counter, memory:
                 sg(prompt="a traced render", image=image, height=height, width=width, num_frames=num_frames,
-                   generator=torch.Generator().manual_seed(0), output_type="uint8")
+                   generator=torch.Generator().manual_seed(0), output_type="uint8", observers=[observer])
                 stages.enter("end")
         finally:
-            TileRefiner.step = refinement_step
             torch.set_default_device(None)
     stages = {name: memory.stages[name] for name in STAGES if name in memory.stages}
     for name, trace in stages.items():
@@ -613,6 +572,84 @@ def trace_render(
                      "UMT5 has no block list of its own)")
     return TraceResult(arch.name, (height, width), plan.num_frames, stages, resident, added, plan,
                        memory.host_copies, time.perf_counter() - start, notes, offload)
+
+
+def measure_render(pipe, config: SuperGenConfig, height: int, width: int, num_frames: int, steps: int = 2) -> StagedTrace:
+    """Render for real with ``pipe`` (a loaded diffusers pipeline) and count, per stage, the live tensor
+    bytes as :func:`trace_render` does on fake tensors (:class:`MemoryTrace` with ``real=True``): the
+    tracer's check against a real execution (``tests/test_trace_reality.py``).
+
+    The render is the one :func:`trace_render` traces for the same config: native sketch, ``steps``
+    sketch and refinement steps, ``output_type='uint8'``. What differs is only what the trace models
+    instead of running: the text encoder runs here (its setup stage is not comparable), diffusers'
+    row-by-row VAE blend, every VAE window computed (not replayed or scaled). Buffers inside one kernel
+    (convolution workspaces) are not tensors the dispatcher sees, in either.
+    """
+    from PIL import Image
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .pipeline import SuperGenPipeline
+
+    arch = Architecture.from_pipeline(pipe)
+    resident = sum(_param_bytes(m) for m in pipe.components.values() if isinstance(m, torch.nn.Module))
+    memory = MemoryTrace(resident, real=True)
+    flop_counter = FlopCounterMode(display=False)
+    meter = StageMeter(memory, flop_counter, arch.name)
+    sg = SuperGenPipeline(pipe, trace_steps(with_native_sketch(config, arch), steps))
+    image = Image.new("RGB", (width, height), (128, 128, 128)) if arch.image_to_video else None
+    with flop_counter, memory:
+        sg(prompt="a traced render", image=image, height=height, width=width, num_frames=num_frames,
+           generator=torch.Generator().manual_seed(0), output_type="uint8", observers=[_MeasureObserver(meter)])
+        meter.enter("end")
+    stages = {name: memory.stages[name] for name in STAGES if name in memory.stages}
+    return StagedTrace(arch.name, (height, width), num_frames, stages, resident)
+
+
+class _MeasureObserver(StageObserver):
+    """:func:`measure_render`'s view of the stages: moves the :class:`StageMeter` along."""
+
+    def __init__(self, meter: StageMeter):
+        self.meter = meter
+
+    def started(self, stage: str, info: dict) -> None:
+        self.meter.enter(stage)
+
+
+class _TraceObserver(StageObserver):
+    """The trace's view of a render's stages: books each stage's memory, FLOPs and CPU time
+    (:class:`StageMeter`), watches host copies inside refinement steps and counts parked encoders."""
+
+    def __init__(self, meter: StageMeter, memory: MemoryTrace, pipe, stubbed: dict[str, int], added: dict[str, int],
+                 freed: dict[str, int]):
+        self.meter, self.memory, self.pipe, self.stubbed, self.added, self.freed = meter, memory, pipe, stubbed, added, freed
+
+    def started(self, stage: str, info: dict) -> None:
+        self.meter.enter(stage)
+        # In the refinement, tensors built without a device are host tensors: ``meta`` tells them apart.
+        self.memory.host_default = stage == "refine"
+        torch.set_default_device("meta" if stage == "refine" else None)
+
+    @contextlib.contextmanager
+    def refinement_step(self, step: int) -> Iterator[None]:
+        # Copies are reported inside refinement steps only: the preload before the first step puts
+        # the tables on the device, and the scheduler's step runs outside (its tables are device
+        # tensors in a real run; here real host tensors set up outside the fake mode).
+        self.memory.watch_copies = True
+        try:
+            yield
+        finally:
+            self.memory.watch_copies = False
+
+    def parked(self, names: tuple[str, ...]) -> None:
+        # What the pipeline does on a GPU (here every fake tensor sits on the CPU, which it skips): the
+        # encoders' weights, built or counted from the config, leave the device. Stubbed text encoders
+        # count as resident (under group offload only while they encode).
+        for name in names:
+            module = getattr(self.pipe, name, None)
+            if name in self.stubbed or (isinstance(module, torch.nn.Module) and not compat.diffusers_hooked(module)):  # as the pipeline
+                freed = self.added[name] if name in self.added else _param_bytes(module)
+                self.memory.resident -= freed
+                self.freed[name] = freed
 
 
 def _onload_while_encoding(adapter, memory: MemoryTrace, text_encoders: int) -> None:
@@ -664,7 +701,7 @@ def trace_pipeline(
         layers: transformer blocks built per expert (None: all); the rest are added as parameter bytes.
     """
     from PIL import Image
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    from .compat import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
     if height is None or width is None:

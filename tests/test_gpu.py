@@ -153,7 +153,7 @@ def test_traced_transformer_peak_matches_cuda_within_10_percent():
 
     from supergen.compat import FakeTensorMode
     from supergen.cost import KNOWN
-    from supergen.cost.architectures import default_dtype
+    from supergen.architectures import default_dtype
     from supergen.trace import MemoryTrace
 
     config = KNOWN["Wan2.1-1.3B"].transformer

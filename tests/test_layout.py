@@ -55,16 +55,12 @@ def test_every_module_is_in_one_documented_layer():
 
 
 def _imports(path: Path, module: str) -> set[str]:
-    """supergen modules ``path`` imports (relative imports resolved), at any depth of the file."""
+    """supergen modules ``path`` imports (relative imports resolved), at any depth of the file, type-only
+    ones (``if TYPE_CHECKING:``) included: a protocol and its users belong on the same side of a layer
+    line. ``from package import name`` counts as importing the submodule ``package.name`` when there is one."""
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    tree = ast.parse(path.read_text())
-    # Imports for type checkers only (``if TYPE_CHECKING:``) never run: they cannot form a cycle.
-    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and getattr(block.test, "id", "") == "TYPE_CHECKING"
-                   for n in ast.walk(block)}
     found = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
@@ -72,10 +68,39 @@ def _imports(path: Path, module: str) -> set[str]:
             else:
                 target = node.module or ""
             if target == "supergen" or target.startswith("supergen."):
-                found.add(target)
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}"
+                    found.add(sub if sub in MODULES else target)
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("supergen.")}
     return found
+
+
+def _graph() -> dict[str, set[str]]:
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        module = "supergen." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
+        if not module.endswith("__main__"):
+            graph[module] = {t for t in _imports(path, module) if t in MODULES and t != module}
+    return graph
+
+
+def test_the_import_graph_has_no_cycle_type_only_imports_included():
+    graph, state, cycles = _graph(), {}, []
+
+    def visit(module: str, stack: list[str]) -> None:  # depth-first; a grey module met again closes a cycle
+        state[module] = "grey"
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "grey":
+                cycles.append(" -> ".join(stack[stack.index(target):] + [module, target]) if target in stack else f"{module} -> {target}")
+            elif target not in state:
+                visit(target, stack + [module])
+        state[module] = "black"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+    assert not cycles, "\n".join(cycles)
 
 
 def test_imports_only_go_down_the_layers():

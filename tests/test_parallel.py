@@ -292,7 +292,7 @@ def test_cfg_parallelism_gives_the_same_video_on_every_rank_count(single, ranks)
     assert plan["sketch"] == ("cfg" if size == 2 else "replicated")
     assert plan["sketch_reason"] == ("" if size == 2 else "3 ranks: the cfg dimension needs an even rank count")
     stages = ranks[0]["cfg_on"]["parallel"]["stages"]
-    assert set(stages) == {"sketch", "upscale", "refine"}  # latent output: no decode
+    assert set(stages) == {"setup", "sketch", "upscale", "refine"}  # latent output: no decode
     latent_bytes = 16 * 2 * 4 * 8 * 4  # a sketch prediction (1, 16, 2, 4, 8) float32 (32x56 snapped to 32x64); the leader's sketch copy is as large
     # 2 ranks: each sends its branch's prediction at each of the 2 sketch steps; then the leader broadcasts its copy.
     assert stages["sketch"]["bytes"] == (2 * 2 * latent_bytes if size == 2 else 0) + latent_bytes

@@ -1,5 +1,6 @@
 """The resource planner: hand-computed numbers, FLOPs against PyTorch's counter, geometry against a render."""
 
+import dataclasses
 
 import pytest
 import torch
@@ -109,7 +110,7 @@ def test_model_folder_config_json(tmp_path):
     cfg = load_config("tiny")
     assert estimate(cfg, arch).flops_per_step == estimate(cfg, KNOWN["tiny"]).flops_per_step
     (tmp_path / "not-a-model").mkdir()
-    with pytest.raises(SuperGenError, match="not a diffusers Wan model folder"):
+    with pytest.raises(SuperGenError, match="not a diffusers model folder"):
         architecture(str(tmp_path / "not-a-model"))
 
 
@@ -205,3 +206,23 @@ def test_tile_counts_are_the_tiles_a_render_cuts(mode, boundary, canvas, tile):
     plan = TilePlan(canvas, tile, (2, 2), mode, boundary, shift_divisor=4, overlap=2)
     for step in range(12):
         assert plan.count(step) == len(plan.tiles(step))
+
+
+@pytest.mark.parametrize("name", ["cogvideox-i2v", "hunyuan-i2v-concat", "ltx-t2v"])
+def test_every_family_is_planned_from_its_pipeline_and_its_folder(name, tmp_path):
+    """No Wan-only refusal: a loaded pipeline or a saved folder of any family gives its architecture (the
+    family's encoders counted, the same numbers both ways), and its plan is the render plan of the pipeline."""
+    from test_families import FAMILIES
+
+    pipe = FAMILIES[name][0]()
+    loaded = Architecture.from_pipeline(pipe)
+    pipe.save_pretrained(tmp_path / name)
+    folder = architecture(str(tmp_path / name))
+    assert folder.parameters() == loaded.parameters()
+    assert set(loaded.parameters()) == {"transformer", "vae", *type(SuperGenPipeline.from_pipe(pipe, "tiny").adapter).modules.encoders} & (
+        {"transformer", "vae"} | {k for k in ("text_encoder", "text_encoder_2", "image_encoder") if getattr(pipe, k, None) is not None})
+    cfg = load_config("tiny", ["job.height=64", "job.width=96", "job.num_frames=9", "sketch.height=32", "sketch.width=48"])
+    plan, render = estimate(cfg, loaded), SuperGenPipeline.from_pipe(pipe, cfg).plan(64, 96, 9)
+    assert dataclasses.replace(plan.render, tiles=None) == dataclasses.replace(render, tiles=None)
+    assert plan.render.tiles.describe() == render.tiles.describe()
+    assert plan.flops_per_step > 0 and plan.peak > plan.weights

@@ -16,14 +16,15 @@ One module per concern, each technique shaped like diffusers' hooks (config → 
 from .baselines import StepSkip, StepSkipConfig, TeaCache, TeaCacheConfig, apply_diffusers_cache, apply_step_skip, apply_teacache, step_schedule
 from .block import BlockCacheConfig, BlockCacheHook, BlockState, apply_block_cache
 from .picture import cache_map, write_cache_map
-from .policy import ComputeAll, cache_policy
+from .policy import cache_policy
+from .protocol import ComputeAll, TilePolicy
 from .region import RegionCache, RegionCacheConfig, TileEstimate, apply_region_cache
 from .report import BlockCounter, CacheReport, Reported, StepReport, TileRecord, transformer_blocks
 from .reuse import TileReuse
 from .windows import KeyedStates, WindowKeys, context_name, current_batch
 
 __all__ = [
-    "BlockCacheConfig", "BlockCacheHook", "BlockCounter", "BlockState", "CacheReport", "ComputeAll", "KeyedStates", "RegionCache",
+    "BlockCacheConfig", "BlockCacheHook", "BlockCounter", "BlockState", "CacheReport", "ComputeAll", "TilePolicy", "KeyedStates", "RegionCache",
     "RegionCacheConfig", "Reported", "StepReport", "StepSkip", "StepSkipConfig", "TeaCache", "TeaCacheConfig",
     "TileEstimate", "TileRecord", "TileReuse", "WindowKeys", "apply_block_cache", "apply_diffusers_cache",
     "apply_region_cache", "apply_step_skip", "apply_teacache", "cache_map", "cache_policy", "context_name",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import torch
 from diffusers.hooks import FirstBlockCacheConfig, HookRegistry, MagCacheConfig
@@ -13,29 +13,9 @@ from ..errors import SuperGenError
 from .baselines import StepSkipConfig, TeaCacheConfig, apply_diffusers_cache, apply_step_skip, apply_teacache
 from .block import BlockCacheConfig, apply_block_cache
 from .region import RegionCacheConfig, apply_region_cache
+from .protocol import ComputeAll, TilePolicy
 from .report import BlockCounter, Reported, transformer_blocks
 
-if TYPE_CHECKING:  # the protocol lives with the loop that calls it
-    from ..refine import TilePolicy
-
-
-class ComputeAll:
-    """The policy without a cache: every tile is computed at every step."""
-
-    def start(self, num_steps):
-        pass
-
-    def scope(self, step, tiles):
-        return contextlib.nullcontext()
-
-    def decide(self, step, timestep, latents, tiles):
-        return [True] * len(tiles)
-
-    def predictions(self, step, latents, tiles, computed):
-        return computed
-
-    def observe(self, step, latents, prediction):
-        pass
 
 
 @contextlib.contextmanager

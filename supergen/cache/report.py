@@ -1,6 +1,6 @@
 """What a cache did in one render: per step, every tile's region, whether it ran, and the blocks it ran.
 
-:class:`Reported` wraps any :class:`~supergen.refine.TilePolicy`: it records the policy's decisions,
+:class:`Reported` wraps any :class:`~supergen.cache.TilePolicy`: it records the policy's decisions,
 gives every tile its canvas-region key (:class:`~supergen.cache.windows.WindowKeys`) and makes the
 batch in progress visible to hooks while it runs. :class:`BlockCounter` counts the transformer block
 forwards that really ran; it is installed only when the caller wants block counts.
@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from .. import compat
 from ..tiling import Tile, Window
+from .protocol import TilePolicy
 from .windows import Batch, WindowKeys, active_batch, current_batch
 
-if TYPE_CHECKING:  # the protocol lives with the loop that calls it
-    from ..refine import TilePolicy
 
 
 @dataclass

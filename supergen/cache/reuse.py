@@ -29,7 +29,7 @@ def owned_span(tile: Tile) -> tuple[tuple[int, int], tuple[int, int]]:
 
 
 class TileReuse:
-    """Base of the tile-level policies (:class:`~supergen.refine.TilePolicy`); subclasses implement
+    """Base of the tile-level policies (:class:`~supergen.cache.TilePolicy`); subclasses implement
     :meth:`decide` with :meth:`may_reuse` and end it with :meth:`_remember`."""
 
     def __init__(self, warmup_steps: int = 2, max_consecutive: int = 3):

@@ -1,6 +1,6 @@
 """The cost estimate of one render: FLOPs and memory per stage, before loading any weights.
 
-:func:`estimate` takes a config, an :class:`~supergen.cost.architectures.Architecture` and the render's
+:func:`estimate` takes a config, an :class:`~supergen.architectures.Architecture` and the render's
 :class:`~supergen.plan.RenderPlan` (the decisions the pipeline follows) and returns a
 :class:`ResourcePlan`. It builds no per-tile or per-pixel table: its cost does not grow with the size.
 
@@ -39,7 +39,7 @@ stage's peak is its resident weights plus its transient, and the render's peak i
 - VAE (``v`` = the VAE dtype's size: float32 for Wan, diffusers' recipe; the model's dtype for the
   others): the decoder's working set at full resolution for one tile and the ``n`` frames it works on
   at once, ``k · c0 · n · tile_h · tile_w · v`` (``c0`` = the decoder's channels per pixel at full
-  resolution, :attr:`~supergen.cost.architectures.Architecture.vae_channels`). For Wan ``n = 4`` (one latent frame) and ``k = 13``
+  resolution, :attr:`~supergen.architectures.Architecture.vae_channels`). For Wan ``n = 4`` (one latent frame) and ``k = 13``
   such activations: the upsampling's doubled channels, the residual blocks' input, norm, activation
   and convolution outputs, the causal caches — fitted to the fake-tensor trace,
   ``supergen plan --trace``; the encoder's ``k = 10`` (its full-resolution stage has ``c0``
@@ -87,7 +87,7 @@ from ..adapters.base import FamilyMemory
 from ..config import SuperGenConfig
 from ..plan import PARKED_FROM, STAGES, RenderPlan, parked_during, plan_render
 from ..tiling import TilePlan
-from .architectures import Architecture
+from ..architectures import Architecture
 
 #: float32 canvas-sized tensors alive during refinement (see the module docstring).
 CANVAS_COPIES = 6

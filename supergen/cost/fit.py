@@ -16,7 +16,7 @@ import torch
 from ..config import SuperGenConfig
 from ..errors import SuperGenError
 from ..plan import STAGES, RenderPlan, plan_render
-from .architectures import Architecture
+from ..architectures import Architecture
 from .estimate import ResourcePlan, estimate
 from .report import human
 

@@ -1,4 +1,8 @@
-"""Model architectures: a model's numbers without its weights, for the cost estimate and ``supergen plan --trace``.
+"""Model architectures: a model's numbers without its weights, for the cost estimate, ``supergen plan --trace``
+and the checks that need a model's family before loading it (its preset, whether it takes an image).
+
+Data and size rules only, below the pipeline: the cost estimate (:mod:`supergen.cost`) prices renders
+on them; :func:`architecture` finds one by model name, Hugging Face id or folder.
 
 An :class:`Architecture` is the configs of a model's transformer(s), VAE and encoders and its diffusers
 pipeline class. They come from :data:`KNOWN` (the released Wan 2.1/2.2, CogVideoX 1.5,
@@ -20,9 +24,12 @@ from typing import Any, Iterator
 
 import torch
 
-from ..config import SuperGenConfig
-from ..errors import SuperGenError
-from ..geometry import SizeRules
+from .config import SuperGenConfig
+from .errors import SuperGenError
+from .geometry import SizeRules
+
+#: The small trained model shipped inside the package (``--model toy``): a diffusers Wan folder.
+TOY_MODEL_DIR = Path(__file__).parent / "toy-wan"
 
 # The diffusers configs of the published checkpoints (transformer/, vae/, text_encoder/ config.json).
 _UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
@@ -58,7 +65,8 @@ class Architecture(SizeRules):
     name: str
     transformer: dict[str, Any]
     vae: dict[str, Any]
-    text_encoder: dict[str, Any]
+    #: None for a pipeline loaded or saved without it (its embeddings passed in): not counted.
+    text_encoder: dict[str, Any] | None
     #: Training resolution (pixels); None lets the config's ``sketch.native_area`` rule decide, as the
     #: pipeline does for Wan checkpoints (they do not record it).
     native_size: tuple[int, int] | None = None
@@ -87,7 +95,7 @@ class Architecture(SizeRules):
     @property
     def family(self):
         """The family's adapter class (:class:`~supergen.adapters.ModelAdapter`)."""
-        from ..adapters import adapter_named
+        from .adapters import adapter_named
 
         return adapter_named(self.pipeline)
 
@@ -256,7 +264,11 @@ class Architecture(SizeRules):
     # ---- constructors -----------------------------------------------------------------------
     @classmethod
     def from_folder(cls, path: str | Path) -> "Architecture":
-        """Read a diffusers Wan model folder's ``transformer/``, ``vae/`` and ``text_encoder/`` configs."""
+        """Read a diffusers model folder of any supported family: ``model_index.json`` (the pipeline class
+        names the family), the ``transformer/`` (and ``transformer_2/``) and ``vae/`` configs, and the
+        configs of the encoders the family has (:attr:`~supergen.adapters.ModelAdapter.modules`)."""
+        from .adapters import adapter_named
+
         root = Path(path)
 
         def read(sub: str) -> dict[str, Any] | None:
@@ -266,47 +278,46 @@ class Architecture(SizeRules):
             data = json.loads(file.read_text())
             return {k: v for k, v in data.items() if not k.startswith("_")}
 
-        transformer, transformer_2 = read("transformer"), read("transformer_2")
-        vae, text = read("vae"), read("text_encoder")
-        if (transformer or transformer_2) is None or vae is None or text is None:
-            raise SuperGenError(
-                f"{str(root)!r} is not a diffusers Wan model folder (needs transformer/, vae/ and text_encoder/ "
-                f"config.json); known architectures: {', '.join(KNOWN)}"
-            )
-        klass = json.loads((root / ("transformer" if transformer else "transformer_2") / "config.json").read_text()).get("_class_name")
-        if klass != "WanTransformer3DModel":
-            raise SuperGenError(f"the planner knows Wan transformers; {str(root)!r} has {klass}")
-        main = transformer or transformer_2
-        experts = 2 if transformer and transformer_2 else 1
-        image = read("image_encoder")
-        image_tokens = (image["image_size"] // image["patch_size"]) ** 2 + 1 if image and main.get("image_dim") else 0
+        transformer, transformer_2, vae = read("transformer"), read("transformer_2"), read("vae")
         index_file = root / "model_index.json"
         index = json.loads(index_file.read_text()) if index_file.is_file() else {}
-        pipeline = index.get("_class_name") or ("WanImageToVideoPipeline" if main["in_channels"] > vae["z_dim"] else "WanPipeline")
+        pipeline = index.get("_class_name")
+        if (transformer or transformer_2) is None or vae is None or pipeline is None:
+            raise SuperGenError(
+                f"{str(root)!r} is not a diffusers model folder (needs model_index.json and transformer/ and vae/ "
+                f"config.json); known architectures: {', '.join(KNOWN)}"
+            )
+        # An encoder the folder lacks (a pipeline saved without it: embeddings passed in) is None: not counted.
+        encoders = {name: read(name) for name in adapter_named(pipeline).modules.encoders}
+        main = transformer or transformer_2
+        image = encoders.get("image_encoder")
+        # Wan 2.1 I2V cross-attends to CLIP's tokens: its patches and the class token.
+        image_tokens = (image["image_size"] // image["patch_size"]) ** 2 + 1 if image and main.get("image_dim") else 0
         boundary = {"boundary_ratio": index["boundary_ratio"]} if index.get("boundary_ratio") is not None else {}
-        return cls(root.name, main, vae, text, experts=experts, image_tokens=image_tokens, image_encoder=image if image_tokens else None,
+        return cls(root.name, main, vae, encoders.get("text_encoder"), experts=2 if transformer and transformer_2 else 1,
+                   image_tokens=image_tokens, image_encoder=image, text_encoder_2=encoders.get("text_encoder_2"),
                    pipeline=pipeline, pipeline_config=boundary)
 
     @classmethod
     def from_pipeline(cls, pipe, name: str = "loaded") -> "Architecture":
-        """The architecture of a loaded pipeline, with its modules' real parameter counts."""
-        from ..adapters import adapter_for
+        """The architecture of a loaded pipeline of any supported family, with its modules' real parameter counts."""
+        from .adapters import adapter_for
 
-        transformers = adapter_for(pipe).transformers
-        if type(transformers[0]).__name__ != "WanTransformer3DModel":
-            raise SuperGenError(f"the planner knows Wan transformers; this pipeline has {type(transformers[0]).__name__}")
+        adapter = adapter_for(pipe)
+        transformers = adapter.transformers
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-        counted = {"transformer": sum(map(count, transformers)), "vae": count(pipe.vae), "text_encoder": count(pipe.text_encoder)}
-        image_tokens, image_encoder = 0, None
-        encoder = getattr(pipe, "image_encoder", None)
-        if encoder is not None and transformers[0].config.image_dim is not None:
-            image_encoder = encoder.config.to_dict()
-            image_tokens = (encoder.config.image_size // encoder.config.patch_size) ** 2 + 1
-            counted["image_encoder"] = count(encoder)
+        counted = {"transformer": sum(map(count, transformers)), "vae": count(pipe.vae)}
+        encoders = {}
+        for component in type(adapter).modules.encoders:
+            module = getattr(pipe, component, None)
+            if module is not None:
+                encoders[component], counted[component] = module.config.to_dict(), count(module)
+        image = encoders.get("image_encoder")
+        image_tokens = (image["image_size"] // image["patch_size"]) ** 2 + 1 if image and getattr(transformers[0].config, "image_dim", None) else 0
         return cls(
-            name, dict(transformers[0].config), dict(pipe.vae.config), pipe.text_encoder.config.to_dict(),
-            experts=len(transformers), image_tokens=image_tokens, image_encoder=image_encoder, counted=counted,
-            pipeline=type(pipe).__name__,
+            name, dict(transformers[0].config), dict(pipe.vae.config), encoders.get("text_encoder"),
+            experts=len(transformers), image_tokens=image_tokens, image_encoder=image, text_encoder_2=encoders.get("text_encoder_2"),
+            counted=counted, pipeline=type(pipe).__name__,
             pipeline_config={"boundary_ratio": pipe.config.boundary_ratio} if getattr(pipe.config, "boundary_ratio", None) is not None else {},
         )
 
@@ -403,21 +414,18 @@ ALIASES = {
 
 
 def architecture(model: str) -> Architecture:
-    """A known architecture by name or Hugging Face id, or a local model folder's."""
+    """A known architecture by name or Hugging Face id, the shipped toy model's, or a local model folder's."""
     if model in KNOWN:
         return KNOWN[model]
     if model in ALIASES:
         return KNOWN[ALIASES[model]]
     if model == "toy":  # the shipped trained model: its folder's configs
-        from ..builtin import TOY_MODEL_DIR
-
         return replace(Architecture.from_folder(TOY_MODEL_DIR), name="toy")
     if Path(model).is_dir():
         return Architecture.from_folder(model)
     raise SuperGenError(
         f"unknown model {model!r} for the planner; known: {', '.join([*KNOWN, *ALIASES, 'toy'])}, or a local diffusers model folder"
     )
-
 
 
 def with_native_sketch(config: SuperGenConfig, arch: Architecture) -> SuperGenConfig:
