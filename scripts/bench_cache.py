@@ -79,17 +79,23 @@ def measure(sg: SuperGenPipeline, out, sketch: np.ndarray, reference: np.ndarray
     return row
 
 
+DEFAULT_SETTINGS = ["region:1.0", "region:0.1", "steps:0.5", "steps:0.7", "region:0.03", "teacache:0.1", "fbc:0.3",
+                    "magcache:0.1", "steps:0.8", "teacache:0.2"]
+
+
 def settings(args, ratios: list[float] | None) -> list[tuple[str, dict]]:
-    """Every cache setting to render; all of them share one reuse cap (``--max-consecutive``), so no
-    policy is compared at a looser cap than another."""
-    cap = {"max_consecutive": args.max_consecutive}
-    out = [("region", {"policy": "region", "threshold": t, **cap}) for t in args.region]
-    out += [("region-flat", {"policy": "region", "threshold": t, "region": {"strength": 0.0}, **cap}) for t in args.region_flat]
-    out += [("steps", {"policy": "steps", "fraction": f, **cap}) for f in args.steps]
-    out += [("teacache", {"policy": "teacache", "threshold": t, **cap}) for t in args.teacache]
-    out += [("fbc", {"policy": "fbc", "threshold": t, **cap}) for t in args.fbc]
-    if ratios is not None:
-        out += [("magcache", {"policy": "magcache", "threshold": t, "mag_ratios": ratios, **cap}) for t in args.magcache]
+    """Every cache setting of ``--settings``, in its order; all of them share one reuse cap
+    (``--max-consecutive``), so no policy is compared at a looser cap than another."""
+    out = []
+    for item in args.settings:
+        name, _, value = item.partition(":")
+        cache = {"policy": "region" if name == "region-flat" else name, "max_consecutive": args.max_consecutive}
+        cache |= {"fraction": float(value)} if name == "steps" else {"threshold": float(value)}
+        if name == "region-flat":
+            cache["region"] = {"strength": 0.0}
+        if name == "magcache":
+            cache["mag_ratios"] = ratios
+        out.append((name, cache))
     return out
 
 
@@ -168,12 +174,9 @@ def main() -> None:
                         help="renders (prompt, seed) of supergen.eval.sets: choose settings on tuning, report on test")
     parser.add_argument("--max-consecutive", type=int, default=CacheConfig().max_consecutive,
                         help="cache.max_consecutive of every policy (default: the shipped default); fbc has no cap in diffusers")
-    parser.add_argument("--region", type=float, nargs="*", default=[0.03, 0.1, 1.0])
-    parser.add_argument("--region-flat", type=float, nargs="*", default=[], help="region rule off (strength 0)")
-    parser.add_argument("--teacache", type=float, nargs="*", default=[0.1, 0.2])
-    parser.add_argument("--fbc", type=float, nargs="*", default=[0.3])
-    parser.add_argument("--magcache", type=float, nargs="*", default=[0.1])
-    parser.add_argument("--steps", type=float, nargs="*", default=[0.5, 0.8], help="compute fractions of uniform step skipping")
+    parser.add_argument("--settings", nargs="*", default=DEFAULT_SETTINGS, metavar="POLICY:VALUE",
+                        help="cache settings in the order they run over all renders: region, region-flat (strength 0), "
+                             "teacache, fbc, magcache with a threshold; steps with a compute fraction")
     parser.add_argument("--start", type=int, default=0,
                         help="first render of the set to run, prompt-major then seed, from 0 (split or resume a run)")
     parser.add_argument("--stop", type=int, help="render number to stop before (default: all)")
@@ -193,29 +196,31 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     points: dict[str, dict[tuple, list[dict]]] = {}  # policy -> per render (size, prompt, seed), its sweep
     start = time.perf_counter()
-    ratios: dict[int, list[float]] = {}
+    bad = [item for item in args.settings if item.partition(":")[0] not in COLOURS or not item.partition(":")[2]]
+    if bad:
+        parser.error(f"--settings {' '.join(bad)}: each is POLICY:VALUE with POLICY one of {', '.join(COLOURS)}")
     for size in args.sizes:
-        if args.magcache:  # calibrated once per size on the tuning set's first render, never on the renders reported
-            ratios[size] = calibrate(renderer(pipe, *SETS["tuning"].renders()[0], size)[0])
+        # Setting by setting over all renders, so that a run stopped early leaves whole rows (every render) behind.
+        renders = {}
         for number, (prompt, seed) in enumerate(eval_set(args.set).renders()):
-            if number < args.start or (args.stop is not None and number >= args.stop):
-                continue
-            render, sketch = renderer(pipe, prompt, seed, size)
-            sg, out = render({"enabled": False})
-            reference = out.frames[0]
-            base_row = measure(sg, out, sketch, None)
-            points.setdefault("none", {})[(size, prompt, seed)] = [base_row]
-            record(args.rows, args.set, size, prompt, seed, "none", {}, base_row)
-            sweep: dict[str, list[dict]] = {}
-            for name, cache in settings(args, ratios.get(size)):
+            if args.start <= number and (args.stop is None or number < args.stop):
+                render, sketch = renderer(pipe, prompt, seed, size)
+                sg, out = render({"enabled": False})
+                renders[(size, prompt, seed)] = (render, sketch, out.frames[0])
+                points.setdefault("none", {})[(size, prompt, seed)] = [measure(sg, out, sketch, None)]
+                record(args.rows, args.set, size, prompt, seed, "none", {}, points["none"][(size, prompt, seed)][0])
+        ratios = None
+        if any(item.startswith("magcache:") for item in args.settings):
+            # calibrated on the tuning set's first render, never on the renders reported
+            ratios = calibrate(renderer(pipe, *SETS["tuning"].renders()[0], size)[0])
+        for name, cache in settings(args, ratios):
+            for (_, prompt, seed), (render, sketch, reference) in renders.items():
                 sg, out = render({"enabled": True, **cache})
                 row = measure(sg, out, sketch, reference)
-                sweep.setdefault(name, []).append(row)
+                points.setdefault(name, {}).setdefault((size, prompt, seed), []).append(row)
                 record(args.rows, args.set, size, prompt, seed, name, cache, row)
                 print(f"{size} {prompt[:40]!r} seed {seed} {name} {cache.get('threshold', cache.get('fraction'))}: "
                       + " ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)), flush=True)
-            for name, rows in sweep.items():
-                points.setdefault(name, {})[(size, prompt, seed)] = rows
         print(f"# {size}px done after {time.perf_counter() - start:.0f} s", flush=True)
 
     report(points, args, f"{time.perf_counter() - start:.0f} s")
@@ -270,10 +275,10 @@ def report(points: dict[str, dict[tuple, list[dict]]], args, took: str) -> None:
        reached is left blank): mean PSNR [interval]; these means are the PNG's curves.
     """
     renders = len(points["none"])
-    base = {m: float(np.mean([r[0][m] for r in points["none"].values()])) for m in ("seam", "obj_err", "flicker")}
+    base = {m: mean_interval([r[0][m] for r in points["none"].values()]) for m in ("seam", "obj_err", "flicker")}
     print(f"\ntoy model, sizes {args.sizes}, set {args.set}: {renders} renders (size, prompt, seed), "
           f"20-step schedule, strength 0.6, shift/clamp; {took}")
-    print(f"uncached: seam {base['seam']:.2f}, object-count error {base['obj_err']:+.2f}, flicker {base['flicker']:.4f}")
+    print(f"uncached, mean [95 %]: seam {base['seam']}, object-count error {base['obj_err']}, flicker {base['flicker']}")
     print("\n| policy | setting | compute | PSNR dB [95 %] | SSIM | seam | obj err | flicker | n |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, sweeps in points.items():
