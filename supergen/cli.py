@@ -208,8 +208,13 @@ def render(args: argparse.Namespace) -> int:
     if args.jobs is not None:
         from .jobs import render_jobs
 
+        elsewhere = None
+        if args.ray is not None:
+            from .farm import farm_renderer
+
+            elsewhere = farm_renderer(cfg, args.ray, quiet=args.quiet)
         return render_jobs(cfg, args.jobs, args.output_dir, dry_run=args.dry_run, quiet=args.quiet, overwrite=args.overwrite,
-                           ray=args.ray)
+                           elsewhere=elsewhere)
     # Everything a typo could break is checked before the (multi-GB) model load.
     output = preflight.check_output_path(cfg.output.path, overwrite=args.overwrite)
     sketch_output = output.with_suffix(".sketch" + output.suffix) if cfg.output.save_sketch else None

@@ -351,6 +351,11 @@ def render_farm(config: SuperGenConfig, jobs: list[Job], out: Path, run_id: str,
             ray.shutdown()
 
 
+def farm_renderer(config: SuperGenConfig, address: str = "", quiet: bool = False) -> Callable[[list[Job], Path, str], FarmReport]:
+    """What :func:`supergen.jobs.render_jobs` takes as ``elsewhere`` to send a batch's jobs to the Ray farm."""
+    return lambda jobs, out, run_id: render_farm(config, jobs, out, run_id, address, quiet=quiet)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -43,11 +44,10 @@ import re
 import sys
 import time
 import uuid
-import dataclasses
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -247,12 +247,14 @@ def format_bad_rows(path: str | os.PathLike, bad: list[BadRow]) -> str:
 
 
 def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dry_run: bool = False, quiet: bool = False,
-                overwrite: bool = False, ray: str | None = None) -> int:
+                overwrite: bool = False, elsewhere: Callable[[list[Job], Path, str], object] | None = None) -> int:
     """The ``--jobs`` command. Exit status 0 when every job is done, 1 when some failed, 2 on bad rows in a dry run.
 
     Args:
         overwrite: render again a job whose outputs exist from another row, model or config (else it is refused).
-        ray: render on a Ray cluster (:mod:`supergen.farm`): ``""`` Ray's default, ``auto``, or its address.
+        elsewhere: ``elsewhere(jobs, out, run_id)`` renders the jobs left to do instead of this process' ranks
+            and records them (the Ray farm: :func:`supergen.farm.farm_renderer`, which imports this module,
+            so the batch takes the farm as a value rather than importing it).
     """
     from . import parallel
 
@@ -275,7 +277,7 @@ def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dr
         raise SuperGenError(f"--output-dir {str(out)!r} cannot be created: {exc.strerror} ({exc.filename})") from None
     check_writable_folder(out, "--output-dir")
     # The Ray farm's driver renders nothing itself (its render groups are Ray actors): no device, no ranks here.
-    runtime = Runtime.start(base, quiet=quiet, load=False) if ray is None else None
+    runtime = Runtime.start(base, quiet=quiet, load=False) if elsewhere is None else None
     group = runtime.group if runtime is not None else None
     leader = runtime is None or runtime.leader
     speaker = group is None or group.global_rank == 0
@@ -302,11 +304,9 @@ def render_jobs(base: SuperGenConfig, jobs_path: str, output_dir: str | None, dr
                 _record(out, {"run": run_id, "line": job.line, "name": job.name, "status": "failed", "error": error})
             elif job.name not in left:
                 _record(out, {"run": run_id, "line": job.line, "name": job.name, "status": "skipped", "output": str(out / f"{job.name}.mp4")})
-    if ray is not None:
-        from .farm import render_farm
-
-        render_farm(base, todo, out, run_id, ray, quiet=quiet)
-    mine = [job for i, job in enumerate(todo) if group is None or i % group.count == group.index] if ray is None else []
+    if elsewhere is not None:
+        elsewhere(todo, out, run_id)
+    mine = [job for i, job in enumerate(todo) if group is None or i % group.count == group.index] if elsewhere is None else []
 
     if mine:
         runtime.load(quiet)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from supergen.config import load_config
-from supergen.farm import render_farm
+from supergen.farm import farm_renderer, render_farm
 from supergen.jobs import RESULTS, parse_jobs, render_jobs
 from supergen.videoio import read_video, temporaries
 
@@ -75,7 +75,7 @@ def test_farm_writes_what_one_process_writes_and_each_resumes_the_other(cluster,
     reference, farm = tmp_path / "one-process", tmp_path / "farm"
     with single_thread():  # as each actor runs (Ray gives an actor of 1 CPU one thread)
         assert render_jobs(base, str(jobs), str(reference), quiet=True) == 1  # the failing row
-    assert render_jobs(base, str(jobs), str(farm), quiet=True, ray="") == 1
+    assert render_jobs(base, str(jobs), str(farm), quiet=True, elsewhere=farm_renderer(base, "", quiet=True)) == 1
 
     names = {job.name for job in parse_jobs(jobs, base).jobs[:len(GOOD)]}
     expected, got = contents(reference, group_size == 1), contents(farm, group_size == 1)
@@ -90,7 +90,7 @@ def test_farm_writes_what_one_process_writes_and_each_resumes_the_other(cluster,
     # Either resumes the other's folder: a finished job is skipped (the farm starts no group for those).
     with single_thread():
         assert render_jobs(base, str(jobs), str(farm), quiet=True) == 1  # the failing row is tried again
-    assert render_jobs(base, str(write_rows(tmp_path / "good.jsonl", GOOD)), str(reference), quiet=True, ray="") == 0
+    assert render_jobs(base, str(write_rows(tmp_path / "good.jsonl", GOOD)), str(reference), quiet=True, elsewhere=farm_renderer(base, "", quiet=True)) == 0
     for out in (farm, reference):
         last_run = [r for r in records(out) if r["run"] == records(out)[-1]["run"]]
         assert sorted(r["status"] for r in last_run if r["name"] in names) == ["skipped"] * len(GOOD)
