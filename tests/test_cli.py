@@ -112,7 +112,8 @@ HUGE_SEED = "1180591620717411303424"
         (["-o", "out.mp4", "--output-dir", "videos"], "--output-dir is for batch rendering"),
         (["-o", "out.mp4", "--jobs", "jobs.jsonl", "--output-dir", "videos"], "-o/--output names one video"),
         (["-o", "exists.mp4"], "output 'exists.mp4' exists; pass --overwrite to replace it"),
-        (["-o", "out.mp4", "--num-frames", "10000", "--height", "4320", "--width", "7680"],
+        # Strength 1 runs no sketch: else tiny's position table (125 frames at most) refuses it first.
+        (["-o", "out.mp4", "--num-frames", "10000", "--height", "4320", "--width", "7680", "--strength", "1"],
          "4320x7680x9997 (height x width x frames) needs about "),
     ],
 )
