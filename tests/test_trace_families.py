@@ -49,10 +49,10 @@ def test_the_planner_counts_the_weights_the_trace_holds(traced):
 
 
 #: Stages whose planned transient is more than 15 % off at this held-out size (docs/planner.md, "Out
-#: of sample"): the one-frame image-condition encode (CogVideoX -50 %, HunyuanVideo +43 %) and
-#: HunyuanVideo's upscale (+100 %: its VAE-encode working set, fitted at 4K x 125 frames, is about
-#: twice what the encoder holds at 17 frames).
-KNOWN_OFF = {("CogVideoX1.5-5B-I2V", "setup"), ("HunyuanVideo-I2V", "setup"), ("HunyuanVideo-I2V", "upscale")}
+#: of sample"): the one-frame image-condition encode (CogVideoX -50 %, HunyuanVideo -21 %): a single
+#: frame's causal padding makes the encoder's working set per frame larger than in the frame batches
+#: the encode term is counted on.
+KNOWN_OFF = {("CogVideoX1.5-5B-I2V", "setup"), ("HunyuanVideo-I2V", "setup")}
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -114,8 +114,10 @@ class HunyuanVideoAdapter(ModelAdapter):
     # Fitted to the traces of HunyuanVideo-I2V at 2K and 4K (docs/benchmarks.md): a single-stream
     # block holds its attention and MLP outputs concatenated (width + FFN width) beside the MLP hidden
     # and its activation (~20 widths a token); the VAE decodes framewise, 4 + 1 latent frames
-    # (17 pixel frames) at a time, its last up block at 256 channels.
-    memory = FamilyMemory(block_tokens=(2.0, 4.4), vae_frames=17, vae_decode_copies=9.5, vae_encode_copies=10.5,
+    # (17 pixel frames) at a time, its last up block at 256 channels. Its encoder holds about 5
+    # full-resolution copies of 17 frames: the upscale's transient traced at 480x832x17, 1080x1920x61
+    # and 2160x3840x125 (10.5, fitted to that stage's total at 2K/4K, was +47 % to +100 % on the transient).
+    memory = FamilyMemory(block_tokens=(2.0, 4.4), vae_frames=17, vae_decode_copies=9.5, vae_encode_copies=5.0,
                           float32_residual=False)
     #: Text tokens of the LLaMA embedding (the pipelines' max_sequence_length, template cropped) and, for
     #: image-to-video, the LLaVA image tokens kept with them: 576 tokens of the image, every 2nd
