@@ -1,20 +1,25 @@
 """Quality yardsticks on the toy model at 4x its native area: seams, duplication, flicker, cache fidelity.
 
-For each setting it renders the same prompt and seed and prints one row: seam score (gradient energy
-on the last step's tile-border lines against lines at the same spacing elsewhere; ~1 = no seam),
-object-count error against the sketch (connected components of saturated colour, mean over frames:
-duplicated objects show up as a positive error), temporal flicker, PSNR/SSIM against the uncached
-render of the same tiling (cache rows only) and wall time.
+Renders are a set of ``supergen.eval.sets`` (``--set test``, the default, for reported numbers;
+``--set tuning`` to choose defaults): per (prompt, seed) the sketch is drawn once at the native
+128 px and every setting refines it. Per setting it prints the mean over the renders with its 95 %
+interval (``supergen.eval.stats``) of: seam score (gradient energy on the last step's tile-border
+lines against lines at the same spacing elsewhere; ~1 = no seam), object-count error against the
+sketch (connected components of saturated colour, mean over frames: duplicated objects show up as
+a positive error), temporal flicker, PSNR against the uncached render (cache rows only); and the
+paired difference in seam score against the named baseline (``shift clamp``, the preset), with the
+count of renders no worse than it and "tie" where the interval contains zero.
 
-    python scripts/bench_quality.py                     # all groups, ~2-4 minutes on a laptop CPU
-    python scripts/bench_quality.py --groups tiling      # tiling | attention | positions | strength | cache
-    python scripts/bench_quality.py --groups attention --seeds 0 1 2 --size 384   # mean over seeds
+    python scripts/bench_quality.py --rows rows.jsonl                 # all groups on the test set
+    python scripts/bench_quality.py --groups attention --size 384     # tiling | attention | positions | strength | cache
+    python scripts/bench_quality.py --from-rows rows.jsonl            # the tables again, no rendering
     python scripts/bench_quality.py --groups --strip assets/toy-4x-strip.png   # the README's picture
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import cv2
@@ -23,13 +28,17 @@ import torch
 
 from supergen import SuperGenPipeline
 from supergen.builtin import load_pipeline
-from supergen.eval.metrics import object_count, psnr, seam_score, ssim, temporal_flicker
+from supergen.eval.metrics import object_count, psnr, seam_score, temporal_flicker
+from supergen.eval.sets import SETS, eval_set
+from supergen.eval.stats import mean_interval, paired_difference
 
 BASE = {"tiling": {"mode": "shift", "boundary": "clamp", "positions": "global"}, "refine": {"strength": 0.6}}
+# The README's picture: one prompt and seed, not a measurement.
+STRIP_PROMPT = "a red disk moving right and a blue square staying still on a vertical sky to sand background"
+BASELINE = "shift clamp"  # every row's paired difference is against this setting (BASE itself)
 GROUPS = {
     "tiling": [
         ("shift wrap", {"tiling": {"boundary": "wrap"}}),
-        ("shift clamp", {}),
         # 48 px: the most the 128-px tile allows (geometry.overlap_pixels refuses half a tile or more).
         ("overlap 48", {"tiling": {"mode": "overlap", "overlap": 48}}),
         # Windows fixed for the whole refinement (shift_every past the step count): attention mode before issue #16.
@@ -38,9 +47,12 @@ GROUPS = {
     ],
     # Attention windows that move every step on shift mode's schedule (the default).
     "attention": [(f"attention halo {h}", {"tiling": {"mode": "attention", "halo": h}}) for h in (0, 16, 32)],
-    "positions": [(f"positions {p}, {b}", {"tiling": {"positions": p, "boundary": b}}) for b in ("clamp", "wrap") for p in ("local", "global", "ntk")],
-    "strength": [(f"strength {s}", {"refine": {"strength": s}}) for s in (0.4, 0.6, 0.8)],
-    "cache": [(f"region cache {t}", {"cache": {"enabled": True, "threshold": t}}) for t in (0.0, 0.2, 0.4, 0.8)],
+    # local and global positions give the same video with clamp (Wan's RoPE is relative, clamped tiles never
+    # wrap), and global with wrap is "shift wrap": the rows that differ from others.
+    "positions": [("positions ntk, clamp", {"tiling": {"positions": "ntk"}})]
+    + [(f"positions {p}, wrap", {"tiling": {"positions": p, "boundary": "wrap"}}) for p in ("local", "ntk")],
+    "strength": [(f"strength {s}", {"refine": {"strength": s}}) for s in (0.4, 0.8)],
+    "cache": [(f"region cache {t}", {"cache": {"enabled": True, "threshold": t}}) for t in (0.2, 0.4, 0.8)],
 }
 
 
@@ -80,54 +92,92 @@ def write_strip(path: str, sketch: np.ndarray, video: np.ndarray, frame_ids=(0, 
     Image.fromarray(grid).quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
-def measure(sg: SuperGenPipeline, args, seed: int, group: str, references: dict) -> tuple[float, ...]:
-    """One render's (seam, object-count error, flicker, PSNR, SSIM, tile-forwards skipped, seconds).
-
-    PSNR/SSIM (cache group only) compare with the group's first row for the same seed (threshold 0:
-    the uncached render); elsewhere they are NaN.
-    """
+def measure(sg: SuperGenPipeline, args, prompt: str, seed: int, sketch: np.ndarray, reference: np.ndarray | None):
+    """One render's row: seam, object-count error, flicker, PSNR against ``reference`` (NaN without
+    one), tile-forwards skipped, seconds; and the video."""
     start = time.perf_counter()
-    out = sg(prompt=args.prompt, height=args.size, width=args.size, num_frames=9, generator=torch.Generator().manual_seed(seed))
+    out = sg(prompt=prompt, sketch_video=sketch, height=args.size, width=args.size, num_frames=9,
+             generator=torch.Generator().manual_seed(seed))
     seconds = time.perf_counter() - start
-    video, sketch = out.frames[0], out.sketch[0]
+    video = out.frames[0]
     period, offset = border_geometry(sg, out)
     counts = np.array([object_count(f) for f in video])
     # The sketch at the canvas size, so both counts use the same minimum component area.
     sketch_counts = np.array([object_count(cv2.resize(f, video.shape[2:0:-1], interpolation=cv2.INTER_NEAREST)) for f in sketch])
-    skipped = sum(s.tiles - s.tiles_computed for s in out.stats.steps)
-    fidelity = (float("nan"), float("nan"))
-    if group == "cache":
-        reference = references.setdefault(seed, video)
-        fidelity = (psnr(video, reference), ssim(video, reference))
-    return (seam_score(video, period, offset), float(np.mean(counts - sketch_counts)), temporal_flicker(video), *fidelity,
-            skipped, seconds)
+    row = {"seam": seam_score(video, period, offset), "obj_err": float(np.mean(counts - sketch_counts)),
+           "flicker": temporal_flicker(video), "psnr": float("nan") if reference is None else min(psnr(video, reference), 99.0),
+           "skipped": sum(s.tiles - s.tiles_computed for s in out.stats.steps), "seconds": seconds}
+    return row, video
+
+
+def report(rows: list[dict], title: str) -> None:
+    """Per setting the mean over its renders [95 %] and the paired seam difference against BASELINE."""
+    print(title)
+    key = lambda r: (r["set"], r["size"], r["prompt"], r["seed"])  # noqa: E731  the render a row belongs to
+    base = {key(r): r for r in rows if r["setting"] == BASELINE}
+    print(f"| setting | seam [95 %] | seam minus {BASELINE}'s, paired: mean [95 %], no worse k/n | object-count error [95 %] "
+          "| flicker | PSNR vs uncached [95 %] | tile-forwards skipped | s | n |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        mine = [r for r in rows if r["setting"] == setting]
+        if len(mine) < 2:
+            print(f"| {setting} | only {len(mine)} render |")
+            continue
+        paired = [(r["seam"], base[key(r)]["seam"]) for r in mine if key(r) in base]
+        versus = "(the baseline)" if setting == BASELINE else (
+            str(paired_difference(*zip(*paired), higher_is_better=False)) if len(paired) > 1 else "–")
+        fidelity = [r["psnr"] for r in mine if np.isfinite(r["psnr"])]
+        print(f"| {setting} | {mean_interval([r['seam'] for r in mine])} | {versus} | {mean_interval([r['obj_err'] for r in mine])} "
+              f"| {np.mean([r['flicker'] for r in mine]):.4f} | {mean_interval(fidelity) if len(fidelity) > 1 else '–'} "
+              f"| {np.mean([r['skipped'] for r in mine]):.1f} | {np.mean([r['seconds'] for r in mine]):.1f} | {len(mine)} |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", nargs="*", default=list(GROUPS), choices=list(GROUPS))
-    parser.add_argument("--prompt", default="a red disk moving right and a blue square staying still on a vertical sky to sand background")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one render per seed; rows show the mean")
+    parser.add_argument("--set", default="test", choices=list(SETS), help="renders (prompt, seed) of supergen.eval.sets")
+    parser.add_argument("--start", type=int, default=0, help="first render of the set to run, prompt-major then seed, from 0")
+    parser.add_argument("--stop", type=int, help="render number to stop before (default: all)")
     parser.add_argument("--size", type=int, default=256, help="square canvas in pixels (native is 128)")
-    parser.add_argument("--strip", help="also write a PNG of the base setting's sketch and video, frames 0, 4, 8")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: several processes share the cores)")
+    parser.add_argument("--rows", help="append every measured row to this JSON-lines file as it finishes")
+    parser.add_argument("--from-rows", nargs="+", metavar="FILE", help="skip rendering: the table from earlier --rows files")
+    parser.add_argument("--strip", help="also write a PNG of the base setting's sketch and video (STRIP_PROMPT, seed 0), frames 0, 4, 8")
     args = parser.parse_args()
+    if args.from_rows:
+        rows = [json.loads(line) for path in args.from_rows for line in open(path) if line.strip()]
+        report(rows, f"from {len(rows)} rows of {' '.join(args.from_rows)}")
+        return
+    torch.set_num_threads(args.threads)
     pipe = load_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
-    print(f"toy model, {args.size}x{args.size}x9 from a 128x128 sketch, prompt {args.prompt!r}, seeds {args.seeds}")
-    print(f"{'setting':<28}{'seam':>7}{'obj err':>9}{'flicker':>9}{'PSNR':>8}{'SSIM':>8}{'skipped':>9}{'s':>7}")
-    references: dict[int, np.ndarray] = {}
-    for group in args.groups:
-        for name, extra in GROUPS[group]:
+    settings = [(BASELINE, {})] + [s for g in args.groups for s in GROUPS[g]]
+    renders = eval_set(args.set).renders()
+    rows: list[dict] = []
+    for number, (prompt, seed) in enumerate(renders):
+        if number < args.start or (args.stop is not None and number >= args.stop) or not args.groups:
+            continue
+        native = SuperGenPipeline.from_pipe(pipe, "toy", **BASE)
+        sketch = native(prompt=prompt, height=128, width=128, num_frames=9, generator=torch.Generator().manual_seed(seed),
+                        output_type="np").frames[0]
+        reference = None
+        for name, extra in settings:
             sg = SuperGenPipeline.from_pipe(pipe, "toy", **merge(BASE, extra))
-            rows = [measure(sg, args, seed, group, references) for seed in args.seeds]
-            seam, obj_err, flicker, psnr_, ssim_, skipped, seconds = (np.mean(column) for column in zip(*rows))
-            fidelity = (f"{psnr_:.1f}", f"{ssim_:.4f}") if group == "cache" else ("", "")
-            print(f"{name:<28}{seam:>7.2f}{obj_err:>+9.2f}{flicker:>9.4f}{fidelity[0]:>8}{fidelity[1]:>8}"
-                  f"{skipped:>9.1f}{seconds:>7.1f}", flush=True)
+            row, video = measure(sg, args, prompt, seed, sketch, reference if "cache" in extra else None)
+            reference = video if name == BASELINE else reference  # the uncached render the cache rows compare with
+            row = {"set": args.set, "size": args.size, "prompt": prompt, "seed": seed, "setting": name, **row}
+            rows.append(row)
+            if args.rows:
+                with open(args.rows, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            print(f"render {number} {name}: seam {row['seam']:.2f} obj {row['obj_err']:+.2f} psnr {row['psnr']:.1f} "
+                  f"{row['seconds']:.0f} s", flush=True)
+    if rows:
+        report(rows, f"\ntoy model, {args.size}x{args.size}x9 from 128x128 sketches, set {args.set} renders "
+                     f"{args.start}..{args.stop or len(renders)}; baseline {BASELINE}")
     if args.strip:
-        sg = SuperGenPipeline.from_pipe(pipe, "toy", **BASE)
-        out = sg(prompt=args.prompt, height=args.size, width=args.size, num_frames=9,
-                 generator=torch.Generator().manual_seed(args.seeds[0]))
+        out = SuperGenPipeline.from_pipe(pipe, "toy", **BASE)(prompt=STRIP_PROMPT, height=args.size, width=args.size, num_frames=9,
+                                                           generator=torch.Generator().manual_seed(0))
         write_strip(args.strip, out.sketch[0], out.frames[0])
         print(f"wrote {args.strip}")
 
