@@ -88,24 +88,25 @@ def plan_job(cfg: SuperGenConfig, rules, sketch_video_size: tuple[int, int] | No
 
 
 def check_memory(cfg: SuperGenConfig, device: torch.device, render: RenderPlan | None = None, loaded: bool = False) -> RenderPlan | None:
-    """Refuse a render the cost estimate says cannot fit on ``device`` (:func:`~supergen.cost.check_fits`);
-    returns the render's plan (``render``, or planned here on the model's architecture), or None when
-    the check is off or the model's architecture is not known (an info line says so).
+    """Plan the render on the model's architecture (so a bad size, tile or position length is refused
+    before any weights load) and refuse it when the cost estimate says it cannot fit on ``device``
+    (:func:`~supergen.cost.check_fits`; skipped with ``model.memory_check=false``). Returns the
+    render's plan (``render``, or planned here), or None when the model's architecture is not known
+    (an info line says so).
 
     Args:
         loaded: the model's weights are already resident (they count as available then).
     """
-    if not cfg.model.memory_check:
-        return render
     from .cost import architecture, check_fits
 
     try:
         arch = architecture(cfg.model.name)
     except SuperGenError as exc:
-        logger.info("memory check skipped: %s", exc)
+        logger.info("pre-load checks skipped: %s", exc)
         return render
     render = render or plan_job(cfg, arch.rules)
-    check_fits(cfg, arch, render, device, loaded)
+    if cfg.model.memory_check:
+        check_fits(cfg, arch, render, device, loaded)
     return render
 
 

@@ -62,7 +62,7 @@ def test_a_model_the_planner_does_not_know_is_not_checked(caplog, tmp_path):
     cfg = load_config("tiny", [f"model.name={tmp_path}", "job.num_frames=100000"])
     with caplog.at_level(logging.INFO, logger="supergen"):
         runtime.check_memory(cfg, CPU)
-    assert "memory check skipped: " in caplog.text
+    assert "pre-load checks skipped: " in caplog.text
 
 
 def test_available_memory_on_cpu_is_the_hosts():
@@ -83,3 +83,10 @@ def test_a_block_cache_that_cannot_fit_is_refused_with_its_estimate(monkeypatch)
     assert "for the refine stage" in str(err.value)
     assert "cache.block.enabled=false (its state is 233.61 GiB)" in str(err.value)
     runtime.check_memory(load_config(cfg, ["cache.block.enabled=false"]), torch.device("cuda"))
+
+
+def test_without_the_memory_check_a_bad_size_is_still_refused_before_the_load():
+    """``--no-memory-check`` skips the fit, not the plan: a position-table overflow is one line before any load."""
+    cfg = load_config("tiny", ["model.memory_check=false", "job.num_frames=100000"])
+    with pytest.raises(SuperGenError, match="rotary position table"):
+        runtime.check_memory(cfg, CPU)
