@@ -223,11 +223,10 @@ def render(args: argparse.Namespace) -> int:
     if args.cache_map:
         preflight.check_cache_map_path(args.cache_map)
     preflight.check_job(cfg)
+    preflight.check_one_group(cfg, "parallel.group_size splits the ranks between jobs: use it with --jobs")
     from .runtime import Runtime
 
     runtime = Runtime.start(cfg, quiet=args.quiet)
-    if runtime.group is not None and runtime.group.count > 1:
-        raise SuperGenError("parallel.group_size splits the ranks between jobs: use it with --jobs")
     start = time.perf_counter()
     done = runtime.render(cfg, output, sketch_output)
     if not runtime.leader:

@@ -412,6 +412,9 @@ def serve(config: SuperGenConfig, host: str = "127.0.0.1", port: int = 7860) -> 
         import gradio  # noqa: F401
     except ImportError:
         raise SuperGenError(f"the demo needs Gradio: {install_hint('demo')}") from None
+    from .preflight import check_one_group
+
+    check_one_group(config, "the demo renders each job on all ranks: leave parallel.group_size unset")
     from .runtime import Runtime
 
     runtime = Runtime.start(config, quiet=True, load=False)
@@ -422,8 +425,6 @@ def serve(config: SuperGenConfig, host: str = "127.0.0.1", port: int = 7860) -> 
     if group is not None:
         import torch.distributed as dist
 
-        if group.count > 1:
-            raise SuperGenError("the demo renders each job on all ranks: leave parallel.group_size unset")
         # Created on every rank in the same order (torch.distributed's rule). No time limit: the followers
         # wait here for the next job for as long as the page is idle.
         dispatch = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=365))

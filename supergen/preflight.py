@@ -133,6 +133,15 @@ def check_sketch_video_frames(cfg: SuperGenConfig, frames: int) -> None:
                             f"(job.num_frames={cfg.job.num_frames}){fits}")
 
 
+def check_one_group(cfg: SuperGenConfig, refusal: str) -> None:
+    """Refuse (with ``refusal``) a ``parallel.group_size`` that would split the launcher's ranks into several
+    render groups where only one job renders: read from the launcher's ``WORLD_SIZE``, so before the ranks
+    join and before the model loads."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if 0 < cfg.parallel.group_size < world:
+        raise SuperGenError(refusal)
+
+
 def check_job(cfg: SuperGenConfig) -> None:
     """Every input a job names, and the device it asks for."""
     if cfg.job.image is not None:

@@ -142,3 +142,18 @@ def test_inputs_are_checked_before_the_model_loads(tmp_path, capsys, monkeypatch
     sketch = write_video(tmp_path / "sketch.mp4", np.zeros((9, 32, 64, 3), np.uint8))
     assert cli.main(["render", "--model", "tiny", "--sketch-video", str(sketch), "--num-frames", "5", "-q", "-o", out]) == 2
     assert f"sketch video {str(sketch)!r} has 9 frames; this render needs 5 (job.num_frames=5); pass --num-frames 9" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["render", "demo"])
+def test_group_size_misuse_is_refused_before_the_ranks_join_or_the_model_loads(command, tmp_path, monkeypatch, capsys):
+    """``parallel.group_size`` below the world size splits the ranks into groups; only ``--jobs`` renders
+    several jobs. Refused from the launcher's WORLD_SIZE alone: no rendezvous (none is set up here,
+    so joining would fail differently), no model load."""
+    import torch.distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = [command, "--config", "tiny", "parallel.group_size=1"]
+    args += ["--output", str(tmp_path / "out.mp4")] if command == "render" else ["--port", "0"]
+    assert cli.main(args) != 0
+    assert "parallel.group_size" in capsys.readouterr().err
+    assert not torch.distributed.is_initialized()
