@@ -49,7 +49,7 @@ def test_attention_mode_renders_and_the_halo_matters(wan_t2v):
         return sg(height=64, width=128, num_frames=5, generator=torch.Generator().manual_seed(0), output_type="latent")
 
     local, haloed = render(0), render(16)
-    assert local.stats.tiling.startswith("shift 1x1") and len(local.stats.steps) == 2
+    assert local.stats.tiling.startswith("attention 2x2 tiles") and len(local.stats.steps) == 2
     assert torch.isfinite(haloed.frames).all()
     assert (local.frames - haloed.frames).abs().max() > 1e-4
     assert all(not isinstance(p, type(None)) for p in [b.attn1.processor for b in wan_t2v.transformer.blocks])
