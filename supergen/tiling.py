@@ -15,8 +15,9 @@ quarter of the window and are feathered like the spatial tiles.
 
 Time windows are in latent frames and cut only the transformer's work: the VAE encodes and decodes
 the whole clip (``supergen.parallel.vae`` tiles it in space only), so a causal VAE's first-frame rule
-(Wan: video frame 0 alone, then groups of 4) holds as for any render. What a window changes is what
-the transformer sees: a window that starts past latent frame 0 begins with a latent of 4 video frames,
+(video frame 0 coded alone, then groups of the temporal factor) holds as for any render. What a window
+changes is what the transformer sees: a window that starts past latent frame 0 begins with a latent of
+several video frames,
 where the clips it was trained on began with one of a single frame.
 
 Two modes:
