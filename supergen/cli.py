@@ -17,30 +17,10 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .config import CONFIG_DIR, SuperGenConfig, choices_of, load_config
+from .config import CONFIG_DIR, SHORTHANDS, SuperGenConfig, choices_of, load_config
 from .errors import SuperGenError
 
 logger = logging.getLogger("supergen")
-
-#: CLI flags that are shorthands for config keys.
-FLAG_TO_KEY = {
-    "model": "model.name",
-    "dtype": "model.dtype",
-    "device": "model.device",
-    "offload": "model.offload",
-    "prompt": "job.prompt",
-    "negative_prompt": "job.negative_prompt",
-    "image": "job.image",
-    "sketch_video": "job.sketch_video",
-    "height": "job.height",
-    "width": "job.width",
-    "num_frames": "job.num_frames",
-    "seed": "job.seed",
-    "steps": "refine.num_inference_steps",
-    "strength": "refine.strength",
-    "output": "output.path",
-    "fps": "output.fps",
-}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -178,7 +158,7 @@ def default_preset(model: str | None) -> str | None:
 
 
 def config_from_args(args: argparse.Namespace, default: str | None = "tiny") -> SuperGenConfig:
-    overrides = [f"{key}={_quote(getattr(args, flag))}" for flag, key in FLAG_TO_KEY.items() if getattr(args, flag, None) is not None]
+    overrides = [f"{key}={_quote(getattr(args, flag))}" for flag, key in SHORTHANDS.items() if getattr(args, flag, None) is not None]
     if getattr(args, "save_sketch", False):
         overrides.append("output.save_sketch=true")
     if getattr(args, "no_memory_check", False):

@@ -292,6 +292,28 @@ class SuperGenConfig(MethodConfig):
         return MethodConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(MethodConfig)})
 
 
+#: The user-facing names of config keys: the command line's flags (``--num-frames``, the name with ``-``)
+#: and a batch row's fields (:data:`supergen.jobs.FIELDS`, the job's subset). One table, so a flag and a
+#: field of the same name always set the same key.
+SHORTHANDS = {
+    "model": "model.name",
+    "dtype": "model.dtype",
+    "device": "model.device",
+    "offload": "model.offload",
+    "prompt": "job.prompt",
+    "negative_prompt": "job.negative_prompt",
+    "image": "job.image",
+    "sketch_video": "job.sketch_video",
+    "height": "job.height",
+    "width": "job.width",
+    "num_frames": "job.num_frames",
+    "seed": "job.seed",
+    "steps": "refine.num_inference_steps",
+    "strength": "refine.strength",
+    "output": "output.path",
+    "fps": "output.fps",
+}
+
 #: Keys that moved, old → new; presets and overrides using the old name keep working.
 RENAMED = {"output.vae_tiling": "vae.tiling"}
 

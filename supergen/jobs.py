@@ -51,7 +51,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .config import SuperGenConfig, load_config, to_dict
+from .config import SHORTHANDS, SuperGenConfig, load_config, to_dict
 from .errors import SuperGenError
 from .preflight import check_image, check_image_use, check_writable_folder
 from .runtime import Runtime
@@ -59,16 +59,8 @@ from .videoio import atomic_file
 
 logger = logging.getLogger("supergen")
 
-#: Row fields and the config key each sets.
-FIELDS = {
-    "prompt": "job.prompt",
-    "negative_prompt": "job.negative_prompt",
-    "image": "job.image",
-    "seed": "job.seed",
-    "height": "job.height",
-    "width": "job.width",
-    "num_frames": "job.num_frames",
-}
+#: Row fields and the config key each sets: the job's shorthands a row may set (the same names as the flags).
+FIELDS = {name: SHORTHANDS[name] for name in ("prompt", "negative_prompt", "image", "seed", "height", "width", "num_frames")}
 EXTRA_FIELDS = ("name", "overrides", "input", "scale")
 #: Config sections a row may not change: the model is loaded once and the ranks are grouped once.
 FIXED_SECTIONS = ("model.", "parallel.")
