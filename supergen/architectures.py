@@ -193,6 +193,9 @@ class Architecture(SizeRules):
     def pixel_multiple(self) -> int:
         return self.rules.pixel_multiple
 
+    def extra_latent_frames(self, num_frames: int) -> int:
+        return self.rules.extra_latent_frames(num_frames)
+
     @property
     def position_limit(self) -> int | None:
         return self.rules.position_limit
