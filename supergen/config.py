@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .errors import ConfigError
+
+logger = logging.getLogger("supergen")
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -114,8 +117,13 @@ class TilingConfig:
 
 @dataclass
 class CacheRegionConfig:
-    """Per-tile thresholds: ``threshold × clamp((median volatility / tile volatility) ** strength, min_scale, max_scale)``."""
+    """``cache.policy=region``, supergen's region-aware cache: a tile is reused while the predicted
+    relative change of its output stays under ``change_threshold × clamp((median volatility / tile
+    volatility) ** strength, min_scale, max_scale) × (window area / owned area) ** cost``."""
 
+    #: Base threshold on the predicted relative change of a tile's output since it was last
+    #: computed; 0 reuses nothing.
+    change_threshold: float = bounded(0.03, 0.0)
     #: 0 gives every tile the base threshold; larger values separate quiet and busy regions more.
     strength: float = bounded(1.0, 0.0)
     min_scale: float = bounded(0.5, 0.0, 1.0)
@@ -127,36 +135,80 @@ class CacheRegionConfig:
 
 
 @dataclass
+class CacheStepsConfig:
+    """``cache.policy=steps``, uniform step skipping: every tile reuses on the same, evenly spread steps."""
+
+    #: Share of refinement steps computed (the first ``cache.warmup_steps`` and the last included).
+    fraction: float = bounded(0.7, 0.0, 1.0)
+
+
+@dataclass
+class CacheTeaCacheConfig:
+    """``cache.policy=teacache``: the TeaCache rule (arXiv 2411.19108) per tile, on the model's timestep embedding."""
+
+    #: Threshold on the relative L1 change of the timestep embedding accumulated since a canvas
+    #: element was last computed (TeaCache's ``rel_l1_thresh``); 0 reuses nothing.
+    rel_l1_threshold: float = bounded(0.03, 0.0)
+    #: Rescale polynomial applied to each step's change, highest power first (TeaCache fits one per
+    #: model); null: the change as it is.
+    coefficients: list[float] | None = None
+
+
+@dataclass
+class CacheFbcConfig:
+    """``cache.policy=fbc``: diffusers' First Block Cache (``FirstBlockCacheConfig``), one state per canvas region."""
+
+    #: diffusers' ``threshold``: the tail blocks are skipped while the first block's output residual
+    #: changed by less than this (relative) since they last ran.
+    threshold: float = bounded(0.03, 0.0)
+
+
+@dataclass
+class CacheMagCacheConfig:
+    """``cache.policy=magcache``: diffusers' MagCache (``MagCacheConfig``), one state per canvas region."""
+
+    #: diffusers' ``threshold``: steps are skipped while the error accumulated from the magnitude
+    #: ratios stays under this.
+    threshold: float = bounded(0.03, 0.0)
+    #: The model's per-step magnitude ratios (diffusers' ``mag_ratios``); null runs diffusers'
+    #: calibration (nothing skipped) and logs them.
+    mag_ratios: list[float] | None = None
+
+
+@dataclass
 class CacheBlockConfig:
-    """Block-level reuse inside computed tiles (per tile and per block)."""
+    """Block-level reuse inside computed tiles (per tile and per block), with ``cache.policy=region``."""
 
     enabled: bool = False
     #: Relative L1 change of a block's input under which its last residual is reused.
-    threshold: float = bounded(0.05, 0.0)
+    input_threshold: float = bounded(0.05, 0.0)
 
 
 @dataclass
 class CacheConfig:
-    """Reuse the model output of tiles (and blocks) that barely change; see ``docs/cache.md``."""
+    """Reuse the model output of tiles (and blocks) that barely change; see ``docs/cache.md``.
+
+    ``policy`` picks the technique; each has its own section with its own threshold (``region``,
+    ``steps``, ``teacache``, ``fbc``, ``magcache``); the rules every technique shares stay here.
+    """
 
     enabled: bool = False
-    #: region (supergen's region-aware cache) | none | steps (uniform step skipping at ``fraction``) |
-    #: teacache (timestep-embedding rule per tile) | fbc, magcache (diffusers' First Block Cache /
-    #: MagCache hooks, one state per canvas region): the last four are baselines (docs/cache.md).
+    #: region (supergen's region-aware cache) | none | steps (uniform step skipping) | teacache
+    #: (timestep-embedding rule per tile) | fbc, magcache (diffusers' First Block Cache / MagCache
+    #: hooks, one state per canvas region): the last four are baselines (docs/cache.md).
     policy: str = choice("region", "region", "none", "steps", "teacache", "fbc", "magcache")
-    #: Base threshold on the predicted relative change of a tile's output; 0 reuses nothing.
-    threshold: float = bounded(0.03, 0.0)
-    #: The first refinement steps, always computed (two give the first gain estimate).
+    #: The first refinement steps, always computed (two give the region cache its first gain
+    #: estimate; MagCache's retention ratio is this share of the steps).
     warmup_steps: int = bounded(2, 0)
-    #: An element of the canvas is recomputed after at most this many consecutive reuses.
+    #: An element of the canvas is recomputed after at most this many consecutive reuses (MagCache:
+    #: its ``max_skip_steps``; First Block Cache has no cap).
     max_consecutive: int = bounded(2, 0)
-    #: steps: target share of refinement steps computed (first ``warmup_steps`` and the last included).
-    fraction: float = bounded(0.7, 0.0, 1.0)
     region: CacheRegionConfig = field(default_factory=CacheRegionConfig)
+    steps: CacheStepsConfig = field(default_factory=CacheStepsConfig)
+    teacache: CacheTeaCacheConfig = field(default_factory=CacheTeaCacheConfig)
+    fbc: CacheFbcConfig = field(default_factory=CacheFbcConfig)
+    magcache: CacheMagCacheConfig = field(default_factory=CacheMagCacheConfig)
     block: CacheBlockConfig = field(default_factory=CacheBlockConfig)
-    #: magcache: the model's per-step magnitude ratios; null runs diffusers' calibration (no skipping)
-    #: and logs them.
-    mag_ratios: list[float] | None = None
 
 
 @dataclass
@@ -314,8 +366,29 @@ SHORTHANDS = {
     "fps": "output.fps",
 }
 
-#: Keys that moved, old → new; presets and overrides using the old name keep working.
-RENAMED = {"output.vae_tiling": "vae.tiling"}
+#: Each cache policy's threshold: the one number that trades compute for fidelity (``steps`` is set by
+#: ``cache.steps.fraction``; ``none`` has none).
+THRESHOLDS = {
+    "region": "cache.region.change_threshold",
+    "teacache": "cache.teacache.rel_l1_threshold",
+    "fbc": "cache.fbc.threshold",
+    "magcache": "cache.magcache.threshold",
+}
+
+#: Keys that moved, old → new key, or → ``{cache.policy: new key}`` where the new place depends on the
+#: technique in use (under a policy not listed the old key means nothing: an error). Presets and
+#: overrides using an old name keep working, with one line naming the new key.
+RENAMED: dict[str, str | dict[str, str]] = {
+    "output.vae_tiling": "vae.tiling",
+    "cache.threshold": THRESHOLDS,
+    "cache.fraction": {"steps": "cache.steps.fraction"},
+    "cache.mag_ratios": {"magcache": "cache.magcache.mag_ratios"},
+    "cache.block.threshold": "cache.block.input_threshold",
+}
+
+#: Moved keys a batch's job fingerprint still names as before (:func:`as_fingerprinted`): they moved
+#: after fingerprints existed, so a finished job whose settings did not change stays finished.
+FINGERPRINTED_BY_OLD_NAME = ("cache.threshold", "cache.fraction", "cache.mag_ratios", "cache.block.threshold")
 
 
 def preset_path(name: str) -> Path:
@@ -350,11 +423,11 @@ def load_config(
         ConfigError: naming the offending key and the valid keys or choices.
     """
     base = SuperGenConfig()
-    layers: list[dict[str, Any]] = []
+    layers: list[dict[str, Any]] = []  # nested plain values, in order, under the names the caller wrote
     if isinstance(config, MethodConfig):  # copied: the result shares no section with the argument
         base = SuperGenConfig(**{f.name: copy.deepcopy(getattr(config, f.name)) for f in dataclasses.fields(config)})
     elif isinstance(config, Mapping):
-        layers.append(_layer(_renamed_nested(dict(config))))
+        layers.append(dict(config))
     elif config is not None:
         layers.append(_load_yaml(preset_path(str(config))))
     if overrides:
@@ -362,22 +435,23 @@ def load_config(
             # Python values keep their types (a YAML round trip would turn "on"/"off" into booleans).
             nested: dict[str, Any] = {}
             for key, value in overrides.items():
-                *sections, leaf = RENAMED.get(key, key).split(".")
+                *sections, leaf = key.split(".")
                 node = nested
                 for section in sections:
                     node = node.setdefault(section, {})
                 node[leaf] = value
-            layers.append(_layer(nested))
+            layers.append(nested)
         else:
             for item in overrides:
                 if "=" not in item:
                     raise ConfigError(f"override {item!r} is not of the form key=value (e.g. tiling.mode=overlap)")
-            renamed = [_dotlist_item(RENAMED.get(key, key), value) for key, _, value in (item.partition("=") for item in overrides)]
+            items = [_dotlist_item(key, value) for key, _, value in (item.partition("=") for item in overrides)]
             try:
-                dotlist = OmegaConf.from_dotlist(renamed)
+                dotlist = OmegaConf.from_dotlist(items)
             except OmegaConfBaseException as exc:
                 raise ConfigError(f"invalid override: {' '.join(str(exc).split())}") from None
-            layers.append(_layer(OmegaConf.to_container(dotlist)))
+            layers.append(OmegaConf.to_container(dotlist))
+    layers = [_layer(layer) for layer in _moved(layers, base.cache.policy)]
     cfg = _merged(base, layers)
     validate(cfg)
     return cfg
@@ -427,6 +501,10 @@ def validate(cfg: Any, prefix: str = "") -> None:
             raise ConfigError("sketch.height and sketch.width must be given together (or both null for the native size)")
         if (cfg.tiling.tile_height is None) != (cfg.tiling.tile_width is None):
             raise ConfigError("tiling.tile_height and tiling.tile_width must be given together (or both null)")
+        ratios = cfg.cache.magcache.mag_ratios
+        if ratios is not None and len(ratios) < 2:
+            raise ConfigError(f"config key 'cache.magcache.mag_ratios' is {ratios!r}; it needs one ratio per refinement step "
+                              "(at least two), or null to calibrate them")
 
 
 def _interval(low: float | None, high: float | None, low_open: bool) -> str:
@@ -473,14 +551,14 @@ def to_dict(cfg: MethodConfig) -> dict[str, Any]:
 
 
 def _load_yaml(path: Path) -> dict[str, Any]:
-    """A preset file as a config layer; a malformed file or a non-mapping is a one-line ConfigError."""
+    """A preset file's nested values; a malformed file or a non-mapping is a one-line ConfigError."""
     try:
         data = OmegaConf.load(path)
     except Exception as exc:  # yaml's ScannerError/ParserError: their message names the line
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, DictConfig):
         raise ConfigError(f"config file {str(path)!r} must be a mapping of sections (e.g. 'tiling: {{mode: shift}}'), not a list or a value")
-    return _layer(_renamed_nested(OmegaConf.to_container(data)))
+    return OmegaConf.to_container(data)
 
 
 def _layer(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -511,18 +589,90 @@ def _shaped(data: Mapping[str, Any], node: type, prefix: str = "") -> dict[str, 
     return shaped
 
 
-def _renamed_nested(data: dict[str, Any]) -> dict[str, Any]:
-    """A nested mapping with the keys of :data:`RENAMED` moved to their new place."""
-    for old, new in RENAMED.items():
-        old_section, old_leaf = old.split(".")
-        section = data.get(old_section)
-        if isinstance(section, Mapping) and old_leaf in section:
-            section = dict(section)
-            value = section.pop(old_leaf)
-            new_section, new_leaf = new.split(".")
-            data = {**data, old_section: section}
-            data[new_section] = {**dict(data.get(new_section) or {}), new_leaf: value}
+def _moved(layers: list[dict[str, Any]], policy: Any) -> list[dict[str, Any]]:
+    """``layers`` with the keys of :data:`RENAMED` moved to their new place, one warning line per old
+    key. A key whose place depends on the technique moves to that of the ``cache.policy`` the config
+    ends with (the last layer that sets it, else ``policy``, the base's), whichever layer set the key."""
+    for layer in layers:
+        section = layer.get("cache")
+        if isinstance(section, Mapping) and "policy" in section:
+            policy = section["policy"]
+    moved, said = [], set()
+    for layer in layers:
+        for old, new in RENAMED.items():
+            value = _lookup(layer, old)
+            if value is _ABSENT:
+                continue
+            target = _new_key(old, new, policy)
+            if _lookup(layer, target) is not _ABSENT:
+                raise ConfigError(f"config keys {old!r} and {target!r} are one setting (the first is its old name); give only {target!r}")
+            layer = _with(_without(layer, old), target, value)
+            if old not in said:
+                said.add(old)
+                where = f"with cache.policy={policy} " if isinstance(new, dict) else ""
+                logger.warning("config key %r is deprecated: %sit is now %r", old, where, target)
+        moved.append(layer)
+    return moved
+
+
+def _new_key(old: str, new: str | dict[str, str], policy: Any) -> str:
+    """Where ``old`` moved under ``policy``; a :class:`ConfigError` when it means nothing there."""
+    if isinstance(new, str):
+        return new
+    valid = choices_of("cache.policy")
+    if policy not in valid:
+        raise ConfigError(f"config key 'cache.policy' is {policy!r}; valid choices: {', '.join(valid)}")
+    if policy not in new:
+        now = ", ".join(f"{key} (cache.policy={name})" for name, key in new.items())
+        raise ConfigError(f"config key {old!r} means nothing with cache.policy={policy}; it was the setting now named {now}")
+    return new[policy]
+
+
+_ABSENT = object()
+
+
+def _lookup(data: Mapping[str, Any], key: str) -> Any:
+    """The value at dotted ``key`` of nested ``data``, or ``_ABSENT``."""
+    for name in key.split("."):
+        if not isinstance(data, Mapping) or name not in data:
+            return _ABSENT
+        data = data[name]
     return data
+
+
+def _without(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """A copy of nested ``data`` without dotted ``key`` (copied along its path: the caller's mapping is untouched)."""
+    head, _, rest = key.partition(".")
+    copied = dict(data)
+    if rest:
+        copied[head] = _without(copied[head], rest)
+    else:
+        del copied[head]
+    return copied
+
+
+def _with(data: Mapping[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of nested ``data`` with dotted ``key`` set to ``value`` (a null or missing section becomes one)."""
+    head, _, rest = key.partition(".")
+    copied = dict(data)
+    section = copied.get(head)
+    if rest and section is not None and not isinstance(section, Mapping):
+        return copied  # not a section where the schema has one: _shaped names it
+    copied[head] = _with(section or {}, rest, value) if rest else value
+    return copied
+
+
+def as_fingerprinted(settings: Mapping[str, Any], policy: str) -> dict[str, Any]:
+    """``settings`` (dotted key → value) with the keys of :data:`FINGERPRINTED_BY_OLD_NAME` under their
+    old names, for ``policy``'s technique: a batch job fingerprinted before they moved keeps its
+    fingerprint when its effective settings are the same (:attr:`supergen.jobs.Job.fingerprint`)."""
+    old_name = {}
+    for old in FINGERPRINTED_BY_OLD_NAME:
+        new = RENAMED[old]
+        new = new if isinstance(new, str) else new.get(policy)
+        if new is not None:
+            old_name[new] = old
+    return {old_name.get(key, key): value for key, value in settings.items()}
 
 
 def _unknown_key_message(full_key: str) -> str:

@@ -51,7 +51,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .config import SHORTHANDS, SuperGenConfig, load_config, to_dict
+from .config import SHORTHANDS, SuperGenConfig, as_fingerprinted, load_config, to_dict
 from .errors import SuperGenError
 from .preflight import check_image, check_image_use, check_writable_folder
 from .runtime import Runtime
@@ -98,13 +98,14 @@ class Job:
     def fingerprint(self) -> str:
         """What makes this job's video: its row and the settings of its effective config (model included)
         that differ from the defaults (:func:`settings`), less the keys that say how long to wait for
-        ranks and how often to retry (:data:`RUN_ONLY`), which change no pixel.
+        ranks and how often to retry (:data:`RUN_ONLY`), which change no pixel. Keys that moved since
+        fingerprints began count under their old names (:func:`~supergen.config.as_fingerprinted`).
 
         Only non-default values count, so a release that adds a config key (at a default that keeps
         today's behaviour) does not change the fingerprint of every finished job: a rerun after an
         upgrade resumes the folder instead of refusing or re-rendering it.
         """
-        changed = {key: value for key, value in settings(self.config).items()
+        changed = {key: value for key, value in as_fingerprinted(settings(self.config), self.config.cache.policy).items()
                    if key.removeprefix("parallel.") not in RUN_ONLY}
         return hashlib.sha256(json.dumps([self.row, changed], sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -55,7 +55,7 @@ def test_python_overrides_keep_their_types():
     "overrides,message",
     [
         # NaN passes every range comparison: these were accepted and turned the cache or guidance off.
-        (["cache.threshold=nan"], r"'cache.threshold' is nan; it must be a finite number in \[0.0, inf\)"),
+        (["cache.region.change_threshold=nan"], r"'cache.region.change_threshold' is nan; it must be a finite number in \[0.0, inf\)"),
         (["sketch.guidance_scale=nan"], "'sketch.guidance_scale' is nan; it must be a finite number"),
         (["refine.strength=nan"], r"'refine.strength' is nan; it must be a finite number in \(0.0, 1.0\]"),
         (["output.fps=1000"], r"'output.fps' is 1000; it must lie in \[1, 240\]"),

@@ -27,18 +27,28 @@ import torch
 from diffusers.models.embeddings import get_timestep_embedding
 
 from .. import compat
+from ..config import CacheConfig
 from .reuse import _EPS, TileReuse
 from .windows import KeyedStates, region_name
+
+
+_DEFAULT = CacheConfig()
 
 
 # ---- uniform step skipping ------------------------------------------------------------------------
 @dataclass
 class StepSkipConfig:
-    """Settings of :class:`StepSkip` (``cache.fraction``, ``cache.warmup_steps``)."""
+    """Settings of :class:`StepSkip`: ``cache.steps.fraction`` and ``cache.warmup_steps``, whose
+    defaults (and meanings) are the config's (:mod:`supergen.config`)."""
 
     #: Target share of steps computed (the first ``warmup_steps`` and the last step included).
-    fraction: float = 0.7
-    warmup_steps: int = 2
+    fraction: float = _DEFAULT.steps.fraction
+    warmup_steps: int = _DEFAULT.warmup_steps
+
+    @classmethod
+    def from_config(cls, cache: CacheConfig) -> "StepSkipConfig":
+        """The settings a ``cache`` config section asks for."""
+        return cls(cache.steps.fraction, cache.warmup_steps)
 
 
 def step_schedule(num_steps: int, fraction: float, warmup_steps: int) -> list[bool]:
@@ -55,10 +65,10 @@ def step_schedule(num_steps: int, fraction: float, warmup_steps: int) -> list[bo
 class StepSkip(TileReuse):
     """Whole steps reused on a fixed schedule (:func:`step_schedule`); no per-tile decision."""
 
-    def __init__(self, fraction: float, warmup_steps: int = 2):
+    def __init__(self, config: StepSkipConfig):
         # The schedule alone decides; no consecutive cap beyond its own spacing.
-        super().__init__(warmup_steps, max_consecutive=1 << 30)
-        self.fraction = fraction
+        super().__init__(config.warmup_steps, max_consecutive=1 << 30)
+        self.fraction = config.fraction
         self.schedule: list[bool] = []
 
     def start(self, num_steps):
@@ -75,20 +85,28 @@ class StepSkip(TileReuse):
 
 
 def apply_step_skip(config: StepSkipConfig) -> StepSkip:
-    return StepSkip(config.fraction, config.warmup_steps)
+    return StepSkip(config)
 
 
 # ---- TeaCache-style rule ------------------------------------------------------------------------
 @dataclass
 class TeaCacheConfig:
-    """Settings of :class:`TeaCache` (``cache.threshold``, ``cache.warmup_steps``, ``cache.max_consecutive``)."""
+    """Settings of :class:`TeaCache`: ``cache.teacache.*``, ``cache.warmup_steps`` and
+    ``cache.max_consecutive``, whose defaults (and meanings) are the config's (:mod:`supergen.config`)."""
 
-    #: Threshold on the accumulated (rescaled) relative change of the timestep embedding.
-    threshold: float = 0.1
-    warmup_steps: int = 2
-    max_consecutive: int = 3
+    #: ``cache.teacache.rel_l1_threshold``: on the accumulated (rescaled) relative change of the timestep embedding.
+    threshold: float = _DEFAULT.teacache.rel_l1_threshold
+    warmup_steps: int = _DEFAULT.warmup_steps
+    max_consecutive: int = _DEFAULT.max_consecutive
     #: Rescale polynomial, highest power first (TeaCache fits one per model); None: identity.
     coefficients: tuple[float, ...] | None = None
+
+    @classmethod
+    def from_config(cls, cache: CacheConfig) -> "TeaCacheConfig":
+        """The settings a ``cache`` config section asks for."""
+        coefficients = cache.teacache.coefficients
+        return cls(cache.teacache.rel_l1_threshold, cache.warmup_steps, cache.max_consecutive,
+                   None if coefficients is None else tuple(coefficients))
 
 
 def timestep_embedding(model: torch.nn.Module | None, timestep: torch.Tensor) -> torch.Tensor:
@@ -107,10 +125,9 @@ def timestep_embedding(model: torch.nn.Module | None, timestep: torch.Tensor) ->
 class TeaCache(TileReuse):
     """Per tile, reuse while the accumulated relative change of the timestep embedding stays small."""
 
-    def __init__(self, model: torch.nn.Module | None, threshold: float, warmup_steps: int = 2, max_consecutive: int = 3,
-                 coefficients: tuple[float, ...] | None = None):
-        super().__init__(warmup_steps, max_consecutive)
-        self.model, self.threshold, self.coefficients = model, threshold, coefficients
+    def __init__(self, config: TeaCacheConfig, model: torch.nn.Module | None):
+        super().__init__(config.warmup_steps, config.max_consecutive)
+        self.model, self.threshold, self.coefficients = model, config.threshold, config.coefficients
         self._previous: torch.Tensor | None = None
 
     def start(self, num_steps):
@@ -142,7 +159,7 @@ class TeaCache(TileReuse):
 
 
 def apply_teacache(config: TeaCacheConfig, model: torch.nn.Module | None) -> TeaCache:
-    return TeaCache(model, config.threshold, config.warmup_steps, config.max_consecutive, config.coefficients)
+    return TeaCache(config, model)
 
 
 # ---- diffusers' hooks, one state per canvas region ------------------------------------------------

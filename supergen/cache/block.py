@@ -4,7 +4,7 @@ Shaped like diffusers' ``hooks/first_block_cache.py``: :class:`BlockCacheConfig`
 (one per block and guidance branch, kept by a diffusers ``StateManager`` keyed on the branch of the
 active cache context) → :class:`BlockCacheHook` → :func:`apply_block_cache`.
 
-A transformer block whose input changed by less than ``threshold`` (relative L1) since it last ran
+A transformer block whose input changed by less than ``cache.block.input_threshold`` (relative L1) since it last ran
 under the tiles in progress returns its input plus its last residual. The state is a canvas of
 tokens ``(F', H', W', D)`` rather than a tile's tokens, for the same reason as the tile cache: a
 shifted tile reads what was last computed under its current window. The tiles in progress come from
@@ -27,17 +27,20 @@ from diffusers.hooks import HookRegistry, ModelHook
 
 from .. import compat
 from ..compat import BaseState
+from ..config import CacheConfig
 from ..errors import SuperGenError
 from .reuse import _EPS
 from .report import transformer_blocks
 from .windows import KeyedStates, branch_of, current_batch
 
 BLOCK_CACHE_HOOK = "supergen_block_cache"
+_DEFAULT = CacheConfig()
 
 
 @dataclass
 class BlockCacheConfig:
-    """Settings of the block cache (``cache.block.threshold``, ``cache.max_consecutive``).
+    """Settings of the block cache: ``cache.block.input_threshold`` and ``cache.max_consecutive``, whose
+    defaults (and meanings) are the config's (:mod:`supergen.config`).
 
     Args:
         canvas: canvas latent ``(frames, H, W)``; patch: the transformer's ``(pt, ph, pw)``.
@@ -47,8 +50,13 @@ class BlockCacheConfig:
 
     canvas: tuple[int, int, int]
     patch: tuple[int, int, int]
-    threshold: float = 0.05
-    max_consecutive: int = 3
+    threshold: float = _DEFAULT.block.input_threshold
+    max_consecutive: int = _DEFAULT.max_consecutive
+
+    @classmethod
+    def from_config(cls, cache: CacheConfig, canvas: tuple[int, int, int], patch: tuple[int, int, int]) -> "BlockCacheConfig":
+        """The settings a ``cache`` config section asks for, on this render's canvas and patch."""
+        return cls(canvas, patch, cache.block.input_threshold, cache.max_consecutive)
 
 
 class BlockState(BaseState):

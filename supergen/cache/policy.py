@@ -45,20 +45,17 @@ def cache_policy(cfg: CacheConfig, models: list[torch.nn.Module], canvas: tuple[
         diffusers_config = _baseline_config(cfg, name, num_steps, models)
     policy: TilePolicy = ComputeAll()
     if name == "region":
-        policy = apply_region_cache(RegionCacheConfig(
-            threshold=cfg.threshold, warmup_steps=cfg.warmup_steps, max_consecutive=cfg.max_consecutive,
-            region_strength=cfg.region.strength, min_scale=cfg.region.min_scale, max_scale=cfg.region.max_scale,
-            cost=cfg.region.cost))
+        policy = apply_region_cache(RegionCacheConfig.from_config(cfg))
     elif name == "steps":
-        policy = apply_step_skip(StepSkipConfig(cfg.fraction, cfg.warmup_steps))
+        policy = apply_step_skip(StepSkipConfig.from_config(cfg))
     elif name == "teacache":
-        policy = apply_teacache(TeaCacheConfig(cfg.threshold, cfg.warmup_steps, cfg.max_consecutive), models[0] if models else None)
+        policy = apply_teacache(TeaCacheConfig.from_config(cfg), models[0] if models else None)
     installed: list[tuple[HookRegistry, str]] = []
     enabled: list[torch.nn.Module] = []
     counter = None
     try:
         if name == "region" and cfg.block.enabled:
-            installed = apply_block_cache(models, BlockCacheConfig(canvas, patch, cfg.block.threshold, cfg.max_consecutive))
+            installed = apply_block_cache(models, BlockCacheConfig.from_config(cfg, canvas, patch))
         if diffusers_config is not None:
             for model in models:
                 apply_diffusers_cache(model, diffusers_config)
@@ -86,19 +83,17 @@ def _refresh_contexts(models: list[torch.nn.Module]) -> None:
 
 
 def _baseline_config(cfg: CacheConfig, name: str, num_steps: int, models: list[torch.nn.Module]):
-    """diffusers' own hook config at the same settings: threshold, warmup, max consecutive skips."""
+    """diffusers' own hook config from ``cache.fbc`` / ``cache.magcache`` and the shared rules (warmup, max consecutive skips)."""
     if name == "fbc":
         for model in models:
             if len(transformer_blocks(model)) < 2:
                 # diffusers' FBC splits the blocks into a first and a tail: it needs two.
                 raise SuperGenError(f"cache.policy=fbc needs a transformer with at least 2 blocks; {type(model).__name__} has 1")
-        return FirstBlockCacheConfig(threshold=cfg.threshold)
-    if cfg.mag_ratios is None:
-        # diffusers' calibration mode: skips nothing and logs the ratios to put in cache.mag_ratios.
+        return FirstBlockCacheConfig(threshold=cfg.fbc.threshold)
+    if cfg.magcache.mag_ratios is None:
+        # diffusers' calibration mode: skips nothing and logs the ratios to put in cache.magcache.mag_ratios.
         return MagCacheConfig(calibrate=True, num_inference_steps=num_steps)
-    if len(cfg.mag_ratios) < 2:
-        raise SuperGenError("cache.mag_ratios needs one ratio per step (at least two); run once without it to calibrate")
     return MagCacheConfig(
-        threshold=cfg.threshold, max_skip_steps=cfg.max_consecutive, retention_ratio=cfg.warmup_steps / num_steps,
-        num_inference_steps=num_steps, mag_ratios=list(cfg.mag_ratios),
+        threshold=cfg.magcache.threshold, max_skip_steps=cfg.max_consecutive, retention_ratio=cfg.warmup_steps / num_steps,
+        num_inference_steps=num_steps, mag_ratios=list(cfg.magcache.mag_ratios),
     )

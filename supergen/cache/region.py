@@ -43,26 +43,35 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config import CacheConfig
 from ..tiling import Tile
 from .reuse import _EPS, TileReuse, owned_span
 
 
+_DEFAULT = CacheConfig()
+
+
 @dataclass
 class RegionCacheConfig:
-    """Settings of :class:`RegionCache` (``cache.threshold``, ``cache.warmup_steps``, ``cache.max_consecutive``,
-    ``cache.region.*``)."""
+    """Settings of :class:`RegionCache`: ``cache.region.*``, ``cache.warmup_steps`` and
+    ``cache.max_consecutive``, whose defaults (and meanings) are the config's (:mod:`supergen.config`)."""
 
-    #: Base threshold on the predicted relative change of a tile's output; 0 reuses nothing.
-    threshold: float = 0.03
-    warmup_steps: int = 2
-    #: 2, not 3: near half the compute, runs of three reuses lost to uniform step skipping.
-    max_consecutive: int = 2
-    #: The region rule; strength 0 gives every tile ``threshold``.
-    region_strength: float = 1.0
-    min_scale: float = 0.5
-    max_scale: float = 2.0
-    #: Cost weighting: a tile's threshold is divided by ``(owned area / window area) ** cost``; 0 turns it off.
-    cost: float = 1.0
+    #: ``cache.region.change_threshold``: the base threshold on the predicted relative change of a tile's output.
+    threshold: float = _DEFAULT.region.change_threshold
+    warmup_steps: int = _DEFAULT.warmup_steps
+    max_consecutive: int = _DEFAULT.max_consecutive
+    #: ``cache.region.strength``: the region rule; strength 0 gives every tile ``threshold``.
+    region_strength: float = _DEFAULT.region.strength
+    min_scale: float = _DEFAULT.region.min_scale
+    max_scale: float = _DEFAULT.region.max_scale
+    cost: float = _DEFAULT.region.cost
+
+    @classmethod
+    def from_config(cls, cache: CacheConfig) -> "RegionCacheConfig":
+        """The settings a ``cache`` config section asks for."""
+        region = cache.region
+        return cls(region.change_threshold, cache.warmup_steps, cache.max_consecutive, region.strength, region.min_scale,
+                   region.max_scale, region.cost)
 
 
 @dataclass
