@@ -9,8 +9,8 @@ message in the status box, never a traceback. The image upload shows only for im
 Jobs run one at a time (Gradio queue concurrency 1): the model is loaded once and shared. The pipeline
 runs in a worker thread so that the page can be updated from its stage callbacks while it runs.
 
-With a cache (``config.cache`` has a ``threshold``), the page has a cache threshold control (0 = off)
-and shows the cache map (:func:`supergen.cache.cache_map`: computed and reused tiles per step) under
+With a cache policy that has a threshold (:data:`supergen.config.THRESHOLDS`: ``region``,
+``teacache``, ``fbc``, ``magcache``), the page has a control for it (0 = off) and shows the cache map (:func:`supergen.cache.cache_map`: computed and reused tiles per step) under
 the video.
 
 Several ranks (``torchrun --nproc_per_node=N -m supergen demo``): rank 0 serves the page; every job is
@@ -21,9 +21,9 @@ render it together through :mod:`supergen.parallel`.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import logging
+import operator
 import os
 import queue
 import shutil
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import SuperGenConfig, load_config
+from .config import THRESHOLDS, SuperGenConfig, load_config
 from .errors import SuperGenError, install_hint
 from .cache.picture import COLOURS as CACHE_COLOURS
 from .cost import Architecture, ResourcePlan, estimate, rows
@@ -74,7 +74,7 @@ class Job:
     steps: float | None
     strength: float
     tiling: str
-    #: None when the config has no cache threshold (no control on the page); 0 turns the cache off.
+    #: The threshold of the config's cache policy; None when it has none (no control on the page); 0 turns the cache off.
     cache_threshold: float | None = None
 
     def config(self, base: SuperGenConfig) -> SuperGenConfig:
@@ -93,7 +93,7 @@ class Job:
             **TILING_MODES[self.tiling],
         }
         if self.cache_threshold is not None:
-            overrides.update({"cache.enabled": self.cache_threshold > 0, "cache.threshold": float(self.cache_threshold)})
+            overrides.update({"cache.enabled": self.cache_threshold > 0, THRESHOLDS[base.cache.policy]: float(self.cache_threshold)})
         # Range checks (e.g. height >= 16) are the config's; the pipeline adds the model's own limits.
         return load_config(base, overrides)
 
@@ -161,8 +161,9 @@ class DemoApp:
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="supergen-demo-"))
         self.rate: float | None = None  # FLOP/s of the last job, for the next job's first ETA
         self.dispatch = dispatch
-        #: The page offers a cache threshold only when the config has one.
-        self.has_cache = "threshold" in {f.name for f in dataclasses.fields(type(config.cache))}
+        #: The key of the cache threshold the page offers: the config's cache policy's, None when it has none (steps, none).
+        self.cache_key = THRESHOLDS.get(config.cache.policy)
+        self.has_cache = self.cache_key is not None
 
     def cleanup(self) -> None:
         """Remove the videos of this session when the folder is the demo's own temporary one."""
@@ -309,8 +310,8 @@ class DemoApp:
 
 STRENGTH_INFO = ("How much of the refinement schedule is re-run on the upscaled sketch: low keeps the sketch's "
                  "layout and only adds detail, 1 renders from noise (no sketch).")
-CACHE_INFO = ("A tile is reused from the previous step when its output is predicted to change by less than this "
-              "(relative); higher reuses more tiles (faster, less exact), 0 computes every tile.")
+CACHE_INFO = ("A tile is reused from the previous step while its change, as the cache policy measures it, stays under "
+              "this; higher reuses more (faster, less exact), 0 computes every tile.")
 
 
 def _swatch(rgb) -> str:
@@ -368,8 +369,8 @@ def build_app(app: DemoApp):
                 tiling = gr.Dropdown(list(TILING_MODES), value=_tiling_choice(app.config), label="Tiling", elem_id="tiling")
                 cache = []
                 if app.has_cache:
-                    start = app.config.cache.threshold if app.config.cache.enabled else 0.0
-                    cache = [gr.Slider(0.0, 1.0, value=start, step=0.01, label="Cache threshold (0 = off)", elem_id="cache-threshold",
+                    start = operator.attrgetter(app.cache_key)(app.config) if app.config.cache.enabled else 0.0
+                    cache = [gr.Slider(0.0, 1.0, value=start, step=0.01, label=f"Cache threshold, {app.cache_key} (0 = off)", elem_id="cache-threshold",
                                        info=CACHE_INFO)]
             with gr.Column():
                 status = gr.Markdown("Ready.", elem_id="status")
