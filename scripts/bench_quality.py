@@ -12,14 +12,19 @@ count of renders no worse than it and "tie" where the interval contains zero.
 
     python scripts/bench_quality.py --rows rows.jsonl                 # all groups on the test set
     python scripts/bench_quality.py --groups attention --size 384     # tiling | attention | positions | strength | cache
+    python scripts/bench_quality.py --settings "shift clamp" "overlap 48" --rows rows.jsonl   # chosen rows only
     python scripts/bench_quality.py --from-rows rows.jsonl            # the tables again, no rendering
     python scripts/bench_quality.py --groups --strip assets/toy-4x-strip.png   # the README's picture
+
+With ``--rows``, renders whose row is already in the file are skipped, so an interrupted run resumes
+and several processes (``--settings`` or ``--start``/``--stop``) can share the work.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import cv2
@@ -41,12 +46,13 @@ GROUPS = {
         ("shift wrap", {"tiling": {"boundary": "wrap"}}),
         # 48 px: the most the 128-px tile allows (geometry.overlap_pixels refuses half a tile or more).
         ("overlap 48", {"tiling": {"mode": "overlap", "overlap": 48}}),
-        # Windows fixed for the whole refinement (shift_every past the step count): attention mode before issue #16.
-        ("attention halo 0 fixed", {"tiling": {"mode": "attention", "halo": 0, "shift_every": 100}}),
-        ("attention halo 32 fixed", {"tiling": {"mode": "attention", "halo": 32, "shift_every": 100}}),
+        # The mode's defaults (halo 64 px, windows moving every step on shift mode's schedule).
+        ("attention halo 64", {"tiling": {"mode": "attention"}}),
     ],
-    # Attention windows that move every step on shift mode's schedule (the default).
-    "attention": [(f"attention halo {h}", {"tiling": {"mode": "attention", "halo": h}}) for h in (0, 16, 32)],
+    # Other halos, moving windows; and the default halo with windows fixed for the whole refinement
+    # (shift_every past the step count: attention mode before issue #16).
+    "attention": [(f"attention halo {h}", {"tiling": {"mode": "attention", "halo": h}}) for h in (0, 16, 32)]
+    + [("attention halo 64 fixed", {"tiling": {"mode": "attention", "shift_every": 100}})],
     # local and global positions give the same video with clamp (Wan's RoPE is relative, clamped tiles never
     # wrap), and global with wrap is "shift wrap": the rows that differ from others.
     "positions": [("positions ntk, clamp", {"tiling": {"positions": "ntk"}})]
@@ -135,6 +141,8 @@ def report(rows: list[dict], title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", nargs="*", default=list(GROUPS), choices=list(GROUPS))
+    parser.add_argument("--settings", nargs="+", choices=[BASELINE] + [n for g in GROUPS.values() for n, _ in g], metavar="NAME",
+                        help="render only these settings, in this order (default: the baseline, then every setting of --groups)")
     parser.add_argument("--set", default="test", choices=list(SETS), help="renders (prompt, seed) of supergen.eval.sets")
     parser.add_argument("--start", type=int, default=0, help="first render of the set to run, prompt-major then seed, from 0")
     parser.add_argument("--stop", type=int, help="render number to stop before (default: all)")
@@ -151,21 +159,32 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = load_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
-    settings = [(BASELINE, {})] + [s for g in args.groups for s in GROUPS[g]]
+    every = dict([(BASELINE, {})] + [s for g in GROUPS.values() for s in g])
+    names = args.settings or [BASELINE] + [name for g in args.groups for name, _ in GROUPS[g]]
+    settings = [(name, every[name]) for name in names]
     renders = eval_set(args.set).renders()
+    done = set()  # (prompt, seed, setting) already in the --rows file: resume instead of measuring twice
+    if args.rows and os.path.exists(args.rows):
+        done = {(r["prompt"], r["seed"], r["setting"]) for line in open(args.rows) if line.strip()
+                for r in [json.loads(line)] if (r["set"], r["size"]) == (args.set, args.size)}
     rows: list[dict] = []
     for number, (prompt, seed) in enumerate(renders):
-        if number < args.start or (args.stop is not None and number >= args.stop) or not args.groups:
+        todo = [(name, extra) for name, extra in settings if (prompt, seed, name) not in done]
+        if number < args.start or (args.stop is not None and number >= args.stop) or not todo or not args.groups:
             continue
+        if any("cache" in extra for _, extra in todo):  # their PSNR reference first (rendered again if its row is written)
+            todo = [(BASELINE, {})] + [(name, extra) for name, extra in todo if name != BASELINE]
         native = SuperGenPipeline.from_pipe(pipe, "toy", **BASE)
         sketch = native(prompt=prompt, height=128, width=128, num_frames=9, generator=torch.Generator().manual_seed(seed),
                         output_type="np").frames[0]
         reference = None
-        for name, extra in settings:
+        for name, extra in todo:
             sg = SuperGenPipeline.from_pipe(pipe, "toy", **merge(BASE, extra))
             row, video = measure(sg, args, prompt, seed, sketch, reference if "cache" in extra else None)
             reference = video if name == BASELINE else reference  # the uncached render the cache rows compare with
             row = {"set": args.set, "size": args.size, "prompt": prompt, "seed": seed, "setting": name, **row}
+            if (prompt, seed, name) in done:
+                continue
             rows.append(row)
             if args.rows:
                 with open(args.rows, "a") as f:
