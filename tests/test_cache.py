@@ -39,9 +39,9 @@ def decisions(out):
 def test_threshold_zero_and_policy_none_equal_uncached(wan_t2v):
     reference = render(wan_t2v, enabled=False).frames
     for cache in (
-        {"threshold": 0.0},
-        {"threshold": 0.0, "block": {"enabled": True, "threshold": 0.0}},
-        {"policy": "none", "threshold": 10.0},
+        {"region": {"change_threshold": 0.0}},
+        {"region": {"change_threshold": 0.0}, "block": {"enabled": True, "input_threshold": 0.0}},
+        {"policy": "none", "region": {"change_threshold": 10.0}},
     ):
         out = render(wan_t2v, enabled=True, **cache)
         assert torch.equal(out.frames, reference), cache
@@ -50,13 +50,14 @@ def test_threshold_zero_and_policy_none_equal_uncached(wan_t2v):
 
 def test_reuse_grows_with_threshold(wan_t2v):
     # Path-dependent in general (a different reuse early changes later inputs); holds on this seed.
-    skipped = [render(wan_t2v, enabled=True, threshold=t, max_consecutive=8).cache_report.tiles_skipped for t in (0.0, 0.1, 0.2, 0.3, 0.4)]
+    skipped = [render(wan_t2v, enabled=True, region={"change_threshold": t}, max_consecutive=8).cache_report.tiles_skipped
+               for t in (0.0, 0.1, 0.2, 0.3, 0.4)]
     assert skipped == sorted(skipped), skipped
     assert skipped[0] == 0 and skipped[-1] > skipped[2] > 0, skipped
 
 
 def test_same_seed_same_decisions_and_video(wan_t2v):
-    cache = {"enabled": True, "threshold": 0.25, "block": {"enabled": True, "threshold": 0.2}}
+    cache = {"enabled": True, "region": {"change_threshold": 0.25}, "block": {"enabled": True, "input_threshold": 0.2}}
     a, b = render(wan_t2v, **cache), render(wan_t2v, **cache)
     assert decisions(a) == decisions(b)
     assert [[t.blocks for t in s.tiles] for s in a.cache_report.steps] == [[t.blocks for t in s.tiles] for s in b.cache_report.steps]
@@ -66,7 +67,7 @@ def test_same_seed_same_decisions_and_video(wan_t2v):
 
 def test_warmup_last_step_and_max_consecutive(wan_t2v):
     # A threshold nothing exceeds: only the rules decide.
-    out = render(wan_t2v, enabled=True, threshold=1e9, warmup_steps=2, max_consecutive=2)
+    out = render(wan_t2v, enabled=True, region={"change_threshold": 1e9}, warmup_steps=2, max_consecutive=2)
     pattern = [all(step) if all(step) or not any(step) else None for step in decisions(out)]
     # warmup 0, 1; reuse 2, 3; the cap forces 4; reuse 5, 6; the last step 7 is always computed.
     assert pattern == [True, True, False, False, True, False, False, True]
@@ -188,9 +189,9 @@ def test_baselines_and_block_cache_run_per_tile_and_report_blocks(wan_t2v):
     blocks_per_tile = uncached.cache_report.steps[0].blocks_per_tile
     assert blocks_per_tile == 2 * 2  # two blocks, conditional and unconditional forwards
     for cache in (
-        {"policy": "fbc", "threshold": 0.5},
-        {"policy": "magcache", "threshold": 0.5, "mag_ratios": [1.0] + [0.99] * (STEPS - 1)},
-        {"policy": "region", "threshold": 0.0, "block": {"enabled": True, "threshold": 0.5}},
+        {"policy": "fbc", "fbc": {"threshold": 0.5}},
+        {"policy": "magcache", "magcache": {"threshold": 0.5, "mag_ratios": [1.0] + [0.99] * (STEPS - 1)}},
+        {"policy": "region", "region": {"change_threshold": 0.0}, "block": {"enabled": True, "input_threshold": 0.5}},
     ):
         out = render(wan_t2v, enabled=True, **cache)
         report = out.cache_report
@@ -202,7 +203,7 @@ def test_baselines_and_block_cache_run_per_tile_and_report_blocks(wan_t2v):
 
 
 def test_cache_map_picture(wan_t2v):
-    out = render(wan_t2v, enabled=True, threshold=1e9, max_consecutive=2)
+    out = render(wan_t2v, enabled=True, region={"change_threshold": 1e9}, max_consecutive=2)
     picture = cache_map(out.cache_report, panel_width=64)
     assert picture.shape == (18 + 32, STEPS * 68, 3) and picture.dtype == np.uint8
     panel = lambda step: picture[18 + 8 : 18 + 24, step * 68 + 10 : step * 68 + 58].reshape(-1, 3).astype(int)  # noqa: E731
@@ -215,8 +216,8 @@ def test_config_section():
     assert cfg.cache.enabled and cfg.cache.policy == "fbc" and not cfg.cache.block.enabled
     with pytest.raises(ConfigError, match="cache.policy"):
         load_config("tiny", ["cache.policy=pab"])
-    with pytest.raises(ConfigError, match="cache.threshold"):
-        load_config("tiny", ["cache.threshold=-1"])
+    with pytest.raises(ConfigError, match=r"'cache.region.change_threshold' is -1.0; it must lie in \[0.0, inf\)"):
+        load_config("tiny", ["cache.region.change_threshold=-1"])
 
 
 def test_cli_summary_and_cache_map(tmp_path, capsys):
@@ -226,7 +227,7 @@ def test_cli_summary_and_cache_map(tmp_path, capsys):
 
     args = ["render", "-q", "--height", "64", "--width", "128", "--num-frames", "9", "--steps", str(STEPS), "--strength", "1.0",
             "-o", str(tmp_path / "out.mp4"), "--cache-map", str(tmp_path / "map.png"),
-            "cache.enabled=true", "cache.threshold=1e9", "cache.max_consecutive=2"]
+            "cache.enabled=true", "cache.region.change_threshold=1e9", "cache.max_consecutive=2"]
     args += [f"tiling.{key}={value}" for key, value in TILING.items()]
     assert main(args) == 0
     # 8 steps x 4 tiles; the rules leave steps 2, 3, 5, 6 reused (see test_warmup_last_step_and_max_consecutive).
@@ -251,7 +252,7 @@ def test_block_cache_state_is_kept_in_the_model_dtype():
         return {}
 
     sg = SuperGenPipeline.from_pipe(pipe, "tiny", refine={"num_inference_steps": 4, "strength": 1.0}, tiling=TILING,
-                                    cache={"enabled": True, "threshold": 0.0, "block": {"enabled": True, "threshold": 0.5}})
+                                    cache={"enabled": True, "region": {"change_threshold": 0.0}, "block": {"enabled": True, "input_threshold": 0.5}})
     out = sg(**SIZE, generator=torch.Generator().manual_seed(0), output_type="latent", callback_on_step_end=inspect)
     assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}
     assert 0.0 < out.cache_report.block_share_skipped < 1.0

@@ -1,6 +1,7 @@
 """The cache package (issue 16): region keys, diffusers hooks per region, the block counter beside user
 hooks, the steps and TeaCache policies. Tiny random Wan, the refinement loop driven directly."""
 
+import operator
 from unittest import mock
 
 import pytest
@@ -76,7 +77,7 @@ def test_diffusers_hooks_keep_one_state_per_branch_and_region(wan_t2v):
         return original(self)
 
     with mock.patch.object(KeyedStates, "get_state", spy):
-        _, policy = refine(wan_t2v, ["cache.enabled=true", "cache.policy=fbc", "cache.threshold=0.5"])
+        _, policy = refine(wan_t2v, ["cache.enabled=true", "cache.policy=fbc", "cache.fbc.threshold=0.5"])
     regions = set(policy.windows.regions)
     assert {name.split("/")[1] for name in states} == regions
     assert {name.split("/")[0] for name in states} == {"cond", "uncond"}
@@ -156,23 +157,23 @@ def test_step_schedule():
 
 
 def test_steps_policy_reuses_every_tile_on_the_scheduled_steps(wan_t2v):
-    _, policy = refine(wan_t2v, ["cache.enabled=true", "cache.policy=steps", "cache.fraction=0.5"])
+    _, policy = refine(wan_t2v, ["cache.enabled=true", "cache.policy=steps", "cache.steps.fraction=0.5"])
     pattern = [[t.computed for t in s.tiles] for s in policy.report.steps]
     assert [all(p) for p in pattern] == step_schedule(STEPS, 0.5, 2)
     assert all(all(p) or not any(p) for p in pattern)
     reference, _ = refine(wan_t2v)
-    assert torch.equal(refine(wan_t2v, ["cache.enabled=true", "cache.policy=steps", "cache.fraction=1.0"])[0], reference)
+    assert torch.equal(refine(wan_t2v, ["cache.enabled=true", "cache.policy=steps", "cache.steps.fraction=1.0"])[0], reference)
 
 
 def test_teacache_policy(wan_t2v):
     reference, _ = refine(wan_t2v)
-    out, policy = refine(wan_t2v, ["cache.enabled=true", "cache.policy=teacache", "cache.threshold=0"])
+    out, policy = refine(wan_t2v, ["cache.enabled=true", "cache.policy=teacache", "cache.teacache.rel_l1_threshold=0"])
     assert torch.equal(out, reference) and policy.report.tiles_skipped == 0
     # Only the embedding's change decides: a larger threshold reuses more, and the rules still hold.
-    skipped = [refine(wan_t2v, ["cache.enabled=true", "cache.policy=teacache", f"cache.threshold={t}", "cache.max_consecutive=8"])[1].report.tiles_skipped
+    skipped = [refine(wan_t2v, ["cache.enabled=true", "cache.policy=teacache", f"cache.teacache.rel_l1_threshold={t}", "cache.max_consecutive=8"])[1].report.tiles_skipped
                for t in (0.05, 0.2, 1e9)]
     assert skipped == sorted(skipped) and skipped[-1] > 0
-    huge = refine(wan_t2v, ["cache.enabled=true", "cache.policy=teacache", "cache.threshold=1e9", "cache.max_consecutive=2"])[1]
+    huge = refine(wan_t2v, ["cache.enabled=true", "cache.policy=teacache", "cache.teacache.rel_l1_threshold=1e9", "cache.max_consecutive=2"])[1]
     pattern = [[t.computed for t in s.tiles] for s in huge.report.steps]
     assert all(pattern[0]) and all(pattern[1]) and all(pattern[-1]) and not any(pattern[2])
 
@@ -188,6 +189,39 @@ def test_block_cache_state_is_kept_per_branch_by_a_state_manager(wan_t2v):
         return original(self, module, *args, **kwargs)
 
     with mock.patch.object(BlockCacheHook, "new_forward", spy):
-        _, policy = refine(wan_t2v, ["cache.enabled=true", "cache.threshold=0", "cache.block.enabled=true", "cache.block.threshold=0.5"])
+        _, policy = refine(wan_t2v, ["cache.enabled=true", "cache.region.change_threshold=0", "cache.block.enabled=true", "cache.block.input_threshold=0.5"])
     assert {tuple(sorted(h.state_manager._state_cache)) for h in hooks} == {("cond", "uncond")}
     assert 0.0 < policy.report.block_share_skipped < 1.0
+
+
+RATIOS = "[" + ",".join(["1.0"] + ["0.99"] * (STEPS - 1)) + "]"
+
+
+@pytest.mark.parametrize("policy,old,new", [
+    ("region", ["cache.threshold=0.5"], ["cache.region.change_threshold=0.5"]),
+    ("region", ["cache.threshold=0", "cache.block.enabled=true", "cache.block.threshold=0.5"],
+     ["cache.region.change_threshold=0", "cache.block.enabled=true", "cache.block.input_threshold=0.5"]),
+    ("steps", ["cache.fraction=0.5"], ["cache.steps.fraction=0.5"]),
+    ("teacache", ["cache.threshold=1e9"], ["cache.teacache.rel_l1_threshold=1e9"]),
+    ("fbc", ["cache.threshold=0.5"], ["cache.fbc.threshold=0.5"]),
+    ("magcache", ["cache.threshold=0.5", f"cache.mag_ratios={RATIOS}"], ["cache.magcache.threshold=0.5", f"cache.magcache.mag_ratios={RATIOS}"]),
+], ids=["region", "block", "steps", "teacache", "fbc", "magcache"])
+def test_old_keys_warn_once_and_give_the_identical_render(wan_t2v, caplog, policy, old, new):
+    """Before the cache's sections, ``cache.threshold`` meant each policy's own quantity (and
+    ``cache.fraction``, ``cache.mag_ratios``, ``cache.block.threshold`` theirs): a preset or command
+    that still says so renders what the new key renders, after one line per old key naming it."""
+    base = ["cache.enabled=true", f"cache.policy={policy}"]
+    with caplog.at_level("WARNING", logger="supergen"):
+        out, reported = refine(wan_t2v, base + old)
+    lines = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    pairs = [(o.partition("=")[0], n.partition("=")[0]) for o, n in zip(old, new) if o != n]
+    assert len(lines) == len(pairs), lines
+    for line, (key, target) in zip(lines, pairs):
+        assert f"'{key}' is deprecated" in line and f"'{target}'" in line and "\n" not in line
+        value = operator.attrgetter(target)
+        assert value(load_config("tiny", base + old)) == value(load_config("tiny", base + new)) != value(load_config("tiny", base))
+    expected, reported_new = refine(wan_t2v, base + new)
+    assert torch.equal(out, expected)
+    assert [[(t.computed, t.blocks) for t in s.tiles] for s in reported.report.steps] == \
+        [[(t.computed, t.blocks) for t in s.tiles] for s in reported_new.report.steps]
+    assert reported.report.tiles_skipped + reported.report.block_share_skipped > 0
