@@ -10,7 +10,7 @@ import torch
 
 from supergen.adapters import Conditioning, Request, adapter_for
 from supergen.cache import RegionCache, RegionCacheConfig, cache_map
-from supergen.cache.reuse import owned_span
+from supergen.cache.reuse import owned_share
 from supergen.config import load_config
 from supergen.errors import ConfigError
 from supergen.pipeline import SuperGenPipeline
@@ -162,7 +162,7 @@ def test_cost_weighting_reuses_tiles_that_write_little_of_their_window():
     # No model; clamp boundary, so at a shifted step the edge tiles write only a strip of their window.
     # Every element's predicted change is the same (gain 1, drift 0.01, |output| 1.01): 0.0099.
     plan = TilePlan((8, 16), (4, 8), patch=(1, 1), boundary="clamp", shift_divisor=4)
-    shares = [(r1 - r0) * (c1 - c0) / 32 for (r0, r1), (c0, c1) in map(owned_span, plan.tiles(2))]
+    shares = [owned_share(tile) for tile in plan.tiles(2)]
     assert min(shares) <= 0.5 and max(shares) == 1.0  # strips and whole windows at the step decided
     chosen = {}
     for cost in (0.0, 1.0):

@@ -76,9 +76,7 @@ class StepSkip(TileReuse):
         self.schedule = step_schedule(num_steps, self.fraction, self.warmup_steps)
 
     def decide(self, step, timestep, latents, tiles):
-        x = latents.float()
-        if not self._state:
-            self._init_state(x)
+        x = self._prepare(latents, tiles)
         decisions = [self.schedule[step] or not self.may_reuse(step, tile) for tile in tiles]
         self._remember(x, tiles, decisions)
         return decisions
@@ -136,12 +134,10 @@ class TeaCache(TileReuse):
 
     def _init_state(self, x):
         super()._init_state(x)
-        self._state["accumulated"] = torch.zeros(x.shape[-2:], device=x.device)
+        self._state["accumulated"] = self._zeros(x)
 
     def decide(self, step, timestep, latents, tiles):
-        x = latents.float()
-        if not self._state:
-            self._init_state(x)
+        x = self._prepare(latents, tiles)
         embedding = timestep_embedding(self.model, timestep)
         if self._previous is not None:
             change = float((embedding - self._previous).abs().mean() / self._previous.abs().mean().clamp_min(_EPS))

@@ -7,11 +7,12 @@ active cache context) → :class:`BlockCacheHook` → :func:`apply_block_cache`.
 A transformer block whose input changed by less than ``cache.block.input_threshold`` (relative L1) since it last ran
 under the tiles in progress returns its input plus its last residual. The state is a canvas of
 tokens ``(F', H', W', D)`` rather than a tile's tokens, for the same reason as the tile cache: a
-shifted tile reads what was last computed under its current window. The tiles in progress come from
-:func:`~supergen.cache.windows.current_batch`.
+shifted tile reads what was last computed under its current window, in frames too when the clip is
+refined in time windows (a tile's tokens are those of its time window's frames, all frames without).
+The tiles in progress come from :func:`~supergen.cache.windows.current_batch`.
 
 Memory: two token canvases per block and branch, in the model's dtype (the block's own input and
-output dtype; the change is measured in float32), plus two ``(H', W')`` maps:
+output dtype; the change is measured in float32), plus two ``(F', H', W')`` maps:
 :func:`block_cache_bytes`, which the planner adds to the refinement stage, so a render whose state
 cannot fit is refused before it starts. That is why it is off by default. Its state is filled by the
 tiles a rank computes, so under tile parallelism decisions would differ between ranks: the pipeline
@@ -70,7 +71,7 @@ class BlockState(BaseState):
         #: ``(F', H', W', D)`` in the block's dtype, allocated at the first forward (D is the block's width).
         self.inputs: torch.Tensor | None = None
         self.residual: torch.Tensor | None = None
-        #: ``(H', W')`` bool: tokens computed at least once; int: consecutive reuses since.
+        #: ``(F', H', W')`` bool: tokens computed at least once; int: consecutive reuses since.
         self.filled: torch.Tensor | None = None
         self.streak: torch.Tensor | None = None
 
@@ -78,8 +79,8 @@ class BlockState(BaseState):
         f, h, w = self.grid
         self.inputs = torch.zeros(f, h, w, dim, device=device, dtype=dtype)
         self.residual = torch.zeros(f, h, w, dim, device=device, dtype=dtype)
-        self.filled = torch.zeros(h, w, dtype=torch.bool, device=device)
-        self.streak = torch.zeros(h, w, dtype=torch.int64, device=device)
+        self.filled = torch.zeros(f, h, w, dtype=torch.bool, device=device)
+        self.streak = torch.zeros(f, h, w, dtype=torch.int64, device=device)
 
 
 class BlockCacheHook(ModelHook):
@@ -90,9 +91,9 @@ class BlockCacheHook(ModelHook):
     def __init__(self, config: BlockCacheConfig):
         super().__init__()
         self.config = config
-        grid = tuple(c // p for c, p in zip(config.canvas, config.patch))
+        self.grid = tuple(c // p for c, p in zip(config.canvas, config.patch))
         # Keyed on the guidance branch only: the state is already a map over the whole canvas.
-        self.state_manager = KeyedStates(BlockState, branch_of, (grid,))
+        self.state_manager = KeyedStates(BlockState, branch_of, (self.grid,))
         self._metadata = None
 
     def initialize_hook(self, module):
@@ -103,20 +104,24 @@ class BlockCacheHook(ModelHook):
         self.state_manager.reset()
         return module
 
-    def _tokens(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per tile in progress: the canvas token rows ``(h',)`` and columns ``(w',)`` its tokens sit at."""
-        _, ph, pw = self.config.patch
-        return [(t.rows.positions()[::ph] // ph, t.cols.positions()[::pw] // pw) for t in current_batch().tiles]
+    def _tokens(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per tile in progress, the index of its tokens in a ``(F', H', W', ...)`` canvas: its frames
+        ``(f', 1, 1)`` (its time window's, else all), rows ``(1, h', 1)`` and columns ``(1, 1, w')``."""
+        pt, ph, pw = self.config.patch
+        index = []
+        for t in current_batch().tiles:
+            frames = torch.arange(self.grid[0]) if t.frames is None else t.frames.positions()[::pt] // pt
+            rows, cols = t.rows.positions()[::ph] // ph, t.cols.positions()[::pw] // pw
+            index.append((frames.to(device)[:, None, None], rows.to(device)[None, :, None], cols.to(device)[None, None, :]))
+        return index
 
     @staticmethod
     def _gather(canvas_tokens: torch.Tensor, tokens, shape) -> torch.Tensor:
-        """``(F', H', W', D)`` at the tiles' tokens → ``shape`` = ``(B, F'·h'·w', D)`` in Wan's token order."""
-        device = canvas_tokens.device
-        return torch.stack([canvas_tokens[:, r.to(device)][:, :, c.to(device)].reshape(-1, shape[-1]) for r, c in tokens])
+        """``(F', H', W', D)`` at the tiles' tokens → ``shape`` = ``(B, f'·h'·w', D)`` in Wan's token order."""
+        return torch.stack([canvas_tokens[index].reshape(-1, shape[-1]) for index in tokens])
 
     def _may_reuse(self, state: BlockState, tokens, x: torch.Tensor) -> bool:
-        for r, c in tokens:
-            index = (r[:, None].to(x.device), c[None, :].to(x.device))
+        for index in tokens:
             if not bool(state.filled[index].all()) or int(state.streak[index].max()) >= self.config.max_consecutive:
                 return False
         previous = self._gather(state.inputs, tokens, x.shape).float()
@@ -126,11 +131,10 @@ class BlockCacheHook(ModelHook):
     def new_forward(self, module, *args, **kwargs):
         hidden = compat.block_argument(self._metadata, "hidden_states", args, kwargs)
         state: BlockState = self.state_manager.get_state()
-        tokens = self._tokens()
+        tokens = self._tokens(hidden.device)
         x = hidden.float()
         if state.inputs is not None and self._may_reuse(state, tokens, x):
-            for r, c in tokens:
-                index = (r[:, None].to(x.device), c[None, :].to(x.device))
+            for index in tokens:
                 state.streak[index] += 1
             return (x + self._gather(state.residual, tokens, hidden.shape).float()).to(hidden.dtype)
         output = self.fn_ref.original_forward(*args, **kwargs)
@@ -144,22 +148,21 @@ class BlockCacheHook(ModelHook):
         if state.inputs is None:
             state.allocate(x.shape[-1], x.device, hidden.dtype)
         residual = (output.float() - x).to(hidden.dtype)
-        for b, (r, c) in enumerate(tokens):
-            r, c = r.to(x.device), c.to(x.device)
-            shape = (state.grid[0], len(r), len(c), x.shape[-1])
-            state.inputs[:, r[:, None], c[None, :]] = hidden[b].reshape(shape)
-            state.residual[:, r[:, None], c[None, :]] = residual[b].reshape(shape)
-            state.filled[r[:, None], c[None, :]] = True
-            state.streak[r[:, None], c[None, :]] = 0
+        for b, index in enumerate(tokens):
+            shape = (*(len(i.flatten()) for i in index), x.shape[-1])
+            state.inputs[index] = hidden[b].reshape(shape)
+            state.residual[index] = residual[b].reshape(shape)
+            state.filled[index] = True
+            state.streak[index] = 0
         return output
 
 
 def block_cache_bytes(grid: tuple[int, int, int], dim: int, blocks: int, branches: int, itemsize: int) -> int:
     """Bytes of the block cache's state: per block and guidance branch, inputs and residuals of
-    every canvas token ``(F', H', W', dim)`` in the model dtype (``itemsize``), and the ``(H', W')``
-    filled (bool) and streak (int64) maps."""
+    every canvas token ``(F', H', W', dim)`` in the model dtype (``itemsize``), and the ``(F', H', W')``
+    filled (bool) and streak (int64) maps (per frame: time windows reach some frames and not others)."""
     f, h, w = grid
-    return blocks * branches * (2 * f * h * w * dim * itemsize + h * w * (1 + 8))
+    return blocks * branches * f * h * w * (2 * dim * itemsize + 1 + 8)
 
 
 def apply_block_cache(models: list[torch.nn.Module], config: BlockCacheConfig) -> list[tuple[HookRegistry, str]]:

@@ -15,14 +15,17 @@ _REUSED = np.array([220, 60, 60], dtype=np.float32)  # red
 COLOURS = {"computed": _COMPUTED, "reused": _REUSED}
 
 
-def cache_map(report: CacheReport, thumbnail: np.ndarray | None = None, panel_width: int = 160) -> np.ndarray:
+def cache_map(report: CacheReport, thumbnail: np.ndarray | None = None, panel_width: int = 160, frame: int = 0) -> np.ndarray:
     """A picture of the report: one panel per step (left to right), each the canvas with its tiles.
 
     A computed tile is tinted green, a reused one red; with block-level caching the green fades toward
-    red in proportion to the blocks skipped inside the tile. Tile borders are drawn in white.
+    red in proportion to the blocks skipped inside the tile. Tile borders are drawn in white. The
+    panel's count is of all the step's tiles.
 
     Args:
         thumbnail: an RGB ``(h, w, 3)`` uint8 frame of the video to draw under the tiles (grey if None).
+        frame: with time windows, the latent frame whose tiles are drawn (a canvas element of each
+            frame is written by one time window's tiles, which shift along time from step to step).
 
     Returns:
         ``(panel_h + 18, steps × (panel_width + 4), 3)`` uint8 RGB.
@@ -42,6 +45,8 @@ def cache_map(report: CacheReport, thumbnail: np.ndarray | None = None, panel_wi
         tint = np.zeros((height, width, 3), np.float32)
         owner = np.zeros((height, width), np.int32)
         for index, tile in enumerate(step.tiles):
+            if tile.frames is not None and frame not in tile.frames.positions().tolist():
+                continue
             share = 1.0
             if tile.computed and step.blocks_per_tile:
                 share = tile.blocks / step.blocks_per_tile

@@ -1,7 +1,8 @@
 """The region-aware tile cache: reuse a tile's residual while its output is predicted to barely change.
 
-The estimator (per tile window ``W``, statistics float32, averaged over channels and frames, stored
-per element of the canvas so they survive grid shifts):
+The estimator (per tile window ``W``, statistics float32, averaged over channels, and over frames
+unless the clip is refined in time windows, stored per element of the canvas, per frame too with
+time windows, so they survive grid shifts in space and time):
 
 * input drift: ``D = Σ_W Σ_steps |x_s − x_{s−1}|`` accumulated since each element was last computed;
 * gain: ``k = Σ_W |Δoutput| / Σ_W |Δinput|`` between the element's last two *computed* steps only.
@@ -15,7 +16,8 @@ where ``v`` is the tile's volatility, the relative change of its model output be
 computations, and ``v_median`` the median over this step's tiles. Quiet regions (sky, walls) so reuse
 for longer and busy regions are recomputed sooner, at the same base threshold.
 
-Cost weighting (per tile): the threshold is also multiplied by ``(window area / owned area) ** cost``.
+Cost weighting (per tile): the threshold is also multiplied by ``(window area / owned area) ** cost``
+(with time windows, volumes: frames × rows × columns).
 Every forward costs a whole window, but a reused tile's error lands only on the part it writes; with
 the clamp boundary a shifted grid has edge tiles that write a strip of a few rows (at 4× a shifted
 step runs 9 forwards for the canvas an unshifted step covers with 4). Without the weighting the rule
@@ -45,7 +47,7 @@ import torch
 
 from ..config import CacheConfig
 from ..tiling import Tile
-from .reuse import _EPS, TileReuse, owned_span
+from .reuse import _EPS, TileReuse, owned_share
 
 
 _DEFAULT = CacheConfig()
@@ -88,9 +90,10 @@ class TileEstimate:
 class RegionCache(TileReuse):
     """Tile-level region-aware cache (see the module docstring for the rule).
 
-    State (float32 ``(H, W)`` maps over the canvas latent, besides :class:`TileReuse`'s): ``inputs``
-    (``(1, C, F, H, W)``, the input at the last computation), ``previous`` (last step's latent), and
-    the means over C and F ``drift``, ``out_mag``, ``d_out``, ``d_in``.
+    State (float32 per-element maps over the canvas latent, ``(H, W)`` or with time windows
+    ``(F, H, W)``, besides :class:`TileReuse`'s): ``inputs`` (``(1, C, F, H, W)``, the input at the
+    last computation), ``previous`` (last step's latent), and the means over C (and F without time
+    windows) ``drift``, ``out_mag``, ``d_out``, ``d_in``.
     """
 
     def __init__(self, config: RegionCacheConfig):
@@ -104,15 +107,13 @@ class RegionCache(TileReuse):
 
     def _init_state(self, x: torch.Tensor) -> None:
         super()._init_state(x)
-        zeros = lambda: torch.zeros(x.shape[-2:], device=x.device)  # noqa: E731
-        self._state.update(inputs=torch.zeros_like(x), previous=x.clone(), drift=zeros(), out_mag=zeros(), d_out=zeros(), d_in=zeros())
+        maps = {name: self._zeros(x) for name in ("drift", "out_mag", "d_out", "d_in")}
+        self._state.update(inputs=torch.zeros_like(x), previous=x.clone(), **maps)
 
     def decide(self, step, timestep, latents, tiles):
-        x = latents.float()
-        if not self._state:
-            self._init_state(x)
+        x = self._prepare(latents, tiles)
         state = self._state
-        state["drift"] += (x - state["previous"]).abs().mean(dim=(0, 1, 2))
+        state["drift"] += self._per_element((x - state["previous"]).abs())
         state["previous"] = x.clone()
 
         # Every tile's statistics are reduced on the device and read in one transfer per step.
@@ -150,20 +151,18 @@ class RegionCache(TileReuse):
         # A forward costs the same whatever share of its window the tile writes, while the error of
         # reusing it spreads only over what it writes: reuse is worth it while
         # change × owned area < λ × (one forward), i.e. change < threshold × window / owned area.
-        (r0, r1), (c0, c1) = owned_span(tile)
-        owned_share = (r1 - r0) * (c1 - c0) / (tile.shape[0] * tile.shape[1])
-        return owned_share ** -self.config.cost
+        return owned_share(tile) ** -self.config.cost
 
     def _observe_fresh(self, x, output, fresh):
         state = self._state
         # Gain history from computed steps only: |Δoutput| and |Δinput| against the last computation.
         had_one = fresh & (state["count"] >= 1)
-        d_out = (output - (state["inputs"] + state["residual"])).abs().mean(dim=(0, 1, 2))
-        d_in = (x - state["inputs"]).abs().mean(dim=(0, 1, 2))
+        d_out = self._per_element((output - (state["inputs"] + state["residual"])).abs())
+        d_in = self._per_element((x - state["inputs"]).abs())
         state["d_out"] = torch.where(had_one, d_out, state["d_out"])
         state["d_in"] = torch.where(had_one, d_in, state["d_in"])
         state["inputs"] = torch.where(fresh, x, state["inputs"])
-        state["out_mag"] = torch.where(fresh, output.abs().mean(dim=(0, 1, 2)), state["out_mag"])
+        state["out_mag"] = torch.where(fresh, self._per_element(output.abs()), state["out_mag"])
         state["drift"] = torch.where(fresh, torch.zeros_like(state["drift"]), state["drift"])
 
 

@@ -30,6 +30,8 @@ class TileRecord:
     computed: bool
     #: Transformer block forwards actually run for this tile (all guidance branches); 0 when not counted.
     blocks: int = 0
+    #: The latent frames the tile writes when the plan has time windows; None: all frames.
+    frames: Window | None = None
 
 
 @dataclass
@@ -77,7 +79,8 @@ def _owned(window: Window, owned: slice) -> Window:
 
 
 def _record(tile: Tile, computed: bool) -> TileRecord:
-    return TileRecord(_owned(tile.rows, tile.owned[0]), _owned(tile.cols, tile.owned[1]), computed)
+    frames = None if tile.frames is None else _owned(tile.frames, tile.owned_frames)
+    return TileRecord(_owned(tile.rows, tile.owned[0]), _owned(tile.cols, tile.owned[1]), computed, frames=frames)
 
 
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

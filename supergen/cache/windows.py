@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from contextvars import ContextVar
 from typing import Callable, Iterator
 
@@ -92,8 +93,10 @@ def _overlap(a: Window, b: Window) -> int:
 class WindowKeys:
     """Assigns every tile of a step the key of the canvas region it covers.
 
-    A region is remembered by the last window that used its key. Each step, tiles and known regions
-    are matched greedily by shared area (largest first, ties by tile and key order, so every rank
+    A region is remembered by the last window that used its key: rows and columns, and frames first
+    when the plan has time windows (so two tiles of one step at the same place in different time
+    windows are different regions). Each step, tiles and known regions are matched greedily by shared
+    area, a volume with time windows (largest first, ties by tile and key order, so every rank
     assigns the same keys); a tile gets a region only if they share at least ``min_overlap`` of the
     tile's area and no other tile of the step took it first, otherwise a new key. So with the grid
     moving by ``tile / 16`` per step a tile keeps its region's key, while two tiles of one step never
@@ -105,15 +108,16 @@ class WindowKeys:
 
     def __init__(self, min_overlap: float = 0.5):
         self.min_overlap = min_overlap
-        self.regions: dict[str, tuple[Window, Window]] = {}
+        self.regions: dict[str, tuple[Window, ...]] = {}
 
     def assign(self, tiles: list[Tile]) -> list[str]:
         """Region key of each tile, in order; remembers the tiles' windows under those keys."""
         pairs = []
         for i, tile in enumerate(tiles):
-            area = tile.rows.size * tile.cols.size
-            for key, (rows, cols) in self.regions.items():
-                shared = _overlap(tile.rows, rows) * _overlap(tile.cols, cols)
+            region = tile.region()
+            area = math.prod(window.size for window in region)
+            for key, known in self.regions.items():
+                shared = math.prod(_overlap(a, b) for a, b in zip(region, known))
                 if shared >= self.min_overlap * area:
                     pairs.append((-shared, i, key))
         keys: list[str | None] = [None] * len(tiles)
@@ -125,7 +129,7 @@ class WindowKeys:
         for i, tile in enumerate(tiles):
             if keys[i] is None:
                 keys[i] = f"r{len(self.regions)}"
-            self.regions[keys[i]] = (tile.rows, tile.cols)
+            self.regions[keys[i]] = tile.region()
         return keys  # type: ignore[return-value]
 
 
