@@ -84,12 +84,15 @@ class RenderPlan:
 
     def describe_tiling(self) -> str:
         """The tiling in a phrase (the render summary's): the tile plan's, in latent units, or attention
-        mode's one canvas forward and its tiles, in tokens (its tile plan is one tile: the canvas)."""
+        mode's canvas forward and its tiles, in tokens (its tile plan is one tile per time window: the canvas)."""
         if self.layout is None:
             return self.tiles.describe()
         (rows, cols), (tile_h, tile_w), (_, canvas_h, canvas_w) = self.layout[0].grid, self.layout.tile, self.layout.canvas
-        return (f"attention {rows}x{cols} tiles of {tile_h}x{tile_w} tokens + {self.layout.halo} halo "
-                f"in one forward on {canvas_h}x{canvas_w} tokens")
+        text = f"attention {rows}x{cols} tiles of {tile_h}x{tile_w} tokens + {self.layout.halo} halo "
+        if self.tiles.time is None:
+            return text + f"in one forward on {canvas_h}x{canvas_w} tokens"
+        return (text + f"in one forward per time window on {canvas_h}x{canvas_w} tokens, "
+                f"{self.tiles.windows()} windows of {self.tiles.frames} latent frames on {self.tiles.time.length}")
 
     @property
     def text_guidance_scale(self) -> float:
@@ -130,23 +133,14 @@ def plan_render(
     tile = tile_pixels(config.tiling, rules, native)
     latent_shape = rules.latent_shape(frames, *canvas)
     window = frame_window(config.tiling, rules, frames)
-    if window is not None and config.tiling.mode == "attention":
-        raise SuperGenError(
-            f"tiling.mode=attention runs all {frames} frames in one forward, longer than a time window "
-            f"({window} latent frames); use tiling.mode=shift or overlap, or tiling.frames={frames}"
-        )
-    if window is not None and config.cache.enabled and config.cache.policy != "none":
-        # The caches keep per-element maps of the canvas's height and width; time windows would need them per frame too.
-        raise SuperGenError(
-            f"cache.policy={config.cache.policy} does not take time windows yet ({frames} frames is longer than one "
-            f"window of {window} latent frames); set cache.enabled=false, or tiling.frames={frames} for one window"
-        )
     tiles = tile_plan(config.tiling, rules, latent_shape[-2:], tile, (latent_shape[2], window) if window else None)
     one_tile = rules.latent_shape(frames, min(tile[0], canvas[0]), min(tile[1], canvas[1]))
     # Before any load: the forwards the model numbers with its own position table must fit it.
     check_positions(config.tiling, rules, frames, sketch if from_sketch and sketch_video_size is None else None,
                     (tiles.frames or latent_shape[2], *(min(t, c) for t, c in zip(tiles.tile, latent_shape[-2:]))))
-    layout = attention_layouts(config.tiling, rules, latent_shape[2:], tile) if config.tiling.mode == "attention" else None
+    # Attention mode's forward covers one time window (all frames without time windows): its layout spans the window's frames.
+    layout = (attention_layouts(config.tiling, rules, (tiles.frames or latent_shape[2], *latent_shape[3:]), tile)
+              if config.tiling.mode == "attention" else None)
     refine, sketch_cfg = config.refine, config.sketch
     vae = config.vae.tiling
     return RenderPlan(
@@ -179,8 +173,10 @@ def tile_plan(
     """The tile plan in latent units on a canvas latent ``(H, W)`` for a tile of ``tile`` pixels;
     ``frames``: ``(canvas, window)`` latent frames when the clip is refined in time windows."""
     if cfg.mode == "attention":
-        # One forward over the whole canvas; the tiles live in the attention layout instead.
-        return TilePlan(canvas=canvas, tile=canvas, patch=rules.patch[1:])
+        # One forward over the whole canvas per time window (one window: the whole clip); the spatial
+        # tiles live in the attention layout instead. The time windows shift as shift mode's do.
+        return TilePlan(canvas=canvas, tile=canvas, patch=rules.patch[1:], shift_divisor=cfg.shift_divisor,
+                        shift_every=cfg.shift_every, frames=frames, frame_patch=rules.patch[0])
     scale = rules.vae_scale[1]
     overlap = overlap_pixels(cfg, rules, tile) if cfg.mode == "overlap" else 0
     return TilePlan(

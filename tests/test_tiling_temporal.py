@@ -116,10 +116,10 @@ def test_wan_canvas_positions_number_a_time_window_by_its_canvas_frames():
 
 def test_a_clip_longer_than_a_window_renders_in_shifting_time_windows():
     """tiny, 9 frames (3 latent) in windows of 5 frames (2 latent): every step two or three windows,
-    the render finishes with the clip's shape; the cache refuses time windows in one line."""
+    the render finishes with the clip's shape (caches and attention mode with time windows:
+    tests/test_temporal_cache.py)."""
     from supergen import SuperGenPipeline
     from supergen.builtin import tiny_wan_pipeline
-    from supergen.errors import SuperGenError
 
     pipe = tiny_wan_pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -130,6 +130,3 @@ def test_a_clip_longer_than_a_window_renders_in_shifting_time_windows():
     out = sg(height=32, width=64, num_frames=9, generator=torch.Generator().manual_seed(0), output_type="latent")
     assert out.frames.shape == (1, 16, 3, 4, 8) and torch.isfinite(out.frames).all()
     assert [s.tiles for s in out.stats.steps] == [len(plan.tiles.tiles(i)) for i in range(plan.refine_steps)]
-    cached = SuperGenPipeline.from_pipe(pipe, "tiny", **small, tiling={"frames": 5}, cache={"enabled": True})
-    with pytest.raises(SuperGenError, match="does not take time windows"):
-        cached.plan(32, 64, 9)
