@@ -300,6 +300,11 @@ class ModelConfig:
     #: Refuse, before loading, a render the planner estimates cannot fit in the device's memory
     #: (host memory on CPU); false (``--no-memory-check``) tries anyway.
     memory_check: bool = True
+    #: CPU renders: torch's intra-op thread count. The count enters the numbers (a CPU reduction is
+    #: split by it) and launchers change it (torchrun starts every rank with ``OMP_NUM_THREADS=1``),
+    #: so supergen sets it itself: null takes every core this process may use, whatever the
+    #: launcher set, so a render under torchrun, Ray or no launcher gives the same video.
+    cpu_threads: int | None = bounded(None, 1)
 
 
 @dataclass

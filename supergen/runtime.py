@@ -80,6 +80,28 @@ def place(pipe, offload: str, device: torch.device):
     return pipe
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "process_cpu_count"):  # Python 3.13+
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def fix_cpu_threads(requested: int | None) -> int:
+    """Set torch's intra-op thread count for a render on the CPU and return it.
+
+    ``requested`` (``model.cpu_threads``) or, when None, every usable core. Deliberately not
+    ``OMP_NUM_THREADS``: launchers set it (torchrun to 1 per rank, Ray to a worker's CPUs), and the
+    thread count changes a CPU render's low bits, so the same seed would give a different video
+    under each launcher and rank count (issue #28 saw 2 uint8 levels with the region cache).
+    """
+    threads = requested if requested is not None else usable_cores()
+    torch.set_num_threads(threads)
+    return threads
+
+
 def plan_job(cfg: SuperGenConfig, rules, sketch_video_size: tuple[int, int] | None = None) -> RenderPlan:
     """The render plan of the job ``cfg.job`` with the method ``cfg`` on a model's size rules: what the
     runtime checks against the device and hands to the pipeline."""
@@ -151,6 +173,8 @@ class Runtime:
 
         group = parallel.init(config)
         device = group.device if group is not None else resolve_device(config.model.device)
+        if device.type == "cpu":
+            fix_cpu_threads(config.model.cpu_threads)
         if group is not None and group.global_rank != 0:
             # Logs come from rank 0 only (the other ranks' progress bars are disabled below).
             logging.getLogger("supergen").setLevel(logging.ERROR)
