@@ -16,6 +16,11 @@ interval (``supergen.eval.stats``); the swept policies are also shown on the gri
 
     python scripts/bench_cache.py --sizes 256 --rows rows.jsonl          # the test set, 16 renders
     python scripts/bench_cache.py --from-rows rows.jsonl --plot docs/cache-curves.png
+
+A run into a ``--rows`` file that already holds some rows measures only what is missing (a render
+and setting already there is taken from the file), so runs split by ``--start``/``--stop`` or
+adding settings share one file; with ``--references DIR`` they also share the sketches, the
+uncached videos and MagCache's ratios instead of rendering them again.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ import contextlib
 import io
 import json
 import logging
+import os
 import time
+import zlib
 
 import cv2
 import numpy as np
@@ -79,6 +86,27 @@ def measure(sg: SuperGenPipeline, out, sketch: np.ndarray, reference: np.ndarray
     return row
 
 
+MATCHED = {"psnr": True, "ssim": True, "seam": False, "flicker": False}  # metric: higher is better
+DIGITS = {"psnr": ".2f", "ssim": ".4f", "seam": ".2f", "flicker": ".5f"}
+
+
+def interval(values, digits: str = ".3g") -> str:
+    """Mean [95 % interval] of ``values``; the mean alone for a single value (no interval to give)."""
+    if len(values) < 2:
+        return f"{np.mean(values):{digits}} (n=1)"
+    i = mean_interval(values)
+    return f"{i.mean:{digits}} [{i.low:{digits}}, {i.high:{digits}}]"
+
+
+def paired(candidate: list[float], baseline: list[float], higher_is_better: bool, digits: str) -> str:
+    """``candidate - baseline`` per render as "mean [95 %] k/n verdict" (k: renders the candidate is no worse on)."""
+    if len(candidate) < 2:
+        return f"{candidate[0] - baseline[0]:+{digits}} (n=1)"
+    p = paired_difference(candidate, baseline, higher_is_better)
+    d = p.difference
+    return f"{d.mean:+{digits}} [{d.low:+{digits}}, {d.high:+{digits}}] {p.no_worse}/{d.n} {p.verdict}"
+
+
 DEFAULT_SETTINGS = ["region:1.0", "region:0.1", "steps:0.5", "steps:0.7", "region:0.03", "teacache:0.1", "fbc:0.3",
                     "magcache:0.1", "steps:0.8", "teacache:0.2"]
 
@@ -89,13 +117,13 @@ def settings(args, ratios: list[float] | None) -> list[tuple[str, dict]]:
     out = []
     for item in args.settings:
         name, _, value = item.partition(":")
-        cache = {"policy": "region" if name == "region-flat" else name, "max_consecutive": args.max_consecutive}
-        cache |= {"fraction": float(value)} if name == "steps" else {"threshold": float(value)}
+        policy = "region" if name == "region-flat" else name
+        section = {"region": {"change_threshold": float(value)}, "steps": {"fraction": float(value)},
+                   "teacache": {"rel_l1_threshold": float(value)}, "fbc": {"threshold": float(value)},
+                   "magcache": {"threshold": float(value), "mag_ratios": ratios}}[policy]
         if name == "region-flat":
-            cache["region"] = {"strength": 0.0}
-        if name == "magcache":
-            cache["mag_ratios"] = ratios
-        out.append((name, cache))
+            section["strength"] = 0.0
+        out.append((name, {"policy": policy, "max_consecutive": args.max_consecutive, policy: section}))
     return out
 
 
@@ -182,7 +210,11 @@ def main() -> None:
     parser.add_argument("--stop", type=int, help="render number to stop before (default: all)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--plot", help="write the curves as a PNG")
-    parser.add_argument("--rows", help="append every measured row to this JSON-lines file as it finishes")
+    parser.add_argument("--rows", help="append every measured row to this JSON-lines file as it finishes; "
+                                       "rows already in it are not measured again")
+    parser.add_argument("--references", metavar="DIR",
+                        help="keep each render's sketch and uncached video (and MagCache's ratios) here, and load them "
+                             "instead of rendering again when --rows already holds the uncached row (runs that add settings)")
     parser.add_argument("--from-rows", nargs="+", metavar="FILE",
                         help="skip rendering: make the table (and --plot) from JSON-lines files of earlier runs")
     args = parser.parse_args()
@@ -192,6 +224,7 @@ def main() -> None:
         report(group_rows(rows), args, f"from {len(rows)} rows of {' '.join(args.from_rows)}")
         return
     torch.set_num_threads(args.threads)
+    recorded = recorded_rows(args.rows)
     pipe = load_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
     points: dict[str, dict[tuple, list[dict]]] = {}  # policy -> per render (size, prompt, seed), its sweep
@@ -204,34 +237,67 @@ def main() -> None:
         renders = {}
         for number, (prompt, seed) in enumerate(eval_set(args.set).renders()):
             if args.start <= number and (args.stop is None or number < args.stop):
+                earlier = recorded.get((size, prompt, seed, "none", None))
+                stored = reference_file(args.references, size, prompt, seed)
+                if earlier is not None and stored and os.path.exists(stored):
+                    # rendered by an earlier run of these renders (deterministic): load, do not render again
+                    with np.load(stored) as videos:
+                        sketch, reference = videos["sketch"], videos["reference"]
+                    renders[(size, prompt, seed)] = (renderer(pipe, prompt, seed, size, sketch)[0], sketch, reference)
+                    points.setdefault("none", {})[(size, prompt, seed)] = [earlier]
+                    print(f"render {number}: sketch and uncached video loaded from {stored}", flush=True)
+                    continue
                 render, sketch = renderer(pipe, prompt, seed, size)
                 sg, out = render({"enabled": False})
                 renders[(size, prompt, seed)] = (render, sketch, out.frames[0])
-                points.setdefault("none", {})[(size, prompt, seed)] = [measure(sg, out, sketch, None)]
-                record(args.rows, args.set, size, prompt, seed, "none", {}, points["none"][(size, prompt, seed)][0])
+                if stored:
+                    np.savez(stored, sketch=sketch, reference=out.frames[0])
+                row = measure(sg, out, sketch, None)
+                points.setdefault("none", {})[(size, prompt, seed)] = [row]
+                if earlier is None:
+                    record(args.rows, args.set, size, prompt, seed, "none", {}, row)
+                else:  # the file already holds this reference: say whether the render reproduced it
+                    drift = max(abs(row[m] - earlier[m]) / max(abs(earlier[m]), 1e-12) for m in ("seam", "obj_err", "flicker"))
+                    print(f"render {number}: uncached row already in {args.rows}, not appended; largest relative "
+                          f"difference of this render's seam, object count and flicker from it: {drift:.1e}", flush=True)
         ratios = None
         if any(item.startswith("magcache:") for item in args.settings):
             # calibrated on the tuning set's first render, never on the renders reported
-            ratios = calibrate(renderer(pipe, *SETS["tuning"].renders()[0], size)[0])
+            stored = args.references and os.path.join(args.references, f"mag-ratios-{size}.json")
+            if stored and os.path.exists(stored):
+                ratios = json.load(open(stored))
+            else:
+                ratios = calibrate(renderer(pipe, *SETS["tuning"].renders()[0], size)[0])
+                if stored:
+                    json.dump(ratios, open(stored, "w"))
+            print(f"MagCache ratios ({size} px): {' '.join(f'{r:.4f}' for r in ratios)}", flush=True)
         for name, cache in settings(args, ratios):
             for (_, prompt, seed), (render, sketch, reference) in renders.items():
+                done = recorded.get((size, prompt, seed, name, setting_of(cache)))
+                if done is not None:  # measured by an earlier run into the same --rows file (deterministic)
+                    points.setdefault(name, {}).setdefault((size, prompt, seed), []).append(done)
+                    continue
+                began = time.perf_counter()
                 sg, out = render({"enabled": True, **cache})
-                row = measure(sg, out, sketch, reference)
+                row = {"setting": setting_of(cache), **measure(sg, out, sketch, reference)}
                 points.setdefault(name, {}).setdefault((size, prompt, seed), []).append(row)
                 record(args.rows, args.set, size, prompt, seed, name, cache, row)
-                print(f"{size} {prompt[:40]!r} seed {seed} {name} {cache.get('threshold', cache.get('fraction'))}: "
-                      + " ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)), flush=True)
+                print(f"{size} {prompt[:40]!r} seed {seed} {name} {setting_of(cache)}: "
+                      + " ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float))
+                      + f" ({time.perf_counter() - began:.0f} s)", flush=True)
         print(f"# {size}px done after {time.perf_counter() - start:.0f} s", flush=True)
 
     report(points, args, f"{time.perf_counter() - start:.0f} s")
 
 
-def renderer(pipe, prompt: str, seed: int, size: int):
-    """``(render, sketch)``: the sketch of (prompt, seed) at the native 128 px, and a function that
-    refines it at ``size`` px with a given cache section and returns ``(pipeline, output)``."""
+def renderer(pipe, prompt: str, seed: int, size: int, sketch: np.ndarray | None = None):
+    """``(render, sketch)``: the sketch of (prompt, seed) at the native 128 px (rendered unless
+    given), and a function that refines it at ``size`` px with a given cache section and returns
+    ``(pipeline, output)``."""
     generator = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
-    native = SuperGenPipeline.from_pipe(pipe, "toy", **BASE)
-    sketch = native(prompt=prompt, height=128, width=128, num_frames=9, generator=generator(), output_type="np").frames[0]
+    if sketch is None:
+        native = SuperGenPipeline.from_pipe(pipe, "toy", **BASE)
+        sketch = native(prompt=prompt, height=128, width=128, num_frames=9, generator=generator(), output_type="np").frames[0]
 
     def render(cache: dict):
         sg = SuperGenPipeline.from_pipe(pipe, "toy", **BASE, cache=cache)
@@ -240,18 +306,47 @@ def renderer(pipe, prompt: str, seed: int, size: int):
     return render, sketch
 
 
+def reference_file(folder: str | None, size: int, prompt: str, seed: int) -> str | None:
+    """Where ``--references`` keeps a render's sketch and uncached video (None without the option)."""
+    return folder and os.path.join(folder, f"{size}-{seed}-{zlib.crc32(prompt.encode()):08x}.npz")
+
+
+def recorded_rows(path: str | None) -> dict[tuple, dict]:
+    """The rows already in the ``--rows`` file by (size, prompt, seed, policy, setting), the first of
+    each: a run into the same file measures and writes only what is not there yet."""
+    try:
+        rows = [json.loads(line) for line in open(path) if line.strip()] if path else []
+    except FileNotFoundError:
+        rows = []
+    recorded: dict[tuple, dict] = {}
+    for r in rows:
+        recorded.setdefault((r["size"], r["prompt"], r["seed"], r["policy"], r["setting"]), r)
+    return recorded
+
+
 def record(path: str | None, set_name: str, size: int, prompt: str, seed: int, name: str, cache: dict, row: dict) -> None:
     """One measured row as a JSON line, so a run stopped early still leaves its table behind."""
     if path:
         with open(path, "a") as f:
             f.write(json.dumps({"set": set_name, "size": size, "prompt": prompt, "seed": seed, "policy": name,
-                                "setting": cache.get("threshold", cache.get("fraction")), "cache": cache, **row}) + "\n")
+                                "setting": setting_of(cache), "cache": cache, **row}) + "\n")
+
+
+def setting_of(cache: dict) -> float | None:
+    """The swept value of a cache section: its policy's threshold (``steps``: fraction); None uncached."""
+    section = cache.get(cache.get("policy"), {})
+    return next((section[k] for k in ("change_threshold", "fraction", "rel_l1_threshold", "threshold") if k in section), None)
 
 
 def group_rows(rows: list[dict]) -> dict[str, dict[tuple, list[dict]]]:
     """Rows of ``--rows`` files back into per-policy sweeps keyed by render (size, prompt, seed);
     renders without an uncached reference are dropped. Several files of the same renders (runs of
-    other settings) merge: the renders are deterministic, so their references are the same video."""
+    other settings) merge: the renders are deterministic, so their references are the same video,
+    and a setting measured twice on a render (a rerun) counts once, its first row."""
+    unique: dict[tuple, dict] = {}
+    for r in rows:
+        unique.setdefault((r["size"], r["prompt"], r["seed"], r["policy"], r["setting"]), r)
+    rows = list(unique.values())
     renders = {(r["size"], r["prompt"], r["seed"]) for r in rows if r["policy"] == "none"}
     points: dict[str, dict[tuple, list[dict]]] = {}
     for key in sorted(renders):
@@ -264,41 +359,48 @@ def group_rows(rows: list[dict]) -> dict[str, dict[tuple, list[dict]]]:
 def report(points: dict[str, dict[tuple, list[dict]]], args, took: str) -> None:
     """Three tables (and with ``--plot`` the PNG), each cell a mean over renders with its 95 % interval.
 
-    1. Every setting on its own: mean compute, PSNR [interval], SSIM, seam, object-count error,
-       flicker over the renders it ran on.
+    1. Every setting on its own, over the renders it ran on: compute (mean and range), PSNR and
+       SSIM against the uncached render, and seam and flicker as paired differences from the
+       uncached render of the same renders (with how many renders were no worse, and "tie").
     2. ``region`` against every other setting at that setting's compute, render by render: region's
        sweep interpolated to the compute the other setting reached on the same render (renders
        outside region's sweep are left out, so n may be below the set's size), as the paired
-       difference region minus the other in PSNR (higher better) and seam (lower better), with how
-       many renders region was no worse on, and "tie" where the interval contains zero.
+       difference region minus the other in PSNR and SSIM (higher better), seam and flicker (lower
+       better), with how many renders region was no worse on, and "tie" where the interval contains zero.
     3. Each swept policy on the grid 50 % … 90 % (a fraction that fewer than half the renders
        reached is left blank): mean PSNR [interval]; these means are the PNG's curves.
     """
+    if "none" not in points:
+        print("no renders")
+        return
     renders = len(points["none"])
-    base = {m: mean_interval([r[0][m] for r in points["none"].values()]) for m in ("seam", "obj_err", "flicker")}
+    base = {m: interval([r[0][m] for r in points["none"].values()]) for m in ("seam", "obj_err", "flicker")}
     print(f"\ntoy model, sizes {args.sizes}, set {args.set}: {renders} renders (size, prompt, seed), "
           f"20-step schedule, strength 0.6, shift/clamp; {took}")
     print(f"uncached, mean [95 %]: seam {base['seam']}, object-count error {base['obj_err']}, flicker {base['flicker']}")
-    print("\n| policy | setting | compute | PSNR dB [95 %] | SSIM | seam | obj err | flicker | n |")
+    print("\nminus uncached: the setting's value minus the uncached render's, paired by render: mean [95 %], no worse on k/n, verdict")
+    print("| policy | setting | compute (range) | PSNR dB [95 %] | SSIM [95 %] | seam minus uncached | flicker minus uncached | obj err | n |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, sweeps in points.items():
         if name == "none":
             continue
         for setting in dict.fromkeys(r["setting"] for rows in sweeps.values() for r in rows):
-            rows = [r for rs in sweeps.values() for r in rs if r["setting"] == setting]
-            mean = {m: float(np.mean([r[m] for r in rows])) for m in ("compute", *METRICS)}
-            psnr_ = str(mean_interval([r["psnr"] for r in rows])) if len(rows) > 1 else f"{mean['psnr']:.3g}"
-            print(f"| {name} | {setting} | {mean['compute']:.0%} | {psnr_} | {mean['ssim']:.4f} | {mean['seam']:.2f} | "
-                  f"{mean['obj_err']:+.2f} | {mean['flicker']:.4f} | {len(rows)} |")
+            pairs = [(r, points["none"][key][0]) for key, rs in sweeps.items() for r in rs if r["setting"] == setting]
+            rows = [r for r, _ in pairs]
+            compute = [r["compute"] for r in rows]
+            versus = [paired([r[m] for r, _ in pairs], [u[m] for _, u in pairs], False, DIGITS[m]) for m in ("seam", "flicker")]
+            print(f"| {name} | {setting} | {np.mean(compute):.0%} ({min(compute):.0%}–{max(compute):.0%}) | "
+                  f"{interval([r['psnr'] for r in rows], '.1f')} | {interval([r['ssim'] for r in rows], '.4f')} | {versus[0]} | "
+                  f"{versus[1]} | {np.mean([r['obj_err'] for r in rows]):+.2f} | {len(rows)} |")
     if "region" in points:
         print("\nregion minus each setting at that setting's compute, paired by render: mean [95 %], region no worse on k/n, verdict")
-        print("| policy | setting | compute | PSNR dB | seam |")
-        print("|---|---|---|---|---|")
+        print("| policy | setting | compute | PSNR dB | SSIM | seam | flicker |")
+        print("|---|---|---|---|---|---|---|")
         for name, sweeps in points.items():
             if name in ("none", "region"):
                 continue
             for setting in dict.fromkeys(r["setting"] for rows in sweeps.values() for r in rows):
-                pairs = {m: ([], []) for m in ("psnr", "seam")}
+                pairs = {m: ([], []) for m in MATCHED}
                 computes = []
                 for key, rows in sweeps.items():
                     other = next((r for r in rows if r["setting"] == setting), None)
@@ -314,9 +416,9 @@ def report(points: dict[str, dict[tuple, list[dict]]], args, took: str) -> None:
                         mine.append(float(np.interp(other["compute"], xs[order], np.array([p[m] for p in region])[order])))
                         theirs.append(other[m])
                 if len(computes) < 2:
-                    print(f"| {name} | {setting} | – | outside region's sweep on {len(sweeps) - len(computes)} of {len(sweeps)} renders | |")
+                    print(f"| {name} | {setting} | – | outside region's sweep on {len(sweeps) - len(computes)} of {len(sweeps)} renders | | | |")
                     continue
-                cells = [str(paired_difference(*pairs["psnr"])), str(paired_difference(*pairs["seam"], higher_is_better=False))]
+                cells = [paired(*pairs[m], higher, DIGITS[m]) for m, higher in MATCHED.items()]
                 print(f"| {name} | {setting} | {np.mean(computes):.0%} | " + " | ".join(cells) + " |")
     curves: dict[str, dict[str, list[float]]] = {}
     print("\nswept policies on the compute grid: mean PSNR dB [95 %] over the renders reaching the fraction (k/n)")
