@@ -48,6 +48,9 @@ GROUPS = {
         ("overlap 48", {"tiling": {"mode": "overlap", "overlap": 48}}),
         # The mode's defaults (halo 64 px, windows moving every step on shift mode's schedule).
         ("attention halo 64", {"tiling": {"mode": "attention"}}),
+        # The control: a halo of 256 px makes every window the whole canvas at 4x and 9x, i.e. one dense
+        # forward with no tile border anywhere. Its seam score is what the yardstick reads with no seams.
+        ("whole canvas (halo 256)", {"tiling": {"mode": "attention", "halo": 256}}),
     ],
     # Other halos, moving windows; and the default halo with windows fixed for the whole refinement
     # (shift_every past the step count: attention mode before issue #16).
