@@ -11,6 +11,7 @@ import torch
 
 from supergen.cache import RegionCache, RegionCacheConfig
 from supergen.config import load_config
+from supergen.cost import estimate, format_plan
 from supergen.architectures import KNOWN
 from supergen.pipeline import SuperGenPipeline
 from supergen.plan import plan_render
@@ -123,10 +124,14 @@ ATTENTION = {"mode": "attention", "tile_height": 32, "tile_width": 64, "halo": 1
 
 
 def test_attention_mode_runs_one_canvas_forward_per_time_window(wan_t2v):
-    plan = plan_render(load_config("tiny", [f"tiling.{k}={v}" for k, v in ATTENTION.items()]), KNOWN["tiny"], 64, 128, 9, strength=1.0,
-                       num_inference_steps=STEPS)
+    config = load_config("tiny", [f"tiling.{k}={v}" for k, v in ATTENTION.items()])
+    plan = plan_render(config, KNOWN["tiny"], 64, 128, 9, strength=1.0, num_inference_steps=STEPS)
     assert plan.tiles.frames == 2 and plan.layout.canvas == (2, 4, 8)  # the layout spans a window's frames
     assert "per time window" in plan.describe_tiling() and "windows of 2 latent frames on 3" in plan.describe_tiling()
+    # The planner counts a forward per time window, each of a window's tokens.
+    resources = estimate(config, KNOWN["tiny"], plan)
+    assert resources.tokens_per_tile == 2 * 4 * 8 and resources.tiles_per_step == max(plan.tiles.count(i) for i in range(STEPS)) == 2
+    assert "one canvas forward per time window (2 of 2 latent frames, shifting)" in format_plan(resources)
     starts = set()
     for step in range(STEPS):
         tiles = plan.tiles.tiles(step)

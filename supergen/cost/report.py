@@ -55,7 +55,9 @@ def rows(plan: ResourcePlan) -> list[tuple[str, str]]:
         moves = "fixed" if plan.layout.shift_every >= plan.refine_steps else (
             f"moving {'x'.join(str(s * plan.arch.pixel_multiple) for s in plan.layout.strides)} px "
             f"every {plan.layout.shift_every} step(s), {plan.layout.boundary}")
-        tiling = f"attention: one canvas forward, {rows_}x{cols_} tiles ({moves}) attending to tile + {halo} px halo"
+        forward = "one canvas forward" if plan.plan.time is None else (
+            f"one canvas forward per time window ({plan.plan.windows()} of {plan.plan.frames} latent frames, shifting)")
+        tiling = f"attention: {forward}, {rows_}x{cols_} tiles ({moves}) attending to tile + {halo} px halo"
     rows = [
         ("model", f"{plan.arch.name} ({plan.dtype})" + (f" — {plan.arch.note}" if plan.arch.note else "")),
         # Every size is height x width, as in the render summary.
@@ -65,7 +67,8 @@ def rows(plan: ResourcePlan) -> list[tuple[str, str]]:
         ("canvas latent", f"{plan.latent[0]}x{f}x{lh}x{lw} (channels x frames x height x width)"),
         ("tile grid", tiling),
         ("refinement steps", f"{plan.refine_steps} ({shifted}{plan.tiles_per_step} tiles/step, {'2' if plan.guidance else '1'} forwards/tile)"
-         if plan.layout is None else f"{plan.refine_steps} ({'2' if plan.guidance else '1'} canvas-wide forwards/step)"),
+         if plan.layout is None else f"{plan.refine_steps} ({'up to ' if plan.plan.time is not None else ''}"
+                                     f"{plan.tiles_per_step * (2 if plan.guidance else 1)} canvas-wide forwards/step)"),
         ("tokens per tile", f"{plan.tokens_per_tile:,}"),
         ("transformer FLOPs/step", flops(plan.flops_per_step)),
         ("parameters", ", ".join(f"{k} {count(v)}" for k, v in plan.parameters.items())),
