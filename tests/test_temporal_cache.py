@@ -9,7 +9,7 @@ Real tiny diffusers Wan, from strength 1 (no sketch, no VAE), ``output_type="lat
 import pytest
 import torch
 
-from supergen.cache import RegionCache, RegionCacheConfig
+from supergen.cache import RegionCache, RegionCacheConfig, cache_map
 from supergen.config import load_config
 from supergen.cost import estimate, format_plan
 from supergen.architectures import KNOWN
@@ -97,6 +97,8 @@ def test_tile_caches_reuse_tiles_in_time_windows(wan_t2v, uncached, cache, per_t
     assert report.tiles_skipped > 0, cache
     # The region rule computes some tiles of a step and reuses others (in one time window or another).
     assert any(0 < step.computed < len(step.tiles) for step in report.steps) == per_tile
+    for frame in range(3):  # the cache map draws the tiles that write one latent frame
+        assert cache_map(report, panel_width=64, frame=frame).shape == (18 + 32, STEPS * 68, 3)
     assert torch.isfinite(out.frames).all()
     error = (out.frames - uncached.frames).abs().mean() / uncached.frames.abs().mean()
     assert 0 < error < 0.25, (cache, float(error))
