@@ -169,7 +169,7 @@ def test_cache_threshold_shows_cache_map(browser, demo_url):
     page.goto(demo_url)
     page.wait_for_selector("#generate")
     if page.locator("#cache-threshold").count() == 0:
-        pytest.skip("this config has no cache.threshold, so the page has no cache control")
+        pytest.skip("this config's cache policy has no threshold, so the page has no cache control")
     threshold = page.locator("#cache-threshold input[type=number]")
     threshold.fill("0.5")
     threshold.press("Enter")
@@ -190,6 +190,24 @@ def test_two_ranks_render_together(browser, tmp_path):
         _wait_playable(page, "#final")
         assert "on 2 ranks" in page.locator("#status").inner_text()
         page.close()
+
+
+def test_the_cache_control_sets_the_threshold_of_the_configs_policy():
+    """Each cache policy has its own threshold key (config.THRESHOLDS): the page's one control sets the
+    chosen policy's; a value of 0 turns the cache off."""
+    import operator
+
+    from supergen.config import THRESHOLDS
+    from supergen.demo import Job
+
+    def job(threshold):
+        return Job("a cat", "", None, "custom", 64, 112, 5, 0, 4, 0.5, "shift, clamp at edges", threshold)
+
+    for policy, key in THRESHOLDS.items():
+        cfg = job(0.4).config(load_config("tiny", [f"cache.policy={policy}"]))
+        assert cfg.cache.enabled and cfg.cache.policy == policy and operator.attrgetter(key)(cfg) == 0.4
+    assert not job(0.0).config(load_config("tiny")).cache.enabled
+    assert "steps" not in THRESHOLDS and "none" not in THRESHOLDS  # no control for them
 
 
 def test_missing_image_for_image_to_video_is_a_message(wan_i2v, tmp_path):
