@@ -101,7 +101,7 @@ def test_tile_caches_reuse_tiles_in_time_windows(wan_t2v, uncached, cache, per_t
         assert cache_map(report, panel_width=64, frame=frame).shape == (18 + 32, STEPS * 68, 3)
     assert torch.isfinite(out.frames).all()
     error = (out.frames - uncached.frames).abs().mean() / uncached.frames.abs().mean()
-    assert 0 < error < 0.25, (cache, float(error))
+    assert 0 < error < 0.15, (cache, float(error))  # measured 0.01-0.08
 
 
 def test_threshold_zero_with_time_windows_is_the_uncached_render(wan_t2v, uncached):
@@ -119,7 +119,7 @@ def test_block_caches_key_by_frame_row_and_column(wan_t2v, uncached, cache):
     out = render(wan_t2v, enabled=True, **cache)
     assert out.cache_report.tiles_skipped == 0 and 0.0 < out.cache_report.block_share_skipped < 1.0
     error = (out.frames - uncached.frames).abs().mean() / uncached.frames.abs().mean()
-    assert 0 < error < 0.25, (cache, float(error))
+    assert 0 < error < 0.15, (cache, float(error))  # measured 0.01-0.08
 
 
 ATTENTION = {"mode": "attention", "tile_height": 32, "tile_width": 64, "halo": 16, "shift_divisor": 4, "frames": 5}
