@@ -7,7 +7,7 @@ counts computations and the steps since the last one (``streak``).
 
 The per-element maps have one entry per element the plan's windows cut: ``(H, W)`` when every tile
 spans all frames, ``(F, H, W)`` when the clip is refined in time windows (tiles with ``frames``),
-whose borders shift along time as the spatial ones do. One rule for both (:meth:`TileReuse.map_dims`):
+whose borders shift along time as the spatial ones do. One rule for both (:attr:`TileReuse.map_dims`):
 with one time window the maps stay ``(H, W)`` and the statistics averaged over frames, so that path
 computes exactly what it did before time windows existed.
 
