@@ -3,13 +3,15 @@
 A clip longer than the model's native length (toy: 9 frames) is upscaled 2x (default 128 -> 256 px) three
 ways, everything else equal (one spatial tile covering the canvas, so only time is tiled):
 
-- ``fixed``: windows of 9 frames that never move (the chunked baseline of video upscalers);
-- ``shifted``: windows of 9 frames whose borders move every step (supergen's default);
+- ``fixed``: windows of 9 frames that never move and always cut (the chunked baseline of video upscalers);
+- ``shifted``: windows of 9 frames whose borders move every step, blending across the last step's
+  borders (``tiling.feather_last``; supergen's default);
 - ``whole``: one window over the whole clip (reference only: the model outside its training length).
 
 Per input clip (a toyworld scene, its caption as the prompt) and seed it prints the temporal seam
 score (``supergen.eval.metrics.temporal_seam_score`` at the frames where the last step's windows
-begin; ``whole`` has no borders and is scored at the fixed chunks' borders) and the temporal flicker.
+begin, a blended border at its middle; ``whole`` has no borders and is scored at the fixed chunks'
+borders) and the temporal flicker.
 
     nice python scripts/bench_temporal.py                  # 4 scenes x 2 seeds, 33 frames
     python scripts/bench_temporal.py --scenes 1 --seeds 0  # one row, a quick look
@@ -31,7 +33,7 @@ from supergen.eval.toyworld import make_clip, make_scene
 
 #: toy's native clip (9 frames) as the window; the spatial tile is set to the canvas (main()), so only time is tiled.
 SETTINGS = {
-    "fixed": {"frames": 9, "shift_every": 1000},
+    "fixed": {"frames": 9, "shift_every": 1000, "feather_last": False},
     "shifted": {"frames": 9},
     "whole": {"frames": 10_000},
 }
@@ -40,11 +42,16 @@ SETTINGS = {
 def window_borders(sg: SuperGenPipeline, frames: int, size: int) -> list[int]:
     """Video frames where a time window of the last refinement step begins (other than frame 0).
 
-    A causal VAE's latent frame ``k >= 1`` holds video frames ``t·(k-1)+1 .. t·k``, so a window that
-    begins at latent frame ``k`` begins at video frame ``t·(k-1)+1``."""
+    A window begins at the first latent frame where its weight reaches one half: the first frame it
+    owns when windows cut, the middle of the ramp when they blend (its neighbour's weight falls
+    below one half there). A causal VAE's latent frame ``k >= 1`` holds video frames
+    ``t·(k-1)+1 .. t·k``, so a window that begins at latent frame ``k`` begins at video frame ``t·(k-1)+1``."""
     plan = sg.plan(2 * size, 2 * size, frames, sketch_video_size=(size, size))
     t = sg.adapter.vae_scale[0]
-    starts = {tile.frames.start + tile.owned_frames.indices(tile.frames.size)[0] for tile in plan.tiles.tiles(plan.refine_steps - 1)}
+    starts = set()
+    for tile in plan.tiles.tiles(plan.refine_steps - 1):
+        weight = tile.weight[:, 0, 0] if tile.weight is not None else torch.ones(tile.frames.size)
+        starts.add(tile.frames.start + int((weight >= 0.5).nonzero()[0]))
     return sorted(t * (k - 1) + 1 for k in starts if k > 0)
 
 

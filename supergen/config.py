@@ -113,6 +113,10 @@ class TilingConfig:
     #: this many frames whose borders shift along time as the spatial grid does. null: the model
     #: family's native length (Wan: 81); a clip at or under it is one window (tiles span all frames).
     frames: int | None = bounded(None, 1)
+    #: shift and attention modes with time windows: at the last refinement step neighbouring time
+    #: windows blend linearly over a quarter window across each border instead of cutting (no later
+    #: step moves that step's borders away). false: every step cuts (fixed chunks stay fixed chunks).
+    feather_last: bool = True
 
 
 @dataclass

@@ -133,7 +133,7 @@ def plan_render(
     tile = tile_pixels(config.tiling, rules, native)
     latent_shape = rules.latent_shape(frames, *canvas)
     window = frame_window(config.tiling, rules, frames)
-    tiles = tile_plan(config.tiling, rules, latent_shape[-2:], tile, (latent_shape[2], window) if window else None)
+    tiles = tile_plan(config.tiling, rules, latent_shape[-2:], tile, (latent_shape[2], window) if window else None, k)
     one_tile = rules.latent_shape(frames, min(tile[0], canvas[0]), min(tile[1], canvas[1]))
     # Before any load: the forwards the model numbers with its own position table must fit it.
     check_positions(config.tiling, rules, frames, sketch if from_sketch and sketch_video_size is None else None,
@@ -169,14 +169,17 @@ def plan_render(
 
 def tile_plan(
     cfg: TilingConfig, rules: SizeRules, canvas: tuple[int, int], tile: tuple[int, int], frames: tuple[int, int] | None = None,
+    steps: int | None = None,
 ) -> TilePlan:
     """The tile plan in latent units on a canvas latent ``(H, W)`` for a tile of ``tile`` pixels;
-    ``frames``: ``(canvas, window)`` latent frames when the clip is refined in time windows."""
+    ``frames``: ``(canvas, window)`` latent frames when the clip is refined in time windows;
+    ``steps``: refinement steps (the last one's time borders blend when ``cfg.feather_last``)."""
+    feather_step = steps - 1 if steps is not None and cfg.feather_last else None
     if cfg.mode == "attention":
         # One forward over the whole canvas per time window (one window: the whole clip); the spatial
         # tiles live in the attention layout instead. The time windows shift as shift mode's do.
         return TilePlan(canvas=canvas, tile=canvas, patch=rules.patch[1:], shift_divisor=cfg.shift_divisor,
-                        shift_every=cfg.shift_every, frames=frames, frame_patch=rules.patch[0])
+                        shift_every=cfg.shift_every, frames=frames, frame_patch=rules.patch[0], feather_step=feather_step)
     scale = rules.vae_scale[1]
     overlap = overlap_pixels(cfg, rules, tile) if cfg.mode == "overlap" else 0
     return TilePlan(
@@ -190,6 +193,7 @@ def tile_plan(
         overlap=overlap // scale,
         frames=frames,
         frame_patch=rules.patch[0],
+        feather_step=feather_step,
     )
 
 

@@ -11,7 +11,10 @@ element is covered and the blend weights of the tiles covering it sum to one
 The time axis follows the same schedule as the spatial ones (its own cycle, ``shift_divisor``,
 ``shift_every``) but always with the ``clamp`` boundary: wrapping would put a clip's last frames
 before its first ones in one window. In ``overlap`` mode neighbouring time windows overlap by a
-quarter of the window and are feathered like the spatial tiles.
+quarter of the window and are feathered like the spatial tiles. In ``shift`` mode the borders of the
+last refinement step are not shifted away by any later step: there (``TilePlan(feather_step=...)``)
+neighbouring time windows blend linearly over a quarter window across each border instead of
+cutting, at the cost of about one more window per step for that one step.
 
 Time windows are in latent frames and cut only the transformer's work: the VAE encodes and decodes
 the whole clip (``supergen.parallel.vae`` tiles it in space only), so a causal VAE's first-frame rule
@@ -224,6 +227,54 @@ class AxisSchedule:
             segments.append(_AxisSegment(Window(start, self.tile, self.length), weight, slice(a - start, b - start)))
         return segments
 
+    # ---- shift mode, feathered (the time axis at the last refinement step) ------------------
+    def feather_margin(self) -> int:
+        """Elements blended across each border by :meth:`feathered_segments`: a quarter window (at
+        least one patch); 0 when the window is too short to own a segment as long as the margin."""
+        margin = max(self.patch, self.tile // 4 // self.patch * self.patch)
+        return 0 if self.single or self.tile - margin < margin else margin
+
+    def _feathered_cuts(self, offset: int) -> tuple[list[int], int]:
+        """The cut lines of :meth:`feathered_segments` and how far before a cut its ramp starts."""
+        margin = self.feather_margin()
+        stride = self.tile - margin
+        # Half the margin before each cut, rounded down to the patch (window starts lie on it).
+        return sorted({0} | set(range(offset % stride, self.length, stride))), margin // 2 // self.patch * self.patch
+
+    def feathered_count(self, offset: int) -> int:
+        """``len(self.feathered_segments(offset))``, from the cut lines: no weight is built."""
+        if self.feather_margin() == 0:
+            return self.count(offset)
+        cuts, half = self._feathered_cuts(offset)
+        return len({min(max(0, a - half), self.length - self.tile) for a in cuts})
+
+    def feathered_segments(self, offset: int) -> list[_AxisSegment]:
+        """Clamped windows whose borders blend instead of cut: segments of ``tile - m`` elements
+        (``m`` = :meth:`feather_margin`), cut lines at ``offset`` modulo that, and across each cut
+        a linear ramp over ``m`` elements centred on it (to the patch), so the two neighbours'
+        weights sum to one there and no element switches from one window's prediction to the next
+        at once. Each window holds its segment and the ramps on both sides (``tile`` elements at most)."""
+        margin = self.feather_margin()
+        if margin == 0:
+            return self.segments(offset)
+        cuts, half = self._feathered_cuts(offset)
+        position = torch.arange(self.length, dtype=torch.float32) + 0.5
+        segments = []
+        for a, b in zip(cuts, cuts[1:] + [self.length]):
+            # Ramps start ``half`` before the cut; none at the canvas edges. Segments are at
+            # least ``margin`` long between two cuts, so a segment's two ramps never meet.
+            up = ((position - (a - half)) / margin).clamp(0.0, 1.0) if a > 0 else torch.ones(self.length)
+            down = (1.0 - (position - (b - half)) / margin).clamp(0.0, 1.0) if b < self.length else torch.ones(self.length)
+            lo, hi = max(0, a - half), min(self.length, b - half + margin) if b < self.length else self.length
+            start = min(lo, self.length - self.tile)
+            weight = (up * down)[start : start + self.tile]
+            if segments and segments[-1].window.start == start:
+                # A short first or last segment clamped onto its neighbour's window: one forward, both weights.
+                previous = segments.pop()
+                weight, lo = weight + previous.weight, start + previous.owned.start
+            segments.append(_AxisSegment(Window(start, self.tile, self.length), weight, slice(lo - start, hi - start)))
+        return segments
+
     # ---- overlap mode -----------------------------------------------------------------------
     @cached_property
     def _overlap_segments(self) -> list[_AxisSegment]:
@@ -267,6 +318,9 @@ class TilePlan:
         frames: ``(canvas frames, window frames)`` in latent frames: windows along time too when the
             canvas is longer than the window; None (or a window at least the canvas) spans all frames.
         frame_patch: the transformer's temporal patch; time window edges lie on it.
+        feather_step: shift mode with time windows: from this refinement step on (the last one, as
+            planned), neighbouring time windows blend across their borders over a quarter window
+            (:meth:`AxisSchedule.feathered_segments`) instead of cutting. None: every step cuts.
     """
 
     def __init__(
@@ -281,6 +335,7 @@ class TilePlan:
         overlap: int = 0,
         frames: tuple[int, int] | None = None,
         frame_patch: int = 1,
+        feather_step: int | None = None,
     ):
         if mode not in ("shift", "overlap"):
             raise SuperGenError(f"tiling mode {mode!r} is not one of: shift, overlap")
@@ -299,6 +354,7 @@ class TilePlan:
             length, size = frames
             # Time always clamps (see the module docstring); overlap mode feathers a quarter window.
             self.time = AxisSchedule(length, size, frame_patch, mode, "clamp", shift_stride(size, frame_patch, shift_divisor), size // 4)
+        self.feather_step = feather_step if mode == "shift" else None
 
     @property
     def frames(self) -> int | None:
@@ -319,9 +375,18 @@ class TilePlan:
         """Offset of the time windows' cut lines at refinement step ``step`` (0 without time windows)."""
         return 0 if self.time is None else self.time.offset(step // self.shift_every)
 
+    def feathered(self, step: int) -> bool:
+        """Whether the time windows of step ``step`` blend across their borders (see ``feather_step``)."""
+        return self.time is not None and self.feather_step is not None and step >= self.feather_step
+
     def tiles_unnormalised(self, step: int) -> list[Tile]:
         dy, dx = self.offsets(step)
-        times = [None] if self.time is None else self.time.segments(self.frame_offset(step))
+        if self.time is None:
+            times = [None]
+        elif self.feathered(step):
+            times = self.time.feathered_segments(self.frame_offset(step))
+        else:
+            times = self.time.segments(self.frame_offset(step))
         tiles = []
         for time in times:
             for row in self.axes[0].segments(dy):
@@ -348,7 +413,12 @@ class TilePlan:
     def count(self, step: int) -> int:
         """``len(self.tiles(step))``, by arithmetic: no tile or weight is built."""
         dy, dx = self.offsets(step)
-        windows = 1 if self.time is None else self.time.count(self.frame_offset(step))
+        if self.time is None:
+            windows = 1
+        elif self.feathered(step):
+            windows = self.time.feathered_count(self.frame_offset(step))
+        else:
+            windows = self.time.count(self.frame_offset(step))
         return windows * self.axes[0].count(dy) * self.axes[1].count(dx)
 
     @cached_property

@@ -38,6 +38,48 @@ def test_every_element_covered_with_weights_summing_to_one(frames, window, canva
             assert tile.frames.size == window and 0 <= tile.frames.start <= frames - window
 
 
+@pytest.mark.parametrize("frames,window,canvas,mode_boundary,divisor", list(random_cases(40, seed=1)))
+def test_feathered_last_step_covers_every_element_with_weights_summing_to_one(frames, window, canvas, mode_boundary, divisor):
+    mode, boundary = mode_boundary
+    for patch in (1, 2):
+        plan = TilePlan(canvas, (4, 4), patch=(2, 2), mode=mode, boundary=boundary, shift_divisor=divisor, overlap=2,
+                        frames=(frames * patch, window * patch), frame_patch=patch, feather_step=3)
+        for step in range(3, 9):
+            total = weight_sum(plan, step)
+            assert torch.allclose(total, torch.ones_like(total), atol=1e-6), (step, total.min(), total.max())
+            tiles = plan.tiles(step)
+            assert len(tiles) == plan.count(step)
+            assert len({(t.frames.start, t.rows, t.cols) for t in tiles}) == len(tiles), "no window computed twice"
+            for tile in tiles:
+                assert tile.frames.size == window * patch and 0 <= tile.frames.start <= (frames - window) * patch
+                assert tile.frames.start % patch == 0
+                weight = tile.weight.flatten(1).amax(1)  # along time (a clamped spatial tile owns no corner)
+                first, stop, _ = tile.owned_frames.indices(tile.frames.size)
+                assert weight[first] > 0 and weight[stop - 1] > 0 and not weight[:first].any() and not weight[stop:].any()
+
+
+def test_feathered_borders_blend_where_cut_borders_jump():
+    """Wan's 241 frames (61 latent) in 21-frame windows: the last step blends five latent frames
+    across each border (a quarter window) and costs no more windows than a step that cuts."""
+    cut = TilePlan((4, 4), (4, 4), frames=(61, 21), shift_divisor=16)
+    plan = TilePlan((4, 4), (4, 4), frames=(61, 21), shift_divisor=16, feather_step=34)
+    assert not plan.feathered(33) and plan.feathered(34) and plan.time.feather_margin() == 5
+    assert [plan.count(s) for s in range(34)] == [cut.count(s) for s in range(34)] and plan.count(34) == cut.count(34)
+    for tile in plan.tiles(34):
+        weight = tile.weight[:, 0, 0]
+        ramp = weight[(weight > 0) & (weight < 1)]
+        assert len(ramp) in (5, 10) or tile.frames.start in (0, 40), "a ramp of five frames at each inner border"
+    for tile in cut.tiles(34):
+        assert set(tile.weight[:, 0, 0].tolist()) <= {0.0, 1.0}
+
+
+def test_feathering_needs_a_window_twice_the_margin():
+    # Windows of one patch (two latent frames, patch 2) leave no segment between two ramps: they cut.
+    plan, cut = (TilePlan((4, 4), (4, 4), frames=(8, 2), frame_patch=2, feather_step=step) for step in (0, None))
+    assert plan.time.feather_margin() == 0
+    assert [(t.frames, t.owned_frames) for t in plan.tiles(0)] == [(t.frames, t.owned_frames) for t in cut.tiles(0)]
+
+
 def test_temporal_patch_keeps_window_edges_on_the_patch():
     plan = TilePlan((4, 4), (4, 4), patch=(2, 2), frames=(22, 6), frame_patch=2, shift_divisor=4)
     for step in range(10):
