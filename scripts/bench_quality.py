@@ -119,12 +119,12 @@ def measure(sg: SuperGenPipeline, args, prompt: str, seed: int, sketch: np.ndarr
     return row, video
 
 
-def report(rows: list[dict], title: str) -> None:
-    """Per setting the mean over its renders [95 %] and the paired seam difference against BASELINE."""
+def report(rows: list[dict], title: str, baseline: str = BASELINE) -> None:
+    """Per setting the mean over its renders [95 %] and the paired seam difference against ``baseline``."""
     print(title)
     key = lambda r: (r["set"], r["size"], r["prompt"], r["seed"])  # noqa: E731  the render a row belongs to
-    base = {key(r): r for r in rows if r["setting"] == BASELINE}
-    print(f"| setting | seam [95 %] | seam minus {BASELINE}'s, paired: mean [95 %], no worse k/n | object-count error [95 %] "
+    base = {key(r): r for r in rows if r["setting"] == baseline}
+    print(f"| setting | seam [95 %] | seam minus {baseline}'s, paired: mean [95 %], no worse k/n | object-count error [95 %] "
           "| flicker | PSNR vs uncached [95 %] | tile-forwards skipped | s | n |")
     print("|---|---|---|---|---|---|---|---|---|")
     for setting in dict.fromkeys(r["setting"] for r in rows):
@@ -133,7 +133,7 @@ def report(rows: list[dict], title: str) -> None:
             print(f"| {setting} | only {len(mine)} render |")
             continue
         paired = [(r["seam"], base[key(r)]["seam"]) for r in mine if key(r) in base]
-        versus = "(the baseline)" if setting == BASELINE else (
+        versus = "(the baseline)" if setting == baseline else (
             str(paired_difference(*zip(*paired), higher_is_better=False)) if len(paired) > 1 else "–")
         fidelity = [r["psnr"] for r in mine if np.isfinite(r["psnr"])]
         print(f"| {setting} | {mean_interval([r['seam'] for r in mine])} | {versus} | {mean_interval([r['obj_err'] for r in mine])} "
@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--groups", nargs="*", default=list(GROUPS), choices=list(GROUPS))
     parser.add_argument("--settings", nargs="+", choices=[BASELINE] + [n for g in GROUPS.values() for n, _ in g], metavar="NAME",
                         help="render only these settings, in this order (default: the baseline, then every setting of --groups)")
+    parser.add_argument("--versus", default=BASELINE, metavar="NAME", help=f"the setting paired differences are against (default: {BASELINE})")
     parser.add_argument("--set", default="test", choices=list(SETS), help="renders (prompt, seed) of supergen.eval.sets")
     parser.add_argument("--start", type=int, default=0, help="first render of the set to run, prompt-major then seed, from 0")
     parser.add_argument("--stop", type=int, help="render number to stop before (default: all)")
@@ -157,7 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.from_rows:
         rows = [json.loads(line) for path in args.from_rows for line in open(path) if line.strip()]
-        report(rows, f"from {len(rows)} rows of {' '.join(args.from_rows)}")
+        report(rows, f"from {len(rows)} rows of {' '.join(args.from_rows)}", args.versus)
         return
     torch.set_num_threads(args.threads)
     pipe = load_pipeline("toy")
@@ -196,7 +197,7 @@ def main() -> None:
                   f"{row['seconds']:.0f} s", flush=True)
     if rows:
         report(rows, f"\ntoy model, {args.size}x{args.size}x9 from 128x128 sketches, set {args.set} renders "
-                     f"{args.start}..{args.stop or len(renders)}; baseline {BASELINE}")
+                     f"{args.start}..{args.stop or len(renders)}; baseline {args.versus}", args.versus)
     if args.strip:
         out = SuperGenPipeline.from_pipe(pipe, "toy", **BASE)(prompt=STRIP_PROMPT, height=args.size, width=args.size, num_frames=9,
                                                            generator=torch.Generator().manual_seed(0))
