@@ -49,6 +49,11 @@ class SizeRules:
         """Leading latent frames the transformer denoises beyond the ``(num_frames - 1) / t + 1`` the video needs."""
         return 0
 
+    def time_window_blocker(self) -> str:
+        """Why this model's forwards cannot be windows in time of a longer clip (a condition the
+        transformer ties to the first frame of every forward); ``""`` when they can."""
+        return ""
+
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:
         """Shape ``(1, C, F, H, W)`` of the canvas latent for a video of ``num_frames × height × width`` pixels."""
         t, s_h, s_w = self.vae_scale
@@ -130,7 +135,12 @@ def frame_window(cfg: TilingConfig, rules: SizeRules, num_frames: int) -> int | 
     canvas = rules.latent_shape(rules.snap_frames(num_frames), multiple, multiple)[2]
     if window % rules.patch[0]:
         raise SuperGenError(f"tiling.frames={frames} gives {window} latent frames; this model needs a multiple of {rules.patch[0]}")
-    return window if window < canvas else None
+    if window >= canvas:
+        return None
+    blocker = rules.time_window_blocker()
+    if blocker:
+        raise SuperGenError(f"num_frames={num_frames} is longer than a time window (tiling.frames={frames}): {blocker}")
+    return window
 
 
 def check_positions(cfg: TilingConfig, rules: SizeRules, num_frames: int, sketch: tuple[int, int] | None,

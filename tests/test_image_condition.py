@@ -159,3 +159,19 @@ def worker(out_dir: Path) -> None:
 if __name__ == "__main__":
     torch.set_num_threads(1)
     worker(Path(sys.argv[1]))
+
+
+def test_hunyuan_token_replace_refuses_time_windows_in_one_line():
+    """token_replace modulates the first latent frame of every forward as the clean image: a window
+    past frame 0 would give that to a frame that is not the image. Clips within one window render as
+    before; latent_concat (the image on channels of frame 0 only) takes time windows."""
+    from test_families import tiny_hunyuan
+
+    replace = SuperGenPipeline.from_pipe(tiny_hunyuan("token_replace"), "tiny", tiling={"frames": 5})
+    with pytest.raises(SuperGenError, match=r"^num_frames=9 is longer than a time window \(tiling.frames=5\): "
+                                            r"HunyuanVideo-I2V token_replace .* latent_concat checkpoint$") as refused:
+        replace.plan(32, 32, 9)
+    assert "\n" not in str(refused.value)
+    assert replace.plan(32, 32, 5).tiles.time is None
+    concat = SuperGenPipeline.from_pipe(tiny_hunyuan("latent_concat"), "tiny", tiling={"frames": 5})
+    assert concat.plan(32, 32, 9).tiles.time is not None

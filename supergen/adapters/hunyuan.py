@@ -163,6 +163,15 @@ class HunyuanVideoAdapter(ModelAdapter):
             for handle in handles:
                 handle.remove()
 
+    # ---- time windows -----------------------------------------------------------------------
+    def time_window_blocker(self) -> str:
+        # token_replace's transformer gives the first latent frame of every forward the image's
+        # clean-timestep modulation: in a window past frame 0 that frame is not the image.
+        if self.condition_type == "token_replace":
+            return ("HunyuanVideo-I2V token_replace treats the first frame of every window as the image; "
+                    "render at most tiling.frames frames or use a latent_concat checkpoint")
+        return ""
+
     # ---- geometry -------------------------------------------------------------------------
     @property
     def patch(self) -> tuple[int, int, int]:
