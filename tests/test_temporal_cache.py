@@ -165,3 +165,12 @@ def test_attention_mode_with_one_tile_is_dense_attention_in_the_same_time_window
     attention, shift = run({**whole, "mode": "attention", "halo": 0}), run({**whole, "mode": "shift"})
     assert [s.tiles for s in attention.stats.steps] == [s.tiles for s in shift.stats.steps] != [1] * 4
     torch.testing.assert_close(attention.frames, shift.frames, atol=1e-4, rtol=1e-4)
+
+
+def test_attention_mode_with_the_region_cache_reuses_whole_time_windows(wan_t2v):
+    """In attention mode a tile is a time window's canvas forward: the region cache reuses windows."""
+    sg = SuperGenPipeline.from_pipe(wan_t2v, "tiny", refine={"num_inference_steps": STEPS, "strength": 1.0}, tiling=ATTENTION,
+                                    cache={"enabled": True, "region": {"change_threshold": 0.3}})
+    report = sg(**SIZE, generator=torch.Generator().manual_seed(0), output_type="latent").cache_report
+    assert report.tiles_skipped > 0 and covered(report, 3, (8, 16))
+    assert all(len(step.tiles) == 2 and (t.rows.size, t.cols.size) == (8, 16) for step in report.steps for t in step.tiles)
