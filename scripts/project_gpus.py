@@ -102,7 +102,7 @@ def project(config: str, model: str, gpus: int, tflops: float, vae_tflops: float
 
     # Text encoder (UMT5): every rank encodes the prompts itself.
     te = arch.text_encoder
-    tokens = arch.family.prompt_shapes(arch.transformer, arch.image_to_video)["prompt_embeds"][0]
+    tokens = arch.spec.prompt_shapes(arch.transformer, arch.image_to_video)["prompt_embeds"][0]
     linear_params = arch.parameters()["text_encoder"] - te["vocab_size"] * te["d_model"]
     prompts = 2 if plan.guidance or sketch_branches == 2 else 1  # with guidance, the negative prompt too
     text = prompts * (2 * linear_params * tokens + 4 * tokens * tokens * te["d_model"] * te["num_layers"])

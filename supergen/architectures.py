@@ -26,6 +26,7 @@ import torch
 
 from .config import SuperGenConfig
 from .errors import SuperGenError
+from .families import FamilySpec, ModelRules, family_of, transformers_of, vae_tile
 from .geometry import SizeRules
 
 #: The small trained model shipped inside the package (``--model toy``): a diffusers Wan folder.
@@ -52,14 +53,24 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
+def _with_defaults(class_name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the defaults of the diffusers class ``class_name``'s ``__init__`` filled in (what
+    ``from_config`` would register), read from its signature: no module is built."""
+    import diffusers
+
+    parameters = inspect.signature(getattr(diffusers, class_name).__init__).parameters
+    return {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty} | config
+
+
 @dataclass(frozen=True)
 class Architecture(SizeRules):
     """A model's numbers: the configs of its transformer(s), VAE and encoders, its pipeline class and native size.
 
-    Its family (the adapter of :attr:`pipeline`) names the classes these configs build
-    (:class:`~supergen.adapters.base.FamilyModules`); :meth:`build` makes the real diffusers pipeline
-    from them without weights, and the size rules (:class:`~supergen.geometry.SizeRules`) are the
-    family adapter's own on that pipeline, so the planner and a loaded model cannot disagree.
+    Its family (:attr:`spec`, named by :attr:`pipeline`) names the classes these configs build
+    (:class:`~supergen.families.FamilyModules`); :meth:`build` makes the real diffusers pipeline
+    from them without weights. The size rules (:class:`~supergen.geometry.SizeRules`) are the
+    family's functions of these configs (:attr:`rules`), the same a loaded model's adapter applies to
+    its own, so the planner and a loaded model cannot disagree; no adapter or pipeline is built for them.
     """
 
     name: str
@@ -79,7 +90,7 @@ class Architecture(SizeRules):
     note: str = ""
     #: Exact parameter counts when known from loaded modules (the demo); else counted on ``meta``.
     counted: dict[str, int] = field(default_factory=dict, compare=False)
-    #: The diffusers pipeline class (it names the family: :func:`~supergen.adapters.adapter_named`).
+    #: The diffusers pipeline class (it names the family: :func:`~supergen.families.family_of`).
     pipeline: str = "WanPipeline"
     #: HunyuanVideo: the config of its second text encoder (CLIP's text model, the pooled embedding).
     text_encoder_2: dict[str, Any] | None = None
@@ -88,21 +99,14 @@ class Architecture(SizeRules):
 
     # ---- the family and its modules -----------------------------------------------------------
     @property
-    def native_frames(self) -> int | None:
-        """The family's native clip length in video frames (the default time window)."""
-        return self.family.native_frames
-
-    @property
-    def family(self):
-        """The family's adapter class (:class:`~supergen.adapters.ModelAdapter`)."""
-        from .adapters import adapter_named
-
-        return adapter_named(self.pipeline)
+    def spec(self) -> FamilySpec:
+        """The model's family (:class:`~supergen.families.FamilySpec`)."""
+        return family_of(self.pipeline)
 
     def encoder_configs(self) -> dict[str, dict[str, Any]]:
         """The configs of the encoders this architecture has, by pipeline component name."""
         configs = {"text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2, "image_encoder": self.image_encoder}
-        return {name: configs[name] for name in self.family.modules.encoders if configs.get(name) is not None}
+        return {name: configs[name] for name in self.spec.modules.encoders if configs.get(name) is not None}
 
     def build(
         self,
@@ -126,7 +130,7 @@ class Architecture(SizeRules):
         import diffusers
         import transformers
 
-        spec = self.family.modules
+        spec = self.spec.modules
         dtypes = dtypes or {}
 
         def built(name: str, make):
@@ -157,26 +161,39 @@ class Architecture(SizeRules):
         """The encoder ``name`` of :meth:`encoder_configs`, built from its config (initialised, not loaded)."""
         import transformers
 
-        model_class, config_class = self.family.modules.encoders[name]
+        model_class, config_class = self.spec.modules.encoders[name]
         return getattr(transformers, model_class)(getattr(transformers, config_class)(**self.encoder_configs()[name]))
 
     def scheduler(self):
         """The family's scheduler, as the released checkpoints configure it (its tables on the host)."""
         import diffusers
 
-        scheduler_class, scheduler_args = self.family.modules.scheduler
+        scheduler_class, scheduler_args = self.spec.modules.scheduler
         with torch.device("cpu"):
             return getattr(diffusers, scheduler_class)(**scheduler_args)
 
     @functools.cached_property
-    def rules(self):
-        """The family adapter on this architecture's pipeline built on ``meta``: the size rules a loaded
-        model of this architecture plans with (its own ``native_size``, not :attr:`native_size`, which
-        ``supergen plan`` suggests as the sketch size through :func:`with_native_sketch`)."""
+    def rules(self) -> ModelRules:
+        """The family's size rules on this architecture's configs (the diffusers classes' defaults filled
+        in): what a loaded model of this architecture plans with (``native_size`` None, not
+        :attr:`native_size`, which ``supergen plan`` suggests as the sketch size through :func:`with_native_sketch`)."""
+        modules = self.spec.modules
+        return self.spec.rules(_with_defaults(modules.transformer, self.transformer), _with_defaults(modules.vae, self.vae), self.pipeline)
+
+    @functools.cached_property
+    def _vae(self) -> torch.nn.Module:
+        """The VAE built on ``meta`` (nothing allocated): its tiling and decoder are set by its class, not its config."""
+        import diffusers
+
         with torch.device("meta"):
-            return self.family(self.build())
+            return getattr(diffusers, self.spec.modules.vae).from_config(self.vae)
 
     # ---- geometry (SizeRules) ----------------------------------------------------------------
+    @property
+    def native_frames(self) -> int | None:
+        """The family's native clip length in video frames (the default time window)."""
+        return self.rules.native_frames
+
     @property
     def vae_scale(self) -> tuple[int, int, int]:
         return self.rules.vae_scale
@@ -196,14 +213,17 @@ class Architecture(SizeRules):
     def extra_latent_frames(self, num_frames: int) -> int:
         return self.rules.extra_latent_frames(num_frames)
 
+    def time_window_blocker(self) -> str:
+        return self.rules.time_window_blocker()
+
     @property
     def position_limit(self) -> int | None:
         return self.rules.position_limit
 
     @property
     def vae_tile(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        """The VAE's spatial tiling in pixels, ``((tile_h, tile_w), (stride_h, stride_w))`` (the adapter's)."""
-        return self.rules.vae_tile
+        """The VAE's spatial tiling in pixels, ``((tile_h, tile_w), (stride_h, stride_w))`` (as a loaded model's adapter reads it)."""
+        return vae_tile(self._vae, self.vae_scale[1])
 
     @property
     def image_to_video(self) -> bool:
@@ -225,13 +245,13 @@ class Architecture(SizeRules):
         """Channels per output pixel at the VAE decoder's full resolution: its last convolution's input
         channels per pixel it writes (LTX's decoder ends at a quarter of the resolution and unpacks
         4×4 pixels from each position: 128 channels for 48 outputs count as 8)."""
-        last = [m for m in self.rules.pipe.vae.decoder.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))][-1]
+        last = [m for m in self._vae.decoder.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))][-1]
         return last.in_channels * 3 // last.out_channels
 
     @property
     def num_blocks(self) -> int:
         """Repeated transformer blocks per expert (HunyuanVideo: dual- and single-stream together)."""
-        return sum(self.transformer[key] for key in self.family.modules.block_counts)
+        return sum(self.transformer[key] for key in self.spec.modules.block_counts)
 
     # ---- parameters ------------------------------------------------------------------------
     def parameters(self) -> dict[str, int]:
@@ -240,11 +260,14 @@ class Architecture(SizeRules):
 
     @functools.cached_property
     def _counts(self) -> dict[str, int]:
-        # Counted once per architecture: building the 8B text encoders on meta takes seconds. The
-        # transformer and the VAE are those of the size rules' pipeline, so nothing is built twice.
+        # Counted once per architecture: building the 8B text encoders on meta takes seconds.
+        import diffusers
+
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-        counts = {"transformer": sum(count(m) for m in self.rules.transformers), "vae": count(self.rules.pipe.vae)}
         with torch.device("meta"):  # builds the real modules without allocating their weights
+            # Experts have the same shape: one is built.
+            transformer = getattr(diffusers, self.spec.modules.transformer).from_config(self.transformer)
+            counts = {"transformer": self.experts * count(transformer), "vae": count(self._vae)}
             counts |= {name: count(self._encoder(name)) for name in self.encoder_configs()}
         return counts
 
@@ -254,7 +277,7 @@ class Architecture(SizeRules):
         (HunyuanVideo's dual- and single-stream blocks averaged)."""
         import diffusers
 
-        spec = self.family.modules
+        spec = self.spec.modules
         with torch.device("meta"):
             empty = getattr(diffusers, spec.transformer).from_config(dict(self.transformer, **{k: 0 for k in spec.block_counts}))
             outside = sum(p.numel() for p in empty.parameters())
@@ -266,9 +289,7 @@ class Architecture(SizeRules):
     def from_folder(cls, path: str | Path) -> "Architecture":
         """Read a diffusers model folder of any supported family: ``model_index.json`` (the pipeline class
         names the family), the ``transformer/`` (and ``transformer_2/``) and ``vae/`` configs, and the
-        configs of the encoders the family has (:attr:`~supergen.adapters.ModelAdapter.modules`)."""
-        from .adapters import adapter_named
-
+        configs of the encoders the family has (:attr:`~supergen.families.FamilySpec.modules`)."""
         root = Path(path)
 
         def read(sub: str) -> dict[str, Any] | None:
@@ -288,7 +309,7 @@ class Architecture(SizeRules):
                 f"config.json); known architectures: {', '.join(KNOWN)}"
             )
         # An encoder the folder lacks (a pipeline saved without it: embeddings passed in) is None: not counted.
-        encoders = {name: read(name) for name in adapter_named(pipeline).modules.encoders}
+        encoders = {name: read(name) for name in family_of(pipeline).modules.encoders}
         main = transformer or transformer_2
         image = encoders.get("image_encoder")
         # Wan 2.1 I2V cross-attends to CLIP's tokens: its patches and the class token.
@@ -301,14 +322,11 @@ class Architecture(SizeRules):
     @classmethod
     def from_pipeline(cls, pipe, name: str = "loaded") -> "Architecture":
         """The architecture of a loaded pipeline of any supported family, with its modules' real parameter counts."""
-        from .adapters import adapter_for
-
-        adapter = adapter_for(pipe)
-        transformers = adapter.transformers
+        transformers = transformers_of(pipe)
         count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
         counted = {"transformer": sum(map(count, transformers)), "vae": count(pipe.vae)}
         encoders = {}
-        for component in type(adapter).modules.encoders:
+        for component in family_of(type(pipe).__name__).modules.encoders:
             module = getattr(pipe, component, None)
             if module is not None:
                 encoders[component], counted[component] = module.config.to_dict(), count(module)

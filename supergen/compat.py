@@ -211,6 +211,33 @@ def progress_bar_label(pipe, desc: str) -> Iterator[None]:
             pipe._progress_bar_config = settings
 
 
+@contextlib.contextmanager
+def methods_replaced(owner: Any, **methods: Any) -> Iterator[None]:
+    """Inside the block, the methods ``methods`` of ``owner`` (a diffusers object or class) are the
+    callables given; restored as found on exit, also when the block raises.
+
+    For the fake-tensor trace, which models diffusers work it does not run as such (a VAE's row-by-row
+    ``blend_v`` / ``blend_h``, group offloading's ``ModuleGroup.onload_`` / ``offload_`` weight moves).
+    A name ``owner`` lacks raises: a release that renamed it would otherwise be traced unreplaced, silently.
+    """
+    missing = [name for name in methods if not callable(getattr(owner, name, None))]
+    if missing:
+        raise SuperGenError(f"{getattr(owner, '__name__', type(owner).__name__)} has no method {', '.join(missing)} in the "
+                            "installed diffusers: the trace cannot model it (docs/compatibility.md lists the tested releases)")
+    own = vars(owner)
+    saved = {name: own[name] for name in methods if name in own}
+    for name, method in methods.items():
+        setattr(owner, name, method)
+    try:
+        yield
+    finally:
+        for name in methods:
+            if name in saved:
+                setattr(owner, name, saved[name])
+            else:
+                delattr(owner, name)
+
+
 def context_parallel_plan(model) -> Any:
     """The transformer's own context-parallel plan; ``None`` where its family ships none, and (the
     fallback) where the model or the diffusers release has no plans at all."""

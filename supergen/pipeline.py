@@ -29,7 +29,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from . import compat
-from .adapters import CanvasEncoder, Conditioning, ModelAdapter, Request, adapter_for
+from .adapters import CanvasEncoder, Conditioning, ModelAdapter, Request, adapter_class, adapter_for
 from .attention import check_backend, dense_backend
 from .builtin import load_pipeline, model_preset
 from .cache import CacheReport, cache_policy
@@ -113,13 +113,21 @@ class SuperGenPipeline:
             :class:`~supergen.config.SuperGenConfig` works too, only its method sections are read).
         group: the ranks rendering each video together (:func:`supergen.parallel.init`), or None
             for this process alone.
+        adapter: the family adapter to render with, on ``pipe`` (default: :func:`~supergen.adapters.adapter_for`).
+            The injection point for a caller that changes what a render calls through the adapter's
+            documented methods (an instance of a subclass of the family's adapter): the fake-tensor
+            trace's :class:`~supergen.trace.TracedAdapter`.
     """
 
-    def __init__(self, pipe: DiffusionPipeline, config: MethodConfig, group: TileGroup | None = None):
+    def __init__(self, pipe: DiffusionPipeline, config: MethodConfig, group: TileGroup | None = None,
+                 adapter: ModelAdapter | None = None):
         self.pipe = pipe
         self.config = config
         self.group = group
-        self.adapter: ModelAdapter = adapter_for(pipe)
+        if adapter is not None and (adapter.pipe is not pipe or not isinstance(adapter, adapter_class(pipe))):
+            raise SuperGenError(f"adapter={type(adapter).__name__}: must be a {adapter_class(pipe).__name__} "
+                                "(or a subclass) made on this pipeline")
+        self.adapter: ModelAdapter = adapter if adapter is not None else adapter_for(pipe)
 
     @classmethod
     def from_pipe(
@@ -274,7 +282,8 @@ class SuperGenPipeline:
                                       num_inference_steps, None if sketch_pixels is None else tuple(sketch_pixels.shape[-2:]),
                                       guidance_scale, {k: v for k, v in text.items() if v is not None}, plan)
         clock = StageClock(self.group, skip=("decode",) if output_type == "latent" else ())  # a latent output decodes nothing
-        stages = Stages(self.adapter.device, self.group, [clock, *observers] + ([CallbackObserver(callback_on_stage)] if callback_on_stage else []))
+        stages = Stages(self.adapter.device, self.group, [clock, ProgressBar(self.pipe), *observers]
+                        + ([CallbackObserver(callback_on_stage)] if callback_on_stage else []))
         with self._borrowed_pipeline() as borrowed:
             parallel = parallelize(self.adapter, self.group, self.config, plan)  # every parallel choice, from one plan
             with stages.run("setup"):
@@ -303,7 +312,7 @@ class SuperGenPipeline:
             with stages.run("refine", {"steps": len(timesteps), "tiles": plan.tiles.count(0)}):
                 latents, step_stats, report, parallel_stats = self._refine(
                     latents, plan, parallel, cond, scheduler, timesteps, generator,
-                    _step_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs), stages.refinement_step)
+                    _step_callback(self, callback_on_step_end, callback_on_step_end_tensor_inputs), stages)
             with stages.run("decode"):
                 video, sketch_out = self._decode(latents, sketch_pixels, plan, parallel, output_type)
         stats = RenderStats(
@@ -326,10 +335,10 @@ class SuperGenPipeline:
             text: the optional :class:`~supergen.adapters.Request` text fields the call gives.
         """
         adapter, text = self.adapter, text or {}
-        refused = sorted(set(text) - adapter.prompt_options)
+        refused = sorted(set(text) - adapter.spec.prompt_options)
         if refused:
             raise SuperGenError(f"{', '.join(refused)}: not supported for {type(self.pipe).__name__} "
-                                f"(supported: {', '.join(sorted(adapter.prompt_options)) or 'none'})")
+                                f"(supported: {', '.join(sorted(adapter.spec.prompt_options)) or 'none'})")
         for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
             if not isinstance(value, str):
                 raise SuperGenError(f"{name} must be one string (one video per call; use batch rendering for many); got {type(value).__name__}")
@@ -371,7 +380,7 @@ class SuperGenPipeline:
             if unknown:
                 more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
                 logger.warning("words unknown to this model's tokenizer (it will not see them): %s%s", ", ".join(unknown[:5]), more)
-            limit = text.get("max_sequence_length", adapter.max_sequence_length)
+            limit = text.get("max_sequence_length", adapter.spec.max_sequence_length)
             if limit is not None and adapter.prompt_tokens(prompt) > limit:
                 logger.warning("the prompt is %d tokens; the text encoder reads the first %d (the rest is cut)",
                                adapter.prompt_tokens(prompt), limit)
@@ -415,7 +424,7 @@ class SuperGenPipeline:
         return lambda video: self.adapter.encode(video if isinstance(video, torch.Tensor) else video[...], None)
 
     def _refine(self, latents, plan: RenderPlan, parallel: Parallelism, cond: Conditioning, scheduler, timesteps, generator, callback,
-                step_scope=None):
+                stages: "Stages"):
         """Stage 2: the tiled refinement; returns the latent, per-step stats, the cache report and parallel stats."""
         cfg, adapter = self.config, self.adapter
         runner, heads = parallel.tiles()
@@ -424,10 +433,8 @@ class SuperGenPipeline:
         with self._attention(plan, heads) as attention, adapter.positions(cfg.tiling.positions), parallel.tokens(), \
                 cache_policy(cfg.cache, adapter.transformers, plan.latent_shape[2:], adapter.patch, len(timesteps), plan.do_guidance) as policy:
             refiner = TileRefiner(plan.tiles, adapter, cond, cfg.tiling.positions, cfg.tiling.batch_tiles, policy=policy, runner=runner,
-                                  on_step=attention, step_scope=step_scope)
-            with adapter.pipe.progress_bar(total=len(timesteps)) as progress:
-                progress.set_description("refine")
-                latents, steps = refiner.run(latents, adapter.stepper(scheduler, cond.spatial, generator), timesteps, progress, callback)
+                                  on_step=attention, step_scope=stages.refinement_step, step_done=stages.step_done)
+            latents, steps = refiner.run(latents, adapter.stepper(scheduler, cond.spatial, generator), timesteps, callback)
         return latents, steps, runner.finish(policy.report), parallel.stats() | runner.stats()
 
     def _decode(self, latents: torch.Tensor, sketch: torch.Tensor | None, plan: RenderPlan, parallel: Parallelism, output_type: str):
@@ -513,6 +520,9 @@ class StageObserver:
         """Entered around refinement step ``step``'s tile predictions and blend (not the scheduler's step)."""
         return contextlib.nullcontext()
 
+    def step_done(self, step: int) -> None:
+        """Refinement step ``step`` is done (its scheduler step and ``callback_on_step_end`` included)."""
+
 
 class Stages:
     """Runs a render's stages through one place: ``with stages.run(name, info):`` tells every observer
@@ -549,6 +559,10 @@ class Stages:
                 scopes.enter_context(observer.refinement_step(step))
             yield
 
+    def step_done(self, step: int) -> None:
+        for observer in self.observers:
+            observer.step_done(step)
+
 
 class CallbackObserver(StageObserver):
     """``callback_on_stage(stage, info)`` as an observer: called when each stage begins, except the setup."""
@@ -559,6 +573,26 @@ class CallbackObserver(StageObserver):
     def started(self, stage: str, info: dict[str, Any]) -> None:
         if stage != "setup":
             self.callback(stage, {k: v() if callable(v) else v for k, v in info.items()})
+
+
+class ProgressBar(StageObserver):
+    """The refinement's step bar, labelled ``refine``: diffusers' ``pipe.progress_bar``, so the
+    pipeline's ``set_progress_bar_config`` (``disable=True``...) applies to it as to the sketch's."""
+
+    def __init__(self, pipe: DiffusionPipeline):
+        self.pipe, self.bar = pipe, None
+
+    def started(self, stage: str, info: dict[str, Any]) -> None:
+        if stage == "refine":
+            self.bar = self.pipe.progress_bar(total=info["steps"])
+            self.bar.set_description("refine")
+
+    def step_done(self, step: int) -> None:
+        self.bar.update()
+
+    def ended(self, stage: str, seconds: float, sent: int) -> None:
+        if stage == "refine":
+            self.bar.close()
 
 
 class StageClock(StageObserver):

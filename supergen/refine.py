@@ -114,6 +114,8 @@ class TileRefiner:
             :class:`~supergen.attention.StepLayouts`: per-step state the adapter's processors read).
         step_scope: entered around each step's predictions and blend, not the scheduler's step
             (the pipeline's stage observers, e.g. the trace watching host copies).
+        step_done: called with each step's index once the step is done (scheduler step and step
+            callback included): the pipeline's stage observers (the progress bar).
     """
 
     plan: TilePlan
@@ -125,6 +127,7 @@ class TileRefiner:
     runner: TileRunner = field(default_factory=SingleProcess)
     on_step: Callable[[int], None] | None = None
     step_scope: Callable[[int], ContextManager[None]] | None = None
+    step_done: Callable[[int], None] | None = None
     _device_weights: dict = field(default_factory=dict, init=False, repr=False)
 
     def _on_device(self, tile: Tile, like: torch.Tensor) -> Tile:
@@ -199,7 +202,6 @@ class TileRefiner:
         latents: torch.Tensor,
         stepper: Stepper,
         timesteps: torch.Tensor,
-        progress_bar=None,
         callback: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[StepStats]]:
         """Run the remaining ``timesteps`` on the canvas.
@@ -223,6 +225,6 @@ class TileRefiner:
             if callback is not None:
                 latents = callback(i, t, latents)
             stats.append(step_stats)
-            if progress_bar is not None:
-                progress_bar.update()
+            if self.step_done is not None:
+                self.step_done(i)
         return latents, stats

@@ -41,12 +41,12 @@ def seeded_generator(seed: int) -> tuple[torch.Generator, int]:
 def load_pipeline(model: ModelConfig, device: torch.device):
     """The diffusers pipeline ``model.name`` on ``device``, in ``model.dtype``, with the VAE and image
     encoder in their own dtypes (the family's recipe unless set) and the offload ``model.offload`` asks for."""
-    from .adapters import adapter_class
+    from .families import family_of
     from .builtin import load_pipeline as load_named
 
     dtype = getattr(torch, model.dtype)
     pipe = load_named(model.name, dtype, "cpu")
-    defaults = adapter_class(pipe).component_dtypes
+    defaults = family_of(type(pipe).__name__).component_dtypes
     for component, override in (("vae", model.vae_dtype), ("image_encoder", model.image_encoder_dtype)):
         module = getattr(pipe, component, None)
         wanted = override or defaults.get(component)

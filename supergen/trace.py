@@ -11,7 +11,7 @@ operation and records, per stage, the peak of live tensor bytes, the FLOPs
 What is not traced, and said so in the output:
 
 - the text encoders: the adapter's ``encode_text`` returns embeddings of their output shapes
-  (:meth:`~supergen.adapters.ModelAdapter.prompt_shapes`; diffusers' T5 code trims padding with
+  (:attr:`~supergen.families.FamilySpec.prompt_shapes`, :class:`TracedAdapter`; diffusers' T5 code trims padding with
   data-dependent slicing, and HunyuanVideo-I2V's LLaVA prompt crops its template at token positions,
   which fake tensors cannot run); their weights are counted exactly from the configs and added to
   the resident bytes. Image encoders (Wan 2.1 I2V's CLIP) run;
@@ -40,7 +40,7 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 import torch
 
@@ -48,6 +48,7 @@ from . import compat
 from .compat import TorchDispatchMode, tree_flatten
 from .config import SuperGenConfig
 from .errors import SuperGenError
+from .families import transformers_of
 from .cost import Architecture, DTYPE_BYTES, ResourcePlan, component_dtype, estimate, human, flops as human_flops, with_native_sketch
 from .pipeline import StageObserver
 from .plan import STAGES
@@ -201,6 +202,12 @@ class MemoryTrace(TorchDispatchMode):
                 self.host_copies.append(f"{func}: host tensor {tuple(host[0].shape)} used with device data")
         out = func(*args, **kwargs)
         trace = self.stages.setdefault(self.stage, StageTrace())
+        schema = getattr(func, "_schema", None)
+        if schema is not None and any(r.alias_info is not None for r in schema.returns):
+            # A view or in-place result allocates nothing, also where the fake mode stood a fake copy
+            # in for a host tensor (a strip written into the host's output video).
+            self._note_peak(trace)
+            return out
         # A view (or in-place result) of an input allocates nothing: e.g. ``t()`` of a weight, which
         # exists since before the trace (counted in ``resident``), not in ``live``.
         existing = {_storage_key(t) for t in inputs if t.device.type != "meta"}
@@ -256,17 +263,11 @@ class GroupOffloadMeter:
     def offload(self, group) -> None:
         self.memory.resident -= self.on_device.pop(id(group), 0)
 
-    @contextlib.contextmanager
-    def patched(self) -> Iterator[None]:
-        from .compat import ModuleGroup
-
-        originals = ModuleGroup.onload_, ModuleGroup.offload_
-        ModuleGroup.onload_ = lambda group: self.onload(group)
-        ModuleGroup.offload_ = lambda group: self.offload(group)
-        try:
-            yield
-        finally:
-            ModuleGroup.onload_, ModuleGroup.offload_ = originals
+    def patched(self) -> ContextManager[None]:
+        """Inside the block, every group's ``onload_`` / ``offload_`` counts its bytes instead of moving them."""
+        # Functions, not bound methods: as class attributes they bind the group they are called on.
+        return compat.methods_replaced(compat.ModuleGroup, onload_=lambda group: self.onload(group),
+                                       offload_=lambda group: self.offload(group))
 
 
 class StageMeter:
@@ -334,28 +335,26 @@ class ShapeMemo:
         self.replayed_flops[memory.stage] = self.replayed_flops.get(memory.stage, 0) + flops
         return torch.empty(shape, dtype=dtype, device=x.device)
 
-    def wrap(self, fn):
-        def call(x: torch.Tensor, *args):
-            self.calls += 1
-            key = (tuple(x.shape), x.dtype, *args)
-            memory = self.memory
-            if key in self.seen:
-                self.replays += 1
-                return self._replay(x, *self.seen[key])
-            scalable = self._scalable(key)
-            if scalable is not None:
-                self.scaled += 1
-                (traced, area) = scalable
-                transient, flops, out, dtype = self.seen[traced]
-                shape = torch.Size((*out[:-2], *(key[0][i] * out[i] // traced[0][i] for i in (-2, -1))))
-                return self._replay(x, int(transient * area), int(flops * area), shape, dtype)
-            start, flops = memory.resident + memory.current, self.flop_counter.get_total_flops()
-            memory.high = start
-            out = fn(x, *args)
-            self.seen[key] = (memory.high - start, self.flop_counter.get_total_flops() - flops, out.shape, out.dtype)
-            return out
-
-        return call
+    def __call__(self, fn, x: torch.Tensor, *args) -> torch.Tensor:
+        """``fn(x, *args)``, traced for the first call of its shape, replayed or scaled for the next ones."""
+        self.calls += 1
+        key = (tuple(x.shape), x.dtype, *args)
+        memory = self.memory
+        if key in self.seen:
+            self.replays += 1
+            return self._replay(x, *self.seen[key])
+        scalable = self._scalable(key)
+        if scalable is not None:
+            self.scaled += 1
+            (traced, area) = scalable
+            transient, flops, out, dtype = self.seen[traced]
+            shape = torch.Size((*out[:-2], *(key[0][i] * out[i] // traced[0][i] for i in (-2, -1))))
+            return self._replay(x, int(transient * area), int(flops * area), shape, dtype)
+        start, flops = memory.resident + memory.current, self.flop_counter.get_total_flops()
+        memory.high = start
+        out = fn(x, *args)
+        self.seen[key] = (memory.high - start, self.flop_counter.get_total_flops() - flops, out.shape, out.dtype)
+        return out
 
 
 def _storage_key(t: torch.Tensor) -> int:
@@ -425,16 +424,6 @@ def _text_embeddings(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype, dev
     return embeds
 
 
-def _text_stub(adapter, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype):
-    """``adapter.encode_text`` returning embeddings of the text encoders' output ``shapes``
-    (:meth:`~supergen.adapters.ModelAdapter.prompt_shapes`, :func:`_text_embeddings`; the only stub)."""
-
-    def encode_text(request, guidance_scale):
-        return _text_embeddings(shapes, dtype, adapter.device, adapter.runs_branches(guidance_scale))
-
-    adapter.encode_text = encode_text
-
-
 def _param_bytes(module: torch.nn.Module) -> int:
     storages = {}
     for t in [*module.parameters(), *module.buffers()]:
@@ -447,8 +436,8 @@ def fake_pipeline(arch: Architecture, dtypes: dict[str, torch.dtype], layers: in
     the transformer(s) with at most ``layers`` of each block list, the VAE, the image encoder if any,
     in the component ``dtypes``; its scheduler sets its timesteps on the host.
 
-    Returns the pipeline and the weights' bytes not built: each text encoder (stubbed, see
-    :func:`_text_stub`) and ``transformer blocks`` (when ``layers`` is below the config's).
+    Returns the pipeline and the weights' bytes not built: each text encoder (not run, see
+    :class:`TracedAdapter`) and ``transformer blocks`` (when ``layers`` is below the config's).
     """
     from .compat import unset_fake_temporarily
 
@@ -459,8 +448,8 @@ def fake_pipeline(arch: Architecture, dtypes: dict[str, torch.dtype], layers: in
     pipe = arch.build(dtypes, layers, encoders=("image_encoder",), scheduler=scheduler)
     b = DTYPE_BYTES[str(dtypes["transformer"]).removeprefix("torch.")]
     added = {name: counts[name] * b for name in arch.encoder_configs() if getattr(pipe, name, None) is None}
-    experts = arch.family(pipe).transformers
-    if layers is not None and layers < max(arch.transformer[key] for key in arch.family.modules.block_counts):
+    experts = transformers_of(pipe)
+    if layers is not None and layers < max(arch.transformer[key] for key in arch.spec.modules.block_counts):
         added["transformer blocks"] = counts["transformer"] * b - sum(_param_bytes(e) for e in experts)
     pipe.set_progress_bar_config(disable=True)
     return pipe, added
@@ -497,6 +486,7 @@ def trace_render(
     from .compat import FakeTensorMode
     from torch.utils.flop_counter import FlopCounterMode
 
+    from .adapters import adapter_class
     from .pipeline import SuperGenPipeline
 
     config = with_native_sketch(config, arch)
@@ -520,30 +510,20 @@ def trace_render(
             pipe.enable_group_offload(onload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1)
             resident = 0
         memory.resident = resident
-        sg = SuperGenPipeline(pipe, traced_cfg)
-        _text_stub(sg.adapter, arch.family.prompt_shapes(arch.transformer, arch.image_to_video), dtypes["transformer"])
-        if offloader is not None:
-            _onload_while_encoding(sg.adapter, memory, text_encoders)
-        host_schedule = _unfaked(sg.adapter.schedule)
-
-        def schedule(*args, **kwargs):
-            # The timesteps live on the device in a GPU run (set_timesteps(device=...)).
-            timesteps = host_schedule(*args, **kwargs)
-            memory.mark_device(timesteps)
-            return timesteps
-
-        sg.adapter.schedule = schedule
         flop_counter = FlopCounterMode(display=False)
         memo = ShapeMemo(memory, flop_counter)
-        # Per VAE tile (TiledVAE calls the adapter once per window): traced once per shape; blends vectorised.
-        pipe.vae.blend_v, pipe.vae.blend_h = vectorised_blend(-2), vectorised_blend(-1)
-        sg.adapter.decode, sg.adapter.encode = memo.wrap(sg.adapter.decode), memo.wrap(sg.adapter.encode)
+        shapes = arch.spec.prompt_shapes(arch.transformer, arch.image_to_video)
+        adapter = traced_adapter(adapter_class(pipe))(pipe, memory, memo, shapes, dtypes["transformer"],
+                                                      text_encoders if offloader is not None else 0)
+        sg = SuperGenPipeline(pipe, traced_cfg, adapter=adapter)
         stages = StageMeter(memory, flop_counter, arch.name)
         parked: dict[str, int] = {}
         observer = _TraceObserver(stages, memory, pipe, added if offloader is None else {}, added, parked)
         image = Image.new("RGB", (width, height), (128, 128, 128)) if arch.image_to_video else None
+        # diffusers' row-by-row VAE blends as one operation each (the same arithmetic, see vectorised_blend).
+        blends = compat.methods_replaced(pipe.vae, blend_v=vectorised_blend(-2), blend_h=vectorised_blend(-1))
         try:
-            with flop_counter, memory:
+            with flop_counter, memory, blends:
                 sg(prompt="a traced render", image=image, height=height, width=width, num_frames=num_frames,
                    generator=torch.Generator().manual_seed(0), output_type="uint8", observers=[observer])
                 stages.enter("end")
@@ -625,9 +605,11 @@ class _TraceObserver(StageObserver):
 
     def started(self, stage: str, info: dict) -> None:
         self.meter.enter(stage)
-        # In the refinement, tensors built without a device are host tensors: ``meta`` tells them apart.
-        self.memory.host_default = stage == "refine"
-        torch.set_default_device("meta" if stage == "refine" else None)
+        # In the refinement and the decode, tensors built without a device are host tensors (the
+        # decode's uint8 output video, supergen.output): ``meta`` tells them apart.
+        host = stage in ("refine", "decode")
+        self.memory.host_default = host
+        torch.set_default_device("meta" if host else None)
 
     @contextlib.contextmanager
     def refinement_step(self, step: int) -> Iterator[None]:
@@ -652,21 +634,61 @@ class _TraceObserver(StageObserver):
                 self.freed[name] = freed
 
 
-def _onload_while_encoding(adapter, memory: MemoryTrace, text_encoders: int) -> None:
-    """Under group offloading, the stubbed ``adapter.encode_text`` holds the text encoders'
-    ``text_encoders`` bytes on the device while it runs: diffusers' hooks onload UMT5 as one group (its
-    blocks sit in ``encoder.block``, not in a block list of the top module), all of it while it encodes."""
-    stub = adapter.encode_text
+class TracedAdapter:
+    """What the trace runs differently from a render, as overrides of :class:`~supergen.adapters.ModelAdapter`'s
+    documented methods, handed to the pipeline as its adapter (``SuperGenPipeline(adapter=...)``);
+    :func:`traced_adapter` puts this class before the family's adapter class:
 
-    def encode_text(*args, **kwargs):
-        memory.resident += text_encoders
+    - ``encode_text``: the text encoders are not run; embeddings of their output shapes (the family's
+      :attr:`~supergen.families.FamilySpec.prompt_shapes`, :func:`_text_embeddings`). Under group
+      offloading their ``text_onload`` bytes are on the device while they would encode (diffusers'
+      hooks onload UMT5 as one group: its blocks sit in ``encoder.block``, not in a block list of the top module);
+    - ``schedule``: set up on the host as real tensors (data-dependent look-ups), marked as device data
+      (a GPU run's timesteps live there: ``set_timesteps(device=...)``);
+    - ``encode`` / ``decode``: one VAE call per window, traced once per shape and replayed (:class:`ShapeMemo`).
+    """
+
+    #: The :class:`~supergen.adapters.ModelAdapter` methods overridden; :func:`traced_adapter` checks the
+    #: adapter still has them, so a rename there fails the trace instead of silently measuring more.
+    OVERRIDES = ("encode_text", "schedule", "encode", "decode")
+
+    def __init__(self, pipe, memory: MemoryTrace, memo: ShapeMemo, shapes: dict[str, tuple[int, ...]], dtype: torch.dtype,
+                 text_onload: int = 0):
+        super().__init__(pipe)
+        self.memory, self.memo, self.shapes, self.dtype, self.text_onload = memory, memo, shapes, dtype, text_onload
+
+    def encode_text(self, request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
+        if not self.text_onload:
+            return _text_embeddings(self.shapes, self.dtype, self.device, self.runs_branches(guidance_scale))
+        memory = self.memory
+        memory.resident += self.text_onload
         memory._note_peak(memory.stages.setdefault(memory.stage, StageTrace()))
         try:
-            return stub(*args, **kwargs)
+            return _text_embeddings(self.shapes, self.dtype, self.device, self.runs_branches(guidance_scale))
         finally:
-            memory.resident -= text_encoders
+            memory.resident -= self.text_onload
 
-    adapter.encode_text = encode_text
+    def schedule(self, *args, **kwargs) -> torch.Tensor:
+        timesteps = _unfaked(super().schedule)(*args, **kwargs)
+        self.memory.mark_device(timesteps)
+        return timesteps
+
+    def encode(self, video: torch.Tensor, generator) -> torch.Tensor:
+        return self.memo(super().encode, video, generator)
+
+    def decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+        return self.memo(super().decode, latents, num_frames)
+
+
+def traced_adapter(family_adapter: type):
+    """The adapter class the trace renders with: :class:`TracedAdapter` before ``family_adapter`` (a
+    :class:`~supergen.adapters.ModelAdapter` subclass)."""
+    from .adapters import ModelAdapter
+
+    lost = [name for name in TracedAdapter.OVERRIDES if not callable(getattr(ModelAdapter, name, None))]
+    if lost:
+        raise SuperGenError(f"ModelAdapter has no {', '.join(lost)} any more: update supergen.trace.TracedAdapter")
+    return type(f"Traced{family_adapter.__name__}", (TracedAdapter, family_adapter), {})
 
 
 #: The stages of a plain diffusers call: prompt embeddings and latents, the denoising loop, the VAE decode.
@@ -733,7 +755,7 @@ def trace_pipeline(
         image = {"image": Image.new("RGB", (width, height), (128, 128, 128))} if arch.image_tokens else {}
         with flop_counter, memory:
             # The text encoders' outputs given as the call's embeddings (not run, as in the supergen trace).
-            text = _text_embeddings(arch.family.prompt_shapes(arch.transformer, arch.image_to_video), dtypes["transformer"],
+            text = _text_embeddings(arch.spec.prompt_shapes(arch.transformer, arch.image_to_video), dtypes["transformer"],
                                     torch.device("cpu"), guided=True)
             pipe(**text, **image, height=height, width=width, num_frames=num_frames,
                  num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="pt")

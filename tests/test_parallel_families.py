@@ -108,7 +108,7 @@ def test_hunyuan_mask_follows_the_ranks_token_order():
 def test_where_the_plans_cannot_split_the_sketch_says_why():
     assert "token_replace" in adapter_for(tiny_hunyuan("token_replace")).context_parallel_blocker(2)
     assert adapter_for(family("hunyuan")).context_parallel_blocker(2) == ""
-    assert adapter_for(family("cogvideox")).cp_uneven  # 226 text tokens on 8 ranks: unequal shards, not a fallback
+    assert adapter_for(family("cogvideox")).spec.cp_uneven  # 226 text tokens on 8 ranks: unequal shards, not a fallback
 
 
 if __name__ == "__main__":

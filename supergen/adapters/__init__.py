@@ -1,35 +1,24 @@
-"""Model families. Each adapter is one file; :func:`adapter_for` picks one for a diffusers pipeline."""
+"""Model families' runtime adapters. Each adapter is one file; :func:`adapter_for` picks one for a
+diffusers pipeline. The families' facts without an adapter: :mod:`supergen.families`."""
 
 from __future__ import annotations
 
 from diffusers import DiffusionPipeline
 
-from ..errors import SuperGenError
-from .base import BRANCHES, FIRST_FRAME, CanvasEncoder, Conditioning, FamilyMemory, FamilyModules, FirstFrameVideo, ModelAdapter, Request, Stepper, combine_guidance
+from ..families import FamilySpec, family_of, supported_pipelines
+from .base import BRANCHES, FIRST_FRAME, CanvasEncoder, Conditioning, FirstFrameVideo, ModelAdapter, Request, Stepper, combine_guidance
 from .cogvideox import CogVideoXAdapter
 from .hunyuan import HunyuanVideoAdapter
 from .ltx import LTXAdapter
 from .wan import WanAdapter
 
-#: Every adapter the engine knows, in lookup order.
-ADAPTERS: tuple[type[ModelAdapter], ...] = (WanAdapter, CogVideoXAdapter, HunyuanVideoAdapter, LTXAdapter)
-
-
-def supported_pipelines() -> list[str]:
-    return [name for adapter in ADAPTERS for name in adapter.pipeline_classes]
+#: Every adapter the engine knows, by family.
+ADAPTERS: dict[FamilySpec, type[ModelAdapter]] = {adapter.spec: adapter for adapter in (WanAdapter, CogVideoXAdapter, HunyuanVideoAdapter, LTXAdapter)}
 
 
 def adapter_class(pipe: DiffusionPipeline) -> type[ModelAdapter]:
     """The adapter class for ``pipe``'s class, or a :class:`SuperGenError` naming the supported classes."""
-    return adapter_named(type(pipe).__name__)
-
-
-def adapter_named(name: str) -> type[ModelAdapter]:
-    """The adapter class for the diffusers pipeline class ``name`` (see :func:`adapter_class`)."""
-    for adapter in ADAPTERS:
-        if name in adapter.pipeline_classes:
-            return adapter
-    raise SuperGenError(f"{name} is not supported; supported diffusers pipelines: {', '.join(supported_pipelines())}")
+    return ADAPTERS[family_of(type(pipe).__name__)]
 
 
 def adapter_for(pipe: DiffusionPipeline) -> ModelAdapter:
@@ -38,5 +27,6 @@ def adapter_for(pipe: DiffusionPipeline) -> ModelAdapter:
 
 
 __all__ = [
-    "ADAPTERS", "BRANCHES", "FIRST_FRAME", "CanvasEncoder", "Conditioning", "FamilyMemory", "FamilyModules", "FirstFrameVideo", "ModelAdapter", "Request", "Stepper", "adapter_class", "adapter_for", "adapter_named", "combine_guidance", "supported_pipelines",
+    "ADAPTERS", "BRANCHES", "FIRST_FRAME", "CanvasEncoder", "Conditioning", "FirstFrameVideo", "ModelAdapter", "Request", "Stepper",
+    "adapter_class", "adapter_for", "combine_guidance", "supported_pipelines",
 ]

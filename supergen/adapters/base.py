@@ -29,6 +29,7 @@ from torch import nn
 from .. import compat
 from ..cache.windows import context_name
 from ..errors import SuperGenError
+from ..families import FamilySpec, ModelRules, transformers_of, vae_tile
 from ..geometry import SizeRules
 from ..tiling import Tile, crop
 from .positions import CanvasPositions, installed
@@ -116,50 +117,6 @@ class Conditioning:
         return replace(self, spatial={name: value[index : index + 1] for name, value in self.spatial.items()})
 
 
-@dataclass(frozen=True)
-class FamilyModules:
-    """The classes a family's pipeline is made of, by name, so that it can be built from configs
-    alone, without weights: on PyTorch's ``meta`` device (``supergen plan``'s size rules and parameter
-    counts) or on fake tensors (``supergen plan --trace``). See :class:`~supergen.cost.Architecture`.
-    """
-
-    #: diffusers model classes of the denoiser (every expert) and of the VAE.
-    transformer: str
-    vae: str
-    #: The diffusers scheduler class and its arguments as the released checkpoints ship them (the
-    #: trace steps it on the host; its values do not change any shape).
-    scheduler: tuple[str, dict[str, Any]]
-    #: Encoders by pipeline component name → (transformers model class, its config class), built
-    #: when the architecture gives a config for that component.
-    encoders: dict[str, tuple[str, str]]
-    #: Transformer config keys that count its repeated blocks (the trace builds fewer of them).
-    block_counts: tuple[str, ...] = ("num_layers",)
-
-
-@dataclass(frozen=True)
-class FamilyMemory:
-    """How a family's modules use memory beyond their weights, for the planner (:mod:`supergen.cost`).
-
-    The defaults are Wan's (fitted to fake-tensor traces of Wan2.1 at 480p, 2K and 4K); the other
-    families' values are fitted to traces of their released architectures at 2K and 4K
-    (``supergen plan --trace``, ``docs/benchmarks.md``) and say what they stand for.
-    """
-
-    #: Live activations per token at a transformer block's widest point, in the model dtype:
-    #: ``(a, f)`` → ``a × width + f × FFN width`` (Wan: the residual stream and its norm, the FFN
-    #: hidden before and after GELU).
-    block_tokens: tuple[float, float] = (2.0, 2.0)
-    #: Pixel frames the VAE decodes and encodes at once (Wan: one latent frame, 4 pixel frames);
-    #: None: all of them.
-    vae_frames: int | None = 4
-    #: Activations of the decoder's (encoder's) full-resolution channels
-    #: (:attr:`~supergen.cost.Architecture.vae_channels`), per frame in flight, alive at its peak.
-    vae_decode_copies: float = 13.0
-    vae_encode_copies: float = 10.0
-    #: Whether the blocks add their residual updates in float32 (Wan), which can be wider than the FFN.
-    float32_residual: bool = True
-
-
 @dataclass
 class Request:
     """One video to render, as the engine hands it to the adapter."""
@@ -190,74 +147,76 @@ def processors_replaced(attentions: list[nn.Module], make: Callable[[], Any]) ->
 
 
 class ModelAdapter(SizeRules, abc.ABC):
-    """One model family behind the engine. Subclasses name the diffusers pipelines they accept."""
+    """One model family behind the engine, on one loaded pipeline: what a render calls.
 
-    #: diffusers pipeline class names this adapter accepts.
-    pipeline_classes: ClassVar[tuple[str, ...]] = ()
-    #: The optional :class:`Request` text fields (``prompt_embeds``, ``negative_prompt_embeds``,
-    #: ``max_sequence_length``) this family's :meth:`encode_prompt` honours; the others are refused.
-    prompt_options: ClassVar[frozenset[str]] = frozenset()
-    #: Text tokens the pipeline's encoder reads by default (longer prompts are cut); None: not known here.
-    max_sequence_length: ClassVar[int | None] = None
+    The family's facts (pipelines, modules, memory terms, prompt shapes, context-parallel plan, the
+    size rules as functions of its configs) are its :attr:`spec`, readable without an adapter; the
+    adapter applies the size rules to its pipeline's configs (:attr:`rules`) and answers the
+    :class:`~supergen.geometry.SizeRules` questions from them.
+    """
 
-    #: Whether one transformer call can give each tile of a batch its own positions. Families whose
-    #: rotary tables are one per call (no batch axis) run tiles one at a time unless positions are
-    #: ``local`` (then every tile has the same table).
-    batched_positions: ClassVar[bool] = True
-
-    #: Where the extra leading latent frames (:meth:`extra_latent_frames`) go on decoding: dropped
-    #: before the VAE (padding the transformer needs, CogVideoX 1.5) or decoded and their pixel frames
-    #: dropped after it (a real frame the causal VAE conditions the next ones on, HunyuanVideo-I2V).
-    decode_extra_frames: ClassVar[bool] = False
-
-    #: Dtypes of components that must not follow the transformer's (diffusers' own recipes for the
-    #: family), applied when a model is loaded unless the config sets them (``model.vae_dtype``...).
-    component_dtypes: ClassVar[dict[str, str]] = {}
-
-    #: Whether the image-to-video condition is a canvas-sized video (the image, then zero frames) that
-    #: the engine's encoder encodes (:class:`FirstFrameVideo`, Wan); else the family's pipeline encodes
-    #: the one image frame. The planner counts the first at every frame, the second at one.
-    canvas_condition: ClassVar[bool] = False
-
-    #: The family's component classes, to build its pipeline without weights (:class:`FamilyModules`).
-    modules: ClassVar[FamilyModules]
-    #: How its modules use memory beyond their weights (:class:`FamilyMemory`), for the planner.
-    memory: ClassVar[FamilyMemory] = FamilyMemory()
-
-    #: Whether the wrapped pipeline runs the sketch's guidance branches as separate transformer
-    #: calls under the cache contexts ``cond`` and ``uncond`` (diffusers' convention), so that CFG
-    #: parallelism can put them on two ranks (:func:`supergen.parallel.split_guidance`). Pipelines
-    #: that batch both branches into one call do not.
-    sketch_branches_separate: ClassVar[bool] = False
+    #: The family (:class:`~supergen.families.FamilySpec`).
+    spec: ClassVar[FamilySpec]
 
     #: The family's :class:`~.positions.CanvasPositions` for ``transformer.rope``; None for families
     #: that take positions another way (CogVideoX's tables, LTX's coordinates).
     position_module: ClassVar[type[CanvasPositions] | None] = None
 
-    #: The transformer's context-parallel plan (diffusers' ``ContextParallelModelPlan``: where the
-    #: token sequence is split and gathered) for families whose diffusers transformer ships none;
-    #: None: the transformer's own ``_cp_plan`` (Wan, LTX). Used by :func:`supergen.parallel.ulysses`.
-    cp_plan: ClassVar[dict | None] = None
-    #: Whether the plan also splits token sequences that do not divide over the ranks (diffusers'
-    #: ``ulysses_anything``: unequal shards): for plans with no mask that depends on the split.
-    cp_uneven: ClassVar[bool] = False
-    #: Whether a refinement tile's forward may run under the context-parallel plan on a sub-group of
-    #: ranks (when the ranks outnumber the units of work, :func:`supergen.parallel.sequence_split`).
-    #: Set where a multi-rank test covers it.
-    tile_context_parallel: ClassVar[bool] = False
-
     def __init__(self, pipe: DiffusionPipeline):
         self.pipe = pipe
+        #: This pipeline's size rules, from its modules' configs (as ``supergen plan`` computes them).
+        self.rules: ModelRules = self.spec.rules(dict(self.transformers[0].config), dict(pipe.vae.config), type(pipe).__name__)
 
     @property
     def transformers(self) -> list[nn.Module]:
         """The pipeline's denoisers: ``transformer``, and Wan 2.2's low-noise expert ``transformer_2``."""
-        return [m for m in (getattr(self.pipe, "transformer", None), getattr(self.pipe, "transformer_2", None)) if m is not None]
+        return transformers_of(self.pipe)
+
+    # ---- geometry: this pipeline's rules --------------------------------------------------
+    @property
+    def vae_scale(self) -> tuple[int, int, int]:
+        """VAE compression ``(temporal, height, width)``."""
+        return self.rules.vae_scale
 
     @property
+    def patch(self) -> tuple[int, int, int]:
+        """Transformer patch ``(temporal, height, width)`` in latent units."""
+        return self.rules.patch
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels ``C`` of the canvas latent (what the scheduler steps, not the transformer's input)."""
+        return self.rules.latent_channels
+
+    @property
+    def pixel_multiple(self) -> int:
+        return self.rules.pixel_multiple
+
+    def extra_latent_frames(self, num_frames: int) -> int:
+        return self.rules.extra_latent_frames(num_frames)
+
+    def time_window_blocker(self) -> str:
+        return self.rules.time_window_blocker()
+
+    @property
+    def native_frames(self) -> int | None:
+        return self.rules.native_frames
+
+    @property
+    def position_limit(self) -> int | None:
+        return self.rules.position_limit
+
+    @property
+    def requires_image(self) -> bool:
+        return self.rules.requires_image
+
+    # ---- context-parallel sketch ------------------------------------------------------------
+    @property
     def cp_plans(self) -> list[dict | None]:
-        """Per transformer, the context-parallel plan to apply (:attr:`cp_plan`; None: its own)."""
-        return [self.cp_plan] * len(self.transformers)
+        """Per transformer, the context-parallel plan to apply (the family's :attr:`~supergen.families.FamilySpec.cp_plan`;
+        None: the transformer's own)."""
+        plan = self.spec.cp_plan() if self.spec.cp_plan is not None else None
+        return [plan] * len(self.transformers)
 
     def context_parallel_blocker(self, ranks: int) -> str:
         """Why this family's sketch cannot split its token sequence over ``ranks`` ranks for a reason
@@ -271,35 +230,10 @@ class ModelAdapter(SizeRules, abc.ABC):
         ranks' token order (HunyuanVideo). The default: nothing."""
         return contextlib.nullcontext()
 
-    # ---- geometry -------------------------------------------------------------------------
-    @property
-    def vae_scale(self) -> tuple[int, int, int]:
-        """VAE compression ``(temporal, height, width)``, from the attributes diffusers' video pipelines set."""
-        s = self.pipe.vae_scale_factor_spatial
-        return (self.pipe.vae_scale_factor_temporal, s, s)
-
-    @property
-    @abc.abstractmethod
-    def patch(self) -> tuple[int, int, int]:
-        """Transformer patch ``(temporal, height, width)`` in latent units."""
-
-    @property
-    @abc.abstractmethod
-    def latent_channels(self) -> int:
-        """Channels ``C`` of the canvas latent (what the scheduler steps, not the transformer's input)."""
-
-    @property
-    def native_size(self) -> tuple[int, int] | None:
-        """The resolution the model was trained at, in pixels, when the adapter knows it."""
-        return None
-
+    # ---- pipeline ---------------------------------------------------------------------------
     def pipeline_frames(self, num_frames: int) -> int:
         """The ``num_frames`` to ask the wrapped pipeline for, so that its video has ``num_frames`` frames."""
         return num_frames
-
-    @property
-    def requires_image(self) -> bool:
-        return False
 
     @property
     def device(self) -> torch.device:
@@ -335,7 +269,7 @@ class ModelAdapter(SizeRules, abc.ABC):
     @abc.abstractmethod
     def encode_text(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
         """The text encoders' embeddings (of the prompt and, with guidance, the negative prompt), in
-        the shapes :meth:`prompt_shapes` gives."""
+        the shapes the family's :attr:`~supergen.families.FamilySpec.prompt_shapes` gives."""
 
     def _pipeline_text_embeds(self, request: Request, guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(prompt_embeds, negative_prompt_embeds)`` from the wrapped pipeline's own ``encode_prompt``,
@@ -348,20 +282,13 @@ class ModelAdapter(SizeRules, abc.ABC):
             num_videos_per_prompt=1,
             prompt_embeds=request.prompt_embeds,
             negative_prompt_embeds=request.negative_prompt_embeds,
-            max_sequence_length=request.max_sequence_length or self.max_sequence_length,
+            max_sequence_length=request.max_sequence_length or self.spec.max_sequence_length,
             device=self.device,
         )
 
     def image_embeds(self, request: Request) -> dict[str, torch.Tensor | None]:
         """Global image embeddings of an image encoder separate from the text encoders; none by default."""
         return {}
-
-    @classmethod
-    @abc.abstractmethod
-    def prompt_shapes(cls, transformer: dict[str, Any], image_to_video: bool) -> dict[str, tuple[int, ...]]:
-        """What :meth:`encode_text` returns for one guidance branch (keys without the ``negative_``
-        prefix of :data:`BRANCHES`), as shapes without the batch axis, for a transformer of config
-        ``transformer``: the trace feeds embeddings of these shapes instead of running the encoders."""
 
     def spatial_conditioning(
         self, request: Request, height: int, width: int, generator: torch.Generator | None = None,
@@ -446,7 +373,7 @@ class ModelAdapter(SizeRules, abc.ABC):
     def decode(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
         """Canvas latent ``(1, C, F, h, w)`` → video ``(1, 3, num_frames, H, W)`` in [-1, 1]."""
         vae = self.pipe.vae
-        if not self.decode_extra_frames:
+        if not self.spec.decode_extra_frames:
             latents = latents[:, :, self.extra_latent_frames(num_frames) :]
         # The pipeline's execution device, not ``vae.device``: under diffusers' offloading the VAE's
         # weights sit on the CPU (model offload) or ``meta`` (sequential) until its hook moves them.
@@ -469,8 +396,7 @@ class ModelAdapter(SizeRules, abc.ABC):
     def vae_tile(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """The VAE's own spatial tiling in pixels, ``((tile_h, tile_w), (stride_h, stride_w))``, which
         :class:`~supergen.parallel.TiledVAE` reproduces with its tiles spread over ranks."""
-        vae = self.pipe.vae
-        return (vae.tile_sample_min_height, vae.tile_sample_min_width), (vae.tile_sample_stride_height, vae.tile_sample_stride_width)
+        return vae_tile(self.pipe.vae, self.vae_scale[1])
 
     def vae_tiling_enabled(self) -> bool:
         return bool(getattr(self.pipe.vae, "use_tiling", False))
@@ -563,7 +489,7 @@ class ModelAdapter(SizeRules, abc.ABC):
             ``(B, C, F, h, w)`` float32, what the scheduler's ``step`` expects.
         """
         with self.positions(positions):  # a no-op inside the refinement, which installs them once
-            if self.batched_positions or positions == "local" or len(tiles) == 1:
+            if self.spec.batched_positions or positions == "local" or len(tiles) == 1:
                 return self.predict_batch(latents, timestep, cond, tiles, canvas, positions, branch)
             return torch.cat(
                 [
@@ -577,7 +503,7 @@ class ModelAdapter(SizeRules, abc.ABC):
         self, latents: torch.Tensor, timestep: torch.Tensor, cond: Conditioning, tiles: list[Tile], canvas: tuple[int, int],
         positions: str, branch: str | None = None,
     ) -> torch.Tensor:
-        """:meth:`predict` for tiles the family can run in one call (see :attr:`batched_positions`)."""
+        """:meth:`predict` for tiles the family can run in one call (see :attr:`~supergen.families.FamilySpec.batched_positions`)."""
 
     def runs_branches(self, guidance_scale: float) -> bool:
         """Whether guidance at ``guidance_scale`` runs an unconditional branch (not when guidance is

@@ -23,26 +23,10 @@ from diffusers import CogVideoXDPMScheduler
 from diffusers.models.embeddings import apply_rotary_emb, get_1d_rotary_pos_embed
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..compat import ContextParallelInput, ContextParallelOutput, dispatch_attention_fn
-from ..errors import SuperGenError
-from .base import FamilyMemory, FamilyModules, ModelAdapter, Request, Stepper, processors_replaced
+from ..compat import dispatch_attention_fn
+from ..families import COGVIDEOX
+from .base import ModelAdapter, Request, Stepper, processors_replaced
 from .positions import InputTables, position_key
-
-
-#: Where CogVideoX's token sequence is split over the ranks of a context-parallel sketch (diffusers
-#: ships no plan for it): video and text tokens at the first block (the joint attention concatenates
-#: each rank's text and video shares, and Ulysses gathers keys in the same per-rank order, so every
-#: query sees every key once), the rotary table the pipeline passes in by video token, and the
-#: output gathered at ``proj_out``. The text is the pipeline's padded ``max_sequence_length`` tokens
-#: (226), with no mask, so shards of unequal length are fine (``cp_uneven``: 8 ranks get 29 or 28).
-COGVIDEOX_CP_PLAN = {
-    "": {"image_rotary_emb": (ContextParallelInput(split_dim=0, expected_dims=2), ContextParallelInput(split_dim=0, expected_dims=2))},
-    "transformer_blocks.0": {
-        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
-        "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
-    },
-    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-}
 
 
 class CogVideoXDispatchAttnProcessor:
@@ -80,39 +64,10 @@ class CogVideoXDispatchAttnProcessor:
 class CogVideoXAdapter(ModelAdapter):
     """``CogVideoXPipeline`` / ``CogVideoXImageToVideoPipeline`` with a 1.5-style transformer (3-D RoPE, temporal patch)."""
 
-    pipeline_classes = ("CogVideoXPipeline", "CogVideoXImageToVideoPipeline")
-    native_frames = 81  # CogVideoX 1.5's clip length (the 1.5-style transformer this adapter runs)
-    prompt_options = frozenset({"prompt_embeds", "negative_prompt_embeds", "max_sequence_length"})
-    max_sequence_length = 226
-    # The rotary table is 2-D (tokens × dim): one table per transformer call.
-    batched_positions = False
-    # Context-parallel sketch (parallel.sketch=ulysses): diffusers ships no plan for CogVideoX. Its 226
-    # padded text tokens (no mask) divide over 2 ranks, not 4 or 8: unequal shards are split too.
-    cp_plan = COGVIDEOX_CP_PLAN
-    cp_uneven = True
-    # THUDM/CogVideoX1.5-5B(-I2V): T5-XXL text encoder, v-prediction DDIM with zero terminal SNR.
-    modules = FamilyModules(
-        transformer="CogVideoXTransformer3DModel", vae="AutoencoderKLCogVideoX",
-        scheduler=("CogVideoXDDIMScheduler", dict(prediction_type="v_prediction", rescale_betas_zero_snr=True,
-                                                  timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False)),
-        encoders={"text_encoder": ("T5EncoderModel", "T5Config")},
-    )
-    # Fitted to the traces of CogVideoX1.5-5B-I2V at 2K and 4K (docs/benchmarks.md): its VAE decodes
-    # 2 latent frames (8 pixel frames) and encodes 8 frames at a time; at 720p its untiled decode
-    # holds ~22 full-resolution activations per frame (the 2-D upsampling runs the frames as a batch
-    # of 256-channel images), 40 GiB: the sketch's peak.
-    memory = FamilyMemory(block_tokens=(2.0, 2.5), vae_frames=8, vae_decode_copies=22.5, vae_encode_copies=10.0,
-                          float32_residual=False)
+    spec = COGVIDEOX
 
     def __init__(self, pipe):
         super().__init__(pipe)
-        cfg = pipe.transformer.config
-        if cfg.patch_size_t is None or not cfg.use_rotary_positional_embeddings or cfg.use_learned_positional_embeddings:
-            raise SuperGenError(
-                "only CogVideoX 1.5-style transformers (rotary positions, patch_size_t set) are supported: "
-                "CogVideoX 1.0 positions are tied to its training size (learned or crop-interpolated)"
-            )
-        self.is_i2v = type(pipe).__name__ == "CogVideoXImageToVideoPipeline"
         self._rotary_tables = InputTables()  # one render's, while :meth:`positions` is entered
 
     # ---- context-parallel sketch ---------------------------------------------------------------
@@ -120,44 +75,14 @@ class CogVideoXAdapter(ModelAdapter):
         """Every block's attention through diffusers' dispatcher (:class:`CogVideoXDispatchAttnProcessor`), restored on exit."""
         return processors_replaced([block.attn1 for block in self.pipe.transformer.transformer_blocks], CogVideoXDispatchAttnProcessor)
 
-    # ---- geometry -------------------------------------------------------------------------
-    @property
-    def patch(self) -> tuple[int, int, int]:
-        cfg = self.pipe.transformer.config
-        return (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
-
-    @property
-    def latent_channels(self) -> int:
-        return self.pipe.vae.config.latent_channels
-
-    @property
-    def native_size(self) -> tuple[int, int] | None:
-        # 1.5 checkpoints set sample_height/width to the RoPE table's extent (300×300 latents), not the
-        # training size (768×1360); presets set sketch.height/width.
-        return None
-
-    def extra_latent_frames(self, num_frames: int) -> int:
-        # As the pipeline: pad the latent frames up to a multiple of patch_size_t (dropped on decode).
-        p_t = self.patch[0]
-        return -((num_frames - 1) // self.vae_scale[0] + 1) % p_t
-
-    @property
-    def requires_image(self) -> bool:
-        return self.is_i2v
-
     # ---- conditioning -----------------------------------------------------------------------
     def encode_text(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
         prompt_embeds, negative_embeds = self._pipeline_text_embeds(request, guidance_scale)
         return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
 
-    @classmethod
-    def prompt_shapes(cls, transformer, image_to_video):
-        # T5's last hidden state, padded to max_sequence_length tokens.
-        return {"prompt_embeds": (cls.max_sequence_length, transformer["text_embed_dim"])}
-
     def spatial_conditioning(self, request, height, width, generator=None, encode=None):
         # The condition here is one image frame (small at any size): the pipeline's own code encodes it.
-        if not self.is_i2v:
+        if not self.requires_image:
             return {}
         pipe = self.pipe
         dtype = pipe.transformer.dtype
@@ -179,7 +104,7 @@ class CogVideoXAdapter(ModelAdapter):
             negative_prompt_embeds=embeds["negative_prompt_embeds"],
             guidance_scale=guidance_scale,
         )
-        if self.is_i2v:
+        if self.requires_image:
             kwargs["image"] = request.image
         return kwargs
 
@@ -192,15 +117,6 @@ class CogVideoXAdapter(ModelAdapter):
         return randn_tensor((b, f, c, h, w), generator=generator, device=self.device, dtype=torch.float32).transpose(1, 2)
 
     # ---- VAE --------------------------------------------------------------------------------
-    @property
-    def vae_tile(self):
-        # CogVideoX's VAE states its tile overlap as a fraction; its stride is that of the latent tile,
-        # rounded down in latent units (as its tiled_decode does), so latent and pixel strides agree.
-        vae, s = self.pipe.vae, self.vae_scale[1]
-        tile = (vae.tile_sample_min_height, vae.tile_sample_min_width)
-        overlap = (vae.tile_overlap_factor_height, vae.tile_overlap_factor_width)
-        return tile, tuple(int(t // s * (1 - o)) * s for t, o in zip(tile, overlap))
-
     def to_vae(self, latents):
         return 1 / self.pipe.vae.config.scaling_factor * latents
 

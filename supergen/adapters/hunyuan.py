@@ -25,28 +25,10 @@ import torch
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import retrieve_timesteps
 
-from ..compat import ContextParallelInput, ContextParallelOutput
 from ..errors import SuperGenError
-from .base import FIRST_FRAME, FamilyMemory, FamilyModules, ModelAdapter, Request
+from ..families import HUNYUAN, hunyuan_image_interleave
+from .base import FIRST_FRAME, ModelAdapter, Request
 from .positions import CanvasPositions, position_key
-
-#: Where HunyuanVideo's token sequence is split over the ranks of a context-parallel sketch (diffusers
-#: ships no plan for it): video and text tokens at the first dual-stream block (the text after the
-#: token refiner, which attends over the whole prompt), the rotary table by video token, the output
-#: gathered at ``proj_out``. Every block's attention concatenates its rank's video and text shares;
-#: Ulysses gathers keys in that per-rank order, so the text-padding mask is reordered to match
-#: (:func:`mask_in_rank_order`, installed by :meth:`HunyuanVideoAdapter.context_parallel_extras`).
-HUNYUAN_CP_PLAN = {
-    "rope": {
-        0: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
-        1: ContextParallelInput(split_dim=0, expected_dims=2, split_output=True),
-    },
-    "transformer_blocks.0": {
-        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
-        "encoder_hidden_states": ContextParallelInput(split_dim=1, expected_dims=3),
-    },
-    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-}
 
 
 def mask_in_rank_order(mask: torch.Tensor, video: int, ranks: int) -> torch.Tensor:
@@ -93,41 +75,12 @@ class HunyuanCanvasRope(CanvasPositions):
 class HunyuanVideoAdapter(ModelAdapter):
     """``HunyuanVideoPipeline`` / ``HunyuanVideoImageToVideoPipeline`` (``latent_concat`` and ``token_replace``)."""
 
-    pipeline_classes = ("HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline")
-    native_frames = 129  # diffusers' default clip length for HunyuanVideo
+    spec = HUNYUAN
     position_module = HunyuanCanvasRope
-    # The rotary table is 2-D (tokens × dim): one table per transformer call.
-    batched_positions = False
-    # The latent_concat image frame is a real frame the causal VAE decodes the next ones from.
-    decode_extra_frames = True
-
-    # Context-parallel sketch (parallel.sketch=ulysses): diffusers ships no plan for HunyuanVideo.
-    cp_plan = HUNYUAN_CP_PLAN
-    # hunyuanvideo-community/HunyuanVideo(-I2V): a LLaVA (I2V) or LLaMA text encoder and CLIP's text
-    # model (the pooled embedding), flow matching on explicit sigmas; dual- then single-stream blocks.
-    modules = FamilyModules(
-        transformer="HunyuanVideoTransformer3DModel", vae="AutoencoderKLHunyuanVideo",
-        scheduler=("FlowMatchEulerDiscreteScheduler", dict(shift=7.0)),
-        encoders={"text_encoder": ("LlavaForConditionalGeneration", "LlavaConfig"), "text_encoder_2": ("CLIPTextModel", "CLIPTextConfig")},
-        block_counts=("num_layers", "num_single_layers"),
-    )
-    # Fitted to the traces of HunyuanVideo-I2V at 2K and 4K (docs/benchmarks.md): a single-stream
-    # block holds its attention and MLP outputs concatenated (width + FFN width) beside the MLP hidden
-    # and its activation (~20 widths a token); the VAE decodes framewise, 4 + 1 latent frames
-    # (17 pixel frames) at a time, its last up block at 256 channels. Its encoder holds about 5
-    # full-resolution copies of 17 frames: the upscale's transient traced at 480x832x17, 1080x1920x61
-    # and 2160x3840x125 (10.5, fitted to that stage's total at 2K/4K, was +47 % to +100 % on the transient).
-    memory = FamilyMemory(block_tokens=(2.0, 4.4), vae_frames=17, vae_decode_copies=9.5, vae_encode_copies=5.0,
-                          float32_residual=False)
-    #: Text tokens of the LLaMA embedding (the pipelines' max_sequence_length, template cropped) and, for
-    #: image-to-video, the LLaVA image tokens kept with them: 576 tokens of the image, every 2nd
-    #: (latent_concat) or 4th (token_replace), less the 4 assistant-header tokens the I2V pipeline cuts.
-    text_tokens, image_tokens, assistant_tokens = 256, 576, 4
 
     def __init__(self, pipe):
         super().__init__(pipe)
-        self.is_i2v = type(pipe).__name__ == "HunyuanVideoImageToVideoPipeline"
-        self.condition_type = pipe.transformer.config.image_condition_type if self.is_i2v else None
+        self.condition_type = pipe.transformer.config.image_condition_type if self.requires_image else None
 
     # ---- context-parallel sketch ---------------------------------------------------------------
     def context_parallel_blocker(self, ranks: int) -> str:
@@ -172,25 +125,9 @@ class HunyuanVideoAdapter(ModelAdapter):
                     "render at most tiling.frames frames or use a latent_concat checkpoint")
         return ""
 
-    # ---- geometry -------------------------------------------------------------------------
-    @property
-    def patch(self) -> tuple[int, int, int]:
-        cfg = self.pipe.transformer.config
-        return (cfg.patch_size_t, cfg.patch_size, cfg.patch_size)
-
-    @property
-    def latent_channels(self) -> int:
-        return self.pipe.vae.config.latent_channels
-
-    def extra_latent_frames(self, num_frames: int) -> int:
-        return 1 if self.condition_type == "latent_concat" else 0
-
+    # ---- pipeline ---------------------------------------------------------------------------
     def pipeline_frames(self, num_frames: int) -> int:
         return num_frames + self.extra_latent_frames(num_frames) * self.vae_scale[0]
-
-    @property
-    def requires_image(self) -> bool:
-        return self.is_i2v
 
     @property
     def _embedded_guidance(self) -> bool:
@@ -200,10 +137,10 @@ class HunyuanVideoAdapter(ModelAdapter):
     def encode_text(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
         pipe = self.pipe
         kwargs = {}
-        if self.is_i2v:
+        if self.requires_image:
             # The LLaVA encoder sees the image at its own size (its processor resizes it), so the
             # embedding is the same for the sketch and the canvas.
-            kwargs = {"image": request.image, "image_embed_interleave": 2 if self.condition_type == "latent_concat" else 4}
+            kwargs = {"image": request.image, "image_embed_interleave": hunyuan_image_interleave(self.condition_type)}
         dtype = pipe.transformer.dtype
         embeds: dict[str, torch.Tensor | None] = {}
         prompts = [("", request.prompt)]
@@ -218,18 +155,9 @@ class HunyuanVideoAdapter(ModelAdapter):
             }
         return embeds
 
-    @classmethod
-    def prompt_shapes(cls, transformer, image_to_video):
-        n = cls.text_tokens
-        if image_to_video:
-            interleave = 2 if transformer.get("image_condition_type") == "latent_concat" else 4
-            n += cls.image_tokens // interleave - cls.assistant_tokens
-        return {"prompt_embeds": (n, transformer["text_embed_dim"]), "pooled_prompt_embeds": (transformer["pooled_projection_dim"],),
-                "prompt_attention_mask": (n,)}
-
     def spatial_conditioning(self, request, height, width, generator=None, encode=None):
         # The condition here is one image frame (small at any size): the pipeline's own code encodes it.
-        if not self.is_i2v:
+        if not self.requires_image:
             return {}
         pipe = self.pipe
         image = pipe.video_processor.preprocess(request.image, height, width).to(self.device, pipe.vae.dtype)
@@ -262,7 +190,7 @@ class HunyuanVideoAdapter(ModelAdapter):
             kwargs["guidance_scale"] = guidance_scale
         else:
             kwargs["true_cfg_scale"] = guidance_scale
-        if self.is_i2v:
+        if self.requires_image:
             kwargs["image"] = request.image
         return kwargs
 
@@ -280,7 +208,7 @@ class HunyuanVideoAdapter(ModelAdapter):
 
     def initial_latents(self, shape, spatial, generator):
         latents = super().initial_latents(shape, spatial, generator)
-        if not self.is_i2v:
+        if not self.requires_image:
             return latents
         t = torch.tensor([0.999], device=latents.device)
         return self.hold(latents * t + self._image_latent(spatial) * (1 - t), spatial)

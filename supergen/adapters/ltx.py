@@ -15,7 +15,6 @@ What differs from Wan, each handled here at the adapter's boundary:
 
 from __future__ import annotations
 
-import math
 from typing import ContextManager
 
 import numpy as np
@@ -27,7 +26,8 @@ from diffusers.pipelines.ltx.pipeline_ltx_image2video import retrieve_latents
 from .. import compat
 from ..compat import dispatch_attention_fn
 from ..errors import SuperGenError
-from .base import FIRST_FRAME, FamilyMemory, FamilyModules, ModelAdapter, Request, processors_replaced
+from ..families import LTX
+from .base import FIRST_FRAME, ModelAdapter, Request, processors_replaced
 from .positions import InputTables, on_device, position_key
 
 
@@ -60,23 +60,9 @@ class LTXContextParallelAttnProcessor:
 class LTXAdapter(ModelAdapter):
     """``LTXPipeline`` / ``LTXImageToVideoPipeline`` (LTX-Video 0.9.x)."""
 
-    pipeline_classes = ("LTXPipeline", "LTXImageToVideoPipeline")
-    prompt_options = frozenset({"max_sequence_length"})
-    max_sequence_length = 128
+    spec = LTX
     #: The pipelines' default ``frame_rate``; it scales the temporal coordinate of the rotary embedding.
     frame_rate = 25
-    # Lightricks/LTX-Video: T5-XXL text encoder, flow matching shifted by the token count.
-    modules = FamilyModules(
-        transformer="LTXVideoTransformer3DModel", vae="AutoencoderKLLTXVideo",
-        scheduler=("FlowMatchEulerDiscreteScheduler", dict(use_dynamic_shifting=True, base_image_seq_len=1024, base_shift=0.95,
-                                                           max_image_seq_len=4096, max_shift=2.05)),
-        encoders={"text_encoder": ("T5EncoderModel", "T5Config")},
-    )
-    # Fitted to the traces of LTX-Video at 2K and 4K (docs/benchmarks.md): the VAE works on every frame
-    # at once (no temporal chunks), its last stage at a quarter of the resolution in float32; the
-    # blocks' rotary tables are float32 per token (~19 widths a token at the widest point).
-    memory = FamilyMemory(block_tokens=(2.0, 4.35), vae_frames=None, vae_decode_copies=6.4, vae_encode_copies=7.5,
-                          float32_residual=False)
 
     def context_parallel_extras(self, ranks: int) -> ContextManager:
         """The cross-attention of every block with its text mask broadcast over heads (:class:`LTXContextParallelAttnProcessor`)."""
@@ -84,32 +70,7 @@ class LTXAdapter(ModelAdapter):
 
     def __init__(self, pipe):
         super().__init__(pipe)
-        self.is_i2v = type(pipe).__name__ == "LTXImageToVideoPipeline"
         self._coords = InputTables()  # each window's video_coords, on the device while :meth:`positions` is entered
-
-    # ---- geometry -------------------------------------------------------------------------
-    @property
-    def vae_scale(self) -> tuple[int, int, int]:
-        s = self.pipe.vae_spatial_compression_ratio
-        return (self.pipe.vae_temporal_compression_ratio, s, s)
-
-    @property
-    def patch(self) -> tuple[int, int, int]:
-        p = self.pipe.transformer_spatial_patch_size
-        return (self.pipe.transformer_temporal_patch_size, p, p)
-
-    @property
-    def pixel_multiple(self) -> int:
-        # The pipelines insist on multiples of 32 (the released VAE's compression) whatever the VAE.
-        return math.lcm(32, super().pixel_multiple)
-
-    @property
-    def latent_channels(self) -> int:
-        return self.pipe.transformer.config.in_channels
-
-    @property
-    def requires_image(self) -> bool:
-        return self.is_i2v
 
     def _rope_scale(self) -> tuple[float, float, float]:
         """The pipeline's ``rope_interpolation_scale``: latent → pixel (and frame → seconds) factors."""
@@ -123,7 +84,7 @@ class LTXAdapter(ModelAdapter):
             negative_prompt=request.negative_prompt,
             do_classifier_free_guidance=guidance_scale > 1.0,
             num_videos_per_prompt=1,
-            max_sequence_length=request.max_sequence_length or self.max_sequence_length,
+            max_sequence_length=request.max_sequence_length or self.spec.max_sequence_length,
             device=self.device,
         )
         return {
@@ -131,15 +92,9 @@ class LTXAdapter(ModelAdapter):
             "negative_prompt_embeds": negative, "negative_prompt_attention_mask": negative_mask,
         }
 
-    @classmethod
-    def prompt_shapes(cls, transformer, image_to_video):
-        # T5's last hidden state padded to max_sequence_length tokens, and its padding mask.
-        n = cls.max_sequence_length
-        return {"prompt_embeds": (n, transformer["caption_channels"]), "prompt_attention_mask": (n,)}
-
     def spatial_conditioning(self, request, height, width, generator=None, encode=None):
         # The condition here is one image frame (small at any size): the pipeline's own code encodes it.
-        if not self.is_i2v:
+        if not self.requires_image:
             return {}
         pipe = self.pipe
         image = pipe.video_processor.preprocess(request.image, height=height, width=width)
@@ -152,7 +107,7 @@ class LTXAdapter(ModelAdapter):
     # ---- stage 1 ----------------------------------------------------------------------------
     def pipeline_kwargs(self, request, embeds, guidance_scale, guidance_scale_2):
         kwargs = dict(embeds, guidance_scale=guidance_scale, frame_rate=self.frame_rate)
-        if self.is_i2v:
+        if self.requires_image:
             kwargs["image"] = request.image
         return kwargs
 
@@ -238,7 +193,7 @@ class LTXAdapter(ModelAdapter):
         p_t, p, _ = self.patch
         hidden = self._pack(latents).to(model.dtype)
         t = timestep.expand(batch)
-        if self.is_i2v:
+        if self.requires_image:
             # Tokens of the held image frame are clean: timestep 0, as the pipeline's conditioning mask.
             mask = torch.zeros(batch, 1, frames, height, width, device=latents.device)
             mask[:, :, 0] = 1.0

@@ -9,7 +9,8 @@ import torch
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
 from ..attention import SPARSE_KERNELS, StepLayouts
 from ..errors import SuperGenError
-from .base import FamilyModules, FirstFrameVideo, ModelAdapter, Request, processors_replaced
+from ..families import WAN
+from .base import FirstFrameVideo, ModelAdapter, Request, processors_replaced
 from .positions import CanvasPositions, on_device, position_key
 
 
@@ -73,25 +74,8 @@ class CanvasRotaryPosEmbed(CanvasPositions):
 class WanAdapter(ModelAdapter):
     """``WanPipeline`` / ``WanImageToVideoPipeline``, Wan 2.1 and 2.2 (two experts split at ``boundary_ratio``)."""
 
-    pipeline_classes = ("WanPipeline", "WanImageToVideoPipeline")
-    native_frames = 81  # Wan 2.1/2.2 are trained and sampled on 81-frame clips (diffusers' default)
-    prompt_options = frozenset({"prompt_embeds", "negative_prompt_embeds", "max_sequence_length"})
-    max_sequence_length = 512
+    spec = WAN
     position_module = CanvasRotaryPosEmbed
-    # diffusers' Wan examples load the VAE and the CLIP image encoder in float32 beside a bf16 transformer.
-    component_dtypes = {"vae": "float32", "image_encoder": "float32"}
-    # I2V conditions on the VAE encoding of the image followed by zero frames (:class:`FirstFrameVideo`).
-    canvas_condition = True
-    modules = FamilyModules(
-        transformer="WanTransformer3DModel", vae="AutoencoderKLWan",
-        scheduler=("UniPCMultistepScheduler", dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)),
-        encoders={"text_encoder": ("UMT5EncoderModel", "UMT5Config"),
-                  "image_encoder": ("CLIPVisionModelWithProjection", "CLIPVisionConfig")},
-    )
-    # WanPipeline / WanImageToVideoPipeline call the transformer once per branch, in cache_context("cond"/"uncond").
-    sketch_branches_separate = True
-    # Tiles on sub-groups of ranks with Ulysses (diffusers' Wan plan; tests/test_parallel_attention.py).
-    tile_context_parallel = True
 
     def __init__(self, pipe):
         super().__init__(pipe)
@@ -100,34 +84,9 @@ class WanAdapter(ModelAdapter):
                 "Wan 2.2 TI2V-5B style pipelines (expand_timesteps=True) are not supported yet; "
                 "supported: Wan 2.1 T2V/I2V and Wan 2.2 A14B T2V/I2V"
             )
-        self.is_i2v = type(pipe).__name__ == "WanImageToVideoPipeline"
-
-    @property
-    def _any_transformer(self):
-        return self.transformers[0]
-
-    @property
-    def patch(self) -> tuple[int, int, int]:
-        return tuple(self._any_transformer.config.patch_size)
-
-    @property
-    def latent_channels(self) -> int:
-        return self.pipe.vae.config.z_dim
-
-    @property
-    def native_size(self) -> tuple[int, int] | None:
-        return None  # Wan checkpoints do not record it; presets set sketch.height/width.
-
-    @property
-    def position_limit(self) -> int:
-        return self._any_transformer.config.rope_max_seq_len
-
-    @property
-    def requires_image(self) -> bool:
-        return self.is_i2v
 
     def _dtype(self) -> torch.dtype:
-        return self._any_transformer.dtype
+        return self.transformers[0].dtype
 
     # ---- conditioning -----------------------------------------------------------------------
     def encode_text(self, request: Request, guidance_scale: float) -> dict[str, torch.Tensor | None]:
@@ -138,14 +97,9 @@ class WanAdapter(ModelAdapter):
             "negative_prompt_embeds": None if negative_embeds is None else negative_embeds.to(self.device, dtype),
         }
 
-    @classmethod
-    def prompt_shapes(cls, transformer, image_to_video):
-        # umT5's last hidden state, padded to max_sequence_length tokens.
-        return {"prompt_embeds": (cls.max_sequence_length, transformer["text_dim"])}
-
     def image_embeds(self, request: Request) -> dict[str, torch.Tensor | None]:
         pipe = self.pipe
-        if self.is_i2v and pipe.transformer is not None and pipe.transformer.config.image_dim is not None:
+        if self.requires_image and pipe.transformer is not None and pipe.transformer.config.image_dim is not None:
             # Wan 2.1 I2V: the CLIP embedding of the whole image, global to every tile.
             return {"image_embeds": pipe.encode_image(request.image, self.device).to(self._dtype())}
         return {"image_embeds": None}
@@ -157,7 +111,7 @@ class WanAdapter(ModelAdapter):
         The condition video is encoded by the engine's ``encode`` (tiled and split across ranks at
         large sizes), window by window (:class:`FirstFrameVideo`), never whole.
         """
-        if not self.is_i2v:
+        if not self.requires_image:
             return {}
         image = self.pipe.video_processor.preprocess(request.image, height=height, width=width).to(self.device, torch.float32)
         video = FirstFrameVideo(image, request.num_frames)
@@ -178,7 +132,7 @@ class WanAdapter(ModelAdapter):
         )
         if self.pipe.config.boundary_ratio is not None:
             kwargs["guidance_scale_2"] = guidance_scale_2
-        if self.is_i2v:
+        if self.requires_image:
             # The pipeline refuses image and image_embeds together and needs the image for its latent
             # condition, so it re-encodes the (small) CLIP embedding itself.
             kwargs["image"] = request.image

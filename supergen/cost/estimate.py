@@ -31,7 +31,7 @@ stage's peak is its resident weights plus its transient, and the render's peak i
   (2·Fd) per token, ``(2D + 2Fd)·b`` — and the residual update after it, which Wan's blocks do in
   float32: three float32 and five model-dtype copies of the stream, ``D·(3·4 + 5·b)`` (wider where
   ``D`` is large against ``Fd``: Wan-14B); the other families' ``(a·D + f·Fd)·b``
-  (:class:`~supergen.adapters.FamilyMemory`, fitted to their traces). Times ``B·L``. Attention is
+  (:class:`~supergen.families.FamilyMemory`, fitted to their traces). Times ``B·L``. Attention is
   assumed fused (SDPA's flash / memory-efficient kernels on GPU and CPU): no ``L²`` score matrix.
 - canvas state (the refinement loop): ``6`` float32 copies of the canvas latent — the latent, the
   blended prediction, the multistep scheduler's two stored outputs, its last sample and the new
@@ -44,7 +44,7 @@ stage's peak is its resident weights plus its transient, and the render's peak i
   and convolution outputs, the causal caches — fitted to the fake-tensor trace,
   ``supergen plan --trace``; the encoder's ``k = 10`` (its full-resolution stage has ``c0``
   channels, no upsampling). The other families' ``n`` and ``k`` are their
-  :class:`~supergen.adapters.FamilyMemory`, fitted to their traces at 2K and 4K.
+  :class:`~supergen.families.FamilyMemory`, fitted to their traces at 2K and 4K.
 - VAE decode (tiled, :class:`~supergen.parallel.TiledVAE`, a row of tiles at a time): the output video
   as uint8 ``3·F·H·W`` (what ``supergen render`` asks for), one row of decoded tiles and the overlap
   kept of the row above (``3·F·(tile_h + overlap)·Σ tile widths·v``), one finished strip of rows
@@ -83,7 +83,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..adapters.base import FamilyMemory
+from ..families import FamilyMemory
 from ..config import SuperGenConfig
 from ..plan import PARKED_FROM, STAGES, RenderPlan, parked_during, plan_render
 from ..tiling import TilePlan
@@ -106,7 +106,7 @@ def transformer_flops(arch: Architecture, tokens: int, batch: int = 1, pairs: in
     t = arch.transformer
     d, ffn, n = arch.width, arch.ffn_dim, arch.num_blocks
     # The text the transformer reads: Wan's 512 padded umT5 tokens of 4096; other families' own lengths.
-    s, text_dim = arch.family.prompt_shapes(t, arch.image_to_video)["prompt_embeds"]
+    s, text_dim = arch.spec.prompt_shapes(t, arch.image_to_video)["prompt_embeds"]
     i, L = arch.image_tokens, tokens
     pairs = L * L if pairs is None else pairs
     block = 12 * L * d * d + 4 * pairs * d + 4 * s * d * d + 4 * L * s * d + 4 * L * d * ffn
@@ -264,7 +264,7 @@ def estimate(
     # The VAE and image encoder in their own dtypes (Wan's recipe: float32, as the pipeline loads them).
     mem = {f"weights.{k}": v * DTYPE_BYTES[component_dtype(config, arch, k)] for k, v in parameters.items()}
     batch = min(config.tiling.batch_tiles, out.tiles_per_step)
-    family = arch.family.memory
+    family = arch.spec.memory
     mem["transformer"] = int(batch * out.tokens_per_tile * block_bytes_per_token(d, ffn, b, family))
     canvas_elems = math.prod(latent)
     condition = (arch.transformer["in_channels"] - latent[0]) * canvas_elems // latent[0]  # I2V mask + image latent
@@ -323,7 +323,7 @@ def estimate(
     # the VAE, whole (small; its convolutions are not in block lists). Encoders leave the device.
     per_block, outside = arch.block_parameters()
     out.group_offload_weights = (2 * per_block + outside) * b + mem["weights.vae"]
-    if condition and arch.family.canvas_condition:
+    if condition and arch.spec.canvas_condition:
         # Wan I2V's condition (image + zero frames) encoded at the canvas size, window by window: the
         # image, one window in float32 and in the VAE's dtype, the encoder's working set, the windows'
         # latents (they overlap) until they are blended, and the condition kept for the refinement.
@@ -341,7 +341,7 @@ def estimate(
     # The prompt embeddings (both guidance branches, in the model dtype) stay referenced for the whole
     # call: every stage carries them (8 MiB for Wan's 512 x 4096; a visible share of small renders only).
     branches = 2 if render.do_guidance or render.sketch_guidance_scale > 1.0 else 1
-    shapes = arch.family.prompt_shapes(arch.transformer, arch.image_to_video)
+    shapes = arch.spec.prompt_shapes(arch.transformer, arch.image_to_video)
     mem["prompt_embeds"] = branches * sum(math.prod(shape) for shape in shapes.values()) * b
     for stage in STAGES:
         if f"stage.{stage}" in mem:
@@ -403,8 +403,8 @@ def _vae_tiles_total_area(canvas: tuple[int, int], tile: tuple[int, int], stride
 
 def component_dtype(config: SuperGenConfig, arch: Architecture, component: str) -> str:
     """The dtype ``component`` runs in: ``model.vae_dtype`` / ``model.image_encoder_dtype`` when set,
-    else the family's recipe (:attr:`~supergen.adapters.ModelAdapter.component_dtypes`: Wan's VAE and
+    else the family's recipe (:attr:`~supergen.families.FamilySpec.component_dtypes`: Wan's VAE and
     image encoder in float32, as diffusers' examples), else the model's ``model.dtype``."""
     override = {"vae": config.model.vae_dtype, "image_encoder": config.model.image_encoder_dtype}.get(component)
-    return override or arch.family.component_dtypes.get(component, config.model.dtype)
+    return override or arch.spec.component_dtypes.get(component, config.model.dtype)
 

@@ -126,9 +126,9 @@ def ulysses(models: list[nn.Module], group: TileGroup, plans: list[dict | None] 
     Args:
         plans: per model, the context-parallel plan to apply (None: the model's own ``_cp_plan``);
             the adapters of families diffusers ships without one supply it
-            (:attr:`~supergen.adapters.ModelAdapter.cp_plan`).
+            (:attr:`~supergen.families.FamilySpec.cp_plan`).
         uneven: split sequences that do not divide over the ranks too (diffusers' ``ulysses_anything``:
-            unequal shards, padded heads), for plans written for it (:attr:`~supergen.adapters.ModelAdapter.cp_uneven`).
+            unequal shards, padded heads), for plans written for it (:attr:`~supergen.families.FamilySpec.cp_uneven`).
     """
     enabled, counters = [], []
     # If a release renames the dispatcher's collectives, the render still runs, only these bytes go uncounted.

@@ -53,7 +53,7 @@ class ParallelPlan:
         units: units of work of the refinement's first step (tiles, or (tile, branch) pairs).
         seq: ranks per unit that :func:`sequence_split` chooses when the ranks outnumber the units:
             each unit runs on a sub-group of ``seq`` ranks with Ulysses (families whose adapter allows it,
-            :attr:`~supergen.adapters.ModelAdapter.tile_context_parallel`); 1 otherwise.
+            :attr:`~supergen.families.FamilySpec.tile_context_parallel`); 1 otherwise.
     """
 
     ranks: int
@@ -119,7 +119,7 @@ def plan_parallel(
         guidance: the refinement runs classifier-free guidance (two branches per tile).
         sketch_guidance: the sketch does.
         separate_branches: the family's pipeline runs the sketch's branches as separate transformer
-            calls (:attr:`~supergen.adapters.ModelAdapter.sketch_branches_separate`), which can be split;
+            calls (:attr:`~supergen.families.FamilySpec.sketch_branches_separate`), which can be split;
             one batched call on both is not.
         cfg: ``parallel.cfg`` (``auto`` | ``on`` | ``off``).
         sketch: ``parallel.sketch`` (``cfg`` | ``ulysses``).

@@ -46,11 +46,11 @@ def plan_for(adapter: ModelAdapter, group: TileGroup | None, config: MethodConfi
     units = plan.tiles.count(0) * (2 if guidance and parallel.cfg != "off" else 1)
     tokens = math.prod(n // p for n, p in zip(plan.tile_latent_shape[2:], adapter.patch))
     heads = adapter.transformers[0].config.num_attention_heads
-    seq = sequence_split(ranks, units, heads, tokens) if adapter.tile_context_parallel else 1
+    seq = sequence_split(ranks, units, heads, tokens) if adapter.spec.tile_context_parallel else 1
     if seq > 1 and ulysses_blocker(adapter.transformers, seq, adapter.cp_plans):
         seq = 1
     return plan_parallel(ranks, guidance, adapter.runs_branches(plan.sketch_guidance_scale),
-                         adapter.sketch_branches_separate, parallel.cfg, parallel.sketch,
+                         adapter.spec.sketch_branches_separate, parallel.cfg, parallel.sketch,
                          ulysses_blocker(adapter.transformers, ranks, adapter.cp_plans) or adapter.context_parallel_blocker(ranks), canvas,
                          canvas_blocker(adapter.transformers, ranks, plan.layout[0].seq_len, adapter.cp_plans) if canvas else "",
                          units, seq)
@@ -84,7 +84,7 @@ class Parallelism:
         # The family's plan, its attention through diffusers' dispatcher.
         adapter = self.adapter
         with adapter.context_parallel_extras(self.group.size), \
-                ulysses(adapter.transformers, self.group, adapter.cp_plans, adapter.cp_uneven):
+                ulysses(adapter.transformers, self.group, adapter.cp_plans, adapter.spec.cp_uneven):
             yield
 
     # 2. the refinement's tiles -------------------------------------------------------------------
