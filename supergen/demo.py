@@ -298,7 +298,8 @@ class DemoApp:
                 if report is not None:
                     from .cache import cache_map
 
-                    picture = cache_map(report, thumbnail=video[len(video) // 2].cpu().numpy())
+                    # The map draws latent frame 0's tiles (with time windows each frame has its own), so the first frame goes under them.
+                    picture = cache_map(report, thumbnail=video[0].cpu().numpy())
                 stats = out.stats
                 seconds = ", ".join(f"{k} {v:.1f} s" for k, v in stats.seconds.items())
                 ranks = getattr(stats, "parallel", {}).get("ranks", 1)

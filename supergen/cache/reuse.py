@@ -45,7 +45,7 @@ class TileReuse:
     """Base of the tile-level policies (:class:`~supergen.cache.TilePolicy`); subclasses implement
     :meth:`decide` with :meth:`may_reuse` and end it with :meth:`_remember`."""
 
-    def __init__(self, warmup_steps: int = 2, max_consecutive: int = 3):
+    def __init__(self, warmup_steps: int, max_consecutive: int):
         self.warmup_steps, self.max_consecutive = warmup_steps, max_consecutive
         self.num_steps = 0
         self._state: dict[str, torch.Tensor] = {}
