@@ -32,10 +32,12 @@ import numpy as np
 import torch
 
 from supergen import SuperGenPipeline
+from supergen.adapters import Conditioning, Request
 from supergen.builtin import load_pipeline
 from supergen.eval.metrics import object_count, psnr, seam_score, temporal_flicker
 from supergen.eval.sets import SETS, eval_set
 from supergen.eval.stats import mean_interval, paired_difference
+from supergen.tiling import Tile, Window, accumulate, crop
 
 BASE = {"tiling": {"mode": "shift", "boundary": "clamp", "positions": "global"}, "refine": {"strength": 0.6}}
 # The README's picture: one prompt and seed, not a measurement.
@@ -101,6 +103,13 @@ def write_strip(path: str, sketch: np.ndarray, video: np.ndarray, frame_ids=(0, 
     Image.fromarray(grid).quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
+def draw_sketch(pipe, prompt: str, seed: int) -> np.ndarray:
+    """The render's sketch at the native 128 px, ``(9, 128, 128, 3)``: drawn once, refined by every setting."""
+    native = SuperGenPipeline.from_pipe(pipe, "toy", **BASE)
+    return native(prompt=prompt, height=128, width=128, num_frames=9, generator=torch.Generator().manual_seed(seed),
+                  output_type="np").frames[0]
+
+
 def measure(sg: SuperGenPipeline, args, prompt: str, seed: int, sketch: np.ndarray, reference: np.ndarray | None):
     """One render's row: seam, object-count error, flicker, PSNR against ``reference`` (NaN without
     one), tile-forwards skipped, seconds; and the video."""
@@ -117,6 +126,83 @@ def measure(sg: SuperGenPipeline, args, prompt: str, seed: int, sketch: np.ndarr
            "flicker": temporal_flicker(video), "psnr": float("nan") if reference is None else min(psnr(video, reference), 99.0),
            "skipped": sum(s.tiles - s.tiles_computed for s in out.stats.steps), "seconds": seconds}
     return row, video
+
+
+#: The settings --per-step compares, each predicting on the same captured canvas state.
+STEP_SETTINGS = [(BASELINE, {})] + [(f"attention halo {h}", {"tiling": {"mode": "attention", "halo": h}}) for h in (0, 16, 32, 64)] \
+    + [("whole canvas (halo 256)", {"tiling": {"mode": "attention", "halo": 256}})]
+
+
+def token_line_seam(prediction: torch.Tensor, cuts: tuple[set[int], set[int]], patch: int) -> float:
+    """Mean absolute jump of ``prediction`` ``(1, C, F, H, W)`` across the tile-border token lines ``cuts``
+    (latent units, per axis) over the mean jump across the other token lines; the larger axis ratio.
+    In latent space and on token lines only, so neither the VAE's texture nor the patch grid weighs in."""
+    ratios = []
+    for dim, borders in ((-1, cuts[1]), (-2, cuts[0])):
+        jump = prediction.diff(dim=dim).abs().movedim(dim, 0).flatten(1).mean(1)  # jump[i]: across line i + 1
+        lines = range(patch, prediction.shape[dim], patch)
+        border = [jump[x - 1] for x in lines if x in borders]
+        other = [jump[x - 1] for x in lines if x not in borders]
+        if border:
+            ratios.append(float(torch.stack(border).mean() / torch.stack(other).mean()))
+    return max(ratios)
+
+
+def step_seams(pipe, prompt: str, seed: int, sketch: np.ndarray, size: int, steps: list[int]) -> list[dict]:
+    """The seam each setting of STEP_SETTINGS puts into one guided prediction, all on the same input.
+
+    A render of the baseline keeps its canvas latent before each refinement step of ``steps`` (>= 1);
+    every setting then predicts on that latent at that step's geometry, and :func:`token_line_seam`
+    reads the prediction at the step's tile borders (the shift-clamp grid; attention windows move on
+    the same schedule). A render's seam score sums what every step left; this is one step's share,
+    free of the noise that 12 steps of different predictions add.
+    """
+    base = SuperGenPipeline.from_pipe(pipe, "toy", **BASE)
+    inputs: dict[int, torch.Tensor] = {}  # step -> the canvas latent it starts from
+    timesteps: dict[int, torch.Tensor] = {}
+
+    def keep(_pipe, step, timestep, tensors):  # the latent after step `step` is the input of step + 1
+        inputs[step + 1], timesteps[step] = tensors["latents"].clone(), timestep
+        return tensors
+
+    base(prompt=prompt, sketch_video=sketch, height=size, width=size, num_frames=9, output_type="latent",
+         generator=torch.Generator().manual_seed(seed), callback_on_step_end=keep)
+    rows = []
+    for name, extra in STEP_SETTINGS:
+        sg = SuperGenPipeline.from_pipe(pipe, "toy", **merge(BASE, extra))
+        adapter, plan, tiling = sg.adapter, sg.plan(size, size, 9), sg.config.tiling
+        grid = base.plan(size, size, 9).tiles
+        cond = Conditioning(adapter.encode_prompt(Request(prompt, "", 9), guidance_scale=plan.guidance_scale), {},
+                            plan.guidance_scale, plan.guidance_scale_2)
+        canvas = plan.tiles.canvas
+        whole = Tile(0, Window(0, canvas[0], canvas[0]), Window(0, canvas[1], canvas[1]))
+        for step in steps:
+            latents, timestep = inputs[step], timesteps[step]
+            with torch.no_grad(), adapter.positions(tiling.positions):
+                if plan.layout is None:
+                    prediction = torch.zeros_like(latents)
+                    for tile in plan.tiles.tiles(step):
+                        accumulate(prediction, tile, adapter.predict(crop(latents, tile), timestep, cond, [tile], canvas, tiling.positions))
+                else:
+                    with adapter.tile_attention(plan.layout, sg.config.attention.backend) as layouts:
+                        layouts(step)
+                        prediction = adapter.predict(latents, timestep, cond, [whole], canvas, tiling.positions)
+            cuts = tuple(set(axis.cuts(offset)) - {0} for axis, offset in zip(grid.axes, grid.offsets(step)))
+            rows.append({"prompt": prompt, "seed": seed, "step": step, "setting": name,
+                         "seam": token_line_seam(prediction, cuts, adapter.patch[-1])})
+    return rows
+
+
+def step_report(rows: list[dict]) -> None:
+    """Per setting the mean one-step seam [95 %] and its paired difference against the whole canvas."""
+    key = lambda r: (r["prompt"], r["seed"], r["step"])  # noqa: E731
+    floor = {key(r): r["seam"] for r in rows if r["setting"] == STEP_SETTINGS[-1][0]}
+    print(f"| setting | one-step seam [95 %] | minus the whole canvas's, paired: mean [95 %], no worse k/n | n |\n|---|---|---|---|")
+    for name, _ in STEP_SETTINGS:
+        mine = [r for r in rows if r["setting"] == name]
+        versus = "(the floor)" if name == STEP_SETTINGS[-1][0] else paired_difference(
+            [r["seam"] for r in mine], [floor[key(r)] for r in mine], higher_is_better=False)
+        print(f"| {name} | {mean_interval([r['seam'] for r in mine])} | {versus} | {len(mine)} |")
 
 
 def report(rows: list[dict], title: str, baseline: str = BASELINE) -> None:
@@ -154,6 +240,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: several processes share the cores)")
     parser.add_argument("--rows", help="append every measured row to this JSON-lines file as it finishes")
     parser.add_argument("--from-rows", nargs="+", metavar="FILE", help="skip rendering: the table from earlier --rows files")
+    parser.add_argument("--per-step", nargs="+", type=int, metavar="STEP",
+                        help="instead of the rows: the seam one refinement step (>= 1) puts into each setting's prediction, "
+                             "all on the same canvas state, for the renders of --set, --start, --stop")
     parser.add_argument("--strip", help="also write a PNG of the base setting's sketch and video (STRIP_PROMPT, seed 0), frames 0, 4, 8")
     args = parser.parse_args()
     if args.from_rows:
@@ -163,6 +252,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = load_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
+    if args.per_step:
+        chosen = eval_set(args.set).renders()[args.start:args.stop]
+        step_rows = []
+        for prompt, seed in chosen:
+            sketch = draw_sketch(pipe, prompt, seed)
+            step_rows += step_seams(pipe, prompt, seed, sketch, args.size, args.per_step)
+            print(f"{len(step_rows) // len(STEP_SETTINGS)} predictions per setting", flush=True)
+        print(f"\ntoy model, {args.size}x{args.size}x9, set {args.set} renders {args.start}..{args.start + len(chosen)}, steps {args.per_step}")
+        step_report(step_rows)
+        return
     every = dict([(BASELINE, {})] + [s for g in GROUPS.values() for s in g])
     names = args.settings or [BASELINE] + [name for g in args.groups for name, _ in GROUPS[g]]
     settings = [(name, every[name]) for name in names]
@@ -178,9 +277,7 @@ def main() -> None:
             continue
         if any("cache" in extra for _, extra in todo):  # their PSNR reference first (rendered again if its row is written)
             todo = [(BASELINE, {})] + [(name, extra) for name, extra in todo if name != BASELINE]
-        native = SuperGenPipeline.from_pipe(pipe, "toy", **BASE)
-        sketch = native(prompt=prompt, height=128, width=128, num_frames=9, generator=torch.Generator().manual_seed(seed),
-                        output_type="np").frames[0]
+        sketch = draw_sketch(pipe, prompt, seed)
         reference = None
         for name, extra in todo:
             sg = SuperGenPipeline.from_pipe(pipe, "toy", **merge(BASE, extra))
