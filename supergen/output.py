@@ -28,8 +28,9 @@ class VideoOutput:
 
     - ``np``: ``(1, F, H, W, 3)`` float32 numpy in [0, 1] (on the host);
     - ``pt``: ``(1, F, 3, H, W)`` in [0, 1], the decoded pixels' dtype, on their device;
-    - ``uint8``: ``(1, F, H, W, 3)`` uint8 on the decoded pixels' device (the smallest: 1.9 GiB at
-      4K × 81; what ``supergen render`` writes, moved to the host a chunk of frames at a time);
+    - ``uint8``: ``(1, F, H, W, 3)`` uint8 on the host (what ``supergen render`` writes): each
+      finished chunk of a strip goes to the host as soon as it is converted, so the device never
+      holds the decoded video (1.9 GiB at 4K × 81, 5.6 GiB at 4K × 241), only one chunk of it;
     - ``pil``: a list (one video) of lists of PIL images, made from the ``uint8`` array.
 
     Args:
@@ -68,9 +69,11 @@ class VideoOutput:
             if self.buffer is None:
                 self.buffer = np.empty((b, self.num_frames, *shape, c), dtype=np.float32)
             self.buffer[where] = frames.cpu().numpy()
-        else:  # uint8 and pil: diffusers' numpy_to_pil rounding, on the pixels' device
+        else:  # uint8 and pil: diffusers' numpy_to_pil rounding on the pixels' device, then to the host
             if self.buffer is None:
-                self.buffer = torch.empty((b, self.num_frames, *shape, c), dtype=torch.uint8, device=frames.device)
+                # No device: the host (torch's default device). uint8 there is the host-memory rule's
+                # allowance; the whole video in float never exists on either side.
+                self.buffer = torch.empty((b, self.num_frames, *shape, c), dtype=torch.uint8)
             self.buffer[where] = frames.mul(255).round().to(torch.uint8)
 
     def result(self) -> Any:

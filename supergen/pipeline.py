@@ -86,7 +86,7 @@ class SuperGenPipelineOutput(BaseOutput):
 
     Attributes:
         frames: the video in ``output_type`` (``np``: ``(1, F, H, W, 3)`` in [0, 1]; ``pt``:
-            ``(1, F, 3, H, W)``; ``uint8``: ``(1, F, H, W, 3)`` uint8 on the device; ``pil``: a list of
+            ``(1, F, 3, H, W)``; ``uint8``: ``(1, F, H, W, 3)`` uint8 on the host; ``pil``: a list of
             lists of images; ``latent``: ``(1, C, f, h, w)``; see :class:`~supergen.output.VideoOutput`).
             With several ranks, pixel outputs are None on all but the group's leader (rank 0 of the group).
         sketch: the stage-1 video at sketch size in the same format, or None when ``strength=1``

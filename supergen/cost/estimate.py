@@ -45,11 +45,12 @@ stage's peak is its resident weights plus its transient, and the render's peak i
   ``supergen plan --trace``; the encoder's ``k = 10`` (its full-resolution stage has ``c0``
   channels, no upsampling). The other families' ``n`` and ``k`` are their
   :class:`~supergen.families.FamilyMemory`, fitted to their traces at 2K and 4K.
-- VAE decode (tiled, :class:`~supergen.parallel.TiledVAE`, a row of tiles at a time): the output video
-  as uint8 ``3·F·H·W`` (what ``supergen render`` asks for), one row of decoded tiles and the overlap
-  kept of the row above (``3·F·(tile_h + overlap)·Σ tile widths·v``), one finished strip of rows
-  ``3·F·stride_h·W·v`` and the working set. Untiled: the whole decoded video and the working set at
-  the canvas size.
+- VAE decode (tiled, :class:`~supergen.parallel.TiledVAE`, a row of tiles at a time): one row of
+  decoded tiles and the overlap kept of the row above (``3·F·(tile_h + overlap)·Σ tile widths·v``),
+  one finished strip of rows ``3·F·stride_h·W·v`` and the working set; the output video (uint8, what
+  ``supergen render`` asks for) is on the host, each strip sent there as it is converted
+  (:class:`~supergen.output.VideoOutput`), so it grows with the frames only through the strip and
+  the row. Untiled: the whole decoded video and the working set at the canvas size.
 - the sketch's decoded pixels ``3·F·h·w·v`` stay referenced until the render returns (the ``sketch``
   output), so every later stage carries them.
 - upscale (resize the sketch a band of rows at a time, VAE-encode each band's tiles): the band
@@ -286,7 +287,7 @@ def estimate(
         row_width = _vae_spans(canvas[1], vae_tile[1], vae_stride[1])
         rows = 3 * frames * (tile_h + min(vae_tile[0] - vae_stride[0], tile_h)) * row_width * vb
         strip = 3 * frames * min(vae_stride[0], canvas[0]) * canvas[1] * vb
-        mem["vae_decode"] = video + rows + strip + working
+        mem["vae_decode"] = rows + strip + working  # the uint8 output video is on the host
         band = 3 * frames * tile_h * canvas[1] * vb
         # The resize: one chunk of the sketch's frames in float32 (no copy when the VAE is float32; the
         # frames' reordering is a view: the decoded sketch is frame-major) resized to whole canvas frames.
@@ -295,7 +296,7 @@ def estimate(
         resize = (chunk * sketch[0] * sketch[1] * 4 if vb != 4 else 0) + chunk * canvas[0] * canvas[1] * 4
         mem["upscale"] = band + max(resize, encode_working) + 3 * latent_bytes
     else:
-        mem["vae_decode"] = video * vb + working + video  # the decoded video, its working set, the output
+        mem["vae_decode"] = video * vb + working  # the decoded video and its working set (the output: on the host)
         mem["upscale"] = video * (4 + vb) + encode_working + 3 * latent_bytes
     # Stage transients: what each stage holds beyond the resident weights. The sketch is the plain
     # pipeline at sketch size: a transformer forward there, then an untiled decode of the sketch.
