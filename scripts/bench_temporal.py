@@ -73,6 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=33)
     parser.add_argument("--scenes", type=int, default=4, help="toyworld scenes (the first that fit the length), one prompt each")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first SKIP of those scenes (to split a run across processes)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps", type=int, default=20, help="refine.num_inference_steps")
     parser.add_argument("--strength", type=float, default=0.6)
@@ -90,7 +91,7 @@ def main() -> None:
           f"fixed chunk borders at frames {fixed_borders}")
     print(f"{'scene':>5} {'seed':>4} | " + " | ".join(f"{n:>7} seam  flicker" for n in SETTINGS) + " | shifted < fixed")
     wins, rows = 0, []
-    for scene in fitting_scenes(args.scenes, args.frames, args.size):
+    for scene in fitting_scenes(args.scenes, args.frames, args.size)[args.skip:]:
         video, meta = make_clip(scene, args.size, args.size, args.frames)
         sketch = ((video.transpose(1, 2, 3, 0) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
         for seed in args.seeds:
