@@ -202,12 +202,6 @@ class MemoryTrace(TorchDispatchMode):
                 self.host_copies.append(f"{func}: host tensor {tuple(host[0].shape)} used with device data")
         out = func(*args, **kwargs)
         trace = self.stages.setdefault(self.stage, StageTrace())
-        schema = getattr(func, "_schema", None)
-        if schema is not None and any(r.alias_info is not None for r in schema.returns):
-            # A view or in-place result allocates nothing, also where the fake mode stood a fake copy
-            # in for a host tensor (a strip written into the host's output video).
-            self._note_peak(trace)
-            return out
         # A view (or in-place result) of an input allocates nothing: e.g. ``t()`` of a weight, which
         # exists since before the trace (counted in ``resident``), not in ``live``.
         existing = {_storage_key(t) for t in inputs if t.device.type != "meta"}
@@ -605,11 +599,9 @@ class _TraceObserver(StageObserver):
 
     def started(self, stage: str, info: dict) -> None:
         self.meter.enter(stage)
-        # In the refinement and the decode, tensors built without a device are host tensors (the
-        # decode's uint8 output video, supergen.output): ``meta`` tells them apart.
-        host = stage in ("refine", "decode")
-        self.memory.host_default = host
-        torch.set_default_device("meta" if host else None)
+        # In the refinement, tensors built without a device are host tensors: ``meta`` tells them apart.
+        self.memory.host_default = stage == "refine"
+        torch.set_default_device("meta" if stage == "refine" else None)
 
     @contextlib.contextmanager
     def refinement_step(self, step: int) -> Iterator[None]:
@@ -743,7 +735,7 @@ def trace_pipeline(
             if stages.stage != "denoise":
                 stages.enter("denoise")
 
-        for transformer in filter(None, (pipe.transformer, getattr(pipe, "transformer_2", None))):
+        for transformer in transformers_of(pipe):
             transformer.register_forward_pre_hook(denoising)
         vae_decode = pipe.vae.decode
 
@@ -751,9 +743,9 @@ def trace_pipeline(
             stages.enter("decode")
             return vae_decode(*args, **kwargs)
 
-        pipe.vae.decode = decode
         image = {"image": Image.new("RGB", (width, height), (128, 128, 128))} if arch.image_tokens else {}
-        with flop_counter, memory:
+        # The VAE decode starts the decode stage (diffusers' pipeline has no stage events).
+        with flop_counter, memory, compat.methods_replaced(pipe.vae, decode=decode):
             # The text encoders' outputs given as the call's embeddings (not run, as in the supergen trace).
             text = _text_embeddings(arch.spec.prompt_shapes(arch.transformer, arch.image_to_video), dtypes["transformer"],
                                     torch.device("cpu"), guided=True)
