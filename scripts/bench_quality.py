@@ -206,25 +206,30 @@ def step_report(rows: list[dict]) -> None:
 
 
 def report(rows: list[dict], title: str, baseline: str = BASELINE) -> None:
-    """Per setting the mean over its renders [95 %] and the paired seam difference against ``baseline``."""
+    """Per setting the mean over its renders [95 %], and the paired differences in seam score and in
+    object-count error against ``baseline`` (both lower is better: fewer seams, fewer added objects)."""
     print(title)
     key = lambda r: (r["set"], r["size"], r["prompt"], r["seed"])  # noqa: E731  the render a row belongs to
     base = {key(r): r for r in rows if r["setting"] == baseline}
+
+    def versus(mine: list[dict], metric: str) -> str:
+        paired = [(r[metric], base[key(r)][metric]) for r in mine if key(r) in base]
+        return str(paired_difference(*zip(*paired), higher_is_better=False)) if len(paired) > 1 else "–"
+
     print(f"| setting | seam [95 %] | seam minus {baseline}'s, paired: mean [95 %], no worse k/n | object-count error [95 %] "
-          "| flicker | PSNR vs uncached [95 %] | tile-forwards skipped | s | n |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"| object-count error minus {baseline}'s, paired | flicker [95 %] | PSNR vs uncached [95 %] | tile-forwards skipped | s | n |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for setting in dict.fromkeys(r["setting"] for r in rows):
         mine = [r for r in rows if r["setting"] == setting]
         if len(mine) < 2:
             print(f"| {setting} | only {len(mine)} render |")
             continue
-        paired = [(r["seam"], base[key(r)]["seam"]) for r in mine if key(r) in base]
-        versus = "(the baseline)" if setting == baseline else (
-            str(paired_difference(*zip(*paired), higher_is_better=False)) if len(paired) > 1 else "–")
+        seam, objects = ("(the baseline)",) * 2 if setting == baseline else (versus(mine, "seam"), versus(mine, "obj_err"))
+        flicker = mean_interval([r["flicker"] for r in mine])
         fidelity = [r["psnr"] for r in mine if np.isfinite(r["psnr"])]
-        print(f"| {setting} | {mean_interval([r['seam'] for r in mine])} | {versus} | {mean_interval([r['obj_err'] for r in mine])} "
-              f"| {np.mean([r['flicker'] for r in mine]):.4f} | {mean_interval(fidelity) if len(fidelity) > 1 else '–'} "
-              f"| {np.mean([r['skipped'] for r in mine]):.1f} | {np.mean([r['seconds'] for r in mine]):.1f} | {len(mine)} |", flush=True)
+        print(f"| {setting} | {mean_interval([r['seam'] for r in mine])} | {seam} | {mean_interval([r['obj_err'] for r in mine])} | {objects} "
+              f"| {flicker.mean:.4f} [{flicker.low:.4f}, {flicker.high:.4f}] | {mean_interval(fidelity) if len(fidelity) > 1 else '–'} "
+              f"| {np.mean([r['skipped'] for r in mine]):.1f} | {np.nanmean([r['seconds'] for r in mine]):.1f} | {len(mine)} |", flush=True)
 
 
 def main() -> None:
