@@ -114,9 +114,11 @@ class TilingConfig:
     #: family's native length (Wan: 81); a clip at or under it is one window (tiles span all frames).
     frames: int | None = bounded(None, 1)
     #: shift and attention modes with time windows: at the last refinement step neighbouring time
-    #: windows blend linearly over a quarter window across each border instead of cutting (no later
-    #: step moves that step's borders away). false: every step cuts (fixed chunks stay fixed chunks).
-    feather_last: bool = True
+    #: windows blend linearly over a quarter window (at least one latent frame) across each border
+    #: instead of cutting. Off by default: on the toy model (3-latent windows, a one-frame blend) it
+    #: did not lower the temporal seam score (docs/benchmarks.md, temporal windows); unmeasured on
+    #: longer windows.
+    feather_last: bool = False
 
 
 @dataclass

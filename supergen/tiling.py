@@ -12,9 +12,9 @@ The time axis follows the same schedule as the spatial ones (its own cycle, ``sh
 ``shift_every``) but always with the ``clamp`` boundary: wrapping would put a clip's last frames
 before its first ones in one window. In ``overlap`` mode neighbouring time windows overlap by a
 quarter of the window and are feathered like the spatial tiles. In ``shift`` mode the borders of the
-last refinement step are not shifted away by any later step: there (``TilePlan(feather_step=...)``)
-neighbouring time windows blend linearly over a quarter window across each border instead of
-cutting, at the cost of about one more window per step for that one step.
+last refinement step are not shifted away by any later step: optionally (``TilePlan(feather_step=...)``,
+``tiling.feather_last``) neighbouring time windows blend linearly there over a quarter window across
+each border instead of cutting, with no more windows than a cutting step on Wan's 241 frames.
 
 Time windows are in latent frames and cut only the transformer's work: the VAE encodes and decodes
 the whole clip (``supergen.parallel.vae`` tiles it in space only), so a causal VAE's first-frame rule
