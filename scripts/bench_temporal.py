@@ -4,9 +4,9 @@ A clip longer than the model's native length (toy: 9 frames) is upscaled 2x (def
 ways, everything else equal (one spatial tile covering the canvas, so only time is tiled):
 
 - ``fixed``: windows of 9 frames that never move and always cut (the chunked baseline of video upscalers);
-- ``shifted``: windows of 9 frames whose borders move every step, blending across the last step's
-  borders (``tiling.feather_last``);
-- ``cut``: the same shifted windows cutting at every step, the last included (``feather_last=false``);
+- ``shifted``: windows of 9 frames whose borders move every step (supergen's default; they cut at
+  every step, the last included);
+- ``feathered``: the same, blending across the last step's borders (``tiling.feather_last=true``);
 - ``whole``: one window over the whole clip (reference only: the model outside its training length).
 
 Per input clip (a toyworld scene, its caption as the prompt) and seed it prints the temporal seam
@@ -35,8 +35,8 @@ from supergen.eval.toyworld import make_clip, make_scene
 #: toy's native clip (9 frames) as the window; the spatial tile is set to the canvas (main()), so only time is tiled.
 SETTINGS = {
     "fixed": {"frames": 9, "shift_every": 1000, "feather_last": False},
-    "shifted": {"frames": 9, "feather_last": True},
-    "cut": {"frames": 9, "feather_last": False},
+    "shifted": {"frames": 9, "feather_last": False},
+    "feathered": {"frames": 9, "feather_last": True},
     "whole": {"frames": 10_000},
 }
 
