@@ -26,7 +26,7 @@ import torch
 
 from .config import SuperGenConfig
 from .errors import SuperGenError
-from .families import FamilySpec, ModelRules, family_of, transformers_of, vae_tile
+from .families import FamilySpec, FlopLayout, ModelRules, family_of, transformers_of, vae_tile
 from .geometry import SizeRules
 
 #: The small trained model shipped inside the package (``--model toy``): a diffusers Wan folder.
@@ -179,6 +179,13 @@ class Architecture(SizeRules):
         :attr:`native_size`, which ``supergen plan`` suggests as the sketch size through :func:`with_native_sketch`)."""
         modules = self.spec.modules
         return self.spec.rules(_with_defaults(modules.transformer, self.transformer), _with_defaults(modules.vae, self.vae), self.pipeline)
+
+    @functools.cached_property
+    def flop_layout(self) -> FlopLayout:
+        """The matrix products of one transformer forward (the family's :attr:`~supergen.families.FamilySpec.flops`
+        on this architecture's transformer config, the diffusers class's defaults filled in)."""
+        config = _with_defaults(self.spec.modules.transformer, self.transformer)
+        return self.spec.flops(config, self.image_to_video)
 
     @functools.cached_property
     def _vae(self) -> torch.nn.Module:

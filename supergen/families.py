@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 from .errors import SuperGenError
 from .geometry import SizeRules
@@ -101,12 +101,61 @@ class ModelRules(SizeRules):
         return self.window_blocker
 
 
+#: The token sets a FLOP term runs over, per sample: the tile's ``video`` tokens, the ``text`` tokens
+#: (:attr:`FamilySpec.prompt_shapes`' ``prompt_embeds`` length), Wan I2V's CLIP ``image`` tokens,
+#: ``joint``: text and video together (joint attention), and ``sample``: one vector per sample
+#: (timestep embeddings, modulation projections).
+Tokens = Literal["video", "text", "image", "joint", "sample"]
+
+
+@dataclass(frozen=True)
+class Linear:
+    """A matrix product of every token of ``tokens`` with a ``fan_in × fan_out`` weight: ``2·n·fan_in·fan_out`` FLOPs."""
+
+    tokens: Tokens
+    fan_in: int
+    fan_out: int
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Scores and values of ``queries`` attending to ``keys`` at width ``dim`` (heads × head dim):
+    ``4·q·k·dim`` FLOPs (``Q·Kᵀ`` and ``softmax·V``, as ``torch.utils.flop_counter`` counts SDPA)."""
+
+    queries: Tokens
+    keys: Tokens
+    dim: int
+
+
+@dataclass(frozen=True)
+class Stack:
+    """``count`` repeats of the same matrix products (a block list; 1 for the layers outside the blocks)."""
+
+    count: int
+    terms: tuple[Linear | Attention, ...]
+
+
+@dataclass(frozen=True)
+class FlopLayout:
+    """The matrix products of one transformer forward, as the family's diffusers class computes them:
+    what :func:`supergen.cost.transformer_flops` prices for any number of tokens."""
+
+    stacks: tuple[Stack, ...]
+
+
+def _linears(tokens: Tokens, *widths: int) -> tuple[Linear, ...]:
+    """Linears chained through ``widths`` (an MLP ``d → h → d`` is ``_linears(t, d, h, d)``)."""
+    return tuple(Linear(tokens, a, b) for a, b in zip(widths, widths[1:]))
+
+
 #: ``rules(transformer config, VAE config, pipeline class name) -> ModelRules``; configs are dicts with
 #: the diffusers classes' defaults filled in.
 RulesOf = Callable[[Mapping[str, Any], Mapping[str, Any], str], ModelRules]
 #: ``prompt_shapes(transformer config, image_to_video)``: what the family's text encoders return for
 #: one guidance branch (keys without the ``negative_`` prefix), shapes without the batch axis.
 PromptShapes = Callable[[Mapping[str, Any], bool], dict[str, tuple[int, ...]]]
+#: ``flops(transformer config, image_to_video) -> FlopLayout``.
+FlopsOf = Callable[[Mapping[str, Any], bool], FlopLayout]
 
 
 @dataclass(frozen=True, eq=False)  # one object per family: compared (and hashed) by identity
@@ -124,6 +173,8 @@ class FamilySpec:
     #: The shapes of its text embeddings (the trace feeds embeddings of these shapes instead of running
     #: the encoders; the estimate counts the text tokens).
     prompt_shapes: PromptShapes
+    #: The matrix products of its transformer's forward, from its config (the planner's FLOPs).
+    flops: FlopsOf
     #: How its modules use memory beyond their weights, for the planner.
     memory: FamilyMemory = FamilyMemory()
     #: The optional request text fields (``prompt_embeds``, ``negative_prompt_embeds``,
@@ -195,6 +246,22 @@ def _wan_prompt_shapes(transformer, image_to_video):
     return {"prompt_embeds": (WAN.max_sequence_length, transformer["text_dim"])}
 
 
+def _wan_flops(t, image_to_video):
+    # WanTransformer3DModel: self-attention, cross-attention to the text (and to the CLIP image tokens
+    # of Wan 2.1 I2V, through add_k/add_v), FFN; no per-block modulation projection (a table).
+    d, ffn, patch = t["num_attention_heads"] * t["attention_head_dim"], t["ffn_dim"], math.prod(t["patch_size"])
+    block = (*_linears("video", d, d) * 4, Attention("video", "video", d),  # self-attention q, k, v, o
+             *_linears("video", d, d) * 2, *_linears("text", d, d) * 2, Attention("video", "text", d),  # cross q, o; k, v
+             *_linears("video", d, ffn, d))
+    outside = (Linear("video", t["in_channels"] * patch, d), Linear("video", d, t["out_channels"] * patch),  # patch in, out
+               *_linears("text", t["text_dim"], d, d),  # text embedder
+               *_linears("sample", t["freq_dim"], d, d), Linear("sample", d, 6 * d))  # time embedder, modulation
+    if t.get("image_dim"):
+        block += (*_linears("image", t["added_kv_proj_dim"], d) * 2, Attention("video", "image", d))
+        outside += _linears("image", t["image_dim"], t["image_dim"], d)  # image embedder
+    return FlopLayout((Stack(t["num_layers"], block), Stack(1, outside)))
+
+
 WAN = FamilySpec(
     "Wan", ("WanPipeline", "WanImageToVideoPipeline"), ("WanImageToVideoPipeline",),
     FamilyModules(
@@ -203,7 +270,7 @@ WAN = FamilySpec(
         encoders={"text_encoder": ("UMT5EncoderModel", "UMT5Config"),
                   "image_encoder": ("CLIPVisionModelWithProjection", "CLIPVisionConfig")},
     ),
-    _wan_rules, _wan_prompt_shapes,
+    _wan_rules, _wan_prompt_shapes, _wan_flops,
     prompt_options=frozenset({"prompt_embeds", "negative_prompt_embeds", "max_sequence_length"}),
     max_sequence_length=512,
     # diffusers' Wan examples load the VAE and the CLIP image encoder in float32 beside a bf16 transformer.
@@ -241,6 +308,21 @@ def _cogvideox_prompt_shapes(transformer, image_to_video):
     return {"prompt_embeds": (COGVIDEOX.max_sequence_length, transformer["text_embed_dim"])}
 
 
+def _cogvideox_flops(t, image_to_video):
+    # CogVideoXTransformer3DModel: every block attends over [text; video] and runs both through one
+    # FFN with the same weights; two modulation projections of the time embedding per block.
+    d, te = t["num_attention_heads"] * t["attention_head_dim"], t["time_embed_dim"]
+    ffn, patch = 4 * d, t["patch_size"] ** 2 * (t["patch_size_t"] or 1)  # its blocks' FeedForward default: 4 × width
+    block = (*_linears("joint", d, d) * 4, Attention("joint", "joint", d), *_linears("joint", d, ffn, d),
+             *_linears("sample", te, 6 * d) * 2)  # norm1, norm2
+    outside = (Linear("video", t["in_channels"] * patch, d), Linear("text", t["text_embed_dim"], d),  # patch and text embedding
+               *_linears("sample", d, te, te), Linear("sample", te, 2 * d),  # time embedding, norm_out
+               Linear("video", d, t["out_channels"] * patch))
+    if t["ofs_embed_dim"]:
+        outside += _linears("sample", t["ofs_embed_dim"], t["ofs_embed_dim"], t["ofs_embed_dim"])
+    return FlopLayout((Stack(t["num_layers"], block), Stack(1, outside)))
+
+
 def _cogvideox_cp_plan() -> dict:
     """Where CogVideoX's token sequence is split over the ranks of a context-parallel sketch (diffusers
     ships no plan for it): video and text tokens at the first block (the joint attention concatenates
@@ -269,7 +351,7 @@ COGVIDEOX = FamilySpec(
                                                   timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False)),
         encoders={"text_encoder": ("T5EncoderModel", "T5Config")},
     ),
-    _cogvideox_rules, _cogvideox_prompt_shapes,
+    _cogvideox_rules, _cogvideox_prompt_shapes, _cogvideox_flops,
     # Fitted to the traces of CogVideoX1.5-5B-I2V at 2K and 4K (docs/benchmarks.md): its VAE decodes
     # 2 latent frames (8 pixel frames) and encodes 8 frames at a time; at 720p its untiled decode
     # holds ~22 full-resolution activations per frame (the 2-D upsampling runs the frames as a batch
@@ -324,6 +406,30 @@ def _hunyuan_prompt_shapes(transformer, image_to_video):
             "prompt_attention_mask": (n,)}
 
 
+def _hunyuan_flops(t, image_to_video):
+    # HunyuanVideoTransformer3DModel: the token refiner (self-attention blocks over the text alone),
+    # then dual-stream blocks (video and text with their own weights, one attention over both), then
+    # single-stream blocks (one set of weights on [video; text], the MLP beside the attention).
+    d = t["num_attention_heads"] * t["attention_head_dim"]
+    ffn, patch = int(t["mlp_ratio"] * d), t["patch_size"] ** 2 * t["patch_size_t"]
+    # token_replace runs every modulation projection twice: the timestep's and the clean image frame's.
+    twice = 2 if t["image_condition_type"] == "token_replace" else 1
+    time = _linears("sample", 256, d, d)  # a TimestepEmbedding of the 256 sinusoidal channels
+    refiner = (*_linears("text", d, d) * 4, Attention("text", "text", d), *_linears("text", d, 4 * d, d), Linear("sample", d, 2 * d))
+    dual = (*_linears("video", d, d) * 4, *_linears("text", d, d) * 4, Attention("joint", "joint", d),  # q, k, v, out of each stream
+            *_linears("video", d, ffn, d), *_linears("text", d, ffn, d),
+            *_linears("sample", d, 6 * d) * (twice + 1))  # norm1 (video), norm1_context (text)
+    single = (*_linears("joint", d, d) * 3, Attention("joint", "joint", d), Linear("joint", d, ffn), Linear("joint", d + ffn, d),
+              *_linears("sample", d, 3 * d) * twice)
+    outside = (Linear("video", t["in_channels"] * patch, d), Linear("video", d, (t["out_channels"] or t["in_channels"]) * patch),
+               *time, *_linears("sample", t["text_embed_dim"], d, d), Linear("text", t["text_embed_dim"], d),  # the refiner's embedders
+               # the blocks' conditioning: timestep (again for token_replace's clean frame), guidance, pooled text
+               *time * (twice + bool(t["guidance_embeds"])), *_linears("sample", t["pooled_projection_dim"], d, d),
+               Linear("sample", d, 2 * d))  # norm_out
+    return FlopLayout((Stack(t["num_refiner_layers"], refiner), Stack(t["num_layers"], dual),
+                       Stack(t["num_single_layers"], single), Stack(1, outside)))
+
+
 def _hunyuan_cp_plan() -> dict:
     """Where HunyuanVideo's token sequence is split over the ranks of a context-parallel sketch (diffusers
     ships no plan for it): video and text tokens at the first dual-stream block (the text after the
@@ -356,7 +462,7 @@ HUNYUAN = FamilySpec(
         encoders={"text_encoder": ("LlavaForConditionalGeneration", "LlavaConfig"), "text_encoder_2": ("CLIPTextModel", "CLIPTextConfig")},
         block_counts=("num_layers", "num_single_layers"),
     ),
-    _hunyuan_rules, _hunyuan_prompt_shapes,
+    _hunyuan_rules, _hunyuan_prompt_shapes, _hunyuan_flops,
     # Fitted to the traces of HunyuanVideo-I2V at 2K and 4K (docs/benchmarks.md): a single-stream
     # block holds its attention and MLP outputs concatenated (width + FFN width) beside the MLP hidden
     # and its activation (~20 widths a token); the VAE decodes framewise, 4 + 1 latent frames
@@ -392,6 +498,21 @@ def _ltx_prompt_shapes(transformer, image_to_video):
     return {"prompt_embeds": (n, transformer["caption_channels"]), "prompt_attention_mask": (n,)}
 
 
+def _ltx_flops(t, image_to_video):
+    # LTXVideoTransformer3DModel: Wan's layout (self-attention, cross-attention to the text, FFN) on
+    # tokens the pipeline has packed. Image-to-video gives every token its own timestep (the held
+    # frame's are 0), so the time embedding runs per video token.
+    d = t["num_attention_heads"] * t["attention_head_dim"]
+    block = (*_linears("video", d, d) * 4, Attention("video", "video", d),
+             *_linears("video", d, d) * 2, *_linears("text", t["cross_attention_dim"], d) * 2, Attention("video", "text", d),
+             *_linears("video", d, 4 * d, d))
+    timed: Tokens = "video" if image_to_video else "sample"
+    outside = (Linear("video", t["in_channels"], d), Linear("video", d, t["out_channels"] or t["in_channels"]),  # proj_in, proj_out
+               *_linears("text", t["caption_channels"], d, d),  # caption projection
+               *_linears(timed, 256, d, d), Linear(timed, d, 6 * d))  # time embedding and its modulation
+    return FlopLayout((Stack(t["num_layers"], block), Stack(1, outside)))
+
+
 LTX = FamilySpec(
     "LTX", ("LTXPipeline", "LTXImageToVideoPipeline"), ("LTXImageToVideoPipeline",),
     # Lightricks/LTX-Video: T5-XXL text encoder, flow matching shifted by the token count.
@@ -401,7 +522,7 @@ LTX = FamilySpec(
                                                            max_image_seq_len=4096, max_shift=2.05)),
         encoders={"text_encoder": ("T5EncoderModel", "T5Config")},
     ),
-    _ltx_rules, _ltx_prompt_shapes,
+    _ltx_rules, _ltx_prompt_shapes, _ltx_flops,
     # Fitted to the traces of LTX-Video at 2K and 4K (docs/benchmarks.md): the VAE works on every frame
     # at once (no temporal chunks), its last stage at a quarter of the resolution in float32; the
     # blocks' rotary tables are float32 per token (~19 widths a token at the widest point).

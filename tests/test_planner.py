@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import diffusers
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
@@ -15,6 +16,8 @@ from supergen.runtime import call_arguments
 from supergen.errors import SuperGenError
 from supergen.pipeline import SuperGenPipeline
 from supergen.cost import KNOWN, Architecture, architecture, attended_pairs, estimate, transformer_flops, with_native_sketch
+
+from test_families import tiny_cogvideox, tiny_hunyuan, tiny_ltx
 
 
 def test_wan_1_3b_720p_matches_hand_calculation():
@@ -86,6 +89,58 @@ def test_flop_formula_matches_pytorch_flop_counter():
             model(hidden_states=x, timestep=t, encoder_hidden_states=text, encoder_hidden_states_image=image, return_dict=False)
         tokens = shape[2] * (shape[3] // 2) * (shape[4] // 2)
         assert counter.get_total_flops() == transformer_flops(arch, tokens, batch=shape[0]), name
+
+
+#: Each family's tiny transformer (tests/test_families.py) and its released architecture, on a latent
+#: of (frames, height, width); LTX's is packed into tokens by the pipeline, so its shape is the tokens'.
+FAMILY_FLOP_CASES = {
+    "cogvideox": (lambda: tiny_cogvideox(False), (4, 8, 12)), "cogvideox-i2v": (lambda: tiny_cogvideox(True), (4, 8, 12)),
+    "hunyuan": (lambda: tiny_hunyuan(None), (2, 6, 8)), "hunyuan-latent_concat": (lambda: tiny_hunyuan("latent_concat"), (2, 6, 8)),
+    "hunyuan-token_replace": (lambda: tiny_hunyuan("token_replace"), (2, 6, 8)),
+    "ltx": (lambda: tiny_ltx(False), (2, 4, 6)), "ltx-i2v": (lambda: tiny_ltx(True), (2, 4, 6)),
+    "CogVideoX1.5-5B-I2V": (None, (4, 16, 24)), "HunyuanVideo-I2V": (None, (2, 16, 24)), "LTX-Video": (None, (2, 8, 12)),
+}
+
+
+def _forward_arguments(arch: Architecture, batch: int, latent: tuple[int, int, int]) -> dict:
+    """The transformer's inputs for ``batch`` tiles of ``latent``: the text of the shapes the planner
+    counts (:attr:`FamilySpec.prompt_shapes`), what each family's forward takes besides."""
+    t, (f, h, w) = arch.transformer, latent
+    text = {k: torch.ones(batch, *shape) for k, shape in arch.spec.prompt_shapes(t, arch.image_to_video).items()}
+    step = torch.full((batch,), 500.0)
+    channels = t["in_channels"]
+    if arch.spec.name == "CogVideoX":
+        ofs = torch.zeros(batch) if t.get("ofs_embed_dim") else None
+        return dict(hidden_states=torch.zeros(batch, f, channels, h, w), timestep=step, ofs=ofs,
+                    encoder_hidden_states=text["prompt_embeds"])
+    if arch.spec.name == "HunyuanVideo":
+        guidance = torch.full((batch,), 6000.0) if t.get("guidance_embeds") else None
+        return dict(hidden_states=torch.zeros(batch, channels, f, h, w), timestep=step, guidance=guidance,
+                    encoder_hidden_states=text["prompt_embeds"], encoder_attention_mask=text["prompt_attention_mask"],
+                    pooled_projections=text["pooled_prompt_embeds"])
+    # LTX: packed tokens; image-to-video gives every token its own timestep, as the adapter does.
+    timestep = step[:, None].expand(batch, f * h * w) if arch.image_to_video else step
+    return dict(hidden_states=torch.zeros(batch, f * h * w, channels), timestep=timestep, num_frames=f, height=h, width=w,
+                encoder_hidden_states=text["prompt_embeds"], encoder_attention_mask=text["prompt_attention_mask"])
+
+
+@pytest.mark.parametrize("name", FAMILY_FLOP_CASES)
+def test_family_flop_layouts_match_pytorch_flop_counter(name):
+    """Every family's FLOP layout (supergen.families) against torch.utils.flop_counter on its real diffusers
+    transformer: the tiny ones on CPU (math attention), the released ones on meta. The layouts list
+    every matrix product the forward runs, so they agree exactly (tolerance 0)."""
+    make, latent = FAMILY_FLOP_CASES[name]
+    arch = Architecture.from_pipeline(make()) if make else KNOWN[name]
+    device, batch = ("cpu", 2) if make else ("meta", 1)
+    with torch.device(device):
+        model = getattr(diffusers, arch.spec.modules.transformer).from_config(arch.transformer).eval()
+        arguments = _forward_arguments(arch, batch, latent)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(**arguments, return_dict=False)
+    p_t, p, _ = arch.patch
+    tokens = latent[0] // p_t * (latent[1] // p) * (latent[2] // p)
+    counted, planned = counter.get_total_flops(), transformer_flops(arch, tokens, batch=batch)
+    assert planned == counted, (name, planned, counted)
 
 
 def test_parameter_counts_are_the_real_modules():

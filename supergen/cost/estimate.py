@@ -7,17 +7,22 @@
 How the numbers are computed (also in ``docs/planner.md``)
 ----------------------------------------------------------
 
-FLOPs (multiply-add = 2) of one transformer forward on a tile of ``L`` tokens, with width ``D``,
-FFN width ``Fd``, ``N`` blocks, ``S`` text tokens (Wan pads prompts to 512), ``I`` image tokens (I2V)
-— Wan's layout; the joint-attention families (CogVideoX, HunyuanVideo) are approximated by it::
+FLOPs (multiply-add = 2) of one transformer forward on a tile of ``L`` tokens: the family's
+:class:`~supergen.families.FlopLayout` (:attr:`~supergen.families.FamilySpec.flops`), every matrix
+product its diffusers transformer runs — ``Linear(tokens, fan_in, fan_out)`` costs
+``2·n·fan_in·fan_out`` and ``Attention(queries, keys, dim)`` ``4·q·k·dim`` — over the token sets
+``video`` (``L``), ``text`` (``S``, the family's padded prompt), ``image`` (``I``, Wan I2V),
+``joint`` (``S + L``) and ``sample`` (one vector). Wan's layout, for instance::
 
     per block = 12·L·D² (self-attn q,k,v,o + cross-attn q,o) + 4·L²·D (self-attn scores and values)
               + 4·S·D² (cross-attn k,v on the text) + 4·L·S·D (cross-attn scores and values)
               + 4·L·D·Fd (FFN) [+ 4·I·D² + 4·L·I·D for the image keys of I2V]
     forward   = N · block + patch embedding + output projection + text and time embedders
 
-Only matrix products are counted (what ``torch.utils.flop_counter`` counts; the test checks the
-formula against it on the real tiny transformer). A step costs ``tiles × (2 with guidance) × forward``.
+CogVideoX runs every block's linears and attention on ``[text; video]``; HunyuanVideo has a text
+token refiner, dual-stream and single-stream blocks (``docs/planner.md``). Only matrix products are
+counted (what ``torch.utils.flop_counter`` counts; the test checks every family's layout against it
+on the real transformers). A step costs ``tiles × (2 with guidance) × forward``.
 
 Memory, per process, in bytes; ``b`` is the weights dtype's size, the canvas latent is float32 as in
 the pipeline. Weights (transformer in ``b``; VAE and image encoder in their own dtypes, float32 for
@@ -84,7 +89,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..families import FamilyMemory
+from ..families import Attention, FamilyMemory, Linear
 from ..config import SuperGenConfig
 from ..plan import PARKED_FROM, STAGES, RenderPlan, parked_during, plan_render
 from ..tiling import TilePlan
@@ -99,29 +104,23 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def transformer_flops(arch: Architecture, tokens: int, batch: int = 1, pairs: int | None = None) -> int:
-    """Matrix-product FLOPs of one transformer forward on ``batch`` tiles of ``tokens`` tokens (module docstring).
+    """Matrix-product FLOPs of one transformer forward on ``batch`` tiles of ``tokens`` tokens: the
+    family's :class:`~supergen.families.FlopLayout` priced at this many video tokens (module docstring).
 
-    ``pairs``: (query, key) pairs of self-attention when it is sparse (``tiling.mode=attention``);
-    None means dense, ``tokens²``.
+    ``pairs``: (query, key) pairs of video self-attention when it is sparse (``tiling.mode=attention``);
+    None means dense, ``tokens²``. In joint attention the text tokens still attend to and from every token.
     """
-    t = arch.transformer
-    d, ffn, n = arch.width, arch.ffn_dim, arch.num_blocks
-    # The text the transformer reads: Wan's 512 padded umT5 tokens of 4096; other families' own lengths.
-    s, text_dim = arch.spec.prompt_shapes(t, arch.image_to_video)["prompt_embeds"]
-    i, L = arch.image_tokens, tokens
-    pairs = L * L if pairs is None else pairs
-    block = 12 * L * d * d + 4 * pairs * d + 4 * s * d * d + 4 * L * s * d + 4 * L * d * ffn
-    patch = math.prod(arch.patch)
-    embed = 2 * L * t["in_channels"] * patch * d + 2 * L * d * t["out_channels"] * patch  # patch in, projection out
-    embed += 2 * s * text_dim * d + 2 * s * d * d  # text embedder (two linears)
-    embed += 2 * (t.get("freq_dim", 256) * d + d * d + d * 6 * d)  # time embedder and its 6-way modulation projection
-    if i:
-        image_dim = t["image_dim"]
-        block += 4 * i * d * d + 4 * L * i * d
-        embed += 2 * i * image_dim * image_dim + 2 * i * image_dim * d
-    return batch * (n * block + embed)
+    text = arch.spec.prompt_shapes(arch.transformer, arch.image_to_video)["prompt_embeds"][0]
+    count = {"video": tokens, "text": text, "image": arch.image_tokens, "joint": tokens + text, "sample": 1}
+    video_pairs = tokens * tokens if pairs is None else pairs
+    attended = {("video", "video"): video_pairs, ("joint", "joint"): video_pairs + 2 * tokens * text + text * text}
 
+    def term_flops(term: Linear | Attention) -> int:
+        if isinstance(term, Linear):
+            return 2 * count[term.tokens] * term.fan_in * term.fan_out
+        return 4 * attended.get((term.queries, term.keys), count[term.queries] * count[term.keys]) * term.dim
 
+    return batch * sum(stack.count * sum(map(term_flops, stack.terms)) for stack in arch.flop_layout.stacks)
 
 
 @dataclass
