@@ -42,7 +42,7 @@ from supergen.tiling import Tile, Window, accumulate, crop
 BASE = {"tiling": {"mode": "shift", "boundary": "clamp", "positions": "global"}, "refine": {"strength": 0.6}}
 # The README's picture: one prompt and seed, not a measurement.
 STRIP_PROMPT = "a red disk moving right and a blue square staying still on a vertical sky to sand background"
-BASELINE = "shift clamp"  # every row's paired difference is against this setting (BASE itself)
+BASELINE = "shift clamp"  # BASE itself: the paired differences are against it unless --versus names another
 GROUPS = {
     "tiling": [
         ("shift wrap", {"tiling": {"boundary": "wrap"}}),
@@ -235,9 +235,11 @@ def report(rows: list[dict], title: str, baseline: str = BASELINE) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--groups", nargs="*", default=list(GROUPS), choices=list(GROUPS))
-    parser.add_argument("--settings", nargs="+", choices=[BASELINE] + [n for g in GROUPS.values() for n, _ in g], metavar="NAME",
+    names = [BASELINE] + [n for g in GROUPS.values() for n, _ in g]
+    parser.add_argument("--settings", nargs="+", choices=names, metavar="NAME",
                         help="render only these settings, in this order (default: the baseline, then every setting of --groups)")
-    parser.add_argument("--versus", default=BASELINE, metavar="NAME", help=f"the setting paired differences are against (default: {BASELINE})")
+    parser.add_argument("--versus", default=BASELINE, choices=names, metavar="NAME",
+                        help=f"the setting paired differences are against (default: {BASELINE})")
     parser.add_argument("--set", default="test", choices=list(SETS), help="renders (prompt, seed) of supergen.eval.sets")
     parser.add_argument("--start", type=int, default=0, help="first render of the set to run, prompt-major then seed, from 0")
     parser.add_argument("--stop", type=int, help="render number to stop before (default: all)")
