@@ -187,6 +187,15 @@ def storage_key(storage: torch.UntypedStorage) -> int:
     return _attribute(storage, "_cdata")
 
 
+def returns_alias(op) -> bool:
+    """Whether an ATen op's result aliases one of its inputs (a view, or an in-place / ``out=`` result),
+    read from the op's schema (``OpOverload._schema``, torch 2.0+). An op without a schema (a
+    higher-order op) counts as not aliasing: the trace then counts its result as new memory, the
+    larger estimate."""
+    schema = getattr(op, "_schema", None)
+    return schema is not None and any(r.alias_info is not None for r in schema.returns)
+
+
 def execution_device(pipe) -> Any:
     """The device a diffusers pipeline runs its models on (accounts for CPU offload hooks)."""
     return _attribute(pipe, "_execution_device")

@@ -45,7 +45,7 @@ from typing import ContextManager, Iterator
 import torch
 
 from . import compat
-from .compat import TorchDispatchMode, tree_flatten
+from .compat import TorchDispatchMode, returns_alias, tree_flatten
 from .config import SuperGenConfig
 from .errors import SuperGenError
 from .families import transformers_of
@@ -202,6 +202,11 @@ class MemoryTrace(TorchDispatchMode):
                 self.host_copies.append(f"{func}: host tensor {tuple(host[0].shape)} used with device data")
         out = func(*args, **kwargs)
         trace = self.stages.setdefault(self.stage, StageTrace())
+        if returns_alias(func):
+            # A view or in-place result allocates nothing, also where the fake mode stood a fake copy
+            # in for a host tensor (a strip written into the host's output video).
+            self._note_peak(trace)
+            return out
         # A view (or in-place result) of an input allocates nothing: e.g. ``t()`` of a weight, which
         # exists since before the trace (counted in ``resident``), not in ``live``.
         existing = {_storage_key(t) for t in inputs if t.device.type != "meta"}
@@ -599,9 +604,11 @@ class _TraceObserver(StageObserver):
 
     def started(self, stage: str, info: dict) -> None:
         self.meter.enter(stage)
-        # In the refinement, tensors built without a device are host tensors: ``meta`` tells them apart.
-        self.memory.host_default = stage == "refine"
-        torch.set_default_device("meta" if stage == "refine" else None)
+        # In the refinement and the decode, tensors built without a device are host tensors (the
+        # decode's uint8 output video, supergen.output): ``meta`` tells them apart.
+        host = stage in ("refine", "decode")
+        self.memory.host_default = host
+        torch.set_default_device("meta" if host else None)
 
     @contextlib.contextmanager
     def refinement_step(self, step: int) -> Iterator[None]:
