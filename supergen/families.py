@@ -256,9 +256,12 @@ def _wan_flops(t, image_to_video):
     outside = (Linear("video", t["in_channels"] * patch, d), Linear("video", d, t["out_channels"] * patch),  # patch in, out
                *_linears("text", t["text_dim"], d, d),  # text embedder
                *_linears("sample", t["freq_dim"], d, d), Linear("sample", d, 6 * d))  # time embedder, modulation
+    # diffusers builds the image embedder when image_dim is set, and the blocks' add_k/add_v (the
+    # attention to the image tokens) only when added_kv_proj_dim is set too.
     if t.get("image_dim"):
-        block += (*_linears("image", t["added_kv_proj_dim"], d) * 2, Attention("video", "image", d))
         outside += _linears("image", t["image_dim"], t["image_dim"], d)  # image embedder
+        if t.get("added_kv_proj_dim"):
+            block += (*_linears("image", t["added_kv_proj_dim"], d) * 2, Attention("video", "image", d))
     return FlopLayout((Stack(t["num_layers"], block), Stack(1, outside)))
 
 

@@ -14,7 +14,7 @@ before its first ones in one window. In ``overlap`` mode neighbouring time windo
 quarter of the window and are feathered like the spatial tiles. In ``shift`` mode the borders of the
 last refinement step are not shifted away by any later step: optionally (``TilePlan(feather_step=...)``,
 ``tiling.feather_last``) neighbouring time windows blend linearly there over a quarter window across
-each border instead of cutting, with no more windows than a cutting step on Wan's 241 frames.
+each border instead of cutting, with no more windows than a cutting step on a 241-frame clip in 81-frame windows.
 
 Time windows are in latent frames and cut only the transformer's work: the VAE encodes and decodes
 the whole clip (``supergen.parallel.vae`` tiles it in space only), so a causal VAE's first-frame rule
