@@ -23,6 +23,10 @@ from supergen.trace import STAGES, measure_render, trace_render
 BOUND = 0.05
 
 
+#: The render's uint8 output video, 9 frames of 128x320 RGB.
+OUTPUT_VIDEO_BYTES = 9 * 128 * 320 * 3
+
+
 @pytest.fixture(scope="module")
 def runs():
     # A 128x320x9 canvas (two VAE windows of 256 px across) from a 64x160 sketch: 9 s of CPU for both.
@@ -47,4 +51,8 @@ def test_the_traced_transient_of_every_stage_is_the_real_one_within_the_bound(ru
     # Not the setup: the trace stubs the text encoder (its forward does not run on fake tensors).
     for stage in ("sketch", "upscale", "refine", "decode"):
         measured, traced = real.stages[stage].transient, fake.stages[stage].transient
+        if stage == "decode":
+            # The uint8 output video is host memory (the decode streams finished strips to the host):
+            # the trace books it apart, while on the CPU the real run holds it among everything else.
+            measured -= OUTPUT_VIDEO_BYTES
         assert abs(traced - measured) <= BOUND * measured, f"{stage}: real {human(measured)}, traced {human(traced)}"
