@@ -27,7 +27,7 @@ import torch
 from .config import SuperGenConfig
 from .errors import SuperGenError
 from .families import FamilySpec, FlopLayout, ModelRules, family_of, transformers_of, vae_tile
-from .geometry import SizeRules
+from .geometry import FromRules
 
 #: The small trained model shipped inside the package (``--model toy``): a diffusers Wan folder.
 TOY_MODEL_DIR = Path(__file__).parent / "toy-wan"
@@ -63,7 +63,7 @@ def _with_defaults(class_name: str, config: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Architecture(SizeRules):
+class Architecture(FromRules):
     """A model's numbers: the configs of its transformer(s), VAE and encoders, its pipeline class and native size.
 
     Its family (:attr:`spec`, named by :attr:`pipeline`) names the classes these configs build
@@ -194,38 +194,6 @@ class Architecture(SizeRules):
 
         with torch.device("meta"):
             return getattr(diffusers, self.spec.modules.vae).from_config(self.vae)
-
-    # ---- geometry (SizeRules) ----------------------------------------------------------------
-    @property
-    def native_frames(self) -> int | None:
-        """The family's native clip length in video frames (the default time window)."""
-        return self.rules.native_frames
-
-    @property
-    def vae_scale(self) -> tuple[int, int, int]:
-        return self.rules.vae_scale
-
-    @property
-    def patch(self) -> tuple[int, int, int]:
-        return self.rules.patch
-
-    @property
-    def latent_channels(self) -> int:
-        return self.rules.latent_channels
-
-    @property
-    def pixel_multiple(self) -> int:
-        return self.rules.pixel_multiple
-
-    def extra_latent_frames(self, num_frames: int) -> int:
-        return self.rules.extra_latent_frames(num_frames)
-
-    def time_window_blocker(self) -> str:
-        return self.rules.time_window_blocker()
-
-    @property
-    def position_limit(self) -> int | None:
-        return self.rules.position_limit
 
     @property
     def vae_tile(self) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -61,6 +61,48 @@ class SizeRules:
         return (1, self.latent_channels, frames, height // s_h, width // s_w)
 
 
+class FromRules(SizeRules):
+    """:class:`SizeRules` answered by ``self.rules``, one model's rules computed from its configs
+    (:class:`~supergen.families.ModelRules`): what a loaded model's adapter and the planner's
+    :class:`~supergen.architectures.Architecture` share, written once."""
+
+    rules: SizeRules
+
+    @property
+    def vae_scale(self) -> tuple[int, int, int]:
+        """VAE compression ``(temporal, height, width)``."""
+        return self.rules.vae_scale
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        """Transformer patch ``(temporal, height, width)`` in latent units."""
+        return self.rules.patch
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels ``C`` of the canvas latent (what the scheduler steps, not the transformer's input)."""
+        return self.rules.latent_channels
+
+    @property
+    def pixel_multiple(self) -> int:
+        return self.rules.pixel_multiple
+
+    @property
+    def native_frames(self) -> int | None:
+        """The family's native clip length in video frames (the default time window)."""
+        return self.rules.native_frames
+
+    @property
+    def position_limit(self) -> int | None:
+        return self.rules.position_limit
+
+    def extra_latent_frames(self, num_frames: int) -> int:
+        return self.rules.extra_latent_frames(num_frames)
+
+    def time_window_blocker(self) -> str:
+        return self.rules.time_window_blocker()
+
+
 def snap_size(rules: SizeRules, height: int, width: int) -> tuple[int, int]:
     """The canvas: a requested size rounded up to the pixel multiple (the output is cropped back)."""
     multiple = rules.pixel_multiple

@@ -30,7 +30,7 @@ from .. import compat
 from ..cache.windows import context_name
 from ..errors import SuperGenError
 from ..families import FamilySpec, ModelRules, transformers_of, vae_tile
-from ..geometry import SizeRules
+from ..geometry import FromRules
 from ..tiling import Tile, crop
 from .positions import CanvasPositions, installed
 
@@ -146,7 +146,7 @@ def processors_replaced(attentions: list[nn.Module], make: Callable[[], Any]) ->
             attn.set_processor(processor)
 
 
-class ModelAdapter(SizeRules, abc.ABC):
+class ModelAdapter(FromRules, abc.ABC):
     """One model family behind the engine, on one loaded pipeline: what a render calls.
 
     The family's facts (pipelines, modules, memory terms, prompt shapes, context-parallel plan, the
@@ -172,40 +172,7 @@ class ModelAdapter(SizeRules, abc.ABC):
         """The pipeline's denoisers: ``transformer``, and Wan 2.2's low-noise expert ``transformer_2``."""
         return transformers_of(self.pipe)
 
-    # ---- geometry: this pipeline's rules --------------------------------------------------
-    @property
-    def vae_scale(self) -> tuple[int, int, int]:
-        """VAE compression ``(temporal, height, width)``."""
-        return self.rules.vae_scale
-
-    @property
-    def patch(self) -> tuple[int, int, int]:
-        """Transformer patch ``(temporal, height, width)`` in latent units."""
-        return self.rules.patch
-
-    @property
-    def latent_channels(self) -> int:
-        """Channels ``C`` of the canvas latent (what the scheduler steps, not the transformer's input)."""
-        return self.rules.latent_channels
-
-    @property
-    def pixel_multiple(self) -> int:
-        return self.rules.pixel_multiple
-
-    def extra_latent_frames(self, num_frames: int) -> int:
-        return self.rules.extra_latent_frames(num_frames)
-
-    def time_window_blocker(self) -> str:
-        return self.rules.time_window_blocker()
-
-    @property
-    def native_frames(self) -> int | None:
-        return self.rules.native_frames
-
-    @property
-    def position_limit(self) -> int | None:
-        return self.rules.position_limit
-
+    # ---- geometry: this pipeline's rules (the SizeRules answers come from FromRules) ----------
     @property
     def requires_image(self) -> bool:
         return self.rules.requires_image
