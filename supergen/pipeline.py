@@ -512,6 +512,10 @@ class StageObserver:
     def ended(self, stage: str, seconds: float, sent: int) -> None:
         """``stage`` is done after ``seconds`` (the device synchronised on CUDA), this rank having sent ``sent`` bytes."""
 
+    def failed(self, stage: str, error: BaseException) -> None:
+        """``stage`` stopped on ``error`` (a callback's exception, Ctrl-C...), which goes on to the caller unchanged:
+        release what :meth:`started` opened. :meth:`ended` is not called (the stage has no seconds)."""
+
     def parked(self, names: tuple[str, ...]) -> None:
         """``encoders.park`` moved the encoders ``names`` off the device for the rest of the call (those it
         manages: see :meth:`SuperGenPipeline._park_encoders`)."""
@@ -543,7 +547,12 @@ class Stages:
         for observer in self.observers:
             observer.started(stage, info or {})
         start, sent = self._now(), 0 if self.group is None else self.group.bytes_sent
-        yield
+        try:
+            yield
+        except BaseException as error:  # KeyboardInterrupt too: a bar left open stays on the terminal
+            for observer in self.observers:
+                observer.failed(stage, error)
+            raise
         seconds, sent = self._now() - start, 0 if self.group is None else self.group.bytes_sent - sent
         for observer in self.observers:
             observer.ended(stage, seconds, sent)
@@ -591,6 +600,12 @@ class ProgressBar(StageObserver):
         self.bar.update()
 
     def ended(self, stage: str, seconds: float, sent: int) -> None:
+        self._close(stage)
+
+    def failed(self, stage: str, error: BaseException) -> None:
+        self._close(stage)  # a render stopped mid-refinement: else only garbage collection would close the bar
+
+    def _close(self, stage: str) -> None:
         if stage == "refine":
             self.bar.close()
 
