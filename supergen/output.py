@@ -71,9 +71,13 @@ class VideoOutput:
             self.buffer[where] = frames.cpu().numpy()
         else:  # uint8 and pil: diffusers' numpy_to_pil rounding on the pixels' device, then to the host
             if self.buffer is None:
-                # No device: the host (torch's default device). uint8 there is the host-memory rule's
-                # allowance; the whole video in float never exists on either side.
-                self.buffer = torch.empty((b, self.num_frames, *shape, c), dtype=torch.uint8)
+                # On the host, named: torch's default device may be a caller's GPU (set_default_device),
+                # and the whole video there is what this output avoids. uint8 on the host is the host-memory
+                # rule's allowance; the whole video in float never exists on either side. A meta default is
+                # the trace's mark for tensors built for the host (supergen.trace makes them real host
+                # tensors, booked apart from device memory): kept.
+                host = "meta" if torch.get_default_device().type == "meta" else "cpu"
+                self.buffer = torch.empty((b, self.num_frames, *shape, c), dtype=torch.uint8, device=host)
             self.buffer[where] = frames.mul(255).round().to(torch.uint8)
 
     def result(self) -> Any:
