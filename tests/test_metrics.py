@@ -170,3 +170,19 @@ def test_temporal_seam_score_sees_a_pulse_at_window_borders():
     assert metrics.temporal_seam_score(pulsed, [9, 21]) > 2.0 * clean
     with pytest.raises(ValueError):
         metrics.temporal_seam_score(video, [0])
+
+
+def test_temporal_seam_score_over_a_latent_frame_sees_a_pulse_inside_it():
+    """A jump two frames into a window (inside its first latent frame of 4 video frames) is missed
+    by the first-frame score and seen by ``span=4``; ``span=1`` is the first-frame score."""
+    rng = np.random.default_rng(1)
+    x = np.linspace(0, 1, 64)
+    video = np.stack([np.tile(np.roll(x, t), (32, 1)) for t in range(33)])[..., None] + rng.normal(0, 0.01, (33, 32, 64, 1))
+    pulsed = video.copy()
+    pulsed[11:23] += 0.1  # the windows begin at 9 and 21; the jumps land at 11 and 23
+    assert metrics.temporal_seam_score(pulsed, [9, 21], span=1) == metrics.temporal_seam_score(pulsed, [9, 21])
+    assert metrics.temporal_seam_score(pulsed, [9, 21]) < 1.25
+    assert metrics.temporal_seam_score(pulsed, [9, 21], span=4) > 1.3 * metrics.temporal_seam_score(pulsed, [9, 21])
+    assert 0.8 < metrics.temporal_seam_score(video, [9, 21], span=4) < 1.25
+    with pytest.raises(ValueError, match="span"):
+        metrics.temporal_seam_score(video, [9, 21], span=0)

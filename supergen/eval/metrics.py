@@ -222,27 +222,36 @@ def temporal_flicker(video) -> float:
     return float(np.abs(v[2:] - 2.0 * v[1:-1] + v[:-2]).mean())
 
 
-def temporal_seam_score(video, borders) -> float:
+def temporal_seam_score(video, borders, span: int = 1) -> float:
     """How much more the picture changes across time-window borders than elsewhere (1 = no pulse).
 
-    The mean absolute frame-to-frame change ``|x[t] - x[t-1]|`` at the frames ``t`` in ``borders``
-    (where a window of the last refinement step begins), divided by the same mean over every other
-    ``t``. Windows refined apart that disagree print a jump at their border, once per border: a
-    "pulse" every window length when the borders never move (fixed chunks).
+    The mean absolute frame-to-frame change ``|x[t] - x[t-1]|`` over the frames ``b .. b + span - 1``
+    of each border ``b`` in ``borders`` (where a window of the last refinement step begins), divided by
+    the same mean over every other frame. Windows refined apart that disagree print a jump at their
+    border, once per border: a "pulse" every window length when the borders never move (fixed chunks).
+
+    ``span`` is how many video frames a border covers. Windows are cut in latent frames, and a causal
+    VAE's latent frame ``k >= 1`` decodes to the temporal factor's frames (Wan: 4), so two windows'
+    disagreement can show in any change into those frames, not only into the first: pass the
+    temporal factor to score whole latent frames (``span=1``: the first frame only).
 
     Args:
         video: ``(F, H, W, C)``.
         borders: frame indices ``1 <= t < F`` (the first frame of a window other than the clip's first).
+        span: frames per border, at least 1 (cut at the clip's end).
     """
     v = _as_array(video)
     change = np.abs(np.diff(v, axis=0)).reshape(v.shape[0] - 1, -1).mean(axis=1)  # change[t - 1]: frame t - 1 -> t
     at = sorted({int(t) for t in borders})
     if not at or at[0] < 1 or at[-1] >= v.shape[0]:
         raise ValueError(f"borders must be frame indices in [1, {v.shape[0]}); got {list(borders)}")
+    if span < 1:
+        raise ValueError(f"span must be at least 1 frame; got {span}")
     inside = np.ones(len(change), dtype=bool)
-    inside[[t - 1 for t in at]] = False
+    for t in at:
+        inside[t - 1 : t - 1 + span] = False
     if not inside.any():
-        raise ValueError("every frame is a border: nothing to compare with")
+        raise ValueError(f"every frame is within {span} of a border: nothing to compare with")
     return float(change[~inside].mean() / max(change[inside].mean(), 1e-12))
 
 
