@@ -228,6 +228,8 @@ def main() -> None:
         report(group_rows(rows), args, f"from {len(rows)} rows of {' '.join(args.from_rows)}")
         return
     torch.set_num_threads(args.threads)
+    if args.references:
+        os.makedirs(args.references, exist_ok=True)
     recorded = recorded_rows(args.rows)
     pipe = load_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
